@@ -1,0 +1,46 @@
+"""``santi``: the command line of the agent, the simulator and HQ.
+
+A thin layer over library calls. Every command has help with an example;
+every failure is one line on stderr and a non-zero exit code (2 for bad
+input such as a broken config).
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+from agent import logs
+from agent.cli.config_cmd import config
+from agent.cli.demo_cmd import demo
+
+
+def _version() -> str:
+    try:
+        return version("santi")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(_version(), "--version", prog_name="santi", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Santi: the in-store edge agent.
+
+    \b
+    Example:
+      santi config check examples/fishmonger.toml
+    """
+    logs.setup(verbose)
+
+
+cli.add_command(config)
+cli.add_command(demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(standalone_mode=True))

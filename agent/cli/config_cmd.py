@@ -1,0 +1,65 @@
+"""``santi config``: check a site config and show what it describes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from agent.cli.errors import CliError
+from agent.config import ConfigError, SiteConfig, load_site
+
+
+def load_or_fail(path: Path) -> SiteConfig:
+    """Load a site config, or exit 2 with its one-line error."""
+    try:
+        return load_site(path)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+@click.group()
+def config() -> None:
+    """Site configs: validate them before a store relies on them."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the validated config as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+def check(file: Path, as_json: bool, quiet: bool) -> None:
+    """Validate FILE; exit 0 if it is good, 2 with a one-line error if not.
+
+    \b
+    Example:
+      santi config check examples/fishmonger.toml
+    """
+    site = load_or_fail(file)
+    if quiet:
+        return
+    if as_json:
+        click.echo(json.dumps(site.model_dump(mode="json"), indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{site.store.name}[/] ({site.store.id}), agent {site.agent.id}: config OK")
+    receivers = Table("receiver", "kind", "x", "y", "z", "rssi@1m", "n", title="Receivers")
+    for rx in site.receivers:
+        receivers.add_row(rx.id, rx.kind, f"{rx.x:g}", f"{rx.y:g}", f"{rx.z:g}",
+                          f"{rx.rssi_at_1m:g}", f"{rx.path_loss_exponent:g}")
+    console.print(receivers)
+    sectors = Table("sector", "name", "area m²", "adjacent", "entrance", title="Sectors")
+    for sector, neighbours in zip(site.sectors, site.adjacency(), strict=True):
+        xs = [p[0] for p in sector.polygon]
+        ys = [p[1] for p in sector.polygon]
+        area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
+        sectors.add_row(sector.id, sector.name, f"{area:.0f}", ", ".join(sorted(neighbours)),
+                        "yes" if sector.entrance else "")
+    console.print(sectors)
+    if site.nfc_readers:
+        readers = Table("reader", "device", "x", "y", "sector", title="NFC readers")
+        for reader in site.nfc_readers:
+            readers.add_row(reader.id, reader.device, f"{reader.x:g}", f"{reader.y:g}", reader.sector)
+        console.print(readers)

@@ -1,0 +1,360 @@
+"""The site config: one TOML file that describes a store to its agent.
+
+Validated with pydantic, then checked for what a technician gets wrong on a
+ladder: sectors drawn across each other, a receiver placed outside the walls,
+a certificate path with a typo. Any problem becomes ONE line naming the file,
+the line, the key and what is wrong (``ConfigError``), never a traceback.
+
+Secrets are never values in this file: the MQTT password and the store
+secret come from a file or an environment variable, read when needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from shapely.geometry import Point, Polygon
+
+from agent.tomllines import line_of
+
+Loc = tuple[str | int, ...]
+XY = tuple[float, float]
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ConfigError(Exception):
+    """A config problem, already worded as the one line a person reads."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Model):
+    id: Id
+    name: str = Field(min_length=1, max_length=200)
+    outline: list[tuple[Finite, Finite]] = Field(min_length=3, description="Walls, metres.")
+
+
+class AgentConfig(_Model):
+    id: Id
+    role: Literal["locator", "node", "both"] = "locator"
+    state_dir: Path = Field(default=Path("/var/lib/santi"), description="Outbox and secrets live here.")
+    status_interval_s: float = Field(default=60.0, gt=0.0)
+
+
+class ReceiverConfig(_Model):
+    id: Id
+    kind: Literal["ble", "wifi", "node"]
+    x: Finite
+    y: Finite
+    z: Finite = Field(default=2.5, ge=0.0, le=20.0)
+    rssi_at_1m: float = Field(default=-59.0, ge=-110.0, le=10.0)
+    path_loss_exponent: float = Field(default=2.0, ge=1.0, le=6.0)
+    noise_sigma_db: float = Field(default=4.0, gt=0.0, le=20.0)
+    node_name: str | None = Field(
+        default=None, description="Name the remote node publishes under (ESPresense room), if kind = node."
+    )
+
+
+class SectorConfig(_Model):
+    id: Id
+    name: str = Field(min_length=1, max_length=200)
+    polygon: list[tuple[Finite, Finite]] = Field(min_length=3)
+    adjacent: list[Id] = Field(default_factory=list)
+    entrance: bool = Field(default=False, description="Shoppers enter and leave the store through it.")
+
+
+class NfcReaderConfig(_Model):
+    id: Id
+    device: str = Field(description="nfcpy device path: usb, usb:BUS:DEV, tty:..., udp:HOST:PORT.")
+    x: Finite
+    y: Finite
+    sector: Id
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"(usb(:[0-9a-fA-F:]+)?|tty:\S+|udp(:[\w.\-]+(:\d{1,5})?)?)", value):
+            raise ValueError("must be an nfcpy device path such as 'usb', 'usb:001:004' or 'udp:127.0.0.1:54321'")
+        return value
+
+
+class TlsConfig(_Model):
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class UplinkConfig(_Model):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK.")
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    def password(self) -> SecretStr | None:
+        """The broker password, read now from its file or environment variable."""
+        if self.password_file is not None:
+            return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"uplink.password_env: environment variable {self.password_env} is not set")
+            return SecretStr(value)
+        return None
+
+
+class BufferConfig(_Model):
+    max_rows: int = Field(default=1_000_000, ge=100)
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024)
+    max_age_days: float = Field(default=30.0, gt=0.0)
+
+
+class PrivacyConfig(_Model):
+    secret_file: Path | None = Field(
+        default=None, description="Store secret for keyed hashing; generated in state_dir if unset."
+    )
+    secret_env: str | None = None
+    salt_rotation_hours: float = Field(default=24.0, gt=0.0, le=24.0 * 366)
+    uplink_positions: bool = False
+
+
+class BleConfig(_Model):
+    adapter: str = "hci0"
+    scanning: Literal["active", "passive"] = "passive"
+    ibeacon_uuids: list[str] = Field(default_factory=list, description="Loyalty app beacon UUIDs.")
+    eddystone_namespaces: list[str] = Field(default_factory=list, description="10-byte hex tag namespaces.")
+    allow_all: bool = False
+
+    @field_validator("ibeacon_uuids")
+    @classmethod
+    def _uuids(cls, values: list[str]) -> list[str]:
+        pattern = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+        for value in values:
+            if not pattern.match(value):
+                raise ValueError(f"{value!r} is not a UUID like 8-4-4-4-12 hex digits")
+        return [value.lower() for value in values]
+
+    @field_validator("eddystone_namespaces")
+    @classmethod
+    def _namespaces(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[0-9a-fA-F]{20}", value):
+                raise ValueError(f"{value!r} is not a 10-byte namespace (20 hex digits)")
+        return [value.lower() for value in values]
+
+
+class WifiConfig(_Model):
+    interface: str | None = Field(default=None, description="Monitor-mode interface, e.g. wlan1mon.")
+
+
+class TrackingConfig(_Model):
+    window_s: float = Field(default=1.0, gt=0.0, le=10.0)
+    track_silence_s: float = Field(default=30.0, gt=0.0)
+    visit_silence_s: float = Field(default=120.0, gt=0.0)
+    emitter_height_m: float = Field(default=1.2, ge=0.0, le=3.0)
+    hysteresis_s: float = Field(default=3.0, ge=0.0, le=60.0)
+    sector_threshold: float = Field(default=0.6, gt=0.5, lt=1.0)
+
+
+class SiteConfig(_Model):
+    """A validated site config; ``path`` is where it was read from."""
+
+    store: StoreConfig
+    agent: AgentConfig
+    receivers: list[ReceiverConfig] = Field(min_length=1)
+    sectors: list[SectorConfig] = Field(min_length=1)
+    nfc_readers: list[NfcReaderConfig] = Field(default_factory=list)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    ble: BleConfig = Field(default_factory=BleConfig)
+    wifi: WifiConfig = Field(default_factory=WifiConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    path: Path | None = Field(default=None, exclude=True)
+
+    def sector_index(self) -> dict[str, int]:
+        return {sector.id: index for index, sector in enumerate(self.sectors)}
+
+    def adjacency(self) -> list[set[str]]:
+        """Symmetric adjacency per sector: declaring a border on one side is enough."""
+        neighbours = [set(sector.adjacent) for sector in self.sectors]
+        index = self.sector_index()
+        for position, sector in enumerate(self.sectors):
+            for other in sector.adjacent:
+                neighbours[index[other]].add(sector.id)
+            neighbours[position].discard(sector.id)
+        return neighbours
+
+
+def _format_loc(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _problem(path: Path, text: str, loc: Loc, message: str) -> ConfigError:
+    line = line_of(text, loc)
+    where = f"{path}:{line}" if line is not None else str(path)
+    return ConfigError(f"{where}: {_format_loc(loc)}: {message}")
+
+
+def _polygon(points: Sequence[XY]) -> Polygon:
+    return Polygon([(float(x), float(y)) for x, y in points])
+
+
+def _geometry_problems(site: SiteConfig) -> list[tuple[Loc, str]]:
+    """Cross-field checks pydantic cannot express, each with the key to blame."""
+    problems: list[tuple[Loc, str]] = []
+    outline = _polygon(site.store.outline)
+    if not outline.is_valid or outline.area <= 0.0:
+        problems.append((("store", "outline"), "is not a simple polygon (edges cross or it has no area)"))
+        return problems
+    walls = outline.buffer(1e-6)
+
+    groups: list[tuple[str, list[str]]] = [
+        ("receivers", [item.id for item in site.receivers]),
+        ("sectors", [item.id for item in site.sectors]),
+        ("nfc_readers", [item.id for item in site.nfc_readers]),
+    ]
+    for group, ids in groups:
+        seen: dict[str, int] = {}
+        for index, item_id in enumerate(ids):
+            if item_id in seen:
+                problems.append(((group, index, "id"), f"duplicate id {item_id!r} (also {group}[{seen[item_id]}])"))
+            seen.setdefault(item_id, index)
+
+    polygons: list[Polygon | None] = []
+    for index, sector in enumerate(site.sectors):
+        poly = _polygon(sector.polygon)
+        loc: Loc = ("sectors", index, "polygon")
+        if not poly.is_valid or poly.area <= 0.0:
+            problems.append((loc, f"sector {sector.id!r} is not a simple polygon (edges cross or it has no area)"))
+            polygons.append(None)
+            continue
+        if not walls.contains(poly):
+            problems.append((loc, f"sector {sector.id!r} reaches outside the store outline"))
+        polygons.append(poly)
+    for j, poly_j in enumerate(polygons):
+        for i in range(j):
+            poly_i = polygons[i]
+            if poly_i is None or poly_j is None:
+                continue
+            overlap = poly_i.intersection(poly_j).area
+            if overlap > 1e-6:
+                problems.append((
+                    ("sectors", j, "polygon"),
+                    f"sector {site.sectors[j].id!r} overlaps sector {site.sectors[i].id!r} by {overlap:.2f} m²",
+                ))
+
+    known = {sector.id for sector in site.sectors}
+    for index, sector in enumerate(site.sectors):
+        for other in sector.adjacent:
+            if other not in known:
+                problems.append((("sectors", index, "adjacent"), f"unknown sector {other!r}"))
+    if not any(sector.entrance for sector in site.sectors):
+        problems.append((("sectors",), "no sector has entrance = true; shoppers need a way in"))
+
+    for index, receiver in enumerate(site.receivers):
+        if not walls.covers(Point(receiver.x, receiver.y)):
+            problems.append((
+                ("receivers", index, "x"),
+                f"receiver {receiver.id!r} at ({receiver.x:g}, {receiver.y:g}) is outside the store outline",
+            ))
+        if receiver.kind == "node" and receiver.node_name is None:
+            problems.append((("receivers", index, "kind"), f"receiver {receiver.id!r} is a node but has no node_name"))
+    for index, reader in enumerate(site.nfc_readers):
+        if reader.sector not in known:
+            problems.append((("nfc_readers", index, "sector"), f"unknown sector {reader.sector!r}"))
+        if not walls.covers(Point(reader.x, reader.y)):
+            problems.append((("nfc_readers", index, "x"), f"reader {reader.id!r} is outside the store outline"))
+    return problems
+
+
+def _named_files(site: SiteConfig) -> list[tuple[Loc, Path]]:
+    files: list[tuple[Loc, Path]] = []
+    if site.uplink.tls is not None:
+        tls = site.uplink.tls
+        files.append((("uplink", "tls", "ca_file"), tls.ca_file))
+        if tls.cert_file is not None:
+            files.append((("uplink", "tls", "cert_file"), tls.cert_file))
+        if tls.key_file is not None:
+            files.append((("uplink", "tls", "key_file"), tls.key_file))
+    if site.uplink.password_file is not None:
+        files.append((("uplink", "password_file"), site.uplink.password_file))
+    if site.privacy.secret_file is not None:
+        files.append((("privacy", "secret_file"), site.privacy.secret_file))
+    return files
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative paths in the file are relative to the file, not to the cwd."""
+    keys = {
+        ("agent", "state_dir"), ("uplink", "password_file"), ("privacy", "secret_file"),
+        ("uplink", "tls", "ca_file"), ("uplink", "tls", "cert_file"), ("uplink", "tls", "key_file"),
+    }
+    for key in keys:
+        node: Any = data
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key[-1]), str):
+            value = Path(node[key[-1]]).expanduser()
+            node[key[-1]] = str(value if value.is_absolute() else base / value)
+
+
+def parse_site(text: str, path: Path) -> SiteConfig:
+    """Validate the text of a site config; ``path`` names it in errors and anchors relative paths."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        where = f"{path}:{match.group(1)}" if match else str(path)
+        raise ConfigError(f"{where}: TOML syntax: {message}") from None
+    if isinstance(data.get("uplink"), dict) and "password" in data["uplink"]:
+        raise _problem(path, text, ("uplink", "password"),
+                       "a password may not be written in the config; use password_file or password_env")
+    _resolve_paths(data, path.parent)
+    try:
+        site = SiteConfig.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (misspelt?)"
+        raise _problem(path, text, loc, message) from None
+    problems = _geometry_problems(site)
+    for loc, file in _named_files(site):
+        if not file.is_file():
+            problems.append((loc, f"file {file} does not exist"))
+    if problems:
+        loc, message = problems[0]
+        raise _problem(path, text, loc, message)
+    return site
+
+
+def load_site(path: Path) -> SiteConfig:
+    """Read and validate a site config file, or raise ``ConfigError`` with one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_site(text, path)

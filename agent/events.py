@@ -1,0 +1,273 @@
+"""The presence events: the only thing HQ ever sees of a store.
+
+One frozen, versioned envelope and one model per event type. The agent, the
+simulator and HQ all build and read events through these models, and the JSON
+Schema shipped in ``docs/schema/`` is generated from them
+(``python -m agent.schema``), so a consumer in any language validates against
+exactly what the agent emits.
+
+Times are aware UTC datetimes, written as RFC 3339 with a ``Z``. Event ids are
+UUIDv7, so they sort by creation time and index well at HQ.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    field_validator,
+)
+
+SCHEMA_VERSION: Literal["santi.presence/1"] = "santi.presence/1"
+
+EventType = Literal[
+    "visit.started",
+    "sector.entered",
+    "sector.exited",
+    "visit.ended",
+    "identity.linked",
+    "card.tapped",
+    "agent.status",
+]
+
+
+def uuid7(unix_ms: int | None = None, rand: bytes | None = None) -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then 74 random bits.
+
+    ``unix_ms`` is passed in by callers that must stay clock-free (the
+    presence logic uses the event's own time); ``rand`` makes tests exact.
+    """
+    if unix_ms is None:
+        unix_ms = int(datetime.now(UTC).timestamp() * 1000)
+    if not 0 <= unix_ms < 1 << 48:
+        raise ValueError(f"uuid7 timestamp out of range: {unix_ms}")
+    tail = rand if rand is not None else os.urandom(10)
+    if len(tail) != 10:
+        raise ValueError("uuid7 needs exactly 10 random bytes")
+    value = (unix_ms << 80) | int.from_bytes(tail, "big")
+    value &= ~(0xF << 76)
+    value |= 0x7 << 76  # version
+    value &= ~(0x3 << 62)
+    value |= 0x2 << 62  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+def _rfc3339(value: datetime) -> str:
+    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+UtcTime = Annotated[
+    AwareDatetime,
+    PlainSerializer(_rfc3339, return_type=str, when_used="json"),
+    Field(description="RFC 3339 time in UTC, e.g. 2026-11-23T09:14:03.250Z."),
+]
+
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
+]
+
+
+def utc_from_epoch(ts: float) -> datetime:
+    """The aware UTC datetime of an epoch-seconds timestamp (observations' time base)."""
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+class BaseEvent(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_: Literal["santi.presence/1"] = Field(
+        default=SCHEMA_VERSION,
+        alias="schema",
+        description="Schema name and major version; a consumer rejects versions it does not know.",
+    )
+    event_id: uuid.UUID = Field(
+        description="UUIDv7, unique per event; HQ deduplicates on it.",
+    )
+    seq: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Per-agent sequence number, gap-free from 1 and surviving restarts, assigned "
+            "by the agent's outbox when the event is stored; HQ detects loss on its gaps. "
+            "0 only on an event that has not been stored yet, never on the wire."
+        ),
+    )
+    store_id: Identifier = Field(description="The store, as in the site config.")
+    agent_id: Identifier = Field(description="The agent that produced the event.")
+    ts: UtcTime = Field(description="When the event happened at the store.")
+    subject: str = Field(
+        min_length=1,
+        max_length=128,
+        description=(
+            "Pseudonymous visitor id (keyed hash, rotates with the store's salt). "
+            "For agent.status, the agent id."
+        ),
+    )
+
+    @field_validator("ts")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    def to_json(self) -> str:
+        """The wire form: compact JSON, field names as in the schema."""
+        return self.model_dump_json(by_alias=True)
+
+
+class VisitStarted(BaseEvent):
+    """A shopper's device was first seen inside the store (a new visit)."""
+
+    type: Literal["visit.started"] = Field(default="visit.started", description="Event type; also the last topic level.")
+    visit_id: str = Field(min_length=1, description="Id of this visit, shared by all its events.")
+    sector_id: str | None = Field(
+        default=None, description="Sector where the visit was first located, if known yet."
+    )
+    tech: Literal["ble", "wifi"] = Field(description="Radio the visitor was heard on.")
+
+
+class SectorEntered(BaseEvent):
+    """The visitor's most likely sector became this one (after hysteresis)."""
+
+    type: Literal["sector.entered"] = Field(default="sector.entered", description="Event type; also the last topic level.")
+    visit_id: str = Field(min_length=1, description="The visit this event belongs to.")
+    sector_id: str = Field(min_length=1, description="Sector id, as in the site config.")
+    probability: float = Field(ge=0.0, le=1.0, description="Posterior probability of the sector.")
+
+
+class SectorExited(BaseEvent):
+    """The visitor left a sector; ``dwell_s`` is the time spent in it."""
+
+    type: Literal["sector.exited"] = Field(default="sector.exited", description="Event type; also the last topic level.")
+    visit_id: str = Field(min_length=1, description="The visit this event belongs to.")
+    sector_id: str = Field(min_length=1, description="Sector id, as in the site config.")
+    dwell_s: float = Field(ge=0.0, description="Seconds between sector.entered and this exit.")
+
+
+class VisitEnded(BaseEvent):
+    """A visit closed: by silence, or by passing the entrance outward."""
+
+    type: Literal["visit.ended"] = Field(default="visit.ended", description="Event type; also the last topic level.")
+    visit_id: str = Field(min_length=1, description="The visit this event belongs to.")
+    duration_s: float = Field(ge=0.0, description="Seconds from visit.started to the end.")
+    dwell_s: dict[str, float] = Field(
+        default_factory=dict, description="Seconds spent per sector id during the visit."
+    )
+    reason: Literal["silence", "exit", "shutdown"] = Field(
+        description="Why the visit was closed."
+    )
+
+
+class IdentityLinked(BaseEvent):
+    """A visit is linked to a loyalty id the customer presented; nothing sent is rewritten."""
+
+    type: Literal["identity.linked"] = Field(default="identity.linked", description="Event type; also the last topic level.")
+    visit_id: str = Field(min_length=1, description="The visit now linked to the loyalty id.")
+    loyalty_id: str = Field(min_length=1, max_length=128, description="As presented by the customer.")
+    method: Literal["card_tap", "app_beacon"] = Field(description="How the link was made.")
+    confidence: float = Field(
+        ge=0.0, le=1.0, description="Probability the link is right (lower when several shoppers were near the reader)."
+    )
+    reader_id: str | None = Field(default=None, description="NFC reader of a card_tap link.")
+
+
+class CardTapped(BaseEvent):
+    """A card was read at an NFC reader; ``subject`` is the card's own pseudonym."""
+
+    type: Literal["card.tapped"] = Field(default="card.tapped", description="Event type; also the last topic level.")
+    reader_id: str = Field(min_length=1, description="NFC reader id, as in the site config.")
+    card: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Loyalty id from the card's NDEF record, or the pseudonymised UID of an unknown card.",
+    )
+    known: bool = Field(description="True when the card carried one of our loyalty ids.")
+    linked: bool = Field(description="True when an identity.linked event was emitted for this tap.")
+
+
+class SourceStatus(BaseModel):
+    """Health of one observation source over the last status period."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state: Literal["up", "down", "degraded"] = Field(default="up", description="Whether the source is delivering.")
+    rate_per_s: float = Field(ge=0.0, description="Observations (or taps) per second.")
+    dropped: int = Field(ge=0, description="Inputs dropped since start (malformed, not allowed, queue full).")
+    last_error: str | None = Field(default=None, description="The last error, one line, if any.")
+
+
+class AgentStatus(BaseEvent):
+    """Periodic health of the agent; also how the outbox reports evicted events."""
+
+    type: Literal["agent.status"] = Field(default="agent.status", description="Event type; also the last topic level.")
+    state: Literal["online", "degraded", "draining"] = Field(default="online", description="Agent health.")
+    uptime_s: float = Field(ge=0.0, description="Seconds since the agent started.")
+    sources: dict[str, SourceStatus] = Field(default_factory=dict, description="Health per source name.")
+    outbox_depth: int = Field(ge=0, description="Events stored and not yet acknowledged by the broker.")
+    oldest_unsent_ts: UtcTime | None = Field(default=None, description="Time of the oldest stored event.")
+    evicted_total: int = Field(ge=0, default=0, description="Events dropped by outbox bounds since the outbox was created.")
+    evicted_since_last: int = Field(
+        ge=0, default=0, description="Events dropped by outbox bounds since the previous agent.status."
+    )
+    tracks: int = Field(ge=0, default=0, description="Emitters currently tracked.")
+    clock_offset_s: float | None = Field(default=None, description="Clock offset to a reference, if known.")
+
+
+Event = Annotated[
+    VisitStarted
+    | SectorEntered
+    | SectorExited
+    | VisitEnded
+    | IdentityLinked
+    | CardTapped
+    | AgentStatus,
+    Field(discriminator="type"),
+]
+
+EVENT_MODELS: dict[str, type[BaseEvent]] = {
+    "visit.started": VisitStarted,
+    "sector.entered": SectorEntered,
+    "sector.exited": SectorExited,
+    "visit.ended": VisitEnded,
+    "identity.linked": IdentityLinked,
+    "card.tapped": CardTapped,
+    "agent.status": AgentStatus,
+}
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(payload: str | bytes) -> Event:
+    """Parse and validate one event from its JSON wire form.
+
+    Raises ``pydantic.ValidationError`` for anything that is not a valid
+    event of a known type; callers turn that into a counted drop.
+    """
+    return _EVENT_ADAPTER.validate_json(payload)
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Validate an already-decoded event (e.g. a row read back from a store)."""
+    return _EVENT_ADAPTER.validate_python(data)
+
+
+def topic_for(event: Event) -> str:
+    """The MQTT topic of an event: ``santi/v1/<store>/<agent>/events/<type>``."""
+    return f"santi/v1/{event.store_id}/{event.agent_id}/events/{event.type}"
+
+
+def status_topic(store_id: str, agent_id: str) -> str:
+    """The retained online/offline topic of an agent (the last will goes here)."""
+    return f"santi/v1/{store_id}/{agent_id}/status"

@@ -1,0 +1,57 @@
+"""Generate the JSON Schema of every event type into ``docs/schema/``.
+
+HQ teams validate payloads in their own language against these files, so
+they are generated from the models and a test fails when they go stale.
+Run ``python -m agent.schema`` after changing ``agent/events.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from agent.events import EVENT_MODELS, Event
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schema"
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """File name → JSON Schema, one per event type plus the union of all."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in EVENT_MODELS.items():
+        schema = model.model_json_schema(by_alias=True, mode="serialization")
+        schema["$id"] = f"https://santi.dev/schema/{name}.json"
+        out[f"{name}.json"] = schema
+    union = TypeAdapter(Event).json_schema(by_alias=True, mode="serialization")
+    union["$id"] = "https://santi.dev/schema/event.json"
+    union["title"] = "SantiEvent"
+    out["event.json"] = union
+    return out
+
+
+def render(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in schemas().items():
+        path = directory / name
+        path.write_text(render(schema), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def main() -> int:
+    for path in write():
+        sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
