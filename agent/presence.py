@@ -57,7 +57,9 @@ class Visit:
     dwell: dict[str, float] = field(default_factory=dict)
 
 
-class _Envelope(TypedDict):
+class Envelope(TypedDict):
+    """The fields every event shares, built once per event."""
+
     event_id: uuid.UUID
     store_id: str
     agent_id: str
@@ -93,7 +95,7 @@ class Presence:
         self._new_id = new_event_id
         self.visits: dict[str, Visit] = {}
 
-    def _envelope(self, ts: float, subject: str) -> _Envelope:
+    def envelope(self, ts: float, subject: str) -> Envelope:
         return {
             "event_id": self._new_id(ts),
             "store_id": self.store_id,
@@ -112,7 +114,7 @@ class Presence:
                     continue
                 visit = Visit(visit_id_for(item.emitter_id, ts), item.emitter_id, item.tech, ts, ts)
                 self.visits[item.emitter_id] = visit
-                events.append(VisitStarted(**self._envelope(ts, visit.subject), visit_id=visit.visit_id,
+                events.append(VisitStarted(**self.envelope(ts, visit.subject), visit_id=visit.visit_id,
                                            sector_id=item.sector_id, tech=item.tech))
             visit.last_seen = ts
             if item.sector_id == visit.sector_id:
@@ -127,7 +129,7 @@ class Presence:
             assert item.sector_id is not None
             visit.sector_id = item.sector_id
             visit.sector_since = ts
-            events.append(SectorEntered(**self._envelope(ts, visit.subject), visit_id=visit.visit_id,
+            events.append(SectorEntered(**self.envelope(ts, visit.subject), visit_id=visit.visit_id,
                                         sector_id=item.sector_id, probability=min(max(item.probability, 0.0), 1.0)))
         return events
 
@@ -154,13 +156,13 @@ class Presence:
             return []
         dwell = max(ts - visit.sector_since, 0.0)
         visit.dwell[visit.sector_id] = visit.dwell.get(visit.sector_id, 0.0) + dwell
-        event = SectorExited(**self._envelope(ts, visit.subject), visit_id=visit.visit_id,
+        event = SectorExited(**self.envelope(ts, visit.subject), visit_id=visit.visit_id,
                              sector_id=visit.sector_id, dwell_s=dwell)
         visit.sector_id = None
         return [event]
 
     def _end(self, visit: Visit, ts: float, reason: EndReason) -> BaseEvent:
         del self.visits[visit.subject]
-        return VisitEnded(**self._envelope(ts, visit.subject), visit_id=visit.visit_id,
+        return VisitEnded(**self.envelope(ts, visit.subject), visit_id=visit.visit_id,
                           duration_s=max(ts - visit.started, 0.0),
                           dwell_s={k: round(v, 3) for k, v in visit.dwell.items()}, reason=reason)

@@ -1,0 +1,158 @@
+"""One window of observations and taps in, presence events out.
+
+The locator is the pure middle of the agent: it owns the tracker, the sector
+filters, the presence state machine and the tap linker, and is stepped with
+the window's time by the service (or by a replay, as fast as it can read).
+It never reads a clock or touches I/O, so the service, the demo and the
+tests drive exactly the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from agent.config import SiteConfig
+from agent.events import BaseEvent, CardTapped, IdentityLinked
+from agent.identity import LinkParams, best_link, tap_probabilities
+from agent.observations import CardTap, Observation
+from agent.presence import Located, Presence
+from agent.site_arrays import (
+    OUTSIDE,
+    make_sector_model,
+    make_sector_tracker,
+    make_tracker,
+    site_arrays,
+)
+
+log = logging.getLogger(__name__)
+
+Tech = Literal["ble", "wifi"]
+
+
+@dataclass
+class LocatorStats:
+    """Counters for ``agent.status``: what went into the math and what was dropped."""
+
+    observations: int = 0
+    taps: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+class Locator:
+    """Tracker + sector model + presence + identity for one store."""
+
+    def __init__(self, site: SiteConfig, *, link_params: LinkParams | None = None) -> None:
+        self.site = site
+        self.arrays = site_arrays(site)
+        self.tracker = make_tracker(site, self.arrays)
+        self.sectors = make_sector_tracker(site, make_sector_model(self.arrays))
+        self.presence = Presence(
+            site.store.id,
+            site.agent.id,
+            entrances=[s.id for s in site.sectors if s.entrance],
+            visit_silence_s=site.tracking.visit_silence_s,
+        )
+        self.link_params = link_params or LinkParams()
+        xy = np.asarray(site.store.outline, dtype=np.float64)
+        self.store_area_m2 = float(0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1))))
+        self.readers = {r.id: np.array([r.x, r.y]) for r in site.nfc_readers}
+        self.app_beacons: dict[str, str] = {}
+        self._tech: dict[str, Tech] = {}
+        self.stats = LocatorStats()
+
+    def register_app_beacon(self, emitter_id: str, loyalty_id: str) -> None:
+        """The loyalty app advertised this emitter: its visit links at once."""
+        self.app_beacons[emitter_id] = loyalty_id
+
+    def window(self, t: float, observations: Sequence[Observation], taps: Sequence[CardTap] = ()) -> list[BaseEvent]:
+        """Events of the window ending at ``t``."""
+        events: list[BaseEvent] = []
+        rows = self.arrays.receiver_row
+        ids: list[str] = []
+        receiver_index: list[int] = []
+        rssi: list[float] = []
+        for obs in observations:
+            row = rows.get(obs.receiver_id)
+            if row is None:
+                self.stats.dropped["unknown_receiver"] += 1
+                continue
+            ids.append(obs.emitter_id)
+            receiver_index.append(row)
+            rssi.append(obs.rssi_dbm)
+            self._tech[obs.emitter_id] = obs.tech
+        self.stats.observations += len(ids)
+        if ids:
+            snapshot = self.tracker.step(t, ids, np.array(receiver_index), np.array(rssi))
+            update = self.sectors.step(t, list(snapshot.emitter_ids), snapshot.xy, snapshot.cov)
+            located = []
+            for emitter, sector, probability in zip(
+                snapshot.emitter_ids, update.sector.tolist(), update.probability.tolist(), strict=True
+            ):
+                name = self.arrays.sector_name(sector)
+                if name is None:
+                    continue
+                located.append(Located(emitter, self._tech.get(emitter, "ble"),
+                                       None if name == OUTSIDE else name, probability))
+            before = set(self.presence.visits)
+            events.extend(self.presence.update(t, located))
+            for emitter in set(self.presence.visits) - before:
+                if emitter in self.app_beacons:
+                    events.append(self._app_link(t, emitter))
+        for tap in taps:
+            events.extend(self._tap(tap))
+        dead = self.tracker.expire(t)
+        if dead:
+            self.sectors.forget(dead)
+        events.extend(self.presence.expire(t))
+        for emitter in dead:
+            if emitter not in self.presence.visits:
+                self._tech.pop(emitter, None)
+        return events
+
+    def close(self, t: float) -> list[BaseEvent]:
+        """End every open visit (the agent is shutting down)."""
+        return self.presence.close_all(t, "shutdown")
+
+    def _app_link(self, t: float, emitter: str) -> BaseEvent:
+        visit = self.presence.visits[emitter]
+        return IdentityLinked(**self.presence.envelope(t, visit.subject), visit_id=visit.visit_id,
+                              loyalty_id=self.app_beacons[emitter], method="app_beacon", confidence=1.0)
+
+    def _tap(self, tap: CardTap) -> list[BaseEvent]:
+        reader = self.readers.get(tap.reader_id)
+        if reader is None:
+            self.stats.dropped["unknown_reader"] += 1
+            log.warning("card tap at an unknown reader dropped", extra={"reader": tap.reader_id})
+            return []
+        self.stats.taps += 1
+        snapshot = self.tracker.snapshot()
+        visits = self.presence.visits
+        rows = [i for i, emitter in enumerate(snapshot.emitter_ids) if emitter in visits]
+        index: int | None = None
+        confidence = 0.0
+        if tap.known and rows:
+            picked = np.array(rows)
+            probabilities = tap_probabilities(
+                reader, snapshot.xy[picked], snapshot.cov[picked],
+                tap.ts - snapshot.last_seen[picked], self.store_area_m2, self.link_params,
+            )
+            best, confidence = best_link(probabilities, self.link_params)
+            index = None if best is None else rows[best]
+        events: list[BaseEvent] = []
+        subject = tap.card
+        if index is not None:
+            visit = visits[snapshot.emitter_ids[index]]
+            subject = visit.subject
+            events.append(IdentityLinked(**self.presence.envelope(tap.ts, subject), visit_id=visit.visit_id,
+                                         loyalty_id=tap.card, method="card_tap",
+                                         confidence=round(confidence, 4), reader_id=tap.reader_id))
+        events.append(CardTapped(**self.presence.envelope(tap.ts, subject), reader_id=tap.reader_id,
+                                 card=tap.card, known=tap.known, linked=index is not None))
+        return events
+

@@ -1,0 +1,101 @@
+"""The site config as the stacked arrays the positioning core takes.
+
+``positioning/`` knows nothing of TOML or ids: it wants receiver rows, sector
+polygons and an adjacency matrix. This is the one place that turns a
+``SiteConfig`` into those arrays, so the locator service, the simulator and
+the benchmarks agree on which row is which receiver and which index is which
+sector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.config import SiteConfig
+from positioning.sectors import SectorModel, SectorTracker
+from positioning.tracker import Tracker, TrackerConfig
+
+FloatArray = NDArray[np.float64]
+
+OUTSIDE = "outside"
+"""Sector id reported for an estimate beyond every sector polygon."""
+
+
+@dataclass(frozen=True, eq=False)
+class SiteArrays:
+    """Receivers and sectors of a site, row-aligned with the core's arrays.
+
+    xyz (m, 3) metres; rssi_at_1m, exponent, sigma_db (m,); kinds (m,) the
+    receiver kind; polygons S arrays (n_i, 2); adjacency (S, S) bool;
+    entrances (S,) bool; bbox ((x_min, y_min), (x_max, y_max)) of the outline.
+    """
+
+    receiver_ids: tuple[str, ...]
+    kinds: tuple[str, ...]
+    xyz: FloatArray
+    rssi_at_1m: FloatArray
+    exponent: FloatArray
+    sigma_db: FloatArray
+    sector_ids: tuple[str, ...]
+    polygons: tuple[FloatArray, ...]
+    adjacency: NDArray[np.bool_]
+    entrances: NDArray[np.bool_]
+    bbox: FloatArray
+    receiver_row: dict[str, int] = field(default_factory=dict)
+
+    def sector_name(self, index: int) -> str | None:
+        """Sector id of a core sector index: None before the first report, 'outside' beyond all."""
+        if index < 0:
+            return None
+        if index >= len(self.sector_ids):
+            return OUTSIDE
+        return self.sector_ids[index]
+
+
+def site_arrays(site: SiteConfig) -> SiteArrays:
+    """Stack a validated site config into the core's arrays."""
+    receivers = site.receivers
+    xyz = np.array([[r.x, r.y, r.z] for r in receivers], dtype=np.float64)
+    outline = np.asarray(site.store.outline, dtype=np.float64)
+    index = site.sector_index()
+    s = len(site.sectors)
+    adjacency = np.zeros((s, s), dtype=bool)
+    for i, neighbours in enumerate(site.adjacency()):
+        for other in neighbours:
+            adjacency[i, index[other]] = True
+    return SiteArrays(
+        receiver_ids=tuple(r.id for r in receivers),
+        kinds=tuple(r.kind for r in receivers),
+        xyz=xyz,
+        rssi_at_1m=np.array([r.rssi_at_1m for r in receivers], dtype=np.float64),
+        exponent=np.array([r.path_loss_exponent for r in receivers], dtype=np.float64),
+        sigma_db=np.array([r.noise_sigma_db for r in receivers], dtype=np.float64),
+        sector_ids=tuple(sector.id for sector in site.sectors),
+        polygons=tuple(np.asarray(sector.polygon, dtype=np.float64) for sector in site.sectors),
+        adjacency=adjacency,
+        entrances=np.array([sector.entrance for sector in site.sectors], dtype=bool),
+        bbox=np.stack([outline.min(axis=0), outline.max(axis=0)]),
+        receiver_row={r.id: row for row, r in enumerate(receivers)},
+    )
+
+
+def make_tracker(site: SiteConfig, arrays: SiteArrays, config: TrackerConfig | None = None) -> Tracker:
+    """A tracker over the site's receivers; the site's tracking section sets height and silence."""
+    if config is None:
+        config = TrackerConfig(
+            emitter_z=site.tracking.emitter_height_m, max_silence_s=site.tracking.track_silence_s
+        )
+    return Tracker(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.bbox, config)
+
+
+def make_sector_model(arrays: SiteArrays, *, mean_dwell_s: float = 10.0) -> SectorModel:
+    """The site's sector polygons and adjacency as the core's HMM."""
+    return SectorModel(arrays.polygons, arrays.adjacency, arrays.entrances, mean_dwell_s=mean_dwell_s)
+
+
+def make_sector_tracker(site: SiteConfig, model: SectorModel) -> SectorTracker:
+    """Per-emitter sector filters with the site's threshold and hysteresis."""
+    return SectorTracker(model, threshold=site.tracking.sector_threshold, hold_s=site.tracking.hysteresis_s)

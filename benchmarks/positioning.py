@@ -1,0 +1,250 @@
+"""Throughput and memory of the positioning core, against a per-fix baseline.
+
+A synthetic store (40 m x 30 m, 8 receivers on the walls, 6 sectors) with
+emitters walking at about 1 m/s. Each 1 s window, every emitter is heard by
+each receiver with probability heard/receivers (about 5 of 8), with 4 dB
+noise. Measured on one core, as medians over windows and repeats:
+
+- observations per second through `Tracker.step`, and through `Tracker.step`
+  followed by `SectorTracker.step` on its snapshot;
+- bytes per track: the bank's arrays (spare capacity included: it doubles),
+  what tracemalloc sees held after the births (arrays, id map, id strings),
+  and the tracemalloc peak of a steady-state window, each over the tracks;
+- the naive baseline in the same run: one robust `least_squares`
+  multilateration (`multilaterate.fix`) per emitter per window.
+
+Run from the repository root:
+
+    python -m benchmarks.positioning            # readable table
+    python -m benchmarks.positioning --json     # one JSON object
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: its folder would shadow the `positioning` package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import time
+import tracemalloc
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from positioning.multilaterate import fix
+from positioning.pathloss import rssi_at_distance, slant_distance
+from positioning.sectors import SectorModel, SectorTracker
+from positioning.tracker import Tracker
+
+WIDTH, DEPTH = 40.0, 30.0
+RX_XYZ = np.array(
+    [
+        [0, 0, 2.8],
+        [20, 0, 2.8],
+        [40, 0, 2.8],
+        [40, 15, 2.8],
+        [40, 30, 2.8],
+        [20, 30, 2.8],
+        [0, 30, 2.8],
+        [0, 15, 2.8],
+    ],
+    dtype=float,
+)
+RSSI_AT_1M, EXPONENT, SIGMA_DB = -59.0, 2.2, 4.0
+
+
+def sector_model() -> SectorModel:
+    """Six sectors in a 3 x 2 grid, neighbours adjacent, the door in sector 0."""
+    cells = [(i, j) for j in range(2) for i in range(3)]
+    w, d = WIDTH / 3, DEPTH / 2
+    polygons = [
+        np.array(
+            [[i * w, j * d], [(i + 1) * w, j * d], [(i + 1) * w, (j + 1) * d], [i * w, (j + 1) * d]]
+        )
+        for i, j in cells
+    ]
+    adjacency = np.array([[abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for b in cells] for a in cells])
+    return SectorModel(polygons, adjacency, np.arange(6) == 0)
+
+
+@dataclass
+class Window:
+    """One window of readings, as a source would hand them over, plus ground truth."""
+
+    ids: list[str]
+    receiver_index: NDArray[np.intp]
+    rssi: NDArray[np.float64]
+    truth: NDArray[np.float64]  # (emitters, 2), row i is emitter names[i]
+
+
+def make_windows(
+    emitters: int, windows: int, heard: int, rng: np.random.Generator
+) -> tuple[list[str], list[Window]]:
+    """Emitters walking at ~1 m/s, bouncing off the walls, heard with 4 dB noise."""
+    names = np.array([f"{v:016x}" for v in rng.integers(0, 2**63, emitters)])
+    size = np.array([WIDTH, DEPTH])
+    pos = rng.uniform(1.0, size - 1.0, (emitters, 2))
+    heading = rng.uniform(0, 2 * np.pi, emitters)
+    out = []
+    for _ in range(windows):
+        heading += rng.normal(0.0, 0.4, emitters)
+        pos = pos + np.column_stack([np.cos(heading), np.sin(heading)])
+        pos = size - np.abs(size - np.abs(pos))  # reflect at the walls
+        hear = rng.random((emitters, len(RX_XYZ))) < heard / len(RX_XYZ)
+        k, r = np.nonzero(hear)
+        d = slant_distance(pos, RX_XYZ, 1.2)[k, r]
+        z = rssi_at_distance(d, RSSI_AT_1M, EXPONENT) + rng.normal(0.0, SIGMA_DB, k.size)
+        out.append(Window(names[k].tolist(), r.astype(np.intp), z, pos.copy()))
+    return names.tolist(), out
+
+
+def bench_tracker(
+    emitters: int, args: argparse.Namespace, rng: np.random.Generator
+) -> dict[str, float]:
+    """Median obs/s of Tracker.step (and + SectorTracker.step) after the births window."""
+    track_rates, both_rates, ms, obs, errors = [], [], [], [], []
+    model = sector_model()
+    for _ in range(args.repeats):
+        names, wins = make_windows(emitters, args.windows + 1, args.heard, rng)
+        row = {e: i for i, e in enumerate(names)}
+        tracker = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)))
+        sectors = SectorTracker(model)
+        for t, w in enumerate(wins):
+            t0 = time.perf_counter()
+            snap = tracker.step(float(t), w.ids, w.receiver_index, w.rssi)
+            t1 = time.perf_counter()
+            sectors.step(float(t), snap.emitter_ids, snap.xy, snap.cov)
+            t2 = time.perf_counter()
+            if t == 0:  # births: not steady state
+                continue
+            track_rates.append(len(w.ids) / (t1 - t0))
+            both_rates.append(len(w.ids) / (t2 - t0))
+            ms.append(1e3 * (t1 - t0))
+            obs.append(len(w.ids))
+        truth = wins[-1].truth[[row[e] for e in snap.emitter_ids]]
+        errors.append(float(np.median(np.linalg.norm(snap.xy - truth, axis=1))))
+    return {
+        "emitters": emitters,
+        "obs_per_window": float(np.median(obs)),
+        "ms_per_window": float(np.median(ms)),
+        "tracker_obs_per_s": float(np.median(track_rates)),
+        "tracker_and_sectors_obs_per_s": float(np.median(both_rates)),
+        "median_error_m": float(np.median(errors)),
+    }
+
+
+def bench_memory(
+    emitters: int, args: argparse.Namespace, rng: np.random.Generator
+) -> dict[str, float]:
+    """Bytes per track: the bank's arrays, and tracemalloc's view of a full window."""
+    _, wins = make_windows(emitters, 3, args.heard, rng)
+    tracker = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)))
+    tracemalloc.start()
+    tracker.step(0.0, wins[0].ids, wins[0].receiver_index, wins[0].rssi)
+    held, _ = tracemalloc.get_traced_memory()  # the bank after births: arrays, id map
+    tracemalloc.reset_peak()
+    tracker.step(1.0, wins[1].ids, wins[1].receiver_index, wins[1].rssi)
+    _, peak = tracemalloc.get_traced_memory()  # held + a steady-state window's temporaries
+    tracemalloc.stop()
+    return {
+        "bank_bytes_per_track": tracker.nbytes / len(tracker),
+        "held_bytes_per_track": held / len(tracker),
+        "peak_bytes_per_track": peak / len(tracker),
+    }
+
+
+def bench_naive(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, float]:
+    """One least-squares multilateration per emitter per window: obs/s."""
+    names, wins = make_windows(args.naive_fixes, 2, args.heard, rng)
+    w = wins[1]
+    ids = np.array(w.ids)
+    rates, errors = [], []
+    for _ in range(args.repeats):
+        for i, e in enumerate(names):
+            mine = ids == e
+            if not mine.any():
+                continue
+            ri = w.receiver_index[mine]
+            t0 = time.perf_counter()
+            f = fix(RX_XYZ[ri], w.rssi[mine], RSSI_AT_1M, EXPONENT, SIGMA_DB)
+            rates.append(mine.sum() / (time.perf_counter() - t0))
+            if f.ok:
+                errors.append(float(np.linalg.norm(f.xy - w.truth[i])))
+    return {
+        "naive_obs_per_s": float(np.median(rates)),
+        "naive_median_error_m": float(np.median(errors)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--emitters", type=int, nargs="+", default=[100, 1000, 5000], help="concurrent emitters"
+    )
+    parser.add_argument(
+        "--windows", type=int, default=10, help="steady-state 1 s windows per repeat"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="repeats (medians are taken)")
+    parser.add_argument(
+        "--heard",
+        type=float,
+        default=5.0,
+        help="receivers hearing an emitter per window, on average",
+    )
+    parser.add_argument(
+        "--naive-fixes", type=int, default=300, help="emitters in the naive baseline"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    )
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    naive = bench_naive(args, rng)
+    rows = []
+    for k in args.emitters:
+        row = bench_tracker(k, args, rng) | bench_memory(k, args, rng)
+        row["speedup_vs_naive"] = row["tracker_obs_per_s"] / naive["naive_obs_per_s"]
+        rows.append(row)
+    # CPU time over wall time: ~1.0 means the run used one core.
+    cpu_per_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    if args.json:
+        report = {"receivers": len(RX_XYZ), "heard": args.heard, "cpu_per_wall": cpu_per_wall}
+        print(json.dumps(report | {"naive": naive, "tracker": rows}, indent=2))
+        return 0
+    print(
+        f"{len(RX_XYZ)} receivers, ~{args.heard:g} heard per emitter per 1 s window, 4 dB noise; "
+        f"medians; CPU/wall {cpu_per_wall:.2f}"
+    )
+    columns = [  # header, key, format
+        ("emitters", "emitters", "{:>8.0f}"),
+        ("obs/win", "obs_per_window", "{:>8.0f}"),
+        ("ms/win", "ms_per_window", "{:>8.2f}"),
+        ("tracker obs/s", "tracker_obs_per_s", "{:>14,.0f}"),
+        ("+sectors obs/s", "tracker_and_sectors_obs_per_s", "{:>15,.0f}"),
+        ("x naive", "speedup_vs_naive", "{:>8.0f}"),
+        ("bank B/trk", "bank_bytes_per_track", "{:>11.0f}"),
+        ("held B/trk", "held_bytes_per_track", "{:>11.0f}"),
+        ("peak B/trk", "peak_bytes_per_track", "{:>11.0f}"),
+        ("med err m", "median_error_m", "{:>10.2f}"),
+    ]
+    widths = [len(fmt.format(0)) for _, _, fmt in columns]
+    print(" ".join(f"{h:>{w}}" for (h, _, _), w in zip(columns, widths, strict=True)))
+    for r in rows:
+        print(" ".join(fmt.format(r[key]) for _, key, fmt in columns))
+    print(
+        f"naive baseline, one least_squares fix per emitter per window: "
+        f"{naive['naive_obs_per_s']:,.0f} obs/s, median error {naive['naive_median_error_m']:.2f} m"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""From a track's Gaussian position to the store sector it is in, without flapping.
+
+Three stages, each batched across tracks:
+
+(a) Sector probabilities of the estimate N(xy, cov): the Gaussian integrated
+    over a raster of sector labels with J = q² equal-weight points,
+
+        p_k(s) = (1/J) sum_j [label(xy_k + L_k u_j) = s],  L_k L_kᵀ = cov_k  (8)
+
+    u_j on the grid of standard-normal quantiles Phi⁻¹((i + 1/2) / q) per
+    axis, with column s = S (the last) meaning outside every sector. The
+    integrand is a step function, for which equal-mass points err by at most
+    1/(2q) per axis; Gauss-Hermite nodes, built for smooth integrands, put
+    most weight on the central few and are much coarser here.
+
+(b) A hidden Markov model over the adjacency graph (outside is adjacent to the
+    entrance sectors). A shopper stays put with probability exp(-dt / tau)
+    and otherwise steps to one neighbour, chosen uniformly:
+
+        T(dt) = e^(-dt/tau) I + (1 - e^(-dt/tau)) N,   N = D⁻¹ A            (9)
+        posterior = normalise(p * (prior T(dt)))                           (10)
+
+    so probability only ever flows along the adjacency graph.
+
+(c) Hysteresis: the reported sector changes only once another sector's
+    posterior has stayed above `threshold` for `hold_s` seconds, so a shopper
+    standing on a border does not produce a stream of enter/exit events.
+
+Sector ids are indices here (outside = S); names are the caller's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import ndtri
+
+from positioning.geometry import LabelRaster
+from positioning.tracker import IdRows
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.intp]
+
+
+@dataclass(frozen=True, eq=False)
+class HmmState:
+    """Per-track sector filter state, k rows.
+
+    posterior (k, S+1); t (k,) time of the posterior; reported (k,) sector
+    index reported to the caller, -1 before the first; candidate (k,) the
+    sector waiting out its hold time, -1 if none; candidate_since (k,) when
+    it first crossed the threshold.
+    """
+
+    posterior: FloatArray
+    t: FloatArray
+    reported: IntArray
+    candidate: IntArray
+    candidate_since: FloatArray
+
+    def take(self, rows: IntArray) -> HmmState:
+        """The rows given, as a new state (copies)."""
+        return HmmState(
+            self.posterior[rows],
+            self.t[rows],
+            self.reported[rows],
+            self.candidate[rows],
+            self.candidate_since[rows],
+        )
+
+    def join(self, other: HmmState) -> HmmState:
+        """This state's rows followed by `other`'s."""
+        return HmmState(
+            np.concatenate([self.posterior, other.posterior]),
+            np.concatenate([self.t, other.t]),
+            np.concatenate([self.reported, other.reported]),
+            np.concatenate([self.candidate, other.candidate]),
+            np.concatenate([self.candidate_since, other.candidate_since]),
+        )
+
+    def put(self, rows: IntArray, part: HmmState) -> None:
+        """Overwrite the given rows in place with `part` (a wrapper's own bank only)."""
+        self.posterior[rows], self.t[rows], self.reported[rows] = (
+            part.posterior,
+            part.t,
+            part.reported,
+        )
+        self.candidate[rows], self.candidate_since[rows] = part.candidate, part.candidate_since
+
+
+@dataclass(frozen=True, eq=False)
+class SectorUpdate:
+    """Per track (k,): reported sector (-1 none yet, S outside), its posterior,
+    and this step's transition: entered / exited sector, -1 when none."""
+
+    sector: IntArray
+    probability: FloatArray
+    entered: IntArray
+    exited: IntArray
+
+
+class SectorModel:
+    """Store sectors: polygons, adjacency, entrances and the HMM of eq. (9).
+
+    Args:
+        polygons: S vertex arrays (n_i, 2), metres.
+        adjacency: (S, S) bool, True where shoppers can walk directly from
+            sector i to sector j; the diagonal is ignored.
+        entrances: (S,) bool, sectors that connect to outside.
+        cell_m: raster cell size of eq. (8).
+        margin_m: raster margin around the polygons; beyond it is outside.
+        mean_dwell_s: tau of eq. (9), the mean time a shopper stays in a sector.
+        samples_per_axis: q of eq. (8).
+        floor: mixed into the probabilities so that no sector is ever ruled
+            out outright; a poor estimate must not strand the filter.
+    """
+
+    def __init__(
+        self,
+        polygons: Sequence[ArrayLike],
+        adjacency: ArrayLike,
+        entrances: ArrayLike,
+        *,
+        cell_m: float = 0.25,
+        margin_m: float = 1.0,
+        mean_dwell_s: float = 10.0,
+        samples_per_axis: int = 8,
+        floor: float = 1e-3,
+    ) -> None:
+        s = len(polygons)
+        adj = np.asarray(adjacency, dtype=bool)
+        ent = np.asarray(entrances, dtype=bool)
+        if s == 0 or adj.shape != (s, s) or ent.shape != (s,):
+            raise ValueError(
+                f"need S >= 1 polygons, adjacency (S, S) and entrances (S,); got {s}, {adj.shape}, {ent.shape}"
+            )
+        if mean_dwell_s <= 0.0 or not 0.0 <= floor < 1.0 or samples_per_axis < 1:
+            raise ValueError(
+                "mean_dwell_s must be positive, floor in [0, 1), samples_per_axis >= 1"
+            )
+        self.n_sectors = s
+        self.outside = s
+        self.raster = LabelRaster.build(polygons, cell_m, margin_m)
+        self.mean_dwell_s = mean_dwell_s
+        self.floor = floor
+        a = np.zeros((s + 1, s + 1), dtype=bool)
+        a[:s, :s] = adj
+        a[s, :s] = a[:s, s] = ent  # outside <-> entrance sectors
+        np.fill_diagonal(a, False)
+        degree = a.sum(axis=1, keepdims=True)
+        # N = D⁻¹ A; a sector with no way out keeps its mass.
+        self.moves: FloatArray = np.where(degree > 0, a / np.maximum(degree, 1), np.eye(s + 1))
+        u = ndtri((np.arange(samples_per_axis) + 0.5) / samples_per_axis)
+        self._nodes: FloatArray = np.stack(np.meshgrid(u, u), axis=-1).reshape(-1, 2)  # (J, 2)
+
+    def label(self, xy: ArrayLike) -> IntArray:
+        """Sector index under each (k, 2) point (S when outside) -> (k,)."""
+        return self.raster.lookup(np.asarray(xy, dtype=np.float64).reshape(-1, 2))
+
+    def likelihood(self, xy: ArrayLike, cov: ArrayLike) -> FloatArray:
+        """Probability of each sector and of outside under N(xy, cov), eq. (8).
+
+        xy (k, 2), cov (k, 2, 2) -> (k, S+1), rows summing to 1, floored.
+        """
+        mu = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        c = np.asarray(cov, dtype=np.float64).reshape(-1, 2, 2)
+        k, n = mu.shape[0], self.n_sectors + 1
+        # Closed-form Cholesky of each 2 x 2 covariance, L Lᵀ = cov.
+        l00 = np.sqrt(np.maximum(c[:, 0, 0], 0.0))
+        l10 = np.where(l00 > 0.0, c[:, 1, 0] / np.where(l00 > 0.0, l00, 1.0), 0.0)
+        l11 = np.sqrt(np.maximum(c[:, 1, 1] - l10**2, 0.0))
+        u0, u1 = self._nodes[:, 0], self._nodes[:, 1]
+        points = np.stack(
+            [mu[:, :1] + l00[:, None] * u0, mu[:, 1:] + l10[:, None] * u0 + l11[:, None] * u1],
+            axis=-1,
+        )
+        labels = self.raster.lookup(points)  # (k, J)
+        rows = np.arange(k)[:, None] * n
+        counts = np.bincount((rows + labels).ravel(), minlength=k * n).reshape(k, n)
+        p = counts / labels.shape[1]
+        return np.asarray((1.0 - self.floor) * p + self.floor / n, dtype=np.float64)
+
+    def predict(self, prior: FloatArray, dt: ArrayLike) -> FloatArray:
+        """prior T(dt) of eq. (9) for k tracks: (k, S+1), dt scalar or (k,) -> (k, S+1)."""
+        stay = np.exp(-np.maximum(np.asarray(dt, dtype=np.float64), 0.0) / self.mean_dwell_s)
+        stay = np.broadcast_to(stay, prior.shape[:1])[:, None]
+        return stay * prior + (1.0 - stay) * (prior @ self.moves)
+
+    def initial(self, k: int, t: float) -> HmmState:
+        """State of k new tracks at time t: uniform posterior, nothing reported."""
+        n = self.n_sectors + 1
+        none = np.full(k, -1, dtype=np.intp)
+        return HmmState(
+            np.full((k, n), 1.0 / n), np.full(k, float(t)), none, none.copy(), np.full(k, float(t))
+        )
+
+
+def hysteresis(
+    state: HmmState, posterior: FloatArray, t: float, threshold: float, hold_s: float
+) -> tuple[HmmState, SectorUpdate]:
+    """Stage (c): switch the reported sector only after `hold_s` above `threshold`."""
+    k = posterior.shape[0]
+    best = np.argmax(posterior, axis=1)
+    p_best = posterior[np.arange(k), best]
+    strong = (best != state.reported) & (p_best >= threshold)
+    since = np.where(strong & (best != state.candidate), t, state.candidate_since)
+    switch = strong & (t - since >= hold_s)
+    entered = np.where(switch, best, -1)
+    exited = np.where(switch & (state.reported >= 0), state.reported, -1)
+    reported = np.where(switch, best, state.reported)
+    candidate = np.where(strong & ~switch, best, -1)
+    probability = np.where(reported >= 0, posterior[np.arange(k), np.maximum(reported, 0)], 0.0)
+    new_state = HmmState(posterior, np.full(k, float(t)), reported, candidate, since)
+    return new_state, SectorUpdate(reported, probability, entered, exited)
+
+
+def hmm_step(
+    model: SectorModel,
+    state: HmmState,
+    xy: ArrayLike,
+    cov: ArrayLike,
+    t: float,
+    *,
+    threshold: float = 0.6,
+    hold_s: float = 2.0,
+) -> tuple[HmmState, SectorUpdate]:
+    """One forward step, eqs. (8)-(10) then hysteresis, for the k tracks of `state`.
+
+    xy (k, 2) and cov (k, 2, 2) are the tracks' estimates at time t.
+    """
+    p = model.likelihood(xy, cov)
+    predicted = model.predict(state.posterior, t - state.t)
+    joint = p * predicted  # p * (prior T(dt))
+    posterior = joint / joint.sum(axis=1, keepdims=True)
+    return hysteresis(state, posterior, t, threshold, hold_s)
+
+
+class SectorTracker:
+    """Sector filter states keyed by emitter id; a thin wrapper over `hmm_step`.
+
+    Feed it each window's `TrackSnapshot` fields; call `forget` with the ids
+    the tracker expired.
+    """
+
+    def __init__(self, model: SectorModel, *, threshold: float = 0.6, hold_s: float = 2.0) -> None:
+        if not 0.5 < threshold <= 1.0 or hold_s < 0.0:
+            raise ValueError("threshold must be in (0.5, 1] (one sector at a time) and hold_s >= 0")
+        self.model = model
+        self.threshold = threshold
+        self.hold_s = hold_s
+        self._rows = IdRows()
+        self._state = model.initial(0, 0.0)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def step(
+        self, t: float, emitter_ids: Sequence[str], xy: ArrayLike, cov: ArrayLike
+    ) -> SectorUpdate:
+        """Advance the k given tracks to time t with their estimates xy (k, 2), cov (k, 2, 2)."""
+        ids, rows, _ = self._rows.factorise(emitter_ids)
+        if len(ids) != len(emitter_ids):
+            raise ValueError("emitter_ids must be unique within a step")
+        new = rows < 0
+        if new.any():
+            rows[new] = self._rows.add([ids[i] for i in np.flatnonzero(new)])
+            self._state = self._state.join(self.model.initial(int(new.sum()), t))
+        updated, out = hmm_step(
+            self.model,
+            self._state.take(rows),
+            xy,
+            cov,
+            t,
+            threshold=self.threshold,
+            hold_s=self.hold_s,
+        )
+        self._state.put(rows, updated)
+        return out
+
+    def forget(self, emitter_ids: Sequence[str]) -> None:
+        """Drop the filter state of these emitters (unknown ids are ignored)."""
+        _, rows, _ = self._rows.factorise(emitter_ids)
+        dead = np.zeros(len(self._rows), dtype=bool)
+        dead[rows[rows >= 0]] = True
+        if dead.any():
+            self._rows.drop(dead)
+            self._state = self._state.take(np.flatnonzero(~dead))
+
+    def state(self) -> tuple[list[str], HmmState]:
+        """Ids and filter state of every emitter held, row-aligned (copies)."""
+        return self._rows.ids, self._state.take(np.arange(len(self._rows)))
