@@ -15,6 +15,9 @@ import click
 from agent import logs
 from agent.cli.config_cmd import config
 from agent.cli.demo_cmd import demo
+from agent.cli.doctor_cmd import doctor
+from agent.cli.firmware_cmd import firmware
+from agent.cli.map_cmd import map_
 
 
 def _version() -> str:
@@ -39,6 +42,9 @@ def cli(verbose: int) -> None:
 
 cli.add_command(config)
 cli.add_command(demo)
+cli.add_command(doctor)
+cli.add_command(map_)
+cli.add_command(firmware)
 
 
 def main() -> None:

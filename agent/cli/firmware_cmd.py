@@ -1,0 +1,142 @@
+"""``santi firmware``: settings for ESPresense nodes and beacon tags, from the site config."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agent.cli.config_cmd import load_or_fail
+from agent.cli.errors import CliError
+from agent.firmware import (
+    ESPRESENSE_REF_RSSI,
+    FirmwareError,
+    load_tag,
+    node_configs,
+    tag_site_problems,
+    write_node_files,
+)
+
+EXIT_NOT_ADMITTED = 1
+
+
+def _broker(value: str | None, host: str, port: int, tls: bool) -> tuple[str, int]:
+    """The address ESP32 nodes use to reach the store broker (never a loopback address)."""
+    if value is None:
+        if tls:
+            raise CliError("the uplink uses TLS, which ESPresense cannot; pass --broker HOST[:PORT] of the "
+                           "store's local broker")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            raise CliError(f"uplink.host is {host}, which a node cannot reach; pass --broker with the address "
+                           "nodes use for this box, e.g. --broker 192.168.1.20")
+        return host, port
+    name, _, number = value.rpartition(":") if ":" in value else (value, "", "")
+    if not number:
+        return value, 1883
+    if not number.isdigit() or not 1 <= int(number) <= 65535:
+        raise CliError(f"--broker {value}: the port must be a number from 1 to 65535")
+    return name, int(number)
+
+
+@click.group()
+def firmware() -> None:
+    """Receiver nodes and beacon tags: render their settings, validate tag profiles."""
+
+
+@firmware.command("render")
+@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Directory for one <room>.json and <room>.sh per node.")
+@click.option("--broker", default=None, metavar="HOST[:PORT]",
+              help="Broker address as the nodes see it [default: [uplink] host and port if not loopback].")
+@click.option("--reference-rssi", type=click.IntRange(-100, -20), default=ESPRESENSE_REF_RSSI, show_default=True,
+              help="RSSI at 1 m your tags advertise (iBeacon measured power).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_json: bool) -> None:
+    """Write ESPresense settings for every node receiver of SITE into --out.
+
+    Per node: <room>.json (settings, network page values, the MQTT messages)
+    and <room>.sh (the same messages as retained mosquitto_pub calls; set
+    SANTI_BROKER, SANTI_BROKER_PORT, MQTT_USER, MQTT_PASS to override).
+
+    \b
+    Example:
+      santi firmware render examples/fishmonger.toml --out nodes/ --broker 192.168.1.20
+      sh nodes/entrance.sh
+    """
+    config = load_or_fail(site)
+    host, port = _broker(broker, config.uplink.host, config.uplink.port, config.uplink.tls is not None)
+    try:
+        nodes = node_configs(config, host, port, reference_rssi=reference_rssi)
+    except FirmwareError as exc:
+        raise CliError(f"{site}: {exc}") from None
+    if not nodes:
+        raise CliError(f"{site}: no receiver has kind = \"node\"; nothing to render")
+    try:
+        written = write_node_files(config, nodes, out)
+    except OSError as exc:
+        raise CliError(f"cannot write into {out}: {exc.strerror or exc}") from None
+    if as_json:
+        click.echo(json.dumps({"broker": f"{host}:{port}", "files": [str(path) for path in written],
+                               "nodes": [{"receiver": n.receiver_id, "room": n.room, **n.settings} for n in nodes]},
+                              indent=2))
+        return
+    table = Table("receiver", "room", "absorption", "rx_adj_rssi", "max_distance", "skip_ms",
+                  title=f"ESPresense settings for {config.store.name} (broker {host}:{port})")
+    for node in nodes:
+        s = node.settings
+        table.add_row(node.receiver_id, node.room, s["absorption"], s["rx_adj_rssi"], s["max_distance"], s["skip_ms"])
+    console = Console()
+    console.print(table)
+    include = nodes[0].settings["include"]
+    console.print(f"include filter: {escape(include) if include else '(none: site allows all beacons)'}")
+    console.print(f"wrote {len(written)} files to {out}")
+
+
+@firmware.command("check-tag")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also check that this store's nodes would report the tag.")
+@click.option("--json", "as_json", is_flag=True, help="Print each profile with its advertisement bytes as JSON.")
+def check_tag(files: tuple[Path, ...], site: Path | None, as_json: bool) -> None:
+    """Validate beacon tag profiles (TOML or JSON); show the bytes each tag must advertise.
+
+    Exit 0 when all are valid (and fit --site), 2 for a bad profile, 1 when a
+    valid tag would be dropped by the --site store's nodes or advertise too
+    rarely for its tracking window.
+
+    \b
+    Example:
+      santi firmware check-tag firmware_configs/tags/*.toml --site examples/fishmonger.toml
+    """
+    config = load_or_fail(site) if site is not None else None
+    report: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            tag = load_tag(path)
+        except FirmwareError as exc:
+            raise CliError(str(exc)) from None
+        problems = tag_site_problems(tag, config) if config is not None else []
+        report.append({"file": str(path), "profile": tag.model_dump(mode="json"),
+                       "advertisement": tag.advertisement(), "espresense_id": tag.espresense_id(),
+                       "problems": problems})
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        table = Table("file", "kind", "ESPresense id", "advertisement (hex)", "problems", title="Tag profiles")
+        for item in report:
+            table.add_row(escape(item["file"]), item["profile"]["kind"], escape(item["espresense_id"]),
+                          item["advertisement"]["hex"], escape("; ".join(item["problems"])) or "[green]ok[/]")
+        Console().print(table)
+    if any(item["problems"] for item in report):
+        raise SystemExit(EXIT_NOT_ADMITTED)

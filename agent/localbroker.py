@@ -1,0 +1,122 @@
+"""A private Mosquitto broker on loopback: own port, own config, own lifetime.
+
+``santi demo`` runs one when no broker is configured, and the tests run one
+per test (never the machine's broker on 1883). Started on a free loopback
+port with a config in its own folder. ``stop()`` ends it
+(``kill=True`` for a SIGKILL, as in a crash), ``start()`` brings it back on
+the same port, ``restart()`` does both. The broker gets a parent-death
+signal, so a test run that is itself killed leaves no orphan behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def mosquitto_path() -> str:
+    for candidate in ("mosquitto", "/usr/sbin/mosquitto"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (bash .ci/run does it)")
+
+
+class Broker:
+    """One mosquitto process under a test's control."""
+
+    def __init__(self, workdir: Path, *, extra_config: str = "", port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.extra_config = extra_config
+        self.log_path = workdir / "mosquitto.log"
+        self.config_path = workdir / "mosquitto.conf"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        (self.workdir / "data").mkdir(exist_ok=True)
+        self.config_path.write_text(
+            "\n".join([
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                # As root, mosquitto drops to its own user unless told not to,
+                # and then cannot read anything in our private temp folder.
+                "user root",
+                "persistence true",
+                f"persistence_location {self.workdir / 'data'}/",
+                "autosave_interval 1",
+                "log_dest stderr",
+                "log_type error",
+                "log_type warning",
+                "max_queued_messages 0",
+                self.extra_config,
+                "",
+            ]),
+            encoding="utf-8",
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self.write_config()
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(  # noqa: S603 (our own binary and config)
+            [mosquitto_path(), "-c", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited at start: {self.log_path.read_text()[-500:]}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+                return
+            time.sleep(0.02)
+        self.stop(kill=True)
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def stop(self, *, kill: bool = False) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._proc = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()

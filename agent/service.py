@@ -1,0 +1,336 @@
+"""The agent daemon: sources → locator → outbox → uplink, for months on a Pi.
+
+Sources hand records to one bounded queue without ever blocking (a full
+queue drops and counts: scanning must not stall behind anything). The
+locator runs on fixed windows of ``tracking.window_s``; every event it
+produces goes to the SQLite outbox first, and the uplink thread publishes
+from there, so a slow or absent uplink is absorbed by the outbox.
+
+Lifecycle (systemd ``Type=notify``): READY once the outbox, uplink and
+sources are up; WATCHDOG from the window loop (a stuck loop gets the unit
+restarted); SIGTERM drains the queue, closes visits, gives the uplink a
+deadline and exits 0; SIGHUP re-reads the site config and keeps the old
+one, with a one-line error, if the new one is broken.
+
+Time: ``clock`` gives the store's time in epoch seconds. It is the wall
+clock in production and a replay's clock in the demo (``time_scale`` store
+seconds per real second), so windows follow the data's own time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config import ConfigError, SiteConfig, load_site
+from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
+from agent.locator import Locator
+from agent.observations import CardTap, Observation
+from agent.outbox import Outbox, OutboxError, OutboxStats
+from agent.sdnotify import Notifier
+from agent.sources.base import Record, Source
+from agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+QUEUE_LIMIT = 100_000
+"""Records waiting for the locator; beyond it sources drop and count (minutes of a busy store)."""
+
+STATUS_FILE_EVERY_S = 5.0
+"""How often ``state_dir/status.json`` is refreshed for ``santi status``."""
+
+
+@dataclass
+class ServiceStats:
+    """What ``agent.status`` and the status file report."""
+
+    started: float = 0.0
+    windows: int = 0
+    events: int = 0
+    queue_dropped: int = 0
+    per_source: dict[str, int] = field(default_factory=dict)
+    reloads: int = 0
+    reload_errors: int = 0
+
+
+class Service:
+    """One agent process. ``await run()`` returns an exit code."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        sources: Sequence[Source],
+        *,
+        state_dir: Path,
+        clock: Clock = time.time,
+        notifier: Notifier | None = None,
+        stop_when_sources_finish: bool = False,
+        drain_deadline_s: float = 10.0,
+        on_events: Callable[[Sequence[Event]], None] | None = None,
+        time_scale: float = 1.0,
+    ) -> None:
+        self.site = site
+        self.sources = list(sources)
+        self.state_dir = state_dir
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.stop_when_sources_finish = stop_when_sources_finish
+        self.drain_deadline_s = drain_deadline_s
+        self.on_events = on_events
+        self.time_scale = time_scale
+        self.locator = Locator(site)
+        self.stats = ServiceStats()
+        self.stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self._last_status = 0.0
+        self._status_written = 0.0
+
+    # -- records in ------------------------------------------------------------
+
+    def sink(self, record: Record) -> None:
+        """Hand a record to the locator; never blocks, drops and counts when full."""
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.stats.queue_dropped += 1
+            if self.stats.queue_dropped in (1, 10, 100) or self.stats.queue_dropped % 10_000 == 0:
+                log.warning("locator queue full: records dropped", extra={"dropped": self.stats.queue_dropped})
+
+    def _drain_queue(self) -> tuple[list[Observation], list[CardTap]]:
+        observations: list[Observation] = []
+        taps: list[CardTap] = []
+        while True:
+            try:
+                record = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return observations, taps
+            if isinstance(record, CardTap):
+                taps.append(record)
+            else:
+                observations.append(record)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            self.outbox = Outbox.open(self.state_dir / "outbox.sqlite", self.site.buffer, self.clock)
+        except OutboxError as exc:
+            log.error("outbox unavailable", extra={"error": str(exc)})
+            return 1
+        self.stats.started = self.clock()
+        self._last_status = self.stats.started
+        self.uplink = Uplink(self.site.uplink, self.outbox, store_id=self.site.store.id, agent_id=self.site.agent.id)
+        self.uplink.start()
+        self._install_signals()
+        for source in self.sources:
+            self._tasks.append(asyncio.create_task(self._run_source(source), name=f"source-{source.stats.name}"))
+        self._store(self._status(self.clock()))
+        self.notifier.ready(f"{len(self.sources)} sources, uplink {self.uplink.state}")
+        log.info("agent ready", extra={"store": self.site.store.id, "sources": len(self.sources)})
+        code = 0
+        try:
+            await self._window_loop()
+        except OutboxError as exc:
+            log.error("outbox failed; stopping", extra={"error": str(exc)})
+            code = 1
+        finally:
+            await self._shutdown()
+        return code
+
+    async def _run_source(self, source: Source) -> None:
+        try:
+            await source.run(self.sink, self.stop)
+        except Exception as exc:  # a source bug must not take the store down silently
+            source.stats.fail(f"crashed: {exc!r}")
+            log.exception("source crashed", extra={"source": source.stats.name})
+
+    def _sources_finished(self) -> bool:
+        return all(task.done() for task in self._tasks) and self._queue.empty()
+
+    async def _window_loop(self) -> None:
+        window = self.site.tracking.window_s
+        watchdog = self.notifier.watchdog_interval_s()
+        last_ping = time.monotonic()
+        next_t = self.clock() + window
+        while not self.stop.is_set():
+            delay = next_t - self.clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=min(delay / self.time_scale, 1.0))
+                if self.stop.is_set():
+                    break
+                if self.clock() < next_t:
+                    continue
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload()
+            t = self.clock()
+            finished = self.stop_when_sources_finish and self._sources_finished()
+            self._step(t)
+            next_t = max(next_t + window, t)
+            if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+                self.notifier.watchdog()
+                last_ping = time.monotonic()
+            if finished:
+                break
+
+    def _step(self, t: float) -> None:
+        observations, taps = self._drain_queue()
+        events = self.locator.window(t, observations, taps)
+        self.stats.windows += 1
+        if events:
+            self._store(events)
+        if t - self._last_status >= self.site.agent.status_interval_s:
+            self._last_status = t
+            assert self.outbox is not None
+            self.outbox.enforce(t)
+            self._store(self._status(t))
+        if time.monotonic() - self._status_written >= STATUS_FILE_EVERY_S:
+            self._write_status_file()
+
+    def _store(self, events: Sequence[Event] | AgentStatus) -> None:
+        assert self.outbox is not None
+        if isinstance(events, AgentStatus):
+            stored: Sequence[Event] = [self.outbox.append_status(self._status_builder(events))]
+        else:
+            stored = self.outbox.append_many(events)
+        self.stats.events += len(stored)
+        if self.on_events is not None:
+            self.on_events(stored)
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        self.stop.set()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, timeout=5.0)
+            except TimeoutError:
+                task.cancel()
+        t = self.clock()
+        if self.outbox is not None:
+            try:
+                self._step(t)
+                closing = self.locator.close(t)
+                if closing:
+                    self._store(closing)
+                self._store(self._status(t, state="draining"))
+            except OutboxError as exc:
+                log.error("could not store the final events", extra={"error": str(exc)})
+        if self.uplink is not None:
+            left = self.uplink.stop(self.drain_deadline_s)
+            log.info("uplink stopped", extra={"left_in_outbox": left})
+        self._write_status_file()
+        if self.outbox is not None:
+            self.outbox.close()
+        self.notifier.close()
+
+    # -- signals and reload ----------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+            loop.add_signal_handler(signal.SIGINT, self.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        except (NotImplementedError, RuntimeError):
+            log.debug("signal handlers unavailable in this thread")
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def _apply_reload(self) -> None:
+        """Re-read the site config; a broken file keeps the running one."""
+        path = self.site.path
+        if path is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = load_site(path)
+        except ConfigError as exc:
+            self.stats.reload_errors += 1
+            log.error("reload refused, keeping the running config", extra={"error": str(exc)})
+            self.notifier.status(f"reload refused: {exc}")
+            return
+        self.locator = self.locator.reconfigured(new)
+        self.site = new
+        self.stats.reloads += 1
+        log.info("site config reloaded", extra={"path": str(path)})
+        self.notifier.ready("reloaded")
+
+    # -- status ----------------------------------------------------------------
+
+    def _status(self, t: float, state: str = "online") -> AgentStatus:
+        """A placeholder status; ``_status_builder`` fills the outbox figures atomically."""
+        sources = {s.stats.name: s.stats.status(self._rate(s)) for s in self.sources}
+        if self.stats.queue_dropped:
+            sources["locator-queue"] = SourceStatus(state="degraded", rate_per_s=0.0, dropped=self.stats.queue_dropped)
+        return AgentStatus(
+            event_id=uuid7(int(t * 1000)), store_id=self.site.store.id, agent_id=self.site.agent.id,
+            ts=utc_from_epoch(t), subject=self.site.agent.id,
+            state="draining" if state == "draining" else ("online" if self._healthy() else "degraded"),
+            uptime_s=max(t - self.stats.started, 0.0), sources=sources, outbox_depth=0,
+            tracks=len(self.locator.tracker),
+        )
+
+    def _status_builder(self, draft: AgentStatus) -> Callable[[OutboxStats], AgentStatus]:
+        def build(stats: OutboxStats) -> AgentStatus:
+            oldest = None if stats.oldest_ts is None else utc_from_epoch(stats.oldest_ts)
+            return draft.model_copy(update={
+                "outbox_depth": stats.depth, "oldest_unsent_ts": oldest,
+                "evicted_total": stats.evicted_total, "evicted_since_last": stats.evicted_since_last,
+            })
+        return build
+
+    def _rate(self, source: Source) -> float:
+        name = source.stats.name
+        now = self.clock()
+        previous = self.stats.per_source.get(name, 0)
+        self.stats.per_source[name] = source.stats.accepted
+        elapsed = max(min(now - self.stats.started, self.site.agent.status_interval_s), 1e-9)
+        return max(source.stats.accepted - previous, 0) / elapsed
+
+    def _healthy(self) -> bool:
+        return all(s.stats.state == "up" for s in self.sources) and (
+            self.uplink is None or self.uplink.state in ("online", "connecting")
+        )
+
+    def _write_status_file(self) -> None:
+        """``state_dir/status.json`` for ``santi status``: written atomically."""
+        if self.outbox is None:
+            return
+        stats = self.outbox.stats()
+        data = {
+            "store_id": self.site.store.id,
+            "agent_id": self.site.agent.id,
+            "updated": self.clock(),
+            "uptime_s": self.clock() - self.stats.started,
+            "uplink": None if self.uplink is None else {"state": self.uplink.state, "last_error": self.uplink.last_error},
+            "outbox": {"depth": stats.depth, "oldest_ts": stats.oldest_ts, "evicted_total": stats.evicted_total},
+            "sources": {s.stats.name: {"state": s.stats.state, "accepted": s.stats.accepted,
+                                       "dropped": dict(s.stats.dropped), "last_error": s.stats.last_error}
+                        for s in self.sources},
+            "tracks": len(self.locator.tracker),
+            "visits": len(self.locator.presence.visits),
+            "windows": self.stats.windows,
+            "events": self.stats.events,
+            "queue_dropped": self.stats.queue_dropped,
+        }
+        self._status_written = time.monotonic()
+        path = self.state_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, path)

@@ -1,0 +1,113 @@
+"""The daemon end to end through real parts: replay → service → outbox → real mosquitto → subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from agent.config import load_site
+from agent.events import parse_event
+from agent.observations import CardTap, Observation
+from agent.replayclock import ReplayClock
+from agent.replayfile import write_records
+from agent.service import Service
+from agent.sources.replay import ReplaySource
+from tests.mosquitto import Broker
+from tests.sitefiles import example_site_for
+
+T0 = 1_763_900_000.0
+
+
+def _readings(site_path: Path, emitter: str, xy: tuple[float, float], t: float,
+              rng: np.random.Generator) -> list[Observation]:
+    site = load_site(site_path)
+    out = []
+    for rx in site.receivers:
+        if rx.kind == "wifi":
+            continue
+        d = float(np.sqrt((rx.x - xy[0]) ** 2 + (rx.y - xy[1]) ** 2 + (rx.z - 1.2) ** 2))
+        rssi = rx.rssi_at_1m - 10 * rx.path_loss_exponent * np.log10(d) + rng.normal(0, 2.0)
+        out.append(Observation(ts=t, receiver_id=rx.id, emitter_id=emitter, tech="ble", rssi_dbm=float(rssi)))
+    return out
+
+
+def _recording(tmp_path: Path, site_path: Path) -> tuple[Path, Path]:
+    """Two shoppers: one walks in, to the fish counter, and out; one goes to the till and taps."""
+    rng = np.random.default_rng(11)
+    plans = {
+        "shopper-a": [((15.0, 2.0), 8), ((5.0, 16.0), 30), ((15.0, 2.0), 8), ((15.0, -3.0), 6)],
+        "shopper-b": [((15.0, 2.0), 6), ((24.0, 2.3), 30), ((15.0, 2.0), 6), ((15.0, -3.0), 6)],
+    }
+    observations: list[Observation] = []
+    for emitter, plan in plans.items():
+        t = T0
+        for xy, seconds in plan:
+            for _ in range(seconds):
+                t += 1.0
+                if xy[1] >= 0:
+                    observations.extend(_readings(site_path, emitter, xy, t, rng))
+    observations.sort(key=lambda o: o.ts)
+    obs_path, taps_path = tmp_path / "observations.jsonl", tmp_path / "taps.jsonl"
+    write_records(obs_path, observations)
+    write_records(taps_path, [CardTap(ts=T0 + 25, reader_id="till-1", card="L-000123")])
+    return obs_path, taps_path
+
+
+def _subscribe(broker: Broker, got: queue.Queue[tuple[str, bytes]]) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload))
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_args: subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe("santi/v1/#", qos=1)
+    assert subscribed.wait(5), "no SUBACK from the test broker"
+    return client
+
+
+def test_replay_through_the_service_reaches_the_broker(broker: Broker, tmp_path: Path) -> None:
+    site_path = example_site_for(tmp_path, broker.port)
+    site = load_site(site_path)
+    obs_path, taps_path = _recording(tmp_path, site_path)
+    got: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    subscriber = _subscribe(broker, got)
+    speed = 25.0
+    clock = ReplayClock(T0 + 1.0, speed)
+    source = ReplaySource(obs_path, taps_path, speed=speed)
+    service = Service(site, [source], state_dir=tmp_path / "state", clock=clock,
+                      stop_when_sources_finish=True, time_scale=speed)
+    try:
+        clock.start()
+        assert asyncio.run(service.run()) == 0
+        messages = []
+        while True:
+            try:
+                messages.append(got.get(timeout=2.0))
+            except queue.Empty:
+                break
+    finally:
+        subscriber.disconnect()
+        subscriber.loop_stop()
+    status = [payload for topic, payload in messages if topic.endswith("/status")]
+    assert status[-1] == b"offline" or b"online" in status
+    events = [parse_event(payload) for topic, payload in messages if "/events/" in topic]
+    seqs = sorted({e.seq for e in events})
+    assert seqs == list(range(1, len(seqs) + 1))
+    started = [e for e in events if e.type == "visit.started"]
+    ended = [e for e in events if e.type == "visit.ended"]
+    assert sorted(e.subject for e in started) == ["shopper-a", "shopper-b"]
+    assert len(ended) == 2
+    linked = [e for e in events if e.type == "identity.linked"]
+    assert [(e.subject, e.loyalty_id) for e in linked] == [("shopper-b", "L-000123")]
+    fish = [e for e in events if e.type == "sector.entered" and e.subject == "shopper-a" and e.sector_id == "fish"]
+    assert fish
+    assert any(e.type == "agent.status" for e in events)
+    state = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert state["outbox"]["depth"] == 0
+    assert state["queue_dropped"] == 0
