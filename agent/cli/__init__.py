@@ -18,6 +18,7 @@ from agent.cli.demo_cmd import demo
 from agent.cli.doctor_cmd import doctor
 from agent.cli.firmware_cmd import firmware
 from agent.cli.map_cmd import map_
+from agent.cli.run_cmd import run
 
 
 def _version() -> str:
@@ -44,6 +45,7 @@ cli.add_command(config)
 cli.add_command(demo)
 cli.add_command(doctor)
 cli.add_command(map_)
+cli.add_command(run)
 cli.add_command(firmware)
 
 
