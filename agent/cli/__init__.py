@@ -17,8 +17,10 @@ from agent.cli.config_cmd import config
 from agent.cli.demo_cmd import demo
 from agent.cli.doctor_cmd import doctor
 from agent.cli.firmware_cmd import firmware
+from agent.cli.hq_cmd import hq
 from agent.cli.map_cmd import map_
 from agent.cli.run_cmd import run
+from agent.cli.scan_cmd import scan
 
 
 def _version() -> str:
@@ -47,6 +49,7 @@ cli.add_command(doctor)
 cli.add_command(map_)
 cli.add_command(run)
 cli.add_command(firmware)
+cli.add_command(hq)
 
 
 def main() -> None:

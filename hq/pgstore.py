@@ -1,0 +1,123 @@
+"""The PostgreSQL backend: the shared SQL with ``%s`` placeholders and table locks.
+
+Kept apart from hq/store.py so that SQLite users need no psycopg. A lost
+connection is reopened on the next call; the batch that failed is retried
+by the subscriber, never acked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from hq.store import EVENT_COLUMNS, Lock, Store, StoreError, _Cursor
+
+_LOCKS: dict[Lock, str] = {
+    # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
+    "schema": "SELECT pg_advisory_xact_lock(7343920117)",
+    # Ingests share; an erasure excludes them (and other erasures) while it runs.
+    "ingest": "LOCK TABLE tombstones IN SHARE MODE",
+    "erase": "LOCK TABLE tombstones IN SHARE ROW EXCLUSIVE MODE",
+}
+
+
+_EVENT_TYPES = ("text", "text", "text", "bigint", "text", "float8", "text", "text", "text", "text", "float8")
+
+
+@lru_cache(maxsize=256)
+def _pg(query: str) -> str:
+    return query.replace("?", "%s")
+
+
+class _PgCursor:
+    """Translates the shared ``?`` placeholders."""
+
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self._cur = cur
+
+    def execute(self, query: str, params: Sequence[Any] = (), /) -> Any:
+        return self._cur.execute(_pg(query), params)
+
+    def execute_binary(self, query: str, params: Sequence[Any]) -> Any:
+        """Each ``?`` sent in binary: arrays of JSON text then need no quoting or escaping."""
+        return self._cur.execute(query.replace("?", "%b"), params)
+
+    def executemany(self, query: str, params_seq: Iterable[Sequence[Any]], /) -> Any:
+        return self._cur.executemany(_pg(query), params_seq)
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+
+class PostgresStore(Store):
+    """PostgreSQL with synchronous commit: a commit (and so a PUBACK) survives a crash."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conninfo: str, *, schema: str | None = None) -> None:
+        self.conninfo = conninfo
+        self.schema = schema
+        self._conn: psycopg.Connection[Any] | None = None
+        super().__init__()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+            if self.schema is not None:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            self._conn = conn
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, lock: Lock) -> Iterator[_Cursor]:
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as raw:
+            cur = _PgCursor(raw)
+            cur.execute(_LOCKS[lock])
+            yield cur
+
+    def _read_cursor(self) -> _Cursor:
+        return _PgCursor(self._connection().cursor())
+
+    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]], *, want_ids: bool) -> set[str] | int:
+        # One statement over column arrays: a round trip per batch, not per row.
+        columns = list(zip(*rows, strict=True))
+        arrays = ", ".join(f"?::{kind}[]" for kind in _EVENT_TYPES)
+        assert isinstance(cur, _PgCursor)
+        cur.execute_binary(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest({arrays})"  # noqa: S608
+                           " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                           [list(column) for column in columns])
+        return {row[0] for row in cur.fetchall()}
+
+    def _contains(self, column: str) -> str:
+        return f"strpos({column}, ?) > 0"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            if self._conn is not None and (self._conn.broken or isinstance(exc, psycopg.OperationalError)):
+                self._conn.close()
+                self._conn = None
+            where = self.conninfo.split("@")[-1]
+            raise StoreError(f"PostgreSQL {where}: {str(exc).strip().splitlines()[0]}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
