@@ -54,7 +54,7 @@ class Broker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> None:
-        (self.workdir / "data").mkdir(exist_ok=True)
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             "\n".join([
                 f"listener {self.port} 127.0.0.1",

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from agent.config import SiteConfig
-from agent.events import BaseEvent, CardTapped, IdentityLinked
+from agent.events import CardTapped, Event, IdentityLinked
 from agent.identity import LinkParams, best_link, tap_probabilities
 from agent.observations import CardTap, Observation
 from agent.presence import Located, Presence
@@ -66,13 +66,38 @@ class Locator:
         self._tech: dict[str, Tech] = {}
         self.stats = LocatorStats()
 
+    def reconfigured(self, site: SiteConfig) -> Locator:
+        """A locator for a reloaded site config that keeps what still makes sense.
+
+        Open visits always survive (a reload must not split a visit in two);
+        a visit whose current sector is gone is simply out of any sector
+        until the model reports the next one. Tracks and sector filters
+        survive when the receivers and sectors are unchanged.
+        """
+        new = Locator(site, link_params=self.link_params)
+        new.presence.visits = self.presence.visits
+        known = {sector.id for sector in site.sectors}
+        for visit in new.presence.visits.values():
+            if visit.sector_id is not None and visit.sector_id not in known:
+                visit.sector_id = None
+        same_receivers = [r.model_dump() for r in site.receivers] == [r.model_dump() for r in self.site.receivers]
+        same_sectors = [s.model_dump() for s in site.sectors] == [s.model_dump() for s in self.site.sectors]
+        if same_receivers and site.tracking == self.site.tracking and site.store == self.site.store:
+            new.tracker = self.tracker
+            if same_sectors:
+                new.sectors = self.sectors
+        new.app_beacons = self.app_beacons
+        new._tech = self._tech
+        new.stats = self.stats
+        return new
+
     def register_app_beacon(self, emitter_id: str, loyalty_id: str) -> None:
         """The loyalty app advertised this emitter: its visit links at once."""
         self.app_beacons[emitter_id] = loyalty_id
 
-    def window(self, t: float, observations: Sequence[Observation], taps: Sequence[CardTap] = ()) -> list[BaseEvent]:
+    def window(self, t: float, observations: Sequence[Observation], taps: Sequence[CardTap] = ()) -> list[Event]:
         """Events of the window ending at ``t``."""
-        events: list[BaseEvent] = []
+        events: list[Event] = []
         rows = self.arrays.receiver_row
         ids: list[str] = []
         receiver_index: list[int] = []
@@ -115,16 +140,16 @@ class Locator:
                 self._tech.pop(emitter, None)
         return events
 
-    def close(self, t: float) -> list[BaseEvent]:
+    def close(self, t: float) -> list[Event]:
         """End every open visit (the agent is shutting down)."""
         return self.presence.close_all(t, "shutdown")
 
-    def _app_link(self, t: float, emitter: str) -> BaseEvent:
+    def _app_link(self, t: float, emitter: str) -> Event:
         visit = self.presence.visits[emitter]
         return IdentityLinked(**self.presence.envelope(t, visit.subject), visit_id=visit.visit_id,
                               loyalty_id=self.app_beacons[emitter], method="app_beacon", confidence=1.0)
 
-    def _tap(self, tap: CardTap) -> list[BaseEvent]:
+    def _tap(self, tap: CardTap) -> list[Event]:
         reader = self.readers.get(tap.reader_id)
         if reader is None:
             self.stats.dropped["unknown_reader"] += 1
@@ -144,7 +169,7 @@ class Locator:
             )
             best, confidence = best_link(probabilities, self.link_params)
             index = None if best is None else rows[best]
-        events: list[BaseEvent] = []
+        events: list[Event] = []
         subject = tap.card
         if index is not None:
             visit = visits[snapshot.emitter_ids[index]]

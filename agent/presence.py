@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Literal, TypedDict
 
 from agent.events import (
-    BaseEvent,
+    Event,
     SectorEntered,
     SectorExited,
     VisitEnded,
@@ -104,9 +104,9 @@ class Presence:
             "subject": subject,
         }
 
-    def update(self, ts: float, located: Sequence[Located]) -> list[BaseEvent]:
+    def update(self, ts: float, located: Sequence[Located]) -> list[Event]:
         """Events caused by this window's sector reports (dated ``ts``)."""
-        events: list[BaseEvent] = []
+        events: list[Event] = []
         for item in located:
             visit = self.visits.get(item.emitter_id)
             if visit is None:
@@ -133,25 +133,25 @@ class Presence:
                                         sector_id=item.sector_id, probability=min(max(item.probability, 0.0), 1.0)))
         return events
 
-    def expire(self, ts: float) -> list[BaseEvent]:
+    def expire(self, ts: float) -> list[Event]:
         """Close visits not heard for ``visit_silence_s``, dated when last heard."""
-        events: list[BaseEvent] = []
+        events: list[Event] = []
         silent = [v for v in self.visits.values() if ts - v.last_seen > self.visit_silence_s]
         for visit in silent:
             events.extend(self._exit_sector(visit, visit.last_seen))
             events.append(self._end(visit, visit.last_seen, "silence"))
         return events
 
-    def close_all(self, ts: float, reason: EndReason = "shutdown") -> list[BaseEvent]:
+    def close_all(self, ts: float, reason: EndReason = "shutdown") -> list[Event]:
         """Close every open visit (the agent is stopping)."""
-        events: list[BaseEvent] = []
+        events: list[Event] = []
         for visit in list(self.visits.values()):
             end = min(ts, visit.last_seen) if reason == "silence" else ts
             events.extend(self._exit_sector(visit, end))
             events.append(self._end(visit, end, reason))
         return events
 
-    def _exit_sector(self, visit: Visit, ts: float) -> list[BaseEvent]:
+    def _exit_sector(self, visit: Visit, ts: float) -> list[Event]:
         if visit.sector_id is None:
             return []
         dwell = max(ts - visit.sector_since, 0.0)
@@ -161,7 +161,7 @@ class Presence:
         visit.sector_id = None
         return [event]
 
-    def _end(self, visit: Visit, ts: float, reason: EndReason) -> BaseEvent:
+    def _end(self, visit: Visit, ts: float, reason: EndReason) -> Event:
         del self.visits[visit.subject]
         return VisitEnded(**self.envelope(ts, visit.subject), visit_id=visit.visit_id,
                           duration_s=max(ts - visit.started, 0.0),

@@ -95,6 +95,8 @@ class Service:
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self._tasks: list[asyncio.Task[None]] = []
         self.outbox: Outbox | None = None
+        self.outbox_left = 0
+        """Events still in the outbox when the service stopped (delivered later)."""
         self.uplink: Uplink | None = None
         self._last_status = 0.0
         self._status_written = 0.0
@@ -235,6 +237,7 @@ class Service:
             log.info("uplink stopped", extra={"left_in_outbox": left})
         self._write_status_file()
         if self.outbox is not None:
+            self.outbox_left = self.outbox.depth()
             self.outbox.close()
         self.notifier.close()
 

@@ -19,8 +19,9 @@ from agent.cli.doctor_cmd import doctor
 from agent.cli.firmware_cmd import firmware
 from agent.cli.hq_cmd import hq
 from agent.cli.map_cmd import map_
+from agent.cli.node_cmd import node
 from agent.cli.run_cmd import run
-from agent.cli.scan_cmd import scan
+from agent.cli.sim_cmd import calibrate, locate_cmd, sim
 
 
 def _version() -> str:
@@ -45,11 +46,15 @@ def cli(verbose: int) -> None:
 
 cli.add_command(config)
 cli.add_command(demo)
+cli.add_command(sim)
+cli.add_command(locate_cmd)
+cli.add_command(calibrate)
 cli.add_command(doctor)
 cli.add_command(map_)
 cli.add_command(run)
 cli.add_command(firmware)
 cli.add_command(hq)
+cli.add_command(node)
 
 
 def main() -> None:

@@ -5,21 +5,54 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 
-from agent.cli.config_cmd import check
+from agent.cli.config_cmd import load_or_fail
+from agent.cli.errors import CliError
+from agent.demo import run_demo
 
 EXAMPLE_SITE = Path(__file__).resolve().parents[2] / "examples" / "fishmonger.toml"
 
 
+def _broker(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise CliError(f"--broker {text!r} must be HOST:PORT, e.g. 127.0.0.1:1883")
+    return host, int(port)
+
+
 @click.command()
 @click.option("--site", type=click.Path(path_type=Path, dir_okay=False), default=EXAMPLE_SITE,
-              show_default=True, help="Site config of the store to run.")
-@click.pass_context
-def demo(ctx: click.Context, site: Path) -> None:
+              show_default=True, help="Site config of the store to simulate.")
+@click.option("--shoppers", type=click.IntRange(1, 2000), default=40, show_default=True)
+@click.option("--minutes", type=click.FloatRange(1.0, 600.0), default=10.0, show_default=True,
+              help="Shoppers arrive during this many store minutes.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--speed", type=click.FloatRange(1.0, 1000.0), default=60.0, show_default=True,
+              help="Store seconds per real second.")
+@click.option("--broker", default=None, metavar="HOST:PORT",
+              help="Use this broker instead of starting a private mosquitto on loopback.")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep the recording, outbox and HQ database here (default: a temp folder).")
+@click.option("--quiet", is_flag=True, help="Only the summary, not every event HQ receives.")
+def demo(site: Path, shoppers: int, minutes: float, seed: int, speed: float, broker: str | None,
+         workdir: Path | None, quiet: bool) -> None:
     """Run Santi on a simulated store and show what HQ sees.
+
+    Simulates shoppers in the store, replays what the receivers would hear
+    through the real agent (locator, outbox, MQTT uplink) to a broker, and
+    builds HQ's customer profiles from what arrives.
 
     \b
     Example:
       santi demo
+      santi demo --shoppers 200 --minutes 30 --speed 120 --quiet
     """
-    ctx.invoke(check, file=site, as_json=False, quiet=False)
+    config = load_or_fail(site)
+    try:
+        run_demo(config, shoppers=shoppers, minutes=minutes, seed=seed, speed=speed, broker=_broker(broker),
+                 workdir=workdir, console=Console(), quiet=quiet)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None

@@ -192,7 +192,7 @@ def profile(loyalty_id: str, db_url: str, visitor: bool, now_text: str | None, a
         return
     if found.visits == 0 and found.card_taps == 0:
         raise CliError(f"no visits for {'visitor' if visitor else 'loyalty id'} {loyalty_id}")
-    _print_profile(found)
+    print_profile(found)
 
 
 def _parse_now(text: str | None) -> float:
@@ -218,8 +218,9 @@ def _fmt_s(seconds: float | None) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
-def _print_profile(found: Profile) -> None:
-    console = Console()
+def print_profile(found: Profile, console: Console | None = None) -> None:
+    """A profile as the tables a person reads (``santi hq profile`` and the demo)."""
+    console = console or Console()
     summary = Table(show_header=False, title=f"{found.kind} {found.key}", title_justify="left")
     summary.add_column("", style="bold")
     summary.add_column("")

@@ -1,0 +1,143 @@
+"""``santi node``: the node role — scan locally, forward RSSI to the locator's broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from agent.cli.config_cmd import load_or_fail
+from agent.cli.errors import CliError
+from agent.config import ConfigError, SiteConfig
+from agent.privacy import Pseudonymizer, load_secret
+from agent.sources.base import Source
+from agent.sources.ble import BleSource
+from agent.sources.nodes import NodePublisher
+from agent.sources.replay import ReplaySource
+from agent.sources.wifi import WifiMonitorSource
+
+
+def _broker(value: str | None, site: SiteConfig) -> tuple[str, int]:
+    if value is None:
+        return site.uplink.host, site.uplink.port
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--broker {value!r}: expected HOST:PORT, e.g. 192.168.1.10:1883")
+    return host, int(port)
+
+
+def _receiver(site: SiteConfig, kind: str) -> str:
+    for receiver in site.receivers:
+        if receiver.kind == kind:
+            return receiver.id
+    raise CliError(f"{site.path}: no receiver of kind {kind!r} for --source {kind}")
+
+
+def _pseudonymizer(site: SiteConfig, state_dir: Path) -> Pseudonymizer:
+    try:
+        secret = load_secret(site.privacy, state_dir)
+    except (ConfigError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    return Pseudonymizer(secret, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
+
+
+def _sources(specs: tuple[str, ...], site: SiteConfig, state_dir: Path, speed: float) -> list[Source]:
+    sources: list[Source] = []
+    for spec in specs:
+        if spec.startswith("replay:"):
+            path = Path(spec.removeprefix("replay:"))
+            if not path.is_file():
+                raise CliError(f"--source {spec}: no such file")
+            sources.append(ReplaySource(path, speed=speed, retime=True))
+        elif spec == "ble":
+            sources.append(BleSource(site.ble, _receiver(site, "ble"), _pseudonymizer(site, state_dir)))
+        elif spec == "wifi":
+            if site.wifi.interface is None:
+                raise CliError(f"{site.path}: --source wifi needs wifi.interface (a monitor-mode interface)")
+            sources.append(WifiMonitorSource(site.wifi.interface, _receiver(site, "wifi"),
+                                             _pseudonymizer(site, state_dir)))
+        else:
+            raise CliError(f"--source {spec!r}: expected ble, wifi or replay:FILE")
+    return sources
+
+
+async def _forward(sources: list[Source], publisher: NodePublisher, connect_timeout_s: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    publishing = asyncio.create_task(publisher.run(stop))
+    try:
+        if not await publisher.wait_connected(connect_timeout_s):
+            raise CliError(publisher.stats.last_error or f"cannot reach the locator's broker at "
+                           f"{publisher.broker} within {connect_timeout_s:g} s")
+        running = [asyncio.create_task(source.run(publisher.add, stop)) for source in sources]
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        finished: asyncio.Future[Any] = asyncio.gather(*running)
+        # a replay ends by itself; live radios run until a signal
+        await asyncio.wait({stopping, finished}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await finished
+        stopping.cancel()
+    finally:
+        stop.set()
+        await publishing
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+
+
+def _summary(sources: list[Source], publisher: NodePublisher) -> Table:
+    table = Table(title=f"santi node → {publisher.topic}")
+    for column in ("part", "state", "accepted", "dropped", "last error"):
+        table.add_column(column)
+    for stats in [source.stats for source in sources] + [publisher.stats]:
+        dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(stats.dropped.items())) or "0"
+        table.add_row(stats.name, stats.state, str(stats.accepted), dropped, stats.last_error or "")
+    table.caption = f"{publisher.published} observations published in {publisher.batches} batches"
+    return table
+
+
+@click.command("node")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Site config (TOML) of the store this node serves.")
+@click.option("--source", "specs", multiple=True, default=("ble",), show_default=True,
+              help="What to scan: ble, wifi, or replay:FILE (observations.jsonl); repeatable.")
+@click.option("--broker", help="The locator's MQTT broker as HOST:PORT [default: uplink.host:uplink.port].")
+@click.option("--node-id", help="Name this node publishes under; the locator's receivers[].node_name "
+                                "[default: agent.id].")
+@click.option("--interval", type=click.FloatRange(min=0.05, max=10.0), default=0.5, show_default=True,
+              help="Seconds between batches.")
+@click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="Replay speed for replay:FILE (recorded seconds per real second).")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the store secret lives; overrides agent.state_dir.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="Seconds to wait for the locator's broker before giving up.")
+def node(config_path: Path, specs: tuple[str, ...], broker: str | None, node_id: str | None,
+         interval: float, speed: float, state_dir: Path | None, connect_timeout: float) -> None:
+    """Run as a remote receiver: scan here, forward RSSI to the store's locator.
+
+    Observations are pseudonymised here with the store secret, which must be
+    the locator's (same privacy.secret_file), so a phone has one id at every
+    receiver. They go out in batches on santi/v1/<store>/nodes/<node id>/observations.
+
+    \b
+    Example:
+      santi node --config /etc/santi/site.toml --broker 192.168.1.10:1883
+      santi node --config examples/fishmonger.toml --node-id greens \\
+                 --source replay:out/observations.jsonl --broker 127.0.0.1:1883
+    """
+    site = load_or_fail(config_path)
+    host, port = _broker(broker, site)
+    sources = _sources(specs, site, state_dir or site.agent.state_dir, speed)
+    publisher = NodePublisher(site.store.id, node_id or site.agent.id, host=host, port=port, interval_s=interval)
+    asyncio.run(_forward(sources, publisher, connect_timeout_s=connect_timeout))
+    Console(stderr=True).print(_summary(sources, publisher))

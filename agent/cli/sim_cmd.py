@@ -1,0 +1,282 @@
+"""``santi sim``, ``santi sim report``, ``santi locate`` and ``santi calibrate fit``.
+
+Thin wrappers over ``simulator``: simulate a store, run the positioning core
+over any observation file, score estimates against ground truth, and fit
+receivers from a calibration walk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agent.cli.config_cmd import load_or_fail
+from agent.cli.errors import CliError
+from agent.config import ConfigError, SiteConfig
+from agent.observations import Observation, Tech
+from agent.replayfile import RecordReader
+from simulator.calibrate import (
+    calibration_samples,
+    fit_receivers,
+    summary_row,
+    write_calibrated_site,
+)
+from simulator.channel import ChannelConfig
+from simulator.locate import Estimate, LocateStats, Mode, locate_file
+from simulator.report import Report, build_report, group_estimates
+from simulator.run import SURVEY_PHONES, SimConfig, simulate
+from simulator.store import StoreError
+from simulator.truth import read_truth
+
+ESTIMATES = "estimates.jsonl"
+
+
+@contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields an update(done, total) callback."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=1.0)
+
+        def update(done: float, total: float) -> None:
+            bar.update(task, completed=done / total if total > 0 else 1.0)
+
+        yield update
+
+
+def _locate(site: SiteConfig, observations: Path, out: Path, mode: Mode, quiet: bool) -> LocateStats:
+    if not observations.is_file():
+        raise CliError(f"{observations}: no such file")
+    total = observations.stat().st_size
+    with _progress(f"locating ({mode})", quiet) as update, observations.open("rb") as handle:
+        def tick(_: float) -> None:
+            update(handle.tell(), total)
+
+        stats = locate_file(site, observations, out, mode, on_window=tick)
+    return stats
+
+
+@click.group(invoke_without_command=True)
+@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), help="Site config of the store.")
+@click.option("--shoppers", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Shoppers arriving during the first MINUTES.")
+@click.option("--minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Arrival window; the run lasts until the last shopper leaves.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output directory.")
+@click.option("--sigma", type=click.FloatRange(min=0.0), default=4.0, show_default=True,
+              help="Log-normal shadowing spread, dB.")
+@click.option("--correlation-m", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="Spatial correlation distance of shadowing (0: independent per packet).")
+@click.option("--body-loss", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
+              help="Loss through the carrier's body when a receiver is behind them, dB.")
+@click.option("--receiver-bias", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="Spread of per-receiver bias, dB.")
+@click.option("--packet-loss", type=click.FloatRange(min=0.0, max=0.99), default=0.1, show_default=True,
+              help="Probability a receiver misses a packet.")
+@click.option("--survey", is_flag=True, help="Simulate one technician's calibration walk instead of shoppers.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.pass_context
+def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, seed: int, out_dir: Path | None,
+        sigma: float, correlation_m: float, body_loss: float, receiver_bias: float, packet_loss: float,
+        survey: bool, quiet: bool) -> None:
+    """Simulate shoppers in a store: observations.jsonl, taps.jsonl and truth.jsonl in --out.
+
+    \b
+    Example:
+      santi sim --site examples/fishmonger.toml --shoppers 200 --minutes 30 --seed 1 --out run1
+      santi sim report run1
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if site is None or out_dir is None:
+        raise CliError("santi sim needs --site and --out (see santi sim --help)")
+    config = load_or_fail(site)
+    channel = ChannelConfig(sigma_db=sigma, correlation_m=correlation_m, body_loss_db=body_loss,
+                            receiver_bias_db=receiver_bias, packet_loss=packet_loss)
+    sim_config = SimConfig(shoppers=1 if survey else shoppers, minutes=minutes, seed=seed, channel=channel)
+    if survey:
+        sim_config = replace(sim_config, phones=SURVEY_PHONES)
+    try:
+        with _progress("simulating", quiet) as update:
+            summary = simulate(config, sim_config, out_dir, update, survey=survey)
+    except (StoreError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    if not quiet:
+        click.echo(f"{summary.shoppers} shoppers over {summary.duration_s / 60:.1f} min: "
+                   f"{summary.observations} observations from {summary.emitters} emitters, {summary.taps} card taps "
+                   f"-> {out_dir}")
+
+
+def _report_table(report: Report) -> Table:
+    table = Table("figure", "value", title=f"Accuracy ({report.tech.upper()}, {report.tracked_shoppers} tracked shoppers)")
+    p, s, b = report.position, report.sectors, report.bound
+    table.add_row("position error median", f"{p.median_m:.2f} m")
+    table.add_row("position error p90", f"{p.p90_m:.2f} m")
+    table.add_row("position RMSE (tracker)", f"{p.rmse_m:.2f} m  ({p.n} estimates)")
+    if b is not None:
+        table.add_row("snapshot RMSE / Cramér-Rao bound",
+                      f"{b.rmse_m:.2f} m / {b.crlb_rmse_m:.2f} m = {b.ratio:.2f}x  ({b.windows} windows, sigma {b.sigma_db:g} dB)")
+    table.add_row("sector accuracy (shopper-time)", f"{s.accuracy:.1%}  (estimate available {s.covered:.1%})")
+    table.add_row("sector entries precision / recall",
+                  f"{s.precision:.2f} / {s.recall:.2f}  ({s.matched_entries} of {s.estimated_entries} est., {s.true_entries} true)")
+    table.add_row("false sector changes", f"{s.false_changes_per_hour:.2f} per shopper-hour  ({s.false_changes} in {s.shopper_hours:.1f} h)")
+    return table
+
+
+@sim.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--site", type=click.Path(path_type=Path, dir_okay=False),
+              help="Site config (default: the one named in truth.jsonl).")
+@click.option("--tech", type=click.Choice(["ble", "wifi"]), default="ble", show_default=True,
+              help="Which emitters to score.")
+@click.option("--mode", type=click.Choice(["track", "snapshot"]), default="track", show_default=True,
+              help="How to locate if RUN_DIR has no estimates.jsonl yet.")
+@click.option("--bound-sample", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Windows fixed on their own for the Cramér-Rao comparison (0 skips it).")
+@click.option("--png", type=click.Path(path_type=Path, dir_okay=False), help="Plot path (default RUN_DIR/report.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def report_cmd(run_dir: Path, site: Path | None, tech: str, mode: str, bound_sample: int, png: Path | None,
+               as_json: bool, quiet: bool) -> None:
+    """Compare estimates in RUN_DIR with its truth: position, bound and sector figures, and a PNG.
+
+    Runs `santi locate` first (writing RUN_DIR/estimates.jsonl) if there are no estimates yet.
+
+    \b
+    Example:
+      santi sim report run1
+      santi sim report run1 --json
+    """
+    truth_path, observations = run_dir / "truth.jsonl", run_dir / "observations.jsonl"
+    for needed in (truth_path, observations):
+        if not needed.is_file():
+            raise CliError(f"{needed}: no such file (is {run_dir} the output of santi sim?)")
+    truth = read_truth(truth_path)
+    site_path = site or (Path(truth.run.site) if truth.run is not None and truth.run.site else None)
+    if site_path is None:
+        raise CliError(f"{truth_path} names no site config; pass --site")
+    config = load_or_fail(site_path)
+    estimates = run_dir / ESTIMATES
+    stats: dict[str, Any] = {}
+    if not estimates.is_file():
+        located = _locate(config, observations, estimates, cast(Mode, mode), quiet or as_json)
+        stats = {"mode": mode, "windows": located.windows, "estimates": located.estimates,
+                 "dropped": located.unknown_receiver + located.late + located.bad_lines}
+    reader = RecordReader(estimates, Estimate)
+    groups = group_estimates(reader)
+    if reader.bad_total:
+        raise CliError(f"{estimates}: {reader.bad_total} bad lines (first: line {reader.report.bad[0].line}: "
+                       f"{reader.report.bad[0].reason})")
+    report = build_report(config, truth, groups, tech=cast(Tech, tech),
+                          observations=observations, bound_sample=bound_sample)
+    report.locate = stats
+    from simulator.plot import plot_report  # noqa: PLC0415  (matplotlib is an optional extra)
+
+    picture = plot_report(config, truth, groups, report, png or run_dir / "report.png")
+    if as_json:
+        click.echo(json.dumps({**report.figures(), "png": str(picture)}, indent=2))
+        return
+    Console().print(_report_table(report))
+    click.echo(f"plot: {picture}")
+
+
+@click.command("locate")
+@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Site config.")
+@click.option("--observations", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Replay file of observations (JSON Lines, time order).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Estimates file to write.")
+@click.option("--mode", type=click.Choice(["track", "snapshot"]), default="track", show_default=True,
+              help="track: Kalman tracker and sector HMM; snapshot: each window fixed on its own.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def locate_cmd(site: Path, observations: Path, out: Path, mode: str, quiet: bool) -> None:
+    """Locate every emitter in an observation file: one estimate per emitter per window.
+
+    Each line: ts, emitter_id, x, y, sector, sector_probability, covariance (and sector_since).
+
+    \b
+    Example:
+      santi locate --site examples/fishmonger.toml --observations run1/observations.jsonl --out run1/estimates.jsonl
+    """
+    config = load_or_fail(site)
+    stats = _locate(config, observations, out, cast(Mode, mode), quiet)
+    if not quiet:
+        click.echo(f"{stats.estimates} estimates in {stats.windows} windows from {stats.observations} observations "
+                   f"-> {out}")
+        dropped = {"unknown receiver": stats.unknown_receiver, "late": stats.late, "bad line": stats.bad_lines,
+                   "too few receivers": stats.unfixed}
+        if any(dropped.values()):
+            click.echo("dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items() if v), err=True)
+
+
+@click.group("calibrate")
+def calibrate() -> None:
+    """Receiver calibration: fit path-loss models from a walk with known positions."""
+
+
+@calibrate.command("fit")
+@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Site config to start from.")
+@click.option("--observations", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Observations recorded during the walk.")
+@click.option("--truth", "truth_path", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="truth.jsonl with the walk's known positions and the emitter carried.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the calibrated site config.")
+@click.option("--min-samples", type=click.IntRange(min=3), default=30, show_default=True,
+              help="Readings a receiver needs to be refitted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
+def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, as_json: bool) -> None:
+    """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
+
+    The new config keeps the original's comments and layout; receivers with too
+    few readings keep their values.
+
+    \b
+    Example:
+      santi sim --site examples/fishmonger.toml --survey --out walk
+      santi calibrate fit --site examples/fishmonger.toml --observations walk/observations.jsonl \\
+          --truth walk/truth.jsonl --out fishmonger-calibrated.toml
+    """
+    config = load_or_fail(site)
+    for needed in (observations, truth_path):
+        if not needed.is_file():
+            raise CliError(f"{needed}: no such file")
+    truth = read_truth(truth_path)
+    if not truth.tracks:
+        raise CliError(f"{truth_path}: no known positions in it (position records)")
+    samples = calibration_samples(config, RecordReader(observations, Observation), truth)
+    fits = fit_receivers(config, samples, min_samples=min_samples)
+    if not any(f.calibration is not None for f in fits):
+        raise CliError("no receiver had enough readings to fit; " + "; ".join(
+            f"{f.receiver_id}: {f.reason}" for f in fits))
+    try:
+        write_calibrated_site(config, site, fits, out)
+    except ConfigError as exc:
+        raise CliError(f"calibrated config did not validate: {exc}") from None
+    if as_json:
+        click.echo(json.dumps([
+            {"receiver_id": f.receiver_id, "samples": f.samples, "reason": f.reason,
+             **({} if f.calibration is None else {
+                 "rssi_at_1m": f.calibration.rssi_at_1m, "rssi_at_1m_se": f.calibration.rssi_at_1m_se,
+                 "path_loss_exponent": f.calibration.path_loss_exponent,
+                 "path_loss_exponent_se": f.calibration.path_loss_exponent_se,
+                 "noise_sigma_db": f.calibration.sigma_db})}
+            for f in fits], indent=2))
+        return
+    table = Table("receiver", "readings", "rssi_at_1m", "exponent", "sigma dB / note", title="Calibration")
+    for result in fits:
+        table.add_row(*summary_row(result))
+    Console().print(table)
+    click.echo(f"calibrated site config -> {out}")

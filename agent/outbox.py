@@ -1,0 +1,529 @@
+"""The durable outbox: every event is on disk, sequenced, before anything else happens to it.
+
+One SQLite file in WAL mode. ``append``/``append_many`` give each event the
+next ``seq`` (gap-free from 1, kept in a one-row ``state`` table updated in
+the same transaction as the rows, so it survives restarts and a fully drained
+outbox). A row leaves only when the uplink reports the broker's PUBACK
+(``ack``) or when a bound (rows, bytes, age) evicts it, oldest first; every
+eviction is counted on disk, and the counter is handed to the next
+``agent.status`` event, so loss is never silent, not even across a crash.
+
+Durability: appends commit with ``synchronous=FULL``. In WAL mode that
+fsyncs the WAL at every commit, so an event whose ``append`` returned
+survives a power cut. ``NORMAL`` would fsync only at checkpoints: it survives
+``kill -9`` (the crash tests pass with it too, because the WAL is already in
+the OS page cache) but may lose the last commits on a power cut, which is the
+promise we make. Batched appends pay one fsync per batch. Acks commit with
+``NORMAL``: a lost ack only means a duplicate, which HQ drops by ``event_id``,
+and the next FULL commit makes earlier frames durable anyway.
+
+What the outbox cannot cover: once a broker has PUBACKed an event the row is
+gone here; a broker that is SIGKILLed before it persists or delivers the
+message loses it (mosquitto saves every ``autosave_interval``). HQ sees that
+as a gap in ``seq``, which is why ``seq`` exists.
+
+A file at the path that is not a readable SQLite outbox is moved aside with a
+timestamp suffix (never overwritten) and a fresh outbox starts; ``recovered``
+says so in one line. A full disk fails the append with ``OutboxFull`` and
+leaves every stored row in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+from agent.events import AgentStatus, Event, topic_for
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    ts REAL NOT NULL,
+    stored_at REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    evicted_total INTEGER NOT NULL,
+    evicted_unreported INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO state VALUES (1, 0, 0, 0, 0, 0);
+"""
+_INSERT = "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SAVE_STATE = (
+    "UPDATE state SET last_seq = ?, rows = ?, bytes = ?, evicted_total = ?, evicted_unreported = ? WHERE id = 1"
+)
+_EVICT_CHUNK = 512
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+class Bounds(Protocol):
+    """What the outbox needs of ``agent.config.BufferConfig``."""
+
+    @property
+    def max_rows(self) -> int: ...
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def max_age_days(self) -> float: ...
+
+
+class OutboxError(Exception):
+    """A storage failure, worded as one line a technician can act on."""
+
+
+class OutboxFull(OutboxError):
+    """The disk (or the file's page limit) is full; nothing stored was lost."""
+
+
+class _NotAnOutbox(sqlite3.DatabaseError):
+    """A readable SQLite file that is not (or no longer) a sound outbox."""
+
+
+class Row(NamedTuple):
+    """One stored event as the uplink publishes it."""
+
+    seq: int
+    event_id: str
+    topic: str
+    payload: bytes
+    ts: float
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """The outbox's part of an ``agent.status`` event."""
+
+    depth: int
+    oldest_ts: float | None
+    evicted_total: int
+    evicted_since_last: int
+
+
+@dataclass
+class _State:
+    last_seq: int
+    rows: int
+    bytes: int
+    evicted_total: int
+    evicted_unreported: int
+
+    def values(self) -> tuple[int, int, int, int, int]:
+        return (self.last_seq, self.rows, self.bytes, self.evicted_total, self.evicted_unreported)
+
+
+def _stamp(now: float) -> str:
+    return datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _move_aside(path: Path, now: float) -> Path:
+    """Rename the unusable file (and its WAL/SHM) to ``<name>.corrupt-<UTC stamp>``; never overwrite."""
+    base = path.with_name(f"{path.name}.corrupt-{_stamp(now)}")
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}.{n}")
+    path.rename(target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return target
+
+
+def _describe(path: Path, exc: sqlite3.Error, what: str) -> OutboxError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return OutboxFull(
+            f"outbox {path}: disk full, {what} not stored (stored events are safe) — "
+            f"free space on that disk or lower buffer.max_bytes"
+        )
+    if code in {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}:
+        return OutboxError(f"outbox {path}: database is locked — is another santi agent using the same state_dir?")
+    if code == sqlite3.SQLITE_READONLY:
+        return OutboxError(f"outbox {path}: read-only — check the permissions of the file and its folder")
+    return OutboxError(f"outbox {path}: {exc} ({what} not stored)")
+
+
+OUTBOX_FILE = "outbox.sqlite"
+"""The outbox's file name inside ``agent.state_dir``."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What ``santi buffer status`` shows, read without changing the file."""
+
+    path: Path
+    stats: OutboxStats
+    last_seq: int
+    stored_bytes: int
+    file_bytes: int
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise OutboxError(f"no outbox at {path} — has the agent run with this state_dir?")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+
+
+def summarize(path: Path) -> Summary:
+    """Read an outbox's counters read-only (safe while the agent runs: WAL readers do not block it)."""
+    db = _read_only(path)
+    try:
+        last_seq, rows, size, evicted, unreported = db.execute(
+            "SELECT last_seq, rows, bytes, evicted_total, evicted_unreported FROM state WHERE id = 1"
+        ).fetchone()
+        head = db.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
+    except (sqlite3.Error, TypeError) as exc:
+        raise OutboxError(f"outbox {path} cannot be read: {exc}") from exc
+    finally:
+        db.close()
+    wal = path.with_name(path.name + "-wal")
+    files = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    stats = OutboxStats(rows, None if head is None else float(head[0]), evicted, unreported)
+    return Summary(path, stats, last_seq, size, files)
+
+
+def export_rows(path: Path, after_seq: int = 0) -> Iterator[Row]:
+    """Every stored row in seq order, read-only, a chunk at a time (for carrying data out by hand)."""
+    db = _read_only(path)
+    try:
+        while True:
+            chunk = db.execute(
+                "SELECT seq, event_id, topic, payload, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1000",
+                (after_seq,),
+            ).fetchall()
+            if not chunk:
+                return
+            yield from (Row(*row) for row in chunk)
+            after_seq = chunk[-1][0]
+    except sqlite3.Error as exc:
+        raise OutboxError(f"outbox {path} cannot be read: {exc}") from exc
+    finally:
+        db.close()
+
+
+class Outbox:
+    """A sequenced, bounded, durable queue of events; safe to share between threads."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, bounds: Bounds, clock: Clock,
+                 state: _State, recovered: str | None) -> None:
+        self._db = db
+        self.path = path
+        self._bounds = bounds
+        self._clock = clock
+        self._state = state
+        self._lock = threading.Lock()
+        self._watchers: list[Callable[[], None]] = []
+        self.recovered = recovered
+        """One line if the file found at ``path`` was unusable and moved aside, else None."""
+
+    @classmethod
+    def open(cls, path: Path, bounds: Bounds, clock: Clock = time.time, *, check: bool = True) -> Outbox:
+        """Open or create the outbox at ``path``; ``check`` runs SQLite's quick_check first.
+
+        Raises ``OutboxError`` (one line) when the file cannot be opened for a
+        reason moving it aside would not fix (permissions, locked, disk full).
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db, state = cls._connect(path, check)
+            return cls(db, path, bounds, clock, state, None)
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT and not isinstance(exc, _NotAnOutbox):
+                raise _describe(path, exc, "outbox") from exc
+            reason = str(exc)
+        aside = _move_aside(path, clock())
+        message = (f"outbox {path} was unusable ({reason}); moved aside to {aside.name}, "
+                   f"starting a fresh outbox — seq restarts at 1")
+        log.error(message, extra={"path": str(path), "moved_to": str(aside)})
+        try:
+            db, state = cls._connect(path, check)
+        except sqlite3.Error as exc:
+            raise _describe(path, exc, "outbox") from exc
+        return cls(db, path, bounds, clock, state, message)
+
+    @staticmethod
+    def _connect(path: Path, check: bool) -> tuple[sqlite3.Connection, _State]:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA journal_size_limit=16777216")
+            if check:
+                problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise _NotAnOutbox("; ".join(problems))
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not {"outbox", "state"} <= tables:
+                raise _NotAnOutbox(f"a SQLite file with other tables: {', '.join(sorted(tables))}")
+            db.executescript(_SCHEMA)
+            row = db.execute(
+                "SELECT last_seq, rows, bytes, evicted_total, evicted_unreported FROM state WHERE id = 1"
+            ).fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db, _State(*row)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the appending thread, must not block) after every commit of new rows."""
+        self._watchers.append(callback)
+
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback`` (an uplink that stopped)."""
+        if callback in self._watchers:
+            self._watchers.remove(callback)
+
+    # -- appending ---------------------------------------------------------
+
+    def append(self, event: Event) -> Event:
+        """Store one event durably; returns its sequenced copy."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[Event]) -> list[Event]:
+        """Store events in one transaction (one fsync); returns their sequenced copies, in order.
+
+        Raises ``OutboxFull``/``OutboxError`` with nothing of the batch stored
+        and nothing stored before it lost.
+        """
+        if not events:
+            return []
+        with self._lock:
+            state = self._state
+            first = state.last_seq + 1
+            now = self._clock()
+            stored: list[Event] = []
+            rows: list[tuple[int, str, str, bytes, float, float, int]] = []
+            added = 0
+            for offset, event in enumerate(events):
+                sequenced = event.model_copy(update={"seq": first + offset})
+                payload = sequenced.__pydantic_serializer__.to_json(sequenced, by_alias=True)
+                topic = topic_for(sequenced)
+                size = len(payload) + len(topic)
+                added += size
+                rows.append((first + offset, str(event.event_id), topic, payload, event.ts.timestamp(), now, size))
+                stored.append(sequenced)
+            new = _State(state.last_seq + len(rows), state.rows + len(rows), state.bytes + added,
+                         state.evicted_total, state.evicted_unreported)
+            self._write(lambda: self._db.executemany(_INSERT, rows), new, now, f"{len(rows)} event(s)")
+        for callback in self._watchers:
+            callback()
+        return stored
+
+    def append_status(self, build: Callable[[OutboxStats], AgentStatus]) -> AgentStatus:
+        """Build an ``agent.status`` from the outbox's counters and store it, atomically.
+
+        The unreported-eviction counter is reset in the same transaction that
+        stores the event, so a crash can neither lose nor double-report it.
+        """
+        with self._lock:
+            stats = self._stats_locked()
+            event = build(stats)
+            state = self._state
+            sequenced = event.model_copy(update={"seq": state.last_seq + 1})
+            payload = sequenced.__pydantic_serializer__.to_json(sequenced, by_alias=True)
+            topic = topic_for(sequenced)
+            now = self._clock()
+            row = (sequenced.seq, str(event.event_id), topic, payload, event.ts.timestamp(), now,
+                   len(payload) + len(topic))
+            new = _State(sequenced.seq, state.rows + 1, state.bytes + row[6], state.evicted_total,
+                         state.evicted_unreported - stats.evicted_since_last)
+            self._write(lambda: self._db.execute(_INSERT, row), new, now, "agent.status event")
+        for callback in self._watchers:
+            callback()
+        return sequenced
+
+    def _write(self, insert: Callable[[], object], new: _State, now: float, what: str) -> None:
+        """Run ``insert`` and the bounds in one transaction; publish the new state only on commit."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                insert()
+                self._evict_locked(new, now, age=False)
+                self._db.execute(_SAVE_STATE, new.values())
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise _describe(self.path, exc, what) from exc
+        self._state = new
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (a full disk, for one).
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    # -- bounds ----------------------------------------------------------------
+
+    def enforce(self, now: float | None = None) -> int:
+        """Apply all bounds, age included (call periodically); returns how many rows were evicted."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            new = _State(*self._state.values())
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    evicted = self._evict_locked(new, now, age=True)
+                    self._db.execute(_SAVE_STATE, new.values())
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise _describe(self.path, exc, "eviction") from exc
+            self._state = new
+            return evicted
+
+    def _evict_locked(self, state: _State, now: float, *, age: bool) -> int:
+        """Delete the oldest rows until every bound holds; updates ``state`` in place."""
+        excess_rows = state.rows - self._bounds.max_rows
+        excess_bytes = state.bytes - self._bounds.max_bytes
+        cutoff = now - self._bounds.max_age_days * 86400.0 if age else float("-inf")
+        if excess_rows <= 0 and excess_bytes <= 0 and not age:
+            return 0
+        taken_rows = taken_bytes = 0
+        last = 0
+        done = False
+        while not done:
+            chunk = self._db.execute(
+                "SELECT seq, size, stored_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, _EVICT_CHUNK),
+            ).fetchall()
+            for seq, size, stored_at in chunk:
+                if taken_rows >= excess_rows and taken_bytes >= excess_bytes and stored_at >= cutoff:
+                    done = True
+                    break
+                taken_rows += 1
+                taken_bytes += size
+                last = seq
+            done = done or len(chunk) < _EVICT_CHUNK
+        if taken_rows == 0:
+            return 0
+        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last,))
+        state.rows -= taken_rows
+        state.bytes -= taken_bytes
+        state.evicted_total += taken_rows
+        state.evicted_unreported += taken_rows
+        log.warning("outbox bound hit: oldest events evicted",
+                    extra={"evicted": taken_rows, "up_to_seq": last, "path": str(self.path)})
+        return taken_rows
+
+    # -- reading and acknowledging -------------------------------------------
+
+    def peek(self, after_seq: int, limit: int) -> list[Row]:
+        """Up to ``limit`` stored rows with ``seq > after_seq``, in ``seq`` order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, topic, payload, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [Row(*row) for row in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Delete rows the broker acknowledged; unknown seqs (evicted, already acked) are ignored."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return 0
+        with self._lock:
+            new = _State(*self._state.values())
+            try:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    sizes = self._db.execute(
+                        "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) RETURNING size",
+                        (json.dumps(wanted),),
+                    ).fetchall()
+                    new.rows -= len(sizes)
+                    new.bytes -= sum(size for (size,) in sizes)
+                    self._db.execute(_SAVE_STATE, new.values())
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+                finally:
+                    self._db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise _describe(self.path, exc, "acknowledgement") from exc
+            self._state = new
+            return len(sizes)
+
+    # -- counters ------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Events stored and not yet acknowledged by the broker."""
+        return self._state.rows
+
+    def stored_bytes(self) -> int:
+        """Topic + payload bytes stored (what ``max_bytes`` bounds; the file is somewhat larger)."""
+        return self._state.bytes
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq ever assigned (0 for a new outbox)."""
+        return self._state.last_seq
+
+    @property
+    def evicted_total(self) -> int:
+        return self._state.evicted_total
+
+    def oldest_ts(self) -> float | None:
+        """Event time (epoch seconds) of the oldest stored event, or None when empty."""
+        return self.stats().oldest_ts
+
+    def take_evicted_since_last(self) -> int:
+        """Evictions not yet reported, reset to 0 on disk; prefer ``append_status``, which is atomic."""
+        with self._lock:
+            taken = self._state.evicted_unreported
+            if taken:
+                new = _State(*self._state.values())
+                new.evicted_unreported = 0
+                try:
+                    self._db.execute(_SAVE_STATE, new.values())
+                except sqlite3.Error as exc:
+                    raise _describe(self.path, exc, "eviction counter") from exc
+                self._state = new
+            return taken
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            return self._stats_locked()
+
+    def _stats_locked(self) -> OutboxStats:
+        row = self._db.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return OutboxStats(
+            depth=self._state.rows,
+            oldest_ts=None if row is None else float(row[0]),
+            evicted_total=self._state.evicted_total,
+            evicted_since_last=self._state.evicted_unreported,
+        )

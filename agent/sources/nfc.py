@@ -1,0 +1,213 @@
+"""NFC loyalty cards at a till: nfcpy's reader loop on a thread, taps into asyncio.
+
+The reader thread polls with ``clf.connect(rdwr=...)``. When a card comes
+into the field it reads the NDEF message once, turns it into a ``CardTap``
+(the loyalty id if the card is ours, see ``ndef_loyalty``; otherwise the
+pseudonymised UID with ``known=False``), then waits until the card leaves:
+one tap per presence. A card that flickers out and back within
+``debounce_s`` (a hand hovering at the edge of the field) is not a new tap.
+After each card the reader is muted (RF off), so the next presentation
+starts from a clean selection.
+
+A reader that cannot be opened (unplugged, busy, no driver) puts the source
+``down`` with one line saying why, and is retried with backoff; when it
+comes back the source is ``up`` again. A card whose NDEF message is broken
+is counted and logged, and still tapped by its UID.
+
+Taps cross into asyncio in one place, ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import nfc
+import nfc.clf
+import nfc.tag
+
+from agent.config import NfcReaderConfig
+from agent.observations import CardTap
+from agent.privacy import Pseudonymizer
+from agent.sources.base import Sink, SourceStats
+from agent.sources.ndef_loyalty import LoyaltyFormat, MalformedNdef, loyalty_id
+from agent.sources.wifi import backoff_s
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("106A", "106B", "212F")
+"""Type A (Type 2 and 4 tags), Type B, FeliCa: what nfcpy polls for by default."""
+
+_TAG_ERRORS: tuple[type[BaseException], ...] = (
+    nfc.tag.TagCommandError, nfc.clf.CommunicationError,
+    # nfcpy's tag parsers trip over some malformed memory layouts with these:
+    IndexError, ValueError, TypeError, struct.error, AssertionError,
+)
+
+
+class Frontend(Protocol):
+    """The part of ``nfc.ContactlessFrontend`` the reader loop uses."""
+
+    device: Any
+
+    def connect(self, **options: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def open_nfcpy(path: str) -> Frontend:
+    """Open a reader with nfcpy; raises ``OSError`` when there is none on ``path``."""
+    frontend: Frontend = nfc.ContactlessFrontend(path)
+    return frontend
+
+
+def describe_open_error(path: str, exc: BaseException) -> str:
+    """One line a technician can act on."""
+    if isinstance(exc, FileNotFoundError) and "libusb" in str(exc):
+        return f"reader {path}: libusb is not installed (apt-get install libusb-1.0-0)"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENODEV:
+            return f"no NFC reader at {path} (unplugged?)"
+        if exc.errno == errno.EACCES:
+            return f"reader {path}: permission denied (udev rule or plugdev group)"
+        if exc.errno == errno.EBUSY:
+            return f"reader {path} is busy (another program, or the pn533 kernel driver: blacklist it)"
+        return f"reader {path}: {exc.strerror or exc}"
+    return f"reader {path}: {exc}"
+
+
+class NfcSource:
+    """One NFC reader producing ``CardTap``s."""
+
+    def __init__(
+        self,
+        reader: NfcReaderConfig,
+        pseudonymizer: Pseudonymizer,
+        *,
+        loyalty: LoyaltyFormat | None = None,
+        clock: Callable[[], float] = time.time,
+        open_frontend: Callable[[str], Frontend] = open_nfcpy,
+        targets: Sequence[str] = DEFAULT_TARGETS,
+        debounce_s: float = 2.0,
+        retry_base_s: float = 1.0,
+    ) -> None:
+        self._reader = reader
+        self._pseudonymizer = pseudonymizer
+        self._loyalty = loyalty or LoyaltyFormat()
+        self._clock = clock
+        self._open_frontend = open_frontend
+        self._targets = list(targets)
+        self._debounce_s = debounce_s
+        self._retry_base_s = retry_base_s
+        self.stats = SourceStats(f"nfc:{reader.id}")
+        self.taps: Counter[str] = Counter()
+        """``known`` / ``unknown`` taps handed out."""
+        self.open_attempts = 0
+        self._halt = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sink: Sink | None = None
+        self._last: tuple[str, float] | None = None
+
+    async def run(self, sink: Sink, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sink = sink
+        self._halt.clear()
+        thread = threading.Thread(target=self._reader_thread, name=f"nfc-{self._reader.id}", daemon=True)
+        thread.start()
+        try:
+            await stop.wait()
+        finally:
+            self._halt.set()
+            await asyncio.to_thread(thread.join, 15.0)
+            self.stats.state = "down"
+
+    def _deliver(self, tap: CardTap) -> None:
+        """The one bridge from the reader thread: runs on the event loop."""
+        if self._sink is not None:
+            self._sink(tap)
+            self.stats.accepted += 1
+
+    def _reader_thread(self) -> None:
+        attempt = 0
+        while not self._halt.is_set():
+            self.open_attempts += 1
+            try:
+                frontend = self._open_frontend(self._reader.device)
+            except (OSError, ValueError) as exc:
+                self.stats.fail(describe_open_error(self._reader.device, exc))
+                self._halt.wait(backoff_s(attempt, self._retry_base_s))
+                attempt += 1
+                continue
+            attempt = 0
+            self.stats.up()
+            try:
+                self._serve(frontend)
+            except Exception as exc:  # a driver bug must cost one reopen, not the reader
+                log.exception("NFC reader loop failed; reopening", extra={"reader": self._reader.id})
+                self.stats.fail(f"reader {self._reader.device}: {type(exc).__name__}: {exc}")
+                self._halt.wait(backoff_s(0, self._retry_base_s))
+            finally:
+                frontend.close()
+
+    def _serve(self, frontend: Frontend) -> None:
+        options = {
+            "targets": self._targets,
+            "on-connect": self._on_connect,
+            "iterations": 1,
+            "interval": 0.05,
+            "beep-on-connect": False,
+        }
+        while not self._halt.is_set():
+            result = frontend.connect(rdwr=options, terminate=self._halt.is_set)
+            if result is False:
+                self.stats.fail(f"reader {self._reader.device} stopped answering (unplugged?)")
+                self._halt.wait(backoff_s(0, self._retry_base_s))
+                return
+            if result:
+                # the card left: remember when, and turn the field off so the
+                # next card (or the same one again) starts a clean selection
+                if self._last is not None:
+                    self._last = (self._last[0], self._clock())
+                mute = getattr(frontend.device, "mute", None)
+                if mute is not None:
+                    mute()
+
+    def _on_connect(self, tag: Any) -> bool:
+        """Called by nfcpy with the activated card; ``True`` waits for it to leave."""
+        ts = self._clock()
+        try:
+            uid = bytes(tag.identifier)
+            record = tag.ndef
+            octets = bytes(record.octets) if record is not None else b""
+        except _TAG_ERRORS as exc:
+            self.stats.drop("read_error", reader=self._reader.id, error=str(exc)[:200])
+            return True
+        card: str | None = None
+        if octets:
+            try:
+                card = loyalty_id(octets, self._loyalty)
+            except MalformedNdef as exc:
+                self.stats.drop("malformed_ndef", reader=self._reader.id)
+                log.warning("card with a malformed NDEF message; tapped by its UID",
+                            extra={"reader": self._reader.id, "error": str(exc)[:200]})
+        known = card is not None
+        if card is None:
+            card = self._pseudonymizer.pseudonym("card", uid, ts)
+        if self._last is not None and self._last[0] == card and ts - self._last[1] < self._debounce_s:
+            self.stats.drop("debounced", reader=self._reader.id)
+            self._last = (card, float("inf"))
+            return True
+        self._last = (card, float("inf"))
+        self.taps["known" if known else "unknown"] += 1
+        tap = CardTap(ts=ts, reader_id=self._reader.id, card=card, known=known)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver, tap)
+        return True

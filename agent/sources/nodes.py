@@ -1,0 +1,496 @@
+"""Remote receivers on the store's local MQTT broker.
+
+Two kinds of node publish RSSI there:
+
+* ESPresense firmware on ESP32s: ``espresense/devices/<device id>/<room>``
+  with a JSON object per sighting (``rssi``, ``rssi@1m``, ``distance``, ...).
+  Real nodes send numbers as strings now and then and carry mis-calibrated
+  reference powers; both are tolerated and counted as quirks.
+* Santi itself in node role: ``santi/v1/<store>/nodes/<node id>/observations``
+  with a JSON array (or JSON lines) of ``Observation``s whose emitter ids are
+  already pseudonymised with the store's shared secret.
+
+A node's name (the ESPresense room, the Santi node id) is looked up among the
+site's receivers of ``kind = "node"`` by ``node_name``; an unknown node is
+counted per name and logged once, never guessed at. ESPresense device ids are
+pseudonymised here, at once: an iBeacon id follows the BLE source's identity
+rule (``ibeacon:<uuid>:<major>:<minor>``) so that the same phone gets the same
+emitter id from the Pi's own radio and from every node. Given the site's
+``[ble]`` settings, nodes obey the same allow-list as the local radio: unless
+``allow_all``, only iBeacons of the configured UUIDs are admitted (other
+ESPresense ids are dropped as ``not_allowed``).
+
+``NodeIngest`` is the sans-I/O core (topic + payload + time in, observations
+out); ``NodesSource`` runs paho on its thread and bridges into asyncio in one
+place, through a bounded queue that drops and counts when full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from agent.config import BleConfig, ReceiverConfig
+from agent.observations import CardTap, Observation
+from agent.privacy import PSEUDONYM_HEX, Pseudonymizer
+from agent.sources.base import Sink, SourceStats
+
+log = logging.getLogger(__name__)
+
+ESPRESENSE_PREFIX = "espresense"
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_NAMES_TRACKED = 1024
+"""Distinct unknown node names remembered; garbage topics cannot exhaust memory."""
+
+DEFAULT_QUEUE = 20_000
+ID_CACHE_SIZE = 8192
+
+_IBEACON = re.compile(
+    r"^ibeacon:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-(\d{1,5})-(\d{1,5})$",
+    re.IGNORECASE,
+)
+_PSEUDONYM = re.compile(rf"^[0-9a-f]{{{PSEUDONYM_HEX}}}$")
+
+
+class Dropped(Exception):
+    """An input that cannot become an observation; ``reason`` is the counter's key."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def santi_topic(store_id: str, node_id: str) -> str:
+    """Where a Santi node publishes its observation batches."""
+    return f"santi/v1/{store_id}/nodes/{node_id}/observations"
+
+
+def espresense_identity(device_id: str) -> str:
+    """The raw identity an ESPresense device id stands for, before pseudonymising.
+
+    iBeacon ids (``iBeacon:<uuid>-<major>-<minor>``) become the BLE source's
+    ``ibeacon:<uuid lowercase>:<major>:<minor>``; every other id (a MAC, or a
+    fingerprint such as ``apple:1005:9-26``) is used as it is.
+    """
+    match = _IBEACON.match(device_id)
+    if match is not None:
+        uuid, major, minor = match.group(1).lower(), int(match.group(2)), int(match.group(3))
+        if major <= 0xFFFF and minor <= 0xFFFF:
+            return f"ibeacon:{uuid}:{major}:{minor}"
+    return device_id
+
+
+def _number(value: Any) -> float:
+    """A finite float from a JSON number or a numeric string (real nodes send both)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        number = float(value.strip())
+    else:
+        raise ValueError(f"{type(value).__name__} is not a number")
+    if not math.isfinite(number):
+        raise ValueError("not finite")
+    return number
+
+
+class NodeIngest:
+    """Turns node messages into observations; counts every drop and quirk.
+
+    ``stats.dropped`` holds drops by reason; ``quirks`` counts oddities that
+    were tolerated (string numbers, an implausible ``rssi@1m`` that was
+    ignored); ``unknown_nodes`` counts messages per unconfigured node name.
+    """
+
+    def __init__(
+        self,
+        receivers: Sequence[ReceiverConfig],
+        pseudonymizer: Pseudonymizer,
+        store_id: str,
+        *,
+        stats: SourceStats | None = None,
+        ble: BleConfig | None = None,
+        max_age_s: float = 60.0,
+        max_ahead_s: float = 5.0,
+    ) -> None:
+        self._nodes = {
+            receiver.node_name.lower(): receiver.id
+            for receiver in receivers
+            if receiver.kind == "node" and receiver.node_name is not None
+        }
+        self._pseudonymizer = pseudonymizer
+        self._allow_all = ble is None or ble.allow_all
+        self._beacon_uuids = frozenset(ble.ibeacon_uuids) if ble is not None else frozenset()
+        self._santi_prefix = f"santi/v1/{store_id}/nodes/"
+        self._max_age_s = max_age_s
+        self._max_ahead_s = max_ahead_s
+        self.stats = stats or SourceStats("nodes")
+        self.quirks: Counter[str] = Counter()
+        self.unknown_nodes: Counter[str] = Counter()
+        self._emitters: dict[tuple[str, int], str] = {}
+
+    @property
+    def topics(self) -> list[str]:
+        """The subscriptions that feed this ingest."""
+        return [f"{ESPRESENSE_PREFIX}/devices/+/+", f"{self._santi_prefix}+/observations"]
+
+    def ingest(self, topic: str, payload: bytes, now: float) -> list[Observation]:
+        """The observations in one message (possibly none); drops are counted, never raised."""
+        try:
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                raise Dropped("too_large")
+            if topic.startswith(self._santi_prefix):
+                return self._santi(topic, payload, now)
+            if topic.startswith(ESPRESENSE_PREFIX + "/devices/"):
+                return [self._espresense(topic, payload, now)]
+            raise Dropped("unexpected_topic")
+        except Dropped as drop:
+            self.stats.drop(drop.reason, topic=topic[:200])
+            return []
+
+    def _receiver(self, name: str) -> str:
+        receiver = self._nodes.get(name.lower())
+        if receiver is None:
+            if name in self.unknown_nodes or len(self.unknown_nodes) < MAX_NAMES_TRACKED:
+                if name not in self.unknown_nodes:
+                    log.warning("message from an unknown node ignored; add a receiver with this node_name",
+                                extra={"node": name[:100]})
+                self.unknown_nodes[name] += 1
+            raise Dropped("unknown_node")
+        return receiver
+
+    def _espresense(self, topic: str, payload: bytes, now: float) -> Observation:
+        parts = topic.split("/")
+        if len(parts) != 4 or not parts[2] or not parts[3]:
+            raise Dropped("bad_topic")
+        device_id, room = parts[2], parts[3]
+        receiver = self._receiver(room)
+        if not self._allow_all and not self._admits(device_id):
+            raise Dropped("not_allowed")
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            raise Dropped("not_json") from None
+        if not isinstance(data, dict):
+            raise Dropped("not_an_object")
+        raw_rssi = data.get("rssi")
+        if raw_rssi is None:
+            raise Dropped("no_rssi")
+        try:
+            rssi = _number(raw_rssi)
+        except ValueError:
+            raise Dropped("bad_rssi") from None
+        if isinstance(raw_rssi, str):
+            self.quirks["string_number"] += 1
+        if not -130.0 <= rssi <= 20.0:
+            raise Dropped("bad_rssi")
+        tx_power = self._reference_power(data.get("rssi@1m"))
+        emitter = self._emitter(device_id, now)
+        return Observation(ts=now, receiver_id=receiver, emitter_id=emitter, tech="ble",
+                           rssi_dbm=rssi, tx_power_dbm=tx_power)
+
+    def _admits(self, device_id: str) -> bool:
+        """The BLE source's rule: without ``allow_all``, only the loyalty app's iBeacon UUIDs."""
+        identity = espresense_identity(device_id)
+        return identity.startswith("ibeacon:") and identity.split(":")[1] in self._beacon_uuids
+
+    def _emitter(self, device_id: str, now: float) -> str:
+        """Pseudonym of a device id, cached per salt period: every node reports the same phones."""
+        key = (device_id, self._pseudonymizer.period(now))
+        emitter = self._emitters.get(key)
+        if emitter is None:
+            if len(self._emitters) >= ID_CACHE_SIZE:
+                self._emitters.clear()
+            emitter = self._pseudonymizer.pseudonym("ble", espresense_identity(device_id), now)
+            self._emitters[key] = emitter
+        return emitter
+
+    def _reference_power(self, raw: Any) -> float | None:
+        """``rssi@1m`` if plausible; a positive or absurd value (sign bugs, wrong programming) is ignored."""
+        if raw is None:
+            return None
+        try:
+            value = _number(raw)
+        except ValueError:
+            self.quirks["bad_rssi_at_1m"] += 1
+            return None
+        if isinstance(raw, str):
+            self.quirks["string_number"] += 1
+        if not -100.0 <= value < 0.0:
+            self.quirks["implausible_rssi_at_1m"] += 1
+            return None
+        return value
+
+    def _santi(self, topic: str, payload: bytes, now: float) -> list[Observation]:
+        rest = topic[len(self._santi_prefix):]
+        node_id, _, tail = rest.partition("/")
+        if not node_id or tail != "observations":
+            raise Dropped("bad_topic")
+        receiver = self._receiver(node_id)
+        items = self._santi_items(payload)
+        out: list[Observation] = []
+        for item in items:
+            try:
+                observation = Observation.model_validate(item)
+            except ValidationError:
+                self.stats.drop("bad_observation", node=node_id)
+                continue
+            if not _PSEUDONYM.match(observation.emitter_id):
+                self.stats.drop("not_pseudonymised", node=node_id)
+                continue
+            if observation.ts < now - self._max_age_s:
+                self.stats.drop("stale", node=node_id)
+                continue
+            if observation.ts > now + self._max_ahead_s:
+                self.stats.drop("clock_ahead", node=node_id)
+                continue
+            out.append(observation.model_copy(update={"receiver_id": receiver}))
+        return out
+
+    @staticmethod
+    def _santi_items(payload: bytes) -> list[Any]:
+        try:
+            text = payload.decode("utf-8")
+            stripped = text.lstrip()
+            if stripped.startswith("["):
+                items = json.loads(stripped)
+                if not isinstance(items, list):
+                    raise Dropped("not_a_batch")
+                return items
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except (UnicodeDecodeError, ValueError):
+            raise Dropped("not_json") from None
+
+
+def encode_batch(observations: Iterable[Observation]) -> bytes:
+    """The wire form of a Santi node batch: one JSON array."""
+    return b"[" + b",".join(item.model_dump_json().encode() for item in observations) + b"]"
+
+
+class NodesSource:
+    """Subscribes to the local broker and hands node observations to the sink.
+
+    paho runs its network loop on its own thread; each message is parsed
+    there and its observations cross into asyncio through ``_offer`` (the
+    only bridge): a bounded queue, drained on the loop after a
+    ``call_soon_threadsafe`` wake-up; what does not fit is counted as
+    ``queue_full``. paho reconnects by itself; the state follows it and is
+    ``up`` only once the subscriptions are acknowledged.
+    """
+
+    def __init__(
+        self,
+        ingest: NodeIngest,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        client_id: str | None = None,
+        keepalive_s: int = 30,
+        queue_size: int = DEFAULT_QUEUE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ingest = ingest
+        self.stats = ingest.stats
+        self._host = host
+        self._port = port
+        self._keepalive_s = keepalive_s
+        self._clock = clock
+        self._capacity = queue_size
+        self._pending: deque[Observation] = deque()
+        self._wakeup_scheduled = False
+        self._ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "",
+                                   protocol=mqtt.MQTTv5)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.stats.fail(f"local broker {self._host}:{self._port} refused the connection: {reason}")
+            return
+        client.subscribe([(topic, 0) for topic in self.ingest.topics])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        if any(reason.is_failure for reason in reasons):
+            self.stats.fail(f"local broker {self._host}:{self._port} refused the subscriptions: {reasons}")
+            return
+        self.stats.up()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not self._stopping:
+            self.stats.fail(f"lost the local broker {self._host}:{self._port}: {reason}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        observations = self.ingest.ingest(message.topic, bytes(message.payload), self._clock())
+        if observations:
+            self._offer(observations)
+
+    def _offer(self, observations: list[Observation]) -> None:
+        """The one bridge from paho's thread into asyncio: a bounded queue and a wake-up.
+
+        paho's thread is the only producer, so the room check cannot be
+        raced; the loop is woken once per burst, not once per message.
+        """
+        room = self._capacity - len(self._pending)
+        if room < len(observations):
+            for _ in range(len(observations) - max(room, 0)):
+                self.stats.drop("queue_full")
+            observations = observations[: max(room, 0)]
+        self._pending.extend(observations)
+        loop = self._loop
+        if observations and not self._wakeup_scheduled and loop is not None and not loop.is_closed():
+            self._wakeup_scheduled = True
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._wakeup_scheduled = False
+        self._ready.set()
+
+    async def _drain(self, sink: Sink) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._pending:
+                sink(self._pending.popleft())
+                self.stats.accepted += 1
+
+    async def run(self, sink: Sink, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
+        self._client.loop_start()
+        drain = asyncio.create_task(self._drain(sink))
+        try:
+            await stop.wait()
+        finally:
+            self._stopping = True
+            drain.cancel()
+            self._client.disconnect()
+            await asyncio.to_thread(self._client.loop_stop)
+            self._loop = None
+            self.stats.state = "down"
+
+
+class NodePublisher:
+    """Santi's node role: batches local observations onto the locator's broker.
+
+    ``add`` is the sink for the local sources. Every ``interval_s`` the
+    buffer goes out as JSON arrays of at most ``batch_max`` observations on
+    ``santi/v1/<store>/nodes/<node id>/observations`` (QoS 0: RSSI is
+    perishable, and the locator drops stale batches anyway). While the broker
+    is away nothing piles up beyond ``buffer_max``: the overflow is counted
+    as ``buffer_full`` and the unsent batches as ``broker_down``.
+    """
+
+    def __init__(
+        self,
+        store_id: str,
+        node_id: str,
+        *,
+        host: str,
+        port: int,
+        interval_s: float = 0.5,
+        batch_max: int = 500,
+        buffer_max: int = 10_000,
+        keepalive_s: int = 30,
+    ) -> None:
+        self.topic = santi_topic(store_id, node_id)
+        self.broker = f"{host}:{port}"
+        self.stats = SourceStats(f"node-publisher:{node_id}")
+        self.published = 0
+        self.batches = 0
+        self._host = host
+        self._port = port
+        self._interval_s = interval_s
+        self._batch_max = batch_max
+        self._buffer: deque[Observation] = deque()
+        self._buffer_max = buffer_max
+        self._keepalive_s = keepalive_s
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"santi-node-{node_id}",
+                                   protocol=mqtt.MQTTv5)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._stopping = False
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.stats.fail(f"locator broker {self._host}:{self._port} refused the connection: {reason}")
+        else:
+            self.stats.up()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not self._stopping:
+            self.stats.fail(f"lost the locator broker {self._host}:{self._port}: {reason}")
+
+    def add(self, record: Observation | CardTap) -> None:
+        """Sink for local sources; card taps belong to the locator's own readers and are not forwarded."""
+        if not isinstance(record, Observation):
+            self.stats.drop("not_an_observation")
+            return
+        if len(self._buffer) >= self._buffer_max:
+            self.stats.drop("buffer_full")
+            return
+        self._buffer.append(record)
+        self.stats.accepted += 1
+
+    def flush(self) -> int:
+        """Publish what is buffered now; returns how many observations went out."""
+        sent = 0
+        while self._buffer:
+            count = min(self._batch_max, len(self._buffer))
+            batch = [self._buffer.popleft() for _ in range(count)]
+            if self.stats.state != "up":
+                for _ in batch:
+                    self.stats.drop("broker_down")
+                continue
+            info = self._client.publish(self.topic, encode_batch(batch), qos=0)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                for _ in batch:
+                    self.stats.drop("broker_down")
+                continue
+            sent += count
+            self.batches += 1
+        self.published += sent
+        return sent
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, then flush every ``interval_s`` until ``stop``; a last flush on the way out."""
+        self._stopping = False
+        self._client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
+        self._client.loop_start()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._interval_s)
+                self.flush()
+        finally:
+            self.flush()
+            self._stopping = True
+            self._client.disconnect()
+            await asyncio.to_thread(self._client.loop_stop)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """True once connected; lets a short run wait for the broker before it starts."""
+        deadline = time.monotonic() + timeout_s
+        while self.stats.state != "up" and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.stats.state == "up"

@@ -1,0 +1,429 @@
+"""The uplink: publishes the outbox to the store's MQTT broker, in ``seq`` order, losing nothing.
+
+One thread owns everything network: it connects, runs paho's network I/O
+itself (``loop_read``/``loop_write``/``loop_misc`` around one ``select`` on
+the broker socket and a wake-up socket), publishes rows with QoS 1 through a
+bounded window and deletes a row from the outbox only on its PUBACK. paho's
+callbacks therefore run on this same thread and only record what happened;
+nothing is shared with paho's internals across threads.
+
+Each connection is a fresh paho client with a clean session: the outbox,
+not the broker, is the session. After a reconnect the uplink publishes again
+from the oldest unacknowledged row, so an event whose PUBACK was lost arrives
+twice (same ``event_id``, HQ drops it) and never out of order. Keeping our
+own window (default 20, as measured fastest for paho, and far below paho's
+65,535 message ids, which wrap without a collision check) bounds memory
+however long the backlog.
+
+Failures are worded once, in ``agent.backoff``; the state says what the
+technician sees: ``connecting``, ``online``, ``offline`` (retrying with
+backoff) or ``auth_failed`` (waiting long: retrying cannot fix a password).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.backoff import (
+    BackoffPolicy,
+    Failure,
+    describe_connack,
+    describe_exception,
+    describe_lost,
+    describe_puback,
+)
+from agent.config import ConfigError, UplinkConfig
+from agent.events import status_topic
+from agent.outbox import Outbox, OutboxError, Row
+
+log = logging.getLogger(__name__)
+
+UplinkState = Literal["stopped", "connecting", "online", "offline", "auth_failed"]
+
+_PREFETCH = 256
+_ACK_BATCH = 256
+_TICK_S = 1.0
+
+
+@dataclass
+class UplinkStats:
+    """Counters for ``agent.status`` and the benchmarks."""
+
+    connect_attempts: int = 0
+    connections: int = 0
+    published: int = 0
+    acked: int = 0
+    rejected: int = 0
+    max_inflight: int = 0
+
+
+class _TrackingContext(ssl.SSLContext):
+    """Remembers the sockets it wraps: paho leaves one open when the TLS handshake fails."""
+
+    def __init__(self, protocol: int) -> None:
+        super().__init__()
+        self.wrapped: list[ssl.SSLSocket] = []
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        self.wrapped.append(sock)
+        return sock
+
+
+class _Session:
+    """What paho's callbacks report during one connection (all on the uplink thread)."""
+
+    def __init__(self) -> None:
+        self.connack: tuple[ReasonCode, Properties | None] | None = None
+        self.connected = False
+        self.lost = False
+        self.last_log_error: str | None = None
+        self.pubacks: list[tuple[int, ReasonCode]] = []
+        self.tls: _TrackingContext | None = None
+
+    def close_leftovers(self) -> None:
+        for sock in self.tls.wrapped if self.tls is not None else []:
+            sock.close()
+
+    def on_connect(self, _c: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags, reason: ReasonCode,
+                   properties: Properties | None) -> None:
+        self.connack = (reason, properties)
+        self.connected = not reason.is_failure
+
+    def on_disconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.DisconnectFlags, _r: ReasonCode,
+                      _p: Properties | None) -> None:
+        self.connected = False
+        self.lost = True
+
+    def on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None) -> None:
+        self.pubacks.append((mid, reason))
+
+    def on_log(self, _c: mqtt.Client, _u: Any, level: int, message: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self.last_log_error = message
+
+
+class Uplink:
+    """Publishes an ``Outbox`` to a broker until stopped; see the module docstring."""
+
+    def __init__(self, config: UplinkConfig, outbox: Outbox, *, store_id: str, agent_id: str,
+                 policy: BackoffPolicy | None = None, rng: random.Random | None = None,
+                 connect_timeout_s: float = 10.0) -> None:
+        self._config = config
+        self._outbox = outbox
+        self._status_topic = status_topic(store_id, agent_id)
+        self._client_id = config.client_id or f"santi-{store_id}-{agent_id}"
+        self._policy = policy or BackoffPolicy()
+        self._rng = rng or random.Random()
+        self._connect_timeout_s = connect_timeout_s
+        self._state: UplinkState = "stopped"
+        self._state_changed = threading.Condition()
+        self.last_error: str | None = None
+        """The last failure, one line a technician can act on; None once delivering again."""
+        self.stats = UplinkStats()
+        self._stopping = threading.Event()
+        self._drain_deadline = 0.0
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        outbox.watch(self.wake)
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def state(self) -> UplinkState:
+        return self._state
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("uplink already started")
+        self._thread = threading.Thread(target=self._run, name="santi-uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_deadline_s: float = 5.0) -> int:
+        """Publish what can be acknowledged within the deadline, then disconnect cleanly.
+
+        Returns how many events stay in the outbox for the next start.
+        """
+        self._drain_deadline = time.monotonic() + drain_deadline_s
+        self._outbox.unwatch(self.wake)
+        self._stopping.set()
+        self.wake()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(drain_deadline_s + self._connect_timeout_s + 5.0)
+            if thread.is_alive():
+                log.error("uplink thread did not stop in time; abandoning it")
+                return self._outbox.depth()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._set_state("stopped")
+        return self._outbox.depth()
+
+    def wake(self) -> None:
+        """Tell the uplink new rows are stored (called by the outbox after each commit)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def wait_for(self, *states: UplinkState, timeout: float) -> bool:
+        """Block until the state is one of ``states``; False on timeout."""
+        with self._state_changed:
+            return self._state_changed.wait_for(lambda: self._state in states, timeout)
+
+    # -- thread ---------------------------------------------------------------
+
+    def _set_state(self, state: UplinkState) -> None:
+        with self._state_changed:
+            if state != self._state:
+                log.info("uplink state", extra={"state": state})
+            self._state = state
+            self._state_changed.notify_all()
+
+    def _fail(self, failure: Failure) -> None:
+        if failure.message != self.last_error:
+            log.warning(failure.message, extra={"kind": failure.kind})
+        self.last_error = failure.message
+        self._set_state("auth_failed" if failure.kind == "auth" else "offline")
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._set_state("connecting")
+            self.stats.connect_attempts += 1
+            connections = self.stats.connections
+            try:
+                failure = self._session()
+            except OutboxError as exc:
+                failure = Failure("storage", str(exc))
+            if failure is None:
+                return
+            if self.stats.connections > connections:
+                failures = 0
+            self._fail(failure)
+            self._stopping.wait(self._policy.delay(failures, failure.kind, self._rng))
+            failures += 1
+
+    def _new_client(self, session: _Session) -> mqtt.Client:
+        v5 = self._config.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        client.on_connect = session.on_connect
+        client.on_disconnect = session.on_disconnect
+        client.on_publish = session.on_publish
+        client.on_log = session.on_log
+        client.connect_timeout = self._connect_timeout_s
+        client.max_inflight_messages_set(self._config.inflight + 1)
+        client.will_set(self._status_topic, b"offline", qos=1, retain=True)
+        if self._config.username is not None:
+            password = self._config.password()
+            client.username_pw_set(self._config.username,
+                                   None if password is None else password.get_secret_value())
+        tls = self._config.tls
+        if tls is not None:
+            context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_verify_locations(cafile=str(tls.ca_file))
+            if tls.cert_file is not None:
+                context.load_cert_chain(str(tls.cert_file), None if tls.key_file is None else str(tls.key_file))
+            client.tls_set_context(context)
+            session.tls = context
+        return client
+
+    def _describe(self, exc: BaseException) -> Failure:
+        ca = None if self._config.tls is None else self._config.tls.ca_file
+        return describe_exception(exc, self._config.host, self._config.port, ca, self._connect_timeout_s)
+
+    def _session(self) -> Failure | None:
+        """One connection from CONNECT to its end; None when it ended because we stopped."""
+        session = _Session()
+        try:
+            client = self._new_client(session)
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            tls = self._config.tls
+            what = "TLS files" if tls is not None and not isinstance(exc, ConfigError) else "credentials"
+            return Failure("config", f"cannot load uplink {what}: {exc}".replace("\n", " "))
+        try:
+            if self._config.protocol == "5":
+                client.connect(self._config.host, self._config.port, self._config.keepalive_s, clean_start=True)
+            else:
+                client.connect(self._config.host, self._config.port, self._config.keepalive_s)
+        except (OSError, ValueError) as exc:
+            session.close_leftovers()
+            return self._describe(exc)
+        try:
+            return self._serve(client, session)
+        finally:
+            # Still open only after a failure: closing without DISCONNECT makes
+            # the broker publish our will, so the status topic says offline.
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+
+    def _pump(self, client: mqtt.Client, timeout: float) -> None:
+        """One round of network I/O, waiting at most ``timeout`` for the socket or a wake-up."""
+        sock = client.socket()
+        if sock is None:
+            return
+        pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        want = [sock] if client.want_write() else []
+        readable, writable, _ = select.select([sock, self._wake_r], want, [], 0.0 if pending else timeout)
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+        if sock in readable or pending:
+            client.loop_read()
+        if sock in writable and client.socket() is not None:
+            client.loop_write()
+        if client.socket() is not None:
+            client.loop_misc()
+
+    def _lost(self, session: _Session) -> Failure:
+        tls = self._config.tls
+        return describe_lost(session.last_log_error, self._config.host, self._config.port,
+                             accepted=session.connack is not None,
+                             tls_without_cert=tls is not None and tls.cert_file is None)
+
+    def _serve(self, client: mqtt.Client, session: _Session) -> Failure | None:
+        deadline = time.monotonic() + self._connect_timeout_s
+        while session.connack is None:
+            if session.lost or client.socket() is None:
+                return self._lost(session)
+            if time.monotonic() > deadline:
+                return Failure("network", f"broker {self._config.host}:{self._config.port} accepted TCP "
+                                          f"but sent no CONNACK within {self._connect_timeout_s:g} s")
+            self._pump(client, 0.2)
+        reason, properties = session.connack
+        if reason.is_failure:
+            return describe_connack(int(reason.value), str(reason), self._config.host, self._config.port,
+                                    self._config.username)
+        window = self._config.inflight
+        receive_max = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(receive_max, int) and receive_max > 0:
+            window = min(window, receive_max)
+        self.stats.connections += 1
+        client.publish(self._status_topic, b"online", qos=1, retain=True)
+        self.last_error = None
+        self._set_state("online")
+        return _Publisher(self, client, session, window).run()
+
+
+class _Publisher:
+    """The online part of a session: window, prefetch, acks."""
+
+    def __init__(self, uplink: Uplink, client: mqtt.Client, session: _Session, window: int) -> None:
+        self.uplink = uplink
+        self.client = client
+        self.session = session
+        self.window = window
+        self.inflight: dict[int, Row] = {}
+        self.prefetched: deque[Row] = deque()
+        self.cursor = 0
+        self.exhausted = False
+        self.to_ack: list[int] = []
+
+    def run(self) -> Failure | None:
+        uplink = self.uplink
+        try:
+            while True:
+                failure = self._take_pubacks()
+                if failure is not None:
+                    return failure
+                if self.session.lost or self.client.socket() is None:
+                    return uplink._lost(self.session)
+                if uplink._stopping.is_set() and (
+                    time.monotonic() >= uplink._drain_deadline or (self.exhausted and not self.inflight)
+                ):
+                    self._goodbye()
+                    return None
+                self._fill()
+                idle = self.exhausted or len(self.inflight) >= self.window
+                if self.to_ack and (idle or len(self.to_ack) >= _ACK_BATCH):
+                    self._flush_acks()
+                timeout = _TICK_S
+                if uplink._stopping.is_set():
+                    timeout = max(0.0, min(timeout, uplink._drain_deadline - time.monotonic()))
+                self._pump_once(timeout if idle else 0.0)
+        finally:
+            self._flush_acks()
+
+    def _pump_once(self, timeout: float) -> None:
+        self.uplink._pump(self.client, timeout)
+
+    def _fill(self) -> None:
+        """Publish rows in seq order while the window has room."""
+        self.exhausted = False
+        while len(self.inflight) < self.window:
+            if not self.prefetched:
+                rows = self.uplink._outbox.peek(self.cursor, _PREFETCH)
+                if not rows:
+                    self.exhausted = True
+                    return
+                self.prefetched.extend(rows)
+                self.cursor = rows[-1].seq
+            row = self.prefetched.popleft()
+            info = self.client.publish(row.topic, row.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self.session.lost = True
+                return
+            self.inflight[info.mid] = row
+            stats = self.uplink.stats
+            stats.published += 1
+            stats.max_inflight = max(stats.max_inflight, len(self.inflight))
+
+    def _take_pubacks(self) -> Failure | None:
+        pubacks, self.session.pubacks = self.session.pubacks, []
+        failure = None
+        for mid, reason in pubacks:
+            row = self.inflight.pop(mid, None)
+            if row is None:
+                continue
+            if reason.is_failure:
+                self.uplink.stats.rejected += 1
+                failure = failure or describe_puback(int(reason.value), str(reason), row.seq, row.topic)
+            else:
+                self.to_ack.append(row.seq)
+        return failure
+
+    def _flush_acks(self) -> None:
+        if not self.to_ack:
+            return
+        try:
+            deleted = self.uplink._outbox.ack(self.to_ack)
+        except OutboxError as exc:
+            log.warning("cannot delete acknowledged events; they will be sent again",
+                        extra={"error": str(exc)})
+            return
+        self.uplink.stats.acked += len(self.to_ack)
+        log.debug("acked", extra={"acked": len(self.to_ack), "deleted": deleted})
+        self.to_ack = []
+
+    def _goodbye(self) -> None:
+        """Say ``offline`` ourselves (a clean DISCONNECT suppresses the will), then disconnect."""
+        self._flush_acks()
+        info = self.client.publish(self.uplink._status_topic, b"offline", qos=1, retain=True)
+        until = time.monotonic() + 1.0
+        while not info.is_published() and time.monotonic() < until and self.client.socket() is not None:
+            self.uplink._pump(self.client, 0.05)
+        self.client.disconnect()
+        until = time.monotonic() + 1.0
+        while self.client.socket() is not None and time.monotonic() < until:
+            self.uplink._pump(self.client, 0.05)

@@ -1,0 +1,1 @@
+"""Converters from public recordings into Santi's site config, observation and truth records."""

@@ -1,0 +1,123 @@
+"""Castillo-Cara et al. ESIIAB BLE fingerprints: six beacons, a phone, 28 small sectors on two floors.
+
+Rows are untimed RSSI vectors (B1..B6) labelled with a sector; coordinates
+exist only as our digitisation (approx_layout_digitized.csv, +-0.5 m). Roles
+are swapped with respect to a store: the beacons are fixed and the phone
+listens, which is the same geometry for the model, so the beacons become
+'receivers' at their digitised positions (z = 6 m) and each row one window.
+Sectors are the grid cells around the digitised centres.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from positioning.multilaterate import fix
+from positioning.pathloss import fit_calibration
+from positioning.sectors import SectorModel
+
+FloatArray = NDArray[np.float64]
+
+PHONE_Z = {"A": 4.7, "B": 1.2}
+"""Phone height: 1.2 m above each floor; the first floor is assumed 3.5 m up (not published)."""
+
+PUBLISHED = {  # technical report Table 2, best of RF / ET / GBM, accuracy
+    ("A", 0): 0.7086, ("A", -4): 0.7343, ("A", -8): 0.7329,
+    ("B", 0): 0.5971, ("B", -4): 0.5838, ("B", -8): 0.6495,
+}
+FILES = {0: "Tx0", -4: "Tx_4", -8: "Tx_8"}
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    beacons: FloatArray  # (6, 3)
+    centres: dict[str, FloatArray]  # floor -> (S, 2), sector label 1..S in row order
+
+
+def read_layout(root: Path) -> Layout:
+    beacons: dict[str, list[float]] = {}
+    sectors: dict[str, list[tuple[int, float, float]]] = {"A": [], "B": []}
+    with (root / "approx_layout_digitized.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["kind"] == "beacon":
+                beacons[row["id"]] = [float(row["x_m_approx"]), float(row["y_m_approx"]), float(row["z_m_or_note"])]
+            else:
+                floor = row["id"][-1]
+                sectors[floor].append((int(row["id"][:-1]), float(row["x_m_approx"]), float(row["y_m_approx"])))
+    centres = {f: np.array([[x, y] for _, x, y in sorted(items)]) for f, items in sectors.items()}
+    return Layout(np.array([beacons[f"B{i}"] for i in range(1, 7)]), centres)
+
+
+def _edges(values: FloatArray) -> FloatArray:
+    v = np.unique(np.round(values, 3))
+    mids = (v[1:] + v[:-1]) / 2.0
+    half = (v[1] - v[0]) / 2.0 if v.size > 1 else 0.6
+    return np.concatenate([[v[0] - half], mids, [v[-1] + half]])
+
+
+def sector_polygons(centres: FloatArray) -> list[FloatArray]:
+    """Grid cells around the digitised centres, bounded halfway to the neighbours."""
+    ex, ey = _edges(centres[:, 0]), _edges(centres[:, 1])
+    polygons = []
+    for x, y in centres:
+        i, j = np.searchsorted(ex, x) - 1, np.searchsorted(ey, y) - 1
+        polygons.append(np.array([[ex[i], ey[j]], [ex[i + 1], ey[j]], [ex[i + 1], ey[j + 1]], [ex[i], ey[j + 1]]]))
+    return polygons
+
+
+def read_rows(root: Path, floor: str, tx: int) -> tuple[FloatArray, NDArray[np.intp]]:
+    with (root / "data" / f"{FILES[tx]}{floor}.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    rssi = np.array([[float(r[f"B{i}"]) for i in range(1, 7)] for r in rows])
+    return rssi, np.array([int(r["Sector"]) - 1 for r in rows], dtype=np.intp)
+
+
+def evaluate(layout: Layout, rssi: FloatArray, label: NDArray[np.intp], floor: str, seed: int = 0) -> dict[str, Any]:
+    """Calibrate each beacon on a seeded 70 % of every sector's rows; classify the rest."""
+    rng = np.random.default_rng(seed)
+    centres = layout.centres[floor]
+    test = np.zeros(label.size, dtype=bool)
+    for s in np.unique(label):
+        rows = np.flatnonzero(label == s)
+        test[rng.permutation(rows)[: round(0.3 * rows.size)]] = True
+    z = PHONE_Z[floor]
+    xyz = layout.beacons
+    at = np.column_stack([centres[label], np.full(label.size, z)])
+    a, n, sigma = np.empty(6), np.empty(6), np.empty(6)
+    for b in range(6):
+        d = np.linalg.norm(at[~test] - xyz[b], axis=1)
+        cal = fit_calibration(d, rssi[~test, b])
+        a[b], n[b], sigma[b] = cal.rssi_at_1m, max(cal.path_loss_exponent, 0.5), max(cal.sigma_db, 1.0)
+    polygons = sector_polygons(centres)
+    s_count = len(polygons)
+    model = SectorModel(polygons, np.zeros((s_count, s_count), bool), np.ones(s_count, bool))
+    predicted = np.full(label.size, -1)
+    for i in np.flatnonzero(test):
+        result = fix(xyz, rssi[i], a, n, sigma, z)
+        if result.ok:
+            p = model.likelihood(result.xy[None], result.cov[None])[0, :s_count]
+            predicted[i] = int(np.argmax(p))
+    right = predicted[test] == label[test]
+    error = np.where(predicted[test] >= 0,
+                     np.linalg.norm(centres[np.maximum(predicted[test], 0)] - centres[label[test]], axis=1), np.nan)
+    return {"accuracy": float(right.mean()), "mean_error_m": float(np.nanmean(error)), "test_rows": int(test.sum()),
+            "unfixed": int((predicted[test] < 0).sum()), "exponent": np.round(n, 2).tolist(),
+            "rssi_at_1m": np.round(a, 1).tolist()}
+
+
+def benchmark(root: Path) -> dict[str, Any]:
+    layout = read_layout(root)
+    rows = []
+    for floor in ("A", "B"):
+        for tx in (0, -4, -8):
+            rssi, label = read_rows(root, floor, tx)
+            result = evaluate(layout, rssi, label, floor)
+            rows.append({"floor": floor, "tx_dbm": tx, **result, "published_accuracy": PUBLISHED[(floor, tx)]})
+    return {"dataset": "castillo-cara-ble-esiiab", "rows": rows,
+            "note": "published figures: ML fingerprinting on a random split; ours: path-loss model on digitised coordinates"}

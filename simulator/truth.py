@@ -1,0 +1,175 @@
+"""Ground truth of a simulated (or surveyed) run: ``truth.jsonl``, one record a line.
+
+Each line carries a ``kind``: the run's header, shoppers, the emitters they
+carried (pseudonym and raw identifier, so a privacy test can scan payloads
+for the raw ones), positions, sector visits and card taps. Real datasets
+converted by ``simulator.datasets`` use the same records, so the report and
+the calibration read both alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from agent.observations import Tech
+from agent.replayfile import ReadReport, RecordReader
+
+FloatArray = NDArray[np.float64]
+
+
+class _Truth(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunTruth(_Truth):
+    """The header: what was simulated and with which channel, for the report."""
+
+    kind: Literal["run"] = "run"
+    store_id: str
+    site: str
+    seed: int | None = None
+    start_ts: float
+    end_ts: float
+    shoppers: int
+    emitter_height_m: float
+    sigma_db: float = Field(description="Shadowing spread the Cramér-Rao bound is computed with.")
+    receiver_bias_db: dict[str, float] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class ShopperTruth(_Truth):
+    kind: Literal["shopper"] = "shopper"
+    shopper_id: str
+    enter_ts: float
+    leave_ts: float
+    has_app: bool
+    loyalty_id: str | None = None
+
+
+class EmitterTruth(_Truth):
+    """One pseudonymous emitter id and the raw identifier and carrier behind it."""
+
+    kind: Literal["emitter"] = "emitter"
+    emitter_id: str
+    tech: Tech
+    raw_id: str
+    shopper_id: str
+    first_ts: float
+    last_ts: float
+
+
+class PositionTruth(_Truth):
+    kind: Literal["position"] = "position"
+    ts: float
+    shopper_id: str
+    x: float
+    y: float
+    z: float | None = None
+    sector: str | None = None
+
+
+class VisitTruth(_Truth):
+    """A stretch of time a shopper spent in one sector (passing through counts)."""
+
+    kind: Literal["visit"] = "visit"
+    shopper_id: str
+    sector: str
+    enter_ts: float
+    exit_ts: float
+
+
+class TapTruth(_Truth):
+    kind: Literal["tap"] = "tap"
+    ts: float
+    shopper_id: str
+    reader_id: str
+    card_uid: str
+    loyalty_id: str | None
+    known: bool
+
+
+TruthUnion = Annotated[
+    RunTruth | ShopperTruth | EmitterTruth | PositionTruth | VisitTruth | TapTruth,
+    Field(discriminator="kind"),
+]
+
+
+class TruthRecord(RootModel[TruthUnion]):
+    """Any truth line; ``.root`` is the typed record."""
+
+
+@dataclass
+class Track:
+    """A shopper's true positions: ts (n,), xy (n, 2), z (n,) (NaN where not given), sector ids."""
+
+    ts: FloatArray
+    xy: FloatArray
+    z: FloatArray
+    sector: list[str | None]
+
+    def at(self, times: FloatArray) -> FloatArray:
+        """Positions (n, 2) linearly interpolated at times (n,)."""
+        return np.stack([np.interp(times, self.ts, self.xy[:, 0]), np.interp(times, self.ts, self.xy[:, 1])], axis=-1)
+
+
+@dataclass
+class Truth:
+    """A truth file gathered for lookups."""
+
+    run: RunTruth | None = None
+    shoppers: dict[str, ShopperTruth] = field(default_factory=dict)
+    emitters: dict[str, EmitterTruth] = field(default_factory=dict)
+    tracks: dict[str, Track] = field(default_factory=dict)
+    visits: dict[str, list[VisitTruth]] = field(default_factory=dict)
+    taps: list[TapTruth] = field(default_factory=list)
+    report: ReadReport = field(default_factory=ReadReport)
+
+    def shopper_of(self, emitter_id: str) -> str | None:
+        emitter = self.emitters.get(emitter_id)
+        return emitter.shopper_id if emitter is not None else None
+
+
+def gather(records: Iterable[TruthRecord]) -> Truth:
+    """Group truth records by kind; positions become per-shopper arrays sorted by time."""
+    truth = Truth()
+    positions: dict[str, list[PositionTruth]] = {}
+    for line in records:
+        record = line.root
+        if isinstance(record, RunTruth):
+            truth.run = record
+        elif isinstance(record, ShopperTruth):
+            truth.shoppers[record.shopper_id] = record
+        elif isinstance(record, EmitterTruth):
+            truth.emitters[record.emitter_id] = record
+        elif isinstance(record, PositionTruth):
+            positions.setdefault(record.shopper_id, []).append(record)
+        elif isinstance(record, VisitTruth):
+            truth.visits.setdefault(record.shopper_id, []).append(record)
+        else:
+            truth.taps.append(record)
+    for shopper, items in positions.items():
+        items.sort(key=lambda p: p.ts)
+        truth.tracks[shopper] = Track(
+            np.array([p.ts for p in items]),
+            np.array([[p.x, p.y] for p in items]),
+            np.array([np.nan if p.z is None else p.z for p in items]),
+            [p.sector for p in items],
+        )
+    for visits in truth.visits.values():
+        visits.sort(key=lambda v: v.enter_ts)
+    return truth
+
+
+def read_truth(path: Path) -> Truth:
+    """Read and gather a truth file; bad lines are counted in ``.report`` and logged."""
+    reader = RecordReader(path, TruthRecord)
+    truth = gather(reader)
+    truth.report = reader.report
+    return truth

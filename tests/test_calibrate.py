@@ -1,0 +1,126 @@
+"""Calibration from a simulated technician's walk, and the layout-keeping rewrite of the config."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import cli
+from agent.config import load_site, parse_site
+from agent.observations import Observation
+from agent.replayfile import RecordReader
+from positioning.pathloss import Calibration
+from simulator.calibrate import ReceiverFit, calibration_samples, fit_receivers, rewrite_site_text
+from simulator.channel import ChannelConfig
+from simulator.run import SURVEY_PHONES, SimConfig, simulate
+from simulator.truth import read_truth
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
+TRUE_A, TRUE_N = {"node-fish": -64.0, "node-centre": -55.0}, {"node-fish": 2.5, "node-centre": 1.8}
+
+
+def _true_site(tmp_path: Path) -> Path:
+    """The example store whose fish and centre nodes really behave differently from the config."""
+    text = EXAMPLE.read_text()
+    for rid, a in TRUE_A.items():
+        text = text.replace(f'id = "{rid}"\n', f'id = "{rid}"\nrssi_at_1m = {a}\npath_loss_exponent = {TRUE_N[rid]}\n')
+    path = tmp_path / "true.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("walk")
+    site = load_site(_true_site(tmp))
+    # Sensitivity out of reach: readings censored at -100 dBm would bias any fit that ignores them.
+    channel = ChannelConfig(sigma_db=4.0, receiver_bias_db=0.0, device_offset_db=0.0, body_loss_db=0.0,
+                            sensitivity_dbm=-130.0)
+    simulate(site, SimConfig(shoppers=1, seed=5, channel=channel, phones=SURVEY_PHONES), tmp / "walk", survey=True)
+    return tmp / "walk"
+
+
+def test_fit_recovers_the_true_parameters_from_a_walk(walk: Path) -> None:
+    site = load_site(EXAMPLE)  # the technician starts from the defaults
+    truth = read_truth(walk / "truth.jsonl")
+    samples = calibration_samples(site, RecordReader(walk / "observations.jsonl", Observation), truth)
+    fits = {f.receiver_id: f for f in fit_receivers(site, samples)}
+    assert all(f.calibration is not None for f in fits.values())
+    for rid in ("node-fish", "node-centre", "node-entrance", "pi-ble"):
+        cal = fits[rid].calibration
+        assert cal is not None
+        a, n = TRUE_A.get(rid, -59.0), TRUE_N.get(rid, 2.0)
+        assert cal.rssi_at_1m == pytest.approx(a, abs=max(1.0, 4 * cal.rssi_at_1m_se))
+        assert cal.path_loss_exponent == pytest.approx(n, abs=max(0.1, 4 * cal.path_loss_exponent_se))
+        assert cal.sigma_db == pytest.approx(4.0, abs=0.5)
+    wifi = fits["pi-wifi"].calibration
+    assert wifi is not None
+    assert wifi.rssi_at_1m == pytest.approx(-40.0, abs=3.0)
+
+
+def _cal(a: float, n: float, s: float) -> Calibration:
+    return Calibration(a, n, 0.1, 0.01, s, 500)
+
+
+def test_rewrite_keeps_comments_and_layout_and_adds_missing_keys() -> None:
+    site = load_site(EXAMPLE)
+    text = EXAMPLE.read_text()
+    fits = [ReceiverFit("pi-ble", 500, _cal(-61.23, 2.345, 3.21)),
+            ReceiverFit("node-fish", 500, _cal(-57.0, 1.9, 4.4)),
+            ReceiverFit("node-centre", 5, None, "only 5 readings")]
+    new = rewrite_site_text(text, fits, site)
+    old_lines, new_lines = text.splitlines(), new.splitlines()
+    assert [line for line in old_lines if line.startswith("#")] == [line for line in new_lines if line.startswith("#")]
+    assert len(new_lines) == len(old_lines) + 4  # pi-ble lacks noise_sigma_db; node-fish lacks all three
+    checked = parse_site(new, EXAMPLE)
+    by_id = {r.id: r for r in checked.receivers}
+    assert (by_id["pi-ble"].rssi_at_1m, by_id["pi-ble"].path_loss_exponent, by_id["pi-ble"].noise_sigma_db) == (-61.2, 2.35, 3.2)
+    assert (by_id["node-fish"].rssi_at_1m, by_id["node-fish"].path_loss_exponent) == (-57.0, 1.9)
+    assert by_id["node-centre"] == site.receivers[[r.id for r in site.receivers].index("node-centre")]
+    assert by_id["pi-wifi"].noise_sigma_db == 5.0
+
+
+def test_rewrite_keeps_a_trailing_comment_on_a_rewritten_line() -> None:
+    site = load_site(EXAMPLE)
+    text = EXAMPLE.read_text().replace("rssi_at_1m = -59.0\n", "rssi_at_1m = -59.0  # from the datasheet\n", 1)
+    new = rewrite_site_text(text, [ReceiverFit("pi-ble", 500, _cal(-62.0, 2.1, 4.0))], site)
+    assert "rssi_at_1m = -62.0  # from the datasheet\n" in new
+
+
+def test_cli_calibrate_fit_end_to_end(tmp_path: Path, walk: Path) -> None:
+    out = tmp_path / "calibrated.toml"
+    runner = CliRunner()
+    args = ["calibrate", "fit", "--site", str(EXAMPLE), "--observations", str(walk / "observations.jsonl"),
+            "--truth", str(walk / "truth.jsonl"), "--out", str(out)]
+    result = runner.invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    fits = {f["receiver_id"]: f for f in json.loads(result.stdout)}
+    assert fits["node-fish"]["rssi_at_1m"] == pytest.approx(-64.0, abs=1.0)
+    site = load_site(out)
+    fish = next(r for r in site.receivers if r.id == "node-fish")
+    assert fish.path_loss_exponent == pytest.approx(2.5, abs=0.1)
+    assert re.search(r"# Santi site config", out.read_text())
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0
+    assert "Calibration" in result.stdout
+
+
+def test_cli_calibrate_fit_refuses_a_walk_with_no_known_positions(tmp_path: Path, walk: Path) -> None:
+    empty = tmp_path / "truth.jsonl"
+    empty.write_text("")
+    result = CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(EXAMPLE), "--observations",
+                                      str(walk / "observations.jsonl"), "--truth", str(empty),
+                                      "--out", str(tmp_path / "o.toml")])
+    assert result.exit_code == 2
+    assert "no known positions" in result.stderr
+    assert not (tmp_path / "o.toml").exists()
+
+
+def test_too_few_readings_leave_a_receiver_alone() -> None:
+    site = load_site(EXAMPLE)
+    fits = fit_receivers(site, {})
+    assert all(f.calibration is None and "only 0 readings" in (f.reason or "") for f in fits)

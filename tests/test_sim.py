@@ -1,0 +1,208 @@
+"""The simulator: deterministic, parseable, private, and faithful to its own settings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import load_site
+from agent.observations import CardTap, Observation
+from agent.replayfile import read_records
+from agent.site_arrays import site_arrays
+from positioning.pathloss import rssi_at_distance, slant_distance
+from simulator.channel import Channel, ChannelConfig
+from simulator.run import SimConfig, observation_line, simulate
+from simulator.shoppers import MobilityConfig
+from simulator.store import Store
+from simulator.truth import PositionTruth, TruthRecord, read_truth
+
+SHORT = MobilityConfig(dwell_s=(10.0, 40.0), sectors_visited=(3, 4))
+QUIET = ChannelConfig(receiver_bias_db=0.0, device_offset_db=0.0, body_loss_db=0.0, packet_loss=0.0)
+
+
+@pytest.fixture(scope="module")
+def site() -> object:
+    return load_site(Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, site: object) -> Path:
+    out = tmp_path_factory.mktemp("sim")
+    simulate(site, SimConfig(shoppers=10, minutes=3, seed=7, mobility=SHORT), out)  # type: ignore[arg-type]
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path, site: object, run_dir: Path) -> None:
+    again, other = tmp_path / "again", tmp_path / "other"
+    simulate(site, SimConfig(shoppers=10, minutes=3, seed=7, mobility=SHORT), again)  # type: ignore[arg-type]
+    simulate(site, SimConfig(shoppers=10, minutes=3, seed=8, mobility=SHORT), other)  # type: ignore[arg-type]
+    for name in ("observations.jsonl", "taps.jsonl", "truth.jsonl"):
+        assert (again / name).read_bytes() == (run_dir / name).read_bytes(), name
+    assert (other / "observations.jsonl").read_bytes() != (run_dir / "observations.jsonl").read_bytes()
+
+
+def test_files_parse_with_the_replay_reader_with_zero_bad_lines(run_dir: Path) -> None:
+    observations, report = read_records(run_dir / "observations.jsonl", Observation)
+    assert report.bad_count == 0
+    assert len(observations) > 10_000
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(observations))
+    taps, tap_report = read_records(run_dir / "taps.jsonl", CardTap)
+    assert tap_report.bad_count == 0
+    truth = read_truth(run_dir / "truth.jsonl")
+    assert truth.report.bad_count == 0
+    assert truth.run is not None
+    assert len(truth.shoppers) == 10
+    for tap in taps:
+        assert re.fullmatch(r"L-\d{6}", tap.card) if tap.known else re.fullmatch(r"[0-9a-f]{24}", tap.card)
+
+
+def test_fast_writer_matches_the_model_serialisation() -> None:
+    line = observation_line(1741078800.123456, "node-fish", "ab" * 12, "ble", -67.0, -59.0)
+    assert Observation.model_validate_json(line).model_dump_json().encode() + b"\n" == line
+    line = observation_line(1741078801.5, "pi-wifi", "cd" * 12, "wifi", -80.0, None)
+    assert Observation.model_validate_json(line).model_dump_json().encode() + b"\n" == line
+
+
+def test_raw_identifiers_are_only_in_truth(run_dir: Path) -> None:
+    truth = read_truth(run_dir / "truth.jsonl")
+    raw = {e.raw_id for e in truth.emitters.values()} | {t.card_uid for t in truth.taps}
+    assert raw
+    assert all(re.fullmatch(r"([0-9A-F]{2}:){5,6}[0-9A-F]{2}", r) for r in raw)
+    payload = ((run_dir / "observations.jsonl").read_text() + (run_dir / "taps.jsonl").read_text()).upper()
+    compact = payload.replace(":", "")
+    leaked = [r for r in raw if r in payload or r.replace(":", "") in compact]
+    assert leaked == []
+    assert (run_dir / "truth.jsonl").read_text().count(next(iter(raw))) >= 1
+
+
+def test_ble_is_heard_by_ble_and_nodes_probes_by_wifi_receivers_only(run_dir: Path, site: object) -> None:
+    kinds = {r.id: r.kind for r in site.receivers}  # type: ignore[attr-defined]
+    observations, _ = read_records(run_dir / "observations.jsonl", Observation)
+    assert {o.tech for o in observations} == {"ble", "wifi"}
+    for obs in observations:
+        assert (kinds[obs.receiver_id] == "wifi") == (obs.tech == "wifi")
+        assert obs.rssi_dbm == round(obs.rssi_dbm)
+        assert obs.rssi_dbm >= -100.0
+
+
+def test_wifi_macs_are_randomised_per_burst_and_locally_administered(run_dir: Path) -> None:
+    truth = read_truth(run_dir / "truth.jsonl")
+    wifi = [e for e in truth.emitters.values() if e.tech == "wifi"]
+    per_shopper: dict[str, int] = {}
+    for emitter in wifi:
+        per_shopper[emitter.shopper_id] = per_shopper.get(emitter.shopper_id, 0) + 1
+    assert max(per_shopper.values()) > 3  # a fresh MAC each burst
+    randomised = [e for e in wifi if per_shopper[e.shopper_id] > 1]
+    assert all(int(e.raw_id[:2], 16) & 0x02 for e in randomised)
+
+
+def test_shoppers_enter_visit_three_or_four_sectors_and_leave_through_the_entrance(run_dir: Path) -> None:
+    truth = read_truth(run_dir / "truth.jsonl")
+    for shopper, visits in truth.visits.items():
+        assert visits[0].sector == "entrance", shopper
+        assert visits[-1].sector == "entrance", shopper
+        # 3-4 shopping sectors chosen among the five that are neither entrance nor checkout.
+        assert len({v.sector for v in visits} - {"entrance", "checkout"}) >= 3, shopper
+        track = truth.tracks[shopper]
+        step = np.hypot(*np.diff(track.xy, axis=0).T) / np.diff(track.ts)
+        assert step.max() <= 1.4 + 1e-6  # walking pace cap, m/s
+        assert truth.shoppers[shopper].enter_ts <= track.ts[0]
+        assert track.ts[-1] <= truth.shoppers[shopper].leave_ts
+
+
+def test_taps_happen_at_the_till_while_the_shopper_stands_there(run_dir: Path, site: object) -> None:
+    truth = read_truth(run_dir / "truth.jsonl")
+    reader = site.nfc_readers[0]  # type: ignore[attr-defined]
+    assert truth.taps
+    for tap in truth.taps:
+        xy = truth.tracks[tap.shopper_id].at(np.array([tap.ts]))[0]
+        assert np.hypot(xy[0] - reader.x, xy[1] - reader.y) < 1.0
+        if tap.known:
+            assert truth.shoppers[tap.shopper_id].loyalty_id == tap.loyalty_id
+
+
+def test_truth_sector_is_the_polygon_under_the_position(run_dir: Path, site: object) -> None:
+    store = Store.of(site)  # type: ignore[arg-type]
+    lines = (run_dir / "truth.jsonl").read_text().splitlines()
+    positions = [r for r in (TruthRecord.model_validate_json(line).root for line in lines) if isinstance(r, PositionTruth)]
+    labels = store.label(np.array([[p.x, p.y] for p in positions]))
+    names = [store.sector_ids[i] if i < len(store.sector_ids) else None for i in labels]
+    assert [p.sector for p in positions] == names
+
+
+def test_channel_without_impairments_is_the_path_loss_model_plus_sigma(site: object) -> None:
+    arrays = site_arrays(site)  # type: ignore[arg-type]
+    channel = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox,
+                      replace(QUIET, sensitivity_dbm=-200.0), np.random.default_rng(3))
+    xy = np.random.default_rng(4).uniform([0, 0], [30, 20], (4000, 2))
+    rssi = channel.readings(xy, np.full(4000, 1.2), np.zeros(4000), np.zeros(4000), np.ones((4000, 8), bool))
+    expected = rssi_at_distance(slant_distance(xy, arrays.xyz, 1.2), arrays.rssi_at_1m, arrays.exponent)
+    residual = rssi - expected
+    assert abs(residual.mean()) < 0.05
+    assert residual.std() == pytest.approx(np.sqrt(16.0 + 1.0 / 12.0), rel=0.02)  # sigma plus rounding
+
+
+def test_packet_loss_and_body_loss_and_bias(site: object) -> None:
+    arrays = site_arrays(site)  # type: ignore[arg-type]
+    config = ChannelConfig(sigma_db=0.0, receiver_bias_db=0.0, device_offset_db=0.0, body_loss_db=6.0,
+                           packet_loss=0.25, sensitivity_dbm=-200.0)
+    channel = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox, config, np.random.default_rng(5))
+    n = 20000
+    xy = np.tile([[15.0, 10.0]], (n, 1))
+    towards_back = np.full(n, np.pi / 2)  # facing +y: the entrance node (15, 0.3) is right behind
+    rssi = channel.readings(xy, np.full(n, 1.2), towards_back, np.zeros(n), np.ones((n, 8), bool))
+    assert np.isnan(rssi).mean() == pytest.approx(0.25, abs=0.01)
+    entrance = arrays.receiver_row["node-entrance"]
+    clean = rssi_at_distance(slant_distance(xy[:1], arrays.xyz, 1.2), arrays.rssi_at_1m, arrays.exponent)[0]
+    assert np.nanmean(rssi[:, entrance]) == pytest.approx(clean[entrance] - 6.0, abs=0.6)
+    biased = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox,
+                     ChannelConfig(receiver_bias_db=2.0), np.random.default_rng(6))
+    assert biased.bias.std() > 0.5
+    assert biased.bias.shape == (8,)
+
+
+def test_spatially_correlated_shadowing_is_smooth_in_space(site: object) -> None:
+    arrays = site_arrays(site)  # type: ignore[arg-type]
+    config = ChannelConfig(correlation_m=3.0, spatial_fraction=1.0)
+    channel = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox, config, np.random.default_rng(8))
+    a = np.random.default_rng(9).uniform([2, 2], [28, 18], (3000, 2))
+    near = channel.shadowing(a + 0.3) - 0
+    here = channel.shadowing(a)
+    far = channel.shadowing(a[::-1])
+    assert np.corrcoef(here.ravel(), near.ravel())[0, 1] > 0.9
+    assert abs(np.corrcoef(here.ravel(), far.ravel())[0, 1]) < 0.1
+    assert here.std() == pytest.approx(4.0, rel=0.15)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4))
+def test_any_seed_gives_complete_visits(seed: int, shoppers: int) -> None:
+    site = load_site(Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml")
+    from simulator.shoppers import plan_shoppers  # noqa: PLC0415
+
+    store = Store.of(site)
+    plans = plan_shoppers(store, SHORT, shoppers, 60.0, np.random.SeedSequence(seed))
+    for plan in plans:
+        assert plan.path is not None
+        assert np.all(np.diff(plan.path.t) >= 0)
+        ends = store.label(plan.path.xy[[0, -1]])
+        assert list(ends) == [store.entrance, store.entrance]
+        inside = store.label(plan.path.at(np.linspace(plan.path.start, plan.path.end, 400)))
+        assert np.all(inside < len(store.sectors))  # never through a wall
+
+
+def test_truth_header_records_the_channel(run_dir: Path) -> None:
+    header = json.loads((run_dir / "truth.jsonl").read_text().splitlines()[0])
+    assert header["kind"] == "run"
+    assert header["sigma_db"] == 4.0
+    assert header["seed"] == 7
+    assert set(header["receiver_bias_db"]) == {"pi-ble", "pi-wifi", "node-entrance", "node-checkout",
+                                               "node-aisle1", "node-fish", "node-greens", "node-centre"}
