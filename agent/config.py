@@ -158,6 +158,29 @@ class BleConfig(_Model):
         return [value.lower() for value in values]
 
 
+class NodesConfig(_Model):
+    """The store's local MQTT broker, where receiver nodes publish what they hear."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+
+
+class NfcConfig(_Model):
+    """Where a card's NDEF message carries the loyalty id (see README, 'Loyalty cards')."""
+
+    text_prefix: str | None = Field(default="SANTI-LOYALTY:", min_length=1,
+                                    description="Text record 'PREFIX<ID>'; null disables text records.")
+    uri_prefixes: list[str] = Field(default_factory=list, description="URI records '<prefix><ID>'.")
+
+    @field_validator("uri_prefixes")
+    @classmethod
+    def _prefixes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value:
+                raise ValueError("a URI prefix may not be empty")
+        return values
+
+
 class WifiConfig(_Model):
     interface: str | None = Field(default=None, description="Monitor-mode interface, e.g. wlan1mon.")
 
@@ -184,6 +207,8 @@ class SiteConfig(_Model):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     ble: BleConfig = Field(default_factory=BleConfig)
     wifi: WifiConfig = Field(default_factory=WifiConfig)
+    nodes: NodesConfig = Field(default_factory=NodesConfig)
+    nfc: NfcConfig = Field(default_factory=NfcConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     path: Path | None = Field(default=None, exclude=True)
 

@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from agent import logs
+from agent.cli import calibrate_cmd  # noqa: F401  (attaches `santi calibrate receiver` to the calibrate group)
 from agent.cli.config_cmd import config
 from agent.cli.demo_cmd import demo
 from agent.cli.doctor_cmd import doctor

@@ -25,7 +25,7 @@ from agent.sources.wifi import WifiMonitorSource
 
 def _broker(value: str | None, site: SiteConfig) -> tuple[str, int]:
     if value is None:
-        return site.uplink.host, site.uplink.port
+        return site.nodes.host, site.nodes.port
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise CliError(f"--broker {value!r}: expected HOST:PORT, e.g. 192.168.1.10:1883")
@@ -110,7 +110,7 @@ def _summary(sources: list[Source], publisher: NodePublisher) -> Table:
               help="Site config (TOML) of the store this node serves.")
 @click.option("--source", "specs", multiple=True, default=("ble",), show_default=True,
               help="What to scan: ble, wifi, or replay:FILE (observations.jsonl); repeatable.")
-@click.option("--broker", help="The locator's MQTT broker as HOST:PORT [default: uplink.host:uplink.port].")
+@click.option("--broker", help="The locator's MQTT broker as HOST:PORT [default: nodes.host:nodes.port].")
 @click.option("--node-id", help="Name this node publishes under; the locator's receivers[].node_name "
                                 "[default: agent.id].")
 @click.option("--interval", type=click.FloatRange(min=0.05, max=10.0), default=0.5, show_default=True,
