@@ -22,7 +22,9 @@ from agent.cli.hq_cmd import hq
 from agent.cli.map_cmd import map_
 from agent.cli.node_cmd import node
 from agent.cli.run_cmd import run
+from agent.cli.scan_cmd import scan
 from agent.cli.sim_cmd import calibrate, locate_cmd, sim
+from agent.cli.status_cmd import status
 
 
 def _version() -> str:
@@ -55,6 +57,8 @@ cli.add_command(map_)
 cli.add_command(run)
 cli.add_command(firmware)
 cli.add_command(hq)
+cli.add_command(status)
+cli.add_command(scan)
 cli.add_command(node)
 
 

@@ -26,10 +26,11 @@ def _broker(text: str | None) -> tuple[str, int] | None:
 @click.command()
 @click.option("--site", type=click.Path(path_type=Path, dir_okay=False), default=EXAMPLE_SITE,
               show_default=True, help="Site config of the store to simulate.")
-@click.option("--shoppers", type=click.IntRange(1, 2000), default=40, show_default=True)
+@click.option("--shoppers", type=click.IntRange(1, 2000), default=40, show_default=True,
+              help="Shoppers who come in during the run.")
 @click.option("--minutes", type=click.FloatRange(1.0, 600.0), default=10.0, show_default=True,
               help="Shoppers arrive during this many store minutes.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same store day.")
 @click.option("--speed", type=click.FloatRange(1.0, 1000.0), default=60.0, show_default=True,
               help="Store seconds per real second.")
 @click.option("--broker", default=None, metavar="HOST:PORT",

@@ -1,0 +1,130 @@
+"""``santi status``: is the agent alive, is the uplink up, how much is waiting — at a glance."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.table import Table
+
+from agent.cli.config_cmd import load_or_fail
+from agent.cli.errors import CliError
+from agent.statusfile import STALE_AFTER_S, StatusReport, duration, read_status, utc_text
+
+DEFAULT_CONFIG = Path("/etc/santi/site.toml")
+EXIT_DEGRADED = 1
+EXIT_NOT_RUNNING = 3
+STATE_STYLE = {"online": "bold green", "degraded": "bold yellow", "stale": "bold red", "stopped": "bold red",
+               "not running": "bold red"}
+UPLINK_STYLE = {"online": "green", "connecting": "yellow", "offline": "red", "auth_failed": "bold red",
+                "stopped": "red"}
+SOURCE_STYLE = {"up": "green", "degraded": "yellow", "down": "red"}
+
+
+def _summary(report: StatusReport, now: float) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    state = f"[{STATE_STYLE[report.state]}]{report.state}[/]  {escape(report.reason)}"
+    if report.running and report.uptime_s is not None:
+        state += f"  (up {duration(report.uptime_s)})"
+    grid.add_row("agent", state)
+    age = "none" if report.file_age_s is None else f"{duration(report.file_age_s)} old"
+    grid.add_row("status file", f"{escape(str(report.state_dir / 'status.json'))} ({age})")
+    if report.uplink_state is not None:
+        uplink = f"[{UPLINK_STYLE.get(report.uplink_state, 'white')}]{report.uplink_state}[/]"
+        if report.uplink_error:
+            uplink += f"  last error: {escape(report.uplink_error)}"
+        grid.add_row("uplink", uplink)
+    if report.outbox is not None:
+        box = report.outbox
+        text = f"{box.depth} event{'s' if box.depth != 1 else ''} waiting"
+        if box.oldest_ts is not None:
+            text += f", oldest unsent {utc_text(box.oldest_ts)} ({duration(now - box.oldest_ts)} ago)"
+        if box.evicted_total:
+            text += f", [bold red]{box.evicted_total} evicted by bounds[/]"
+        grid.add_row("outbox", text)
+    elif report.outbox_error:
+        grid.add_row("outbox", escape(report.outbox_error))
+    if report.tracks is not None:
+        grid.add_row("tracking", f"{report.tracks} emitters, {report.visits or 0} open visits")
+    if report.queue_dropped:
+        grid.add_row("locator queue", f"[bold red]{report.queue_dropped} records dropped (queue full)[/]")
+    return grid
+
+
+def _sources(report: StatusReport) -> Table:
+    table = Table("source", "state", "accepted", "rate /s", "dropped", "last error", title="Sources",
+                  title_justify="left")
+    for source in report.sources:
+        rate = "-" if source.rate_per_s is None else f"{source.rate_per_s:.1f}" + (" avg" if source.rate_is_mean else "")
+        table.add_row(escape(source.name), f"[{SOURCE_STYLE.get(source.state, 'white')}]{source.state}[/]",
+                      str(source.accepted), rate, str(source.dropped), escape(source.last_error or ""))
+    return table
+
+
+def _events(report: StatusReport) -> Table | None:
+    events = report.recent_events
+    title = "Last events"
+    if not events and report.outbox is not None and report.outbox.newest:
+        events, title = report.outbox.newest, "Newest unsent events (outbox)"
+    if not events:
+        return None
+    table = Table("seq", "type", "time (UTC)", "subject", "detail", title=title, title_justify="left")
+    for event in events:
+        table.add_row(str(event.seq), event.type, utc_text(event.ts) if event.ts else "-",
+                      escape(event.subject[:16]), escape(event.detail))
+    return table
+
+
+@click.command("status")
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help=f"Site config; its [agent] state_dir is read (default {DEFAULT_CONFIG}).")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The agent's state directory (overrides --config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(config: Path | None, state_dir: Path | None, as_json: bool) -> None:
+    """Show the running agent: health, uplink, outbox depth, per-source rates and the newest events.
+
+    Read from the agent's status file (refreshed every 5 s) and its outbox,
+    without disturbing either. A status file older than 15 s means the agent
+    is not running (or is hung).
+
+    Exit code 0 when the agent runs healthy, 1 when it runs degraded (a source
+    down, the uplink offline), 3 when it is not running, stopped or stale,
+    2 on bad input.
+
+    \b
+    Example:
+      santi status --config /etc/santi/site.toml
+      santi status --state-dir /tmp/santi --json
+    """
+    if state_dir is None:
+        state_dir = load_or_fail(config or DEFAULT_CONFIG).agent.state_dir
+    if not state_dir.is_dir():
+        raise CliError(f"state directory {state_dir} does not exist (wrong --state-dir, or the agent never ran here)")
+    now = time.time()
+    report = read_status(state_dir, now, stale_after_s=STALE_AFTER_S)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        console = Console()
+        title = "santi status"
+        if report.store_id:
+            title += f" — {report.store_id} / {report.agent_id}"
+        console.print(f"[bold]{escape(title)}[/]")
+        parts: list[Table] = [_summary(report, now)]
+        if report.sources:
+            parts.append(_sources(report))
+        events = _events(report)
+        if events is not None:
+            parts.append(events)
+        console.print(Group(*parts))
+    if not report.running:
+        raise SystemExit(EXIT_NOT_RUNNING)
+    if report.state == "degraded":
+        raise SystemExit(EXIT_DEGRADED)
