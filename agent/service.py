@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,8 @@ class Service:
         self.uplink: Uplink | None = None
         self._last_status = 0.0
         self._status_written = 0.0
+        self._recent: deque[Event] = deque(maxlen=5)
+        self._file_counts: dict[str, tuple[float, int]] = {}
 
     # -- records in ------------------------------------------------------------
 
@@ -211,6 +214,7 @@ class Service:
         else:
             stored = self.outbox.append_many(events)
         self.stats.events += len(stored)
+        self._recent.extend(stored)
         if self.on_events is not None:
             self.on_events(stored)
 
@@ -306,6 +310,13 @@ class Service:
         elapsed = max(min(now - self.stats.started, self.site.agent.status_interval_s), 1e-9)
         return max(source.stats.accepted - previous, 0) / elapsed
 
+    def _file_rate(self, source: Source) -> float:
+        """Accepted per wall second since the previous status-file write (for ``santi status``)."""
+        now = time.monotonic()
+        then, count = self._file_counts.get(source.stats.name, (now, source.stats.accepted))
+        self._file_counts[source.stats.name] = (now, source.stats.accepted)
+        return (source.stats.accepted - count) / (now - then) if now > then else 0.0
+
     def _healthy(self) -> bool:
         return all(s.stats.state == "up" for s in self.sources) and (
             self.uplink is None or self.uplink.state in ("online", "connecting")
@@ -323,9 +334,14 @@ class Service:
             "uptime_s": self.clock() - self.stats.started,
             "uplink": None if self.uplink is None else {"state": self.uplink.state, "last_error": self.uplink.last_error},
             "outbox": {"depth": stats.depth, "oldest_ts": stats.oldest_ts, "evicted_total": stats.evicted_total},
+            "pid": os.getpid(),
             "sources": {s.stats.name: {"state": s.stats.state, "accepted": s.stats.accepted,
+                                       "rate_per_s": self._file_rate(s),
                                        "dropped": dict(s.stats.dropped), "last_error": s.stats.last_error}
                         for s in self.sources},
+            "last_events": [event.model_dump(mode="json", by_alias=True, include={
+                "seq", "type", "ts", "subject", "sector_id", "dwell_s", "duration_s", "state", "outbox_depth",
+                "method", "reader_id"}) for event in self._recent],
             "tracks": len(self.locator.tracker),
             "visits": len(self.locator.presence.visits),
             "windows": self.stats.windows,

@@ -87,7 +87,7 @@ def test_status_of_a_running_agent_through_an_outage_and_after_it_stops(broker: 
         assert offline["sources"][0]["rate_per_s"] > 0
         text = CliRunner().invoke(cli, ["status", "--state-dir", str(state)])
         assert text.exit_code == 1
-        assert "Newest unsent events" in text.output
+        assert "Last events" in text.output
         assert "offline" in text.output
 
         broker.start()
