@@ -139,6 +139,10 @@ class BleConfig(_Model):
     ibeacon_uuids: list[str] = Field(default_factory=list, description="Loyalty app beacon UUIDs.")
     eddystone_namespaces: list[str] = Field(default_factory=list, description="10-byte hex tag namespaces.")
     allow_all: bool = False
+    app_loyalty_prefix: str | None = Field(
+        default=None, min_length=1, max_length=16,
+        description="The app encodes the loyalty number in iBeacon major/minor: id = prefix + 6+ digits.",
+    )
 
     @field_validator("ibeacon_uuids")
     @classmethod

@@ -63,6 +63,7 @@ class Locator:
         self.store_area_m2 = float(0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1))))
         self.readers = {r.id: np.array([r.x, r.y]) for r in site.nfc_readers}
         self.app_beacons: dict[str, str] = {}
+        self._app_linked: set[str] = set()
         self._tech: dict[str, Tech] = {}
         self.stats = LocatorStats()
 
@@ -87,6 +88,7 @@ class Locator:
             if same_sectors:
                 new.sectors = self.sectors
         new.app_beacons = self.app_beacons
+        new._app_linked = self._app_linked
         new._tech = self._tech
         new.stats = self.stats
         return new
@@ -124,11 +126,11 @@ class Locator:
                     continue
                 located.append(Located(emitter, self._tech.get(emitter, "ble"),
                                        None if name == OUTSIDE else name, probability))
-            before = set(self.presence.visits)
             events.extend(self.presence.update(t, located))
-            for emitter in set(self.presence.visits) - before:
-                if emitter in self.app_beacons:
-                    events.append(self._app_link(t, emitter))
+        for emitter, visit in self.presence.visits.items():
+            if emitter in self.app_beacons and visit.visit_id not in self._app_linked:
+                self._app_linked.add(visit.visit_id)
+                events.append(self._app_link(t, emitter))
         for tap in taps:
             events.extend(self._tap(tap))
         dead = self.tracker.expire(t)
@@ -138,6 +140,9 @@ class Locator:
         for emitter in dead:
             if emitter not in self.presence.visits:
                 self._tech.pop(emitter, None)
+                self.app_beacons.pop(emitter, None)
+        open_visits = {visit.visit_id for visit in self.presence.visits.values()}
+        self._app_linked &= open_visits
         return events
 
     def close(self, t: float) -> list[Event]:

@@ -64,3 +64,17 @@ class CardTap(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+
+class AppBeacon(BaseModel):
+    """The loyalty app announced who it is: its emitter carries this customer's loyalty id.
+
+    The customer opted in by installing the app, so the loyalty id is sent
+    as is, like a presented card. Sources emit one per emitter per salt period.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ts: EpochSeconds
+    emitter_id: str = Field(min_length=1, max_length=128)
+    loyalty_id: str = Field(min_length=1, max_length=128)

@@ -34,7 +34,7 @@ from pathlib import Path
 from agent.config import ConfigError, SiteConfig, load_site
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
 from agent.locator import Locator
-from agent.observations import CardTap, Observation
+from agent.observations import AppBeacon, CardTap, Observation
 from agent.outbox import Outbox, OutboxError, OutboxStats
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
@@ -125,6 +125,8 @@ class Service:
                 return observations, taps
             if isinstance(record, CardTap):
                 taps.append(record)
+            elif isinstance(record, AppBeacon):
+                self.locator.register_app_beacon(record.emitter_id, record.loyalty_id)
             else:
                 observations.append(record)
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import BleConfig, ConfigError
-from agent.observations import Observation
+from agent.observations import AppBeacon, Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
 from agent.sources.ble import BleSource, describe, passive_patterns, retry_delay
@@ -355,3 +355,22 @@ def test_bus_daemon_dies_with_its_parent() -> None:
             return
         time.sleep(0.02)
     pytest.fail(f"dbus-daemon {pid} outlived its parent")
+
+
+def test_loyalty_app_announces_its_customer_once_per_pseudonym() -> None:
+    source = make_source(app_loyalty_prefix="L-")
+    records: list[Record] = []
+    callback = source.detection_callback(records.append)
+    for address in (PHONE_A, PHONE_B, PHONE_A):
+        callback(BLEDevice(address, None, None), _adv(-60, manufacturer=ibeacon(APP_UUID, 1, 2)))
+    callback(BLEDevice(STRANGER, None, None), _adv(-60, manufacturer=ibeacon(OTHER_UUID, 1, 2)))
+    apps = [r for r in records if isinstance(r, AppBeacon)]
+    assert len(observations(records)) == 3
+    assert len(apps) == 1
+    assert apps[0].loyalty_id == "L-065538"
+    assert apps[0].emitter_id == observations(records)[0].emitter_id
+    plain = make_source()
+    plain_records: list[Record] = []
+    plain.detection_callback(plain_records.append)(BLEDevice(PHONE_A, None, None),
+                                                   _adv(-60, manufacturer=ibeacon(APP_UUID, 1, 2)))
+    assert not [r for r in plain_records if isinstance(r, AppBeacon)]

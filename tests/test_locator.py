@@ -83,3 +83,14 @@ def test_far_shopper_is_not_linked_and_app_beacon_links_at_once() -> None:
     assert len(tapped) == 1
     assert not tapped[0].linked
     assert tapped[0].subject == "L-000555"
+
+
+def test_app_sighting_after_the_visit_started_links_it_once() -> None:
+    rng = np.random.default_rng(9)
+    locator = Locator(SITE)
+    events, t = _walk(locator, [("app-2", (15.0, 2.0), 8)], 1000.0, rng)
+    assert any(isinstance(e, VisitStarted) for e in events)
+    locator.register_app_beacon("app-2", "L-000042")
+    later, _ = _walk(locator, [("app-2", (5.0, 16.0), 10)], t, rng)
+    links = [e for e in later if isinstance(e, IdentityLinked)]
+    assert [(e.loyalty_id, e.method, e.confidence) for e in links] == [("L-000042", "app_beacon", 1.0)]

@@ -376,3 +376,17 @@ class AllowList:
         if power is None and tx_power_level_dbm is not None:
             power = plausible_power(tx_power_level_dbm - LOSS_0M_TO_1M_DB)
         return Emitter(identity=None, power_at_1m_dbm=power)
+
+
+def app_loyalty_id(identity: str | None, config: BleConfig) -> str | None:
+    """The loyalty id the app encodes in an allowed iBeacon's major/minor, if the site uses that scheme.
+
+    ``identity`` is ``ibeacon:<uuid>:<major>:<minor>`` as chosen by the
+    allow-list; the id is ``<prefix><major·65536 + minor, 6+ digits>``.
+    """
+    if config.app_loyalty_prefix is None or identity is None or not identity.startswith("ibeacon:"):
+        return None
+    _, uuid, major, minor = identity.split(":")
+    if uuid not in config.ibeacon_uuids:
+        return None
+    return f"{config.app_loyalty_prefix}{(int(major) << 16) | int(minor):06d}"

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from agent.events import SourceStatus
-from agent.observations import CardTap, Observation
+from agent.observations import AppBeacon, CardTap, Observation
 
 log = logging.getLogger(__name__)
 
-Record = Observation | CardTap
+Record = Observation | CardTap | AppBeacon
 Sink = Callable[[Record], None]
 """Where a source hands each record; must not block (the service's bounded queue)."""
 

@@ -38,7 +38,7 @@ from dbus_fast.errors import DBusFastError
 from pydantic import ValidationError
 
 from agent.config import BleConfig, ConfigError
-from agent.observations import Observation
+from agent.observations import AppBeacon, Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.adverts import (
     Advert,
@@ -48,6 +48,7 @@ from agent.sources.adverts import (
     EddystoneUID,
     Emitter,
     IBeacon,
+    app_loyalty_id,
     parse_manufacturer,
     parse_service_data,
 )
@@ -243,6 +244,7 @@ class BleSource:
         self._start_timeout_s = start_timeout_s
         self._tag_memory_s = tag_memory_s
         self._tag_memory_size = tag_memory_size
+        self._announced: set[str] = set()
         # raw address -> (emitter, last seen): ties a tag's telemetry frames to its UID frames
         self._tags: OrderedDict[str, tuple[Emitter, float]] = OrderedDict()
         self._pseudonyms: dict[str, str] = {}
@@ -309,8 +311,24 @@ class BleSource:
                 stats.drop("queue_full")
                 return
             stats.accepted += 1
+            if observation.emitter_id not in self._announced:
+                self._announce_app(sink, emitter.identity, observation)
 
         return on_advertisement
+
+    def _announce_app(self, sink: Sink, identity: str | None, observation: Observation) -> None:
+        """Tell the locator once per pseudonym that this emitter is the loyalty app of a known customer."""
+        loyalty = app_loyalty_id(identity, self._config)
+        if loyalty is None:
+            return
+        if len(self._announced) >= _PSEUDONYM_CACHE:
+            self._announced.clear()
+        try:
+            sink(AppBeacon(ts=observation.ts, emitter_id=observation.emitter_id, loyalty_id=loyalty))
+        except (asyncio.QueueFull, queue.Full):
+            self.stats.drop("queue_full")
+            return
+        self._announced.add(observation.emitter_id)
 
     def _pseudonym(self, raw: str, ts: float) -> str:
         """``Pseudonymizer.pseudonym("ble", ...)``, cached within the salt period: phones repeat many times a second."""

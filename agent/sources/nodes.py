@@ -43,9 +43,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from agent.config import BleConfig, ReceiverConfig
-from agent.observations import CardTap, Observation
+from agent.observations import Observation
 from agent.privacy import PSEUDONYM_HEX, Pseudonymizer
-from agent.sources.base import Sink, SourceStats
+from agent.sources.base import Record, Sink, SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -441,8 +441,8 @@ class NodePublisher:
         if not self._stopping:
             self.stats.fail(f"lost the locator broker {self._host}:{self._port}: {reason}")
 
-    def add(self, record: Observation | CardTap) -> None:
-        """Sink for local sources; card taps belong to the locator's own readers and are not forwarded."""
+    def add(self, record: Record) -> None:
+        """Sink for local sources; only observations are forwarded (taps and app sightings stay local)."""
         if not isinstance(record, Observation):
             self.stats.drop("not_an_observation")
             return
