@@ -20,24 +20,12 @@ from agent.service import Service
 from agent.sources.replay import ReplaySource
 from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
+from tests.test_locator import _readings
 
 T0 = 1_763_900_000.0
 
 
-def _readings(site_path: Path, emitter: str, xy: tuple[float, float], t: float,
-              rng: np.random.Generator) -> list[Observation]:
-    site = load_site(site_path)
-    out = []
-    for rx in site.receivers:
-        if rx.kind == "wifi":
-            continue
-        d = float(np.sqrt((rx.x - xy[0]) ** 2 + (rx.y - xy[1]) ** 2 + (rx.z - 1.2) ** 2))
-        rssi = rx.rssi_at_1m - 10 * rx.path_loss_exponent * np.log10(d) + rng.normal(0, 2.0)
-        out.append(Observation(ts=t, receiver_id=rx.id, emitter_id=emitter, tech="ble", rssi_dbm=float(rssi)))
-    return out
-
-
-def _recording(tmp_path: Path, site_path: Path) -> tuple[Path, Path]:
+def _recording(tmp_path: Path) -> tuple[Path, Path]:
     """Two shoppers: one walks in, to the fish counter, and out; one goes to the till and taps."""
     rng = np.random.default_rng(11)
     plans = {
@@ -51,7 +39,7 @@ def _recording(tmp_path: Path, site_path: Path) -> tuple[Path, Path]:
             for _ in range(seconds):
                 t += 1.0
                 if xy[1] >= 0:
-                    observations.extend(_readings(site_path, emitter, xy, t, rng))
+                    observations.extend(_readings(emitter, xy, t, rng))
     observations.sort(key=lambda o: o.ts)
     obs_path, taps_path = tmp_path / "observations.jsonl", tmp_path / "taps.jsonl"
     write_records(obs_path, observations)
@@ -74,7 +62,7 @@ def _subscribe(broker: Broker, got: queue.Queue[tuple[str, bytes]]) -> mqtt.Clie
 def test_replay_through_the_service_reaches_the_broker(broker: Broker, tmp_path: Path) -> None:
     site_path = example_site_for(tmp_path, broker.port)
     site = load_site(site_path)
-    obs_path, taps_path = _recording(tmp_path, site_path)
+    obs_path, taps_path = _recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
     subscriber = _subscribe(broker, got)
     speed = 25.0

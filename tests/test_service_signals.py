@@ -28,7 +28,7 @@ def _wait_for(path: Path, timeout: float) -> None:
 
 def test_sighup_with_broken_config_keeps_running_and_sigterm_loses_nothing(broker: Broker, tmp_path: Path) -> None:
     site_path = example_site_for(tmp_path, broker.port)
-    obs_path, taps_path = _recording(tmp_path, site_path)
+    obs_path, taps_path = _recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
     subscriber = _subscribe(broker, got)
     state = tmp_path / "state"

@@ -47,7 +47,7 @@ def _until(state: Path, check: Any, timeout: float, what: str) -> tuple[int, dic
 
 def test_status_of_a_running_agent_through_an_outage_and_after_it_stops(broker: Broker, tmp_path: Path) -> None:
     site_path = example_site_for(tmp_path, broker.port)
-    obs_path, taps_path = _recording(tmp_path, site_path)
+    obs_path, taps_path = _recording(tmp_path)
     state = tmp_path / "state"
     proc = subprocess.Popen(
         [str(SANTI), "run", "--config", str(site_path), "--state-dir", str(state),

@@ -59,11 +59,9 @@ from agent.sources.adverts import (
 from agent.sources.base import Record, Sink, Source, SourceStats
 from agent.sources.ble import BleSource
 from agent.sources.wifi import (
-    FrameSkipped,
     ProbeCounter,
     ProbeRequest,
     WifiMonitorSource,
-    parse_frame,
 )
 
 DEFAULT_CONFIG = Path("/etc/santi/site.toml")
@@ -256,13 +254,8 @@ class _ProbeRows(ProbeCounter):
         self._table = table
 
     def observe(self, frame: bytes, ts: float) -> Observation | None:
-        try:
-            probe = parse_frame(frame, ts)
-        except FrameSkipped as skipped:
-            if skipped.reason == "not_probe_request":
-                self.ignored += 1
-            else:
-                self.stats.drop(skipped.reason)
+        probe = self.probe(frame, ts)
+        if probe is None:
             return None
         self.stats.accepted += 1
         self._table.add_probe(probe)

@@ -198,14 +198,20 @@ class ProbeCounter:
         self.ignored = 0
         """Frames that were not probe requests (beacons, data...): expected, not drops."""
 
-    def observe(self, frame: bytes, ts: float) -> Observation | None:
+    def probe(self, frame: bytes, ts: float) -> ProbeRequest | None:
+        """The probe request in a frame, or None: other frames are ignored, broken ones dropped and counted."""
         try:
-            probe = parse_frame(frame, ts)
+            return parse_frame(frame, ts)
         except FrameSkipped as skipped:
             if skipped.reason == "not_probe_request":
                 self.ignored += 1
             else:
                 self.stats.drop(skipped.reason)
+            return None
+
+    def observe(self, frame: bytes, ts: float) -> Observation | None:
+        probe = self.probe(frame, ts)
+        if probe is None:
             return None
         self.macs["randomised" if probe.mac_randomised else "global"] += 1
         if probe.ssid_present:
