@@ -19,17 +19,16 @@ from agent.cli import cli
 from agent.config import NfcReaderConfig, SiteConfig, load_site
 from agent.doctor import (
     check_bluetooth,
-    check_broker,
     check_clock,
     check_disk,
     check_nfc,
     check_state_dir,
-    check_tls,
     check_wifi,
     effective_capabilities,
     parse_chronyc_tracking,
     parse_timedatectl,
 )
+from agent.doctor_broker import check_broker, check_tls
 from tests.conftest import EXAMPLE_SITE
 from tests.fake_bluez import FakeBluez, fake_bluez
 from tests.mosquitto import Broker, free_port

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.doctor import Check, run_checks, worst
+from agent.checks import Check
+from agent.doctor import run_checks, worst
 
 DEFAULT_CONFIG = Path("/etc/santi/site.toml")
 EXIT_FAILED = 1
