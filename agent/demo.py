@@ -23,13 +23,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from agent.cli.hq_cmd import print_profile
 from agent.config import SiteConfig, UplinkConfig
 from agent.events import Event
 from agent.localbroker import Broker
 from agent.replayclock import ReplayClock, first_timestamp
 from agent.service import Service
 from agent.sources.factory import replay_sources
+from hq.render import print_profile
 from hq.subscriber import HqSubscriber
 from simulator.run import SimConfig, simulate
 from simulator.truth import Truth, read_truth

@@ -118,14 +118,15 @@ class Locator:
             snapshot = self.tracker.step(t, ids, np.array(receiver_index), np.array(rssi))
             update = self.sectors.step(t, list(snapshot.emitter_ids), snapshot.xy, snapshot.cov)
             located = []
-            for emitter, sector, probability in zip(
-                snapshot.emitter_ids, update.sector.tolist(), update.probability.tolist(), strict=True
+            for emitter, sector, probability, since in zip(
+                snapshot.emitter_ids, update.sector.tolist(), update.probability.tolist(),
+                update.entered_at.tolist(), strict=True,
             ):
                 name = self.arrays.sector_name(sector)
                 if name is None:
                     continue
                 located.append(Located(emitter, self._tech.get(emitter, "ble"),
-                                       None if name == OUTSIDE else name, probability))
+                                       None if name == OUTSIDE else name, probability, since))
             events.extend(self.presence.update(t, located))
         for emitter, visit in self.presence.visits.items():
             if emitter in self.app_beacons and visit.visit_id not in self._app_linked:

@@ -41,6 +41,8 @@ class Located:
     tech: Literal["ble", "wifi"]
     sector_id: str | None
     probability: float
+    since: float | None = None
+    """When the shopper crossed into this sector (hysteresis confirms it later); None: the window time."""
 
 
 @dataclass
@@ -112,9 +114,10 @@ class Presence:
             if visit is None:
                 if item.sector_id is None:
                     continue
-                visit = Visit(visit_id_for(item.emitter_id, ts), item.emitter_id, item.tech, ts, ts)
+                started = self._when(item, ts, float("-inf"))
+                visit = Visit(visit_id_for(item.emitter_id, started), item.emitter_id, item.tech, started, ts)
                 self.visits[item.emitter_id] = visit
-                events.append(VisitStarted(**self.envelope(ts, visit.subject), visit_id=visit.visit_id,
+                events.append(VisitStarted(**self.envelope(started, visit.subject), visit_id=visit.visit_id,
                                            sector_id=item.sector_id, tech=item.tech))
             visit.last_seen = ts
             if item.sector_id == visit.sector_id:
@@ -122,16 +125,24 @@ class Presence:
             left_by_entrance = item.sector_id is None and visit.sector_id in self.entrances
             if item.sector_id is None and not left_by_entrance:
                 continue
-            events.extend(self._exit_sector(visit, ts))
+            at = self._when(item, ts, visit.sector_since if visit.sector_id is not None else visit.started)
+            events.extend(self._exit_sector(visit, at))
             if left_by_entrance:
-                events.append(self._end(visit, ts, "exit"))
+                events.append(self._end(visit, at, "exit"))
                 continue
             assert item.sector_id is not None
             visit.sector_id = item.sector_id
-            visit.sector_since = ts
-            events.append(SectorEntered(**self.envelope(ts, visit.subject), visit_id=visit.visit_id,
+            visit.sector_since = at
+            events.append(SectorEntered(**self.envelope(at, visit.subject), visit_id=visit.visit_id,
                                         sector_id=item.sector_id, probability=min(max(item.probability, 0.0), 1.0)))
         return events
+
+    @staticmethod
+    def _when(item: Located, ts: float, not_before: float) -> float:
+        """The crossing time the sector model reported, kept between the last change and now."""
+        if item.since is None or item.since != item.since:  # None or NaN
+            return ts
+        return min(max(item.since, not_before), ts)
 
     def expire(self, ts: float) -> list[Event]:
         """Close visits not heard for ``visit_silence_s``, dated when last heard."""

@@ -22,9 +22,17 @@ Three stages, each batched across tracks:
 
     so probability only ever flows along the adjacency graph.
 
-(c) Hysteresis: the reported sector changes only once another sector's
-    posterior has stayed above `threshold` for `hold_s` seconds, so a shopper
-    standing on a border does not produce a stream of enter/exit events.
+(c) Hysteresis in time and in space: the reported sector changes only once
+    another sector's posterior has stayed above `threshold`, with the
+    estimate's mean at least `margin_m` inside that sector, for `hold_s`
+    seconds. A shopper browsing half a metre from a border sees the
+    estimate wander across it and back, and the posterior with it (the
+    windows' estimates are correlated, yet (10) counts each as fresh
+    evidence); only a walk carries the mean deep into the next sector.
+    The margin of a sector is capped at half its largest depth, so a narrow
+    sector can still be entered. The entry is stamped with the time the new
+    sector's posterior last rose above 1/2, not the later moment the
+    hysteresis confirmed it: that is when the shopper crossed.
 
 Sector ids are indices here (outside = S); names are the caller's business.
 """
@@ -32,10 +40,11 @@ Sector ids are indices here (outside = S); names are the caller's business.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.ndimage import distance_transform_edt
 from scipy.special import ndtri
 
 from positioning.geometry import LabelRaster
@@ -52,7 +61,9 @@ class HmmState:
     posterior (k, S+1); t (k,) time of the posterior; reported (k,) sector
     index reported to the caller, -1 before the first; candidate (k,) the
     sector waiting out its hold time, -1 if none; candidate_since (k,) when
-    it first crossed the threshold.
+    it first crossed the threshold; rose (k, S+1) when each sector's
+    posterior last rose above 1/2 (the time of the step, while below it);
+    entered_at (k,) entry time of the reported sector, NaN before the first.
     """
 
     posterior: FloatArray
@@ -60,46 +71,38 @@ class HmmState:
     reported: IntArray
     candidate: IntArray
     candidate_since: FloatArray
+    rose: FloatArray
+    entered_at: FloatArray
 
     def take(self, rows: IntArray) -> HmmState:
         """The rows given, as a new state (copies)."""
-        return HmmState(
-            self.posterior[rows],
-            self.t[rows],
-            self.reported[rows],
-            self.candidate[rows],
-            self.candidate_since[rows],
-        )
+        return HmmState(*(getattr(self, f.name)[rows] for f in fields(self)))
 
     def join(self, other: HmmState) -> HmmState:
         """This state's rows followed by `other`'s."""
         return HmmState(
-            np.concatenate([self.posterior, other.posterior]),
-            np.concatenate([self.t, other.t]),
-            np.concatenate([self.reported, other.reported]),
-            np.concatenate([self.candidate, other.candidate]),
-            np.concatenate([self.candidate_since, other.candidate_since]),
+            *(np.concatenate([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self))
         )
 
     def put(self, rows: IntArray, part: HmmState) -> None:
         """Overwrite the given rows in place with `part` (a wrapper's own bank only)."""
-        self.posterior[rows], self.t[rows], self.reported[rows] = (
-            part.posterior,
-            part.t,
-            part.reported,
-        )
-        self.candidate[rows], self.candidate_since[rows] = part.candidate, part.candidate_since
+        for f in fields(self):
+            getattr(self, f.name)[rows] = getattr(part, f.name)
 
 
 @dataclass(frozen=True, eq=False)
 class SectorUpdate:
     """Per track (k,): reported sector (-1 none yet, S outside), its posterior,
-    and this step's transition: entered / exited sector, -1 when none."""
+    this step's transition: entered / exited sector, -1 when none, and
+    entered_at, when the shopper entered the reported sector (NaN before the
+    first report; earlier than the step that reports an entry, by the hold
+    time or more)."""
 
     sector: IntArray
     probability: FloatArray
     entered: IntArray
     exited: IntArray
+    entered_at: FloatArray
 
 
 class SectorModel:
@@ -153,12 +156,41 @@ class SectorModel:
         degree = a.sum(axis=1, keepdims=True)
         # N = D⁻¹ A; a sector with no way out keeps its mass.
         self.moves: FloatArray = np.where(degree > 0, a / np.maximum(degree, 1), np.eye(s + 1))
+        # Depth of each raster cell: its distance (m) to the nearest cell of another
+        # sector. Walls are not borders (tracks are clamped onto them), so cells
+        # outside every polygon take the label of the nearest sector cell first.
+        labels = self.raster.labels
+        beyond = labels == s
+        nearest = distance_transform_edt(beyond, return_distances=False, return_indices=True)
+        self.nearest_label: IntArray = labels[nearest[0], nearest[1]]
+        self.depth: FloatArray = np.zeros(labels.shape)
+        for index in range(s):
+            mine = self.nearest_label == index
+            if mine.any():
+                self.depth[mine] = distance_transform_edt(mine)[mine] * cell_m
+        self.max_depth: FloatArray = np.array(
+            [self.depth[labels == i].max() if np.any(labels == i) else 0.0 for i in range(s)] + [0.0]
+        )
         u = ndtri((np.arange(samples_per_axis) + 0.5) / samples_per_axis)
         self._nodes: FloatArray = np.stack(np.meshgrid(u, u), axis=-1).reshape(-1, 2)  # (J, 2)
 
     def label(self, xy: ArrayLike) -> IntArray:
         """Sector index under each (k, 2) point (S when outside) -> (k,)."""
         return self.raster.lookup(np.asarray(xy, dtype=np.float64).reshape(-1, 2))
+
+    def depth_at(self, xy: ArrayLike) -> tuple[IntArray, FloatArray]:
+        """Nearest sector to each (k, 2) point and its depth (m) in it -> (k,), (k,).
+
+        Depth is the distance to the nearest cell of another sector; a point
+        beyond the polygons (on a wall) counts as in the nearest sector.
+        """
+        p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        ras = self.raster
+        ny, nx = ras.labels.shape
+        ij = np.floor((p - ras.origin) / ras.cell)
+        ix = np.clip(ij[:, 0], 0, nx - 1).astype(np.intp)
+        iy = np.clip(ij[:, 1], 0, ny - 1).astype(np.intp)
+        return self.nearest_label[iy, ix], self.depth[iy, ix]
 
     def likelihood(self, xy: ArrayLike, cov: ArrayLike) -> FloatArray:
         """Probability of each sector and of outside under N(xy, cov), eq. (8).
@@ -194,27 +226,58 @@ class SectorModel:
         n = self.n_sectors + 1
         none = np.full(k, -1, dtype=np.intp)
         return HmmState(
-            np.full((k, n), 1.0 / n), np.full(k, float(t)), none, none.copy(), np.full(k, float(t))
+            np.full((k, n), 1.0 / n),
+            np.full(k, float(t)),
+            none,
+            none.copy(),
+            np.full(k, float(t)),
+            np.full((k, n), float(t)),
+            np.full(k, np.nan),
         )
 
 
 def hysteresis(
-    state: HmmState, posterior: FloatArray, t: float, threshold: float, hold_s: float
+    state: HmmState,
+    posterior: FloatArray,
+    t: float,
+    threshold: float,
+    hold_s: float,
+    *,
+    label: IntArray | None = None,
+    depth: FloatArray | None = None,
+    margin: FloatArray | None = None,
 ) -> tuple[HmmState, SectorUpdate]:
-    """Stage (c): switch the reported sector only after `hold_s` above `threshold`."""
+    """Stage (c): switch the reported sector only after `hold_s` above `threshold`.
+
+    With `label` and `depth` (k,) of the estimate's mean and `margin` (S+1,)
+    per sector, the mean must also lie `margin` deep inside the new sector
+    (outside and a track's first sector are exempt).
+    """
     k = posterior.shape[0]
+    rows = np.arange(k)
     best = np.argmax(posterior, axis=1)
-    p_best = posterior[np.arange(k), best]
+    p_best = posterior[rows, best]
     strong = (best != state.reported) & (p_best >= threshold)
+    if label is not None and depth is not None and margin is not None:
+        exempt = (state.reported < 0) | (best == posterior.shape[1] - 1)
+        strong &= exempt | ((label == best) & (depth >= margin[best]))
     since = np.where(strong & (best != state.candidate), t, state.candidate_since)
     switch = strong & (t - since >= hold_s)
+    rose = np.where(posterior >= 0.5, state.rose, t)
     entered = np.where(switch, best, -1)
     exited = np.where(switch & (state.reported >= 0), state.reported, -1)
     reported = np.where(switch, best, state.reported)
+    # The crossing: when the new sector's posterior last rose above 1/2, and
+    # never before the previous entry nor after the candidate first qualified.
+    crossed = np.minimum(rose[rows, best], since)
+    previous = np.where(np.isnan(state.entered_at), -np.inf, state.entered_at)
+    entered_at = np.where(switch, np.maximum(crossed, previous), state.entered_at)
     candidate = np.where(strong & ~switch, best, -1)
-    probability = np.where(reported >= 0, posterior[np.arange(k), np.maximum(reported, 0)], 0.0)
-    new_state = HmmState(posterior, np.full(k, float(t)), reported, candidate, since)
-    return new_state, SectorUpdate(reported, probability, entered, exited)
+    probability = np.where(reported >= 0, posterior[rows, np.maximum(reported, 0)], 0.0)
+    new_state = HmmState(
+        posterior, np.full(k, float(t)), reported, candidate, since, rose, entered_at
+    )
+    return new_state, SectorUpdate(reported, probability, entered, exited, entered_at.copy())
 
 
 def hmm_step(
@@ -226,31 +289,51 @@ def hmm_step(
     *,
     threshold: float = 0.6,
     hold_s: float = 2.0,
+    margin_m: float = 0.0,
 ) -> tuple[HmmState, SectorUpdate]:
     """One forward step, eqs. (8)-(10) then hysteresis, for the k tracks of `state`.
 
-    xy (k, 2) and cov (k, 2, 2) are the tracks' estimates at time t.
+    xy (k, 2) and cov (k, 2, 2) are the tracks' estimates at time t;
+    margin_m is the spatial hysteresis of stage (c), 0 for none.
     """
     p = model.likelihood(xy, cov)
     predicted = model.predict(state.posterior, t - state.t)
     joint = p * predicted  # p * (prior T(dt))
     posterior = joint / joint.sum(axis=1, keepdims=True)
-    return hysteresis(state, posterior, t, threshold, hold_s)
+    if margin_m <= 0.0:
+        return hysteresis(state, posterior, t, threshold, hold_s)
+    label, depth = model.depth_at(xy)
+    margin = np.minimum(margin_m, 0.5 * model.max_depth)
+    return hysteresis(
+        state, posterior, t, threshold, hold_s, label=label, depth=depth, margin=margin
+    )
 
 
 class SectorTracker:
     """Sector filter states keyed by emitter id; a thin wrapper over `hmm_step`.
 
     Feed it each window's `TrackSnapshot` fields; call `forget` with the ids
-    the tracker expired.
+    the tracker expired. margin_m is the spatial hysteresis of stage (c):
+    1 m halves the false sector changes of shoppers browsing near borders
+    (fishmonger simulation) for a few points of entry recall.
     """
 
-    def __init__(self, model: SectorModel, *, threshold: float = 0.6, hold_s: float = 2.0) -> None:
-        if not 0.5 < threshold <= 1.0 or hold_s < 0.0:
-            raise ValueError("threshold must be in (0.5, 1] (one sector at a time) and hold_s >= 0")
+    def __init__(
+        self,
+        model: SectorModel,
+        *,
+        threshold: float = 0.6,
+        hold_s: float = 2.0,
+        margin_m: float = 1.0,
+    ) -> None:
+        if not 0.5 < threshold <= 1.0 or hold_s < 0.0 or margin_m < 0.0:
+            raise ValueError(
+                "threshold must be in (0.5, 1] (one sector at a time), hold_s >= 0 and margin_m >= 0"
+            )
         self.model = model
         self.threshold = threshold
         self.hold_s = hold_s
+        self.margin_m = margin_m
         self._rows = IdRows()
         self._state = model.initial(0, 0.0)
 
@@ -276,6 +359,7 @@ class SectorTracker:
             t,
             threshold=self.threshold,
             hold_s=self.hold_s,
+            margin_m=self.margin_m,
         )
         self._state.put(rows, updated)
         return out

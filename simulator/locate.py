@@ -151,13 +151,9 @@ class TrackLocator:
     def step(self, window: Window) -> list[Estimate]:
         snap = self.tracker.step(window.t, window.emitter_ids, window.receiver_index, window.rssi)
         update = self.sectors.step(window.t, list(snap.emitter_ids), snap.xy, snap.cov)
-        if np.any(update.entered >= 0):
-            # The hysteresis keeps when the new sector first crossed the threshold: that is the entry time.
-            ids, state = self.sectors.state()
-            row = {emitter: i for i, emitter in enumerate(ids)}
-            for i in np.flatnonzero(update.entered >= 0):
-                emitter = snap.emitter_ids[i]
-                self.since[emitter] = float(state.candidate_since[row[emitter]])
+        for i in np.flatnonzero(update.entered >= 0):
+            # The sector filter stamps the entry when the shopper crossed, not when hysteresis confirmed it.
+            self.since[snap.emitter_ids[i]] = float(update.entered_at[i])
         out = [
             _estimate(window.t, emitter, snap.xy[i], snap.cov[i], self.arrays.sector_name(int(update.sector[i])),
                       float(update.probability[i]), self.since.get(emitter))

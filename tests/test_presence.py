@@ -88,3 +88,18 @@ def test_shutdown_closes_everything_and_entries_carry_probability() -> None:
     assert sorted(type(e).__name__ for e in closing) == ["SectorExited"] * 2 + ["VisitEnded"] * 2
     assert all(e.reason == "shutdown" for e in closing if isinstance(e, VisitEnded))
     assert presence.visits == {}
+
+
+def test_entries_are_dated_at_the_crossing_not_the_confirmation() -> None:
+    presence = _presence()
+    presence.update(100.0, [Located("g", "ble", "entrance", 0.9, since=98.0)])
+    events = presence.update(130.0, [Located("g", "ble", "fish", 0.9, since=126.5)])
+    exited, entered = events
+    assert isinstance(exited, SectorExited)
+    assert isinstance(entered, SectorEntered)
+    assert exited.ts.timestamp() == entered.ts.timestamp() == 126.5
+    assert exited.dwell_s == 28.5
+    late = presence.update(140.0, [Located("g", "ble", "aisle-1", 0.9, since=float("nan"))])
+    assert late[1].ts.timestamp() == 140.0
+    early = presence.update(150.0, [Located("g", "ble", "fish", 0.9, since=10.0)])
+    assert early[0].ts.timestamp() == 140.0  # never before the previous change

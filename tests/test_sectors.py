@@ -111,9 +111,44 @@ def test_a_shopper_on_a_border_does_not_flap() -> None:
     xs = np.r_[np.full(8, 5.0), np.tile([9.6, 10.4], 30)]  # settle in A, then straddle A|B
     with_hysteresis = walk_through(SectorTracker(model(), threshold=0.6, hold_s=3.0), xs)
     assert with_hysteresis == [(-1, 0)]
-    # Without hold time or HMM memory, the same track flaps at every step.
-    flapping = walk_through(SectorTracker(model(mean_dwell_s=1e-9), threshold=0.55, hold_s=0.0), xs)
+    # Without hold time, HMM memory or margin, the same track flaps at every step.
+    flapping = walk_through(
+        SectorTracker(model(mean_dwell_s=1e-9), threshold=0.55, hold_s=0.0, margin_m=0.0), xs
+    )
     assert len(flapping) > 20
+    # The spatial margin alone stops it: the mean never gets 1 m into B.
+    margin_only = walk_through(
+        SectorTracker(model(mean_dwell_s=1e-9), threshold=0.55, hold_s=0.0, margin_m=1.0), xs
+    )
+    assert margin_only == [(-1, 0)]
+
+
+def test_the_entry_is_stamped_at_the_crossing_not_the_confirmation() -> None:
+    st_ = SectorTracker(model(), threshold=0.6, hold_s=3.0, margin_m=1.0)
+    # Stand in A, walk at 1 m/s from x = 5.5 (t = 6) to x = 12.5 (t = 13), stop there.
+    xs = np.r_[np.full(6, 5.5), np.arange(5.5, 12.6, 1.0), np.full(10, 12.5)]
+    entries = []
+    for t, x in enumerate(xs):
+        out = st_.step(float(t), ["s"], np.array([[x, 5.0]]), np.diag([0.5, 0.5])[None])
+        if out.entered[0] == 1:
+            entries.append((t, float(out.entered_at[0])))
+        if out.sector[0] == 1:
+            assert out.entered_at[0] == entries[0][1]
+    crossing = 6 + 4.5  # x = 10 at t = 10.5
+    ((reported, entered_at),) = entries
+    assert reported >= crossing + 3.0
+    assert abs(entered_at - crossing) <= 1.0
+
+
+def test_a_narrow_sector_can_still_be_entered_under_a_wide_margin() -> None:
+    strip = np.array([[10.0, 0.0], [11.0, 0.0], [11.0, 10.0], [10.0, 10.0]])
+    m = SectorModel([A_, strip], np.array([[0, 1], [1, 0]], bool), np.array([True, False]))
+    st_ = SectorTracker(m, threshold=0.6, hold_s=1.0, margin_m=2.0)
+    sectors = [
+        int(st_.step(float(t), ["s"], np.array([[x, 5.0]]), TIGHT[None]).sector[0])
+        for t, x in enumerate(np.r_[np.full(5, 5.0), np.full(8, 10.5)])
+    ]
+    assert sectors[-1] == 1
 
 
 def test_the_reported_sector_waits_out_the_hold_time() -> None:
@@ -146,11 +181,13 @@ def test_functional_form_equals_the_wrapper() -> None:
             if e not in states:
                 states[e] = m.initial(1, float(t))
             states[e], out = hmm_step(
-                m, states[e], xy[i : i + 1], cov[i : i + 1], float(t), threshold=0.6, hold_s=1.0
+                m, states[e], xy[i : i + 1], cov[i : i + 1], float(t),
+                threshold=0.6, hold_s=1.0, margin_m=1.0,
             )
             assert out.sector[0] == got.sector[i]
             assert out.probability[0] == pytest.approx(got.probability[i], rel=1e-12)
             assert (out.entered[0], out.exited[0]) == (got.entered[i], got.exited[i])
+            np.testing.assert_equal(out.entered_at[0], got.entered_at[i])
     ids, state = wrapper.state()
     for i, e in enumerate(ids):
         np.testing.assert_allclose(state.posterior[i], states[e].posterior[0], rtol=1e-12)

@@ -216,7 +216,8 @@ def test_noise_free_tracks_converge_to_centimetres() -> None:
         f"phone-{i}": q for i, q in enumerate(np.array([[3.0, 4.0], [10.0, 10.0], [17.5, 2.0]]))
     }
     rng = np.random.default_rng(3)
-    for t in range(15):
+    # A standing shopper's low process noise lets the birth's velocity transient fade over ~20 windows.
+    for t in range(25):
         snap = tr.step(float(t), *window(rng, truth, per=5, noise=0.0))
     errors = np.linalg.norm(snap.xy - np.array(list(truth.values())), axis=1)
     assert np.all(errors < 0.02)
