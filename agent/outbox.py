@@ -202,6 +202,17 @@ def summarize(path: Path) -> Summary:
     return Summary(path, stats, last_seq, size, files)
 
 
+def waiting_through(path: Path, seq: int) -> int:
+    """How many rows up to ``seq`` are still stored, read-only (a drain's progress while events keep coming)."""
+    db = _read_only(path)
+    try:
+        return int(db.execute("SELECT count(*) FROM outbox WHERE seq <= ?", (seq,)).fetchone()[0])
+    except sqlite3.Error as exc:
+        raise OutboxError(f"outbox {path} cannot be read: {exc}") from exc
+    finally:
+        db.close()
+
+
 def export_rows(path: Path, after_seq: int = 0) -> Iterator[Row]:
     """Every stored row in seq order, read-only, a chunk at a time (for carrying data out by hand)."""
     db = _read_only(path)

@@ -10,7 +10,8 @@ Lifecycle (systemd ``Type=notify``): READY once the outbox, uplink and
 sources are up; WATCHDOG from the window loop (a stuck loop gets the unit
 restarted); SIGTERM drains the queue, closes visits, gives the uplink a
 deadline and exits 0; SIGHUP re-reads the site config and keeps the old
-one, with a one-line error, if the new one is broken.
+one, with a one-line error, if the new one is broken; SIGUSR1 cuts the
+uplink's reconnect wait short (``santi buffer drain``).
 
 Time: ``clock`` gives the store's time in epoch seconds. It is the wall
 clock in production and a replay's clock in the demo (``time_scale`` store
@@ -255,8 +256,15 @@ class Service:
             loop.add_signal_handler(signal.SIGTERM, self.stop.set)
             loop.add_signal_handler(signal.SIGINT, self.stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+            loop.add_signal_handler(signal.SIGUSR1, self.retry_uplink_now)
         except (NotImplementedError, RuntimeError):
             log.debug("signal handlers unavailable in this thread")
+
+    def retry_uplink_now(self) -> None:
+        """SIGUSR1 (``santi buffer drain``): reconnect now instead of at the end of the backoff wait."""
+        if self.uplink is not None:
+            log.info("uplink retry requested")
+            self.uplink.retry_now()
 
     def request_reload(self) -> None:
         self._reload.set()

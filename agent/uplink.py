@@ -137,6 +137,7 @@ class Uplink:
         """The last failure, one line a technician can act on; None once delivering again."""
         self.stats = UplinkStats()
         self._stopping = threading.Event()
+        self._retry = threading.Event()
         self._drain_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -164,6 +165,7 @@ class Uplink:
         self._drain_deadline = time.monotonic() + drain_deadline_s
         self._outbox.unwatch(self.wake)
         self._stopping.set()
+        self._retry.set()
         self.wake()
         thread, self._thread = self._thread, None
         if thread is not None:
@@ -175,6 +177,10 @@ class Uplink:
         self._wake_w.close()
         self._set_state("stopped")
         return self._outbox.depth()
+
+    def retry_now(self) -> None:
+        """Cut a reconnect wait short (a technician's ``santi buffer drain``); no effect while online."""
+        self._retry.set()
 
     def wake(self) -> None:
         """Tell the uplink new rows are stored (called by the outbox after each commit)."""
@@ -216,7 +222,8 @@ class Uplink:
             if self.stats.connections > connections:
                 failures = 0
             self._fail(failure)
-            self._stopping.wait(self._policy.delay(failures, failure.kind, self._rng))
+            self._retry.wait(self._policy.delay(failures, failure.kind, self._rng))
+            self._retry.clear()
             failures += 1
 
     def _new_client(self, session: _Session) -> mqtt.Client:
@@ -349,12 +356,16 @@ class _Publisher:
                     return failure
                 if self.session.lost or self.client.socket() is None:
                     return uplink._lost(self.session)
-                if uplink._stopping.is_set() and (
-                    time.monotonic() >= uplink._drain_deadline or (self.exhausted and not self.inflight)
-                ):
+                stopping = uplink._stopping.is_set()
+                if stopping and time.monotonic() >= uplink._drain_deadline:
                     self._goodbye()
                     return None
+                # Fill before judging "all sent": rows stored just before stop() (the
+                # final agent.status) are not in the window yet.
                 self._fill()
+                if stopping and self.exhausted and not self.inflight:
+                    self._goodbye()
+                    return None
                 idle = self.exhausted or len(self.inflight) >= self.window
                 if self.to_ack and (idle or len(self.to_ack) >= _ACK_BATCH):
                     self._flush_acks()

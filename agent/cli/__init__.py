@@ -14,6 +14,7 @@ import click
 
 from agent import logs
 from agent.cli import calibrate_cmd  # noqa: F401  (attaches `santi calibrate receiver` to the calibrate group)
+from agent.cli.buffer_cmd import buffer
 from agent.cli.config_cmd import config
 from agent.cli.demo_cmd import demo
 from agent.cli.doctor_cmd import doctor
@@ -59,6 +60,7 @@ cli.add_command(firmware)
 cli.add_command(hq)
 cli.add_command(status)
 cli.add_command(scan)
+cli.add_command(buffer)
 cli.add_command(node)
 
 

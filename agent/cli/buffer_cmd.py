@@ -1,0 +1,220 @@
+"""``santi buffer``: what waits in the outbox, a way to carry it out by hand, and "send it now".
+
+``drain`` never opens the outbox for writing while the agent runs (two
+writers would each keep their own seq and byte counters): with a running
+agent it sends SIGUSR1, which cuts the uplink's reconnect wait short, and
+watches the depth fall; with no agent running it runs the agent's own
+uplink on the file until it is empty or the time is up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agent.cli.config_cmd import load_or_fail
+from agent.cli.errors import CliError
+from agent.config import SiteConfig
+from agent.events import utc_from_epoch
+from agent.outbox import OUTBOX_FILE, Outbox, OutboxError, export_rows, summarize, waiting_through
+from agent.statusfile import STATUS_FILE, read_status
+from agent.uplink import Uplink
+
+EXIT_LEFT = 1
+"""``drain`` ran out of time with events still waiting."""
+POLL_S = 0.25
+
+
+def _outbox_path(site_file: Path) -> Path:
+    return load_or_fail(site_file).agent.state_dir / OUTBOX_FILE
+
+
+@click.group()
+def buffer() -> None:
+    """The outbox: events stored on this device and not yet acknowledged by the broker."""
+
+
+@buffer.command("status")
+@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def status(site: Path, as_json: bool) -> None:
+    """Show how many events wait in the outbox of SITE's agent, and what was evicted.
+
+    Reads the file without changing it, so it is safe while the agent runs.
+
+    \b
+    Example:
+      santi buffer status /etc/santi/site.toml
+    """
+    try:
+        summary = summarize(_outbox_path(site))
+    except OutboxError as exc:
+        raise CliError(str(exc)) from None
+    oldest = summary.stats.oldest_ts
+    oldest_text = None if oldest is None else utc_from_epoch(oldest).isoformat()
+    figures = {
+        "path": str(summary.path),
+        "depth": summary.stats.depth,
+        "oldest_event": oldest_text,
+        "last_seq": summary.last_seq,
+        "stored_bytes": summary.stored_bytes,
+        "file_bytes": summary.file_bytes,
+        "evicted_total": summary.stats.evicted_total,
+        "evicted_unreported": summary.stats.evicted_since_last,
+    }
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    table = Table("", "", title=f"Outbox {summary.path}", show_header=False)
+    table.add_row("events waiting", f"{summary.stats.depth:,}")
+    table.add_row("oldest waiting event", oldest_text or "—")
+    table.add_row("last seq assigned", f"{summary.last_seq:,}")
+    table.add_row("stored / file size", f"{summary.stored_bytes / 1e6:,.1f} MB / {summary.file_bytes / 1e6:,.1f} MB")
+    table.add_row("evicted by bounds (ever)", f"{summary.stats.evicted_total:,}")
+    table.add_row("evicted, not yet reported", f"{summary.stats.evicted_since_last:,}")
+    Console().print(table)
+
+
+@buffer.command("export")
+@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("out", type=click.File("w", encoding="utf-8"))
+@click.option("--after-seq", type=int, default=0, show_default=True, help="Only events with a higher seq.")
+def export(site: Path, out: TextIO, after_seq: int) -> None:
+    """Write every waiting event to OUT as JSON Lines (the wire form), in seq order; '-' is stdout.
+
+    For when the uplink stays down for days: HQ imports the file and
+    deduplicates on event_id, so exporting does not remove anything.
+
+    \b
+    Example:
+      santi buffer export /etc/santi/site.toml /media/usb/pi-1-events.jsonl
+    """
+    count = 0
+    try:
+        for row in export_rows(_outbox_path(site), after_seq):
+            out.write(row.payload.decode("utf-8") + "\n")
+            count += 1
+    except OutboxError as exc:
+        raise CliError(str(exc)) from None
+    click.echo(f"exported {count:,} events", err=True)
+
+
+def _running_agent(site: SiteConfig) -> int | None:
+    """The pid of the agent serving this state directory, if one is alive."""
+    report = read_status(site.agent.state_dir, time.time())
+    if not report.running:
+        return None
+    try:
+        data = json.loads((site.agent.state_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        pid = int(data["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def _waiting(path: Path, through_seq: int) -> int:
+    try:
+        return waiting_through(path, through_seq)
+    except OutboxError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _watch(path: Path, through_seq: int, start: int, timeout: float, uplink_state: Callable[[], str | None],
+           quiet: bool) -> int:
+    """Show the events up to ``through_seq`` leaving until none is left or ``timeout``; returns what is left.
+
+    Only what waited when the command started counts: in a busy store new
+    events keep arriving and the outbox may never be empty.
+    """
+    deadline = time.monotonic() + timeout
+    left = start
+    with Progress(TextColumn("draining the outbox"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True, disable=quiet) as progress:
+        task = progress.add_task("drain", total=start)
+        while left > 0 and time.monotonic() < deadline and uplink_state() != "auth_failed":
+            time.sleep(POLL_S)
+            left = _waiting(path, through_seq)
+            progress.update(task, completed=start - left)
+    return left
+
+
+@buffer.command("drain")
+@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--timeout", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
+              help="Seconds to keep sending before giving up.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def drain(site: Path, timeout: float, as_json: bool) -> None:
+    """Send what waits in SITE's outbox to the broker now, showing progress.
+
+    With the agent running, it is asked (SIGUSR1) to reconnect at once rather
+    than at the end of its backoff wait; with no agent running, this command
+    runs the agent's uplink itself. Exits 1 if events are still waiting when
+    the time is up, with the uplink's last error.
+
+    \b
+    Example:
+      santi buffer drain /etc/santi/site.toml --timeout 120
+    """
+    config = load_or_fail(site)
+    path = config.agent.state_dir / OUTBOX_FILE
+    try:
+        summary = summarize(path)
+    except OutboxError as exc:
+        raise CliError(str(exc)) from None
+    start, through_seq = summary.stats.depth, summary.last_seq
+    pid = _running_agent(config)
+    error: str | None = None
+    if start == 0:
+        left = 0
+    elif pid is not None:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except PermissionError:
+            raise CliError(f"not allowed to signal the agent (pid {pid}): run as root or as the agent's user"
+                           ) from None
+        except ProcessLookupError:
+            raise CliError(f"the agent (pid {pid}) exited; run the command again") from None
+
+        def agent_uplink() -> str | None:
+            return read_status(config.agent.state_dir, time.time()).uplink_state
+
+        left = _watch(path, through_seq, start, timeout, agent_uplink, as_json)
+        if left:
+            error = read_status(config.agent.state_dir, time.time()).uplink_error
+    else:
+        try:
+            outbox = Outbox.open(path, config.buffer)
+        except OutboxError as exc:
+            raise CliError(str(exc)) from None
+        # The outcome line below carries the uplink's last error; its log line would say it twice.
+        logging.getLogger("agent.uplink").setLevel(logging.ERROR)
+        with outbox:
+            uplink = Uplink(config.uplink, outbox, store_id=config.store.id, agent_id=config.agent.id)
+            uplink.start()
+            try:
+                _watch(path, through_seq, start, timeout, lambda: uplink.state, as_json)
+            finally:
+                left = uplink.stop(drain_deadline_s=2.0)
+                error = uplink.last_error
+    outcome = {"sent": start - left, "left": left, "agent_pid": pid, "uplink_error": error if left else None}
+    if as_json:
+        click.echo(json.dumps(outcome))
+    else:
+        how = f" through the running agent (pid {pid})" if pid is not None else ""
+        click.echo(f"sent {start - left:,} events{how}; {left:,} still waiting")
+        if left and error:
+            click.echo(f"uplink: {error}", err=True)
+    if left:
+        raise SystemExit(EXIT_LEFT)

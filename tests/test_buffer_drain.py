@@ -1,0 +1,101 @@
+"""``santi buffer drain`` against a real mosquitto: on its own, with the broker down, and through a running agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from agent.cli import cli
+from agent.config import BufferConfig
+from agent.events import parse_event
+from agent.outbox import OUTBOX_FILE, Outbox, summarize
+from tests.mosquitto import Broker
+from tests.sitefiles import example_site_for
+from tests.test_outbox import events
+from tests.test_service import _recording, _subscribe
+from tests.test_service_signals import SANTI, _wait_for
+
+
+def _published(got: queue.Queue[tuple[str, bytes]]) -> list[int]:
+    seqs = []
+    while not got.empty():
+        topic, payload = got.get()
+        if "/events/" in topic:
+            seqs.append(parse_event(payload).seq)
+    return seqs
+
+
+def test_drain_without_an_agent_sends_everything(broker: Broker, tmp_path: Path) -> None:
+    site = example_site_for(tmp_path, broker.port)
+    with Outbox.open(tmp_path / "state" / OUTBOX_FILE, BufferConfig()) as outbox:
+        outbox.append_many(events(300))
+    got: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    subscriber = _subscribe(broker, got)
+    try:
+        result = CliRunner().invoke(cli, ["buffer", "drain", str(site), "--json", "--timeout", "20"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == {"sent": 300, "left": 0, "agent_pid": None, "uplink_error": None}
+        deadline = time.monotonic() + 5
+        seqs: list[int] = []
+        while len(set(seqs)) < 300 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            seqs += _published(got)
+    finally:
+        subscriber.disconnect()
+        subscriber.loop_stop()
+    assert sorted(set(seqs)) == list(range(1, 301))
+    assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 0
+
+
+def test_drain_with_the_broker_down_keeps_everything_and_says_why(broker: Broker, tmp_path: Path) -> None:
+    site = example_site_for(tmp_path, broker.port)
+    with Outbox.open(tmp_path / "state" / OUTBOX_FILE, BufferConfig()) as outbox:
+        outbox.append_many(events(50))
+    broker.stop()
+    result = CliRunner().invoke(cli, ["buffer", "drain", str(site), "--timeout", "1"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0] == "sent 0 events; 50 still waiting"
+    assert lines[1] == (f"uplink: cannot reach broker 127.0.0.1:{broker.port}: connection refused — "
+                        f"is mosquitto running and listening there?")
+    assert len(lines) == 2
+    assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 50
+
+
+def test_drain_wakes_a_running_agent_out_of_its_backoff(broker: Broker, tmp_path: Path) -> None:
+    """The agent has been offline long enough to wait 4-16 s between attempts; drain makes it send at once."""
+    site = example_site_for(tmp_path, broker.port)
+    obs_path, taps_path = _recording(tmp_path)
+    state = tmp_path / "state"
+    broker.stop()
+    agent = subprocess.Popen(
+        [str(SANTI), "-v", "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "NOTIFY_SOCKET": ""},
+    )
+    try:
+        _wait_for(state / "status.json", 20)
+        time.sleep(12)
+        assert summarize(state / OUTBOX_FILE).stats.depth > 0
+        broker.start()
+        started = time.monotonic()
+        result = subprocess.run([str(SANTI), "buffer", "drain", str(site), "--json", "--timeout", "20"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        outcome = json.loads(result.stdout)
+        assert outcome["agent_pid"] == agent.pid
+        assert outcome["left"] == 0
+        assert outcome["sent"] > 0
+        assert took < 4.0, f"the agent should have reconnected at once, took {took:.1f} s"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=30)
+    assert agent.returncode == 0, stderr[-2000:]
+    assert "uplink retry requested" in stderr
