@@ -49,3 +49,8 @@ def setup(verbosity: int = 0, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # nfcpy sets its logger to INFO on import, and its errors repeat the one
+    # line our NFC source already logs: it speaks only with -v.
+    import nfc  # noqa: F401, PLC0415  (so its import-time setLevel runs before ours)
+
+    logging.getLogger("nfc").setLevel(logging.NOTSET if verbosity > 0 else logging.CRITICAL)

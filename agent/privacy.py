@@ -26,6 +26,8 @@ from agent.config import ConfigError, PrivacyConfig
 IdKind = Literal["mac", "ble", "wifi", "card"]
 
 SECRET_BYTES = 32
+GENERATED_SECRET = "store.secret"  # noqa: S105  (a file name, not a secret)
+"""The file in ``state_dir`` holding a secret the agent generated itself."""
 PSEUDONYM_HEX = 24  # 96 bits: collisions are negligible at store scale
 
 _HEX_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}([:\-]?[0-9A-Fa-f]{2})*$")
@@ -87,7 +89,7 @@ def load_secret(privacy: PrivacyConfig, state_dir: Path) -> bytes:
             raise ConfigError(f"privacy.secret_env: environment variable {privacy.secret_env} is not set")
         data = value.encode("utf-8")
     else:
-        path = state_dir / "store.secret"
+        path = state_dir / GENERATED_SECRET
         if not path.exists():
             state_dir.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -21,6 +21,7 @@ from agent.cli.doctor_cmd import doctor
 from agent.cli.firmware_cmd import firmware
 from agent.cli.hq_cmd import hq
 from agent.cli.map_cmd import map_
+from agent.cli.nfc_cmd import nfc
 from agent.cli.node_cmd import node
 from agent.cli.run_cmd import run
 from agent.cli.scan_cmd import scan
@@ -60,6 +61,7 @@ cli.add_command(firmware)
 cli.add_command(hq)
 cli.add_command(status)
 cli.add_command(scan)
+cli.add_command(nfc)
 cli.add_command(buffer)
 cli.add_command(node)
 

@@ -14,7 +14,11 @@ A reader that cannot be opened (unplugged, busy, no driver) puts the source
 comes back the source is ``up`` again. A card whose NDEF message is broken
 is counted and logged, and still tapped by its UID.
 
-Taps cross into asyncio in one place, ``loop.call_soon_threadsafe``.
+Every presented card also becomes a ``CardRead`` (what it held, its UID
+masked, what the source made of it) for an optional ``on_read`` callback:
+``santi nfc test`` shows a technician exactly what the agent would do.
+
+Taps and reads cross into asyncio in one place, ``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import nfc
 import nfc.clf
@@ -44,12 +49,51 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("106A", "106B", "212F")
 """Type A (Type 2 and 4 tags), Type B, FeliCa: what nfcpy polls for by default."""
+DEBOUNCE_S = 2.0
+"""The same card back within this long after it left is a hand hovering at the edge, not a new tap."""
 
 _TAG_ERRORS: tuple[type[BaseException], ...] = (
     nfc.tag.TagCommandError, nfc.clf.CommunicationError,
     # nfcpy's tag parsers trip over some malformed memory layouts with these:
     IndexError, ValueError, TypeError, struct.error, AssertionError,
 )
+
+
+Problem = Literal["read_error", "malformed_ndef", "debounced"]
+
+
+def uid_tail(uid: bytes) -> str:
+    """The last two bytes only (``…:E5:F6``): enough to tell two cards apart on the bench, not to follow one."""
+    return "…:" + uid[-2:].hex(":").upper() if uid else "?"
+
+
+@dataclass(frozen=True)
+class CardRead:
+    """One card presentation as the source saw it, for tools that show a technician what happens.
+
+    The raw UID stays in this module: only its last two bytes and its length
+    come out. ``ndef`` is the message as read, unstable by nature (whatever
+    the card holds).
+    """
+
+    ts: float
+    reader_id: str
+    tag_type: str
+    product: str
+    uid_tail: str
+    uid_bytes: int
+    ndef: bytes
+    tap: CardTap | None
+    """What the card amounts to; ``None`` when it could not be read."""
+    problems: tuple[Problem, ...] = ()
+    """What the source counted for this card, in order."""
+    error: str | None = None
+    """The one-line reason of a read error or a malformed NDEF message."""
+
+    @property
+    def delivered(self) -> bool:
+        """The tap went to the locator (it was read, and was not a flicker of the previous card)."""
+        return self.tap is not None and "debounced" not in self.problems
 
 
 class Frontend(Protocol):
@@ -95,8 +139,9 @@ class NfcSource:
         clock: Callable[[], float] = time.time,
         open_frontend: Callable[[str], Frontend] = open_nfcpy,
         targets: Sequence[str] = DEFAULT_TARGETS,
-        debounce_s: float = 2.0,
+        debounce_s: float = DEBOUNCE_S,
         retry_base_s: float = 1.0,
+        on_read: Callable[[CardRead], None] | None = None,
     ) -> None:
         self._reader = reader
         self._pseudonymizer = pseudonymizer
@@ -106,6 +151,7 @@ class NfcSource:
         self._targets = list(targets)
         self._debounce_s = debounce_s
         self._retry_base_s = retry_base_s
+        self._on_read = on_read
         self.stats = SourceStats(f"nfc:{reader.id}")
         self.taps: Counter[str] = Counter()
         """``known`` / ``unknown`` taps handed out."""
@@ -128,11 +174,18 @@ class NfcSource:
             await asyncio.to_thread(thread.join, 15.0)
             self.stats.state = "down"
 
-    def _deliver(self, tap: CardTap) -> None:
+    def _hand_over(self, read: CardRead) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver, read)
+
+    def _deliver(self, read: CardRead) -> None:
         """The one bridge from the reader thread: runs on the event loop."""
-        if self._sink is not None:
-            self._sink(tap)
+        if read.delivered and read.tap is not None and self._sink is not None:
+            self._sink(read.tap)
             self.stats.accepted += 1
+        if self._on_read is not None:
+            self._on_read(read)
 
     def _reader_thread(self) -> None:
         attempt = 0
@@ -182,32 +235,37 @@ class NfcSource:
     def _on_connect(self, tag: Any) -> bool:
         """Called by nfcpy with the activated card; ``True`` waits for it to leave."""
         ts = self._clock()
+        tag_type, product = str(getattr(tag, "type", "?")), str(getattr(tag, "product", "?"))
         try:
             uid = bytes(tag.identifier)
             record = tag.ndef
             octets = bytes(record.octets) if record is not None else b""
         except _TAG_ERRORS as exc:
             self.stats.drop("read_error", reader=self._reader.id, error=str(exc)[:200])
+            self._hand_over(CardRead(ts, self._reader.id, tag_type, product, "?", 0, b"", None,
+                                     ("read_error",), f"{type(exc).__name__}: {exc}"[:200]))
             return True
         card: str | None = None
+        problems: tuple[Problem, ...] = ()
+        error: str | None = None
         if octets:
             try:
                 card = loyalty_id(octets, self._loyalty)
             except MalformedNdef as exc:
+                problems, error = ("malformed_ndef",), str(exc)[:200]
                 self.stats.drop("malformed_ndef", reader=self._reader.id)
                 log.warning("card with a malformed NDEF message; tapped by its UID",
-                            extra={"reader": self._reader.id, "error": str(exc)[:200]})
+                            extra={"reader": self._reader.id, "error": error})
         known = card is not None
         if card is None:
             card = self._pseudonymizer.pseudonym("card", uid, ts)
+        tap = CardTap(ts=ts, reader_id=self._reader.id, card=card, known=known)
         if self._last is not None and self._last[0] == card and ts - self._last[1] < self._debounce_s:
             self.stats.drop("debounced", reader=self._reader.id)
-            self._last = (card, float("inf"))
-            return True
+            problems += ("debounced",)
+        else:
+            self.taps["known" if known else "unknown"] += 1
         self._last = (card, float("inf"))
-        self.taps["known" if known else "unknown"] += 1
-        tap = CardTap(ts=ts, reader_id=self._reader.id, card=card, known=known)
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._deliver, tap)
+        self._hand_over(CardRead(ts, self._reader.id, tag_type, product, uid_tail(uid), len(uid), octets, tap,
+                                 problems, error))
         return True
