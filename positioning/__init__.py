@@ -8,31 +8,8 @@ Every function takes the time it needs as an argument.
 - `tracker`: a batched constant-velocity EKF per emitter fed RSSI directly.
 - `sectors`: sector probabilities, an HMM over the adjacency graph, hysteresis.
 - `bounds`: the Cramér-Rao lower bound of a receiver layout.
+
+Nothing is imported here: the agent's hot path needs only `tracker` and
+`sectors`, and `scipy.optimize` (for the fits) costs ~45 MB of resident
+memory a Pi should not pay for a module it never calls.
 """
-
-from positioning.bounds import crlb_rmse, fisher_information
-from positioning.multilaterate import Fix, fix
-from positioning.pathloss import Calibration, Receivers, fit_calibration, rssi_at_distance
-from positioning.sectors import HmmState, SectorModel, SectorTracker, SectorUpdate, hmm_step
-from positioning.tracker import Tracker, TrackerConfig, TrackSnapshot, predict, update
-
-__all__ = [
-    "Calibration",
-    "Fix",
-    "HmmState",
-    "Receivers",
-    "SectorModel",
-    "SectorTracker",
-    "SectorUpdate",
-    "TrackSnapshot",
-    "Tracker",
-    "TrackerConfig",
-    "crlb_rmse",
-    "fisher_information",
-    "fit_calibration",
-    "fix",
-    "hmm_step",
-    "predict",
-    "rssi_at_distance",
-    "update",
-]

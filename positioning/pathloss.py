@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import least_squares
 
 MIN_DISTANCE_M = 0.1
 """Distances below this are treated as this: (1) has no meaning in the near field."""
@@ -135,6 +134,10 @@ def fit_calibration(
     # Ordinary least squares starts the convex soft-L1 fit, which finds the
     # basin; a Cauchy (redescending) polish then stops gross outliers pulling.
     start = np.linalg.lstsq(j, z, rcond=None)[0]
+    # Imported here: scipy.optimize is ~45 MB resident, and the agent, which
+    # imports this module for the model, never fits on the store's Pi.
+    from scipy.optimize import least_squares  # noqa: PLC0415
+
     basin = least_squares(residuals, start, jac=jacobian, loss="soft_l1", f_scale=f_scale_db)
     result = least_squares(residuals, basin.x, jac=jacobian, loss="cauchy", f_scale=f_scale_db)
     theta = result.x

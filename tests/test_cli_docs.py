@@ -14,7 +14,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
     found: list[tuple[tuple[str, ...], click.Command]] = []
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         path = (*prefix, name)
         found.append((path, command))
         if isinstance(command, click.Group):
@@ -30,6 +33,13 @@ def test_every_command_has_help_and_leaf_commands_an_example() -> None:
         assert command.help, f"santi {' '.join(path)} has no help"
         if not isinstance(command, click.Group):
             assert "Example" in command.help, f"santi {' '.join(path)} has no example"
+
+
+def test_every_command_is_listed_and_found() -> None:
+    paths = {path for path, _ in _commands(cli)}
+    assert {("run",), ("buffer", "drain"), ("calibrate", "receiver"), ("calibrate", "fit"), ("nfc", "test"),
+            ("hq", "run"), ("locate",), ("map",)} <= paths
+    assert len(paths) >= 30
 
 
 def test_version() -> None:
