@@ -195,7 +195,7 @@ class TrackingConfig(_Model):
     visit_silence_s: float = Field(default=120.0, gt=0.0)
     emitter_height_m: float = Field(default=1.2, ge=0.0, le=3.0)
     hysteresis_s: float = Field(default=3.0, ge=0.0, le=60.0)
-    sector_threshold: float = Field(default=0.6, gt=0.5, lt=1.0)
+    sector_threshold: float = Field(default=0.8, gt=0.5, lt=1.0)
 
 
 class SiteConfig(_Model):

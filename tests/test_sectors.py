@@ -50,6 +50,16 @@ def test_deep_inside_a_sector_is_certain_and_rows_sum_to_one() -> None:
     assert m.label([[5.0, 5.0], [15.0, 5.0], [-5.0, 5.0]]).tolist() == [0, 1, OUT]
 
 
+
+def test_beyond_a_wall_is_outside_only_past_an_entrance() -> None:
+    m = model()
+    wide = np.stack([np.diag([1.0, 1.0])] * 3)
+    # On a wall of A (the entrance) half the mass is outside; on walls of B and C none is.
+    p = m.likelihood(np.array([[5.0, 0.0], [15.0, 0.0], [30.0, 5.0]]), wide)
+    assert p[0, OUT] == pytest.approx(0.5, abs=0.05)
+    assert p[1, 1] > 0.99
+    assert p[2, 2] > 0.99
+
 def test_a_border_point_is_split_and_spread_follows_the_covariance() -> None:
     m = model()
     border = m.likelihood(np.array([[10.0, 5.0]]), np.diag([1.0, 1.0])[None])[0]
