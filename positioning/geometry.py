@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+FloatArray = NDArray[np.float64]
+
 
 def points_in_polygon(points: ArrayLike, polygon: ArrayLike) -> NDArray[np.bool_]:
     """Even-odd ray casting of (p, 2) points against one (n, 2) polygon -> (p,).
@@ -77,3 +79,42 @@ class LabelRaster:
             np.where(inside, iy, 0).astype(np.intp), np.where(inside, ix, 0).astype(np.intp)
         ]
         return np.where(inside, cells, self.outside)
+
+
+def nearest_cells(targets: NDArray[np.bool_], queries: NDArray[np.bool_], chunk: int = 1024
+                  ) -> tuple[FloatArray, NDArray[np.intp], NDArray[np.intp]]:
+    """For each query cell, the Euclidean distance (in cells) to the nearest target cell and its row, col.
+
+    An exact distance transform for the small rasters of a store: the nearest
+    target of a cell outside the targets always borders a non-target cell (a
+    step from it towards the query is closer), so only those border cells
+    are compared, a chunk of queries at a time. Written here rather than
+    taken from ``scipy.ndimage``, whose import alone costs the agent ~25 MB
+    of resident memory for two calls at start-up.
+
+    Returns arrays over ``np.flatnonzero(queries)``; a query that is itself
+    a target gets distance 0 and its own position. Without any target the
+    distances are ``inf`` and the positions -1.
+    """
+    rows, cols = np.nonzero(queries)
+    dist = np.zeros(rows.size)
+    near_r, near_c = rows.copy(), cols.copy()
+    outside = ~targets[rows, cols]
+    padded = np.pad(targets, 1, constant_values=True)
+    ny, nx = targets.shape
+    border = targets & ~np.logical_and.reduce(
+        [padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    )
+    br, bc = np.nonzero(border)
+    todo = np.flatnonzero(outside)
+    if br.size == 0:
+        dist[todo] = np.inf
+        near_r[todo] = near_c[todo] = -1
+        return dist, near_r, near_c
+    for start in range(0, todo.size, chunk):
+        part = todo[start:start + chunk]
+        d2 = (rows[part, None] - br[None, :]) ** 2 + (cols[part, None] - bc[None, :]) ** 2
+        best = np.argmin(d2, axis=1)
+        dist[part] = np.sqrt(d2[np.arange(part.size), best])
+        near_r[part], near_c[part] = br[best], bc[best]
+    return dist, near_r, near_c

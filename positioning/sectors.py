@@ -49,13 +49,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.ndimage import distance_transform_edt
-from scipy.special import ndtri
 
-from positioning.geometry import LabelRaster
+from positioning.geometry import LabelRaster, nearest_cells
 from positioning.tracker import IdRows
 
 FloatArray = NDArray[np.float64]
@@ -173,20 +172,21 @@ class SectorModel:
         # outside every polygon take the label of the nearest sector cell first.
         labels = self.raster.labels
         beyond = labels == s
-        nearest = distance_transform_edt(beyond, return_distances=False, return_indices=True)
-        self.nearest_label: IntArray = labels[nearest[0], nearest[1]]
+        everywhere = np.ones(labels.shape, dtype=bool)
+        _, near_r, near_c = nearest_cells(~beyond, everywhere)
+        self.nearest_label: IntArray = labels[near_r, near_c].reshape(labels.shape)
         self.depth: FloatArray = np.zeros(labels.shape)
         for index in range(s):
             mine = self.nearest_label == index
             if mine.any():
-                self.depth[mine] = distance_transform_edt(mine)[mine] * cell_m
+                self.depth[mine] = nearest_cells(~mine, mine)[0] * cell_m
         self.max_depth: FloatArray = np.array(
             [self.depth[labels == i].max() if np.any(labels == i) else 0.0 for i in range(s)] + [0.0]
         )
         # Labels of eq. (8): beyond a wall is outside only where the nearest sector is an entrance.
         door = np.append(ent, False)[self.nearest_label]
         self.sample_labels: IntArray = np.where(beyond & ~door, self.nearest_label, labels)
-        u = ndtri((np.arange(samples_per_axis) + 0.5) / samples_per_axis)
+        u = np.array([NormalDist().inv_cdf((i + 0.5) / samples_per_axis) for i in range(samples_per_axis)])
         self._nodes: FloatArray = np.stack(np.meshgrid(u, u), axis=-1).reshape(-1, 2)  # (J, 2)
 
     def label(self, xy: ArrayLike) -> IntArray:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
+from scipy.ndimage import distance_transform_edt
 
-from positioning.geometry import LabelRaster, points_in_polygon
+from positioning.geometry import LabelRaster, nearest_cells, points_in_polygon
 from positioning.sectors import SectorModel, SectorTracker, hmm_step
 
 # Three 10 m x 10 m sectors in a row, A | B | C; shoppers come in through A.
@@ -216,3 +217,18 @@ def test_forget_drops_state_and_inputs_are_checked() -> None:
         SectorModel([A_, B_], ADJACENCY, ENTRANCES)
     with pytest.raises(ValueError, match="threshold"):
         SectorTracker(model(), threshold=0.4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 30), st.integers(2, 30), st.floats(0.02, 0.98), st.integers(0, 2**31 - 1))
+def test_nearest_cells_is_an_exact_distance_transform(ny: int, nx: int, density: float, key: int) -> None:
+    """Same distances as SciPy's exact EDT; the cell named is a target at that distance."""
+    mask = np.random.default_rng(key).random((ny, nx)) < density
+    dist, rows, cols = nearest_cells(~mask, mask)
+    if mask.all():
+        assert np.all(np.isinf(dist))
+        return
+    np.testing.assert_allclose(dist, distance_transform_edt(mask)[mask])
+    qr, qc = np.nonzero(mask)
+    assert not mask[rows, cols].any()
+    np.testing.assert_allclose(np.hypot(rows - qr, cols - qc), dist)
