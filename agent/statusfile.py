@@ -83,6 +83,7 @@ class StatusReport:
     file_age_s: float | None
     store_id: str | None = None
     agent_id: str | None = None
+    pid: int | None = None
     uptime_s: float | None = None
     uplink_state: str | None = None
     uplink_error: str | None = None
@@ -269,7 +270,8 @@ def read_status(state_dir: Path, now: float, *, stale_after_s: float = STALE_AFT
     uptime = _number(data.get("uptime_s"))
     return StatusReport(
         state_dir=state_dir, state=state, reason=reason, file_age_s=age,
-        store_id=_text(data.get("store_id")), agent_id=_text(data.get("agent_id")), uptime_s=uptime,
+        store_id=_text(data.get("store_id")), agent_id=_text(data.get("agent_id")),
+        pid=data["pid"] if isinstance(data.get("pid"), int) else None, uptime_s=uptime,
         uplink_state=_text(uplink.get("state")), uplink_error=_text(uplink.get("last_error")),
         outbox=outbox, outbox_error=outbox_error, sources=_sources(data, uptime),
         tracks=_count(data.get("tracks")) if "tracks" in data else None,

@@ -28,7 +28,7 @@ from agent.cli.errors import CliError
 from agent.config import SiteConfig
 from agent.events import utc_from_epoch
 from agent.outbox import OUTBOX_FILE, Outbox, OutboxError, export_rows, summarize, waiting_through
-from agent.statusfile import STATUS_FILE, read_status
+from agent.statusfile import read_status
 from agent.uplink import Uplink
 
 EXIT_LEFT = 1
@@ -113,15 +113,13 @@ def export(site: Path, out: TextIO, after_seq: int) -> None:
 def _running_agent(site: SiteConfig) -> int | None:
     """The pid of the agent serving this state directory, if one is alive."""
     report = read_status(site.agent.state_dir, time.time())
-    if not report.running:
+    if not report.running or report.pid is None:
         return None
     try:
-        data = json.loads((site.agent.state_dir / STATUS_FILE).read_text(encoding="utf-8"))
-        pid = int(data["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
+        os.kill(report.pid, 0)
+    except OSError:
         return None
-    return pid
+    return report.pid
 
 
 def _waiting(path: Path, through_seq: int) -> int:
