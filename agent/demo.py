@@ -174,7 +174,11 @@ def _summary(console: Console, result: DemoResult, subscriber: HqSubscriber) -> 
     table.add_row("visits (shoppers with the app)", str(kinds["visit.started"]), str(len(app_shoppers)))
     table.add_row("median visit, minutes", f"{_median(durations) / 60:.1f}", f"{_median(truth_durations) / 60:.1f}")
     table.add_row("card taps", str(kinds["card.tapped"]), str(len(truth.taps)))
-    table.add_row("taps linked to a visit", str(kinds["identity.linked"]), "")
+    # Only a tapper whose phone the agent hears has a visit to link the card to.
+    card_links = sum(1 for e in events if e.type == "identity.linked" and getattr(e, "method", "") == "card_tap")
+    linkable = sum(1 for tap in truth.taps if tap.shopper_id in truth.shoppers
+                   and truth.shoppers[tap.shopper_id].has_app)
+    table.add_row("card taps linked to a visit (truth: by app users)", str(card_links), str(linkable))
     gaps = subscriber.gaps()
     table.add_row("seq gaps at HQ", str(sum(g.missing for g in gaps)), "0")
     table.add_row("events left in the agent's outbox", str(result.outbox_left), "0")
