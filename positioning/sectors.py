@@ -386,7 +386,7 @@ class SectorTracker:
     on the fishmonger simulation (threshold 0.6, hold 3 s) 1 m halves the
     false sector changes of shoppers browsing near borders, and 1.5 m with
     threshold 0.8 cuts the rest from 2.5 to 1.4 per shopper-hour (before the
-    IMM tracker and the dating of (11) took it to 0.7); the price
+    IMM tracker and the dating of (11) took it to 0.9); the price
     is entries missed on walks through a sector in under 10 s (recall 0.81
     -> 0.76) and a later decision (p90 7.2 -> 8.3 s after the crossing).
     """
