@@ -36,16 +36,16 @@ switching chain Pi(dt) (stay in mode a with probability exp(-dt / tau_a),
 else move to another mode uniformly) and c = mu Pi:
 
     mu_(a|b) = Pi_ab mu_a / c_b,   x0_b = sum_a mu_(a|b) x_a,
-    P0_b = sum_a mu_(a|b) (P_a + (x_a - x0_b)(x_a - x0_b)ᵀ)                    (8)
+    P0_b = sum_a mu_(a|b) (P_a + (x_a - x0_b)(x_a - x0_b)ᵀ)                    (12)
 
-each model is predicted and updated from its mixed start by (6)-(7) (the M
-models of all tracks are rows of ONE batch), then weighted by how well it
+each model is predicted and updated from its mixed start by (6)-(7) (one
+batch per model, of all tracks and readings), then weighted by how well it
 predicted the window's readings, L_b = prod_i N(nu_i; 0, S_i):
 
-    mu_b ∝ L_b c_b,   x = sum_b mu_b x_b,   P = sum_b mu_b (P_b + (x_b - x)(x_b - x)ᵀ)   (9)
+    mu_b ∝ L_b c_b,   x = sum_b mu_b x_b,   P = sum_b mu_b (P_b + (x_b - x)(x_b - x)ᵀ)   (13)
 
 A reading outside the gate contributes the likelihood of one at the gate,
-so a deep fade cannot swing the modes. With M = 1, (8)-(9) are the identity
+so a deep fade cannot swing the modes. With M = 1, (12)-(13) are the identity
 and the tracker is the plain EKF.
 """
 
@@ -68,15 +68,14 @@ IndexArray = NDArray[np.intp]
 class TrackerConfig:
     """Tuning of the tracker; the defaults suit shoppers walking among shelves.
 
-    sigma_a: white-acceleration spread of each IMM model, m/s², eq. (8):
+    sigma_a: white-acceleration spread of each IMM model, m/s², eq. (12):
         a standing shopper (0.05: sways, shuffles along a shelf) and a
         walking one (0.5: starts, stops, turns). Against the single 0.25
         model it replaced: fishmonger median error 1.07 -> 0.98 m; real
         danis tracks (leave-one-track-out) lower on five of six, e.g.
         rectangle 2.27 -> 2.14 m, straight_03 1.83 -> 1.65 m (straight_04
-        1.42 -> 1.47 m). A quicker walking model
-        (1.0) does as well in the simulator but lags the real rectangle's
-        corners (2.95 m): one mislabelled mode costs more than it gains.
+        1.42 -> 1.47 m). A quicker walking model (1.0) does as well in the
+        simulator but lags the real rectangle's corners (2.95 m).
     mode_dwell_s: tau of each model, s: how long a shopper keeps standing or
         walking before switching (same length as sigma_a).
     v_max: walking speed cap, m/s.
@@ -138,7 +137,7 @@ class TrackerConfig:
 
 class Update(NamedTuple):
     """Result of `update`: x (k, 4), P (k, 4, 4), accepted (N,) per reading, and
-    loglik (k,) log-likelihood of each track's readings under its prediction, eq. (9)."""
+    loglik (k,) log-likelihood of each track's readings under its prediction, eq. (13)."""
 
     x: FloatArray
     P: FloatArray
@@ -223,7 +222,7 @@ def update(
     repeats = np.maximum(np.bincount(pair, weights=accepted)[pair], 1.0)
     share = 1.0 / (1.0 + reading_correlation * (repeats - 1.0))
     w = np.where(accepted, share / sigma2, 0.0)
-    # Log-likelihood of eq. (9); a gated reading counts as one at the gate.
+    # Log-likelihood of eq. (13); a gated reading counts as one at the gate.
     z2 = np.where(accepted, nu**2 / S, gate**2)
     loglik = np.bincount(
         track_index,
@@ -254,7 +253,7 @@ def update(
 
 
 def mode_transitions(dt: FloatArray, dwell_s: FloatArray) -> FloatArray:
-    """Pi(dt) of eq. (8) for k tracks: dt (k,), dwell_s (M,) -> (k, M, M), rows summing to 1."""
+    """Pi(dt) of eq. (12) for k tracks: dt (k,), dwell_s (M,) -> (k, M, M), rows summing to 1."""
     m = dwell_s.shape[0]
     if m == 1:
         return np.ones((dt.shape[0], 1, 1))
@@ -274,7 +273,7 @@ def spread(x: FloatArray, P: FloatArray, weights: FloatArray, centre: FloatArray
 def mix(
     x: FloatArray, P: FloatArray, mu: FloatArray, transitions: FloatArray
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Eq. (8): each model's mixed start x0 (k, M, 4), P0 (k, M, 4, 4) and c (k, M).
+    """Eq. (12): each model's mixed start x0 (k, M, 4), P0 (k, M, 4, 4) and c (k, M).
 
     x (k, M, 4), P (k, M, 4, 4) per model, mu (k, M), transitions (k, M, M).
     """
@@ -287,15 +286,20 @@ def mix(
     return x0, P0, c
 
 
+def mixture(x: FloatArray, P: FloatArray, mu: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The tracks' x (k, 4), P (k, 4, 4) from their models weighted by mu (k, M), eq. (13)."""
+    x_c: FloatArray = np.einsum("ka,kai->ki", mu, x)
+    return x_c, spread(x, P, mu, x_c)
+
+
 def combine(
     x: FloatArray, P: FloatArray, loglik: FloatArray, c: FloatArray
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Eq. (9): mode probabilities mu (k, M) and the tracks' x (k, 4), P (k, 4, 4)."""
+    """Eq. (13): mode probabilities mu (k, M) and the tracks' x (k, 4), P (k, 4, 4)."""
     log_w = loglik + np.log(np.maximum(c, np.finfo(float).tiny))
     w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
     mu = w / w.sum(axis=1, keepdims=True)
-    x_c = np.einsum("ka,kai->ki", mu, x)
-    return mu, x_c, spread(x, P, mu, x_c)
+    return mu, *mixture(x, P, mu)
 
 
 def clamp(
@@ -450,9 +454,7 @@ class Tracker:
         m = len(self.config.sigma_a)
         self._sigma_a = np.asarray(self.config.sigma_a, dtype=np.float64)
         self._dwell = np.asarray(self.config.mode_dwell_s, dtype=np.float64)
-        self._x = np.empty((0, 4))  # combined state, eq. (9)
-        self._P = np.empty((0, 4, 4))
-        self._xm = np.empty((0, m, 4))  # per model
+        self._xm = np.empty((0, m, 4))  # per model; the track is their mixture, eq. (13)
         self._Pm = np.empty((0, m, 4, 4))
         self._mu = np.empty((0, m))
         self._t = np.empty(0)  # time of each track's state
@@ -467,7 +469,7 @@ class Tracker:
         return sum(bank.nbytes for bank in self._banks())
 
     def _banks(self) -> tuple[FloatArray, ...]:
-        return (self._x, self._P, self._xm, self._Pm, self._mu, self._t, self._last_seen)
+        return (self._xm, self._Pm, self._mu, self._t, self._last_seen)
 
     def step(
         self,
@@ -501,30 +503,30 @@ class Tracker:
         x0, P0, c = mix(
             self._xm[rows], self._Pm[rows], self._mu[rows], mode_transitions(dt, self._dwell)
         )
-        # The M models of the k tracks are the k * M rows of one batch: row i * M + b.
-        x, P = predict(
-            x0.reshape(k * m, 4),
-            P0.reshape(k * m, 4, 4),
-            np.repeat(dt, m),
-            np.tile(self._sigma_a, k),
-        )
-        res = update(
-            x,
-            P,
-            (code[:, None] * m + np.arange(m)).ravel(),
-            np.repeat(ri, m),
-            np.repeat(z, m),
-            self.receivers,
-            emitter_z=cfg.emitter_z,
-            gate=cfg.gate,
-            iterations=cfg.iterations,
-            reading_correlation=cfg.reading_correlation,
-        )
-        xm, Pm = clamp(res.x, res.P, self.lo, self.hi, cfg.v_max)
-        xm, Pm = xm.reshape(k, m, 4), Pm.reshape(k, m, 4, 4)
-        mu, x, P = combine(xm, Pm, res.loglik.reshape(k, m), c)
+        xm, Pm, loglik = np.empty((k, m, 4)), np.empty((k, m, 4, 4)), np.empty((k, m))
+        # One batch per model, all tracks and readings at once. Stacking the models as
+        # rows of a single batch repeats every reading M times and doubles a window's
+        # temporaries (40 readings per emitter, 1,000 emitters: 22 MB traced, not 11;
+        # santi run's peak RSS 126-130 MB, not 119-122).
+        for b in range(m):
+            x, P = predict(x0[:, b], P0[:, b], dt, self._sigma_a[b])
+            res = update(
+                x,
+                P,
+                code,
+                ri,
+                z,
+                self.receivers,
+                emitter_z=cfg.emitter_z,
+                gate=cfg.gate,
+                iterations=cfg.iterations,
+                reading_correlation=cfg.reading_correlation,
+            )
+            xm[:, b], Pm[:, b] = clamp(res.x, res.P, self.lo, self.hi, cfg.v_max)
+            loglik[:, b] = res.loglik
+        mu, x, P = combine(xm, Pm, loglik, c)
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
-        self._x[rows], self._P[rows], self._t[rows], self._last_seen[rows] = x, P, t, t
+        self._t[rows], self._last_seen[rows] = t, t
         return TrackSnapshot(
             tuple(ids), x[:, :2].copy(), P[:, :2, :2].copy(), np.full(len(ids), float(t))
         )
@@ -547,13 +549,13 @@ class Tracker:
         )
         rows = self._rows.add(new_ids)
         n = len(self._rows)
-        self._x, self._P, self._xm, self._Pm, self._mu, self._t, self._last_seen = [
+        self._xm, self._Pm, self._mu, self._t, self._last_seen = [
             grown(bank, n) for bank in self._banks()
         ]
-        self._x[rows] = np.hstack([xy, np.zeros_like(xy)])
-        self._P[rows] = birth_covariance(len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v)
-        self._xm[rows] = self._x[rows, None, :]
-        self._Pm[rows] = self._P[rows, None, :, :]
+        self._xm[rows] = np.hstack([xy, np.zeros_like(xy)])[:, None, :]
+        self._Pm[rows] = birth_covariance(len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v)[
+            :, None
+        ]
         # Born in the switching chain's stationary mix: time in a mode is proportional to its dwell.
         self._mu[rows] = self._dwell / self._dwell.sum()
         self._t[rows] = self._last_seen[rows] = t
@@ -574,14 +576,13 @@ class Tracker:
     def snapshot(self) -> TrackSnapshot:
         """All live tracks as of their last update."""
         n = len(self._rows)
+        x, P = mixture(self._xm[:n], self._Pm[:n], self._mu[:n])
         return TrackSnapshot(
-            tuple(self._rows.ids),
-            self._x[:n, :2].copy(),
-            self._P[:n, :2, :2].copy(),
-            self._last_seen[:n].copy(),
+            tuple(self._rows.ids), x[:, :2], P[:, :2, :2].copy(), self._last_seen[:n].copy()
         )
 
     def state(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Copies of the full state of all live tracks: x (k, 4), P (k, 4, 4), state time (k,)."""
         n = len(self._rows)
-        return self._x[:n].copy(), self._P[:n].copy(), self._t[:n].copy()
+        x, P = mixture(self._xm[:n], self._Pm[:n], self._mu[:n])
+        return x, P, self._t[:n].copy()

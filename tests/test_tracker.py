@@ -173,7 +173,7 @@ def window(
 
 
 def test_functional_form_equals_the_wrapper_with_one_model() -> None:
-    """With a single model, eqs. (8)-(9) are the identity: the wrapper is the plain EKF, step by step."""
+    """With a single model, eqs. (12)-(13) are the identity: the wrapper is the plain EKF, step by step."""
     cfg = TrackerConfig(sigma_a=(0.25,), mode_dwell_s=(10.0,))
     tr = Tracker(RX_XYZ, A, N, SIGMA, BBOX, cfg)
     rng = np.random.default_rng(17)
@@ -303,7 +303,7 @@ def test_empty_window_and_late_readings_are_harmless() -> None:
     assert late.last_seen.tolist() == [9.0]
 
 
-# --- the interacting multiple model, eqs. (8)-(9) ---------------------------
+# --- the interacting multiple model, eqs. (12)-(13) ---------------------------
 
 
 def test_mode_transitions_stay_put_at_dt_0_and_rows_sum_to_1() -> None:
