@@ -20,7 +20,7 @@ import numpy as np
 from agent.config import SiteConfig
 from agent.events import CardTapped, Event, IdentityLinked
 from agent.identity import LinkParams, best_link, tap_probabilities
-from agent.observations import CardTap, Observation
+from agent.observations import CardTap, Observation, Reading
 from agent.presence import Located, Presence
 from agent.site_arrays import (
     OUTSIDE,
@@ -29,6 +29,7 @@ from agent.site_arrays import (
     make_tracker,
     site_arrays,
 )
+from positioning.sectors import SectorUpdate
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ class Locator:
         """The loyalty app advertised this emitter: its visit links at once."""
         self.app_beacons[emitter_id] = loyalty_id
 
-    def window(self, t: float, observations: Sequence[Observation], taps: Sequence[CardTap] = ()) -> list[Event]:
+    def window(
+        self, t: float, observations: Sequence[Reading | Observation], taps: Sequence[CardTap] = ()
+    ) -> list[Event]:
         """Events of the window ending at ``t``."""
         events: list[Event] = []
         rows = self.arrays.receiver_row
@@ -128,6 +131,8 @@ class Locator:
                 located.append(Located(emitter, self._tech.get(emitter, "ble"),
                                        None if name == OUTSIDE else name, probability, since))
             events.extend(self.presence.update(t, located))
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_entries(t, snapshot.emitter_ids, update)
         for emitter, visit in self.presence.visits.items():
             if emitter in self.app_beacons and visit.visit_id not in self._app_linked:
                 self._app_linked.add(visit.visit_id)
@@ -145,6 +150,23 @@ class Locator:
         open_visits = {visit.visit_id for visit in self.presence.visits.values()}
         self._app_linked &= open_visits
         return events
+
+    def _log_entries(self, t: float, emitter_ids: Sequence[str], update: SectorUpdate) -> None:
+        """Each sector entry's timeline, for whoever asks why HQ heard of it late.
+
+        crossed (the event's ts) -> qualified (the estimate was clearly in the
+        sector: the positioning's share) -> decided (the hold completed: the
+        hysteresis's share); the time after ``decided`` is the pipeline's.
+        """
+        for i in np.flatnonzero(update.entered >= 0).tolist():
+            visit = self.presence.visits.get(emitter_ids[i])
+            name = self.arrays.sector_name(int(update.entered[i]))
+            if visit is None or name is None or name == OUTSIDE:
+                continue
+            log.debug("sector decided", extra={
+                "subject": visit.subject, "sector": name, "crossed": round(float(update.entered_at[i]), 3),
+                "qualified": round(float(update.qualified_at[i]), 3), "decided": round(t, 3),
+            })
 
     def close(self, t: float) -> list[Event]:
         """End every open visit (the agent is shutting down)."""

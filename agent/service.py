@@ -35,7 +35,7 @@ from pathlib import Path
 from agent.config import ConfigError, SiteConfig, load_site
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
 from agent.locator import Locator
-from agent.observations import AppBeacon, CardTap, Observation
+from agent.observations import AppBeacon, CardTap, Observation, Reading
 from agent.outbox import Outbox, OutboxError, OutboxStats
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
@@ -94,7 +94,7 @@ class Service:
         self.stats = ServiceStats()
         self.stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._queue: asyncio.Queue[Reading | CardTap | AppBeacon] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self._tasks: list[asyncio.Task[None]] = []
         self.outbox: Outbox | None = None
         self.outbox_left = 0
@@ -110,14 +110,14 @@ class Service:
     def sink(self, record: Record) -> None:
         """Hand a record to the locator; never blocks, drops and counts when full."""
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(record.reading() if isinstance(record, Observation) else record)
         except asyncio.QueueFull:
             self.stats.queue_dropped += 1
             if self.stats.queue_dropped in (1, 10, 100) or self.stats.queue_dropped % 10_000 == 0:
                 log.warning("locator queue full: records dropped", extra={"dropped": self.stats.queue_dropped})
 
-    def _drain_queue(self) -> tuple[list[Observation], list[CardTap]]:
-        observations: list[Observation] = []
+    def _drain_queue(self) -> tuple[list[Reading], list[CardTap]]:
+        observations: list[Reading] = []
         taps: list[CardTap] = []
         while True:
             try:

@@ -98,6 +98,16 @@ def test_observation_round_trips(obs: Observation) -> None:
 
 
 @settings(max_examples=100, derandomize=True)
+@given(observations)
+def test_a_queued_reading_keeps_what_the_locator_uses_and_shares_its_ids(obs: Observation) -> None:
+    reading = obs.reading()
+    assert reading == (obs.ts, obs.receiver_id, obs.emitter_id, obs.tech, obs.rssi_dbm)
+    again = Observation.model_validate_json(obs.model_dump_json()).reading()
+    assert again.emitter_id is reading.emitter_id
+    assert again.receiver_id is reading.receiver_id
+
+
+@settings(max_examples=100, derandomize=True)
 @given(st.builds(CardTap, ts=st.floats(0, 4e9, allow_nan=False), reader_id=names, card=names, known=st.booleans()))
 def test_card_tap_round_trips(tap: CardTap) -> None:
     assert CardTap.model_validate_json(tap.model_dump_json()) == tap

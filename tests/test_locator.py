@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.config import load_site
 from agent.events import CardTapped, IdentityLinked, SectorEntered, VisitEnded, VisitStarted
@@ -94,3 +96,20 @@ def test_app_sighting_after_the_visit_started_links_it_once() -> None:
     later, _ = _walk(locator, [("app-2", (5.0, 16.0), 10)], t, rng)
     links = [e for e in later if isinstance(e, IdentityLinked)]
     assert [(e.loyalty_id, e.method, e.confidence) for e in links] == [("L-000042", "app_beacon", 1.0)]
+
+
+def test_each_entry_is_logged_at_debug_with_its_timeline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = np.random.default_rng(7)
+    locator = Locator(SITE)
+    subject = "3f2a9c0d41b7e85a6c19d2e0"  # sources hand the locator pseudonyms, never raw addresses
+    with caplog.at_level(logging.DEBUG, logger="agent.locator"):
+        events, _ = _walk(locator, [(subject, (15.0, 2.0), 10), (subject, (5.0, 16.0), 30)], 1000.0, rng)
+    entered = [e for e in events if isinstance(e, SectorEntered)]
+    decided = [r.__dict__ for r in caplog.records if r.getMessage() == "sector decided"]
+    assert [(r["subject"], r["sector"]) for r in decided] == [(e.subject, e.sector_id) for e in entered]
+    for record, event in zip(decided, entered, strict=True):
+        assert record["crossed"] == round(event.ts.timestamp(), 3)
+        assert record["crossed"] <= record["qualified"] <= record["decided"] - SITE.tracking.hysteresis_s
+    assert [r["sector"] for r in decided] == ["entrance", "fish"]

@@ -142,13 +142,27 @@ def test_the_entry_is_stamped_at_the_crossing_not_the_confirmation() -> None:
     for t, x in enumerate(xs):
         out = st_.step(float(t), ["s"], np.array([[x, 5.0]]), np.diag([0.5, 0.5])[None])
         if out.entered[0] == 1:
-            entries.append((t, float(out.entered_at[0])))
+            entries.append((t, float(out.entered_at[0]), float(out.qualified_at[0])))
+        elif out.entered[0] < 0:
+            assert np.isnan(out.qualified_at[0])
         if out.sector[0] == 1:
             assert out.entered_at[0] == entries[0][1]
     crossing = 6 + 4.5  # x = 10 at t = 10.5
-    ((reported, entered_at),) = entries
+    ((reported, entered_at, qualified_at),) = entries
     assert reported >= crossing + 3.0
     assert abs(entered_at - crossing) <= 1.0
+    # The hold ran from the first step 1 m deep in B (x = 11 at t = 11.5 -> step 12) to the report.
+    assert qualified_at == 12.0 == reported - 3.0
+
+
+def test_a_hold_between_windows_that_close_a_little_late_is_not_a_window_longer() -> None:
+    st_ = SectorTracker(model(), threshold=0.6, hold_s=3.0, margin_m=1.0)
+    jitter = [0.002, 0.004, 0.001, 0.003, 0.002, 0.004, 0.001, 0.002, 0.003, 0.001, 0.002, 0.003]
+    times = [float(k) + j for k, j in enumerate(jitter)]
+    xs = [5.0] * 5 + [15.0] * 7  # deep in B from the window closing at t = 5.004 on
+    sectors = [int(st_.step(t, ["s"], np.array([[x, 5.0]]), TIGHT[None]).sector[0]) for t, x in zip(times, xs, strict=True)]
+    # 8.003 - 5.004 = 2.999 s of hold: B is reported there, not a window later.
+    assert sectors == [-1, -1, -1, 0, 0, 0, 0, 0, 1, 1, 1, 1]
 
 
 def test_a_narrow_sector_can_still_be_entered_under_a_wide_margin() -> None:
