@@ -75,6 +75,24 @@ def test_batch_update_equals_sequential_kalman_updates() -> None:
     np.testing.assert_allclose(got.P[0], Ps, rtol=1e-9, atol=1e-12)
 
 
+@settings(max_examples=60, deadline=None)
+@given(offset=st.floats(-25.0, 25.0), k=st.floats(0.5, 3.0))
+def test_a_weak_reading_weighs_as_if_noisier_and_a_strong_one_as_usual(offset: float, k: float) -> None:
+    """Eq. (14): below -k, weight share/sigma² * k/-r, i.e. a reading of variance sigma² (-r/k)."""
+    x = np.array([[6.0, 7.0, 0.0, 0.0]])
+    P = birth_covariance(1, 2.0, 0.5)
+    ri = np.array([2])
+    h, H = measure(x[:, :2], RX, ri, Z)
+    z = h + offset
+    got = update(x, P, np.zeros(1, np.intp), ri, z, RX, emitter_z=Z, gate=1e9, weak_k=k, iterations=1)
+    r = offset / np.sqrt(H[0] @ P[0, :2, :2] @ H[0] + SIGMA**2)
+    scale = np.sqrt(-r / k) if r < -k else 1.0
+    noisier = Receivers.of(RX_XYZ, A, N, SIGMA * scale)
+    want = update(x, P, np.zeros(1, np.intp), ri, z, noisier, emitter_z=Z, gate=1e9, iterations=1)
+    np.testing.assert_allclose(got.x, want.x, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.P, want.P, rtol=1e-9, atol=1e-12)
+
+
 def test_tracks_in_a_batch_do_not_interact() -> None:
     rng = np.random.default_rng(9)
     x = np.column_stack([rng.uniform(2, 18, (5, 2)), rng.normal(0, 0.5, (5, 2))])
@@ -203,7 +221,7 @@ def test_functional_form_equals_the_wrapper_with_one_model() -> None:
         sel = np.array([rows[e] for e in heard])
         xp, Pp = predict(x[sel], P[sel], t - t_state[sel], cfg.sigma_a[0])
         res = update(
-            xp, Pp, ti, ri, z, RX, emitter_z=cfg.emitter_z, gate=cfg.gate, iterations=cfg.iterations
+            xp, Pp, ti, ri, z, RX, emitter_z=cfg.emitter_z, gate=cfg.gate, weak_k=cfg.weak_k, iterations=cfg.iterations
         )
         x[sel], P[sel] = clamp(res.x, res.P, lo, hi, cfg.v_max)
         t_state[sel] = t
