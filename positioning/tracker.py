@@ -228,6 +228,7 @@ def update(
         track_index: (N,) row of x each reading belongs to.
         receiver_index: (N,) row of `receivers` that heard it.
         rssi: (N,) readings, dBm.
+        weak_k: k of eq. (14); inf, the default here, is the plain EKF.
 
     Tracks without an accepted reading come back unchanged.
     """
