@@ -66,7 +66,8 @@ count in ``status.json``).
 
 What the replay adds: ``santi run --replay`` parses each observation from
 JSON Lines and paces it with an ``asyncio.sleep``, where radios deliver
-records through callbacks. That cost is in the CPU figure.
+records through callbacks. That cost is in the CPU figure, as is ``-vv``'s
+logging (a line per sector entry and per uplink acknowledgement).
 
     .venv/bin/python benchmarks/agent.py                       # a table, about 5 minutes
     .venv/bin/python benchmarks/agent.py --minutes 10 --json   # a longer window, JSON
