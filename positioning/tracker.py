@@ -105,7 +105,7 @@ class TrackerConfig:
         danis tracks lower on all six (e.g. rectangle 2.13 -> 2.03 m,
         straight_03 1.59 -> 1.41 m), fishmonger simulation 0.970 -> 0.966 m
         with fewer false sector changes (seed 1: 0.90 -> 0.78 per
-        shopper-hour), for a third more work per update.
+        shopper-hour); throughput at 1,000 emitters 565k -> 457k obs/s.
     reading_correlation: correlation rho of repeated readings of one
         (track, receiver) pair in a window. Shadowing is shared by all of
         them, so c readings carry the information of 1 / (rho + (1-rho)/c),
