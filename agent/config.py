@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from shapely.geometry import Point, Polygon
 
+from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import line_of
 
 Loc = tuple[str | int, ...]
@@ -196,6 +197,8 @@ class TrackingConfig(_Model):
     emitter_height_m: float = Field(default=1.2, ge=0.0, le=3.0)
     hysteresis_s: float = Field(default=3.0, ge=0.0, le=60.0)
     sector_threshold: float = Field(default=0.8, gt=0.5, lt=1.0)
+    radio_map: Path | None = Field(
+        default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
 
 
 class SiteConfig(_Model):
@@ -328,6 +331,8 @@ def _named_files(site: SiteConfig) -> list[tuple[Loc, Path]]:
         files.append((("uplink", "password_file"), site.uplink.password_file))
     if site.privacy.secret_file is not None:
         files.append((("privacy", "secret_file"), site.privacy.secret_file))
+    if site.tracking.radio_map is not None:
+        files.append((("tracking", "radio_map"), site.tracking.radio_map))
     return files
 
 
@@ -336,6 +341,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     keys = {
         ("agent", "state_dir"), ("uplink", "password_file"), ("privacy", "secret_file"),
         ("uplink", "tls", "ca_file"), ("uplink", "tls", "cert_file"), ("uplink", "tls", "key_file"),
+        ("tracking", "radio_map"),
     }
     for key in keys:
         node: Any = data
@@ -372,6 +378,11 @@ def parse_site(text: str, path: Path) -> SiteConfig:
     for loc, file in _named_files(site):
         if not file.is_file():
             problems.append((loc, f"file {file} does not exist"))
+    if site.tracking.radio_map is not None and site.tracking.radio_map.is_file():
+        try:
+            read_radio_map(site.tracking.radio_map)
+        except RadioMapFileError as exc:
+            problems.append((("tracking", "radio_map"), str(exc)))
     if problems:
         loc, message = problems[0]
         raise _problem(path, text, loc, message)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.config import SiteConfig
+from agent.config import ConfigError, SiteConfig
+from agent.radiomap_file import RadioMapFileError, read_radio_map
+from positioning.radiomap import RadioMap
 from positioning.sectors import SectorModel, SectorTracker
 from positioning.tracker import Tracker, TrackerConfig
 
@@ -30,7 +32,8 @@ class SiteArrays:
 
     xyz (m, 3) metres; rssi_at_1m, exponent, sigma_db (m,); kinds (m,) the
     receiver kind; polygons S arrays (n_i, 2); adjacency (S, S) bool;
-    entrances (S,) bool; bbox ((x_min, y_min), (x_max, y_max)) of the outline.
+    entrances (S,) bool; bbox ((x_min, y_min), (x_max, y_max)) of the outline;
+    radio_map the residual fields of ``[tracking] radio_map`` in receiver order, if set.
     """
 
     receiver_ids: tuple[str, ...]
@@ -45,6 +48,7 @@ class SiteArrays:
     entrances: NDArray[np.bool_]
     bbox: FloatArray
     receiver_row: dict[str, int] = field(default_factory=dict)
+    radio_map: RadioMap | None = None
 
     def sector_name(self, index: int) -> str | None:
         """Sector id of a core sector index: None before the first report, 'outside' beyond all."""
@@ -79,7 +83,18 @@ def site_arrays(site: SiteConfig) -> SiteArrays:
         entrances=np.array([sector.entrance for sector in site.sectors], dtype=bool),
         bbox=np.stack([outline.min(axis=0), outline.max(axis=0)]),
         receiver_row={r.id: row for row, r in enumerate(receivers)},
+        radio_map=_radio_map(site),
     )
+
+
+def _radio_map(site: SiteConfig) -> RadioMap | None:
+    if site.tracking.radio_map is None:
+        return None
+    try:
+        stored = read_radio_map(site.tracking.radio_map)
+    except RadioMapFileError as exc:
+        raise ConfigError(f"{site.path}: tracking.radio_map: {exc}") from None
+    return stored.for_receivers(tuple(r.id for r in site.receivers))
 
 
 def make_tracker(site: SiteConfig, arrays: SiteArrays, config: TrackerConfig | None = None) -> Tracker:
@@ -88,7 +103,8 @@ def make_tracker(site: SiteConfig, arrays: SiteArrays, config: TrackerConfig | N
         config = TrackerConfig(
             emitter_z=site.tracking.emitter_height_m, max_silence_s=site.tracking.track_silence_s
         )
-    return Tracker(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.bbox, config)
+    return Tracker(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.bbox, config,
+                   arrays.radio_map)
 
 
 def make_sector_model(arrays: SiteArrays, *, mean_dwell_s: float = 10.0) -> SectorModel:

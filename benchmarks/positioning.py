@@ -5,8 +5,9 @@ emitters walking at about 1 m/s. Each 1 s window, every emitter is heard by
 each receiver with probability heard/receivers (about 5 of 8), with 4 dB
 noise. Measured on one core, as medians over windows and repeats:
 
-- observations per second through `Tracker.step`, and through `Tracker.step`
-  followed by `SectorTracker.step` on its snapshot;
+- observations per second through `Tracker.step`, through `Tracker.step`
+  followed by `SectorTracker.step` on its snapshot, and through the
+  `Tracker.step` of a tracker with a radio map (a calibration walk's);
 - bytes per track: the bank's arrays (spare capacity included: it doubles),
   what tracemalloc sees held after the births (arrays, id map, id strings),
   and the tracemalloc peak of a steady-state window, each over the tracks;
@@ -38,6 +39,7 @@ from numpy.typing import NDArray
 
 from positioning.multilaterate import fix
 from positioning.pathloss import rssi_at_distance, slant_distance
+from positioning.radiomap import RadioMap, fit_radio_map
 from positioning.sectors import SectorModel, SectorTracker
 from positioning.tracker import Tracker
 
@@ -107,12 +109,14 @@ def bench_tracker(
     emitters: int, args: argparse.Namespace, rng: np.random.Generator
 ) -> dict[str, float]:
     """Median obs/s of Tracker.step (and + SectorTracker.step) after the births window."""
-    track_rates, both_rates, ms, obs, errors = [], [], [], [], []
+    track_rates, both_rates, map_rates, ms, obs, errors = [], [], [], [], [], []
     model = sector_model()
     for _ in range(args.repeats):
         names, wins = make_windows(emitters, args.windows + 1, args.heard, rng)
         row = {e: i for i, e in enumerate(names)}
         tracker = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)))
+        mapped = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
+                         radio_map=walk_map(rng))
         sectors = SectorTracker(model)
         for t, w in enumerate(wins):
             t0 = time.perf_counter()
@@ -120,10 +124,13 @@ def bench_tracker(
             t1 = time.perf_counter()
             sectors.step(float(t), snap.emitter_ids, snap.xy, snap.cov)
             t2 = time.perf_counter()
+            mapped.step(float(t), w.ids, w.receiver_index, w.rssi)
+            t3 = time.perf_counter()
             if t == 0:  # births: not steady state
                 continue
             track_rates.append(len(w.ids) / (t1 - t0))
             both_rates.append(len(w.ids) / (t2 - t0))
+            map_rates.append(len(w.ids) / (t3 - t2))
             ms.append(1e3 * (t1 - t0))
             obs.append(len(w.ids))
         truth = wins[-1].truth[[row[e] for e in snap.emitter_ids]]
@@ -134,8 +141,16 @@ def bench_tracker(
         "ms_per_window": float(np.median(ms)),
         "tracker_obs_per_s": float(np.median(track_rates)),
         "tracker_and_sectors_obs_per_s": float(np.median(both_rates)),
+        "tracker_with_radio_map_obs_per_s": float(np.median(map_rates)),
         "median_error_m": float(np.median(errors)),
     }
+
+
+def walk_map(rng: np.random.Generator) -> RadioMap:
+    """A radio map as a calibration walk of the store would leave (its values do not matter for speed)."""
+    xy = rng.uniform((0.0, 0.0), (WIDTH, DEPTH), (20_000, 2))
+    receiver = rng.integers(0, len(RX_XYZ), 20_000)
+    return fit_radio_map(receiver, xy, rng.normal(0.0, 4.0, 20_000), len(RX_XYZ), ((0.0, 0.0), (WIDTH, DEPTH)))
 
 
 def bench_memory(
@@ -229,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ms/win", "ms_per_window", "{:>8.2f}"),
         ("tracker obs/s", "tracker_obs_per_s", "{:>14,.0f}"),
         ("+sectors obs/s", "tracker_and_sectors_obs_per_s", "{:>15,.0f}"),
+        ("map obs/s", "tracker_with_radio_map_obs_per_s", "{:>12,.0f}"),
         ("x naive", "speedup_vs_naive", "{:>8.0f}"),
         ("bank B/trk", "bank_bytes_per_track", "{:>11.0f}"),
         ("held B/trk", "held_bytes_per_track", "{:>11.0f}"),

@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import least_squares
 
 from positioning.pathloss import DB_PER_NEPER, DEFAULT_EMITTER_Z, MIN_DISTANCE_M, distance_from_rssi
+from positioning.radiomap import RadioMap
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +95,7 @@ def fix(
     *,
     f_scale: float = 2.0,
     collinear_tol: float = 1e-2,
+    radio_map: RadioMap | None = None,
 ) -> Fix:
     """Locate one emitter from the RSSI heard by m receivers, eq. (2) then (3).
 
@@ -106,6 +108,7 @@ def fix(
             down-weighted by the soft-L1 loss.
         collinear_tol: ratio of singular values below which the receivers'
             layout counts as a line.
+        radio_map: residual fields (rows as receivers) added to (1), as the tracker does.
     """
     xyz = np.asarray(receivers_xyz, dtype=np.float64).reshape(-1, 3)
     m = xyz.shape[0]
@@ -130,7 +133,10 @@ def fix(
 
     def residuals(q: NDArray[np.float64]) -> NDArray[np.float64]:
         d = np.maximum(np.sqrt(np.sum((q - r[:, :2]) ** 2, axis=1) + dz2), MIN_DISTANCE_M)
-        res: NDArray[np.float64] = (a - 10.0 * n * np.log10(d) - z) / s  # (h_i(q) - z_i) / sigma_i
+        h = a - 10.0 * n * np.log10(d)
+        if radio_map is not None:
+            h = h + radio_map.at(order, np.broadcast_to(q + centre, (order.size, 2)))[0]
+        res: NDArray[np.float64] = (h - z) / s  # (h_i(q) - z_i) / sigma_i
         return res
 
     def jacobian(q: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -138,9 +144,12 @@ def fix(
         d2 = np.sum(delta**2, axis=1) + dz2
         near = d2 < MIN_DISTANCE_M**2  # (1) is flat inside the clamp
         # d h_i / d q = -(10 n_i / ln 10) (q - p_i) / d_i²
-        return np.where(
+        out: NDArray[np.float64] = np.where(
             near[:, None], 0.0, -(gain / np.maximum(d2, MIN_DISTANCE_M**2))[:, None] * delta
         )
+        if radio_map is not None:
+            out = out + radio_map.at(order, np.broadcast_to(q + centre, (order.size, 2)))[1] / s[:, None]
+        return out
 
     start = linear_start(r, distance_from_rssi(z, a, n), emitter_z)
     result = least_squares(residuals, start, jac=jacobian, loss="soft_l1", f_scale=f_scale)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from positioning.radiomap import RadioMap
+
 MIN_DISTANCE_M = 0.1
 """Distances below this are treated as this: (1) has no meaning in the near field."""
 
@@ -174,12 +176,22 @@ class Receivers:
     rssi_at_1m: NDArray[np.float64]
     exponent: NDArray[np.float64]
     sigma_db: NDArray[np.float64]
+    radio_map: RadioMap | None = None
 
     @classmethod
     def of(
-        cls, xyz: ArrayLike, rssi_at_1m: ArrayLike, exponent: ArrayLike, sigma_db: ArrayLike
+        cls,
+        xyz: ArrayLike,
+        rssi_at_1m: ArrayLike,
+        exponent: ArrayLike,
+        sigma_db: ArrayLike,
+        radio_map: RadioMap | None = None,
     ) -> Receivers:
-        """Validate and freeze receiver arrays; scalars broadcast to all receivers."""
+        """Validate and freeze receiver arrays; scalars broadcast to all receivers.
+
+        `radio_map`, if given, holds one residual field per receiver (eq. (15)
+        of `positioning.radiomap`) that the tracker adds to (1).
+        """
         p = np.array(xyz, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != 3 or p.shape[0] == 0:
             raise ValueError(f"receivers_xyz must have shape (m, 3) with m >= 1, got {p.shape}")
@@ -192,9 +204,11 @@ class Receivers:
             raise ValueError("receiver positions and calibration must be finite")
         if np.any(n <= 0.0) or np.any(s <= 0.0):
             raise ValueError("path-loss exponents and sigma_db must be positive")
+        if radio_map is not None and len(radio_map) != m:
+            raise ValueError(f"radio map has {len(radio_map)} receivers, not {m}")
         for v in (p, a, n, s):
             v.flags.writeable = False
-        return cls(p, a, n, s)
+        return cls(p, a, n, s, radio_map)
 
     def __len__(self) -> int:
         return int(self.xyz.shape[0])

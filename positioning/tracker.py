@@ -7,7 +7,9 @@ measurement is the RSSI itself, not a position fix,
 
 so a track heard by a single receiver is still updated honestly: the reading
 constrains only the range to that receiver, and the covariance shrinks along
-the radial direction alone.
+the radial direction alone. Where a calibration walk fitted a radio map,
+h_i also carries the receiver's residual field g_r(x) (eq. (15) of
+`positioning.radiomap`), and H_i its gradient.
 
 A window's readings of all tracks are folded in at once. Linearised at the
 predicted state, readings of one track are independent, so their information
@@ -68,6 +70,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from positioning.pathloss import DB_PER_NEPER, DEFAULT_EMITTER_Z, MIN_DISTANCE_M, Receivers
+from positioning.radiomap import RadioMap
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
@@ -198,7 +201,8 @@ def measure(
     """h_i and its position gradient for readings i at emitter positions xy (N, 2).
 
     Returns h (N,) dBm and H (N, 2), H_i = -(10 n / ln 10) (q - p_r) / d²
-    (zero inside the distance clamp, where the model is flat).
+    (zero inside the distance clamp, where the model is flat), plus the
+    receivers' residual field and its gradient where a calibration walk fitted one.
     """
     r = receivers.xyz[receiver_index]
     n = receivers.exponent[receiver_index]
@@ -207,7 +211,11 @@ def measure(
     d2c = np.maximum(d2, MIN_DISTANCE_M**2)
     h = receivers.rssi_at_1m[receiver_index] - 5.0 * n * np.log10(d2c)  # A - 10 n log10 d
     gain = np.where(d2 >= MIN_DISTANCE_M**2, -DB_PER_NEPER * n / d2c, 0.0)
-    return h, gain[:, None] * delta
+    H = gain[:, None] * delta
+    if receivers.radio_map is not None:  # + g_r(q), eq. (15) of positioning.radiomap
+        g, dg = receivers.radio_map.at(receiver_index, xy)
+        return h + g, H + dg
+    return h, H
 
 
 def update(
@@ -458,6 +466,7 @@ class Tracker:
         receivers_xyz: (m, 3) receiver positions, metres.
         rssi_at_1m, exponent, sigma_db: (m,) calibration of each receiver.
         bbox: ((x_min, y_min), (x_max, y_max)) of the store outline, metres.
+        radio_map: residual fields from a calibration walk, one per receiver, or None.
     """
 
     def __init__(
@@ -468,8 +477,9 @@ class Tracker:
         sigma_db: ArrayLike,
         bbox: ArrayLike,
         config: TrackerConfig | None = None,
+        radio_map: RadioMap | None = None,
     ) -> None:
-        self.receivers = Receivers.of(receivers_xyz, rssi_at_1m, exponent, sigma_db)
+        self.receivers = Receivers.of(receivers_xyz, rssi_at_1m, exponent, sigma_db, radio_map)
         box = np.asarray(bbox, dtype=np.float64)
         if box.shape != (2, 2) or not np.all(box[1] > box[0]):
             raise ValueError(

@@ -14,6 +14,9 @@ spatially correlated part (a Gaussian random field per receiver with the
 given correlation distance) that a shopper standing still keeps seeing.
 Readings are then lost with the packet-loss probability or below the
 receiver's sensitivity, and quantised to whole dBm as radios report them.
+The biases and fields are drawn first from the channel's stream, so runs
+with the same seed and channel (a survey walk and a day of shoppers) take
+place in the same store.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class SnapshotLocator:
         for i, emitter in enumerate(ids):
             # Averaging c readings of one receiver divides its noise variance by c.
             sigma = a.sigma_db / np.sqrt(np.maximum(counts[i], 1.0))
-            result = fix(a.xyz, mean[i], a.rssi_at_1m, a.exponent, sigma, self.emitter_z)
+            result = fix(a.xyz, mean[i], a.rssi_at_1m, a.exponent, sigma, self.emitter_z, radio_map=a.radio_map)
             if not result.ok:
                 self.unfixed += 1
                 continue

@@ -6,15 +6,25 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from agent.cli import cli
 from agent.config import load_site, parse_site
 from agent.observations import Observation
 from agent.replayfile import RecordReader
+from agent.site_arrays import site_arrays
 from positioning.pathloss import Calibration
-from simulator.calibrate import ReceiverFit, calibration_samples, fit_receivers, rewrite_site_text
+from simulator.calibrate import (
+    ReceiverFit,
+    calibration_samples,
+    drop_radio_map,
+    fit_receivers,
+    held_out_ratio,
+    rewrite_site_text,
+    set_radio_map,
+)
 from simulator.channel import ChannelConfig
 from simulator.run import SURVEY_PHONES, SimConfig, simulate
 from simulator.truth import read_truth
@@ -124,3 +134,67 @@ def test_too_few_readings_leave_a_receiver_alone() -> None:
     site = load_site(EXAMPLE)
     fits = fit_receivers(site, {})
     assert all(f.calibration is None and "only 0 readings" in (f.reason or "") for f in fits)
+
+
+@pytest.fixture(scope="module")
+def walled_walk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A walk through a store whose shadowing stays put (correlated over 3 m): what a radio map is for."""
+    tmp = tmp_path_factory.mktemp("walled")
+    channel = ChannelConfig(sigma_db=4.0, correlation_m=3.0, receiver_bias_db=0.0, device_offset_db=0.0,
+                            body_loss_db=0.0, sensitivity_dbm=-130.0)
+    simulate(load_site(EXAMPLE), SimConfig(shoppers=1, seed=5, channel=channel, phones=SURVEY_PHONES), tmp,
+             survey=True)
+    return tmp
+
+
+def _fit(walk: Path, out: Path, *extra: str) -> Result:
+    return CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(EXAMPLE), "--observations",
+                                    str(walk / "observations.jsonl"), "--truth", str(walk / "truth.jsonl"),
+                                    "--out", str(out), *extra])
+
+
+def test_a_walk_through_lasting_shadows_writes_a_radio_map_the_site_loads(tmp_path: Path, walled_walk: Path) -> None:
+    site = load_site(EXAMPLE)
+    truth = read_truth(walled_walk / "truth.jsonl")
+    samples = calibration_samples(site, RecordReader(walled_walk / "observations.jsonl", Observation), truth)
+    fits = fit_receivers(site, samples)
+    assert held_out_ratio(site, samples, fits) < 0.8
+    out = tmp_path / "calibrated.toml"
+    result = _fit(walled_walk, out)
+    assert result.exit_code == 0, result.output
+    assert "radio map -> " in result.stdout
+    checked = load_site(out)
+    assert checked.tracking.radio_map == tmp_path / "calibrated.radiomap.npz"
+    arrays = site_arrays(checked)
+    assert arrays.radio_map is not None
+    assert np.max(np.abs(arrays.radio_map.values)) > 2.0
+
+
+def test_a_walk_with_noise_only_writes_no_map_and_drops_an_old_one(tmp_path: Path, walk: Path) -> None:
+    site = load_site(EXAMPLE)
+    truth = read_truth(walk / "truth.jsonl")
+    samples = calibration_samples(site, RecordReader(walk / "observations.jsonl", Observation), truth)
+    assert held_out_ratio(site, samples, fit_receivers(site, samples)) > 0.95
+    out = tmp_path / "calibrated.toml"
+    out.write_text("")
+    (tmp_path / "old.radiomap.npz").write_bytes(b"")
+    result = _fit(walk, out)
+    assert result.exit_code == 0, result.output
+    assert "radio map: not written" in result.stdout
+    assert load_site(out).tracking.radio_map is None
+    assert not (tmp_path / "calibrated.radiomap.npz").exists()
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("[tracking]\nwindow_s = 1.0\n", '[tracking]\nradio_map = "m.npz"\nwindow_s = 1.0\n'),
+    ('[tracking]\nradio_map = "old.npz"  # walk of May\n', '[tracking]\nradio_map = "m.npz"  # walk of May\n'),
+    ('[store]\nid = "x"', '[store]\nid = "x"\n\n[tracking]\nradio_map = "m.npz"\n'),
+])
+def test_set_radio_map_replaces_or_adds_the_key(before: str, after: str) -> None:
+    assert set_radio_map(before, "m.npz") == after
+
+
+def test_drop_radio_map_removes_only_that_line() -> None:
+    text = '[tracking]\nradio_map = "m.npz"\nwindow_s = 1.0\n'
+    assert drop_radio_map(text) == "[tracking]\nwindow_s = 1.0\n"
+    assert drop_radio_map("[tracking]\nwindow_s = 1.0\n") == "[tracking]\nwindow_s = 1.0\n"

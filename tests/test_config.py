@@ -60,6 +60,8 @@ BROKEN = [
      'adjacent = ["greengrocers"]', "unknown sector 'greengrocers'"),
     ("named file missing", "[uplink]\n", '[uplink]\ntls.ca_file = "certs/ca.pem"\n', "uplink.tls.ca_file",
      "tls.ca_file", "does not exist"),
+    ("radio map missing", "[tracking]\n", '[tracking]\nradio_map = "store.radiomap.npz"\n', "tracking.radio_map",
+     "radio_map", "does not exist"),
     ("inline password", "[uplink]\n", '[uplink]\npassword = "hunter2"\n', "uplink.password",
      'password = "hunter2"', "password_file or password_env"),
     ("reader in unknown sector", 'sector = "checkout"', 'sector = "tills"', "nfc_readers[0].sector",

@@ -8,6 +8,7 @@ receivers from a calibration walk.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,10 +24,16 @@ from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
 from agent.observations import Observation, Tech
+from agent.radiomap_file import StoredRadioMap
 from agent.replayfile import RecordReader
+from positioning.radiomap import DEFAULT_BANDWIDTH_M
 from simulator.calibrate import (
+    MAP_MIN_GAIN,
     calibration_samples,
+    chosen_radio_map,
     fit_receivers,
+    map_spread,
+    radio_map_path,
     summary_row,
     write_calibrated_site,
 )
@@ -236,12 +243,22 @@ def calibrate() -> None:
               help="Where to write the calibrated site config.")
 @click.option("--min-samples", type=click.IntRange(min=3), default=30, show_default=True,
               help="Readings a receiver needs to be refitted.")
+@click.option("--radio-map/--no-radio-map", default=True, show_default=True,
+              help="Also learn where each receiver reads above or below its model (walls, shelves) and write "
+                   "that map beside --out.")
+@click.option("--map-bandwidth", type=click.FloatRange(min=0.5, max=10.0), default=DEFAULT_BANDWIDTH_M,
+              show_default=True, help="Smoothing distance of the radio map, metres.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
-def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, as_json: bool) -> None:
+def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
+        map_bandwidth: float, as_json: bool) -> None:
     """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
 
     The new config keeps the original's comments and layout; receivers with too
-    few readings keep their values.
+    few readings keep their values. Unless --no-radio-map, the walk's
+    residuals against the fitted models become a radio map (OUT's name with
+    .radiomap.npz) that the config names in [tracking] radio_map: where the
+    walk found a receiver reading several dB off its model, the tracker
+    expects it to; where the walk did not pass, the plain model stays.
 
     \b
     Example:
@@ -261,10 +278,14 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     if not any(f.calibration is not None for f in fits):
         raise CliError("no receiver had enough readings to fit; " + "; ".join(
             f"{f.receiver_id}: {f.reason}" for f in fits))
+    stored, ratio = chosen_radio_map(config, samples, fits, bandwidth_m=map_bandwidth) if radio_map else (None, None)
     try:
-        write_calibrated_site(config, site, fits, out)
+        write_calibrated_site(config, site, fits, out, stored)
     except ConfigError as exc:
         raise CliError(f"calibrated config did not validate: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"cannot write {radio_map_path(out)}: {exc.strerror or exc}") from None
+    spread = map_spread(stored) if stored is not None else {}
     if as_json:
         click.echo(json.dumps([
             {"receiver_id": f.receiver_id, "samples": f.samples, "reason": f.reason,
@@ -272,11 +293,28 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
                  "rssi_at_1m": f.calibration.rssi_at_1m, "rssi_at_1m_se": f.calibration.rssi_at_1m_se,
                  "path_loss_exponent": f.calibration.path_loss_exponent,
                  "path_loss_exponent_se": f.calibration.path_loss_exponent_se,
-                 "noise_sigma_db": f.calibration.sigma_db})}
+                 "noise_sigma_db": f.calibration.sigma_db}),
+             **({} if stored is None else {"radio_map_max_db": spread[f.receiver_id]})}
             for f in fits], indent=2))
+        click.echo(_map_verdict(stored, ratio, out), err=True)
         return
-    table = Table("receiver", "readings", "rssi_at_1m", "exponent", "sigma dB / note", title="Calibration")
+    columns = ["receiver", "readings", "rssi_at_1m", "exponent", "sigma dB / note"]
+    table = Table(*columns, *(["map dB"] if stored is not None else []), title="Calibration")
     for result in fits:
-        table.add_row(*summary_row(result))
+        extra = [f"{spread[result.receiver_id]:+.1f}"] if stored is not None else []
+        table.add_row(*summary_row(result), *extra)
     Console().print(table)
     click.echo(f"calibrated site config -> {out}")
+    click.echo(_map_verdict(stored, ratio, out))
+
+
+def _map_verdict(stored: StoredRadioMap | None, ratio: float | None, out: Path) -> str:
+    if ratio is None:
+        return "radio map: not asked for (--no-radio-map)"
+    if math.isnan(ratio):
+        return "radio map: not written, the walk is too short to check one on readings it was not fitted to"
+    held_out = f"held-out walk readings' squared error x{ratio:.2f} with it"
+    if stored is None:
+        return (f"radio map: not written, {held_out} (needs x{1.0 - MAP_MIN_GAIN:.2f} or less): the receivers "
+                "read as their models say, give or take noise")
+    return f"radio map -> {radio_map_path(out)} ({held_out})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def read_track(root: Path, name: str, receivers: list[Receiver]) -> Track:
 
 
 def site_text(receivers: list[Receiver], limits: tuple[float, float, float, float], emitter_height_m: float,
-              calibration: dict[str, tuple[float, float, float]] | None = None) -> str:
+              calibration: dict[str, tuple[float, float, float]] | None = None, radio_map: Path | None = None) -> str:
     """A site config for the lab; `calibration` maps alias -> (rssi_at_1m, exponent, sigma)."""
     x0, y0, x1, y1 = limits[0] - MARGIN_M, limits[1] - MARGIN_M, limits[2] + MARGIN_M, limits[3] + MARGIN_M
     box = f"[[{x0:.2f}, {y0:.2f}], [{x1:.2f}, {y0:.2f}], [{x1:.2f}, {y1:.2f}], [{x0:.2f}, {y1:.2f}]]"
@@ -96,12 +97,14 @@ def site_text(receivers: list[Receiver], limits: tuple[float, float, float, floa
             parts.append(f"rssi_at_1m = {a:.2f}\npath_loss_exponent = {n:.3f}\nnoise_sigma_db = {min(max(s, 0.5), 20.0):.2f}\n")
     parts.append(f'\n[[sectors]]\nid = "lab"\nname = "Lab"\npolygon = {box}\nentrance = true\n')
     parts.append(f"\n[tracking]\nemitter_height_m = {emitter_height_m:.2f}\n")
+    if radio_map is not None:
+        parts.append(f"radio_map = {json.dumps(str(radio_map))}\n")
     return "".join(parts)
 
 
 def site(receivers: list[Receiver], limits: tuple[float, float, float, float], emitter_height_m: float,
-         calibration: dict[str, tuple[float, float, float]] | None = None) -> SiteConfig:
-    return parse_site(site_text(receivers, limits, emitter_height_m, calibration), Path("tetam.toml"))
+         calibration: dict[str, tuple[float, float, float]] | None = None, radio_map: Path | None = None) -> SiteConfig:
+    return parse_site(site_text(receivers, limits, emitter_height_m, calibration, radio_map), Path("tetam.toml"))
 
 
 def observations(track: Track) -> list[Observation]:
