@@ -246,7 +246,7 @@ def calibrate() -> None:
 @click.option("--radio-map/--no-radio-map", default=True, show_default=True,
               help="Also learn where each receiver reads above or below its model (walls, shelves) and write "
                    "that map beside --out.")
-@click.option("--map-bandwidth", type=click.FloatRange(min=0.5, max=10.0), default=DEFAULT_BANDWIDTH_M,
+@click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0), default=DEFAULT_BANDWIDTH_M,
               show_default=True, help="Smoothing distance of the radio map, metres.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
