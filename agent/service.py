@@ -148,7 +148,8 @@ class Service:
             self._tasks.append(asyncio.create_task(self._run_source(source), name=f"source-{source.stats.name}"))
         self._store(self._status(self.clock()))
         self.notifier.ready(f"{len(self.sources)} sources, uplink {self.uplink.state}")
-        log.info("agent ready", extra={"store": self.site.store.id, "sources": len(self.sources)})
+        log.info("agent ready", extra={"store": self.site.store.id, "sources": len(self.sources),
+                                       "radio_map": str(self.site.tracking.radio_map or "none")})
         code = 0
         try:
             await self._window_loop()
