@@ -45,7 +45,7 @@ MAP_MIN_GAIN = 0.05
 """A radio map is kept only if it predicts held-out walk readings this much better (in mean squared error)
 than the plain models. Measured held-out ratios: simulated stores with spatially correlated shadowing
 0.55-0.65; the real danis lab 0.88-0.92; simulated stores whose shadowing is independent per packet
-1.01-1.02, where a map learns noise, and costs (benchmarks/radio_map.py: median error 1.32 -> 1.39 m,
+1.01-1.02, where a map learns noise, and costs (benchmarks/radio_map.py: median error 1.32 -> 1.38 m,
 false sector changes 2.9 -> 4.7 per shopper-hour)."""
 
 MAP_BLOCK_S = 10.0

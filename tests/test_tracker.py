@@ -155,13 +155,15 @@ def test_repeated_readings_count_as_one_with_reduced_variance(
     np.testing.assert_allclose(repeated.P, mean.P, rtol=1e-10)
 
 
-def test_clamp_keeps_tracks_in_the_store_at_walking_speed() -> None:
-    x = np.array([[-3.0, 25.0, 3.0, 4.0], [5.0, 5.0, 1.0, 0.0]])
-    P = np.stack([np.diag([900.0, 900.0, 25.0, 25.0]), np.eye(4)])
+def test_clamp_keeps_tracks_in_the_store_at_walking_speed_and_stops_them_at_walls() -> None:
+    # Beyond the left wall heading back in (kept), beyond the top wall heading out (stopped);
+    # beyond two walls heading out of both; inside (untouched).
+    x = np.array([[-3.0, 25.0, 3.0, 4.0], [25.0, -1.0, 1.0, -2.0], [5.0, 5.0, 1.0, 0.0]])
+    P = np.stack([np.diag([900.0, 900.0, 25.0, 25.0]), np.eye(4), np.eye(4)])
     xc, Pc = clamp(x, P, np.zeros(2), np.full(2, 20.0), v_max=2.5)
-    np.testing.assert_allclose(xc, [[0.0, 20.0, 1.5, 2.0], [5.0, 5.0, 1.0, 0.0]])
+    np.testing.assert_allclose(xc, [[0.0, 20.0, 2.5, 0.0], [20.0, 0.0, 0.0, 0.0], [5.0, 5.0, 1.0, 0.0]])
     np.testing.assert_allclose(np.diagonal(Pc[0]), [400.0, 400.0, 6.25, 6.25])
-    np.testing.assert_allclose(Pc[1], P[1])
+    np.testing.assert_allclose(Pc[2], P[2])
 
 
 def test_birth_is_the_power_weighted_centroid() -> None:
