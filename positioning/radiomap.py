@@ -18,15 +18,16 @@ h_r(p) + g_r(p) everywhere the tracker evaluates (1).
 
 (15) is evaluated on a 0.25 m grid by sharing each reading among its four
 nearest cell centres (bilinear weights) and filtering both sums with the
-same Gaussian, so fitting costs O(cells) and not O(cells x readings); the
-field between cell centres is bilinear, which gives the EKF a gradient that
-is continuous across cells. The grid holds 8 bytes per receiver per cell:
-0.6 MB for the example store (30 x 20 m, 8 receivers), 31 MB for 100 x 60 m
-with 40. The bandwidth must stay near the
-shadowing's correlation distance or above: a rough field has steep spurious
-gradients that the linearised update follows (on the danis recordings, 0.5 m
-with c0 = 2 put straight_02 at 4.6 m instead of 0.9 m; 1 m with c0 = 5 is
-the default).
+same Gaussian, so fitting costs O(cells) and not O(cells x readings). The
+field between cell centres is bilinear: continuous, with a gradient that
+steps at cell edges by no more than the smooth field's curvature over 0.25 m.
+The grid holds 8 bytes per receiver per cell: 0.6 MB for the example store
+(30 x 20 m, 8 receivers), 31 MB for 100 x 60 m with 40.
+
+The bandwidth must stay near the shadowing's correlation distance or above:
+a rough field has steep spurious gradients that the linearised update
+follows (on the danis recordings, 0.5 m with c0 = 2 put straight_02 at
+4.6 m instead of 0.9 m; 1 m with c0 = 5 is the default).
 """
 
 from __future__ import annotations
