@@ -7,6 +7,7 @@ import os
 import queue
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def test_drain_with_the_broker_down_keeps_everything_and_says_why(broker: Broker
     assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 50
 
 
+def _pump(agent: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    """The agent's stderr, line by line as it comes, for a test to wait on."""
+    assert agent.stderr is not None
+    for line in agent.stderr:
+        lines.put(line)
+
+
 def test_drain_wakes_a_running_agent_out_of_its_backoff(broker: Broker, tmp_path: Path) -> None:
     """The agent has been offline long enough to wait 4-16 s between attempts; drain makes it send at once."""
     site = example_site_for(tmp_path, broker.port)
@@ -79,10 +87,24 @@ def test_drain_wakes_a_running_agent_out_of_its_backoff(broker: Broker, tmp_path
         [str(SANTI), "-v", "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "NOTIFY_SOCKET": ""},
     )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=_pump, args=(agent, lines), daemon=True)
+    reader.start()
+    seen: list[str] = []
     try:
         _wait_for(state / "status.json", 20)
         time.sleep(12)
         assert summarize(state / OUTBOX_FILE).stats.depth > 0
+        # Start the broker just after a failed attempt: the agent's next one is then >= 4 s away,
+        # so only the drain's wake-up can explain a send within 4 s (else the test races the backoff).
+        while not lines.empty():
+            seen.append(lines.get())
+        deadline = time.monotonic() + 30
+        while True:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+            seen.append(line)
+            if "uplink state" in line and "offline" in line:
+                break
         broker.start()
         started = time.monotonic()
         result = subprocess.run([str(SANTI), "buffer", "drain", str(site), "--json", "--timeout", "20"],
@@ -96,6 +118,10 @@ def test_drain_wakes_a_running_agent_out_of_its_backoff(broker: Broker, tmp_path
         assert took < 4.0, f"the agent should have reconnected at once, took {took:.1f} s"
     finally:
         agent.send_signal(signal.SIGTERM)
-        _, stderr = agent.communicate(timeout=30)
+        agent.wait(timeout=30)
+        reader.join(timeout=10)
+        if agent.stderr is not None:
+            agent.stderr.close()
+    stderr = "".join(seen) + "".join(lines.queue)
     assert agent.returncode == 0, stderr[-2000:]
     assert "uplink retry requested" in stderr
