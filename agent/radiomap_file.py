@@ -9,6 +9,7 @@ longer has is ignored.
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class StoredRadioMap:
 
     def for_receivers(self, receiver_ids: tuple[str, ...]) -> RadioMap:
         """The fields in the order of a site's receivers; zero (the plain model) for those the walk lacked."""
+        if receiver_ids == self.receiver_ids:
+            return self.radio_map
         row = {r: i for i, r in enumerate(self.receiver_ids)}
         stored = self.radio_map.values
         values = np.zeros((len(receiver_ids), *stored.shape[1:]))
@@ -66,7 +69,24 @@ def write_radio_map(path: Path, stored: StoredRadioMap) -> None:
 
 
 def read_radio_map(path: Path) -> StoredRadioMap:
-    """Read and check a radio map file, or raise `RadioMapFileError` saying what is wrong in one line."""
+    """Read and check a radio map file, or raise `RadioMapFileError` saying what is wrong in one line.
+
+    The last file read is kept while it is unchanged on disk: loading a site
+    validates its map, and building the tracker's arrays from that site reads
+    it again. Its arrays are read-only, as they are shared.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise RadioMapFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise RadioMapFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return _read(path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _read(path: Path, inode: int, mtime_ns: int, size: int) -> StoredRadioMap:
+    """`read_radio_map` for one version of the file (the key's inode, time and size name it)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -85,6 +105,7 @@ def read_radio_map(path: Path) -> StoredRadioMap:
     readings = np.asarray(arrays["readings"]).astype(np.int64, copy=False)
     if len(set(ids)) != len(ids) or values.ndim != 3 or values.shape[0] != len(ids) or readings.shape != (len(ids),):
         raise RadioMapFileError(f"{path}: {len(ids)} receiver ids do not match the fields' shape {values.shape}")
+    values.flags.writeable = False
     try:
         radio_map = RadioMap(np.asarray(arrays["origin"], dtype=np.float64).ravel(), float(arrays["cell_m"]), values)
         return StoredRadioMap(ids, radio_map, readings, float(arrays["bandwidth_m"]), float(arrays["prior_readings"]))

@@ -347,7 +347,9 @@ def clamp(
     the wall until the readings outweighed it (simulated store with lasting
     shadows, seed 5: 60 % of the windows more than 8 m off sat on the
     outline, and stopping at walls took that share of windows from 8.2 % to
-    7.1 %; with a radio map, 19 % to 11 %). The covariance is scaled as D P D with D = diag(min(1, cap / std)), which
+    7.1 %; with a radio map, 19 % to 11 %).
+
+    The covariance is scaled as D P D with D = diag(min(1, cap / std)), which
     stays positive semi-definite, so that no track claims more uncertainty
     than the store's extent in position or v_max in velocity after a silence.
     """

@@ -13,17 +13,19 @@ from click.testing import CliRunner, Result
 from agent.cli import cli
 from agent.config import load_site, parse_site
 from agent.observations import Observation
+from agent.radiomap_file import write_radio_map
 from agent.replayfile import RecordReader
 from agent.site_arrays import site_arrays
 from positioning.pathloss import Calibration
 from simulator.calibrate import (
     ReceiverFit,
     calibration_samples,
+    chosen_radio_map,
     drop_radio_map,
     fit_receivers,
-    held_out_ratio,
     rewrite_site_text,
     set_radio_map,
+    walk_radio_map,
 )
 from simulator.channel import ChannelConfig
 from simulator.run import SURVEY_PHONES, SimConfig, simulate
@@ -147,8 +149,8 @@ def walled_walk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
-def _fit(walk: Path, out: Path, *extra: str) -> Result:
-    return CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(EXAMPLE), "--observations",
+def _fit(walk: Path, out: Path, *extra: str, site: Path = EXAMPLE) -> Result:
+    return CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(site), "--observations",
                                     str(walk / "observations.jsonl"), "--truth", str(walk / "truth.jsonl"),
                                     "--out", str(out), *extra])
 
@@ -157,8 +159,9 @@ def test_a_walk_through_lasting_shadows_writes_a_radio_map_the_site_loads(tmp_pa
     site = load_site(EXAMPLE)
     truth = read_truth(walled_walk / "truth.jsonl")
     samples = calibration_samples(site, RecordReader(walled_walk / "observations.jsonl", Observation), truth)
-    fits = fit_receivers(site, samples)
-    assert held_out_ratio(site, samples, fits) < 0.8
+    stored, ratio = chosen_radio_map(site, samples, fit_receivers(site, samples))
+    assert ratio < 0.8
+    assert stored is not None
     out = tmp_path / "calibrated.toml"
     result = _fit(walled_walk, out)
     assert result.exit_code == 0, result.output
@@ -174,11 +177,17 @@ def test_a_walk_with_noise_only_writes_no_map_and_drops_an_old_one(tmp_path: Pat
     site = load_site(EXAMPLE)
     truth = read_truth(walk / "truth.jsonl")
     samples = calibration_samples(site, RecordReader(walk / "observations.jsonl", Observation), truth)
-    assert held_out_ratio(site, samples, fit_receivers(site, samples)) > 0.95
+    fits = fit_receivers(site, samples)
+    stored, ratio = chosen_radio_map(site, samples, fits)
+    assert ratio > 0.95
+    assert stored is None
+    # The technician starts from a config that names the map of an earlier walk.
+    write_radio_map(tmp_path / "old.radiomap.npz", walk_radio_map(site, samples, fits))
+    source = tmp_path / "site.toml"
+    source.write_text(EXAMPLE.read_text().replace("[tracking]\n", '[tracking]\nradio_map = "old.radiomap.npz"\n'))
+    assert load_site(source).tracking.radio_map == tmp_path / "old.radiomap.npz"
     out = tmp_path / "calibrated.toml"
-    out.write_text("")
-    (tmp_path / "old.radiomap.npz").write_bytes(b"")
-    result = _fit(walk, out)
+    result = _fit(walk, out, site=source)
     assert result.exit_code == 0, result.output
     assert "radio map: not written" in result.stdout
     assert load_site(out).tracking.radio_map is None

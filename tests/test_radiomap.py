@@ -118,6 +118,9 @@ def test_file_round_trip_and_receivers_matched_by_id(tmp_path: Path) -> None:
     np.testing.assert_allclose(back.radio_map.origin, [1.0, 2.0])
     ordered = back.for_receivers(("c", "new", "a"))  # b is gone, new was never walked
     np.testing.assert_allclose(ordered.values[:, 0, 0], [3.0, 0.0, 1.0])
+    assert read_radio_map(path) is back  # unchanged on disk: read once
+    write_radio_map(path, _stored(("x",)))
+    assert read_radio_map(path).receiver_ids == ("x",)  # replaced: read again
 
 
 @pytest.mark.parametrize(("content", "fragment"), [

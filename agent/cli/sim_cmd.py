@@ -284,7 +284,7 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     except ConfigError as exc:
         raise CliError(f"calibrated config did not validate: {exc}") from None
     except OSError as exc:
-        raise CliError(f"cannot write {radio_map_path(out)}: {exc.strerror or exc}") from None
+        raise CliError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     spread = map_spread(stored) if stored is not None else {}
     if as_json:
         click.echo(json.dumps([
