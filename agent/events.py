@@ -77,6 +77,10 @@ Identifier = Annotated[
     Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
 ]
 
+Epoch = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+AckMode = Literal["hq", "broker"]
+
 
 def utc_from_epoch(ts: float) -> datetime:
     """The aware UTC datetime of an epoch-seconds timestamp (observations' time base)."""
@@ -107,6 +111,15 @@ class BaseEvent(BaseModel):
     )
     store_id: Identifier = Field(description="The store, as in the site config.")
     agent_id: Identifier = Field(description="The agent that produced the event.")
+    epoch: Epoch | None = Field(
+        default=None,
+        description=(
+            "The outbox's epoch: a random id drawn when the agent's outbox is created, new whenever "
+            "the outbox starts again from seq 1 (a corrupt file moved aside, a reinstall). ``seq`` is "
+            "unique within (agent_id, epoch); HQ acknowledges per epoch. Assigned with ``seq``; "
+            "absent only on an event not stored yet and on events of agents older than the field."
+        ),
+    )
     ts: UtcTime = Field(description="When the event happened at the store.")
     subject: str = Field(
         min_length=1,
@@ -222,6 +235,22 @@ class AgentStatus(BaseEvent):
         ge=0, default=0, description="Events dropped by outbox bounds since the previous agent.status."
     )
     tracks: int = Field(ge=0, default=0, description="Emitters currently tracked.")
+    last_seq: int = Field(
+        ge=0,
+        default=0,
+        description=(
+            "The highest seq this agent's outbox has assigned in its epoch (this event's own seq "
+            "included), so HQ sees losses past the last event it received."
+        ),
+    )
+    ack_mode: AckMode = Field(
+        default="hq",
+        description=(
+            "When the agent deletes an event from its outbox: 'hq' once HQ has acknowledged it "
+            "as committed (santi/v1/<store>/<agent>/ack), 'broker' at the broker's PUBACK (weaker: "
+            "a broker restart or an absent subscriber can lose acknowledged events)."
+        ),
+    )
     clock_offset_s: float | None = Field(default=None, description="Clock offset to a reference, if known.")
 
 
@@ -266,6 +295,33 @@ def event_from_dict(data: dict[str, Any]) -> Event:
 def topic_for(event: Event) -> str:
     """The MQTT topic of an event: ``santi/v1/<store>/<agent>/events/<type>``."""
     return f"santi/v1/{event.store_id}/{event.agent_id}/events/{event.type}"
+
+
+class Ack(BaseModel):
+    """HQ's acknowledgement to one agent: everything up to ``seq`` in ``epoch`` is committed at HQ.
+
+    Published retained with QoS 1 on :func:`ack_topic`. ``seq`` is the highest
+    *contiguous* seq HQ has finished with (stored, or stored as a dead letter),
+    so an agent may delete every outbox row of that epoch with a seq at or below it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_: Literal["santi.ack/1"] = Field(default="santi.ack/1", alias="schema", description="Schema name and major version.")
+    store_id: Identifier = Field(description="The store, as in the agent's events.")
+    agent_id: Identifier = Field(description="The agent acknowledged.")
+    epoch: Epoch = Field(description="The outbox epoch the seq belongs to.")
+    seq: int = Field(ge=0, le=2**63 - 1, description="Highest contiguous seq committed at HQ in this epoch.")
+    ts: UtcTime = Field(description="When HQ published this acknowledgement.")
+
+    def to_json(self) -> str:
+        """The wire form: compact JSON, field names as in the schema."""
+        return self.model_dump_json(by_alias=True)
+
+
+def ack_topic(store_id: str, agent_id: str) -> str:
+    """The retained topic where HQ acknowledges an agent's committed events."""
+    return f"santi/v1/{store_id}/{agent_id}/ack"
 
 
 def status_topic(store_id: str, agent_id: str) -> str:

@@ -14,13 +14,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from agent.events import EVENT_MODELS, Event
+from agent.events import EVENT_MODELS, Ack, Event
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schema"
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    """File name → JSON Schema, one per event type plus the union of all."""
+    """File name → JSON Schema, one per event type, the union of all, and HQ's acknowledgement."""
     out: dict[str, dict[str, Any]] = {}
     for name, model in EVENT_MODELS.items():
         schema = model.model_json_schema(by_alias=True, mode="serialization")
@@ -30,6 +30,9 @@ def schemas() -> dict[str, dict[str, Any]]:
     union["$id"] = "https://santi.dev/schema/event.json"
     union["title"] = "SantiEvent"
     out["event.json"] = union
+    ack = Ack.model_json_schema(by_alias=True, mode="serialization")
+    ack["$id"] = "https://santi.dev/schema/ack.json"
+    out["ack.json"] = ack
     return out
 
 
