@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from shapely.geometry import Point, Polygon
 
 from agent.radiomap_file import RadioMapFileError, read_radio_map
-from agent.tomllines import line_of
+from agent.tomllines import located, read_text, syntax_error
 
 Loc = tuple[str | int, ...]
 XY = tuple[float, float]
@@ -233,17 +233,8 @@ class SiteConfig(_Model):
         return neighbours
 
 
-def _format_loc(loc: Sequence[str | int]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
 def _problem(path: Path, text: str, loc: Loc, message: str) -> ConfigError:
-    line = line_of(text, loc)
-    where = f"{path}:{line}" if line is not None else str(path)
-    return ConfigError(f"{where}: {_format_loc(loc)}: {message}")
+    return ConfigError(located(path, text, loc, message))
 
 
 def _polygon(points: Sequence[XY]) -> Polygon:
@@ -357,10 +348,7 @@ def parse_site(text: str, path: Path) -> SiteConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        where = f"{path}:{match.group(1)}" if match else str(path)
-        raise ConfigError(f"{where}: TOML syntax: {message}") from None
+        raise ConfigError(syntax_error(path, exc)) from None
     if isinstance(data.get("uplink"), dict) and "password" in data["uplink"]:
         raise _problem(path, text, ("uplink", "password"),
                        "a password may not be written in the config; use password_file or password_env")
@@ -391,10 +379,4 @@ def parse_site(text: str, path: Path) -> SiteConfig:
 
 def load_site(path: Path) -> SiteConfig:
     """Read and validate a site config file, or raise ``ConfigError`` with one line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return parse_site(text, path)
+    return parse_site(read_text(path, ConfigError), path)

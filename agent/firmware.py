@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from agent.config import SiteConfig
-from agent.tomllines import line_of
+from agent.tomllines import line_of, read_text
 
 ESPRESENSE_REF_RSSI = -59
 """RSSI at 1 m ESPresense assumes for a beacon (its tx_ref_rssi default; iBeacon's usual measured power)."""
@@ -309,13 +309,7 @@ def parse_tag(text: str, path: Path) -> IBeaconTag | AltBeaconTag | EddystoneUid
 
 
 def load_tag(path: Path) -> IBeaconTag | AltBeaconTag | EddystoneUidTag:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FirmwareError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FirmwareError(f"{path}: cannot read: {exc}") from None
-    return parse_tag(text, path)
+    return parse_tag(read_text(path, FirmwareError), path)
 
 
 def tag_site_problems(tag: IBeaconTag | AltBeaconTag | EddystoneUidTag, site: SiteConfig) -> list[str]:

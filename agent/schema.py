@@ -15,12 +15,13 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from agent.events import EVENT_MODELS, Ack, Event
+from agent.messages import ConsentUpdate, StaffCard
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schema"
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    """File name → JSON Schema, one per event type, the union of all, and HQ's acknowledgement."""
+    """File name → JSON Schema: one per event type, the union of all, and the other messages (ack, consent, staff card)."""
     out: dict[str, dict[str, Any]] = {}
     for name, model in EVENT_MODELS.items():
         schema = model.model_json_schema(by_alias=True, mode="serialization")
@@ -30,9 +31,10 @@ def schemas() -> dict[str, dict[str, Any]]:
     union["$id"] = "https://santi.dev/schema/event.json"
     union["title"] = "SantiEvent"
     out["event.json"] = union
-    ack = Ack.model_json_schema(by_alias=True, mode="serialization")
-    ack["$id"] = "https://santi.dev/schema/ack.json"
-    out["ack.json"] = ack
+    for name, message in (("ack", Ack), ("consent", ConsentUpdate), ("staff-card", StaffCard)):
+        schema = message.model_json_schema(by_alias=True, mode="serialization")
+        schema["$id"] = f"https://santi.dev/schema/{name}.json"
+        out[f"{name}.json"] = schema
     return out
 
 
