@@ -30,6 +30,7 @@ COMMANDS = {
     "run": "agent.cli.run_cmd:run",
     "scan": "agent.cli.scan_cmd:scan",
     "sim": "agent.cli.sim_cmd:sim",
+    "staff": "agent.cli.staff_cmd:staff",
     "status": "agent.cli.status_cmd:status",
 }
 """Command name -> ``module:attribute``. ``calibrate`` comes from calibrate_cmd, which
