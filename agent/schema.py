@@ -7,6 +7,7 @@ Run ``python -m agent.schema`` after changing ``agent/events.py``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -52,8 +53,31 @@ def write(directory: Path = SCHEMA_DIR) -> list[Path]:
     return written
 
 
-def main() -> int:
-    for path in write():
+def stale(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Files in ``directory`` that differ from what the models generate (or are missing)."""
+    out = []
+    for name, schema in schemas().items():
+        path = directory / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != render(schema):
+            out.append(name)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.schema",
+        description="Write the JSON Schema of every event and message into docs/schema/ from agent/events.py "
+                    "and agent/messages.py.",
+    )
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file is stale")
+    parser.add_argument("--out", type=Path, default=SCHEMA_DIR, help=f"directory to write (default {SCHEMA_DIR})")
+    args = parser.parse_args(argv)
+    if args.check:
+        names = stale(args.out)
+        for name in names:
+            sys.stdout.write(f"stale: {args.out / name}\n")
+        return 1 if names else 0
+    for path in write(args.out):
         sys.stdout.write(f"wrote {path}\n")
     return 0
 

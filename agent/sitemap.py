@@ -1,4 +1,4 @@
-"""The installer's map of a store: where a receiver is missing.
+"""The installer's map of a store: where the receivers' layout limits how well a position can be known.
 
 `error_map` evaluates the Cramér-Rao bound of `positioning.bounds` on a grid
 over the store's floor, with the BLE-hearing receivers (the agent's own radio

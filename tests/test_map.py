@@ -154,3 +154,17 @@ def test_cli_table_and_errors(tmp_path: Path, example_site: Path) -> None:
     unwritable = CliRunner().invoke(cli, ["map", str(example_site), "--out", str(tmp_path / "no" / "dir.png")])
     assert unwritable.exit_code == 2
     assert "cannot write" in unwritable.stderr
+
+
+def test_the_help_says_what_a_bright_patch_is_where_the_example_shows_it() -> None:
+    # The example's worst spot is right under a receiver mounted high in a corner,
+    # not where a receiver is missing: the help must not send an installer to add one there.
+    site = load_site(Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml")
+    emap = error_map(site, 0.25)
+    worst = np.where(np.isfinite(emap.rmse), emap.rmse, -1.0)
+    iy, ix = np.unravel_index(int(np.argmax(worst)), worst.shape)
+    nearest = min(np.hypot(r.x - emap.xs[ix], r.y - emap.ys[iy]) for r in site.receivers if r.kind in ("ble", "node"))
+    assert nearest < 1.0
+    text = CliRunner().invoke(cli, ["map", "--help"], terminal_width=200).output
+    assert "where a receiver is missing" not in text
+    assert "right under a receiver mounted high" in " ".join(text.split())

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from agent import schema
 from agent.events import EVENT_MODELS
 
 
 def test_generated_schema_files_are_fresh() -> None:
-    stale = []
-    for name, generated in schema.schemas().items():
-        path = schema.SCHEMA_DIR / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != schema.render(generated):
-            stale.append(name)
+    stale = schema.stale()
     assert not stale, f"docs/schema is stale for {stale}: run `python -m agent.schema`"
+
+
+def test_help_and_check_write_nothing(tmp_path: Path) -> None:
+    for argv in (["--help"], ["--check"]):
+        result = subprocess.run([sys.executable, "-m", "agent.schema", *argv, "--out", str(tmp_path)],
+                                capture_output=True, text=True, check=False)
+        assert list(tmp_path.iterdir()) == [], argv
+    assert result.returncode == 1
+    assert "stale:" in result.stdout
+    assert schema.main(["--out", str(tmp_path)]) == 0
+    assert schema.main(["--check", "--out", str(tmp_path)]) == 0
 
 
 def test_every_type_has_a_schema_with_its_fields_documented() -> None:

@@ -28,7 +28,11 @@ def map_(site: Path, out: Path | None, cell: float, as_json: bool, no_png: bool)
 
     Uses the BLE-hearing receivers (kind ble and node) with their calibration,
     noise and heights, and the tag at [tracking] emitter_height_m. A bright
-    patch is where a receiver is missing.
+    patch is where one snapshot of readings cannot pin a position down: far
+    from every receiver, where the receivers that hear it stand in a line,
+    or right under a receiver mounted high (its reading hardly changes as the
+    tag moves beneath it, so it says nothing about where). Moving or adding
+    a receiver is what darkens it.
 
     \b
     Example:
