@@ -51,7 +51,9 @@ the integral up to x is
     n_k = (F(e_k+1) - F(e_k)) / (e_k+1 - e_k)                              (33)
 
 one cumulative sum each over starts and ends, O((J + K) log J). Entries in
-window k are the stays that start in it.
+window k are the people-stays that start in it and last at least D: most
+stays are one probe of an address heard once (a passer-by, or a phone's
+new address that (30) could not join), which is no visit.
 
 (f) People. Not everyone carries a phone that probes, and some carry two;
 people are a linear function of counted devices, fitted by least squares on
@@ -66,6 +68,18 @@ spread of ordinary least squares,
     sigma_0 = s sqrt(1 + x0ᵀ (XᵀX)⁻¹ x0)                                   (35)
 
 Entries scale by the same alpha.
+
+(g) Inside now. (31) with h < G knows a stay has ended only once G has
+passed without a probe. Asked now, after a device has been silent for tau,
+the chance that it is still inside is learnt from past silences s_i (the
+time from probe i to its device's next probe, infinite after the last):
+
+    S(tau) = 1 for tau < h,   #{i: tau < s_i <= G} / #{i: s_i > tau} for h <= tau <= G,   0 beyond   (36)
+
+and the expected number inside at x is the sum over devices of S(x - t_d),
+t_d the device's last probe before x; its mean over a window is taken on a
+grid of step ``step_s``. This count is causal except for the power test of
+(d), which uses the median of the whole stay.
 """
 
 from __future__ import annotations
@@ -110,6 +124,8 @@ class Stays:
     end: FloatArray
     rssi_dbm: FloatArray
     probes: IntArray
+    of_probe: IntArray
+    """The stay (index into the arrays above) of each input probe (N,)."""
 
 
 @dataclass(frozen=True)
@@ -180,17 +196,22 @@ def _link_candidates(t: FloatArray, sig: NDArray[np.int64], seq: NDArray[np.int6
     ends = np.flatnonzero(usable)
     lo = np.searchsorted(start_t, t[last[ends]], side="right")
     hi = np.searchsorted(start_t, t[last[ends]] + config.gap_s, side="right")
-    count = hi - lo
-    a = np.repeat(ends, count)
-    # Ragged ranges lo..hi flattened: offsets within each run added to its lo.
-    within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    b = starts[np.repeat(lo, count) + within]
+    owner, within = _ragged(hi - lo)
+    a = ends[owner]
+    b = starts[lo[owner] + within]
     dt = t[first[b]] - t[last[a]]
     dq = (seq[first[b]] - seq[last[a]]) % SEQUENCE_MODULUS
     ok = ((a != b) & (sig[last[a]] == sig[first[b]]) & (dt > 0.0)
           & (dq >= 1) & (dq <= config.seq_slack + config.seq_rate_per_s * dt)
           & (np.abs(z[first[b]] - z[last[a]]) <= config.rssi_step_db))
     return a[ok], b[ok]
+
+
+def _ragged(count: IntArray) -> tuple[IntArray, IntArray]:
+    """Runs of the given lengths (R,) flattened: the run of each element and its place in the run."""
+    owner = np.repeat(np.arange(count.size), count)
+    place = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
+    return owner.astype(np.intp), place.astype(np.intp)
 
 
 def _one_to_one(a: IntArray, b: IntArray, dq: NDArray[np.int64], dt: FloatArray) -> IntArray:
@@ -223,8 +244,8 @@ def stays(t: ArrayLike, device: ArrayLike, rssi_dbm: ArrayLike, gap_s: float, ho
     if not (d_.size == t_.size == z_.size):
         raise ValueError("probe arrays differ in length")
     if t_.size == 0:
-        empty = np.zeros(0)
-        return Stays(np.zeros(0, dtype=np.intp), empty, empty, empty, np.zeros(0, dtype=np.intp))
+        empty, none = np.zeros(0), np.zeros(0, dtype=np.intp)
+        return Stays(none, empty, empty, empty, none, none)
     order = np.lexsort((t_, d_))
     ts, ds = t_[order], d_[order]
     new = np.ones(ts.size, dtype=bool)
@@ -237,7 +258,8 @@ def stays(t: ArrayLike, device: ArrayLike, rssi_dbm: ArrayLike, gap_s: float, ho
     lo_mid = begin + (finish - begin) // 2
     hi_mid = begin + (finish - begin + 1) // 2
     return Stays(device=ds[begin].astype(np.intp), start=ts[begin], end=ts[finish] + hold_s,
-                 rssi_dbm=0.5 * (zs[lo_mid] + zs[hi_mid]), probes=(finish - begin + 1).astype(np.intp))
+                 rssi_dbm=0.5 * (zs[lo_mid] + zs[hi_mid]), probes=(finish - begin + 1).astype(np.intp),
+                 of_probe=stay[np.argsort(order)].astype(np.intp))
 
 
 def fixtures(found: Stays, min_present_s: float) -> IntArray:
@@ -275,11 +297,64 @@ def mean_count(start: ArrayLike, end: ArrayLike, edges: ArrayLike) -> FloatArray
     return result
 
 
-def entries(start: ArrayLike, edges: ArrayLike) -> FloatArray:
-    """Stays that begin in each window of ``edges`` (K+1,) -> (K,)."""
+def entries(found: Stays, keep: ArrayLike, edges: ArrayLike, min_stay_s: float) -> FloatArray:
+    """Kept stays (J,) of at least ``min_stay_s`` (D) that begin in each window of ``edges`` (K+1,) -> (K,)."""
     e = np.asarray(_as(edges, float), dtype=np.float64)
-    counts, _ = np.histogram(np.asarray(_as(start, float), dtype=np.float64), bins=e)
+    visit = np.asarray(_as(keep, bool)) & (found.end - found.start >= min_stay_s)
+    counts, _ = np.histogram(found.start[visit], bins=e)
     return counts.astype(np.float64)
+
+
+def silences(t: ArrayLike, device: ArrayLike) -> FloatArray:
+    """s_i of eq. (36): seconds from each probe (N,) to its device's next probe, inf after the last."""
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    d_ = np.asarray(_as(device, np.int64))
+    if t_.size != d_.size:
+        raise ValueError("probe arrays differ in length")
+    order = np.lexsort((t_, d_))
+    ts, ds = t_[order], d_[order]
+    after = np.full(ts.size, np.inf)
+    same = ds[1:] == ds[:-1]
+    after[:-1][same] = (ts[1:] - ts[:-1])[same]
+    result: FloatArray = np.empty_like(after)
+    result[order] = after
+    return result
+
+
+def still_inside(past: ArrayLike, gap_s: float, hold_s: float, tau: ArrayLike) -> FloatArray:
+    """Eq. (36): S(tau) (M,) from past silences s_i (any shape); 1 where no silence is that long yet."""
+    s = np.sort(np.asarray(_as(past, float), dtype=np.float64))
+    tau_ = np.asarray(_as(tau, float), dtype=np.float64)
+    within = s[s <= gap_s]
+    longer = s.size - np.searchsorted(s, tau_, side="right")
+    ended_later = within.size - np.searchsorted(within, tau_, side="right")
+    survival = np.where(longer > 0, ended_later / np.maximum(longer, 1), 0.0)
+    result: FloatArray = np.where(tau_ < hold_s, 1.0, np.where(tau_ > gap_s, 0.0, survival))
+    return result
+
+
+def expected_count(t: ArrayLike, device: ArrayLike, edges: ArrayLike, past: ArrayLike,
+                   gap_s: float, hold_s: float, step_s: float = 10.0) -> FloatArray:
+    """Eq. (36): mean expected number of devices inside per window of ``edges`` (K+1,) -> (K,).
+
+    t, device (N,) are the probes to count (people's, already filtered);
+    ``past`` the silences S is learnt from. Each probe carries S(x - t_i)
+    until its device's next probe or G, sampled every ``step_s``.
+    """
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    e = np.asarray(_as(edges, float), dtype=np.float64)
+    if e.size < 2 or np.any(np.diff(e) <= 0.0):
+        raise ValueError("window edges must be at least two and strictly increasing")
+    if not step_s > 0.0:
+        raise ValueError("the sampling step must be positive")
+    tau = np.arange(0.0, gap_s + step_s, step_s)
+    survival = still_inside(past, gap_s, hold_s, tau)
+    reach = np.minimum(silences(t_, device), gap_s + step_s)
+    probe, offset = _ragged(np.ceil(reach / step_s).astype(np.intp))
+    weight = survival[np.minimum(offset, tau.size - 1)] * step_s
+    area, _ = np.histogram(t_[probe] + offset * step_s, bins=e, weights=weight)
+    result: FloatArray = area / np.diff(e)
+    return result
 
 
 def fit_occupancy(devices: ArrayLike, people: ArrayLike) -> OccupancyFit:

@@ -14,13 +14,16 @@ from agent.privacy import Pseudonymizer
 from positioning.occupancy import (
     LinkConfig,
     entries,
+    expected_count,
     fit_occupancy,
     fixtures,
     group_devices,
     mean_count,
     people_stays,
     predict_occupancy,
+    silences,
     stays,
+    still_inside,
 )
 
 Probe = tuple[float, int, int, int, float, bool]
@@ -173,8 +176,39 @@ def test_mean_count_equals_the_overlaps(intervals: list[tuple[float, float]], wi
     assert np.allclose(mean_count(start, end, edges), expected, atol=1e-9)
 
 
-def test_entries_count_starts_per_window() -> None:
-    assert entries([5.0, 99.0, 100.0, 350.0], [0.0, 100.0, 200.0]).tolist() == [2.0, 1.0]
+def test_entries_are_kept_stays_long_enough_to_be_visits() -> None:
+    found = stays([5.0, 400.0, 99.0, 100.0, 150.0, 350.0], [0, 0, 1, 2, 3, 4], [-60.0] * 6, gap_s=600.0, hold_s=60.0)
+    # stays: device 0 [5, 460], 1 [99, 159], 2 [100, 160], 3 [150, 210], 4 [350, 410]
+    assert entries(found, [True] * 5, [0.0, 100.0, 200.0], min_stay_s=0.0).tolist() == [2.0, 2.0]
+    assert entries(found, [True, True, False, True, True], [0.0, 100.0, 200.0], min_stay_s=0.0).tolist() == [2.0, 1.0]
+    assert entries(found, [True] * 5, [0.0, 100.0, 200.0], min_stay_s=120.0).tolist() == [1.0, 0.0]
+
+
+def test_silences_and_the_chance_of_still_being_inside() -> None:
+    assert silences([100.0, 0.0, 5.0], [0, 0, 1]).tolist() == [np.inf, 100.0, np.inf]
+    # past silences 100 s (the device came back) and 1000 s (it had left): eq. (36) with G = 600, h = 60
+    got = still_inside([100.0, 1000.0], gap_s=600.0, hold_s=60.0, tau=[0.0, 59.0, 60.0, 99.0, 100.0, 700.0])
+    assert got.tolist() == [1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
+
+
+def test_expected_count_exact() -> None:
+    # Each probe: S is 1 for 60 s and 0.5 for the next 40 s, then 0 (no past silence ended later) -> 80 s.
+    got = expected_count([0.0, 100.0], [0, 0], [0.0, 1000.0], past=[100.0, 1000.0], gap_s=600.0, hold_s=60.0)
+    assert got.tolist() == [pytest.approx(0.16)]
+
+
+@settings(max_examples=100, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 3)), min_size=1, max_size=40),
+       st.integers(1, 60))
+def test_expected_count_without_history_is_the_causal_hold(probes: list[tuple[int, int]], gap_steps: int) -> None:
+    """With no past silences S is 1 up to h; with h = G that is (31)-(33) holding every device for G."""
+    t = np.array([10.0 * k for k, _ in probes])
+    device = np.array([d for _, d in probes])
+    gap = 10.0 * gap_steps
+    edges = np.arange(0.0, 10.0 * 300 + gap + 100.0, 100.0)
+    found = stays(t, device, np.zeros(t.size), gap_s=gap, hold_s=gap)
+    held = mean_count(found.start, found.end, edges)
+    assert np.allclose(expected_count(t, device, edges, past=[], gap_s=gap, hold_s=gap), held, atol=1e-9)
 
 
 def test_the_fit_recovers_a_line_and_its_spread() -> None:
@@ -203,7 +237,7 @@ def test_the_lab_pcs_are_found_by_their_presence_alone(shared_data: Path) -> Non
     device = group_devices(p["t"], p["mac"], p["sig"], p["seq"], p["rssi"], p["randomised"])
     fixed = fixtures(stays(p["t"], device, p["rssi"], 600.0, 60.0), 2 * 3600.0)
     edges = np.array([p["t"].min(), p["t"].max() + 1.0])
-    _, pcs = real_data.fryza_truth(root, p["t"], p["idx"], edges)
+    _, pcs, _ = real_data.fryza_truth(root, p["t"], p["idx"], edges)
     pc_keys = {pseudonymizer.pseudonym("wifi", pc, float(p["t"][0])) for pc in pcs} & set(p["mac_key"])
     flagged = set(p["mac_key"][np.isin(device, fixed)])
     assert len(pc_keys) == 11
