@@ -317,6 +317,7 @@ def bench_fryza(root: Path) -> dict[str, Any]:
         "lab_pcs_flagged": len(pc_keys & flagged_keys),
         "entries_estimated": float(entered.sum()), "entries_logged_rises": rises,
         "targets": {"mae_le_1.0": float(err["ours"].mean()) <= 1.0,
+                    "causal_mae_le_1.0": float(err["causal"].mean()) <= 1.0,
                     "below_naive": float(err["ours"].mean()) < float(err["naive"].mean())},
         "per_window": [{"start": float(edges[k]), "truth": round(float(truth[k]), 2),
                         **{name: round(float(values[k]), 2) for name, values in pred.items()},
@@ -328,8 +329,9 @@ def print_fryza(row: dict[str, Any]) -> None:
     print(f"== fryza-wifi-probe-requests {row['day']}: people in the lab per {row['window_s'] / 60:g}-minute window, "
           f"{row['split']}")
     print(f"{row['windows']} windows, {row['probes']} probes, {row['macs']} MACs -> {row['devices']} devices")
-    print(f"MAE all windows: ours {row['mae']:.2f} (causal, inside now: {row['mae_causal']:.2f}), "
-          f"naive distinct MACs {row['naive_mae']:.2f}  target <= 1.0: {'ok' if row['targets']['mae_le_1.0'] else 'MISSED'}")
+    verdict = {name: "ok" if met else "MISSED" for name, met in row["targets"].items()}
+    print(f"MAE all windows: ours {row['mae']:.2f} (target <= 1.0: {verdict['mae_le_1.0']}), causal inside now "
+          f"{row['mae_causal']:.2f} ({verdict['causal_mae_le_1.0']}), naive distinct MACs {row['naive_mae']:.2f}")
     print(f"MAE the {row['day_windows']} windows up to the last lecture: ours {row['mae_day']:.2f} "
           f"(causal {row['mae_causal_day']:.2f}), naive {row['naive_mae_day']:.2f}")
     print(f"95 % interval holds the truth in {row['coverage_95']:.0%} of windows (mean sigma {row['mean_sigma']:.2f})")
