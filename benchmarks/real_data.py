@@ -16,8 +16,14 @@
   rows, scored on the other 30 %), beside the published table.
 - feng-wifi-rss-rtt: Wi-Fi RSS positioning error per room, APs calibrated
   on the train reference points and scored on the test points.
+- fryza-wifi-probe-requests: people in the lab per 5-minute window from the
+  pcap's probe requests (`agent.probe_keys`, `positioning.occupancy`),
+  leave-one-hour-out: every hour of windows is scored by a model (dwell gap,
+  power threshold, fixtures, people per device) fitted on the other hours
+  only, a window either side left unused. Beside it: distinct MACs per
+  window with a linear fit, on the same split.
 
-    .venv/bin/python benchmarks/real_data.py [--json] [--only danis|castillo|feng]
+    .venv/bin/python benchmarks/real_data.py [--json] [--only danis|castillo|feng|fryza]
 
 Targets (danis, leave-one-track-out): median tracking error <= 1.5 m on every
 track, and below the weighted-centroid baseline on every track.
@@ -108,7 +114,7 @@ def bench_danis(root: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--only", choices=["danis", "castillo", "feng"])
+    parser.add_argument("--only", choices=["danis", "castillo", "feng", "fryza"])
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -120,6 +126,8 @@ def main() -> None:
         results["castillo"] = castillo.benchmark(args.data / "castillo-cara-ble-esiiab")
     if args.only in (None, "feng"):
         results["feng"] = feng.benchmark(args.data / "feng-wifi-rss-rtt")
+    if args.only in (None, "fryza"):
+        results["fryza"] = bench_fryza(args.data / "fryza-wifi-probe-requests")
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -142,6 +150,194 @@ def main() -> None:
         for row in results["feng"]["rooms"]:
             print(f"{row['room']:16s} per scan median {row['scan_median_m']:.2f} m (mean {row['scan_mean_m']:.2f}); "
                   f"per point (60 scans averaged) median {row['point_median_m']:.2f} m")
+    if "fryza" in results:
+        print_fryza(results["fryza"])
+
+
+# --- fryza-wifi-probe-requests: occupancy from anonymous probe requests (issue #19) ---
+
+import csv  # noqa: E402
+
+import dpkt  # noqa: E402
+
+from agent.privacy import Pseudonymizer  # noqa: E402
+from agent.probe_keys import probe_keys  # noqa: E402
+from agent.sources.wifi import FrameSkipped, parse_frame, read_capture  # noqa: E402
+from positioning import occupancy  # noqa: E402
+
+FRYZA_DAY = "2024-02-08"
+FRYZA_WINDOW_S = 300.0
+FRYZA_BLOCK_WINDOWS = 12
+"""Held-out blocks of one hour: long enough to hold a whole change of occupancy, short enough
+that every fold still trains on both lectures and on the empty evening."""
+FRYZA_BUFFER_WINDOWS = 1
+"""Windows either side of a held-out block left out of training: stays run across window edges."""
+FRYZA_GAP_GRID = (300.0, 600.0, 900.0, 1200.0, 1800.0)
+"""Candidate dwell gaps G of eq. (31); each fold picks one, with the power threshold, on its training windows."""
+FRYZA_RSSI_GRID = tuple(float(v) for v in range(-95, -55, 5))
+FRYZA_HOLD_S = 60.0
+"""h of eqs. (31) and (36)."""
+FRYZA_FIXTURE_S = 2.0 * 3600.0
+"""T_fix of eq. (32), fixed beforehand: a lecture here lasts 1 h 40 min, a working PC all afternoon."""
+FRYZA_VISIT_S = 300.0
+"""D of eq. (33)'s entries, fixed beforehand: a stay shorter than five minutes is no visit."""
+FRYZA_LAB_PC_PREFIXES = ("dc:fb:48", "40:ec:99")
+"""The lab's all-in-one PCs (SOURCE.txt); used only to report how many the method flagged."""
+FRYZA_SECRET = b"fryza-benchmark-secret-0123456789"
+
+
+def fryza_probes(root: Path, pseudonymizer: Pseudonymizer) -> dict[str, np.ndarray]:
+    """The day's probe requests read from the pcap as the agent reads them, reduced to keys."""
+    rows: list[tuple[float, float, int, str, str, bool, int]] = []
+    with (root / f"position_1_{FRYZA_DAY}_anonymized.pcap").open("rb") as handle:
+        for index, (ts, frame) in enumerate(read_capture(handle)):
+            try:
+                probe = parse_frame(frame, ts)
+            except FrameSkipped:
+                continue
+            mgmt = dpkt.radiotap.Radiotap(frame).data
+            keys = probe_keys(ts=ts, mac=probe.mac, rssi_dbm=probe.rssi_dbm, channel=probe.channel,
+                              sequence=int(mgmt.mgmt.sequence_number),
+                              items=[(int(ie.id), bytes(ie.data)) for ie in mgmt.ies],
+                              pseudonymizer=pseudonymizer)
+            rows.append((keys.ts, keys.rssi_dbm, -1 if keys.sequence is None else keys.sequence,
+                         keys.mac_key, keys.signature, keys.randomised, index))
+    t, z, q, mac, sig, rnd, idx = (np.array(col) for col in zip(*rows, strict=True))
+    return {"t": t.astype(float), "rssi": z.astype(float), "seq": q.astype(np.int64),
+            "mac_key": mac, "mac": np.unique(mac, return_inverse=True)[1],
+            "sig": np.unique(sig, return_inverse=True)[1], "randomised": rnd.astype(bool),
+            "idx": idx.astype(np.int64)}
+
+
+def fryza_truth(root: Path, t: np.ndarray, idx: np.ndarray,
+                edges: np.ndarray) -> tuple[np.ndarray, set[str], float]:
+    """Hand-logged occupancy per window (time-weighted step function), the lab PCs' MACs, the log's rises.
+
+    The CSV's ``idx`` is the packet's index in the pcap: it carries the
+    occupancy logged at that packet's time. Between packets the last logged
+    value holds.
+    """
+    occupancy: dict[int, float] = {}
+    pcs: set[str] = set()
+    with (root / f"position_1_{FRYZA_DAY}_ver-99.csv").open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter=";"):
+            occupancy[int(row["idx"])] = float(row["occupancy"])
+            if row["src"].lower().startswith(FRYZA_LAB_PC_PREFIXES):
+                pcs.add(row["src"].lower())
+    known = np.array([i in occupancy for i in idx])
+    times, values = t[known], np.array([occupancy[int(i)] for i in idx[known]])
+    order = np.argsort(times, kind="stable")
+    times, values = times[order], values[order]
+    grid = edges[:-1, None] + (np.arange(300) + 0.5)[None, :] * (np.diff(edges)[:, None] / 300.0)
+    at = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, times.size - 1)
+    rises = np.diff(values)
+    return values[at].mean(axis=1), pcs, float(rises[rises > 0].sum())
+
+
+def _fryza_blocks(windows: int) -> list[np.ndarray]:
+    starts = range(0, windows, FRYZA_BLOCK_WINDOWS)
+    return [np.arange(s, min(s + FRYZA_BLOCK_WINDOWS, windows)) for s in starts]
+
+
+def _fryza_fold(p: dict[str, np.ndarray], device: np.ndarray, edges: np.ndarray, truth: np.ndarray,
+                train: np.ndarray, causal: bool) -> dict[str, Any]:
+    """One fold: G and theta picked by training MAE, fixtures learnt from the training probes only."""
+    window_of = np.searchsorted(edges, p["t"], side="right") - 1
+    train_probe = np.isin(window_of, train)
+    best: dict[str, Any] | None = None
+    for gap in FRYZA_GAP_GRID:
+        learnt = occupancy.stays(p["t"][train_probe], device[train_probe], p["rssi"][train_probe], gap, FRYZA_HOLD_S)
+        fixed = occupancy.fixtures(learnt, FRYZA_FIXTURE_S)
+        past = occupancy.silences(p["t"][train_probe], device[train_probe])
+        every = occupancy.stays(p["t"], device, p["rssi"], gap, FRYZA_HOLD_S)
+        for min_rssi in FRYZA_RSSI_GRID:
+            keep = occupancy.people_stays(every, fixed, min_rssi)
+            if causal:
+                kept = keep[every.of_probe]
+                counts = occupancy.expected_count(p["t"][kept], device[kept], edges, past, gap, FRYZA_HOLD_S)
+            else:
+                counts = occupancy.mean_count(every.start[keep], every.end[keep], edges)
+            try:
+                fit = occupancy.fit_occupancy(counts[train], truth[train])
+            except ValueError:
+                continue
+            mae = float(np.abs(occupancy.predict_occupancy(fit, counts[train])[0] - truth[train]).mean())
+            if best is None or mae < best["train_mae"]:
+                best = {"train_mae": mae, "gap_s": gap, "min_rssi": min_rssi, "fit": fit, "counts": counts,
+                        "entries": occupancy.entries(every, keep, edges, FRYZA_VISIT_S), "fixed": fixed}
+    if best is None:
+        raise ValueError("no fold could be fitted: the device counts never vary")
+    return best
+
+
+def bench_fryza(root: Path) -> dict[str, Any]:
+    """Occupancy per 5-minute window on held-out hours, beside distinct MACs per window."""
+    pseudonymizer = Pseudonymizer(FRYZA_SECRET, "fryza", 86_400.0)
+    p = fryza_probes(root, pseudonymizer)
+    t0 = np.floor(p["t"].min() / FRYZA_WINDOW_S) * FRYZA_WINDOW_S
+    windows = int((p["t"].max() - t0) // FRYZA_WINDOW_S) + 1
+    edges = t0 + FRYZA_WINDOW_S * np.arange(windows + 1)
+    window_of = ((p["t"] - t0) // FRYZA_WINDOW_S).astype(int)
+    truth, pcs, rises = fryza_truth(root, p["t"], p["idx"], edges)
+    device = occupancy.group_devices(p["t"], p["mac"], p["sig"], p["seq"], p["rssi"], p["randomised"])
+    naive = np.array([np.unique(p["mac"][window_of == k]).size for k in range(windows)], dtype=float)
+    pred = {"ours": np.zeros(windows), "causal": np.zeros(windows), "naive": np.zeros(windows)}
+    sigma, entered = np.zeros(windows), np.zeros(windows)
+    flagged: set[int] = set()
+    chosen: list[tuple[float, float]] = []
+    for block in _fryza_blocks(windows):
+        train = np.setdiff1d(np.arange(windows),
+                             np.arange(block[0] - FRYZA_BUFFER_WINDOWS, block[-1] + FRYZA_BUFFER_WINDOWS + 1))
+        fold = _fryza_fold(p, device, edges, truth, train, causal=False)
+        pred["ours"][block], sigma[block] = occupancy.predict_occupancy(fold["fit"], fold["counts"][block])
+        entered[block] = fold["fit"].alpha * fold["entries"][block]
+        chosen.append((fold["gap_s"], fold["min_rssi"]))
+        flagged.update(int(d) for d in fold["fixed"])
+        causal = _fryza_fold(p, device, edges, truth, train, causal=True)
+        pred["causal"][block] = occupancy.predict_occupancy(causal["fit"], causal["counts"][block])[0]
+        pred["naive"][block] = occupancy.predict_occupancy(occupancy.fit_occupancy(naive[train], truth[train]), naive[block])[0]
+    pc_keys = {pseudonymizer.pseudonym("wifi", pc, float(p["t"][0])) for pc in pcs} & set(p["mac_key"])
+    flagged_keys = set(p["mac_key"][np.isin(device, list(flagged))])
+    day = np.arange(windows) <= np.flatnonzero(truth > 3.5).max() + 1
+    err = {name: np.abs(values - truth) for name, values in pred.items()}
+    return {
+        "dataset": "fryza-wifi-probe-requests", "day": FRYZA_DAY, "windows": windows,
+        "window_s": FRYZA_WINDOW_S, "probes": int(p["t"].size), "macs": int(p["mac"].max() + 1),
+        "devices": int(device.max() + 1),
+        "split": f"leave one {FRYZA_BLOCK_WINDOWS * FRYZA_WINDOW_S / 3600:g} h block of windows out, "
+                 f"{FRYZA_BUFFER_WINDOWS} window left unused either side",
+        "mae": float(err["ours"].mean()), "mae_causal": float(err["causal"].mean()),
+        "naive_mae": float(err["naive"].mean()),
+        "day_windows": int(day.sum()),
+        "mae_day": float(err["ours"][day].mean()), "mae_causal_day": float(err["causal"][day].mean()),
+        "naive_mae_day": float(err["naive"][day].mean()),
+        "coverage_95": float(np.mean(err["ours"] <= 1.96 * sigma)), "mean_sigma": float(sigma.mean()),
+        "chosen_gap_s_and_min_rssi": sorted(set(chosen)),
+        "fixtures_flagged": len(flagged), "lab_pcs_heard": len(pc_keys),
+        "lab_pcs_flagged": len(pc_keys & flagged_keys),
+        "entries_estimated": float(entered.sum()), "entries_logged_rises": rises,
+        "targets": {"mae_le_1.0": float(err["ours"].mean()) <= 1.0,
+                    "causal_mae_le_1.0": float(err["causal"].mean()) <= 1.0,
+                    "below_naive": float(err["ours"].mean()) < float(err["naive"].mean())},
+        "per_window": [{"start": float(edges[k]), "truth": round(float(truth[k]), 2),
+                        **{name: round(float(values[k]), 2) for name, values in pred.items()},
+                        "sigma": round(float(sigma[k]), 2)} for k in range(windows)],
+    }
+
+
+def print_fryza(row: dict[str, Any]) -> None:
+    print(f"== fryza-wifi-probe-requests {row['day']}: people in the lab per {row['window_s'] / 60:g}-minute window, "
+          f"{row['split']}")
+    print(f"{row['windows']} windows, {row['probes']} probes, {row['macs']} MACs -> {row['devices']} devices")
+    verdict = {name: "ok" if met else "MISSED" for name, met in row["targets"].items()}
+    print(f"MAE all windows: ours {row['mae']:.2f} (target <= 1.0: {verdict['mae_le_1.0']}), causal inside now "
+          f"{row['mae_causal']:.2f} ({verdict['causal_mae_le_1.0']}), naive distinct MACs {row['naive_mae']:.2f}")
+    print(f"MAE the {row['day_windows']} windows up to the last lecture: ours {row['mae_day']:.2f} "
+          f"(causal {row['mae_causal_day']:.2f}), naive {row['naive_mae_day']:.2f}")
+    print(f"95 % interval holds the truth in {row['coverage_95']:.0%} of windows (mean sigma {row['mean_sigma']:.2f})")
+    print(f"fixtures flagged: {row['fixtures_flagged']}, of them lab PCs: {row['lab_pcs_flagged']} "
+          f"of the {row['lab_pcs_heard']} heard; entries: estimated {row['entries_estimated']:.0f}, "
+          f"the log's rises {row['entries_logged_rises']:.0f} (a lower bound)")
 
 
 if __name__ == "__main__":

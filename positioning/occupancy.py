@@ -1,0 +1,383 @@
+"""People inside from anonymous Wi-Fi probe requests: devices, dwell, fixtures, and a count.
+
+Input: the probe requests of one receiver as arrays over N probes, each
+reduced by `agent.probe_keys` to numbers and keyed pseudonyms (here as
+integer codes): time t (s), RSSI z (dBm), MAC key m, element-signature key
+s, 802.11 sequence number q (0..4095, -1 unknown) and the randomised-MAC
+bit. Output: people inside per interval with an uncertainty, and entries.
+
+(a) Devices. A randomised MAC follows a phone only until the phone draws a
+new one. Every MAC key m is summarised by its first and last probe (t, q,
+z, s). A MAC B that appears after MAC A went quiet continues A when both
+are randomised, carry one element signature, and B's first probe follows
+A's last in time, sequence and power:
+
+    0 < t_B0 - t_A1 <= g,   1 <= (q_B0 - q_A1) mod 4096 <= q0 + rho (t_B0 - t_A1),
+    |z_B0 - z_A1| <= dz                                                    (30)
+
+Candidates are taken one-to-one, smallest sequence gap first (a phone's
+next address is one address), and the devices are the connected components
+of the MAC keys under the chosen links. Two phones whose signatures differ
+are never joined; a global MAC is never joined to anything but itself.
+The result depends only on the probes, not on the order they arrived in.
+
+(b) Dwell. A device is inside from a probe to its next probe when they are
+at most G apart, and for a hold h after its last probe of a stay:
+
+    stay j of device d: [a_j, b_j + h],  a_j, b_j consecutive probes of d with gaps <= G   (31)
+
+h = G gives the causal answer to "who is inside now" (seen in the last G);
+a smaller h, the better answer once the next G has passed. Each stay keeps
+the median RSSI of its probes, z_j.
+
+(c) Fixtures. PCs, printers and tills probe all day: a device whose stays
+add up to at least T_fix is a fixture, not a person,
+
+    fixture(d) <=> sum_{j of d} (b_j + h - a_j) >= T_fix                   (32)
+
+learnt from one stretch of probes and applied to another (the keys are
+stable within a salt period).
+
+(d) Outside. With one receiver the only cue is power: a stay whose median
+RSSI is below a threshold theta is outside or far (the street, the next
+room). With several receivers, geometry against the store outline would do
+better; this module has no geometry.
+
+(e) Count. The mean number of people-stays inside over window [e_k, e_k+1)
+is the integral of the step count divided by the width; with stays sorted,
+the integral up to x is
+
+    F(x) = sum_{a_j < x} (x - a_j) - sum_{c_j < x} (x - c_j),  c_j = b_j + h,
+    n_k = (F(e_k+1) - F(e_k)) / (e_k+1 - e_k)                              (33)
+
+one cumulative sum each over starts and ends, O((J + K) log J). Entries in
+window k are the people-stays that start in it and last at least D: most
+stays are one probe of an address heard once (a passer-by, or a phone's
+new address that (30) could not join), which is no visit.
+
+(f) People. Not everyone carries a phone that probes, and some carry two;
+people are a linear function of counted devices, fitted by least squares on
+windows with a known occupancy y (n windows, X = [n_k 1]):
+
+    y_k = alpha n_k + beta + e_k,  beta_hat = (XᵀX)⁻¹ Xᵀy,
+    s² = |y - X beta_hat|² / (n - 2)                                       (34)
+
+and the estimate for a new window x0 = [n_0 1] carries the predictive
+spread of ordinary least squares,
+
+    sigma_0 = s sqrt(1 + x0ᵀ (XᵀX)⁻¹ x0)                                   (35)
+
+Entries scale by the same alpha.
+
+(g) Inside now. (31) with h < G knows a stay has ended only once G has
+passed without a probe. Asked now, after a device has been silent for tau,
+the chance that it is still inside is learnt from past silences s_i (the
+time from probe i to its device's next probe, infinite after the last):
+
+    S(tau) = 1 for tau < h,   #{i: tau < s_i <= G} / #{i: s_i > tau} for h <= tau <= G,   0 beyond   (36)
+
+and the expected number inside at x is the sum over devices of S(x - t_d),
+t_d the device's last probe before x; its mean over a window is taken on a
+grid of step ``step_s``. This count is causal except for the power test of
+(d), which uses the median of the whole stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.intp]
+BoolArray = NDArray[np.bool_]
+
+SEQUENCE_MODULUS = 4096
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Bounds of eq. (30) for joining a new randomised MAC to the one a phone dropped.
+
+    gap_s: g, longest silence between the old address's last probe and the new one's first.
+    seq_slack: q0, sequence numbers a phone may spend unheard (other channels, lost frames).
+    seq_rate_per_s: rho, sequence numbers a probing phone spends per second at most.
+    rssi_step_db: dz, largest power jump between the two probes.
+    """
+
+    gap_s: float = 120.0
+    seq_slack: int = 64
+    seq_rate_per_s: float = 4.0
+    rssi_step_db: float = 15.0
+
+
+@dataclass(frozen=True)
+class Stays:
+    """Eq. (31): J stays, each of one device: device (J,), start a (J,), end c = b + h (J,) s,
+    median RSSI z (J,) dBm, probes (J,)."""
+
+    device: IntArray
+    start: FloatArray
+    end: FloatArray
+    rssi_dbm: FloatArray
+    probes: IntArray
+    of_probe: IntArray
+    """The stay (index into the arrays above) of each input probe (N,)."""
+
+
+@dataclass(frozen=True)
+class OccupancyFit:
+    """Eq. (34): people = alpha devices + beta, with (XᵀX)⁻¹ and s for eq. (35)."""
+
+    alpha: float
+    beta: float
+    xtx_inv: FloatArray
+    s: float
+
+
+def _as(values: ArrayLike, dtype: type) -> NDArray[np.generic]:
+    return np.asarray(values, dtype=dtype).ravel()
+
+
+def group_devices(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
+                  rssi_dbm: ArrayLike, randomised: ArrayLike,
+                  config: LinkConfig = LinkConfig()) -> IntArray:
+    """Device label (N,) of each probe, eq. (30); labels are 0..D-1 in order of first appearance.
+
+    t (N,) s, mac and signature (N,) integer keys, sequence (N,) 0..4095 or
+    -1, rssi_dbm (N,), randomised (N,) bool. A MAC key is one device
+    whatever else its probes say.
+    """
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    mac_ = np.asarray(_as(mac, np.int64))
+    sig_ = np.asarray(_as(signature, np.int64))
+    seq_ = np.asarray(_as(sequence, np.int64))
+    z_ = np.asarray(_as(rssi_dbm, float), dtype=np.float64)
+    rnd_ = np.asarray(_as(randomised, bool))
+    n = t_.size
+    if not all(a.size == n for a in (mac_, sig_, seq_, z_, rnd_)):
+        raise ValueError("probe arrays differ in length")
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    # A canonical order that depends on the probes only, so arrival order cannot matter.
+    order = np.lexsort((z_, seq_, sig_, mac_, t_))
+    macs, node = np.unique(mac_, return_inverse=True)
+    node_sorted = node[order]
+    m = macs.size
+    _, first_at = np.unique(node_sorted, return_index=True)
+    _, last_from_end = np.unique(node_sorted[::-1], return_index=True)
+    first = order[first_at]
+    last = order[node_sorted.size - 1 - last_from_end]
+    a_idx, b_idx = _link_candidates(t_, sig_, seq_, z_, rnd_, first, last, config)
+    links = _one_to_one(a_idx, b_idx, (seq_[first[b_idx]] - seq_[last[a_idx]]) % SEQUENCE_MODULUS,
+                        t_[first[b_idx]] - t_[last[a_idx]])
+    graph = coo_matrix((np.ones(links.shape[0]), (links[:, 0], links[:, 1])), shape=(m, m))
+    _, component = connected_components(graph, directed=False)
+    # Number devices by first appearance in the canonical order.
+    seen_order = component[node_sorted]
+    _, first_pos = np.unique(seen_order, return_index=True)
+    rank = np.empty(first_pos.size, dtype=np.intp)
+    rank[np.argsort(first_pos, kind="stable")] = np.arange(first_pos.size)
+    labels: IntArray = rank[np.unique(seen_order, return_inverse=True)[1]][np.argsort(order)]
+    return labels
+
+
+def _link_candidates(t: FloatArray, sig: NDArray[np.int64], seq: NDArray[np.int64], z: FloatArray,
+                     rnd: BoolArray, first: IntArray, last: IntArray,
+                     config: LinkConfig) -> tuple[IntArray, IntArray]:
+    """MAC pairs (A, B) that satisfy eq. (30), as index arrays into the MAC table."""
+    usable = rnd[first] & (seq[first] >= 0) & (seq[last] >= 0)
+    starts = np.flatnonzero(usable)
+    starts = starts[np.argsort(t[first[starts]], kind="stable")]
+    start_t = t[first[starts]]
+    ends = np.flatnonzero(usable)
+    lo = np.searchsorted(start_t, t[last[ends]], side="right")
+    hi = np.searchsorted(start_t, t[last[ends]] + config.gap_s, side="right")
+    owner, within = _ragged(hi - lo)
+    a = ends[owner]
+    b = starts[lo[owner] + within]
+    dt = t[first[b]] - t[last[a]]
+    dq = (seq[first[b]] - seq[last[a]]) % SEQUENCE_MODULUS
+    ok = ((a != b) & (sig[last[a]] == sig[first[b]]) & (dt > 0.0)
+          & (dq >= 1) & (dq <= config.seq_slack + config.seq_rate_per_s * dt)
+          & (np.abs(z[first[b]] - z[last[a]]) <= config.rssi_step_db))
+    return a[ok], b[ok]
+
+
+def _ragged(count: IntArray) -> tuple[IntArray, IntArray]:
+    """Runs of the given lengths (R,) flattened: the run of each element and its place in the run."""
+    owner = np.repeat(np.arange(count.size), count)
+    place = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
+    return owner.astype(np.intp), place.astype(np.intp)
+
+
+def _one_to_one(a: IntArray, b: IntArray, dq: NDArray[np.int64], dt: FloatArray) -> IntArray:
+    """Links (L, 2) chosen greedily by smallest sequence gap, then time gap: each A once, each B once."""
+    order = np.lexsort((b, a, dt, dq))
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    chosen: list[tuple[int, int]] = []
+    for i in order:
+        ai, bi = int(a[i]), int(b[i])
+        if ai in used_a or bi in used_b:
+            continue
+        used_a.add(ai)
+        used_b.add(bi)
+        chosen.append((ai, bi))
+    return np.array(chosen, dtype=np.intp).reshape(-1, 2)
+
+
+def stays(t: ArrayLike, device: ArrayLike, rssi_dbm: ArrayLike, gap_s: float, hold_s: float) -> Stays:
+    """Eq. (31): the stays of every device, sorted by device then start.
+
+    gap_s is G, the longest silence within one stay; hold_s is h. The
+    median RSSI of a stay is that of its probes.
+    """
+    if not gap_s > 0.0 or not hold_s >= 0.0:
+        raise ValueError("the dwell gap must be positive and the hold not negative")
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    d_ = np.asarray(_as(device, np.int64))
+    z_ = np.asarray(_as(rssi_dbm, float), dtype=np.float64)
+    if not (d_.size == t_.size == z_.size):
+        raise ValueError("probe arrays differ in length")
+    if t_.size == 0:
+        empty, none = np.zeros(0), np.zeros(0, dtype=np.intp)
+        return Stays(none, empty, empty, empty, none, none)
+    order = np.lexsort((t_, d_))
+    ts, ds = t_[order], d_[order]
+    new = np.ones(ts.size, dtype=bool)
+    new[1:] = (ds[1:] != ds[:-1]) | (ts[1:] - ts[:-1] > gap_s)
+    stay = np.cumsum(new) - 1
+    begin = np.flatnonzero(new)
+    finish = np.r_[begin[1:], ts.size] - 1
+    # Median RSSI per stay: sort by (stay, rssi), which keeps each stay's block, and take the middle.
+    zs = z_[order][np.lexsort((z_[order], stay))]
+    lo_mid = begin + (finish - begin) // 2
+    hi_mid = begin + (finish - begin + 1) // 2
+    return Stays(device=ds[begin].astype(np.intp), start=ts[begin], end=ts[finish] + hold_s,
+                 rssi_dbm=0.5 * (zs[lo_mid] + zs[hi_mid]), probes=(finish - begin + 1).astype(np.intp),
+                 of_probe=stay[np.argsort(order)].astype(np.intp))
+
+
+def fixtures(found: Stays, min_present_s: float) -> IntArray:
+    """Eq. (32): devices present at least ``min_present_s`` in total over ``found``, sorted."""
+    if found.device.size == 0:
+        return np.zeros(0, dtype=np.intp)
+    total = np.bincount(found.device, weights=found.end - found.start)
+    return np.flatnonzero(total >= min_present_s).astype(np.intp)
+
+
+def people_stays(found: Stays, fixed: ArrayLike, min_rssi_dbm: float) -> BoolArray:
+    """Stays (J,) that count as a person inside: not a fixture (32), not outside by power."""
+    fixed_ = np.asarray(_as(fixed, np.int64))
+    keep: BoolArray = ~np.isin(found.device, fixed_) & (found.rssi_dbm >= min_rssi_dbm)
+    return keep
+
+
+def mean_count(start: ArrayLike, end: ArrayLike, edges: ArrayLike) -> FloatArray:
+    """Eq. (33): mean number of intervals [start, end) open over each window of ``edges`` (K+1,) -> (K,)."""
+    a = np.sort(np.asarray(_as(start, float), dtype=np.float64))
+    c = np.sort(np.asarray(_as(end, float), dtype=np.float64))
+    e = np.asarray(_as(edges, float), dtype=np.float64)
+    if e.size < 2 or np.any(np.diff(e) <= 0.0):
+        raise ValueError("window edges must be at least two and strictly increasing")
+    if a.size != c.size:
+        raise ValueError("starts and ends differ in length")
+
+    def integral(x: FloatArray, points: FloatArray) -> FloatArray:
+        k = np.searchsorted(points, x, side="left")
+        cum = np.r_[0.0, np.cumsum(points)]
+        return np.asarray(k * x - cum[k], dtype=np.float64)
+
+    f = integral(e, a) - integral(e, c)
+    result: FloatArray = np.diff(f) / np.diff(e)
+    return result
+
+
+def entries(found: Stays, keep: ArrayLike, edges: ArrayLike, min_stay_s: float) -> FloatArray:
+    """Kept stays (J,) of at least ``min_stay_s`` (D) that begin in each window of ``edges`` (K+1,) -> (K,)."""
+    e = np.asarray(_as(edges, float), dtype=np.float64)
+    visit = np.asarray(_as(keep, bool)) & (found.end - found.start >= min_stay_s)
+    counts, _ = np.histogram(found.start[visit], bins=e)
+    return counts.astype(np.float64)
+
+
+def silences(t: ArrayLike, device: ArrayLike) -> FloatArray:
+    """s_i of eq. (36): seconds from each probe (N,) to its device's next probe, inf after the last."""
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    d_ = np.asarray(_as(device, np.int64))
+    if t_.size != d_.size:
+        raise ValueError("probe arrays differ in length")
+    order = np.lexsort((t_, d_))
+    ts, ds = t_[order], d_[order]
+    after = np.full(ts.size, np.inf)
+    same = ds[1:] == ds[:-1]
+    after[:-1][same] = (ts[1:] - ts[:-1])[same]
+    result: FloatArray = np.empty_like(after)
+    result[order] = after
+    return result
+
+
+def still_inside(past: ArrayLike, gap_s: float, hold_s: float, tau: ArrayLike) -> FloatArray:
+    """Eq. (36): S(tau) (M,) from past silences s_i (any shape); 1 where no silence is that long yet."""
+    s = np.sort(np.asarray(_as(past, float), dtype=np.float64))
+    tau_ = np.asarray(_as(tau, float), dtype=np.float64)
+    within = s[s <= gap_s]
+    longer = s.size - np.searchsorted(s, tau_, side="right")
+    ended_later = within.size - np.searchsorted(within, tau_, side="right")
+    survival = np.where(longer > 0, ended_later / np.maximum(longer, 1), 0.0)
+    result: FloatArray = np.where(tau_ < hold_s, 1.0, np.where(tau_ > gap_s, 0.0, survival))
+    return result
+
+
+def expected_count(t: ArrayLike, device: ArrayLike, edges: ArrayLike, past: ArrayLike,
+                   gap_s: float, hold_s: float, step_s: float = 10.0) -> FloatArray:
+    """Eq. (36): mean expected number of devices inside per window of ``edges`` (K+1,) -> (K,).
+
+    t, device (N,) are the probes to count (people's, already filtered);
+    ``past`` the silences S is learnt from. Each probe carries S(x - t_i)
+    until its device's next probe or G, sampled every ``step_s``.
+    """
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    e = np.asarray(_as(edges, float), dtype=np.float64)
+    if e.size < 2 or np.any(np.diff(e) <= 0.0):
+        raise ValueError("window edges must be at least two and strictly increasing")
+    if not step_s > 0.0:
+        raise ValueError("the sampling step must be positive")
+    tau = np.arange(0.0, gap_s + step_s, step_s)
+    survival = still_inside(past, gap_s, hold_s, tau)
+    reach = np.minimum(silences(t_, device), gap_s + step_s)
+    probe, offset = _ragged(np.ceil(reach / step_s).astype(np.intp))
+    weight = survival[np.minimum(offset, tau.size - 1)] * step_s
+    area, _ = np.histogram(t_[probe] + offset * step_s, bins=e, weights=weight)
+    result: FloatArray = area / np.diff(e)
+    return result
+
+
+def fit_occupancy(devices: ArrayLike, people: ArrayLike) -> OccupancyFit:
+    """Eq. (34) from n >= 3 windows: counted devices (n,) and known people (n,)."""
+    x = np.asarray(_as(devices, float), dtype=np.float64)
+    y = np.asarray(_as(people, float), dtype=np.float64)
+    if x.size != y.size or x.size < 3:
+        raise ValueError("need at least three windows with both a device count and an occupancy")
+    design = np.column_stack([x, np.ones_like(x)])
+    gram = design.T @ design
+    if np.linalg.cond(gram) > 1e12:
+        raise ValueError("the device counts do not vary over the fitting windows; cannot fit a slope")
+    xtx_inv: FloatArray = np.asarray(np.linalg.inv(gram), dtype=np.float64)
+    beta = xtx_inv @ design.T @ y
+    residual = y - design @ beta
+    s = float(np.sqrt(residual @ residual / (x.size - 2)))
+    return OccupancyFit(alpha=float(beta[0]), beta=float(beta[1]), xtx_inv=xtx_inv, s=s)
+
+
+def predict_occupancy(fit: OccupancyFit, devices: ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """Eqs. (34)-(35): people (K,) for counted devices (K,), not below zero, and their sigma (K,)."""
+    x = np.asarray(_as(devices, float), dtype=np.float64)
+    design = np.column_stack([x, np.ones_like(x)])
+    mean = np.maximum(0.0, fit.alpha * x + fit.beta)
+    sigma = fit.s * np.sqrt(1.0 + np.einsum("ki,ij,kj->k", design, fit.xtx_inv, design))
+    return mean, sigma
