@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,8 +65,10 @@ class Accepted:
 
     def rejected(self, topic: str, reason: str) -> Rejected:
         """This event as a dead letter (it cannot be stored, or conflicts with a stored one)."""
+        seq = self.event.seq
         return Rejected(topic, _printable(self.payload[:MAX_DEAD_LETTER_CHARS]),
-                        len(self.payload.encode("utf-8", "replace")), reason, self.origin)
+                        len(self.payload.encode("utf-8", "replace")), reason,
+                        self.origin if 1 <= seq <= MAX_INT else None)
 
     def digests(self) -> list[str]:
         """Tombstone digests that, if erased, make this event about an erased person."""
@@ -97,9 +99,6 @@ class Rejected:
     size: int
     reason: str
     origin: Origin | None = None
-
-    def with_reason(self, reason: str) -> Rejected:
-        return replace(self, reason=reason)
 
 
 def decode(topic: str, payload: bytes) -> Accepted | Rejected:

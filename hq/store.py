@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -267,34 +267,35 @@ class Store(ABC):
     def _ingest(self, batch: Sequence[Accepted | Rejected], received_at: float,
                 want_events: bool) -> IngestResult:
         result = IngestResult()
-        unique: dict[str, Accepted] = {}
+        groups: dict[str, list[Accepted]] = defaultdict(list)
         rejected: list[Rejected] = []
         touched: dict[EpochKey, _EpochBatch] = defaultdict(_EpochBatch)
         for item in batch:
             if isinstance(item, Rejected):
                 rejected.append(item)
-            elif item.event_id not in unique:
-                unique[item.event_id] = item
-            elif _same_event(unique[item.event_id].payload, item):
-                result.duplicates += 1
-                touched[item.origin[:3]].resent = True
             else:
-                rejected.append(_conflict(item))
+                groups[item.event_id].append(item)
         # Sorted ids: concurrent writers take index locks in one order (no deadlock).
-        accepted = [unique[k] for k in sorted(unique)]
+        ids = sorted(groups)
         follow_up: list[tuple[VisitKey, str]] = []
         with self._write() as cur:
             tombstones = self._current_tombstones(cur)
-            existing = self._stored_payloads(cur, [item.event_id for item in accepted])
+            existing = self._stored_payloads(cur, ids)
             fresh, retire = [], []
-            for item in accepted:
-                if item.event_id in existing:
-                    if _same_event(existing[item.event_id], item):
+            for event_id in ids:
+                first, *copies = groups[event_id]
+                reference = existing.get(event_id, first.payload)
+                # Each copy is compared with what is stored, else with the batch's first copy.
+                for item in copies if event_id not in existing else [first, *copies]:
+                    if _same_event(reference, item):
                         result.duplicates += 1
                         touched[item.origin[:3]].resent = True
                     else:
                         rejected.append(_conflict(item))
-                elif tombstones and tombstones.intersection(item.digests()):
+                if event_id in existing:
+                    continue
+                item = first
+                if tombstones and tombstones.intersection(item.digests()):
                     retire.append(item)
                     if item.visit_id is not None and visit_digest(
                             item.event.store_id, item.event.agent_id, item.visit_id) not in tombstones:
@@ -655,8 +656,10 @@ def _same_event(stored_payload: str, item: Accepted) -> bool:
 
 
 def _conflict(item: Accepted) -> Rejected:
-    return item.rejected(topic_for(item.event),
-                         f"conflict: event_id {item.event_id} already received with different content")
+    """A dead letter for a copy that differs: its seq is not trusted, so it finishes nothing."""
+    letter = item.rejected(topic_for(item.event),
+                           f"conflict: event_id {item.event_id} already received with different content")
+    return replace(letter, origin=None)
 
 
 def _parsed(payloads: Iterable[str]) -> list[Event]:
