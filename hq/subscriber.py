@@ -205,9 +205,9 @@ class HqSubscriber:
         What is not committed by then is not acknowledged either: the broker
         (a persistent session) or the agent (no HQ ack) sends it again.
         """
-        self._stopping.set()
         self._client.disconnect()
-        self._client.loop_stop()
+        self._client.loop_stop()  # the network thread's last messages are queued, not dropped
+        self._stopping.set()
         with self._ack_lock:
             self._generation += 1
         if self._writer is not None:
@@ -288,10 +288,9 @@ class HqSubscriber:
     def _write_loop(self) -> None:
         try:
             self._batches()
-        except BaseException as exc:
+        except Exception as exc:  # reported as the subscriber's failure, not lost in a thread
             self._failure = f"the writer stopped: {type(exc).__name__}: {_one_line(exc)}"
             log.exception("HQ writer failed; nothing more is stored", extra={"error": self._failure})
-            raise
 
     def _batches(self) -> None:
         deadline: float | None = None

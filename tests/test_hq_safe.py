@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
@@ -43,7 +43,7 @@ from agent.events import (
     uuid7,
 )
 from hq.ingest import Accepted, Rejected, decode
-from hq.store import Store, open_store
+from hq.store import IngestResult, SqliteStore, Store, open_store
 from hq.subscriber import HqSubscriber
 from tests.mosquitto import Broker
 from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
@@ -53,6 +53,8 @@ __all__ = ["db_url", "pg_server", "store"]  # fixtures shared with tests/test_hq
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+LONG_ID = random.Random(1).randbytes(5_000).hex()
+"""10,000 characters that do not compress: no PostgreSQL index row holds them."""
 _ids = iter(range(1, 10**9))
 
 
@@ -112,7 +114,7 @@ class AckWatcher:
 @pytest.mark.parametrize(("backend", "poison"), [
     ("sqlite", {"seq": 2**70}),
     ("postgresql", {"seq": 2**63}),
-    ("postgresql", {"seq": 51, "visit_id": "v" * 10_000}),
+    ("postgresql", {"seq": 51, "visit_id": LONG_ID}),
 ])
 def test_poison_goes_to_dead_letters_and_100_events_after_it_are_stored_and_acked(
         broker: Broker, tmp_path: Path, request: pytest.FixtureRequest, backend: str,
@@ -136,7 +138,7 @@ def test_poison_goes_to_dead_letters_and_100_events_after_it_are_stored_and_acke
     watcher.close()
 
 
-@pytest.mark.parametrize("poison", [{"seq": 2**70}, {"seq": 2**63}, {"visit_id": random.Random(1).randbytes(5_000).hex()},
+@pytest.mark.parametrize("poison", [{"seq": 2**70}, {"seq": 2**63}, {"visit_id": LONG_ID},
                                     {"visit_id": "bad\x00nul"}])
 def test_a_value_the_database_refuses_is_dead_lettered_alone(store: Store, poison: dict[str, Any]) -> None:
     """Bypassing the schema (an event built unchecked): the store still isolates it."""
@@ -163,7 +165,7 @@ def test_shutdown_within_5_s_with_a_poison_event_queued(broker: Broker, pg_url: 
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: " connected " in log.read_text(), timeout=20, what="the subscriber")
-        publish(broker, [unchecked(7, visit_id="v" * 10_000), *[(topic_for(e), e.to_json())
+        publish(broker, [unchecked(7, visit_id=LONG_ID), *[(topic_for(e), e.to_json())
                                                                  for e in map(event, range(1, 20))]])
         wait_for(lambda: "received=20" in log.read_text(), timeout=20, what="the batch")
         started = time.monotonic()
@@ -280,8 +282,12 @@ def test_the_schema_refuses_what_no_column_holds() -> None:
 
 @settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(text=st.text(min_size=0, max_size=300), number=st.integers(-(2**70), 2**70),
+@given(text=st.text(min_size=0, max_size=300) | st.sampled_from(["a\x00b", LONG_ID, "x" * 129]),
+       number=st.integers(-(2**70), 2**70) | st.sampled_from([2**63 - 1, 2**63, 2**70]),
        real=st.floats(allow_nan=True, allow_infinity=True), which=st.integers(0, 5))
+@example(text="v", number=2**70, real=1.0, which=0)
+@example(text="v", number=2**63, real=1.0, which=4)
+@example(text=LONG_ID[:128], number=1, real=float("inf"), which=2)
 def test_bounds_never_let_an_unstorable_event_through(store: Store, text: str, number: int, real: float,
                                                       which: int) -> None:
     """Whatever passes validation is stored as an event, never dead-lettered by the database."""
@@ -443,23 +449,32 @@ def test_erase_leaves_no_copy_in_any_sqlite_file(tmp_path: Path) -> None:
 
 
 def test_erase_rewrites_postgresql_tables(pg_url: str) -> None:
+    """The tables' and indexes' files, checkpointed before and after: the WAL is the documented limit."""
     store = open_store(pg_url)
+    schema = store.schema  # type: ignore[attr-defined]
     try:
-        store.ingest([*wire(_person()), decode("santi/v1/s1/a1/events/x", json.dumps(
-            {"loyalty_id": SECRET}).encode())], received_at=1.0)
-        store.erase(SECRET)
         with psycopg.connect(store.conninfo, autocommit=True) as conn:  # type: ignore[attr-defined]
-            conn.execute(f'SET search_path TO "{store.schema}"')  # type: ignore[attr-defined]
             data_dir = Path(conn.execute("SHOW data_directory").fetchone()[0])  # type: ignore[index]
-            paths = [data_dir / row[0] for row in conn.execute(
-                "SELECT pg_relation_filepath(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relkind IN ('r', 'i', 't')", (store.schema,))]  # type: ignore[attr-defined]
+            if not os.access(data_dir, os.R_OK):
+                pytest.skip(f"cannot read PostgreSQL's files in {data_dir}")
+
+            def files() -> list[Path]:
+                conn.execute("CHECKPOINT")
+                rows = conn.execute(
+                    "SELECT pg_relation_filepath(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = %s AND c.relkind IN ('r', 'i', 't')", (schema,)).fetchall()
+                return [data_dir / row[0] for row in rows if row[0] is not None]
+
+            def holding() -> list[str]:
+                return [p.name for p in files() if p.exists() and SECRET.encode() in p.read_bytes()]
+
+            store.ingest([*wire(_person()), decode("santi/v1/s1/a1/events/x", json.dumps(
+                {"loyalty_id": SECRET}).encode())], received_at=1.0)
+            assert holding(), "the id is in the files before the erasure"
+            store.erase(SECRET)
+            assert holding() == []
     finally:
         store.close()
-    if not os.access(data_dir, os.R_OK):
-        pytest.skip(f"cannot read PostgreSQL's files in {data_dir}")
-    found = [str(p) for p in paths if p.exists() and SECRET.encode() in p.read_bytes()]
-    assert found == []
 
 
 def test_the_database_file_is_private(tmp_path: Path) -> None:
@@ -539,3 +554,29 @@ def test_writer_keeps_going_after_a_hostile_burst(broker: Broker, tmp_path: Path
         wait_for(lambda: sub.stats().received >= 105, what="105 messages")
         stats = sub.stats()
         assert (stats.stored, stats.dead_letters, stats.failure) == (100, 5, None)
+
+
+class _FailingStore(SqliteStore):
+    """A store with a bug: ingest raises what no payload explains (the writer must not hide it)."""
+
+    def ingest(self, batch: Sequence[Accepted | Rejected], received_at: float, *,
+               want_events: bool = True) -> IngestResult:
+        raise RuntimeError("a bug in the store")
+
+
+def test_a_writer_that_dies_marks_hq_unhealthy(broker: Broker, tmp_path: Path) -> None:
+    store = _FailingStore(tmp_path / "hq.sqlite")
+    sub = HqSubscriber(broker.host, broker.port, store, "hq")
+    sub.start()
+    try:
+        assert sub.wait_connected(10)
+        publish(broker, [(topic_for(e), e.to_json()) for e in map(event, range(1, 4))])
+        wait_for(lambda: sub.stats().failure is not None, what="the failure")
+        stats = sub.stats()
+        assert stats.failure == "the writer stopped: RuntimeError: a bug in the store"
+        assert not stats.healthy
+    finally:
+        started = time.monotonic()
+        sub.stop()
+        store.close()
+    assert time.monotonic() - started < 5.0
