@@ -398,11 +398,11 @@ class Store(ABC):
         acks: dict[EpochKey, int] = {}
         for key in sorted(touched):
             part = touched[key]
-            row = self._epoch_row(cur, key, part, now)
-            first_ts, upto = row
+            first_ts, upto, top = self._epoch_row(cur, key, part, now)
             stamps = [i.event.ts.timestamp() for i in part.stored]
             statuses = [i.event for i in part.stored if isinstance(i.event, AgentStatus)]
-            reused = self._reused_seqs(cur, key, [i.event.seq for i in part.stored])
+            # Only a seq at or below the epoch's highest can have been used before.
+            reused = self._reused_seqs(cur, key, [i.event.seq for i in part.stored if i.event.seq <= top])
             cur.execute("SELECT epoch, first_ts FROM agent_epochs WHERE store_id = ? AND agent_id = ?"
                         " AND epoch <> ?", key)
             newer = [float(ts) for _, ts in cur.fetchall() if float(ts) > first_ts]
@@ -433,18 +433,18 @@ class Store(ABC):
                 acks[key] = contiguous
         return acks
 
-    def _epoch_row(self, cur: _Cursor, key: EpochKey, part: _EpochBatch, now: float) -> tuple[float, int]:
-        """(first event time, contiguous mark) of an agent epoch, creating its row when new.
+    def _epoch_row(self, cur: _Cursor, key: EpochKey, part: _EpochBatch, now: float) -> tuple[float, int, int]:
+        """(first event time, contiguous mark, highest seq) of an agent epoch, creating its row when new.
 
         A new epoch of an agent HQ knew without epochs (an upgraded agent that
         kept its seqs) starts complete up to the legacy epoch's seqs: its
         first seq need not be 1.
         """
-        cur.execute("SELECT first_ts, contiguous_upto FROM agent_epochs WHERE store_id = ? AND agent_id = ?"
-                    " AND epoch = ?", key)
+        cur.execute("SELECT first_ts, contiguous_upto, max_seq FROM agent_epochs WHERE store_id = ?"
+                    " AND agent_id = ? AND epoch = ?", key)
         row = cur.fetchone()
         if row is not None:
-            return float(row[0]), int(row[1])
+            return float(row[0]), int(row[1]), int(row[2])
         base = 0
         if key[2] != LEGACY_EPOCH and part.seqs:
             cur.execute("SELECT max_seq FROM agent_epochs WHERE store_id = ? AND agent_id = ? AND epoch = ?",
@@ -455,7 +455,7 @@ class Store(ABC):
         first_ts = min((i.event.ts.timestamp() for i in part.stored), default=now)
         cur.execute("INSERT INTO agent_epochs (store_id, agent_id, epoch, contiguous_upto, first_ts, last_ts,"
                     " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, base, first_ts, first_ts, now))
-        return first_ts, base
+        return first_ts, base, 0
 
     def _reused_seqs(self, cur: _Cursor, key: EpochKey, seqs: list[int]) -> int:
         reused = 0
