@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS finished_seqs (
 );
 -- Per agent and outbox epoch: highest seq received, seqs known complete (what
 -- HQ acknowledges), the agent's own last seq and evictions from agent.status,
--- the span of event times, reused seqs and events dated after a newer epoch began.
+-- the span of event times, when HQ first and last received one (HQ's clock orders
+-- epochs: an agent's clock may start in 1970), reused seqs, and events dated
+-- after a newer epoch began.
 CREATE TABLE IF NOT EXISTS agent_epochs (
     store_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS agent_epochs (
     evicted_total BIGINT NOT NULL DEFAULT 0,
     first_ts DOUBLE PRECISION NOT NULL,
     last_ts DOUBLE PRECISION NOT NULL,
+    first_seen DOUBLE PRECISION NOT NULL,
     last_seen DOUBLE PRECISION NOT NULL,
     reused_seqs BIGINT NOT NULL DEFAULT 0,
     interleaved BIGINT NOT NULL DEFAULT 0,
@@ -103,8 +106,9 @@ def migration_v1() -> tuple[list[str], list[str]]:
     ]
     after = [
         ("INSERT INTO agent_epochs (store_id, agent_id, epoch, max_seq, contiguous_upto, evicted_total,"
-         " first_ts, last_ts, last_seen) SELECT a.store_id, a.agent_id, '', a.max_seq, a.contiguous_upto,"
-         " a.evicted_total, coalesce(min(e.ts), 0), coalesce(max(e.ts), 0), a.last_seen FROM agents AS a"
+         " first_ts, last_ts, first_seen, last_seen) SELECT a.store_id, a.agent_id, '', a.max_seq,"
+         " a.contiguous_upto, a.evicted_total, coalesce(min(e.ts), 0), coalesce(max(e.ts), 0),"
+         " coalesce(min(e.received_at), a.last_seen), a.last_seen FROM agents AS a"
          " LEFT JOIN events AS e ON e.store_id = a.store_id AND e.agent_id = a.agent_id"
          " GROUP BY a.store_id, a.agent_id, a.max_seq, a.contiguous_upto, a.evicted_total, a.last_seen"),
         ("INSERT INTO finished_seqs (store_id, agent_id, epoch, seq) SELECT store_id, agent_id, '', seq"

@@ -391,21 +391,23 @@ class Store(ABC):
 
         Acknowledged: an epoch whose contiguous mark advanced, or whose agent
         re-sent events HQ has (it missed the last ack). Never the legacy epoch
-        (its agents do not read acks), never an epoch older than another one
-        of the same agent id: its acks would overwrite the newer epoch's
-        retained one, so the older is only flagged.
+        (its agents do not read acks), never an epoch older (first received
+        earlier) than another one of the same agent id: its acks would
+        overwrite the newer epoch's retained one. Events of an older epoch
+        dated after the newer one's first event are flagged (``interleaved``):
+        two devices run with one agent id.
         """
         acks: dict[EpochKey, int] = {}
         for key in sorted(touched):
             part = touched[key]
-            first_ts, upto, top = self._epoch_row(cur, key, part, now)
+            first_ts, first_seen, upto, top = self._epoch_row(cur, key, part, now)
             stamps = [i.event.ts.timestamp() for i in part.stored]
             statuses = [i.event for i in part.stored if isinstance(i.event, AgentStatus)]
             # Only a seq at or below the epoch's highest can have been used before.
             reused = self._reused_seqs(cur, key, [i.event.seq for i in part.stored if i.event.seq <= top])
-            cur.execute("SELECT epoch, first_ts FROM agent_epochs WHERE store_id = ? AND agent_id = ?"
+            cur.execute("SELECT first_seen, first_ts FROM agent_epochs WHERE store_id = ? AND agent_id = ?"
                         " AND epoch <> ?", key)
-            newer = [float(ts) for _, ts in cur.fetchall() if float(ts) > first_ts]
+            newer = [float(ts) for seen, ts in cur.fetchall() if (float(seen), float(ts)) > (first_seen, first_ts)]
             late = sum(1 for ts in stamps if newer and ts > min(newer))
             if late:
                 log.warning("two live outbox epochs for one agent id (two devices with one agent id?);"
@@ -433,18 +435,21 @@ class Store(ABC):
                 acks[key] = contiguous
         return acks
 
-    def _epoch_row(self, cur: _Cursor, key: EpochKey, part: _EpochBatch, now: float) -> tuple[float, int, int]:
-        """(first event time, contiguous mark, highest seq) of an agent epoch, creating its row when new.
+    def _epoch_row(self, cur: _Cursor, key: EpochKey, part: _EpochBatch,
+                   now: float) -> tuple[float, float, int, int]:
+        """(first event time, first received, contiguous mark, highest seq) of an agent epoch.
+
+        The row is created when the epoch is new.
 
         A new epoch of an agent HQ knew without epochs (an upgraded agent that
         kept its seqs) starts complete up to the legacy epoch's seqs: its
         first seq need not be 1.
         """
-        cur.execute("SELECT first_ts, contiguous_upto, max_seq FROM agent_epochs WHERE store_id = ?"
+        cur.execute("SELECT first_ts, first_seen, contiguous_upto, max_seq FROM agent_epochs WHERE store_id = ?"
                     " AND agent_id = ? AND epoch = ?", key)
         row = cur.fetchone()
         if row is not None:
-            return float(row[0]), int(row[1]), int(row[2])
+            return float(row[0]), float(row[1]), int(row[2]), int(row[3])
         base = 0
         if key[2] != LEGACY_EPOCH and part.seqs:
             cur.execute("SELECT max_seq FROM agent_epochs WHERE store_id = ? AND agent_id = ? AND epoch = ?",
@@ -454,8 +459,9 @@ class Store(ABC):
                 base = max(0, min(int(legacy[0]), min(part.seqs) - 1))
         first_ts = min((i.event.ts.timestamp() for i in part.stored), default=now)
         cur.execute("INSERT INTO agent_epochs (store_id, agent_id, epoch, contiguous_upto, first_ts, last_ts,"
-                    " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, base, first_ts, first_ts, now))
-        return first_ts, base, 0
+                    " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, base, first_ts, first_ts, now, now))
+        return first_ts, now, base, 0
 
     def _reused_seqs(self, cur: _Cursor, key: EpochKey, seqs: list[int]) -> int:
         reused = 0
@@ -555,7 +561,7 @@ class Store(ABC):
         with self._read() as cur:
             cur.execute("SELECT store_id, agent_id, epoch, max_seq, contiguous_upto, status_last_seq,"
                         " evicted_total, last_seen, reused_seqs, interleaved FROM agent_epochs"
-                        " ORDER BY store_id, agent_id, first_ts, epoch")
+                        " ORDER BY store_id, agent_id, first_seen, first_ts, epoch")
             for (store_id, agent_id, epoch, max_seq, upto, agent_last, evicted, last_seen, reused,
                  interleaved) in cur.fetchall():
                 key = (store_id, agent_id, epoch)

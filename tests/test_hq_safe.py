@@ -388,6 +388,16 @@ def test_two_live_epochs_of_one_agent_id_are_flagged_and_the_older_not_acked(sto
     assert "TWO LIVE EPOCHS (1 events after a newer epoch began)" in out
 
 
+def test_a_new_epoch_is_current_even_when_its_clock_starts_in_1970(store: Store) -> None:
+    """HQ orders epochs by when it first received them: a Pi without RTC dates its first events 1970."""
+    store.ingest(wire([event(seq, epoch="old") for seq in (1, 2)]), received_at=1.0)
+    early = datetime(1970, 1, 1, 0, 5, tzinfo=UTC)
+    result = store.ingest(wire([event(1, epoch="new", at=early)]), received_at=2.0)
+    assert result.acks == {("s1", "a1", "new"): 1}
+    assert store.ingest(wire([event(3, epoch="old")]), received_at=3.0).acks == {}
+    assert {g.epoch: g.interleaved for g in store.gaps()} == {"old": 1, "new": 0}
+
+
 def test_gaps_see_losses_past_the_highest_seq_received(store: Store) -> None:
     status = AgentStatus(**{k: v for k, v in event(9).model_dump().items()
                             if k not in ("type", "tech", "sector_id", "visit_id")},
