@@ -439,29 +439,30 @@ class Store(ABC):
                    now: float) -> tuple[float, float, int, int]:
         """(first event time, first received, contiguous mark, highest seq) of an agent epoch.
 
-        The row is created when the epoch is new.
-
-        A new epoch of an agent HQ knew without epochs (an upgraded agent that
-        kept its seqs) starts complete up to the legacy epoch's seqs: its
-        first seq need not be 1.
+        The row is created when the epoch is new. A new epoch of an agent HQ
+        knew without epochs (an upgraded agent that kept its seqs) starts
+        complete up to the legacy epoch's seqs: its first seq need not be 1.
         """
-        cur.execute("SELECT first_ts, first_seen, contiguous_upto, max_seq FROM agent_epochs WHERE store_id = ?"
-                    " AND agent_id = ? AND epoch = ?", key)
+        select = ("SELECT first_ts, first_seen, contiguous_upto, max_seq FROM agent_epochs WHERE store_id = ?"
+                  " AND agent_id = ? AND epoch = ?")
+        cur.execute(select, key)
         row = cur.fetchone()
-        if row is not None:
-            return float(row[0]), float(row[1]), int(row[2]), int(row[3])
-        base = 0
-        if key[2] != LEGACY_EPOCH and part.seqs:
-            cur.execute("SELECT max_seq FROM agent_epochs WHERE store_id = ? AND agent_id = ? AND epoch = ?",
-                        (key[0], key[1], LEGACY_EPOCH))
-            legacy = cur.fetchone()
-            if legacy is not None:
-                base = max(0, min(int(legacy[0]), min(part.seqs) - 1))
-        first_ts = min((i.event.ts.timestamp() for i in part.stored), default=now)
-        cur.execute("INSERT INTO agent_epochs (store_id, agent_id, epoch, contiguous_upto, first_ts, last_ts,"
-                    " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, base, first_ts, first_ts, now, now))
-        return first_ts, now, base, 0
+        if row is None:
+            base = 0
+            if key[2] != LEGACY_EPOCH and part.seqs:
+                cur.execute("SELECT max_seq FROM agent_epochs WHERE store_id = ? AND agent_id = ? AND epoch = ?",
+                            (key[0], key[1], LEGACY_EPOCH))
+                legacy = cur.fetchone()
+                if legacy is not None:
+                    base = max(0, min(int(legacy[0]), min(part.seqs) - 1))
+            first_ts = min((i.event.ts.timestamp() for i in part.stored), default=now)
+            # ON CONFLICT: another HQ writing the same database may create the row first.
+            cur.execute("INSERT INTO agent_epochs (store_id, agent_id, epoch, contiguous_upto, first_ts, last_ts,"
+                        " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (*key, base, first_ts, first_ts, now, now))
+            cur.execute(select, key)
+            row = cur.fetchone()
+        return float(row[0]), float(row[1]), int(row[2]), int(row[3])
 
     def _reused_seqs(self, cur: _Cursor, key: EpochKey, seqs: list[int]) -> int:
         reused = 0
