@@ -142,7 +142,10 @@ class HqSubscriber:
              "conflicts", "acks"), 0)
         self._count_lock = threading.Lock()
         self._connected = threading.Event()
+        self._closing = threading.Event()
+        """Set first at stop(): the writer stops retrying, the network thread stops waiting for room."""
         self._stopping = threading.Event()
+        """Set once the network thread has ended: the writer drains the queue, then exits."""
         self._failure: str | None = None
         self.refused: str | None = None
         """The broker's reason when it refused the last connection attempt."""
@@ -205,8 +208,9 @@ class HqSubscriber:
         What is not committed by then is not acknowledged either: the broker
         (a persistent session) or the agent (no HQ ack) sends it again.
         """
+        self._closing.set()
         self._client.disconnect()
-        self._client.loop_stop()  # the network thread's last messages are queued, not dropped
+        self._client.loop_stop()  # the network thread's last messages are queued if there is room
         self._stopping.set()
         with self._ack_lock:
             self._generation += 1
@@ -277,12 +281,13 @@ class HqSubscriber:
         # Blocks when the writer is behind: TCP back-pressure instead of unbounded memory. Never
         # for ever: a message dropped at shutdown or after a writer failure is not acked, so it comes back.
         item = _Message(message.topic, bytes(message.payload), message.mid, message.qos, self._generation)
-        while not self._stopping.is_set() and self._failure is None:
+        while self._failure is None:
             try:
                 self._queue.put(item, timeout=0.2)
                 return
             except queue.Full:
-                continue
+                if self._closing.is_set():
+                    return
 
     # --- writer thread -------------------------------------------------
     def _write_loop(self) -> None:
@@ -323,7 +328,7 @@ class HqSubscriber:
             except StoreError as exc:
                 self._count("store_errors", 1)
                 log.warning("batch not stored; retrying (not acked)", extra={"error": str(exc), "size": len(batch)})
-                if self._stopping.wait(backoff):
+                if self._closing.wait(backoff):
                     log.error("batch not stored at shutdown; the broker or the agent will send it again",
                               extra={"size": len(batch)})
                     return
