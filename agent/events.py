@@ -13,6 +13,7 @@ UUIDv7, so they sort by creation time and index well at HQ.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -79,6 +81,43 @@ Identifier = Annotated[
 
 Epoch = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
+# Bounds: every field HQ stores has a size it can index and a value its columns
+# hold (BIGINT, finite DOUBLE), so a schema-valid event is always storable.
+MAX_TEXT = 128
+MAX_ERROR = 500
+MAX_SECTORS = 256
+MAX_SOURCES = 64
+MAX_INT = 2**63 - 1
+
+Text = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00-\x1f\x7f]+$"),
+]
+"""A free-form id (visit, pseudonym, loyalty id): bounded, printable, no control characters."""
+
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+"""A counter or seq: fits a signed 64-bit column."""
+
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+"""A finite, non-negative duration."""
+
+
+def _one_line(value: object) -> object:
+    """An error message as one printable line of at most MAX_ERROR characters.
+
+    Agents report whatever an exception said; cutting it here keeps a long or
+    multi-line message from making the agent's own status invalid.
+    """
+    if isinstance(value, str):
+        line = next((part for part in value.splitlines() if part.strip()), "")
+        return re.sub(r"[\x00-\x1f\x7f]", " ", line)[:MAX_ERROR]
+    return value
+
+
+ErrorText = Annotated[
+    str, BeforeValidator(_one_line), Field(max_length=MAX_ERROR, pattern=r"^[^\x00-\x1f\x7f]*$"),
+]
+
 AckMode = Literal["hq", "broker"]
 
 
@@ -90,7 +129,7 @@ def utc_from_epoch(ts: float) -> datetime:
 class BaseEvent(BaseModel):
     """The envelope every event carries."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     schema_: Literal["santi.presence/1"] = Field(
         default=SCHEMA_VERSION,
@@ -103,6 +142,7 @@ class BaseEvent(BaseModel):
     seq: int = Field(
         default=0,
         ge=0,
+        le=MAX_INT,
         description=(
             "Per-agent sequence number, gap-free from 1 and surviving restarts, assigned "
             "by the agent's outbox when the event is stored; HQ detects loss on its gaps. "
@@ -121,9 +161,7 @@ class BaseEvent(BaseModel):
         ),
     )
     ts: UtcTime = Field(description="When the event happened at the store.")
-    subject: str = Field(
-        min_length=1,
-        max_length=128,
+    subject: Text = Field(
         description=(
             "Pseudonymous visitor id (keyed hash, rotates with the store's salt). "
             "For agent.status, the agent id."
@@ -144,8 +182,8 @@ class VisitStarted(BaseEvent):
     """A shopper's device was first seen inside the store (a new visit)."""
 
     type: Literal["visit.started"] = Field(default="visit.started", description="Event type; also the last topic level.")
-    visit_id: str = Field(min_length=1, description="Id of this visit, shared by all its events.")
-    sector_id: str | None = Field(
+    visit_id: Text = Field(description="Id of this visit, shared by all its events.")
+    sector_id: Identifier | None = Field(
         default=None, description="Sector where the visit was first located, if known yet."
     )
     tech: Literal["ble", "wifi"] = Field(description="Radio the visitor was heard on.")
@@ -155,8 +193,8 @@ class SectorEntered(BaseEvent):
     """The visitor's most likely sector became this one (after hysteresis)."""
 
     type: Literal["sector.entered"] = Field(default="sector.entered", description="Event type; also the last topic level.")
-    visit_id: str = Field(min_length=1, description="The visit this event belongs to.")
-    sector_id: str = Field(min_length=1, description="Sector id, as in the site config.")
+    visit_id: Text = Field(description="The visit this event belongs to.")
+    sector_id: Identifier = Field(description="Sector id, as in the site config.")
     probability: float = Field(ge=0.0, le=1.0, description="Posterior probability of the sector.")
 
 
@@ -164,19 +202,21 @@ class SectorExited(BaseEvent):
     """The visitor left a sector; ``dwell_s`` is the time spent in it."""
 
     type: Literal["sector.exited"] = Field(default="sector.exited", description="Event type; also the last topic level.")
-    visit_id: str = Field(min_length=1, description="The visit this event belongs to.")
-    sector_id: str = Field(min_length=1, description="Sector id, as in the site config.")
-    dwell_s: float = Field(ge=0.0, description="Seconds between sector.entered and this exit.")
+    visit_id: Text = Field(description="The visit this event belongs to.")
+    sector_id: Identifier = Field(description="Sector id, as in the site config.")
+    dwell_s: Seconds = Field(description="Seconds between sector.entered and this exit.")
 
 
 class VisitEnded(BaseEvent):
     """A visit closed: by silence, or by passing the entrance outward."""
 
     type: Literal["visit.ended"] = Field(default="visit.ended", description="Event type; also the last topic level.")
-    visit_id: str = Field(min_length=1, description="The visit this event belongs to.")
-    duration_s: float = Field(ge=0.0, description="Seconds from visit.started to the end.")
-    dwell_s: dict[str, float] = Field(
-        default_factory=dict, description="Seconds spent per sector id during the visit."
+    visit_id: Text = Field(description="The visit this event belongs to.")
+    duration_s: Seconds = Field(description="Seconds from visit.started to the end.")
+    dwell_s: dict[Identifier, Seconds] = Field(
+        default_factory=dict,
+        max_length=MAX_SECTORS,
+        description="Seconds spent per sector id during the visit (one entry per sector).",
     )
     reason: Literal["silence", "exit", "shutdown"] = Field(
         description="Why the visit was closed."
@@ -187,23 +227,21 @@ class IdentityLinked(BaseEvent):
     """A visit is linked to a loyalty id the customer presented; nothing sent is rewritten."""
 
     type: Literal["identity.linked"] = Field(default="identity.linked", description="Event type; also the last topic level.")
-    visit_id: str = Field(min_length=1, description="The visit now linked to the loyalty id.")
-    loyalty_id: str = Field(min_length=1, max_length=128, description="As presented by the customer.")
+    visit_id: Text = Field(description="The visit now linked to the loyalty id.")
+    loyalty_id: Text = Field(description="As presented by the customer.")
     method: Literal["card_tap", "app_beacon"] = Field(description="How the link was made.")
     confidence: float = Field(
         ge=0.0, le=1.0, description="Probability the link is right (lower when several shoppers were near the reader)."
     )
-    reader_id: str | None = Field(default=None, description="NFC reader of a card_tap link.")
+    reader_id: Identifier | None = Field(default=None, description="NFC reader of a card_tap link.")
 
 
 class CardTapped(BaseEvent):
     """A card was read at an NFC reader; ``subject`` is the card's own pseudonym."""
 
     type: Literal["card.tapped"] = Field(default="card.tapped", description="Event type; also the last topic level.")
-    reader_id: str = Field(min_length=1, description="NFC reader id, as in the site config.")
-    card: str = Field(
-        min_length=1,
-        max_length=128,
+    reader_id: Identifier = Field(description="NFC reader id, as in the site config.")
+    card: Text = Field(
         description="Loyalty id from the card's NDEF record, or the pseudonymised UID of an unknown card.",
     )
     known: bool = Field(description="True when the card carried one of our loyalty ids.")
@@ -213,12 +251,14 @@ class CardTapped(BaseEvent):
 class SourceStatus(BaseModel):
     """Health of one observation source over the last status period."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     state: Literal["up", "down", "degraded"] = Field(default="up", description="Whether the source is delivering.")
     rate_per_s: float = Field(ge=0.0, description="Observations (or taps) per second.")
-    dropped: int = Field(ge=0, description="Inputs dropped since start (malformed, not allowed, queue full).")
-    last_error: str | None = Field(default=None, description="The last error, one line, if any.")
+    dropped: Count = Field(description="Inputs dropped since start (malformed, not allowed, queue full).")
+    last_error: ErrorText | None = Field(
+        default=None, description=f"The last error, its first line cut to {MAX_ERROR} characters, if any."
+    )
 
 
 class AgentStatus(BaseEvent):
@@ -226,17 +266,18 @@ class AgentStatus(BaseEvent):
 
     type: Literal["agent.status"] = Field(default="agent.status", description="Event type; also the last topic level.")
     state: Literal["online", "degraded", "draining"] = Field(default="online", description="Agent health.")
-    uptime_s: float = Field(ge=0.0, description="Seconds since the agent started.")
-    sources: dict[str, SourceStatus] = Field(default_factory=dict, description="Health per source name.")
-    outbox_depth: int = Field(ge=0, description="Events stored and not yet acknowledged by the broker.")
-    oldest_unsent_ts: UtcTime | None = Field(default=None, description="Time of the oldest stored event.")
-    evicted_total: int = Field(ge=0, default=0, description="Events dropped by outbox bounds since the outbox was created.")
-    evicted_since_last: int = Field(
-        ge=0, default=0, description="Events dropped by outbox bounds since the previous agent.status."
+    uptime_s: Seconds = Field(description="Seconds since the agent started.")
+    sources: dict[Text, SourceStatus] = Field(
+        default_factory=dict, max_length=MAX_SOURCES, description="Health per source name."
     )
-    tracks: int = Field(ge=0, default=0, description="Emitters currently tracked.")
-    last_seq: int = Field(
-        ge=0,
+    outbox_depth: Count = Field(description="Events stored and not yet acknowledged by the broker.")
+    oldest_unsent_ts: UtcTime | None = Field(default=None, description="Time of the oldest stored event.")
+    evicted_total: Count = Field(default=0, description="Events dropped by outbox bounds since the outbox was created.")
+    evicted_since_last: Count = Field(
+        default=0, description="Events dropped by outbox bounds since the previous agent.status."
+    )
+    tracks: Count = Field(default=0, description="Emitters currently tracked.")
+    last_seq: Count = Field(
         default=0,
         description=(
             "The highest seq this agent's outbox has assigned in its epoch (this event's own seq "
@@ -311,7 +352,7 @@ class Ack(BaseModel):
     store_id: Identifier = Field(description="The store, as in the agent's events.")
     agent_id: Identifier = Field(description="The agent acknowledged.")
     epoch: Epoch = Field(description="The outbox epoch the seq belongs to.")
-    seq: int = Field(ge=0, le=2**63 - 1, description="Highest contiguous seq committed at HQ in this epoch.")
+    seq: int = Field(ge=0, le=MAX_INT, description="Highest contiguous seq committed at HQ in this epoch.")
     ts: UtcTime = Field(description="When HQ published this acknowledgement.")
 
     def to_json(self) -> str:

@@ -2,7 +2,18 @@
 
 Kept apart from hq/store.py so that SQLite users need no psycopg. A lost
 connection is reopened on the next call; the batch that failed is retried
-by the subscriber, never acked.
+by the subscriber, never acked. An error of SQLSTATE class 22 (data
+exception: a value out of range), 23 (integrity) or 54 (program limit: an
+index row too large) blames the event, not the server: :class:`Unstorable`.
+
+Erasure: the deleted rows are gone from the tables' files only once they are
+rewritten, so an erasure ends with ``VACUUM FULL`` of ``events`` and
+``dead_letters`` (an exclusive lock on them while it runs: ingest waits).
+What remains is PostgreSQL's write-ahead log: the erased ids stay in WAL
+segments (and in any WAL archive or base backup) until those are recycled
+and overwritten. The operator shortens that with ``CHECKPOINT`` followed by
+``SELECT pg_switch_wal()`` (and by expiring archives and backups per the
+retention policy); HQ cannot do more from a client connection.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hq.store import EVENT_COLUMNS, Lock, Store, StoreError, _Cursor
+from hq.store import EVENT_COLUMNS, POISON_ERRORS, Lock, Store, StoreError, Unstorable, _Cursor
 
 _LOCKS: dict[Lock, str] = {
     # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
@@ -26,7 +37,10 @@ _LOCKS: dict[Lock, str] = {
 }
 
 
-_EVENT_TYPES = ("text", "text", "text", "bigint", "text", "float8", "text", "text", "text", "text", "float8")
+_EVENT_TYPES = ("text", "text", "text", "bigint", "text", "float8", "text", "text", "text", "text", "float8", "text")
+
+_DATA_CLASSES = ("22", "23", "54")
+"""SQLSTATE classes that blame the data: data exception, integrity, program limit exceeded."""
 
 
 @lru_cache(maxsize=256)
@@ -66,11 +80,11 @@ class PostgresStore(Store):
 
     dialect = "postgresql"
 
-    def __init__(self, conninfo: str, *, schema: str | None = None) -> None:
+    def __init__(self, conninfo: str, *, schema: str | None = None, **caps: int) -> None:
         self.conninfo = conninfo
         self.schema = schema
         self._conn: psycopg.Connection[Any] | None = None
-        super().__init__()
+        super().__init__(**caps)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -92,7 +106,7 @@ class PostgresStore(Store):
     def _read_cursor(self) -> _Cursor:
         return _PgCursor(self._connection().cursor())
 
-    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]], *, want_ids: bool) -> set[str] | int:
+    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
         # One statement over column arrays: a round trip per batch, not per row.
         columns = list(zip(*rows, strict=True))
         arrays = ", ".join(f"?::{kind}[]" for kind in _EVENT_TYPES)
@@ -105,11 +119,24 @@ class PostgresStore(Store):
     def _contains(self, column: str) -> str:
         return f"strpos({column}, ?) > 0"
 
+    def _octets(self, column: str) -> str:
+        return f"octet_length({column})"
+
+    def _scrub(self) -> None:
+        conn = self._connection()
+        for table in ("events", "dead_letters"):
+            conn.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(table)))
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
             yield
+        except POISON_ERRORS as exc:
+            raise Unstorable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         except psycopg.Error as exc:
+            state = getattr(exc, "sqlstate", None) or ""
+            if state[:2] in _DATA_CLASSES:
+                raise Unstorable(f"PostgreSQL: {str(exc).strip().splitlines()[0]}") from exc
             if self._conn is not None and (self._conn.broken or isinstance(exc, psycopg.OperationalError)):
                 self._conn.close()
                 self._conn = None

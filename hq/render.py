@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from rich.console import Console
@@ -15,7 +16,7 @@ def _fmt_time(value: datetime | None) -> str:
 
 
 def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s"

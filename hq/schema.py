@@ -3,11 +3,16 @@
 Raw events are the source of truth; visits and profiles are derived on query
 (hq/profile.py), so arrival order never matters and a replay is a no-op.
 Only the auto-numbered key differs between the two dialects.
+
+Version 2 keys the seq accounting by the agent's outbox epoch (``epoch``;
+``''`` for agents older than the field): ``agent_epochs`` replaces
+``agents`` and ``finished_seqs`` replaces ``retired_seqs``. A version 1
+database is migrated in place when it is opened (:func:`migration_v1`).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -26,29 +31,43 @@ CREATE TABLE IF NOT EXISTS events (
     visit_id TEXT,
     loyalty_id TEXT,
     payload TEXT NOT NULL,
-    received_at DOUBLE PRECISION NOT NULL
+    received_at DOUBLE PRECISION NOT NULL,
+    epoch TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS events_agent_seq ON events (store_id, agent_id, seq);
+CREATE INDEX IF NOT EXISTS events_epoch_seq ON events (store_id, agent_id, epoch, seq);
 CREATE INDEX IF NOT EXISTS events_visit ON events (store_id, agent_id, visit_id)
     WHERE visit_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_subject ON events (subject);
 CREATE INDEX IF NOT EXISTS events_loyalty ON events (loyalty_id) WHERE loyalty_id IS NOT NULL;
--- Seqs received but not kept (erased, or about an erased person): not gaps.
-CREATE TABLE IF NOT EXISTS retired_seqs (
+-- Seqs HQ finished with but does not keep as events (erased, about an erased
+-- person, dead-lettered): neither gaps nor a block to the acknowledgement.
+CREATE TABLE IF NOT EXISTS finished_seqs (
     store_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
+    epoch TEXT NOT NULL,
     seq BIGINT NOT NULL,
-    PRIMARY KEY (store_id, agent_id, seq)
+    PRIMARY KEY (store_id, agent_id, epoch, seq)
 );
--- Per agent: highest seq seen, seqs known complete, outbox evictions it reported.
-CREATE TABLE IF NOT EXISTS agents (
+-- Per agent and outbox epoch: highest seq received, seqs known complete (what
+-- HQ acknowledges), the agent's own last seq and evictions from agent.status,
+-- the span of event times, when HQ first and last received one (HQ's clock orders
+-- epochs: an agent's clock may start in 1970), reused seqs, and events dated
+-- after a newer epoch began.
+CREATE TABLE IF NOT EXISTS agent_epochs (
     store_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
-    max_seq BIGINT NOT NULL,
+    epoch TEXT NOT NULL,
+    max_seq BIGINT NOT NULL DEFAULT 0,
     contiguous_upto BIGINT NOT NULL DEFAULT 0,
+    status_last_seq BIGINT NOT NULL DEFAULT 0,
     evicted_total BIGINT NOT NULL DEFAULT 0,
+    first_ts DOUBLE PRECISION NOT NULL,
+    last_ts DOUBLE PRECISION NOT NULL,
+    first_seen DOUBLE PRECISION NOT NULL,
     last_seen DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (store_id, agent_id)
+    reused_seqs BIGINT NOT NULL DEFAULT 0,
+    interleaved BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (store_id, agent_id, epoch)
 );
 -- SHA-256 digests of erased loyalty ids, visits and subjects: no personal data.
 CREATE TABLE IF NOT EXISTS tombstones (
@@ -77,3 +96,24 @@ def ddl(dialect: str) -> list[str]:
     lines = [line for line in _DDL.splitlines() if line.strip() and not line.lstrip().startswith("--")]
     text = "\n".join(lines).replace("{serial}", SERIAL[dialect])
     return [statement.strip() for statement in text.split(";") if statement.strip()]
+
+
+def migration_v1() -> tuple[list[str], list[str]]:
+    """(before the DDL, after it): version 1 to 2, the old rows as the legacy epoch ``''``."""
+    before = [
+        "ALTER TABLE events ADD COLUMN epoch TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX IF EXISTS events_agent_seq",
+    ]
+    after = [
+        ("INSERT INTO agent_epochs (store_id, agent_id, epoch, max_seq, contiguous_upto, evicted_total,"
+         " first_ts, last_ts, first_seen, last_seen) SELECT a.store_id, a.agent_id, '', a.max_seq,"
+         " a.contiguous_upto, a.evicted_total, coalesce(min(e.ts), 0), coalesce(max(e.ts), 0),"
+         " coalesce(min(e.received_at), a.last_seen), a.last_seen FROM agents AS a"
+         " LEFT JOIN events AS e ON e.store_id = a.store_id AND e.agent_id = a.agent_id"
+         " GROUP BY a.store_id, a.agent_id, a.max_seq, a.contiguous_upto, a.evicted_total, a.last_seen"),
+        ("INSERT INTO finished_seqs (store_id, agent_id, epoch, seq) SELECT store_id, agent_id, '', seq"
+         " FROM retired_seqs"),
+        "DROP TABLE agents",
+        "DROP TABLE retired_seqs",
+    ]
+    return before, after

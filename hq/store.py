@@ -3,29 +3,44 @@
 ``open_store(url)`` picks the backend: ``sqlite:///path.db`` (or a bare
 path) or ``postgresql://user@host/db`` (``?schema=name`` puts the tables in
 that schema). Everything a backend does differently — placeholders, locking,
-the list parameter — lives in its small subclass; the SQL is shared.
+the list parameter, which errors blame the data — lives in its small
+subclass; the SQL is shared.
 
 Concurrency: several subscribers may write one database. SQLite serialises
 writers (``BEGIN IMMEDIATE``); on PostgreSQL an ingest holds a SHARE lock on
 ``tombstones`` and an erasure a SHARE ROW EXCLUSIVE one, so an erasure never
 interleaves with a batch that could bring the person back.
+
+Poison: a batch the database refuses because of its data (a value out of a
+column's range, a string an index cannot hold) is stored again one event at
+a time, and the one event refused alone goes to the dead letters with the
+database's reason. A refusal that blames the connection or the server (a lost
+connection, a full disk, a lock) is a :class:`StoreError`: nothing is stored,
+the subscriber retries the batch and acknowledges nothing meanwhile.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from agent.events import AgentStatus, Event, parse_event
+from pydantic import ValidationError
+
+from agent.events import AgentStatus, Event, parse_event, topic_for
 from hq.ingest import (
+    LEGACY_EPOCH,
     Accepted,
     Rejected,
     gap_ranges,
@@ -34,18 +49,35 @@ from hq.ingest import (
     visit_digest,
 )
 from hq.profile import VisitKey
-from hq.schema import SCHEMA_VERSION, ddl
+from hq.schema import SCHEMA_VERSION, ddl, migration_v1
+
+log = logging.getLogger(__name__)
 
 CHUNK = 500
+CONTIGUITY_STEP = 1_000
+
+DEAD_LETTER_ROWS = 10_000
+DEAD_LETTER_BYTES = 32 * 1024 * 1024
+"""Default dead-letter caps: a flood of garbage costs at most this much disk; the oldest go first."""
 
 EVENT_COLUMNS = ("event_id", "store_id", "agent_id", "seq", "type", "ts", "subject", "visit_id",
-                 "loyalty_id", "payload", "received_at")
+                 "loyalty_id", "payload", "received_at", "epoch")
+
+POISON_ERRORS = (OverflowError, ValueError, TypeError, RecursionError, ArithmeticError)
+"""What Python raises on a value no column holds (2^70 into an INTEGER, text SQLite cannot encode)."""
 
 Lock = Literal["schema", "ingest", "erase"]
+
+EpochKey = tuple[str, str, str]
+"""(store_id, agent_id, epoch): where a seq is unique."""
 
 
 class StoreError(Exception):
     """A database failure, worded for the operator; the batch is retried, never acked."""
+
+
+class Unstorable(StoreError):
+    """The database refused the data itself (not the connection): the event is at fault, not the store."""
 
 
 class _Cursor(Protocol):
@@ -59,17 +91,35 @@ class _Cursor(Protocol):
 
 @dataclass
 class IngestResult:
-    """What one batch did; ``new`` lists the events stored for the first time when asked for."""
+    """What one batch did; ``new`` lists the events stored for the first time when asked for.
+
+    ``acks`` holds, per agent epoch to acknowledge, the highest contiguous
+    finished seq: one entry per agent at most (its current epoch).
+    """
 
     stored: int = 0
     new: list[Event] = field(default_factory=list)
     duplicates: int = 0
     suppressed: int = 0
     dead_letters: int = 0
+    conflicts: int = 0
+    acks: dict[EpochKey, int] = field(default_factory=dict)
+
+    def add(self, other: IngestResult) -> None:
+        """Fold in the result of a later part of the same batch."""
+        self.stored += other.stored
+        self.new.extend(other.new)
+        self.duplicates += other.duplicates
+        self.suppressed += other.suppressed
+        self.dead_letters += other.dead_letters
+        self.conflicts += other.conflicts
+        self.acks.update(other.acks)
 
 
 @dataclass(frozen=True)
 class AgentGaps:
+    """The seq accounting of one agent's outbox epoch."""
+
     store_id: str
     agent_id: str
     max_seq: int
@@ -78,6 +128,15 @@ class AgentGaps:
     evicted_total: int
     """Events the agent's outbox reported dropping: they explain that many missing seqs."""
     last_seen: float
+    epoch: str = LEGACY_EPOCH
+    acked: int = 0
+    """Highest contiguous finished seq: what HQ acknowledges."""
+    agent_last_seq: int = 0
+    """The last seq the agent said it assigned (agent.status): losses past ``max_seq`` show."""
+    reused_seqs: int = 0
+    """Seqs received twice with different event ids in this epoch (an outbox reset by an old agent)."""
+    interleaved: int = 0
+    """Events of this epoch dated after a newer epoch of the same agent id began: two live devices."""
 
 
 @dataclass(frozen=True)
@@ -99,21 +158,39 @@ class DeadLetter:
     payload: str
 
 
+@dataclass
+class _EpochBatch:
+    """What one batch brings to one agent epoch."""
+
+    seqs: list[int] = field(default_factory=list)
+    stored: list[Accepted] = field(default_factory=list)
+    resent: bool = False
+
+
 class Store(ABC):
     """The shared SQL; subclasses connect and say how their dialect differs."""
 
     dialect: str
     param = "?"
 
-    def __init__(self) -> None:
+    def __init__(self, *, dead_letter_rows: int = DEAD_LETTER_ROWS,
+                 dead_letter_bytes: int = DEAD_LETTER_BYTES) -> None:
         self._lock = threading.RLock()
         self._tombstones: set[str] = set()
         self._tombstone_count = -1
+        self.dead_letter_rows = dead_letter_rows
+        self.dead_letter_bytes = dead_letter_bytes
         with self._write(lock="schema") as cur:
-            for statement in ddl(self.dialect):
+            cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            row = cur.fetchone()
+            before, after = migration_v1() if row is not None and row[0] == "1" else ([], [])
+            for statement in [*before, *ddl(self.dialect), *after]:
                 cur.execute(statement)
-            cur.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                        ("schema_version", SCHEMA_VERSION))
+            cur.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                        " SET value = excluded.value", ("schema_version", SCHEMA_VERSION))
+            if after:
+                log.info("HQ database migrated", extra={"from": "1", "to": SCHEMA_VERSION})
 
     # --- dialect hooks -------------------------------------------------
     @abstractmethod
@@ -126,25 +203,22 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]], *, want_ids: bool) -> set[str] | int:
-        """Insert rows (EVENT_COLUMNS order, unique ids) unless already there.
+    @abstractmethod
+    def _scrub(self) -> None:
+        """After an erasure: leave no copy of deleted rows in the database's files (what the backend can)."""
 
-        Returns the ids inserted, or only their number when ``want_ids`` is false.
+    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
+        """Insert rows (EVENT_COLUMNS order, ids not stored yet) and return the ids inserted.
+
+        SQLite holds the write lock from the check to here, so every row goes in.
         """
         insert = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES"  # noqa: S608
                   f" ({', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
-        if not want_ids:
-            cur.executemany(insert, rows)
-            return int(cur.rowcount)
-        ids = [row[0] for row in rows]
-        existing: set[str] = set()
-        for start in range(0, len(ids), CHUNK):
-            part = ids[start:start + CHUNK]
-            cur.execute(f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(part))})",  # noqa: S608
-                        part)
-            existing.update(row[0] for row in cur.fetchall())
-        cur.executemany(insert, [row for row in rows if row[0] not in existing])
-        return set(ids) - existing
+        cur.executemany(insert, rows)
+        return {row[0] for row in rows}
+
+    def _octets(self, column: str) -> str:
+        return f"length(CAST({column} AS BLOB))"
 
     @contextmanager
     def _write(self, lock: Lock = "ingest") -> Iterator[_Cursor]:
@@ -158,32 +232,69 @@ class Store(ABC):
 
     @abstractmethod
     def _errors(self) -> AbstractContextManager[None]:
-        """Translate the driver's exceptions into StoreError."""
+        """Translate the driver's exceptions: :class:`Unstorable` when the data is at fault, else StoreError."""
 
     # --- ingest --------------------------------------------------------
     def ingest(self, batch: Sequence[Accepted | Rejected], received_at: float, *,
                want_events: bool = True) -> IngestResult:
-        """Store one batch in one transaction: new events, dead letters, agents' seq state.
+        """Store one batch: new events, dead letters, the agents' seq accounting and what to acknowledge.
 
-        ``want_events=False`` skips naming the new events (a cheaper insert on SQLite).
+        One transaction for the batch; if the database refuses its data, one
+        per event, and an event refused alone becomes a dead letter. Raises
+        StoreError only when the database itself fails (nothing is stored then).
         """
+        try:
+            return self._ingest(batch, received_at, want_events)
+        except Unstorable as exc:
+            if len(batch) == 1 and isinstance(batch[0], Rejected):
+                raise
+            log.warning("batch refused by the database; storing its events one by one",
+                        extra={"error": str(exc), "size": len(batch)})
         result = IngestResult()
-        unique: dict[str, Accepted] = {}
-        rejected = []
+        for item in batch:
+            try:
+                part = self._ingest([item], received_at, want_events)
+            except Unstorable as exc:
+                if isinstance(item, Rejected):
+                    raise
+                log.warning("event dead-lettered: the database refused it",
+                            extra={"event_id": item.event_id, "error": str(exc)})
+                part = self._ingest([item.rejected(topic_for(item.event), f"unstorable: {exc}"[:500])],
+                                    received_at, want_events)
+            result.add(part)
+        return result
+
+    def _ingest(self, batch: Sequence[Accepted | Rejected], received_at: float,
+                want_events: bool) -> IngestResult:
+        result = IngestResult()
+        groups: dict[str, list[Accepted]] = defaultdict(list)
+        rejected: list[Rejected] = []
+        touched: dict[EpochKey, _EpochBatch] = defaultdict(_EpochBatch)
         for item in batch:
             if isinstance(item, Rejected):
                 rejected.append(item)
-            elif item.event_id in unique:
-                result.duplicates += 1
             else:
-                unique[item.event_id] = item
+                groups[item.event_id].append(item)
         # Sorted ids: concurrent writers take index locks in one order (no deadlock).
-        accepted = [unique[k] for k in sorted(unique)]
+        ids = sorted(groups)
         follow_up: list[tuple[VisitKey, str]] = []
         with self._write() as cur:
             tombstones = self._current_tombstones(cur)
-            keep, retire = [], []
-            for item in accepted:
+            existing = self._stored_payloads(cur, ids)
+            fresh, retire = [], []
+            for event_id in ids:
+                first, *copies = groups[event_id]
+                reference = existing.get(event_id, first.payload)
+                # Each copy is compared with what is stored, else with the batch's first copy.
+                for item in copies if event_id not in existing else [first, *copies]:
+                    if _same_event(reference, item):
+                        result.duplicates += 1
+                        touched[item.origin[:3]].resent = True
+                    else:
+                        rejected.append(_conflict(item))
+                if event_id in existing:
+                    continue
+                item = first
                 if tombstones and tombstones.intersection(item.digests()):
                     retire.append(item)
                     if item.visit_id is not None and visit_digest(
@@ -191,35 +302,54 @@ class Store(ABC):
                         follow_up.append(((item.event.store_id, item.event.agent_id, item.visit_id),
                                           item.event.subject))
                 else:
-                    keep.append(item)
+                    fresh.append(item)
             inserted = self._insert_events(cur, [
                 (i.event_id, i.event.store_id, i.event.agent_id, i.event.seq, i.event.type,
                  i.event.ts.timestamp(), i.event.subject, i.visit_id, i.loyalty_id, i.payload,
-                 received_at) for i in keep], want_ids=want_events) if keep else 0
-            result.stored = inserted if isinstance(inserted, int) else len(inserted)
-            if want_events and not isinstance(inserted, int):
-                result.new = [item.event for item in keep if item.event_id in inserted]
-            result.duplicates += len(keep) - result.stored
+                 received_at, i.epoch) for i in fresh]) if fresh else set()
+            stored = [i for i in fresh if i.event_id in inserted]
+            result.stored = len(stored)
+            result.duplicates += len(fresh) - len(stored)
+            if want_events:
+                result.new = [i.event for i in stored]
             result.suppressed = len(retire)
             result.dead_letters = len(rejected)
-            if retire:
-                cur.executemany(
-                    "INSERT INTO retired_seqs (store_id, agent_id, seq) VALUES (?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    [(i.event.store_id, i.event.agent_id, i.event.seq) for i in retire],
-                )
+            result.conflicts = sum(1 for r in rejected if r.reason.startswith("conflict"))
+            finished = [i.origin for i in retire] + [r.origin for r in rejected if r.origin is not None]
+            if finished:
+                cur.executemany("INSERT INTO finished_seqs (store_id, agent_id, epoch, seq) VALUES (?, ?, ?, ?)"
+                                " ON CONFLICT DO NOTHING", finished)
             if rejected:
                 cur.executemany(
                     "INSERT INTO dead_letters (received_at, topic, reason, size, payload)"
                     " VALUES (?, ?, ?, ?, ?)",
                     [(received_at, r.topic, r.reason, r.size, r.payload) for r in rejected],
                 )
-            self._update_agents(cur, accepted, received_at)
+                self._cap_dead_letters(cur)
+            for origin in finished:
+                touched[origin[:3]].seqs.append(origin[3])
+            for item in [*stored, *retire]:
+                part = touched[item.origin[:3]]
+                part.seqs.append(item.event.seq)
+                part.stored.append(item)
+            result.acks = self._account(cur, touched, received_at)
+        if result.conflicts:
+            log.warning("event ids reused with different content; dead-lettered as conflicts",
+                        extra={"count": result.conflicts})
         if follow_up:
             # A tombstoned loyalty id linked to a new visit: that visit is the person's too.
             self._erase(loyalty_ids=[], visits=[k for k, _ in follow_up],
                         subjects=[s for _, s in follow_up])
         return result
+
+    def _stored_payloads(self, cur: _Cursor, ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), CHUNK):
+            part = ids[start:start + CHUNK]
+            cur.execute(f"SELECT event_id, payload FROM events WHERE event_id IN ({', '.join('?' * len(part))})",  # noqa: S608
+                        part)
+            found.update((row[0], row[1]) for row in cur.fetchall())
+        return found
 
     def _current_tombstones(self, cur: _Cursor) -> set[str]:
         cur.execute("SELECT count(*) FROM tombstones")
@@ -230,24 +360,141 @@ class Store(ABC):
             self._tombstone_count = count
         return self._tombstones
 
-    def _update_agents(self, cur: _Cursor, accepted: list[Accepted], now: float) -> None:
-        agents: dict[tuple[str, str], tuple[int, int]] = {}
-        for item in accepted:
-            key = (item.event.store_id, item.event.agent_id)
-            top, evicted = agents.get(key, (0, 0))
-            if isinstance(item.event, AgentStatus):
-                evicted = max(evicted, item.event.evicted_total)
-            agents[key] = (max(top, item.event.seq), evicted)
-        cur.executemany(
-            "INSERT INTO agents (store_id, agent_id, max_seq, evicted_total, last_seen)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (store_id, agent_id) DO UPDATE SET"
-            " max_seq = CASE WHEN excluded.max_seq > agents.max_seq"
-            "   THEN excluded.max_seq ELSE agents.max_seq END,"
-            " evicted_total = CASE WHEN excluded.evicted_total > agents.evicted_total"
-            "   THEN excluded.evicted_total ELSE agents.evicted_total END,"
-            " last_seen = excluded.last_seen",
-            [(s, a, top, ev, now) for (s, a), (top, ev) in sorted(agents.items())],
-        )
+    def _cap_dead_letters(self, cur: _Cursor) -> None:
+        """Evict the oldest dead letters beyond the row and byte caps, and count them."""
+        cur.execute(f"SELECT count(*), coalesce(sum({self._octets('payload')}), 0) FROM dead_letters")  # noqa: S608
+        rows, octets = (int(v) for v in cur.fetchone())
+        if rows <= self.dead_letter_rows and octets <= self.dead_letter_bytes:
+            return
+        cur.execute(f"SELECT id, {self._octets('payload')} FROM dead_letters ORDER BY id DESC")  # noqa: S608
+        budget, cutoff = 0, None
+        for kept, (letter_id, size) in enumerate(cur.fetchall()):
+            if kept + 1 > self.dead_letter_rows or budget + int(size) > self.dead_letter_bytes:
+                cutoff = int(letter_id)
+                break
+            budget += int(size)
+        if cutoff is None:
+            return
+        cur.execute("DELETE FROM dead_letters WHERE id <= ?", (cutoff,))
+        evicted = int(cur.rowcount)
+        cur.execute("SELECT value FROM meta WHERE key = 'dead_letters_evicted'")
+        row = cur.fetchone()
+        total = (int(row[0]) if row is not None else 0) + evicted
+        cur.execute("INSERT INTO meta (key, value) VALUES ('dead_letters_evicted', ?) ON CONFLICT (key)"
+                    " DO UPDATE SET value = excluded.value", (str(total),))
+        log.warning("dead letters evicted by the caps, oldest first",
+                    extra={"evicted": evicted, "total_evicted": total, "max_rows": self.dead_letter_rows,
+                           "max_bytes": self.dead_letter_bytes})
+
+    def _account(self, cur: _Cursor, touched: dict[EpochKey, _EpochBatch], now: float) -> dict[EpochKey, int]:
+        """Move each touched agent epoch's seq state forward; return what to acknowledge.
+
+        Acknowledged: an epoch whose contiguous mark advanced, or whose agent
+        re-sent events HQ has (it missed the last ack). Never the legacy epoch
+        (its agents do not read acks), never an epoch older (first received
+        earlier) than another one of the same agent id: its acks would
+        overwrite the newer epoch's retained one. Events of an older epoch
+        dated after the newer one's first event are flagged (``interleaved``):
+        two devices run with one agent id.
+        """
+        acks: dict[EpochKey, int] = {}
+        for key in sorted(touched):
+            part = touched[key]
+            first_ts, first_seen, upto, top = self._epoch_row(cur, key, part, now)
+            stamps = [i.event.ts.timestamp() for i in part.stored]
+            statuses = [i.event for i in part.stored if isinstance(i.event, AgentStatus)]
+            # Only a seq at or below the epoch's highest can have been used before.
+            reused = self._reused_seqs(cur, key, [i.event.seq for i in part.stored if i.event.seq <= top])
+            cur.execute("SELECT first_seen, first_ts FROM agent_epochs WHERE store_id = ? AND agent_id = ?"
+                        " AND epoch <> ?", key)
+            newer = [float(ts) for seen, ts in cur.fetchall() if (float(seen), float(ts)) > (first_seen, first_ts)]
+            late = sum(1 for ts in stamps if newer and ts > min(newer))
+            if late:
+                log.warning("two live outbox epochs for one agent id (two devices with one agent id?);"
+                            " the older epoch is not acknowledged",
+                            extra={"store_id": key[0], "agent_id": key[1], "epoch": key[2], "events": late})
+            if reused:
+                log.warning("seqs reused with new event ids in one epoch (an outbox reset by an agent"
+                            " without epochs?)", extra={"store_id": key[0], "agent_id": key[1], "seqs": reused})
+            cur.execute(
+                "UPDATE agent_epochs SET max_seq = CASE WHEN ? > max_seq THEN ? ELSE max_seq END,"
+                " status_last_seq = CASE WHEN ? > status_last_seq THEN ? ELSE status_last_seq END,"
+                " evicted_total = CASE WHEN ? > evicted_total THEN ? ELSE evicted_total END,"
+                " first_ts = CASE WHEN ? < first_ts THEN ? ELSE first_ts END,"
+                " last_ts = CASE WHEN ? > last_ts THEN ? ELSE last_ts END,"
+                " last_seen = ?, reused_seqs = reused_seqs + ?, interleaved = interleaved + ?"
+                " WHERE store_id = ? AND agent_id = ? AND epoch = ?",
+                (*[max(part.seqs, default=0)] * 2,
+                 *[max((s.last_seq for s in statuses), default=0)] * 2,
+                 *[max((s.evicted_total for s in statuses), default=0)] * 2,
+                 *[min(stamps, default=first_ts)] * 2, *[max(stamps, default=0.0)] * 2,
+                 now, reused, late, *key),
+            )
+            contiguous = self._advance(cur, key, upto)
+            if key[2] != LEGACY_EPOCH and not newer and (contiguous > upto or part.resent):
+                acks[key] = contiguous
+        return acks
+
+    def _epoch_row(self, cur: _Cursor, key: EpochKey, part: _EpochBatch,
+                   now: float) -> tuple[float, float, int, int]:
+        """(first event time, first received, contiguous mark, highest seq) of an agent epoch.
+
+        The row is created when the epoch is new. A new epoch of an agent HQ
+        knew without epochs (an upgraded agent that kept its seqs) starts
+        complete up to the legacy epoch's seqs: its first seq need not be 1.
+        """
+        select = ("SELECT first_ts, first_seen, contiguous_upto, max_seq FROM agent_epochs WHERE store_id = ?"
+                  " AND agent_id = ? AND epoch = ?")
+        cur.execute(select, key)
+        row = cur.fetchone()
+        if row is None:
+            base = 0
+            if key[2] != LEGACY_EPOCH and part.seqs:
+                cur.execute("SELECT max_seq FROM agent_epochs WHERE store_id = ? AND agent_id = ? AND epoch = ?",
+                            (key[0], key[1], LEGACY_EPOCH))
+                legacy = cur.fetchone()
+                if legacy is not None:
+                    base = max(0, min(int(legacy[0]), min(part.seqs) - 1))
+            first_ts = min((i.event.ts.timestamp() for i in part.stored), default=now)
+            # ON CONFLICT: another HQ writing the same database may create the row first.
+            cur.execute("INSERT INTO agent_epochs (store_id, agent_id, epoch, contiguous_upto, first_ts, last_ts,"
+                        " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (*key, base, first_ts, first_ts, now, now))
+            cur.execute(select, key)
+            row = cur.fetchone()
+        return float(row[0]), float(row[1]), int(row[2]), int(row[3])
+
+    def _reused_seqs(self, cur: _Cursor, key: EpochKey, seqs: list[int]) -> int:
+        reused = 0
+        for start in range(0, len(seqs), CHUNK):
+            part = seqs[start:start + CHUNK]
+            cur.execute("SELECT count(*) FROM (SELECT seq FROM events WHERE store_id = ? AND agent_id = ?"  # noqa: S608
+                        f" AND epoch = ? AND seq IN ({', '.join('?' * len(part))}) GROUP BY seq"
+                        " HAVING count(*) > 1) AS r", (*key, *part))
+            reused += int(cur.fetchone()[0])
+        return reused
+
+    def _advance(self, cur: _Cursor, key: EpochKey, upto: int) -> int:
+        """The highest seq with every seq up to it finished (stored, retired or dead-lettered)."""
+        start = upto
+        while True:
+            cur.execute("SELECT seq FROM (SELECT seq FROM events WHERE store_id = ? AND agent_id = ? AND epoch = ?"
+                        " AND seq > ? UNION SELECT seq FROM finished_seqs WHERE store_id = ? AND agent_id = ?"
+                        " AND epoch = ? AND seq > ?) AS s ORDER BY seq LIMIT ?",
+                        (*key, upto, *key, upto, CONTIGUITY_STEP))
+            seqs = [int(row[0]) for row in cur.fetchall()]
+            for seq in seqs:
+                if seq != upto + 1:
+                    break
+                upto = seq
+            else:
+                if len(seqs) == CONTIGUITY_STEP:
+                    continue
+            break
+        if upto > start:
+            cur.execute("UPDATE agent_epochs SET contiguous_upto = ? WHERE store_id = ? AND agent_id = ?"
+                        " AND epoch = ? AND contiguous_upto < ?", (upto, *key, upto))
+        return upto
 
     # --- queries -------------------------------------------------------
     def loyalty_events(self, loyalty_id: str) -> tuple[list[Event], list[Event]]:
@@ -259,7 +506,7 @@ class Store(ABC):
             events = self._visit_events(cur, keys)
             cur.execute("SELECT payload FROM events WHERE loyalty_id = ? AND type = 'card.tapped'",
                         (loyalty_id,))
-            taps = [parse_event(row[0]) for row in cur.fetchall()]
+            taps = _parsed(row[0] for row in cur.fetchall())
         return events, taps
 
     def subject_events(self, subject: str) -> list[Event]:
@@ -274,7 +521,7 @@ class Store(ABC):
         for key in keys:
             cur.execute("SELECT payload FROM events WHERE store_id = ? AND agent_id = ?"
                         " AND visit_id = ?", tuple(key))
-            events.extend(parse_event(row[0]) for row in cur.fetchall())
+            events.extend(_parsed(row[0] for row in cur.fetchall()))
         return events
 
     def loyalty_ids(self) -> list[str]:
@@ -289,11 +536,17 @@ class Store(ABC):
             return [row[0] for row in cur.fetchall()]
 
     def counts(self) -> dict[str, int]:
+        """Rows per table, and the dead letters' bytes and evictions (the caps at work)."""
         with self._read() as cur:
             found = {}
-            for table in ("events", "dead_letters", "tombstones", "retired_seqs", "agents"):
+            for table in ("events", "dead_letters", "tombstones", "finished_seqs", "agent_epochs"):
                 cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed table names
                 found[table] = int(cur.fetchone()[0])
+            cur.execute(f"SELECT coalesce(sum({self._octets('payload')}), 0) FROM dead_letters")  # noqa: S608
+            found["dead_letter_bytes"] = int(cur.fetchone()[0])
+            cur.execute("SELECT value FROM meta WHERE key = 'dead_letters_evicted'")
+            row = cur.fetchone()
+            found["dead_letters_evicted"] = int(row[0]) if row is not None else 0
             return found
 
     def dead_letters(self, limit: int = 20) -> list[DeadLetter]:
@@ -303,16 +556,20 @@ class Store(ABC):
             return [DeadLetter(*row) for row in cur.fetchall()]
 
     def gaps(self) -> list[AgentGaps]:
-        """Missing seqs per agent, moving each agent's known-complete mark forward."""
+        """Missing seqs per agent epoch: holes above the acknowledged mark, and past the highest
+        seq received up to the last seq the agent's status reported."""
         report = []
-        with self._write() as cur:
-            cur.execute("SELECT store_id, agent_id, max_seq, contiguous_upto, evicted_total, last_seen"
-                        " FROM agents ORDER BY store_id, agent_id")
-            for store_id, agent_id, max_seq, upto, evicted, last_seen in cur.fetchall():
-                params = (store_id, agent_id, upto) * 2
-                received = ("SELECT seq FROM events WHERE store_id = ? AND agent_id = ? AND seq > ?"
-                            " UNION SELECT seq FROM retired_seqs WHERE store_id = ? AND agent_id = ?"
-                            " AND seq > ?")
+        with self._read() as cur:
+            cur.execute("SELECT store_id, agent_id, epoch, max_seq, contiguous_upto, status_last_seq,"
+                        " evicted_total, last_seen, reused_seqs, interleaved FROM agent_epochs"
+                        " ORDER BY store_id, agent_id, first_seen, first_ts, epoch")
+            for (store_id, agent_id, epoch, max_seq, upto, agent_last, evicted, last_seen, reused,
+                 interleaved) in cur.fetchall():
+                key = (store_id, agent_id, epoch)
+                params = (*key, upto) * 2
+                received = ("SELECT seq FROM events WHERE store_id = ? AND agent_id = ? AND epoch = ? AND seq > ?"
+                            " UNION SELECT seq FROM finished_seqs WHERE store_id = ? AND agent_id = ?"
+                            " AND epoch = ? AND seq > ?")
                 cur.execute(f"SELECT min(seq) FROM ({received}) AS s", params)  # noqa: S608
                 first = cur.fetchone()[0]
                 cur.execute(
@@ -322,13 +579,12 @@ class Store(ABC):
                 )
                 edges = [(int(seq), int(nxt)) for seq, nxt in cur.fetchall()]
                 ranges = gap_ranges(int(upto), None if first is None else int(first), edges)
-                complete = ranges[0][0] - 1 if ranges else int(max_seq)
-                if complete > upto:
-                    cur.execute("UPDATE agents SET contiguous_upto = ? WHERE store_id = ? AND agent_id = ?"
-                                " AND contiguous_upto < ?", (complete, store_id, agent_id, complete))
-                report.append(AgentGaps(store_id, agent_id, int(max_seq),
-                                        sum(hi - lo + 1 for lo, hi in ranges), ranges,
-                                        int(evicted), float(last_seen)))
+                top = max(int(max_seq), int(upto))
+                if int(agent_last) > top:
+                    ranges.append((top + 1, int(agent_last)))
+                report.append(AgentGaps(store_id, agent_id, int(max_seq), sum(hi - lo + 1 for lo, hi in ranges),
+                                        ranges, int(evicted), float(last_seen), epoch, int(upto),
+                                        int(agent_last), int(reused), int(interleaved)))
         return report
 
     # --- erasure -------------------------------------------------------
@@ -337,6 +593,12 @@ class Store(ABC):
         return self._erase(loyalty_ids=[loyalty_id], visits=[], subjects=[])
 
     def _erase(self, loyalty_ids: list[str], visits: list[VisitKey], subjects: list[str]) -> Erasure:
+        """Delete the person's events and the dead letters naming them, then scrub the files.
+
+        Dead letters are matched on their raw payloads: a loyalty id anywhere,
+        a visit id or pseudonym as a JSON string (``"v-1f..."``), so a short
+        id does not take unrelated letters with it.
+        """
         now = time.time()
         with self._write("erase") as cur:
             keys: set[VisitKey] = set(visits)
@@ -360,43 +622,94 @@ class Store(ABC):
                 + [("loyalty_id = ?", (lid,)) for lid in loyalty_ids]
             )
             for where, params in matches:
-                retire = ("INSERT INTO retired_seqs (store_id, agent_id, seq) SELECT store_id,"  # noqa: S608
-                          f" agent_id, seq FROM events WHERE {where} ON CONFLICT DO NOTHING")
+                retire = ("INSERT INTO finished_seqs (store_id, agent_id, epoch, seq) SELECT store_id,"  # noqa: S608
+                          f" agent_id, epoch, seq FROM events WHERE {where} ON CONFLICT DO NOTHING")
                 cur.execute(retire, params)
                 cur.execute(f"SELECT count(*) FROM events WHERE {where}", params)  # noqa: S608
                 deleted += int(cur.fetchone()[0])
                 cur.execute(f"DELETE FROM events WHERE {where}", params)  # noqa: S608
+            needles = sorted({*loyalty_ids, *(_quoted(s) for s in who), *(_quoted(k[2]) for k in keys)})
             dead = 0
-            for lid in loyalty_ids:
-                cur.execute(f"SELECT count(*) FROM dead_letters WHERE {self._contains('payload')}", (lid,))  # noqa: S608
-                dead += int(cur.fetchone()[0])
-                cur.execute(f"DELETE FROM dead_letters WHERE {self._contains('payload')}", (lid,))  # noqa: S608
+            for needle in needles:
+                cur.execute(f"DELETE FROM dead_letters WHERE {self._contains('payload')}", (needle,))  # noqa: S608
+                dead += max(int(cur.rowcount), 0)
             stones = ([(loyalty_digest(lid), "loyalty") for lid in loyalty_ids]
                       + [(visit_digest(*key), "visit") for key in sorted(keys)]
                       + [(subject_digest(s), "subject") for s in sorted(who)])
             cur.executemany("INSERT INTO tombstones (digest, kind, erased_at) VALUES (?, ?, ?)"
                             " ON CONFLICT (digest) DO NOTHING", [(d, k, now) for d, k in stones])
+        if deleted or dead:
+            with self._lock, self._errors():
+                self._scrub()
         return Erasure(len(loyalty_ids), len(keys), len(who), deleted, dead)
 
     def _contains(self, column: str) -> str:
         return f"instr({column}, ?) > 0"
 
 
+def _quoted(value: str) -> str:
+    """A string as compact JSON writes it, quotes included."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _same_event(stored_payload: str, item: Accepted) -> bool:
+    """True when a stored payload is the same event as ``item`` (a re-send, not a conflict)."""
+    if stored_payload == item.payload:
+        return True
+    try:
+        return parse_event(stored_payload) == item.event
+    except ValidationError:
+        return False
+
+
+def _conflict(item: Accepted) -> Rejected:
+    """A dead letter for a copy that differs: its seq is not trusted, so it finishes nothing."""
+    letter = item.rejected(topic_for(item.event),
+                           f"conflict: event_id {item.event_id} already received with different content")
+    return replace(letter, origin=None)
+
+
+def _parsed(payloads: Iterable[str]) -> list[Event]:
+    """Stored payloads as events, skipping (and logging) rows the current schema refuses.
+
+    Rows stored before the schema's bounds (an Infinity duration, a 1 MB id)
+    must not stop a profile from being shown.
+    """
+    events: list[Event] = []
+    skipped = 0
+    for payload in payloads:
+        try:
+            events.append(parse_event(payload))
+        except ValidationError:
+            skipped += 1
+    if skipped:
+        log.warning("stored events skipped: invalid under the current schema", extra={"count": skipped})
+    return events
+
+
 class SqliteStore(Store):
-    """SQLite in WAL mode, synchronous=FULL: a commit (and so a PUBACK) survives a power cut."""
+    """SQLite in WAL mode, synchronous=FULL: a commit (and so a PUBACK) survives a power cut.
+
+    ``secure_delete`` zeroes deleted rows in place, and an erasure ends with a
+    WAL checkpoint that truncates the WAL, so an erased id stays in no file.
+    A new database file is created 0600: it holds loyalty ids.
+    """
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, **caps: int) -> None:
         self.path = str(path)
         try:
+            if self.path != ":memory:":
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                          timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.Error as exc:
+            self._conn.execute("PRAGMA secure_delete=ON")
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
-        super().__init__()
+        super().__init__(**caps)
 
     @contextmanager
     def _transaction(self, lock: Lock) -> Iterator[_Cursor]:
@@ -416,30 +729,45 @@ class SqliteStore(Store):
     def _errors(self) -> Iterator[None]:
         try:
             yield
+        except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
+            raise Unstorable(f"SQLite {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_TOOBIG:
+                raise Unstorable(f"SQLite {self.path}: {exc}") from exc
             raise StoreError(f"SQLite {self.path}: {exc}") from exc
+        except POISON_ERRORS as exc:
+            raise Unstorable(f"SQLite {self.path}: {type(exc).__name__}: {exc}") from exc
+
+    def _scrub(self) -> None:
+        busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("WAL checkpoint after an erasure was blocked by a reader; the erased rows stay"
+                        " in the WAL until the next checkpoint", extra={"path": self.path})
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
 
-def open_store(url: str) -> Store:
-    """``sqlite:///relative.db``, ``sqlite:////abs.db``, a bare path, or ``postgresql://...``."""
+def open_store(url: str, **caps: int) -> Store:
+    """``sqlite:///relative.db``, ``sqlite:////abs.db``, a bare path, or ``postgresql://...``.
+
+    ``caps``: ``dead_letter_rows`` and ``dead_letter_bytes`` (defaults DEAD_LETTER_ROWS/_BYTES).
+    """
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("postgresql", "postgres"):
         from hq.pgstore import PostgresStore  # noqa: PLC0415 - psycopg is an optional extra
 
         conninfo, schema = split_schema(url)
-        return PostgresStore(conninfo, schema=schema)
+        return PostgresStore(conninfo, schema=schema, **caps)
     if scheme == "sqlite":
         path = url[len("sqlite://"):]
         if not path.startswith("/") or path == "/":
             raise StoreError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
-        return SqliteStore(path[1:])
+        return SqliteStore(path[1:], **caps)
     if scheme and len(scheme) > 1:
         raise StoreError(f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://...")
-    return SqliteStore(url)
+    return SqliteStore(url, **caps)
 
 
 def split_schema(url: str) -> tuple[str, str | None]:

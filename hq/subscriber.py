@@ -8,6 +8,18 @@ unacked message is redelivered and the store ignores what it already has.
 A PUBACK names a packet id that is only meaningful on the connection the
 message came in on; after a reconnect the broker resends unacked messages,
 so acks from an older connection are dropped rather than sent.
+
+A PUBACK proves only that the broker had the message. What lets an agent
+delete its copy is HQ's own acknowledgement: after each committed batch,
+per agent, the highest contiguous seq of its epoch that HQ has finished with
+(stored, or dead-lettered), published retained with QoS 1 on
+``santi/v1/<store>/<agent>/ack``. The subscription is made again on every
+connect: mosquitto 2.0.11 does not restore a persistent session's shared
+subscription after it restarts.
+
+Nothing a payload contains stops the writer: the store dead-letters what it
+cannot hold. A writer that dies anyway (a bug) marks the subscriber unhealthy
+(``Stats.failure``), and ``santi hq run`` exits non-zero with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +44,22 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
-from agent.events import Event
+from agent.events import Ack, Event, ack_topic
 from hq.ingest import Rejected, decode
 from hq.profile import Profile
-from hq.store import AgentGaps, Store, StoreError, open_store
+from hq.store import AgentGaps, IngestResult, Store, StoreError, open_store
 from hq.views import loyalty_profile, visitor_profile
 
 log = logging.getLogger(__name__)
 
 EVENTS_FILTER = "santi/v1/+/+/events/#"
 MAX_BACKOFF_S = 10.0
+STOP_BUDGET_S = 4.0
+"""stop() returns within this (plus the broker disconnect): systemd's SIGTERM must not wait on a retry."""
+
+
+class BrokerError(Exception):
+    """The broker cannot be reached or refused us; the message says why, in one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +70,6 @@ class _Message:
     qos: int
     generation: int
 
-
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,14 @@ class Stats:
     store_errors: int
     queued: int
     connected: bool
+    conflicts: int = 0
+    acks: int = 0
+    failure: str | None = None
+    """Why the writer stopped, if it did: nothing more is stored (HQ is unhealthy)."""
+
+    @property
+    def healthy(self) -> bool:
+        return self.failure is None
 
 
 class HqSubscriber:
@@ -109,13 +134,21 @@ class HqSubscriber:
         self._batch_size = batch_size
         self._flush_s = flush_ms / 1000.0
         self._clock = clock
-        self._queue: queue.Queue[_Message | object] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[_Message] = queue.Queue(maxsize=queue_size)
         self._generation = 0
         self._ack_lock = threading.Lock()
         self._counts = dict.fromkeys(
-            ("received", "stored", "duplicates", "suppressed", "dead_letters", "batches", "store_errors"), 0)
+            ("received", "stored", "duplicates", "suppressed", "dead_letters", "batches", "store_errors",
+             "conflicts", "acks"), 0)
         self._count_lock = threading.Lock()
         self._connected = threading.Event()
+        self._closing = threading.Event()
+        """Set first at stop(): the writer stops retrying, the network thread stops waiting for room."""
+        self._stopping = threading.Event()
+        """Set once the network thread has ended: the writer drains the queue, then exits."""
+        self._failure: str | None = None
+        self.refused: str | None = None
+        """The broker's reason when it refused the last connection attempt."""
         self._writer: threading.Thread | None = None
         persistent = client_id is not None
         self.client_id = client_id or f"santi-hq-{group}-{socket.gethostname()}-{os.getpid()}-{id(self):x}"
@@ -125,8 +158,9 @@ class HqSubscriber:
             self._client.username_pw_set(username, password.get_secret_value() if password else None)
         if tls_ca is not None:
             self._client.tls_set(ca_certs=str(tls_ca))
-        self._client.reconnect_delay_set(1, 30)
+        self._client.reconnect_delay_set(1, 5)
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -144,31 +178,49 @@ class HqSubscriber:
         return self._store
 
     def start(self) -> None:
-        """Open the store, start the writer, connect (and keep reconnecting) in the background."""
+        """Open the store, start the writer, connect, then keep reconnecting in the background.
+
+        Raises BrokerError when the first connection fails (unreachable broker,
+        TLS refused), StoreError when the database cannot be opened.
+        """
         if self._store is None:
             self._store = open_store(self._db_url)
+        try:
+            self._client.connect(self.broker_host, self.port, self._keepalive_s,
+                                 clean_start=not self._persistent, properties=self._connect_props)
+        except (OSError, ValueError) as exc:
+            if self._owns_store:
+                self._store.close()
+                self._store = None
+            raise BrokerError(f"cannot connect to the broker at {self.broker_host}:{self.port}: "
+                              f"{_one_line(exc)}") from None
         self._writer = threading.Thread(target=self._write_loop, name="hq-writer", daemon=True)
         self._writer.start()
-        self._client.connect_async(self.broker_host, self.port, self._keepalive_s,
-                                   clean_start=not self._persistent, properties=self._connect_props)
         self._client.loop_start()
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         """True once subscribed on the broker."""
         return self._connected.wait(timeout)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Disconnect, commit everything received, close the store if we opened it."""
+    def stop(self, timeout: float = STOP_BUDGET_S) -> None:
+        """Disconnect, commit what was received within ``timeout``, close the store if we opened it.
+
+        What is not committed by then is not acknowledged either: the broker
+        (a persistent session) or the agent (no HQ ack) sends it again.
+        """
+        self._closing.set()
         self._client.disconnect()
-        self._client.loop_stop()
+        self._client.loop_stop()  # the network thread's last messages are queued if there is room
+        self._stopping.set()
         with self._ack_lock:
             self._generation += 1
         if self._writer is not None:
-            self._queue.put(_STOP)
             self._writer.join(timeout)
+            if self._writer.is_alive():
+                log.warning("writer still busy at shutdown; its batch will be redelivered")
             self._writer = None
         if self._owns_store and self._store is not None:
-            self._store.close()
+            self._store.close()  # after a commit in flight: close() takes the store's lock
             self._store = None
 
     def __enter__(self) -> HqSubscriber:
@@ -182,7 +234,8 @@ class HqSubscriber:
     def stats(self) -> Stats:
         with self._count_lock:
             counts = dict(self._counts)
-        return Stats(**counts, queued=self._queue.qsize(), connected=self._connected.is_set())
+        return Stats(**counts, queued=self._queue.qsize(), connected=self._connected.is_set(),
+                     failure=self._failure)
 
     def profile(self, loyalty_id: str, now: float | None = None) -> Profile:
         return loyalty_profile(self.store, loyalty_id, self._clock() if now is None else now)
@@ -197,13 +250,24 @@ class HqSubscriber:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
                     reason: ReasonCode, properties: Properties | None) -> None:
         if reason.is_failure:
+            self.refused = str(reason)
             log.warning("broker refused connection", extra={"reason": str(reason), "broker": self.broker_host})
             return
+        self.refused = None
         with self._ack_lock:
             self._generation += 1
+        # Every connect, session or not: a restarted mosquitto 2.0.11 forgets shared subscriptions.
         client.subscribe(self.topic, options=SubscribeOptions(qos=1))
+        log.info("connected; subscribing", extra={"topic": self.topic, "session_present": flags.session_present})
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      properties: Properties | None) -> None:
+        if any(r.is_failure for r in reasons):
+            self.refused = f"subscription to {self.topic} refused: {reasons[0]}"
+            log.error("subscription refused", extra={"topic": self.topic, "reason": str(reasons[0])})
+            return
         self._connected.set()
-        log.info("subscribed", extra={"topic": self.topic, "session_present": flags.session_present})
+        log.info("subscribed", extra={"topic": self.topic})
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                        reason: ReasonCode, properties: Properties | None) -> None:
@@ -214,32 +278,47 @@ class HqSubscriber:
             log.warning("disconnected from broker; reconnecting", extra={"reason": str(reason)})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # Blocks when the writer is behind: TCP back-pressure instead of unbounded memory.
-        self._queue.put(_Message(message.topic, bytes(message.payload), message.mid, message.qos, self._generation))
+        # Blocks when the writer is behind: TCP back-pressure instead of unbounded memory. Never
+        # for ever: a message dropped at shutdown or after a writer failure is not acked, so it comes back.
+        item = _Message(message.topic, bytes(message.payload), message.mid, message.qos, self._generation)
+        while self._failure is None:
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._closing.is_set():
+                    return
 
     # --- writer thread -------------------------------------------------
     def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch: list[_Message] = []
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch.append(item)  # type: ignore[arg-type]
-            deadline = time.monotonic() + self._flush_s
+        try:
+            self._batches()
+        except Exception as exc:  # reported as the subscriber's failure, not lost in a thread
+            self._failure = f"the writer stopped: {type(exc).__name__}: {_one_line(exc)}"
+            log.exception("HQ writer failed; nothing more is stored", extra={"error": self._failure})
+
+    def _batches(self) -> None:
+        deadline: float | None = None
+        while True:
+            if self._stopping.is_set() and deadline is None:
+                deadline = time.monotonic() + STOP_BUDGET_S * 0.75
+            if deadline is not None and (self._queue.empty() or time.monotonic() > deadline):
+                return
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = [first]
+            flush_at = time.monotonic() + self._flush_s
             while len(batch) < self._batch_size:
-                remaining = deadline - time.monotonic()
+                remaining = flush_at - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._commit(batch, final=stopping)
+            self._commit(batch)
 
-    def _commit(self, batch: list[_Message], *, final: bool) -> None:
+    def _commit(self, batch: list[_Message]) -> None:
         items = [decode(m.topic, m.payload) for m in batch]
         backoff = 0.5
         while True:
@@ -249,27 +328,29 @@ class HqSubscriber:
             except StoreError as exc:
                 self._count("store_errors", 1)
                 log.warning("batch not stored; retrying (not acked)", extra={"error": str(exc), "size": len(batch)})
-                time.sleep(backoff)
-                backoff = min(2 * backoff, MAX_BACKOFF_S)
-                if final and backoff >= MAX_BACKOFF_S:
-                    log.error("giving up on the last batch at shutdown; the broker will redeliver it",
+                if self._closing.wait(backoff):
+                    log.error("batch not stored at shutdown; the broker or the agent will send it again",
                               extra={"size": len(batch)})
                     return
+                backoff = min(2 * backoff, MAX_BACKOFF_S)
         with self._ack_lock:
             for m in batch:
                 if m.qos > 0 and m.generation == self._generation:
                     self._client.ack(m.mid, m.qos)
+        self._acknowledge(result)
         with self._count_lock:
             self._counts["received"] += len(batch)
             self._counts["stored"] += result.stored
             self._counts["duplicates"] += result.duplicates
             self._counts["suppressed"] += result.suppressed
             self._counts["dead_letters"] += result.dead_letters
+            self._counts["conflicts"] += result.conflicts
             self._counts["batches"] += 1
         if result.dead_letters:
-            first = next(i for i in items if isinstance(i, Rejected))
-            log.warning("payloads dead-lettered", extra={"count": result.dead_letters, "topic": first.topic,
-                                                         "reason": first.reason})
+            first = next((i for i in items if isinstance(i, Rejected)), None)
+            log.warning("payloads dead-lettered", extra={
+                "count": result.dead_letters, "topic": None if first is None else first.topic,
+                "reason": None if first is None else first.reason})
         if self._on_event is not None:
             for event in result.new:
                 try:
@@ -277,6 +358,19 @@ class HqSubscriber:
                 except Exception:  # a consumer's callback must not stop ingestion
                     log.exception("on_event callback failed", extra={"event_id": str(event.event_id)})
 
+    def _acknowledge(self, result: IngestResult) -> None:
+        """Tell each agent what HQ has committed: retained, so an agent that reconnects reads it."""
+        now = datetime.fromtimestamp(self._clock(), tz=UTC)
+        for (store_id, agent_id, epoch), seq in sorted(result.acks.items()):
+            ack = Ack(store_id=store_id, agent_id=agent_id, epoch=epoch, seq=seq, ts=now)
+            self._client.publish(ack_topic(store_id, agent_id), ack.to_json(), qos=1, retain=True)
+        self._count("acks", len(result.acks))
+
     def _count(self, name: str, n: int) -> None:
         with self._count_lock:
             self._counts[name] += n
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

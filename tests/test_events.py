@@ -24,7 +24,7 @@ from agent.events import (
 from agent.observations import CardTap, Observation
 
 ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,30}\Z")
-names = st.text(min_size=1, max_size=40)
+names = st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=40)
 times = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)  # noqa: DTZ001
 ).map(lambda t: t.replace(microsecond=(t.microsecond // 1000) * 1000))
@@ -45,18 +45,18 @@ def envelope() -> st.SearchStrategy[dict[str, object]]:
 
 per_type: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "visit.started": st.fixed_dictionaries({
-        "visit_id": names, "sector_id": st.none() | names, "tech": st.sampled_from(["ble", "wifi"])}),
-    "sector.entered": st.fixed_dictionaries({"visit_id": names, "sector_id": names, "probability": unit}),
-    "sector.exited": st.fixed_dictionaries({"visit_id": names, "sector_id": names, "dwell_s": finite}),
+        "visit_id": names, "sector_id": st.none() | ids, "tech": st.sampled_from(["ble", "wifi"])}),
+    "sector.entered": st.fixed_dictionaries({"visit_id": names, "sector_id": ids, "probability": unit}),
+    "sector.exited": st.fixed_dictionaries({"visit_id": names, "sector_id": ids, "dwell_s": finite}),
     "visit.ended": st.fixed_dictionaries({
         "visit_id": names, "duration_s": finite,
-        "dwell_s": st.dictionaries(names, finite, max_size=5),
+        "dwell_s": st.dictionaries(ids, finite, max_size=5),
         "reason": st.sampled_from(["silence", "exit", "shutdown"])}),
     "identity.linked": st.fixed_dictionaries({
         "visit_id": names, "loyalty_id": names, "method": st.sampled_from(["card_tap", "app_beacon"]),
-        "confidence": unit, "reader_id": st.none() | names}),
+        "confidence": unit, "reader_id": st.none() | ids}),
     "card.tapped": st.fixed_dictionaries({
-        "reader_id": names, "card": names, "known": st.booleans(), "linked": st.booleans()}),
+        "reader_id": ids, "card": names, "known": st.booleans(), "linked": st.booleans()}),
     "agent.status": st.fixed_dictionaries({
         "uptime_s": finite,
         "sources": st.dictionaries(names, st.builds(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -21,8 +22,8 @@ from rich.table import Table
 
 from agent.cli.errors import CliError
 from hq.render import print_profile
-from hq.store import AgentGaps, Store, StoreError, open_store
-from hq.subscriber import HqSubscriber, Stats
+from hq.store import DEAD_LETTER_BYTES, DEAD_LETTER_ROWS, AgentGaps, Store, StoreError, open_store
+from hq.subscriber import BrokerError, HqSubscriber, Stats
 from hq.views import loyalty_profile, visitor_profile
 
 DEFAULT_DB = "sqlite:///santi-hq.sqlite"
@@ -103,13 +104,22 @@ def hq() -> None:
               help="Seconds between progress lines.")
 @click.option("--max-seconds", default=None, type=click.FloatRange(0.0),
               help="Stop after this long (for scripts); default: until SIGINT/SIGTERM.")
+@click.option("--connect-timeout", "connect_timeout_s", default=10.0, show_default=True,
+              type=click.FloatRange(0.1), help="Seconds to wait for the broker at start before giving up.")
+@click.option("--dead-letter-rows", default=DEAD_LETTER_ROWS, show_default=True, type=click.IntRange(1),
+              help="Dead letters kept at most; the oldest are evicted (and counted) beyond.")
+@click.option("--dead-letter-mb", default=DEAD_LETTER_BYTES // 2**20, show_default=True, type=click.IntRange(1),
+              help="MiB of dead-letter payloads kept at most; the oldest are evicted beyond.")
 def run(broker: str, group: str, db_url: str, client_id: str | None, session_expiry_s: int,
         username: str | None, password_file: Path | None, password_env: str | None, ca_file: Path | None,
-        batch_size: int, flush_ms: float, report_s: float, max_seconds: float | None) -> None:
-    """Subscribe to every store's events and store them, until SIGINT or SIGTERM.
+        batch_size: int, flush_ms: float, report_s: float, max_seconds: float | None,
+        connect_timeout_s: float, dead_letter_rows: int, dead_letter_mb: int) -> None:
+    """Subscribe to every store's events, store them and acknowledge them, until SIGINT or SIGTERM.
 
     Prints one line per --report-s seconds: events received, newly stored,
-    duplicates, dead letters, the ingest rate and missing seqs per agent.
+    duplicates, dead letters, acknowledgements, the ingest rate and missing
+    seqs. Exits non-zero with the reason when the broker cannot be reached or
+    refuses us at start, or when the writer fails.
 
     \b
     Example:
@@ -119,14 +129,24 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
     if tls and ca_file is None:
         raise CliError("mqtts:// needs --ca-file (the CA that signed the broker's certificate)")
     try:
-        sub = HqSubscriber(host, port, db_url, group,
+        store = open_store(db_url, dead_letter_rows=dead_letter_rows, dead_letter_bytes=dead_letter_mb * 2**20)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        sub = HqSubscriber(host, port, store, group,
                            client_id=client_id or f"santi-hq-{group}-{os.uname().nodename}",
                            session_expiry_s=session_expiry_s, username=username,
                            password=_password(password_file, password_env), tls_ca=ca_file,
                            batch_size=batch_size, flush_ms=flush_ms)
         sub.start()
-    except (StoreError, ValueError) as exc:
+    except (StoreError, ValueError, BrokerError) as exc:
+        store.close()
         raise CliError(str(exc)) from None
+    if not sub.wait_connected(connect_timeout_s):
+        sub.stop()
+        store.close()
+        raise CliError(f"broker {host}:{port} refused HQ: {sub.refused}" if sub.refused else
+                       f"no subscription on {host}:{port} within {connect_timeout_s:g} s")
     stop = threading.Event()
 
     def _signal(signum: int, frame: FrameType | None) -> None:
@@ -143,15 +163,18 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
             current = sub.stats()
             click.echo(_progress(current, last, now - last_t, _safe_gaps(sub)))
             last, last_t = current, now
-            if max_seconds is not None and now - started >= max_seconds:
+            if current.failure is not None or (max_seconds is not None and now - started >= max_seconds):
                 break
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sub.stop()
+        store.close()
     final = sub.stats()
     click.echo(f"stopped: received={final.received} stored={final.stored} duplicates={final.duplicates} "
-               f"dead_letters={final.dead_letters} suppressed={final.suppressed}")
+               f"dead_letters={final.dead_letters} suppressed={final.suppressed} acks={final.acks}")
+    if final.failure is not None:
+        raise CliError(final.failure)
 
 
 def _safe_gaps(sub: HqSubscriber) -> list[AgentGaps] | None:
@@ -164,11 +187,14 @@ def _safe_gaps(sub: HqSubscriber) -> list[AgentGaps] | None:
 def _progress(current: Stats, last: Stats, dt: float, gaps: list[AgentGaps] | None) -> str:
     rate = (current.received - last.received) / dt if dt > 0 else 0.0
     missing = "?" if gaps is None else str(sum(g.missing for g in gaps))
-    state = "connected" if current.connected else "DISCONNECTED"
+    state = "FAILED" if current.failure else "connected" if current.connected else "DISCONNECTED"
+    twins = sorted({f"{g.store_id}/{g.agent_id}" for g in gaps or [] if g.interleaved})
     return (f"{time.strftime('%H:%M:%S')} {state} received={current.received} stored={current.stored} "
             f"duplicates={current.duplicates} dead_letters={current.dead_letters} "
-            f"suppressed={current.suppressed} rate={rate:.0f}/s queued={current.queued} "
-            f"missing_seqs={missing}")
+            f"conflicts={current.conflicts} suppressed={current.suppressed} acks={current.acks} "
+            f"rate={rate:.0f}/s queued={current.queued} missing_seqs={missing}"
+            + (f" TWO-LIVE-EPOCHS={','.join(twins)}" if twins else "")
+            + (f" ({current.failure})" if current.failure else ""))
 
 
 @hq.command("profile")
@@ -188,11 +214,22 @@ def profile(loyalty_id: str, db_url: str, visitor: bool, now_text: str | None, a
     with _store(db_url) as store:
         found = (visitor_profile if visitor else loyalty_profile)(store, loyalty_id, now)
     if as_json:
-        click.echo(json.dumps(found.to_dict(), indent=2))
+        click.echo(json.dumps(_finite(found.to_dict()), indent=2, allow_nan=False))
         return
     if found.visits == 0 and found.card_taps == 0:
         raise CliError(f"no visits for {'visitor' if visitor else 'loyalty id'} {loyalty_id}")
     print_profile(found)
+
+
+def _finite(value: object) -> object:
+    """JSON has no Infinity or NaN: a non-finite figure (from rows older than the bounds) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _parse_now(text: str | None) -> float:
@@ -214,9 +251,13 @@ def _parse_now(text: str | None) -> float:
 def erase(loyalty_id: str, db_url: str, yes: bool) -> None:
     """Right to erasure: delete every row about one customer and keep replays from restoring it.
 
-    Deletes the loyalty id's links and card taps, its linked visits, and the
-    visits of the same pseudonymous devices; records SHA-256 tombstones so
-    that a later replay of those events is dropped.
+    Deletes the loyalty id's links and card taps, its linked visits, the
+    visits of the same pseudonymous devices and the dead letters naming any
+    of them; records SHA-256 tombstones so that a later replay of those
+    events is dropped. SQLite: deleted rows are zeroed (secure_delete) and the
+    WAL is checkpointed and truncated. PostgreSQL: the tables are rewritten
+    (VACUUM FULL); copies remain in WAL segments until recycled (run
+    CHECKPOINT, then SELECT pg_switch_wal(), and expire WAL archives and backups).
 
     \b
     Example:
@@ -235,7 +276,13 @@ def erase(loyalty_id: str, db_url: str, yes: bool) -> None:
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def gaps(db_url: str, as_json: bool) -> None:
-    """Per agent: missing seqs (events HQ never received) and the evictions the agent reported.
+    """Per agent and outbox epoch: missing seqs, what HQ acknowledged, and warnings.
+
+    Missing seqs include those past the highest one received, up to the last
+    seq the agent's status reported. A new epoch is an outbox that started
+    again from seq 1. Flags: reused seqs (an agent without epochs reset its
+    outbox) and two live epochs (two devices with one agent id; the older is
+    not acknowledged).
 
     \b
     Example:
@@ -244,17 +291,21 @@ def gaps(db_url: str, as_json: bool) -> None:
     with _store(db_url) as store:
         report = store.gaps()
     if as_json:
-        click.echo(json.dumps([{"store_id": g.store_id, "agent_id": g.agent_id, "max_seq": g.max_seq,
-                                "missing": g.missing, "ranges": g.ranges, "evicted_total": g.evicted_total}
+        click.echo(json.dumps([{"store_id": g.store_id, "agent_id": g.agent_id, "epoch": g.epoch,
+                                "max_seq": g.max_seq, "acked": g.acked, "agent_last_seq": g.agent_last_seq,
+                                "missing": g.missing, "ranges": g.ranges, "evicted_total": g.evicted_total,
+                                "reused_seqs": g.reused_seqs, "interleaved": g.interleaved}
                                for g in report], indent=2))
         return
-    table = Table("store", "agent", "max seq", "missing", "evicted by agent", "missing ranges",
-                  title="Sequence gaps", title_justify="left")
+    table = Table("store", "agent", "epoch", "max seq", "acked", "missing", "evicted by agent", "missing ranges",
+                  "flags", title="Sequence gaps", title_justify="left")
     for g in report:
         shown = ", ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in g.ranges[:5])
         more = f" (+{len(g.ranges) - 5} more)" if len(g.ranges) > 5 else ""
-        table.add_row(g.store_id, g.agent_id, str(g.max_seq), str(g.missing), str(g.evicted_total),
-                      shown + more or "-")
+        flags = [f"{g.reused_seqs} reused seqs"] * bool(g.reused_seqs) + [
+            f"TWO LIVE EPOCHS ({g.interleaved} events after a newer epoch began)"] * bool(g.interleaved)
+        table.add_row(g.store_id, g.agent_id, g.epoch or "(none)", str(g.max_seq), str(g.acked), str(g.missing),
+                      str(g.evicted_total), shown + more or "-", "; ".join(flags) or "-")
     Console().print(table)
 
 
@@ -271,10 +322,13 @@ def dead_letters(db_url: str, limit: int, as_json: bool) -> None:
     """
     with _store(db_url) as store:
         found = store.dead_letters(limit)
+        counts = store.counts()
     if as_json:
         click.echo(json.dumps([d.__dict__ for d in found], indent=2))
         return
-    table = Table("received", "topic", "bytes", "reason", title="Dead letters", title_justify="left")
+    title = (f"Dead letters: {counts['dead_letters']} kept ({counts['dead_letter_bytes']} bytes), "
+             f"{counts['dead_letters_evicted']} evicted by the caps")
+    table = Table("received", "topic", "bytes", "reason", title=title, title_justify="left")
     for d in found:
         table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.received_at)), d.topic, str(d.size),
                       d.reason)
