@@ -112,11 +112,16 @@ step_apt() {
         printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 0755 "$policy"; own_policy=1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    if ! in_target apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >/dev/null; then
-        in_target apt-get update -q </dev/null >/dev/null
-        in_target apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >/dev/null
-    fi
+    # apt's chatter is shown only when it fails.
+    local log status=0
+    log="$(mktemp)"
+    in_target apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >"$log" 2>&1 \
+        || { in_target apt-get update -q </dev/null >>"$log" 2>&1 \
+             && in_target apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >>"$log" 2>&1; } \
+        || status=$?
     [ "$own_policy" -eq 0 ] || rm -f "$policy"
+    [ "$status" -eq 0 ] || { cat "$log" >&2; rm -f "$log"; die "apt-get install ${missing[*]} failed (above)"; }
+    rm -f "$log"
     changed "apt-get installed ${missing[*]}"
 }
 
@@ -149,11 +154,16 @@ step_venv() {
         # pip runs in the target, so the sources are copied in for it and removed after.
         local tmp
         tmp="$(mktemp -d "$(at /var/tmp)/santi-src.XXXXXX")"
-        tar -C "$SRC" -cf - pyproject.toml README.md agent positioning simulator hq \
-            --exclude=__pycache__ | tar -C "$tmp" -xf -
-        in_target "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
-            "${tmp#"${ROOT%/}"}" </dev/null 2>&1 | grep -v '^WARNING: Location' >&2 || true
-        rm -rf "$tmp"
+        tar -C "$SRC" --exclude=__pycache__ -cf - pyproject.toml README.md agent positioning simulator hq \
+            | tar -C "$tmp" -xf -
+        local log
+        log="$(mktemp)"
+        if ! in_target "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+            "${tmp#"${ROOT%/}"}" </dev/null >"$log" 2>&1; then
+            rm -rf "$tmp"; cat "$log" >&2; rm -f "$log"
+            die "pip install of santi into $VENV failed (above)"
+        fi
+        rm -rf "$tmp" "$log"
         in_target "$VENV/bin/santi" --version >/dev/null || die "santi does not run from $VENV after pip install"
         echo "$want" > "$stamp"
         changed "pip installed santi from $SRC into $VENV"
