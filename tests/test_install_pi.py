@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -25,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.install_site import InstallError, broker_users, hash_matches, passwd_text, read_site
 from tests.conftest import EXAMPLE_SITE
-from tests.mosquitto import Broker
+from tests.mosquitto import Broker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "install-pi.sh"
@@ -358,3 +359,90 @@ def test_site_errors_are_one_line() -> None:
     text = EXAMPLE_SITE.read_text().replace('node_name = "fish"', 'node_name = "Entrance"')
     with pytest.raises(InstallError, match="two node receivers map to broker user 'node-entrance'"):
         broker_users(read_site(text))
+
+
+CHROOT_ENV = "SANTI_TEST_CHROOT"
+CHROOT_CA = "/etc/ssl/santi-test-ca.crt"
+
+
+@pytest.fixture
+def bookworm(tmp_path: Path) -> Path:
+    """A copy of a pristine Debian 12 minbase tree ($SANTI_TEST_CHROOT; built with debootstrap if absent)."""
+    pristine = os.environ.get(CHROOT_ENV)
+    if not pristine:
+        pytest.skip(f"set {CHROOT_ENV}=DIR to run the installer in a Debian 12 chroot (debootstrap builds DIR once)")
+    source = Path(pristine)
+    if not (source / "usr/bin/apt-get").exists():
+        debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+        if not Path(debootstrap).exists():
+            pytest.skip("debootstrap is not installed (apt-get install debootstrap)")
+        subprocess.run([debootstrap, "--variant=minbase", "bookworm", str(source), "http://deb.debian.org/debian"],
+                       check=True, capture_output=True, timeout=1800)
+    root = tmp_path / "bookworm"
+    subprocess.run(["cp", "-a", str(source), str(root)], check=True, timeout=600)
+    # The Pi's network as this machine has it: its resolver, and the CA bundle pip is told to
+    # use here (it may sit behind a proxy), under a name that apt's ca-certificates leaves alone.
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    bundle = os.environ.get("PIP_CERT")
+    if bundle:
+        shutil.copy(bundle, root / CHROOT_CA.lstrip("/"))
+    return root
+
+
+def _chroot_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if env.get("PIP_CERT"):
+        env["PIP_CERT"] = CHROOT_CA
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_install_in_a_debian_12_chroot(tmp_path: Path, bookworm: Path) -> None:
+    """Everything but systemd itself: apt, pip, the user, the config check as santi, the broker's files."""
+    site = _site(tmp_path)
+    first = subprocess.run(["bash", str(SCRIPT), "--site", str(site), "--root", str(bookworm)],
+                           capture_output=True, text=True, timeout=1700, check=False, env=_chroot_env())
+    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
+    assert "changed: apt-get installed bluez libusb-1.0-0 iw iproute2 mosquitto python3-venv" in first.stdout
+    assert "ok: santi config check /etc/santi/site.toml passes as santi" in first.stdout
+    version = subprocess.run(["chroot", str(bookworm), "/usr/local/bin/santi", "--version"],
+                             capture_output=True, text=True, timeout=120, check=True)
+    assert version.stdout.startswith("santi ")
+    # production venv: the package, no test tools
+    pip_list = subprocess.run(["chroot", str(bookworm), "/opt/santi/.venv/bin/pip", "list", "--format=freeze"],
+                              capture_output=True, text=True, timeout=120, check=True).stdout
+    names = {line.split("==")[0].lower() for line in pip_list.splitlines()}
+    assert {"santi", "numpy", "nfcpy", "paho-mqtt"} <= names
+    assert not names & {"pytest", "hypothesis", "ruff", "mypy"}
+
+    # Debian's own mosquitto, dropping to its mosquitto user, reads the generated files.
+    port = free_port()
+    conf = (bookworm / "etc/mosquitto/conf.d/santi-nodes.conf").read_text()
+    (bookworm / "tmp/santi-test.conf").write_text(conf.replace("listener 1883\n", f"listener {port} 127.0.0.1\n"))
+    broker = subprocess.Popen(["chroot", str(bookworm), "/usr/sbin/mosquitto", "-c", "/tmp/santi-test.conf"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        password = (bookworm / "etc/santi/node-broker/node-fish.password").read_text().strip()
+        code = None
+        for _ in range(100):
+            try:
+                client, code = _connect(port, "node-fish", password)
+            except OSError:
+                broker.poll()
+                assert broker.returncode is None, broker.stdout.read() if broker.stdout else ""
+                time.sleep(0.1)
+                continue
+            client.loop_stop()
+            client.disconnect()
+            break
+        assert code == 0
+    finally:
+        broker.kill()
+        broker.wait(10)
+
+    second = subprocess.run(["bash", str(SCRIPT), "--site", str(site), "--root", str(bookworm)],
+                            capture_output=True, text=True, timeout=600, check=False, env=_chroot_env())
+    assert second.returncode == 0, second.stderr
+    assert [line for line in second.stdout.splitlines() if line.startswith("changed:")] == []
+    assert "install-pi: nothing to change, already installed" in second.stdout
