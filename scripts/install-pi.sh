@@ -184,6 +184,9 @@ step_venv() {
 
 # -- 3. what the site says (read by the project's own code) ---------------------------------
 SITE_READABLE=""
+# A dry run on a fresh Pi has no python that can read the site yet: the steps that
+# depend on it are then listed as what they will do, not with the site's values.
+SITE_DEFERRED=0
 PY=()
 PY_ROOT="$ROOT"
 find_python() {
@@ -205,8 +208,8 @@ read_site_facts() {
     find_python
     if [ ${#PY[@]} -eq 0 ]; then
         [ "$DRY_RUN" -eq 1 ] || die "cannot read the site config: no python with santi installed (see --skip venv)"
-        would "read $SITE_READABLE with $VENV/bin/python -m agent.install_site once the venv exists, and derive from it the groups, secrets, node broker users and units"
-        SITE_READABLE=""
+        would "read $SITE_READABLE with $VENV/bin/python -m agent.install_site once the venv exists (the steps it decides are listed as such below)"
+        SITE_READABLE=""; SITE_DEFERRED=1
         return
     fi
     local facts_out
@@ -298,6 +301,10 @@ step_etc() {
     if [ -n "$SITE" ]; then
         ensure_file $SITE_PATH 0640 root:$USER_NAME "site config from $SITE" < "$SITE"
     fi
+    if [ "$SITE_DEFERRED" -eq 1 ]; then
+        would "generate the store secret at privacy.secret_file if absent (32 random bytes, 0600, owner $USER_NAME)"
+        would "check the uplink password at uplink.password_file (0600, owner $USER_NAME; HQ issues it, never generated)"
+    fi
     [ -n "$SITE_READABLE" ] || return 0
     if [ -n "${SITE_SECRET_FILE:-}" ]; then
         ensure_secret "$SITE_SECRET_FILE" "store secret (privacy.secret_file)" hex
@@ -339,6 +346,9 @@ ensure_secret() {  # PATH WHAT: generated once (32 random bytes as hex), never a
 
 # -- 6. the node broker: per-node users, ACL, LAN listener ------------------------------------
 step_node_broker() {
+    if [ "$SITE_DEFERRED" -eq 1 ]; then
+        would "on a locator with kind = \"node\" receivers: generate a password per node and for santi-locator in $ETC/node-broker/ (0600), write /etc/mosquitto/santi/passwd and acl (root:mosquitto, 0640) and /etc/mosquitto/conf.d/santi-nodes.conf (LAN listener on [nodes] port, no anonymous access)"
+    fi
     if [ -z "$SITE_READABLE" ]; then return; fi
     if [ "$SITE_ROLE" = node ]; then
         skip "node broker: this Pi is a node; it logs in to the locator's broker with the password file the locator's installer made for it"
@@ -420,6 +430,9 @@ step_units() {
         ensure_file "$UNIT_DIR/$unit" 0644 root:root "systemd unit" < "$SRC/systemd/$unit"
     done
     if [ "$CHANGES" -ne "$before" ] && [ "$SYSTEMD_RUNNING" -eq 1 ]; then systemctl daemon-reload; fi
+    if [ "$SITE_DEFERRED" -eq 1 ]; then
+        would "enable santi-agent.service and/or santi-node.service for agent.role, and santi-wifi-monitor@<adapter>.service for [wifi] interface = \"<adapter>mon\""
+    fi
     [ -n "$SITE_READABLE" ] || return 0
     case "$SITE_ROLE" in
         locator) enable_unit santi-agent.service ;;
@@ -437,6 +450,7 @@ step_units() {
 
 # -- 9. the installed config, checked by the installed santi -----------------------------------
 step_check() {
+    if [ "$SITE_DEFERRED" -eq 1 ]; then would "run santi config check $SITE_PATH as $USER_NAME"; return; fi
     [ -n "$SITE_READABLE" ] || return 0
     if [ "$DRY_RUN" -eq 1 ]; then would "run santi config check $SITE_PATH as $USER_NAME"; return; fi
     if [ "$HAS_SYSTEM" -eq 0 ] || [ ! -x "$(at $VENV)/bin/santi" ]; then
@@ -468,6 +482,11 @@ elif [ "$CHANGES" -eq 0 ]; then
 else
     echo "install-pi: $CHANGES changes"
 fi
-if [ "$DRY_RUN" -eq 0 ] && [ "$SYSTEMD_RUNNING" -eq 0 ] && [ -n "$SITE_READABLE" ]; then
-    echo "install-pi: systemd is not running here; on the Pi, start with: systemctl start santi-agent"
+if [ "$DRY_RUN" -eq 0 ] && [ -n "$SITE_READABLE" ]; then
+    service=santi-agent; [ "$SITE_ROLE" != node ] || service=santi-node
+    if [ "$SYSTEMD_RUNNING" -eq 0 ]; then
+        echo "install-pi: systemd is not running here; on the Pi, start with: systemctl start $service"
+    elif [ "$CHANGES" -gt 0 ]; then
+        echo "install-pi: to apply: systemctl restart $service (or start it, the first time)"
+    fi
 fi

@@ -152,6 +152,32 @@ def test_dry_run_on_a_fresh_system_names_the_packages_and_the_venv(tmp_path: Pat
     assert "would: link /usr/local/bin/santi -> /opt/santi/.venv/bin/santi" in text
 
 
+def test_dry_run_before_santi_can_read_the_site_still_lists_every_step(tmp_path: Path) -> None:
+    """A fresh Pi: no venv yet, and a source tree without one. The site's steps are named, not skipped."""
+    source = tmp_path / "santi"
+    for part in ["scripts", "systemd", "agent", "positioning", "simulator", "hq"]:
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ["pyproject.toml", "README.md"]:
+        shutil.copy(ROOT / part, source / part)
+    root = tmp_path / "pi"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "apt-get").write_text("#!/bin/sh\nexit 1\n")
+    (root / "usr" / "bin" / "apt-get").chmod(0o755)
+    result = subprocess.run(["bash", str(source / "scripts/install-pi.sh"), "--dry-run", "--site", str(_site(tmp_path)),
+                             "--root", str(root), "--skip", "apt"], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    would = [line.removeprefix("would: ") for line in result.stdout.splitlines() if line.startswith("would: ")]
+    for start in ["python3 -m venv", "pip install", "link /usr/local/bin/santi", "read ", "groupadd --system bluetooth",
+                  "useradd --system santi", "create /etc/santi/", "write /etc/santi/site.toml",
+                  "generate the store secret at privacy.secret_file", "check the uplink password",
+                  "on a locator with kind = \"node\" receivers: generate a password per node",
+                  "write /etc/udev/rules.d/60-santi-nfc.rules", "write /etc/modprobe.d/blacklist-nfc.conf",
+                  "write /etc/systemd/system/santi-agent.service", "enable santi-agent.service and/or",
+                  "run santi config check"]:
+        assert sum(line.startswith(start) for line in would) == 1, start
+
+
 def test_install_into_staging_root_sets_owners_and_modes(tmp_path: Path, staging: Path) -> None:
     site = _site(tmp_path)
     lines = _ok("--site", site, "--root", staging)
@@ -385,6 +411,7 @@ def bookworm(tmp_path: Path) -> Path:
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
     bundle = os.environ.get("PIP_CERT")
     if bundle:
+        (root / CHROOT_CA.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(bundle, root / CHROOT_CA.lstrip("/"))
     return root
 
