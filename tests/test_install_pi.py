@@ -417,9 +417,11 @@ def bookworm(tmp_path: Path) -> Path:
 
 
 def _chroot_env() -> dict[str, str]:
+    """This environment, with every CA-bundle variable that names the host's bundle naming the copy."""
     env = dict(os.environ)
-    if env.get("PIP_CERT"):
-        env["PIP_CERT"] = CHROOT_CA
+    for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if env.get(name):
+            env[name] = CHROOT_CA
     return env
 
 
@@ -447,8 +449,10 @@ def test_install_in_a_debian_12_chroot(tmp_path: Path, bookworm: Path) -> None:
     port = free_port()
     conf = (bookworm / "etc/mosquitto/conf.d/santi-nodes.conf").read_text()
     (bookworm / "tmp/santi-test.conf").write_text(conf.replace("listener 1883\n", f"listener {port} 127.0.0.1\n"))
-    broker = subprocess.Popen(["chroot", str(bookworm), "/usr/sbin/mosquitto", "-c", "/tmp/santi-test.conf"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "mosquitto.log"
+    with log.open("wb") as output:
+        broker = subprocess.Popen(["chroot", str(bookworm), "/usr/sbin/mosquitto", "-c", "/tmp/santi-test.conf"],
+                                  stdout=output, stderr=subprocess.STDOUT)
     try:
         password = (bookworm / "etc/santi/node-broker/node-fish.password").read_text().strip()
         code = None
@@ -457,7 +461,7 @@ def test_install_in_a_debian_12_chroot(tmp_path: Path, bookworm: Path) -> None:
                 client, code = _connect(port, "node-fish", password)
             except OSError:
                 broker.poll()
-                assert broker.returncode is None, broker.stdout.read() if broker.stdout else ""
+                assert broker.returncode is None, log.read_text()
                 time.sleep(0.1)
                 continue
             client.loop_stop()
