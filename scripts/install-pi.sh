@@ -307,7 +307,7 @@ step_etc() {
     fi
     [ -n "$SITE_READABLE" ] || return 0
     if [ -n "${SITE_SECRET_FILE:-}" ]; then
-        ensure_secret "$SITE_SECRET_FILE" "store secret (privacy.secret_file)" hex
+        ensure_secret "$SITE_SECRET_FILE" "store secret (privacy.secret_file)"
     elif [ -n "${SITE_SECRET_ENV:-}" ]; then
         todo "the store secret comes from \$$SITE_SECRET_ENV (privacy.secret_env): set it in a drop-in for the units"
     else

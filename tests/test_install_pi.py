@@ -259,6 +259,23 @@ def test_what_is_left_to_do_is_said(tmp_path: Path, staging: Path) -> None:
     assert not (staging / "etc/systemd/system/multi-user.target.wants/santi-wifi-monitor@wlan1.service").exists()
 
 
+def test_the_uplink_password_is_never_invented(tmp_path: Path, staging: Path) -> None:
+    """HQ issues it: missing, it is a todo; present, only its owner and mode are set."""
+    site = _site(tmp_path)
+    site.write_text(site.read_text().replace("inflight = 20", 'inflight = 20\npassword_file = "/etc/santi/uplink.password"'))
+    lines = _ok("--site", site, "--root", staging)
+    assert any(line.startswith("todo: put HQ's uplink password in /etc/santi/uplink.password") for line in lines)
+    password = staging / "etc/santi/uplink.password"
+    assert not password.exists()
+    password.write_text("from-hq\n")
+    password.chmod(0o644)
+    lines = _ok("--site", site, "--root", staging)
+    assert [line for line in lines if line.startswith("changed:")] == [
+        "changed: set /etc/santi/uplink.password (uplink password (uplink.password_file)) to 0600, owner santi (content kept)"]
+    assert password.read_text() == "from-hq\n"
+    assert (stat.S_IMODE(password.stat().st_mode), password.stat().st_uid) == (0o600, _ids(staging, "passwd", "santi"))
+
+
 def test_a_tty_reader_puts_the_user_in_dialout(tmp_path: Path, staging: Path) -> None:
     site = _site(tmp_path)
     site.write_text(site.read_text().replace('device = "usb"', 'device = "tty:USB0:pn532"'))
