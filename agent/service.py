@@ -164,8 +164,12 @@ class Service:
         try:
             await source.run(self.sink, self.stop)
         except Exception as exc:  # a source bug must not take the store down silently
-            source.stats.fail(f"crashed: {exc!r}")
             log.exception("source crashed", extra={"source": source.stats.name})
+            source.stats.crash(f"crashed: {exc!r}")
+
+    def _crashed(self) -> bool:
+        """A source's thread or task died: starving the watchdog gets the unit restarted."""
+        return any(source.stats.crashed for source in self.sources)
 
     def _sources_finished(self) -> bool:
         return all(task.done() for task in self._tasks) and self._queue.empty()
@@ -191,7 +195,7 @@ class Service:
             finished = self.stop_when_sources_finish and self._sources_finished()
             self._step(t)
             next_t = max(next_t + window, t)
-            if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+            if watchdog is not None and time.monotonic() - last_ping >= watchdog and not self._crashed():
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
             if finished:
