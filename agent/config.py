@@ -190,9 +190,24 @@ class WifiConfig(_Model):
     interface: str | None = Field(default=None, description="Monitor-mode interface, e.g. wlan1mon.")
 
 
+DEFAULT_MAX_EMITTERS = 20_000
+"""Tracked emitters at most, by default: sized for the unit's ``MemoryMax=256M``.
+
+Anyone in the street can advertise, so the number of emitters is not the
+store's to choose. Each tracked emitter costs ~4 KB across tracker, sector
+filter and bookkeeping, and a window that births thousands at once needs
+its temporaries on top; at this cap a flood of distinct iBeacons keeps the
+agent's RSS well under the limit (figures in benchmarks/README.md, from
+``benchmarks/flood.py``), while a busy store tracks a few hundred phones.
+"""
+
+
 class TrackingConfig(_Model):
     window_s: float = Field(default=1.0, gt=0.0, le=10.0)
     track_silence_s: float = Field(default=30.0, gt=0.0)
+    max_emitters: int = Field(
+        default=DEFAULT_MAX_EMITTERS, ge=1, le=1_000_000,
+        description="Emitters tracked at once; readings of new ones beyond it are dropped as emitter_cap.")
     visit_silence_s: float = Field(default=120.0, gt=0.0)
     emitter_height_m: float = Field(default=1.2, ge=0.0, le=3.0)
     hysteresis_s: float = Field(default=3.0, ge=0.0, le=60.0)
