@@ -10,8 +10,8 @@ Anyone in the street can advertise, so the number of emitters is bounded
 here: ``[tracking] max_emitters`` tracks at once, readings of new emitters
 beyond it dropped as ``emitter_cap`` (counted, logged once a minute of
 window time). Tracks that expire give their memory back (the tracker
-shrinks its arrays, the per-emitter maps are rebuilt), so RSS returns after
-a flood.
+shrinks its arrays, the per-emitter maps are rebuilt, the allocator is
+asked to return its free pages), so RSS returns after a flood.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 from agent.config import SiteConfig
 from agent.events import CardTapped, Event, IdentityLinked
 from agent.identity import LinkParams, best_link, tap_probabilities
+from agent.memory import release_free_memory
 from agent.observations import CardTap, Observation, Reading
 from agent.presence import Located, Presence
 from agent.ratelimit import Throttle
@@ -172,6 +173,7 @@ class Locator:
         if len(dead) >= COMPACT_AFTER:
             self._tech = dict(self._tech)
             self.app_beacons = dict(self.app_beacons)
+            release_free_memory()
         open_visits = {visit.visit_id for visit in self.presence.visits.values()}
         self._app_linked &= open_visits
         return events
