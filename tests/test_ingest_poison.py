@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +25,7 @@ from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.service import Service
 from agent.sources.base import Record
+from agent.sources.nfc import NfcSource
 from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic
 from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
@@ -172,3 +174,26 @@ def test_arbitrary_santi_batches_never_raise(payloads: list[bytes]) -> None:
         observations = ingest.ingest(santi_topic(STORE, "greens"), payload, 1_763_900_000.0)
         assert all(isinstance(item, Observation) for item in observations)
     assert "internal_error" not in ingest.stats.dropped
+
+
+def test_a_dead_nfc_reader_thread_marks_the_source_crashed() -> None:
+    reader = load_site(Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml").nfc_readers[0]
+
+    def open_frontend(path: str) -> NoReturn:
+        raise ThreadKiller("forced")
+
+    source = NfcSource(reader, PSEUDO, open_frontend=open_frontend)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(lambda _record: None, stop))
+        try:
+            await until(lambda: source.stats.crashed, 5.0)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    asyncio.run(main())
+    assert source.stats.state == "down"
+    assert source.stats.last_error is not None
+    assert "ThreadKiller" in source.stats.last_error
