@@ -18,7 +18,7 @@ import logging
 import statistics
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -72,29 +72,40 @@ def skip_time_jumps(
     after it in file order (the upper median, so a file of two records
     trusts the later clock); a jump is handed to ``on_jump`` with that
     median and skipped. A replay therefore never waits for a line stamped
-    a year ahead, nor starts at 1970 because its first line was.
+    a year ahead, nor starts at 1970 because its first line was. Inside a
+    file the median of a steady clock is the record itself; at its ends
+    it lies up to ``neighbours / 2`` records away, so a recording with a
+    record at least every ``max_jump_s / 4`` (2.5 minutes) loses nothing.
     """
     window: deque[TimedT] = deque()
+    times: deque[float] = deque()
     judged = 0  # the leading records of the window that are only context now
 
-    def judge(record: TimedT) -> Iterator[TimedT]:
-        reference = statistics.median_high(item.ts for item in window)
-        if abs(record.ts - reference) > max_jump_s:
-            on_jump(record, reference)
-        else:
-            yield record
+    def fits(record: TimedT, around: Sequence[float]) -> bool:
+        if max(around) - min(around) <= max_jump_s:  # the usual case, without sorting
+            return True
+        reference = statistics.median_high(around)
+        if abs(record.ts - reference) <= max_jump_s:
+            return True
+        on_jump(record, reference)
+        return False
 
     for record in records:
         window.append(record)
-        while len(window) - judged > neighbours:
-            yield from judge(window[judged])
-            judged += 1
-            if judged > neighbours:
+        times.append(record.ts)
+        if len(window) - judged > neighbours:
+            candidate = window[judged]
+            if fits(candidate, times):
+                yield candidate
+            if judged < neighbours:
+                judged += 1
+            else:
                 window.popleft()
-                judged -= 1
-    while judged < len(window):
-        yield from judge(window[judged])
-        judged += 1
+                times.popleft()
+    tail = list(times)
+    for index in range(judged, len(window)):  # the last ones: fewer after, still at most `neighbours` before
+        if fits(window[index], tail[max(index - neighbours, 0):]):
+            yield window[index]
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.cli import cli
 from agent.observations import Observation
-from agent.replayfile import MAX_LINE_BYTES, RecordReader, skip_time_jumps
+from agent.replayfile import MAX_JUMP_S, MAX_LINE_BYTES, RecordReader, skip_time_jumps
 from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
 from tests.test_service import SHOPPER_A, T0, _recording, _subscribe
@@ -131,3 +133,14 @@ def test_408k_bad_lines_log_a_handful_of_warnings(caplog: pytest.LogCaptureFixtu
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert 2 <= len(warnings) <= 5  # one per reason (per minute), then the summary
     assert warnings[-1].bad == {"not_json": 400_000, "invalid_record": 8_000}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=MAX_JUMP_S / 4), max_size=60),
+       st.floats(min_value=0.0, max_value=1e9))
+def test_a_file_whose_clock_runs_steadily_loses_nothing(steps: list[float], start: float) -> None:
+    times = [start + sum(steps[: i + 1]) for i in range(len(steps))]
+    records = [Observation(ts=ts, receiver_id="r", emitter_id="a" * 24, tech="ble", rssi_dbm=-60.0) for ts in times]
+    jumps: list[float] = []
+    assert list(skip_time_jumps(records, lambda record, _median: jumps.append(record.ts))) == records
+    assert jumps == []
