@@ -194,11 +194,14 @@ DEFAULT_MAX_EMITTERS = 20_000
 """Tracked emitters at most, by default: sized for the unit's ``MemoryMax=256M``.
 
 Anyone in the street can advertise, so the number of emitters is not the
-store's to choose. Each tracked emitter costs ~4 KB across tracker, sector
-filter and bookkeeping, and a window that births thousands at once needs
-its temporaries on top; at this cap a flood of distinct iBeacons keeps the
-agent's RSS well under the limit (figures in benchmarks/README.md, from
-``benchmarks/flood.py``), while a busy store tracks a few hundred phones.
+store's to choose. A track holds under 1 KB (tracker rows, sector filter,
+maps), but a flood's windows birth thousands at once and their temporaries
+count too: measured as RSS, about 2 KB a track. The idle agent takes
+~80 MB, which leaves ~175 MB, room for some 85,000 tracks with nothing
+else going on; a quarter of that keeps a flood far from the limit while
+the outbox, the uplink and allocator slack take their share, and is still
+20 times the emitters of a crowded store (1,000). Figures in
+benchmarks/README.md (``benchmarks/flood.py``).
 """
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -197,3 +198,20 @@ def test_a_dead_nfc_reader_thread_marks_the_source_crashed() -> None:
     assert source.stats.state == "down"
     assert source.stats.last_error is not None
     assert "ThreadKiller" in source.stats.last_error
+
+
+def test_an_unforeseen_error_is_one_counted_drop_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingest = _ingest()
+
+    def broken(topic: str, payload: bytes, now: float) -> Observation:
+        raise KeyError("a bug nobody foresaw")
+
+    monkeypatch.setattr(ingest, "_espresense", broken)
+    with caplog.at_level(logging.WARNING, logger="agent.sources.nodes"):
+        for i in range(100):
+            assert ingest.ingest(BEACON.format(i), b'{"rssi": -60}', 1_763_900_000.0) == []
+    assert ingest.stats.dropped == {"internal_error": 100}
+    assert len(caplog.records) == 1
+    assert "2686f39c" not in caplog.text  # the topic (a device id) stays out of the log

@@ -189,8 +189,8 @@ class NodeIngest:
             self.stats.drop("internal_error", topic=topic[:200])
             held = self._throttle.allow(type(exc).__name__, time.monotonic())
             if held is not None:
-                log.warning("node message dropped: unexpected error while parsing it",
-                            extra={"topic": topic[:200], "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                log.warning("node message dropped: unexpected error while parsing it",  # no topic: it may hold a MAC
+                            extra={"format": topic.split("/", 1)[0][:20], "error": type(exc).__name__,
                                    "similar_since_last": held})
         return []
 
