@@ -190,9 +190,27 @@ class WifiConfig(_Model):
     interface: str | None = Field(default=None, description="Monitor-mode interface, e.g. wlan1mon.")
 
 
+DEFAULT_MAX_EMITTERS = 20_000
+"""Tracked emitters at most, by default: sized for the unit's ``MemoryMax=256M``.
+
+Anyone in the street can advertise, so the number of emitters is not the
+store's to choose. A track holds under 1 KB (tracker rows, sector filter,
+maps), but a flood's windows birth thousands at once and their temporaries
+count too: measured as RSS, about 2 KB a track. The idle agent takes
+~80 MB, which leaves ~175 MB, room for some 85,000 tracks with nothing
+else going on; a quarter of that keeps a flood far from the limit while
+the outbox, the uplink and allocator slack take their share, and is still
+20 times the emitters of a crowded store (1,000). Figures in
+benchmarks/README.md (``benchmarks/flood.py``).
+"""
+
+
 class TrackingConfig(_Model):
     window_s: float = Field(default=1.0, gt=0.0, le=10.0)
     track_silence_s: float = Field(default=30.0, gt=0.0)
+    max_emitters: int = Field(
+        default=DEFAULT_MAX_EMITTERS, ge=1, le=1_000_000,
+        description="Emitters tracked at once; readings of new ones beyond it are dropped as emitter_cap.")
     visit_silence_s: float = Field(default=120.0, gt=0.0)
     emitter_height_m: float = Field(default=1.2, ge=0.0, le=3.0)
     hysteresis_s: float = Field(default=3.0, ge=0.0, le=60.0)

@@ -5,6 +5,13 @@ filters, the presence state machine and the tap linker, and is stepped with
 the window's time by the service (or by a replay, as fast as it can read).
 It never reads a clock or touches I/O, so the service, the demo and the
 tests drive exactly the same code.
+
+Anyone in the street can advertise, so the number of emitters is bounded
+here: ``[tracking] max_emitters`` tracks at once, readings of new emitters
+beyond it dropped as ``emitter_cap`` (counted, logged once a minute of
+window time). Tracks that expire give their memory back (the tracker
+shrinks its arrays, the per-emitter maps are rebuilt, the allocator is
+asked to return its free pages), so RSS returns after a flood.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import numpy as np
 from agent.config import SiteConfig
 from agent.events import CardTapped, Event, IdentityLinked
 from agent.identity import LinkParams, best_link, tap_probabilities
+from agent.memory import release_free_memory
 from agent.observations import CardTap, Observation, Reading
 from agent.presence import Located, Presence
+from agent.ratelimit import Throttle
 from agent.site_arrays import (
     OUTSIDE,
     make_sector_model,
@@ -35,6 +44,9 @@ log = logging.getLogger(__name__)
 
 Tech = Literal["ble", "wifi"]
 
+COMPACT_AFTER = 1024
+"""Expired emitters in one window after which the per-emitter maps are rebuilt (dicts never shrink by deletion)."""
+
 
 @dataclass
 class LocatorStats:
@@ -43,6 +55,11 @@ class LocatorStats:
     observations: int = 0
     taps: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+
+    def status_line(self) -> dict[str, object]:
+        """The locator as a line of the status file's sources, so ``santi status`` shows its drops by reason."""
+        return {"state": "up", "accepted": self.observations, "rate_per_s": None,
+                "dropped": dict(self.dropped), "last_error": None}
 
 
 class Locator:
@@ -67,6 +84,7 @@ class Locator:
         self._app_linked: set[str] = set()
         self._tech: dict[str, Tech] = {}
         self.stats = LocatorStats()
+        self._throttle = Throttle()
 
     def reconfigured(self, site: SiteConfig) -> Locator:
         """A locator for a reloaded site config that keeps what still makes sense.
@@ -92,6 +110,7 @@ class Locator:
         new._app_linked = self._app_linked
         new._tech = self._tech
         new.stats = self.stats
+        new._throttle = self._throttle
         return new
 
     def register_app_beacon(self, emitter_id: str, loyalty_id: str) -> None:
@@ -107,15 +126,19 @@ class Locator:
         ids: list[str] = []
         receiver_index: list[int] = []
         rssi: list[float] = []
+        techs: list[Tech] = []
         for obs in observations:
             row = rows.get(obs.receiver_id)
             if row is None:
-                self.stats.dropped["unknown_receiver"] += 1
+                self._drop("unknown_receiver", t, obs.receiver_id)
                 continue
             ids.append(obs.emitter_id)
             receiver_index.append(row)
             rssi.append(obs.rssi_dbm)
-            self._tech[obs.emitter_id] = obs.tech
+            techs.append(obs.tech)
+        if len(self.tracker) + len(set(ids)) > self.site.tracking.max_emitters:
+            ids, receiver_index, rssi, techs = self._admit(t, ids, receiver_index, rssi, techs)
+        self._tech.update(zip(ids, techs, strict=True))
         self.stats.observations += len(ids)
         if ids:
             snapshot = self.tracker.step(t, ids, np.array(receiver_index), np.array(rssi))
@@ -147,9 +170,46 @@ class Locator:
             if emitter not in self.presence.visits:
                 self._tech.pop(emitter, None)
                 self.app_beacons.pop(emitter, None)
+        if len(dead) >= COMPACT_AFTER:
+            self._tech = dict(self._tech)
+            self.app_beacons = dict(self.app_beacons)
+            release_free_memory()
         open_visits = {visit.visit_id for visit in self.presence.visits.values()}
         self._app_linked &= open_visits
         return events
+
+    def _admit(
+        self, t: float, ids: list[str], receiver_index: list[int], rssi: list[float], techs: list[Tech]
+    ) -> tuple[list[str], list[int], list[float], list[Tech]]:
+        """The readings of tracked emitters and of as many new ones as ``max_emitters`` leaves room for."""
+        room = self.site.tracking.max_emitters - len(self.tracker)
+        admitted: dict[str, bool] = {}
+        keep: list[bool] = []
+        for emitter in ids:
+            ok = admitted.get(emitter)
+            if ok is None:
+                ok = emitter in self.tracker or room > 0
+                if ok and emitter not in self.tracker:
+                    room -= 1
+                admitted[emitter] = ok
+            keep.append(ok)
+        refused = keep.count(False)
+        if refused:
+            self._drop("emitter_cap", t, f"{sum(not ok for ok in admitted.values())} new emitters",
+                       count=refused)
+        return ([e for e, ok in zip(ids, keep, strict=True) if ok],
+                [r for r, ok in zip(receiver_index, keep, strict=True) if ok],
+                [v for v, ok in zip(rssi, keep, strict=True) if ok],
+                [k for k, ok in zip(techs, keep, strict=True) if ok])
+
+    def _drop(self, reason: str, t: float, what: str, count: int = 1) -> None:
+        """Count dropped readings; warn once per reason per minute of window time, with the count held back."""
+        self.stats.dropped[reason] += count
+        held = self._throttle.allow(reason, t)
+        if held is not None:
+            log.warning("readings dropped by the locator", extra={
+                "reason": reason, "what": what[:100], "count": count, "similar_since_last": held,
+                "max_emitters": self.site.tracking.max_emitters, "tracks": len(self.tracker)})
 
     def _log_entries(self, t: float, emitter_ids: Sequence[str], update: SectorUpdate) -> None:
         """Each sector entry's timeline, for whoever asks why HQ heard of it late.

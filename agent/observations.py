@@ -8,12 +8,71 @@ without touching a clock.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from agent.privacy import PSEUDONYM_HEX
 
 Tech = Literal["ble", "wifi"]
+
+RSSI_MIN_DBM = -130.0
+"""Below any receiver's noise floor (BLE radios report down to about -105 dBm; -127 means "not available")."""
+
+RSSI_MAX_DBM = 0.0
+"""The highest received power that can be real.
+
+A phone radiates at most +10 dBm over BLE (most advertise at 0 to +8) and
++20 dBm over Wi-Fi; even pressed against the antenna the coupling loses
+well over 10 dB, and a receiver's front end saturates near -10 dBm. So no
+reading above 0 dBm is a measurement: it is a firmware artefact (HCI's 127
+"not available", a signed byte read as unsigned, the +42 dBm seen in real
+recordings). No margin above 0: a reading that close to saturation carries
+no distance information the path-loss model (clamped at its minimum
+distance) could use, so dropping it loses nothing.
+"""
+
+IMPOSSIBLE_RSSI = "impossible_rssi"
+"""The drop reason (and validation error type) of a reading above ``RSSI_MAX_DBM``, on every path."""
+
+NOT_PSEUDONYMISED = "not_pseudonymised"
+"""The drop reason of an observation whose emitter id could be a raw MAC or UUID."""
+
+_PSEUDONYM = re.compile(rf"[0-9a-f]{{{PSEUDONYM_HEX}}}")
+
+
+def is_pseudonym(emitter_id: str) -> bool:
+    """True for an id that ``Pseudonymizer`` could have made; a raw MAC, UUID or name is not.
+
+    Every path that takes emitter ids from outside (Santi node batches,
+    replay files) checks this, so no raw identifier can become a subject.
+    """
+    return _PSEUDONYM.fullmatch(emitter_id) is not None
+
+
+def rssi_problem(rssi_dbm: float) -> str | None:
+    """Why a reading cannot be used (``bad_rssi``, ``impossible_rssi``), or None.
+
+    The one RSSI check: the ``Observation`` model applies it, and sources
+    that look at a reading before building one (to skip pseudonymising
+    garbage) call it directly, so every path drops the same readings under
+    the same reason.
+    """
+    if not math.isfinite(rssi_dbm) or rssi_dbm < RSSI_MIN_DBM:
+        return "bad_rssi"
+    if rssi_dbm > RSSI_MAX_DBM:
+        return IMPOSSIBLE_RSSI
+    return None
+
+
+def drop_reason(error: ValidationError, default: str) -> str:
+    """The counter key for a record that failed validation: ``impossible_rssi`` if that was why, else ``default``."""
+    if any(item["type"] == IMPOSSIBLE_RSSI for item in error.errors()):
+        return IMPOSSIBLE_RSSI
+    return default
 
 EpochSeconds = Annotated[
     float,
@@ -32,7 +91,8 @@ class Observation(BaseModel):
         min_length=1, max_length=128, description="Pseudonymised id of the emitter."
     )
     tech: Tech
-    rssi_dbm: float = Field(ge=-130.0, le=20.0, description="Received power, dBm.")
+    rssi_dbm: float = Field(ge=RSSI_MIN_DBM, description="Received power, dBm.",
+                            json_schema_extra={"maximum": RSSI_MAX_DBM})
     tx_power_dbm: float | None = Field(
         default=None, ge=-100.0, le=30.0, description="Advertised TX power (or measured power at 1 m), if any."
     )
@@ -42,6 +102,14 @@ class Observation(BaseModel):
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("rssi_dbm")
+    @classmethod
+    def _possible(cls, value: float) -> float:
+        if rssi_problem(value) == IMPOSSIBLE_RSSI:
+            raise PydanticCustomError(IMPOSSIBLE_RSSI, "RSSI {rssi} dBm is above the physical maximum of {limit} dBm",
+                                      {"rssi": value, "limit": RSSI_MAX_DBM})
         return value
 
     def reading(self) -> Reading:

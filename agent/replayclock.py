@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.observations import Observation
-from agent.replayfile import RecordReader
+from agent.replayfile import RecordReader, skip_time_jumps
 
 
 class ReplayClock:
@@ -37,7 +37,7 @@ class ReplayClock:
 
 
 def first_timestamp(path: Path) -> float:
-    """Time of the first good observation in a replay file."""
-    for record in RecordReader(path, Observation):
+    """Time of the first good observation in a replay file (clock jumps skipped, as the replay skips them)."""
+    for record in skip_time_jumps(RecordReader(path, Observation), lambda _record, _median: None):
         return record.ts
     raise ValueError(f"{path}: no observation in the file")

@@ -164,8 +164,12 @@ class Service:
         try:
             await source.run(self.sink, self.stop)
         except Exception as exc:  # a source bug must not take the store down silently
-            source.stats.fail(f"crashed: {exc!r}")
             log.exception("source crashed", extra={"source": source.stats.name})
+            source.stats.crash(f"crashed: {exc!r}")
+
+    def _crashed(self) -> bool:
+        """A source's thread or task died: starving the watchdog gets the unit restarted."""
+        return any(source.stats.crashed for source in self.sources)
 
     def _sources_finished(self) -> bool:
         return all(task.done() for task in self._tasks) and self._queue.empty()
@@ -191,7 +195,7 @@ class Service:
             finished = self.stop_when_sources_finish and self._sources_finished()
             self._step(t)
             next_t = max(next_t + window, t)
-            if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+            if watchdog is not None and time.monotonic() - last_ping >= watchdog and not self._crashed():
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
             if finished:
@@ -296,6 +300,8 @@ class Service:
         sources = {s.stats.name: s.stats.status(self._rate(s)) for s in self.sources}
         if self.stats.queue_dropped:
             sources["locator-queue"] = SourceStatus(state="degraded", rate_per_s=0.0, dropped=self.stats.queue_dropped)
+        if self.locator.stats.dropped:
+            sources["locator"] = SourceStatus(state="up", rate_per_s=0.0, dropped=self.locator.stats.dropped.total())
         return AgentStatus(
             event_id=uuid7(int(t * 1000)), store_id=self.site.store.id, agent_id=self.site.agent.id,
             ts=utc_from_epoch(t), subject=self.site.agent.id,
@@ -349,7 +355,7 @@ class Service:
             "sources": {s.stats.name: {"state": s.stats.state, "accepted": s.stats.accepted,
                                        "rate_per_s": self._file_rate(s),
                                        "dropped": dict(s.stats.dropped), "last_error": s.stats.last_error}
-                        for s in self.sources},
+                        for s in self.sources} | {"locator": self.locator.stats.status_line()},
             "last_events": [event.model_dump(mode="json", by_alias=True, include={
                 "seq", "type", "ts", "subject", "sector_id", "dwell_s", "duration_s", "state", "outbox_depth",
                 "method", "reader_id"}) for event in self._recent],

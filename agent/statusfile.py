@@ -51,6 +51,8 @@ class SourceLine:
     """True when the file carried no recent rate and ``rate_per_s`` is the mean since start."""
     dropped: int
     last_error: str | None
+    dropped_by_reason: tuple[tuple[str, int], ...] = ()
+    """The drops by reason, most frequent first, when the file names reasons."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ class StatusReport:
             "uptime_s": self.uptime_s, "uplink": {"state": self.uplink_state, "last_error": self.uplink_error},
             "outbox": outbox, "outbox_error": self.outbox_error,
             "sources": [{"name": s.name, "state": s.state, "accepted": s.accepted, "rate_per_s": s.rate_per_s,
-                         "rate_is_mean": s.rate_is_mean, "dropped": s.dropped, "last_error": s.last_error}
+                         "rate_is_mean": s.rate_is_mean, "dropped": s.dropped,
+                         "dropped_by_reason": dict(s.dropped_by_reason), "last_error": s.last_error}
                         for s in self.sources],
             "tracks": self.tracks, "visits": self.visits, "queue_dropped": self.queue_dropped,
             "recent_events": [_event_dict(e) for e in self.recent_events],
@@ -191,11 +194,14 @@ def _sources(data: dict[str, Any], uptime_s: float | None) -> tuple[SourceLine, 
         if mean and uptime_s is not None and uptime_s > 0:
             rate = accepted / uptime_s
         dropped = info.get("dropped")
-        total_dropped = sum(_count(v) for v in dropped.values()) if isinstance(dropped, dict) else _count(dropped)
+        reasons = sorted(((str(k), _count(v)) for k, v in dropped.items() if _count(v)),
+                         key=lambda item: (-item[1], item[0])) if isinstance(dropped, dict) else []
+        total_dropped = sum(n for _, n in reasons) if isinstance(dropped, dict) else _count(dropped)
         error = info.get("last_error")
         lines.append(SourceLine(name=str(name), state=str(info.get("state", "?")), accepted=accepted, rate_per_s=rate,
                                 rate_is_mean=mean, dropped=total_dropped,
-                                last_error=error if isinstance(error, str) else None))
+                                last_error=error if isinstance(error, str) else None,
+                                dropped_by_reason=tuple(reasons)))
     return tuple(lines)
 
 

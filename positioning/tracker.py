@@ -409,6 +409,9 @@ class IdRows:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def __contains__(self, emitter_id: object) -> bool:
+        return emitter_id in self._row
+
     @property
     def ids(self) -> list[str]:
         """Emitter id of each row, in row order (a copy)."""
@@ -443,6 +446,10 @@ class IdRows:
         self._ids = [e for e, d in zip(self._ids, dead.tolist(), strict=True) if not d]
         self._row = {e: i for i, e in enumerate(self._ids)}
         return gone
+
+
+MIN_CAPACITY = 64
+"""Rows a bank keeps allocated however few tracks are left."""
 
 
 def grown(array: NDArray[np.float64], n: int) -> NDArray[np.float64]:
@@ -508,6 +515,9 @@ class Tracker:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def __contains__(self, emitter_id: object) -> bool:
+        return emitter_id in self._rows
 
     @property
     def nbytes(self) -> int:
@@ -618,6 +628,10 @@ class Tracker:
         m = int(keep.sum())
         for bank in self._banks():
             bank[:m] = bank[:n][keep]
+        if self._t.shape[0] > 4 * max(m, MIN_CAPACITY):  # after a crowd (or a flood): give the memory back
+            self._xm, self._Pm, self._mu, self._t, self._last_seen = [
+                bank[: 2 * max(m, MIN_CAPACITY)].copy() for bank in self._banks()
+            ]
         return self._rows.drop(dead)
 
     def snapshot(self) -> TrackSnapshot:

@@ -86,7 +86,7 @@ observations = st.builds(
     receiver_id=names,
     emitter_id=names,
     tech=st.sampled_from(["ble", "wifi"]),
-    rssi_dbm=st.floats(-130, 20, allow_nan=False),
+    rssi_dbm=st.floats(-130, 0, allow_nan=False),
     tx_power_dbm=st.none() | st.floats(-100, 30, allow_nan=False),
 )
 

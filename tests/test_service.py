@@ -23,14 +23,16 @@ from tests.sitefiles import example_site_for
 from tests.test_locator import _readings
 
 T0 = 1_763_900_000.0
+SHOPPER_A, SHOPPER_B = "a" * 24, "b" * 24
+"""Pseudonyms, as a recording carries them (a replay drops anything else)."""
 
 
 def _recording(tmp_path: Path) -> tuple[Path, Path]:
     """Two shoppers: one walks in, to the fish counter, and out; one goes to the till and taps."""
     rng = np.random.default_rng(11)
     plans = {
-        "shopper-a": [((15.0, 2.0), 8), ((5.0, 16.0), 30), ((15.0, 2.0), 8), ((15.0, -3.0), 6)],
-        "shopper-b": [((15.0, 2.0), 6), ((24.0, 2.3), 30), ((15.0, 2.0), 6), ((15.0, -3.0), 6)],
+        SHOPPER_A: [((15.0, 2.0), 8), ((5.0, 16.0), 30), ((15.0, 2.0), 8), ((15.0, -3.0), 6)],
+        SHOPPER_B: [((15.0, 2.0), 6), ((24.0, 2.3), 30), ((15.0, 2.0), 6), ((15.0, -3.0), 6)],
     }
     observations: list[Observation] = []
     for emitter, plan in plans.items():
@@ -89,11 +91,11 @@ def test_replay_through_the_service_reaches_the_broker(broker: Broker, tmp_path:
     assert seqs == list(range(1, len(seqs) + 1))
     started = [e for e in events if e.type == "visit.started"]
     ended = [e for e in events if e.type == "visit.ended"]
-    assert sorted(e.subject for e in started) == ["shopper-a", "shopper-b"]
+    assert sorted(e.subject for e in started) == [SHOPPER_A, SHOPPER_B]
     assert len(ended) == 2
     linked = [e for e in events if e.type == "identity.linked"]
-    assert [(e.subject, e.loyalty_id) for e in linked] == [("shopper-b", "L-000123")]
-    fish = [e for e in events if e.type == "sector.entered" and e.subject == "shopper-a" and e.sector_id == "fish"]
+    assert [(e.subject, e.loyalty_id) for e in linked] == [(SHOPPER_B, "L-000123")]
+    fish = [e for e in events if e.type == "sector.entered" and e.subject == SHOPPER_A and e.sector_id == "fish"]
     assert fish
     assert any(e.type == "agent.status" for e in events)
     state = json.loads((tmp_path / "state" / "status.json").read_text())

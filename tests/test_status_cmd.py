@@ -62,7 +62,7 @@ def test_status_of_a_running_agent_through_an_outage_and_after_it_stops(broker: 
         assert online["store_id"] == "fishmonger-01"
         assert online["agent_id"] == "pi-backoffice"
         assert online["status_file_age_s"] < 6
-        assert [s["name"] for s in online["sources"]] == ["replay"]
+        assert [s["name"] for s in online["sources"]] == ["locator", "replay"]
 
         text = CliRunner().invoke(cli, ["status", "--state-dir", str(state)])
         assert text.exit_code == 0, text.output

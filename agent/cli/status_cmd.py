@@ -63,8 +63,15 @@ def _sources(report: StatusReport) -> Table:
     for source in report.sources:
         rate = "-" if source.rate_per_s is None else f"{source.rate_per_s:.1f}" + (" avg" if source.rate_is_mean else "")
         table.add_row(escape(source.name), f"[{SOURCE_STYLE.get(source.state, 'white')}]{source.state}[/]",
-                      str(source.accepted), rate, str(source.dropped), escape(source.last_error or ""))
+                      str(source.accepted), rate, _drops(source.dropped, source.dropped_by_reason), escape(source.last_error or ""))
     return table
+
+
+def _drops(total: int, by_reason: tuple[tuple[str, int], ...]) -> str:
+    """The total, then each reason with its count (``12: not_json 10, too_deep 2``): a total alone says nothing to act on."""
+    if not by_reason:
+        return str(total)
+    return f"{total}: " + escape(", ".join(f"{reason} {count}" for reason, count in by_reason))
 
 
 def _events(report: StatusReport) -> Table | None:

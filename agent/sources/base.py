@@ -30,6 +30,9 @@ class SourceStats:
     accepted: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
+    crashed: bool = False
+    """A thread or task of this source died: it will not come back by itself, so the
+    service stops feeding the systemd watchdog and the unit gets restarted."""
 
     def drop(self, reason: str, **fields: object) -> None:
         """Count a dropped input by reason and log it (debug: drops can be frequent)."""
@@ -43,7 +46,16 @@ class SourceStats:
         self.state = "down"
         self.last_error = message
 
+    def crash(self, message: str) -> None:
+        """A thread or task of the source died: down for good, logged with the cause."""
+        log.error("source crashed", extra={"source": self.name, "error": message})
+        self.crashed = True
+        self.state = "down"
+        self.last_error = message
+
     def up(self) -> None:
+        if self.crashed:
+            return
         if self.state != "up":
             log.info("source up", extra={"source": self.name})
         self.state = "up"

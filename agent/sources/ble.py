@@ -38,7 +38,7 @@ from dbus_fast.errors import DBusFastError
 from pydantic import ValidationError
 
 from agent.config import BleConfig, ConfigError
-from agent.observations import AppBeacon, Observation
+from agent.observations import AppBeacon, Observation, rssi_problem
 from agent.privacy import Pseudonymizer
 from agent.sources.adverts import (
     Advert,
@@ -64,6 +64,8 @@ EDDYSTONE_UUID16 = b"\xaa\xfe"  # little-endian, as on the air
 
 _RECOVERABLE = (BleakError, DBusFastError, OSError, EOFError, TimeoutError)
 _PSEUDONYM_CACHE = 65536
+NO_RSSI = (-127, 127)
+"""What bleak and HCI report when the controller measured no RSSI (127 is HCI's "not available")."""
 _ADDRESS_LIKE = re.compile(r"([0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
 
@@ -213,7 +215,8 @@ class BleSource:
     arguments so tests can make recovery quick.
 
     Drops are counted by reason: ``not_allowed`` (an emitter the site does
-    not locate), ``no_rssi``, ``corrupt_<parser reason>`` (one per bad frame,
+    not locate), ``no_rssi``, ``impossible_rssi`` and ``bad_rssi`` (see
+    ``agent.observations.rssi_problem``), ``corrupt_<parser reason>`` (one per bad frame,
     even when another frame of the same advertisement is used),
     ``bad_clock``, ``invalid_observation`` and ``queue_full``.
     """
@@ -269,8 +272,12 @@ class BleSource:
 
         def on_advertisement(device: BLEDevice, adv: AdvertisementData) -> None:
             rssi = adv.rssi
-            if not -127 < rssi <= 20:
+            if rssi in NO_RSSI:
                 stats.drop("no_rssi")
+                return
+            problem = rssi_problem(float(rssi))
+            if problem is not None:
+                stats.drop(problem)
                 return
             frames: list[Advert] = []
             for company, data in adv.manufacturer_data.items():

@@ -188,6 +188,12 @@ class NfcSource:
             self._on_read(read)
 
     def _reader_thread(self) -> None:
+        try:
+            self._reader_loop()
+        except BaseException as exc:  # noqa: BLE001 -- whatever kills the thread, say so in status
+            self.stats.crash(f"reader thread died: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _reader_loop(self) -> None:
         attempt = 0
         while not self._halt.is_set():
             self.open_attempts += 1

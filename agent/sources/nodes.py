@@ -23,6 +23,12 @@ ESPresense ids are dropped as ``not_allowed``).
 ``NodeIngest`` is the sans-I/O core (topic + payload + time in, observations
 out); ``NodesSource`` runs paho on its thread and bridges into asyncio in one
 place, through a bounded queue that drops and counts when full.
+
+Anyone on the store's network can publish here, so a message is hostile
+until parsed: its size is capped before parsing, and whatever parsing or
+validation raises (``RecursionError`` from ``[[[...]]]``, ``OverflowError``
+from a 400-digit number, bad UTF-8, wrong types, NaN) becomes a drop
+counted by reason, never an exception on paho's thread.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -43,14 +50,24 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from agent.config import BleConfig, ReceiverConfig
-from agent.observations import Observation
-from agent.privacy import PSEUDONYM_HEX, Pseudonymizer
+from agent.observations import (
+    NOT_PSEUDONYMISED,
+    Observation,
+    drop_reason,
+    is_pseudonym,
+    rssi_problem,
+)
+from agent.privacy import Pseudonymizer
+from agent.ratelimit import Throttle
 from agent.sources.base import Record, Sink, SourceStats
 
 log = logging.getLogger(__name__)
 
 ESPRESENSE_PREFIX = "espresense"
 MAX_PAYLOAD_BYTES = 256 * 1024
+"""A Santi node batch: 500 observations of ~150 bytes each fit three times over."""
+MAX_ESPRESENSE_BYTES = 4096
+"""An ESPresense sighting is a flat object of ~300 bytes; anything far bigger is not one."""
 MAX_NAMES_TRACKED = 1024
 """Distinct unknown node names remembered; garbage topics cannot exhaust memory."""
 
@@ -61,7 +78,8 @@ _IBEACON = re.compile(
     r"^ibeacon:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-(\d{1,5})-(\d{1,5})$",
     re.IGNORECASE,
 )
-_PSEUDONYM = re.compile(rf"^[0-9a-f]{{{PSEUDONYM_HEX}}}$")
+_PARSE_ERRORS = (UnicodeDecodeError, ValueError, RecursionError, OverflowError, TypeError)
+"""What ``json.loads`` and number conversion raise on hostile input (nesting, huge numbers, bad UTF-8)."""
 
 
 class Dropped(Exception):
@@ -96,12 +114,15 @@ def _number(value: Any) -> float:
     """A finite float from a JSON number or a numeric string (real nodes send both)."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not a number")
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        number = float(value.strip())
-    else:
-        raise ValueError(f"{type(value).__name__} is not a number")
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str) and len(value) <= 32:
+            number = float(value.strip())
+        else:
+            raise ValueError(f"{type(value).__name__} is not a number")
+    except OverflowError:  # an int of hundreds of digits
+        raise ValueError("too large") from None
     if not math.isfinite(number):
         raise ValueError("not finite")
     return number
@@ -113,6 +134,8 @@ class NodeIngest:
     ``stats.dropped`` holds drops by reason; ``quirks`` counts oddities that
     were tolerated (string numbers, an implausible ``rssi@1m`` that was
     ignored); ``unknown_nodes`` counts messages per unconfigured node name.
+    ``ingest`` never raises: an exception nobody foresaw is counted as
+    ``internal_error`` and logged (rate-limited) with its type.
     """
 
     def __init__(
@@ -141,6 +164,7 @@ class NodeIngest:
         self.quirks: Counter[str] = Counter()
         self.unknown_nodes: Counter[str] = Counter()
         self._emitters: dict[tuple[str, int], str] = {}
+        self._throttle = Throttle()
 
     @property
     def topics(self) -> list[str]:
@@ -155,11 +179,20 @@ class NodeIngest:
             if topic.startswith(self._santi_prefix):
                 return self._santi(topic, payload, now)
             if topic.startswith(ESPRESENSE_PREFIX + "/devices/"):
+                if len(payload) > MAX_ESPRESENSE_BYTES:
+                    raise Dropped("too_large")
                 return [self._espresense(topic, payload, now)]
             raise Dropped("unexpected_topic")
         except Dropped as drop:
             self.stats.drop(drop.reason, topic=topic[:200])
-            return []
+        except Exception as exc:  # noqa: BLE001 -- a hostile payload must cost one message, never the source
+            self.stats.drop("internal_error", topic=topic[:200])
+            held = self._throttle.allow(type(exc).__name__, time.monotonic())
+            if held is not None:
+                log.warning("node message dropped: unexpected error while parsing it",  # no topic: it may hold a MAC
+                            extra={"format": topic.split("/", 1)[0][:20], "error": type(exc).__name__,
+                                   "similar_since_last": held})
+        return []
 
     def _receiver(self, name: str) -> str:
         receiver = self._nodes.get(name.lower())
@@ -180,10 +213,7 @@ class NodeIngest:
         receiver = self._receiver(room)
         if not self._allow_all and not self._admits(device_id):
             raise Dropped("not_allowed")
-        try:
-            data = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
-            raise Dropped("not_json") from None
+        data = _loads(payload)
         if not isinstance(data, dict):
             raise Dropped("not_an_object")
         raw_rssi = data.get("rssi")
@@ -195,8 +225,9 @@ class NodeIngest:
             raise Dropped("bad_rssi") from None
         if isinstance(raw_rssi, str):
             self.quirks["string_number"] += 1
-        if not -130.0 <= rssi <= 20.0:
-            raise Dropped("bad_rssi")
+        problem = rssi_problem(rssi)
+        if problem is not None:
+            raise Dropped(problem)
         tx_power = self._reference_power(data.get("rssi@1m"))
         emitter = self._emitter(device_id, now)
         return Observation(ts=now, receiver_id=receiver, emitter_id=emitter, tech="ble",
@@ -245,11 +276,11 @@ class NodeIngest:
         for item in items:
             try:
                 observation = Observation.model_validate(item)
-            except ValidationError:
-                self.stats.drop("bad_observation", node=node_id)
+            except ValidationError as exc:
+                self.stats.drop(drop_reason(exc, "bad_observation"), node=node_id)
                 continue
-            if not _PSEUDONYM.match(observation.emitter_id):
-                self.stats.drop("not_pseudonymised", node=node_id)
+            if not is_pseudonym(observation.emitter_id):
+                self.stats.drop(NOT_PSEUDONYMISED, node=node_id)
                 continue
             if observation.ts < now - self._max_age_s:
                 self.stats.drop("stale", node=node_id)
@@ -262,17 +293,23 @@ class NodeIngest:
 
     @staticmethod
     def _santi_items(payload: bytes) -> list[Any]:
-        try:
-            text = payload.decode("utf-8")
-            stripped = text.lstrip()
-            if stripped.startswith("["):
-                items = json.loads(stripped)
-                if not isinstance(items, list):
-                    raise Dropped("not_a_batch")
-                return items
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except (UnicodeDecodeError, ValueError):
-            raise Dropped("not_json") from None
+        stripped = payload.lstrip()
+        if stripped.startswith(b"["):
+            items = _loads(stripped)
+            if not isinstance(items, list):
+                raise Dropped("not_a_batch")
+            return items
+        return [_loads(line) for line in payload.splitlines() if line.strip()]
+
+
+def _loads(payload: bytes) -> Any:
+    """JSON from a payload, or a drop: ``too_deep`` for hostile nesting, ``not_json`` for the rest."""
+    try:
+        return json.loads(payload)
+    except RecursionError:
+        raise Dropped("too_deep") from None
+    except _PARSE_ERRORS:
+        raise Dropped("not_json") from None
 
 
 def encode_batch(observations: Iterable[Observation]) -> bytes:
@@ -283,12 +320,16 @@ def encode_batch(observations: Iterable[Observation]) -> bytes:
 class NodesSource:
     """Subscribes to the local broker and hands node observations to the sink.
 
-    paho runs its network loop on its own thread; each message is parsed
-    there and its observations cross into asyncio through ``_offer`` (the
-    only bridge): a bounded queue, drained on the loop after a
+    paho's network loop runs on a thread of this source; each message is
+    parsed there and its observations cross into asyncio through ``_offer``
+    (the only bridge): a bounded queue, drained on the loop after a
     ``call_soon_threadsafe`` wake-up; what does not fit is counted as
     ``queue_full``. paho reconnects by itself; the state follows it and is
     ``up`` only once the subscriptions are acknowledged.
+
+    Should that thread (or the drain task) die anyway, the source is marked
+    crashed: ``down`` in status, with the cause, and the service stops
+    feeding the systemd watchdog so that the unit is restarted.
     """
 
     def __init__(
@@ -314,6 +355,7 @@ class NodesSource:
         self._ready = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._thread: threading.Thread | None = None
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "",
                                    protocol=mqtt.MQTTv5)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -372,19 +414,32 @@ class NodesSource:
                 sink(self._pending.popleft())
                 self.stats.accepted += 1
 
+    def _network(self) -> None:
+        """paho's loop, on our thread so that its death is seen rather than silent."""
+        try:
+            self._client.loop_forever(retry_first_connection=True)
+        except BaseException as exc:  # noqa: BLE001 -- whatever kills the thread, say so in status
+            self.stats.crash(f"network thread died: {type(exc).__name__}: {str(exc)[:200]}")
+
     async def run(self, sink: Sink, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         self._client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
-        self._client.loop_start()
+        self._thread = threading.Thread(target=self._network, name=f"nodes-{self._host}:{self._port}", daemon=True)
+        self._thread.start()
         drain = asyncio.create_task(self._drain(sink))
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait({drain, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if drain.done() and not drain.cancelled() and drain.exception() is not None:
+                self.stats.crash(f"drain task died: {drain.exception()!r}")
+                await stop.wait()
         finally:
             self._stopping = True
             drain.cancel()
+            stopped.cancel()
             self._client.disconnect()
-            await asyncio.to_thread(self._client.loop_stop)
+            await asyncio.to_thread(self._thread.join, 5.0)
             self._loop = None
             self.stats.state = "down"
 

@@ -7,6 +7,14 @@ Files from the field are not always sorted: a bounded reorder window puts
 slightly late lines back in place, and a record later than the window can
 repair is dropped and counted rather than handed out of order.
 
+A replay file is input from outside like a node's message, and is checked
+as one: a record stamped far from its neighbours (a clock jump) is skipped
+as ``time_jump`` rather than waited for; an emitter id that is not a
+pseudonym (a raw MAC) is dropped as ``not_pseudonymised`` and never
+becomes a subject; bad lines are counted by their reader's reason keys.
+Every drop has a counter; warnings are one per reason per minute, and a
+summary closes the replay.
+
 The clock and the sleep are injected, so tests replay an hour in no time.
 """
 
@@ -14,13 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 
-from agent.observations import CardTap, Observation
-from agent.replayfile import RecordReader
+from agent.observations import NOT_PSEUDONYMISED, CardTap, Observation, is_pseudonym
+from agent.ratelimit import Throttle
+from agent.replayfile import RecordReader, skip_time_jumps
 from agent.sources.base import Record, Sink, SourceStats
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -85,18 +97,33 @@ class ReplaySource:
         self.stats = SourceStats(name)
         self.finished = False
         self._readers: list[RecordReader[Observation] | RecordReader[CardTap]] = []
+        self._throttle = Throttle()
 
     def _stream(self) -> Iterator[Record]:
-        self._readers = [RecordReader(self._paths[0], Observation)]
+        observations = RecordReader(self._paths[0], Observation)
+        self._readers = [observations]
+        streams: list[Iterator[Record]] = [reorder(skip_time_jumps(observations, self._jump), self._window)]
         if len(self._paths) > 1:
-            self._readers.append(RecordReader(self._paths[1], CardTap))
-        streams = [reorder(reader, self._window) for reader in self._readers]
+            taps = RecordReader(self._paths[1], CardTap)
+            self._readers.append(taps)
+            streams.append(reorder(skip_time_jumps(taps, self._jump), self._window))
         return heapq.merge(*streams, key=lambda record: record.ts)
 
+    def _drop(self, reason: str, record: Record, **fields: object) -> None:
+        """Count a dropped record; warn once per reason per interval, with how many were held back."""
+        self.stats.drop(reason, ts=record.ts, **fields)
+        held = self._throttle.allow(reason, time.monotonic())
+        if held is not None:
+            log.warning("replay record dropped", extra={"source": self.stats.name, "reason": reason,
+                                                        "ts": record.ts, "similar_since_last": held, **fields})
+
+    def _jump(self, record: Record, median: float) -> None:
+        self._drop("time_jump", record, around=median)
+
     def _count_bad_lines(self) -> None:
-        bad = sum(reader.bad_total for reader in self._readers)
-        if bad:
-            self.stats.dropped["bad_line"] = bad
+        for reader in self._readers:
+            for key in reader.bad_by_key:
+                self.stats.dropped[key] = sum(r.bad_by_key[key] for r in self._readers)
 
     async def _wait_until(self, deadline: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -119,7 +146,10 @@ class ReplaySource:
                 break
             self._count_bad_lines()
             if record.ts < last_ts:
-                self.stats.drop("out_of_order", ts=record.ts, previous=last_ts)
+                self._drop("out_of_order", record, previous=last_ts)
+                continue
+            if isinstance(record, Observation) and not is_pseudonym(record.emitter_id):
+                self._drop(NOT_PSEUDONYMISED, record)
                 continue
             last_ts = record.ts
             if first_ts is None:
@@ -138,3 +168,5 @@ class ReplaySource:
             self.stats.accepted += 1
         self._count_bad_lines()
         self.finished = not stop.is_set()
+        log.info("replay ended", extra={"source": self.stats.name, "accepted": self.stats.accepted,
+                                        "dropped": dict(self.stats.dropped), "finished": self.finished})

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import dpkt
 
-from agent.observations import Observation
+from agent.observations import Observation, rssi_problem
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Sink, SourceStats
 
@@ -216,8 +216,9 @@ class ProbeCounter:
         self.macs["randomised" if probe.mac_randomised else "global"] += 1
         if probe.ssid_present:
             self.macs["directed"] += 1
-        if not -130.0 <= probe.rssi_dbm <= 20.0:
-            self.stats.drop("bad_rssi")
+        problem = rssi_problem(probe.rssi_dbm)
+        if problem is not None:
+            self.stats.drop(problem)
             return None
         self.stats.accepted += 1
         return Observation(ts=ts, receiver_id=self.receiver_id,
