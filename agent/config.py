@@ -119,10 +119,18 @@ class UplinkConfig(_Model):
         return None
 
 
+RESERVE_BYTES = 32 * 1024 * 1024
+"""Default free space kept on the outbox's filesystem: room for logs, the OS and a WAL that deletes."""
+
+
 class BufferConfig(_Model):
     max_rows: int = Field(default=1_000_000, ge=100)
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024)
     max_age_days: float = Field(default=30.0, gt=0.0)
+    reserve_bytes: int = Field(
+        default=RESERVE_BYTES, ge=0,
+        description="Free space the outbox keeps on its filesystem: below it the oldest events are evicted.",
+    )
 
 
 class PrivacyConfig(_Model):
