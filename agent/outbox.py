@@ -602,29 +602,34 @@ class Outbox:
         """
         excess_rows = state.rows - self._bounds.max_rows
         excess_bytes = max(state.bytes - self._bounds.max_bytes, short_bytes)
-        cutoff = now - self._bounds.max_age_days * 86400.0 if age else float("-inf")
-        if excess_rows <= 0 and excess_bytes <= 0 and not age:
-            return 0
         taken_rows = taken_bytes = 0
         last = 0
-        done = False
+        done = excess_rows <= 0 and excess_bytes <= 0
         while not done:
             chunk = self._db.execute(
-                "SELECT seq, size, stored_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (last, _EVICT_CHUNK),
+                "SELECT seq, size FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (last, _EVICT_CHUNK),
             ).fetchall()
-            for seq, size, stored_at in chunk:
-                young = stored_at >= cutoff or stored_at < PLAUSIBLE_SINCE
-                if taken_rows >= excess_rows and taken_bytes >= excess_bytes and young:
+            for seq, size in chunk:
+                if taken_rows >= excess_rows and taken_bytes >= excess_bytes:
                     done = True
                     break
                 taken_rows += 1
                 taken_bytes += size
                 last = seq
             done = done or len(chunk) < _EVICT_CHUNK
+        if taken_rows:
+            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last,))
+        if age:
+            cutoff = now - self._bounds.max_age_days * 86400.0
+            old = self._db.execute(
+                "DELETE FROM outbox WHERE stored_at < ? AND stored_at >= ? RETURNING seq, size",
+                (cutoff, PLAUSIBLE_SINCE),
+            ).fetchall()
+            taken_rows += len(old)
+            taken_bytes += sum(size for _, size in old)
+            last = max([last, *(seq for seq, _ in old)])
         if taken_rows == 0:
             return 0
-        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last,))
         state.rows -= taken_rows
         state.bytes -= taken_bytes
         state.evicted_total += taken_rows
