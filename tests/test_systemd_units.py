@@ -49,3 +49,15 @@ def test_units_are_notify_with_watchdog(name: str) -> None:
     for line in ("Type=notify", "Restart=on-failure", "User=santi", "StateDirectory=santi", "NoNewPrivileges=yes"):
         assert line in text
     assert re.search(r"^WatchdogSec=\d+s$", text, re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", ["santi-agent.service", "santi-node.service"])
+def test_units_start_after_the_clock_is_set(name: str) -> None:
+    """A Pi has no RTC: started before NTP, every timestamp says 1970 until the clock jumps."""
+    unit: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            unit.setdefault(key.strip(), []).extend(value.split())
+    assert "time-sync.target" in unit["After"]
+    assert "time-sync.target" in unit["Wants"]
