@@ -147,6 +147,9 @@ class Service:
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self) -> int:
+        exposed = self.site.uplink.password_file_problem()
+        if exposed is not None:
+            log.warning(exposed)
         try:
             self.outbox = Outbox.open(self.state_dir / "outbox.sqlite", self.site.buffer, self.clock)
         except OutboxError as exc:
