@@ -94,6 +94,8 @@ _SAVE_STATE = (
 _EVICT_CHUNK = 512
 SPARE_MAX_BYTES = 1024 * 1024
 """The spare file's size at most (a quarter of the reserve when that is smaller): room for a WAL that deletes."""
+_ACK_CHUNK = 64
+"""Rows deleted per acknowledgement transaction (~25 KiB of WAL with SQLite zeroing what it deletes)."""
 _RESERVE_STEPS = 64
 """At most this many eviction steps per append: a disk filled by others is not emptied of events in one go."""
 _PAGE_BYTES = 4096
@@ -651,32 +653,37 @@ class Outbox:
         return [Row(*row) for row in rows]
 
     def ack(self, seqs: Iterable[int]) -> int:
-        """Delete rows the broker acknowledged; unknown seqs (evicted, already acked) are ignored."""
+        """Delete rows the broker acknowledged; unknown seqs (evicted, already acked) are ignored.
+
+        In chunks of ``_ACK_CHUNK``, each its own transaction: a delete writes
+        what it frees to the WAL, so a big one on a full disk would need the
+        space it frees. A chunk that fails leaves the rest for the next ack
+        (a duplicate at worst, which HQ drops by ``event_id``).
+        """
         wanted = sorted(set(seqs))
-        if not wanted:
-            return 0
+        deleted = 0
         with self._lock:
-            deleted = 0
+            for start in range(0, len(wanted), _ACK_CHUNK):
+                chunk = json.dumps(wanted[start:start + _ACK_CHUNK])
 
-            def delete() -> _State:
-                nonlocal deleted
-                new = _State(*self._state.values())
-                sizes = self._db.execute(
-                    "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) RETURNING size",
-                    (json.dumps(wanted),),
-                ).fetchall()
-                new.rows -= len(sizes)
-                new.bytes -= sum(size for (size,) in sizes)
-                self._db.execute(_SAVE_STATE, new.values())
-                deleted = len(sizes)
-                return new
+                def delete(chunk: str = chunk) -> _State:
+                    new = _State(*self._state.values())
+                    sizes = self._db.execute(
+                        "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) RETURNING size", (chunk,),
+                    ).fetchall()
+                    new.rows -= len(sizes)
+                    new.bytes -= sum(size for (size,) in sizes)
+                    self._db.execute(_SAVE_STATE, new.values())
+                    return new
 
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._state = self._transaction(delete, "acknowledgement")
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
-            return deleted
+                before = self._state.rows
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._state = self._transaction(delete, "acknowledgement")
+                    deleted += before - self._state.rows
+                finally:
+                    self._db.execute("PRAGMA synchronous=FULL")
+        return deleted
 
     # -- counters ------------------------------------------------------------
 

@@ -109,6 +109,22 @@ def test_outbox_keeps_the_reserve_free_by_evicting_oldest_first(tmpfs: Path) -> 
     assert path.with_name(OUTBOX_FILE + ".spare").stat().st_size == RESERVE // 4
 
 
+def test_acks_on_a_full_disk_delete_and_make_room(tmpfs: Path) -> None:
+    """Another program took the last byte: a big ack still deletes (spare released, chunked), then appends fit."""
+    path = tmpfs / "state" / OUTBOX_FILE
+    fill_outbox(path)
+    fill(tmpfs)
+    with Outbox.open(path, SMALL) as outbox:
+        rows = outbox.peek(0, 3000)
+        depth = outbox.depth()
+        assert outbox.ack(r.seq for r in rows) == 3000
+        assert outbox.depth() == depth - 3000
+        stored = outbox.append_many(events(100, start=100_000))
+        assert outbox.peek(stored[0].seq - 1, 1)[0].seq == stored[0].seq
+    with Outbox.open(path, SMALL) as reopened:
+        assert reopened.depth() == depth - 3000 + 100
+
+
 def test_agent_survives_the_disk_filling_up_under_it(broker: Broker, tmp_path: Path, tmpfs: Path) -> None:
     """Something else takes every free byte for a while: one-line errors, no crash, storing again after."""
     state = tmpfs / "state"
