@@ -4,7 +4,7 @@ One SQLite file in WAL mode. ``append``/``append_many`` give each event the
 next ``seq`` (gap-free from 1, kept in a one-row ``state`` table updated in
 the same transaction as the rows, so it survives restarts and a fully drained
 outbox). A row leaves only when the uplink reports the broker's PUBACK
-(``ack``) or when a bound (rows, bytes, age) evicts it, oldest first; every
+(``ack``) or when a bound (rows, bytes, age, free space) evicts it, oldest first; every
 eviction is counted on disk, and the counter is handed to the next
 ``agent.status`` event, so loss is never silent, not even across a crash.
 
@@ -205,6 +205,11 @@ def _wal_pages(bounds: Bounds) -> int:
     return max(16, min(1000, bounds.reserve_bytes // (4 * _PAGE_BYTES)))
 
 
+def _spare_path(path: Path) -> Path:
+    """The preallocated file released when the disk fills: ``<outbox>.spare``, beside the outbox."""
+    return path.with_name(path.name + ".spare")
+
+
 def free_bytes(folder: Path) -> int:
     """Bytes a non-root writer may still use on the filesystem holding ``folder`` (root's extra margin excluded)."""
     st = os.statvfs(folder)
@@ -307,7 +312,7 @@ class Outbox:
         """One line if the file found at ``path`` was unusable and moved aside, else None."""
         self.last_error: str | None = None
         """The last write failure in one line (``santi buffer drain`` says why it stopped), None after a success."""
-        self._spare = path.with_name(path.name + ".spare")
+        self._spare = _spare_path(path)
 
     @classmethod
     def open(cls, path: Path, bounds: Bounds, clock: Clock = time.time, *, check: bool = True) -> Outbox:
@@ -322,7 +327,7 @@ class Outbox:
         except OSError as exc:
             raise OutboxError(f"outbox {path}: cannot create it: {exc.strerror} — check the folder's "
                               f"permissions and free space") from exc
-        spare = path.with_name(path.name + ".spare")
+        spare = _spare_path(path)
         if spare.exists() and free_bytes(path.parent) < bounds.reserve_bytes:
             # Opening may need room for the -shm file and a WAL before anything can be deleted.
             spare.unlink()

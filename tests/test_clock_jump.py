@@ -19,10 +19,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from agent.config import BufferConfig
 from agent.events import AgentStatus, Event, VisitEnded, parse_event
 from agent.outbox import OUTBOX_FILE, Outbox
-from agent.replayclock import TEST_WALL_CLOCK_ENV
+from agent.presence import Located, Presence
+from agent.replayclock import TEST_WALL_CLOCK_ENV, SteadyClock
 from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
 from tests.test_outbox import FakeClock, events
@@ -134,3 +137,44 @@ def test_rows_stamped_by_an_unset_clock_are_not_too_old(tmp_path: Path) -> None:
         assert outbox.enforce(T0) == 3
         assert [r.seq for r in outbox.peek(0, 100)] == [1, 2, 3, 4, 5]
         assert outbox.evicted_total == 3
+
+
+class _Clocks:
+    """A wall and a monotonic clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall = T0
+        self.mono = 5.0
+
+
+def test_steady_clock_follows_the_monotonic_clock_and_logs_each_jump_once(caplog: pytest.LogCaptureFixture) -> None:
+    clocks = _Clocks()
+    steady = SteadyClock(lambda: clocks.wall, lambda: clocks.mono)
+    clocks.wall += 10.3  # NTP slewing and a normal second hand: no jump
+    clocks.mono += 10.0
+    assert steady() == T0 + 10.0
+    assert steady.wall_offset() == pytest.approx(0.3)
+    clocks.wall -= 3600.0
+    for _ in range(3):
+        assert steady.wall_offset() == pytest.approx(0.3 - 3600.0)
+    clocks.mono += 1.0
+    clocks.wall += 1.0
+    assert steady() == T0 + 11.0, "steady time never goes back"
+    jumps = [r for r in caplog.records if r.getMessage().startswith("wall clock jumped")]
+    assert len(jumps) == 1
+    assert jumps[0].levelname == "WARNING"
+    assert jumps[0].__dict__["jump_s"] == pytest.approx(-3600.0)
+    assert steady.jumps == 1
+
+
+def test_presence_durations_ignore_the_wall_offset_timestamps_follow_it() -> None:
+    presence = Presence("s", "a", entrances=["entrance"], visit_silence_s=60.0)
+    presence.wall_offset = -(T0 - 86_400.0)  # the wall clock says 2 January 1970
+    started = presence.update(T0, [Located("e", "ble", "fish", 0.9)])
+    presence.wall_offset = 0.0  # NTP answered
+    ended = presence.close_all(T0 + 300.0)
+    visit_end = next(e for e in ended if isinstance(e, VisitEnded))
+    assert started[0].ts.year == 1970
+    assert visit_end.ts.timestamp() == pytest.approx(T0 + 300.0)
+    assert visit_end.duration_s == pytest.approx(300.0)
+    assert visit_end.dwell_s == {"fish": 300.0}
