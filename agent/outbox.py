@@ -94,6 +94,8 @@ _SAVE_STATE = (
 _EVICT_CHUNK = 512
 SPARE_MAX_BYTES = 1024 * 1024
 """The spare file's size at most (a quarter of the reserve when that is smaller): room for a WAL that deletes."""
+EVICTION_LOG_EVERY_S = 60.0
+"""At most one eviction warning a minute (it carries the count since the previous one)."""
 _ACK_CHUNK = 64
 """Rows deleted per acknowledgement transaction (~25 KiB of WAL with SQLite zeroing what it deletes)."""
 _RESERVE_STEPS = 64
@@ -313,6 +315,9 @@ class Outbox:
         self.last_error: str | None = None
         """The last write failure in one line (``santi buffer drain`` says why it stopped), None after a success."""
         self._spare = _spare_path(path)
+        self._checkpoint_error: str | None = None
+        self._evict_logged_at = float("-inf")
+        self._evicted_unlogged = 0
 
     @classmethod
     def open(cls, path: Path, bounds: Bounds, clock: Clock = time.time, *, check: bool = True) -> Outbox:
@@ -547,8 +552,11 @@ class Outbox:
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:
-            log.warning("outbox checkpoint failed", extra={"error": str(exc), "path": str(self.path)})
+            if str(exc) != self._checkpoint_error:  # once per kind of failure, not once per append
+                log.warning("outbox checkpoint failed", extra={"error": str(exc), "path": str(self.path)})
+            self._checkpoint_error = str(exc)
             return False
+        self._checkpoint_error = None
         return (wal.stat().st_size if wal.exists() else 0) < before
 
     def _make_room_locked(self) -> bool:
@@ -641,9 +649,15 @@ class Outbox:
         state.bytes -= taken_bytes
         state.evicted_total += taken_rows
         state.evicted_unreported += taken_rows
-        log.warning("outbox bound hit: oldest events evicted",
-                    extra={"evicted": taken_rows, "up_to_seq": last, "path": str(self.path),
-                           "low_disk": short_bytes > 0})
+        self._evicted_unlogged += taken_rows
+        now_s = time.monotonic()
+        if now_s - self._evict_logged_at >= EVICTION_LOG_EVERY_S:
+            # An outbox held at its reserve evicts at every append: one line a minute says it all.
+            log.warning("outbox bound hit: oldest events evicted",
+                        extra={"evicted": self._evicted_unlogged, "up_to_seq": last, "path": str(self.path),
+                               "low_disk": short_bytes > 0, "evicted_total": state.evicted_total})
+            self._evict_logged_at = now_s
+            self._evicted_unlogged = 0
         return taken_rows
 
     # -- reading and acknowledging -------------------------------------------
