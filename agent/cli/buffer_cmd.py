@@ -179,8 +179,9 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
 
     With the agent running, it is asked (SIGUSR1) to reconnect at once rather
     than at the end of its backoff wait; with no agent running, this command
-    runs the agent's uplink itself. Exits 1 if events are still waiting when
-    the time is up, with the uplink's last error.
+    runs the agent's uplink itself. Says why it stopped (everything sent, the
+    time is up, the outbox cannot delete on a full disk); exits 1 if events
+    are still waiting, with the uplink's last error.
 
     \b
     Example:
