@@ -118,11 +118,38 @@ class UplinkConfig(_Model):
             return SecretStr(value)
         return None
 
+    def password_file_problem(self) -> str | None:
+        """One line if ``password_file`` can be read by anyone but its owner, else None.
+
+        Warned about, not refused: by the time the agent sees the mode the
+        password is already exposed, and refusing would stop the store's
+        uplink over something only an operator can fix. ``santi doctor``
+        fails on it, with the command that fixes it.
+        """
+        if self.password_file is None:
+            return None
+        try:
+            mode = self.password_file.stat().st_mode & 0o777
+        except OSError:
+            return None  # reading it says why, when the uplink connects
+        if not mode & 0o077:
+            return None
+        return (f"uplink.password_file {self.password_file} is readable by other users (mode {mode:04o}) — "
+                f"`chmod 600 {self.password_file}` and give it to the agent's user")
+
+
+RESERVE_BYTES = 32 * 1024 * 1024
+"""Default free space kept on the outbox's filesystem: room for logs, the OS and a WAL that deletes."""
+
 
 class BufferConfig(_Model):
     max_rows: int = Field(default=1_000_000, ge=100)
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024)
     max_age_days: float = Field(default=30.0, gt=0.0)
+    reserve_bytes: int = Field(
+        default=RESERVE_BYTES, ge=0,
+        description="Free space the outbox keeps on its filesystem: below it the oldest events are evicted.",
+    )
 
 
 class PrivacyConfig(_Model):

@@ -396,14 +396,20 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def check_disk(state_dir: Path, max_bytes: int) -> Check:
-    """Room for a full outbox: what is free plus what Santi already holds, against buffer.max_bytes."""
+def check_disk(state_dir: Path, max_bytes: int, reserve_bytes: int = 0) -> Check:
+    """Room for a full outbox: what is free plus what Santi already holds, against buffer.max_bytes.
+
+    The outbox keeps ``reserve_bytes`` free and evicts to do so, so the room
+    it can use is what is free less the reserve.
+    """
     name = "disk"
     anchor = _existing_ancestor(state_dir)
     usage = shutil.disk_usage(anchor)
     held = _tree_bytes(state_dir)
-    room = usage.free + held
+    room = usage.free + held - reserve_bytes
     detail = f"{_size(usage.free)} free at {anchor}, buffer up to {_size(max_bytes)}"
+    if reserve_bytes:
+        detail += f", {_size(reserve_bytes)} kept free"
     if room < max_bytes:
         return fail(name, detail, f"free space there or lower [buffer] max_bytes to {int(room / SQLITE_HEADROOM)}")
     if room < max_bytes * SQLITE_HEADROOM:
@@ -437,6 +443,31 @@ def check_state_dir(state_dir: Path) -> Check:
     return ok(name, f"{state_dir} is writable")
 
 
+def check_permissions(site: SiteConfig, state_dir: Path) -> Check:
+    """Secrets and state readable by their owner only: the password file, the state folder and its files.
+
+    Under systemd ``UMask=0077`` makes the agent's files private; a state folder
+    first used from a shell, or a password file copied with ``cp``, is not.
+    """
+    name = "permissions"
+    problem = site.uplink.password_file_problem()
+    if problem is not None:
+        assert site.uplink.password_file is not None
+        return fail(name, problem, f"`chmod 600 {site.uplink.password_file}`")
+    loose: list[str] = []
+    if state_dir.is_dir():
+        entries = [state_dir, *(entry for entry in state_dir.iterdir() if entry.is_file())]
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                mode = entry.stat().st_mode & 0o777
+                if mode & 0o077:
+                    loose.append(f"{entry.name or entry} {mode:04o}")
+    if loose:
+        return warn(name, f"readable by other users in {state_dir}: {', '.join(loose)}",
+                    f"`chmod 700 {state_dir} && chmod 600 {state_dir}/*`")
+    return ok(name, "password file and state are private to their owner")
+
+
 # -- all of it ------------------------------------------------------------------------------------
 
 
@@ -451,7 +482,8 @@ def run_checks(config: Path, *, state_dir: Path | None = None, now: float, timeo
     directory = state_dir if state_dir is not None else site.agent.state_dir
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("state dir", lambda: check_state_dir(directory)),
-        ("disk", lambda: check_disk(directory, site.buffer.max_bytes)),
+        ("disk", lambda: check_disk(directory, site.buffer.max_bytes, site.buffer.reserve_bytes)),
+        ("permissions", lambda: check_permissions(site, directory)),
         ("clock", lambda: check_clock(now=now, timeout=timeout)),
         ("bluetooth", lambda: check_bluetooth(site, bus_address=bus_address, sys_root=sys_root, timeout=timeout)),
         ("wifi", lambda: check_wifi(site, sys_root=sys_root)),

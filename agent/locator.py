@@ -118,9 +118,11 @@ class Locator:
         self.app_beacons[emitter_id] = loyalty_id
 
     def window(
-        self, t: float, observations: Sequence[Reading | Observation], taps: Sequence[CardTap] = ()
+        self, t: float, observations: Sequence[Reading | Observation], taps: Sequence[CardTap] = (),
+        *, wall_offset: float = 0.0,
     ) -> list[Event]:
-        """Events of the window ending at ``t``."""
+        """Events of the window ending at ``t`` (steady time), dated ``t + wall_offset`` (wall time)."""
+        self.presence.wall_offset = wall_offset
         events: list[Event] = []
         rows = self.arrays.receiver_row
         ids: list[str] = []

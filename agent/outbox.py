@@ -4,7 +4,7 @@ One SQLite file in WAL mode. ``append``/``append_many`` give each event the
 next ``seq`` (gap-free from 1, kept in a one-row ``state`` table updated in
 the same transaction as the rows, so it survives restarts and a fully drained
 outbox). A row leaves only when the uplink reports the broker's PUBACK
-(``ack``) or when a bound (rows, bytes, age) evicts it, oldest first; every
+(``ack``) or when a bound (rows, bytes, age, free space) evicts it, oldest first; every
 eviction is counted on disk, and the counter is handed to the next
 ``agent.status`` event, so loss is never silent, not even across a crash.
 
@@ -17,6 +17,17 @@ promise we make. Batched appends pay one fsync per batch. Acks commit with
 ``NORMAL``: a lost ack only means a duplicate, which HQ drops by ``event_id``,
 and the next FULL commit makes earlier frames durable anyway.
 
+Free space: ``reserve_bytes`` of the filesystem are kept free. Before each
+append the outbox measures the filesystem's free space plus the free pages
+inside its own file (which new rows reuse); when that falls below the
+reserve it checkpoints and truncates the WAL and, if still short, evicts the
+oldest rows, counted like every other eviction. Deleting needs WAL space of
+its own, so the outbox also keeps a small preallocated spare file beside it
+(``<name>.spare``): when SQLite reports the disk full (something else filled
+it), the spare is released and the WAL truncated, and the write is tried
+once more. That is what lets an agent restarted on a full disk come up,
+send, and delete what the broker acknowledged.
+
 What the outbox cannot cover: once a broker has PUBACKed an event the row is
 gone here; a broker that is SIGKILLed before it persists or delivers the
 message loses it (mosquitto saves every ``autosave_interval``). HQ sees that
@@ -24,14 +35,22 @@ as a gap in ``seq``, which is why ``seq`` exists.
 
 A file at the path that is not a readable SQLite outbox is moved aside with a
 timestamp suffix (never overwritten) and a fresh outbox starts; ``recovered``
-says so in one line. A full disk fails the append with ``OutboxFull`` and
-leaves every stored row in place.
+says so in one line. A disk still full after all that fails the append with
+``OutboxFull`` and leaves every stored row in place.
+
+Time: ``stored_at`` (what the age bound reads) comes from the injected clock,
+which in the agent advances with the monotonic clock, so a wall-clock jump
+during a run ages nothing. A row stamped before ``PLAUSIBLE_SINCE`` was
+stored by a device whose clock was not yet set (a Pi without RTC before NTP):
+its age is unknown, so only the row, byte and free-space bounds evict it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -42,6 +61,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from agent.events import AgentStatus, Event, topic_for
+from agent.privatefiles import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +92,18 @@ _SAVE_STATE = (
     "UPDATE state SET last_seq = ?, rows = ?, bytes = ?, evicted_total = ?, evicted_unreported = ? WHERE id = 1"
 )
 _EVICT_CHUNK = 512
+SPARE_MAX_BYTES = 1024 * 1024
+"""The spare file's size at most (a quarter of the reserve when that is smaller): room for a WAL that deletes."""
+EVICTION_LOG_EVERY_S = 60.0
+"""At most one eviction warning a minute (it carries the count since the previous one)."""
+_ACK_CHUNK = 64
+"""Rows deleted per acknowledgement transaction (~25 KiB of WAL with SQLite zeroing what it deletes)."""
+_RESERVE_STEPS = 64
+"""At most this many eviction steps per append: a disk filled by others is not emptied of events in one go."""
+_PAGE_BYTES = 4096
+"""SQLite's default page size (what the WAL limit below is counted in)."""
+PLAUSIBLE_SINCE = 1_704_067_200.0
+"""2024-01-01 UTC: a ``stored_at`` before it came from an unset clock, so its age is unknown."""
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
@@ -84,6 +116,8 @@ class Bounds(Protocol):
     def max_bytes(self) -> int: ...
     @property
     def max_age_days(self) -> float: ...
+    @property
+    def reserve_bytes(self) -> int: ...
 
 
 class OutboxError(Exception):
@@ -163,6 +197,27 @@ def _describe(path: Path, exc: sqlite3.Error, what: str) -> OutboxError:
     return OutboxError(f"outbox {path}: {exc} ({what} not stored)")
 
 
+def _wal_pages(bounds: Bounds) -> int:
+    """WAL pages between checkpoints: SQLite's 1000 by default, fewer so the WAL stays a quarter of the reserve.
+
+    Everything written lives in the WAL until a checkpoint copies it into the
+    file, which grows the file by as much: a WAL larger than the free space
+    can never be checkpointed, and nothing in it can be freed.
+    """
+    return max(16, min(1000, bounds.reserve_bytes // (4 * _PAGE_BYTES)))
+
+
+def _spare_path(path: Path) -> Path:
+    """The preallocated file released when the disk fills: ``<outbox>.spare``, beside the outbox."""
+    return path.with_name(path.name + ".spare")
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes a non-root writer may still use on the filesystem holding ``folder`` (root's extra margin excluded)."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
 OUTBOX_FILE = "outbox.sqlite"
 """The outbox's file name inside ``agent.state_dir``."""
 
@@ -181,7 +236,18 @@ class Summary:
 def _read_only(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise OutboxError(f"no outbox at {path} — has the agent run with this state_dir?")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        # A reader needs room for the -shm file (32 KiB). Without a whole one no writer is attached (a
+        # writer keeps it), so nothing can change under us: read as immutable rather than fail on a full disk.
+        db.close()
+        shm = path.with_name(path.name + "-shm")
+        if shm.exists() and shm.stat().st_size >= 32768:
+            raise OutboxError(f"outbox {path} cannot be read: {exc}") from exc
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, timeout=5.0)
+    return db
 
 
 def summarize(path: Path) -> Summary:
@@ -246,6 +312,12 @@ class Outbox:
         self._watchers: list[Callable[[], None]] = []
         self.recovered = recovered
         """One line if the file found at ``path`` was unusable and moved aside, else None."""
+        self.last_error: str | None = None
+        """The last write failure in one line (``santi buffer drain`` says why it stopped), None after a success."""
+        self._spare = _spare_path(path)
+        self._checkpoint_error: str | None = None
+        self._evict_logged_at = float("-inf")
+        self._evicted_unlogged = 0
 
     @classmethod
     def open(cls, path: Path, bounds: Bounds, clock: Clock = time.time, *, check: bool = True) -> Outbox:
@@ -254,31 +326,45 @@ class Outbox:
         Raises ``OutboxError`` (one line) when the file cannot be opened for a
         reason moving it aside would not fix (permissions, locked, disk full).
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db, state = cls._connect(path, check)
-            return cls(db, path, bounds, clock, state, None)
+            private_dir(path.parent)
+            private_file(path)
+        except OSError as exc:
+            raise OutboxError(f"outbox {path}: cannot create it: {exc.strerror} — check the folder's "
+                              f"permissions and free space") from exc
+        spare = _spare_path(path)
+        if spare.exists() and free_bytes(path.parent) < bounds.reserve_bytes:
+            # Opening may need room for the -shm file and a WAL before anything can be deleted.
+            spare.unlink()
+        try:
+            db, state = cls._connect(path, check, _wal_pages(bounds))
+            outbox = cls(db, path, bounds, clock, state, None)
+            outbox.keep_spare()
+            return outbox
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT and not isinstance(exc, _NotAnOutbox):
                 raise _describe(path, exc, "outbox") from exc
             reason = str(exc)
         aside = _move_aside(path, clock())
+        with contextlib.suppress(OSError):  # if this fails, SQLite creates the file and says why it cannot
+            private_file(path)
         message = (f"outbox {path} was unusable ({reason}); moved aside to {aside.name}, "
                    f"starting a fresh outbox — seq restarts at 1")
         log.error(message, extra={"path": str(path), "moved_to": str(aside)})
         try:
-            db, state = cls._connect(path, check)
+            db, state = cls._connect(path, check, _wal_pages(bounds))
         except sqlite3.Error as exc:
             raise _describe(path, exc, "outbox") from exc
         return cls(db, path, bounds, clock, state, message)
 
     @staticmethod
-    def _connect(path: Path, check: bool) -> tuple[sqlite3.Connection, _State]:
+    def _connect(path: Path, check: bool, wal_pages: int) -> tuple[sqlite3.Connection, _State]:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA journal_size_limit=16777216")
+            db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+            db.execute(f"PRAGMA journal_size_limit={wal_pages * _PAGE_BYTES}")
             if check:
                 problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
                 if problems != ["ok"]:
@@ -343,6 +429,8 @@ class Outbox:
                 added += size
                 rows.append((first + offset, str(event.event_id), topic, payload, event.ts.timestamp(), now, size))
                 stored.append(sequenced)
+            self._keep_reserve_locked(added, now)
+            state = self._state
             new = _State(state.last_seq + len(rows), state.rows + len(rows), state.bytes + added,
                          state.evicted_total, state.evicted_unreported)
             self._write(lambda: self._db.executemany(_INSERT, rows), new, now, f"{len(rows)} event(s)")
@@ -357,6 +445,7 @@ class Outbox:
         stores the event, so a crash can neither lose nor double-report it.
         """
         with self._lock:
+            self._keep_reserve_locked(4096, self._clock())
             stats = self._stats_locked()
             event = build(stats)
             state = self._state
@@ -375,78 +464,200 @@ class Outbox:
 
     def _write(self, insert: Callable[[], object], new: _State, now: float, what: str) -> None:
         """Run ``insert`` and the bounds in one transaction; publish the new state only on commit."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
+        def body() -> _State:
+            state = _State(*new.values())
+            insert()
+            self._evict_locked(state, now, age=False)
+            self._db.execute(_SAVE_STATE, state.values())
+            return state
+
+        self._state = self._transaction(body, what)
+
+    def _transaction(self, body: Callable[[], _State], what: str) -> _State:
+        """Run ``body`` in one write transaction; on a full disk make room (spare, WAL) and try once more."""
+        for attempt in (1, 2):
             try:
-                insert()
-                self._evict_locked(new, now, age=False)
-                self._db.execute(_SAVE_STATE, new.values())
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        except sqlite3.Error as exc:
-            raise _describe(self.path, exc, what) from exc
-        self._state = new
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    state = body()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                if attempt == 1 and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL \
+                        and self._make_room_locked():
+                    continue
+                error = _describe(self.path, exc, what)
+                self.last_error = str(error)
+                raise error from exc
+            self.last_error = None
+            return state
+        raise AssertionError("unreachable")
 
     def _rollback(self) -> None:
         # SQLite has already rolled back after some errors (a full disk, for one).
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
+    # -- free space --------------------------------------------------------------
+
+    def _spare_bytes(self) -> int:
+        return min(SPARE_MAX_BYTES, self._bounds.reserve_bytes // 4)
+
+    def _available_locked(self) -> int:
+        """Filesystem free space plus the free pages inside the file, which new rows reuse first."""
+        pages = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return free_bytes(self.path.parent) + int(pages) * int(size)
+
+    def _keep_reserve_locked(self, adding: int, now: float) -> None:
+        """Evict oldest rows until storing ``adding`` bytes leaves ``reserve_bytes`` free.
+
+        In steps no larger than half the free space, each its own transaction
+        followed by a WAL truncation: deleting writes the freed pages to the
+        WAL (this SQLite zeroes deleted content), so one big delete on a
+        nearly full disk would need the very space it is meant to free.
+        """
+        for _ in range(_RESERVE_STEPS):
+            short = self._shortfall_locked(adding)
+            if short <= 0 or self._state.rows == 0:
+                return
+            step = max(min(short, free_bytes(self.path.parent) // 2), 1)
+
+            def body(step: int = step) -> _State:
+                state = _State(*self._state.values())
+                self._evict_locked(state, now, age=False, short_bytes=step)
+                self._db.execute(_SAVE_STATE, state.values())
+                return state
+
+            try:
+                self._state = self._transaction(body, "eviction for free space")
+            except OutboxFull:
+                return  # not even room to delete: the write that follows says so
+            self._checkpoint_locked()
+
+    def _shortfall_locked(self, adding: int) -> int:
+        """Bytes to evict so that storing ``adding`` more keeps ``reserve_bytes`` free (0 when it does)."""
+        reserve = self._bounds.reserve_bytes
+        if reserve <= 0 or self._available_locked() - adding >= reserve:
+            return 0
+        self._checkpoint_locked()
+        return max(reserve + adding - self._available_locked(), 0)
+
+    def _checkpoint_locked(self) -> bool:
+        """Copy the WAL into the file and truncate it to zero bytes; True if the WAL shrank."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        before = wal.stat().st_size if wal.exists() else 0
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            if str(exc) != self._checkpoint_error:  # once per kind of failure, not once per append
+                log.warning("outbox checkpoint failed", extra={"error": str(exc), "path": str(self.path)})
+            self._checkpoint_error = str(exc)
+            return False
+        self._checkpoint_error = None
+        return (wal.stat().st_size if wal.exists() else 0) < before
+
+    def _make_room_locked(self) -> bool:
+        """The disk is full: release the spare file and truncate the WAL; True if anything was freed."""
+        released = self._spare.exists()
+        if released:
+            self._spare.unlink()
+        truncated = self._checkpoint_locked()
+        if released or truncated:
+            log.error("outbox: disk full, released the spare file and truncated the WAL to go on",
+                      extra={"path": str(self.path), "spare_released": released, "wal_truncated": truncated,
+                             "free_bytes": free_bytes(self.path.parent)})
+        return released or truncated
+
+    def keep_spare(self) -> bool:
+        """(Re)create the spare file when the disk has room for it on top of the reserve; True if it exists."""
+        size = self._spare_bytes()
+        if size == 0 or self._spare.exists():
+            return size > 0
+        if free_bytes(self.path.parent) < self._bounds.reserve_bytes + size:
+            return False
+        try:
+            fd = os.open(self._spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._spare.unlink(missing_ok=True)
+            log.warning("outbox spare file not created", extra={"path": str(self._spare), "error": str(exc)})
+            return False
+        return True
+
     # -- bounds ----------------------------------------------------------------
 
     def enforce(self, now: float | None = None) -> int:
-        """Apply all bounds, age included (call periodically); returns how many rows were evicted."""
+        """Apply all bounds, age and free space included (call periodically); returns how many rows were evicted."""
         with self._lock:
             now = self._clock() if now is None else now
-            new = _State(*self._state.values())
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    evicted = self._evict_locked(new, now, age=True)
-                    self._db.execute(_SAVE_STATE, new.values())
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise _describe(self.path, exc, "eviction") from exc
-            self._state = new
-            return evicted
+            before = self._state.evicted_total
+            self._keep_reserve_locked(0, now)
 
-    def _evict_locked(self, state: _State, now: float, *, age: bool) -> int:
-        """Delete the oldest rows until every bound holds; updates ``state`` in place."""
+            def body() -> _State:
+                state = _State(*self._state.values())
+                self._evict_locked(state, now, age=True)
+                self._db.execute(_SAVE_STATE, state.values())
+                return state
+
+            self._state = self._transaction(body, "eviction")
+            self.keep_spare()
+            return self._state.evicted_total - before
+
+    def _evict_locked(self, state: _State, now: float, *, age: bool, short_bytes: int = 0) -> int:
+        """Delete the oldest rows until every bound holds; updates ``state`` in place.
+
+        ``short_bytes`` is what the free-space reserve asks for on top of the
+        byte bound. Rows stamped before ``PLAUSIBLE_SINCE`` have no known age.
+        """
         excess_rows = state.rows - self._bounds.max_rows
-        excess_bytes = state.bytes - self._bounds.max_bytes
-        cutoff = now - self._bounds.max_age_days * 86400.0 if age else float("-inf")
-        if excess_rows <= 0 and excess_bytes <= 0 and not age:
-            return 0
+        excess_bytes = max(state.bytes - self._bounds.max_bytes, short_bytes)
         taken_rows = taken_bytes = 0
         last = 0
-        done = False
+        done = excess_rows <= 0 and excess_bytes <= 0
         while not done:
             chunk = self._db.execute(
-                "SELECT seq, size, stored_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (last, _EVICT_CHUNK),
+                "SELECT seq, size FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (last, _EVICT_CHUNK),
             ).fetchall()
-            for seq, size, stored_at in chunk:
-                if taken_rows >= excess_rows and taken_bytes >= excess_bytes and stored_at >= cutoff:
+            for seq, size in chunk:
+                if taken_rows >= excess_rows and taken_bytes >= excess_bytes:
                     done = True
                     break
                 taken_rows += 1
                 taken_bytes += size
                 last = seq
             done = done or len(chunk) < _EVICT_CHUNK
+        if taken_rows:
+            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last,))
+        if age:
+            cutoff = now - self._bounds.max_age_days * 86400.0
+            old = self._db.execute(
+                "DELETE FROM outbox WHERE stored_at < ? AND stored_at >= ? RETURNING seq, size",
+                (cutoff, PLAUSIBLE_SINCE),
+            ).fetchall()
+            taken_rows += len(old)
+            taken_bytes += sum(size for _, size in old)
+            last = max([last, *(seq for seq, _ in old)])
         if taken_rows == 0:
             return 0
-        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last,))
         state.rows -= taken_rows
         state.bytes -= taken_bytes
         state.evicted_total += taken_rows
         state.evicted_unreported += taken_rows
-        log.warning("outbox bound hit: oldest events evicted",
-                    extra={"evicted": taken_rows, "up_to_seq": last, "path": str(self.path)})
+        self._evicted_unlogged += taken_rows
+        now_s = time.monotonic()
+        if now_s - self._evict_logged_at >= EVICTION_LOG_EVERY_S:
+            # An outbox held at its reserve evicts at every append: one line a minute says it all.
+            log.warning("outbox bound hit: oldest events evicted",
+                        extra={"evicted": self._evicted_unlogged, "up_to_seq": last, "path": str(self.path),
+                               "low_disk": short_bytes > 0, "evicted_total": state.evicted_total})
+            self._evict_logged_at = now_s
+            self._evicted_unlogged = 0
         return taken_rows
 
     # -- reading and acknowledging -------------------------------------------
@@ -461,33 +672,37 @@ class Outbox:
         return [Row(*row) for row in rows]
 
     def ack(self, seqs: Iterable[int]) -> int:
-        """Delete rows the broker acknowledged; unknown seqs (evicted, already acked) are ignored."""
+        """Delete rows the broker acknowledged; unknown seqs (evicted, already acked) are ignored.
+
+        In chunks of ``_ACK_CHUNK``, each its own transaction: a delete writes
+        what it frees to the WAL, so a big one on a full disk would need the
+        space it frees. A chunk that fails leaves the rest for the next ack
+        (a duplicate at worst, which HQ drops by ``event_id``).
+        """
         wanted = sorted(set(seqs))
-        if not wanted:
-            return 0
+        deleted = 0
         with self._lock:
-            new = _State(*self._state.values())
-            try:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+            for start in range(0, len(wanted), _ACK_CHUNK):
+                chunk = json.dumps(wanted[start:start + _ACK_CHUNK])
+
+                def delete(chunk: str = chunk) -> _State:
+                    new = _State(*self._state.values())
                     sizes = self._db.execute(
-                        "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) RETURNING size",
-                        (json.dumps(wanted),),
+                        "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) RETURNING size", (chunk,),
                     ).fetchall()
                     new.rows -= len(sizes)
                     new.bytes -= sum(size for (size,) in sizes)
                     self._db.execute(_SAVE_STATE, new.values())
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
+                    return new
+
+                before = self._state.rows
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._state = self._transaction(delete, "acknowledgement")
+                    deleted += before - self._state.rows
                 finally:
                     self._db.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error as exc:
-                raise _describe(self.path, exc, "acknowledgement") from exc
-            self._state = new
-            return len(sizes)
+        return deleted
 
     # -- counters ------------------------------------------------------------
 

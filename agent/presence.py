@@ -6,6 +6,12 @@ events of the design (``visit.started``, ``sector.entered``,
 ``sector.exited``, ``visit.ended``). No clock is read here; event ids come
 from an injected factory so tests are exact.
 
+Times given here are steady (monotonic) store time, so durations and dwell
+are differences of a clock that never jumps; ``wall_offset`` (wall minus
+steady, set by the service each window) only dates the events. A wall
+clock set from 1970 to now during a visit moves its ``visit.ended``
+timestamp, never its ``duration_s``.
+
 A visit ends after ``visit_silence_s`` without hearing the emitter (dated
 when it was last heard, not when the silence was noticed), or at once when
 the shopper leaves the store through an entrance sector.
@@ -96,13 +102,17 @@ class Presence:
         self.visit_silence_s = visit_silence_s
         self._new_id = new_event_id
         self.visits: dict[str, Visit] = {}
+        self.wall_offset = 0.0
+        """Wall minus steady time: what turns a steady ``ts`` into an event's timestamp."""
 
     def envelope(self, ts: float, subject: str) -> Envelope:
+        """The shared fields of an event that happened at steady time ``ts``."""
+        wall = ts + self.wall_offset
         return {
-            "event_id": self._new_id(ts),
+            "event_id": self._new_id(wall),
             "store_id": self.store_id,
             "agent_id": self.agent_id,
-            "ts": utc_from_epoch(ts),
+            "ts": utc_from_epoch(wall),
             "subject": subject,
         }
 

@@ -91,7 +91,7 @@ def load_secret(privacy: PrivacyConfig, state_dir: Path) -> bytes:
     else:
         path = state_dir / GENERATED_SECRET
         if not path.exists():
-            state_dir.mkdir(parents=True, exist_ok=True)
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(secrets.token_hex(SECRET_BYTES).encode())

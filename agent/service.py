@@ -15,7 +15,11 @@ uplink's reconnect wait short (``santi buffer drain``).
 
 Time: ``clock`` gives the store's time in epoch seconds. It is the wall
 clock in production and a replay's clock in the demo (``time_scale`` store
-seconds per real second), so windows follow the data's own time.
+seconds per real second), so windows follow the data's own time. Windows,
+durations and the outbox's age bound run on ``self.clock``, a
+``SteadyClock`` that advances with the monotonic clock (an injected clock,
+a replay's, is taken as already steady); the wall clock only dates events,
+so a jump forward or back is logged once and changes nothing else.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from agent.config import ConfigError, SiteConfig, load_site
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
 from agent.locator import Locator
 from agent.observations import AppBeacon, CardTap, Observation, Reading
-from agent.outbox import Outbox, OutboxError, OutboxStats
+from agent.outbox import Outbox, OutboxError, OutboxFull, OutboxStats
+from agent.privatefiles import write_private
+from agent.replayclock import SteadyClock, wall_clock_for_tests
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
 from agent.uplink import Uplink
@@ -80,11 +86,14 @@ class Service:
         drain_deadline_s: float = 10.0,
         on_events: Callable[[Sequence[Event]], None] | None = None,
         time_scale: float = 1.0,
+        monotonic: Clock | None = None,
     ) -> None:
         self.site = site
         self.sources = list(sources)
         self.state_dir = state_dir
-        self.clock = clock
+        steady = monotonic or (time.monotonic if clock is time.time else clock)
+        self.clock = SteadyClock(wall_clock_for_tests(clock, steady), steady)
+        """Steady store time: windows, durations, ages; ``self.clock.wall_offset()`` turns it into wall time."""
         self.notifier = notifier or Notifier()
         self.stop_when_sources_finish = stop_when_sources_finish
         self.drain_deadline_s = drain_deadline_s
@@ -104,6 +113,10 @@ class Service:
         self._status_written = 0.0
         self._recent: deque[Event] = deque(maxlen=5)
         self._file_counts: dict[str, tuple[float, int]] = {}
+        self.not_stored = 0
+        """Events lost because the disk stayed full even after evicting (logged at the first and every 10x)."""
+        self._status_file_error: str | None = None
+        self._losing = False
 
     # -- records in ------------------------------------------------------------
 
@@ -134,6 +147,9 @@ class Service:
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self) -> int:
+        exposed = self.site.uplink.password_file_problem()
+        if exposed is not None:
+            log.warning(exposed)
         try:
             self.outbox = Outbox.open(self.state_dir / "outbox.sqlite", self.site.buffer, self.clock)
         except OutboxError as exc:
@@ -191,6 +207,7 @@ class Service:
             if self._reload.is_set():
                 self._reload.clear()
                 self._apply_reload()
+            self.clock.wall_offset()
             t = self.clock()
             finished = self.stop_when_sources_finish and self._sources_finished()
             self._step(t)
@@ -203,24 +220,43 @@ class Service:
 
     def _step(self, t: float) -> None:
         observations, taps = self._drain_queue()
-        events = self.locator.window(t, observations, taps)
+        offset = self.clock.offset
+        if offset and taps:  # a tap is dated by the wall clock; the locator's time is steady
+            taps = [tap.model_copy(update={"ts": tap.ts - offset}) for tap in taps]
+        events = self.locator.window(t, observations, taps, wall_offset=offset)
         self.stats.windows += 1
         if events:
             self._store(events)
         if t - self._last_status >= self.site.agent.status_interval_s:
             self._last_status = t
             assert self.outbox is not None
-            self.outbox.enforce(t)
+            try:
+                self.outbox.enforce(t)
+            except OutboxFull as exc:
+                log.error("outbox bounds not applied", extra={"error": str(exc)})
             self._store(self._status(t))
         if time.monotonic() - self._status_written >= STATUS_FILE_EVERY_S:
             self._write_status_file()
 
     def _store(self, events: Sequence[Event] | AgentStatus) -> None:
+        """Append to the outbox; a disk still full after evicting loses these events, logged, and the agent goes on."""
         assert self.outbox is not None
-        if isinstance(events, AgentStatus):
-            stored: Sequence[Event] = [self.outbox.append_status(self._status_builder(events))]
-        else:
-            stored = self.outbox.append_many(events)
+        try:
+            if isinstance(events, AgentStatus):
+                stored: Sequence[Event] = [self.outbox.append_status(self._status_builder(events))]
+            else:
+                stored = self.outbox.append_many(events)
+        except OutboxFull as exc:
+            lost = 1 if isinstance(events, AgentStatus) else len(events)
+            if not self._losing or len(str(self.not_stored)) < len(str(self.not_stored + lost)):
+                log.error("events not stored", extra={"error": str(exc), "lost": lost,
+                                                      "lost_total": self.not_stored + lost})
+            self.not_stored += lost
+            self._losing = True
+            return
+        if self._losing:
+            log.warning("outbox storing again", extra={"lost_total": self.not_stored})
+            self._losing = False
         self.stats.events += len(stored)
         self._recent.extend(stored)
         if self.on_events is not None:
@@ -302,9 +338,10 @@ class Service:
             sources["locator-queue"] = SourceStatus(state="degraded", rate_per_s=0.0, dropped=self.stats.queue_dropped)
         if self.locator.stats.dropped:
             sources["locator"] = SourceStatus(state="up", rate_per_s=0.0, dropped=self.locator.stats.dropped.total())
+        wall = t + self.clock.offset
         return AgentStatus(
-            event_id=uuid7(int(t * 1000)), store_id=self.site.store.id, agent_id=self.site.agent.id,
-            ts=utc_from_epoch(t), subject=self.site.agent.id,
+            event_id=uuid7(int(wall * 1000)), store_id=self.site.store.id, agent_id=self.site.agent.id,
+            ts=utc_from_epoch(wall), subject=self.site.agent.id,
             state="draining" if state == "draining" else ("online" if self._healthy() else "degraded"),
             uptime_s=max(t - self.stats.started, 0.0), sources=sources, outbox_depth=0,
             tracks=len(self.locator.tracker),
@@ -347,7 +384,7 @@ class Service:
         data = {
             "store_id": self.site.store.id,
             "agent_id": self.site.agent.id,
-            "updated": self.clock(),
+            "updated": self.clock() + self.clock.offset,
             "uptime_s": self.clock() - self.stats.started,
             "uplink": None if self.uplink is None else {"state": self.uplink.state, "last_error": self.uplink.last_error},
             "outbox": {"depth": stats.depth, "oldest_ts": stats.oldest_ts, "evicted_total": stats.evicted_total},
@@ -364,9 +401,17 @@ class Service:
             "windows": self.stats.windows,
             "events": self.stats.events,
             "queue_dropped": self.stats.queue_dropped,
+            "not_stored": self.not_stored,
+            "outbox_error": self.outbox.last_error,
         }
         self._status_written = time.monotonic()
-        path = self.state_dir / "status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            write_private(self.state_dir / "status.json", json.dumps(data, indent=2).encode())
+        except OSError as exc:
+            # A full disk must not stop the agent: the outbox, not this file, is what matters.
+            message = f"status file {self.state_dir / 'status.json'} not written: {exc.strerror}"
+            if message != self._status_file_error:
+                log.error(message, extra={"errno": exc.errno})
+            self._status_file_error = message
+            return
+        self._status_file_error = None

@@ -42,7 +42,8 @@ def test_drain_without_an_agent_sends_everything(broker: Broker, tmp_path: Path)
     try:
         result = CliRunner().invoke(cli, ["buffer", "drain", str(site), "--json", "--timeout", "20"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output) == {"sent": 300, "left": 0, "agent_pid": None, "uplink_error": None}
+        assert json.loads(result.output) == {"sent": 300, "left": 0, "agent_pid": None, "uplink_error": None,
+                                             "stopped": "everything sent"}
         deadline = time.monotonic() + 5
         seqs: list[int] = []
         while len(set(seqs)) < 300 and time.monotonic() < deadline:
@@ -63,7 +64,7 @@ def test_drain_with_the_broker_down_keeps_everything_and_says_why(broker: Broker
     result = CliRunner().invoke(cli, ["buffer", "drain", str(site), "--timeout", "1"])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0] == "sent 0 events; 50 still waiting"
+    assert lines[0] == "sent 0 events; 50 still waiting (time is up after 1 s, the uplink failing)"
     assert lines[1] == (f"uplink: cannot reach broker 127.0.0.1:{broker.port}: connection refused — "
                         f"is mosquitto running and listening there?")
     assert len(lines) == 2

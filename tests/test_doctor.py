@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -350,6 +351,14 @@ def test_disk_check_against_the_real_filesystem(tmp_path: Path) -> None:
     huge = check_disk(tmp_path / "not-yet", 1 << 62)
     assert huge.status == "fail"
     assert "[buffer] max_bytes" in huge.fix
+
+
+def test_disk_check_leaves_the_outbox_reserve_out(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    assert check_disk(tmp_path, free // 2).status == "ok"
+    kept = check_disk(tmp_path, free // 2, reserve_bytes=free - free // 4)
+    assert kept.status == "fail"
+    assert "kept free" in kept.detail
 
 
 def test_state_dir_states(tmp_path: Path) -> None:

@@ -151,3 +151,14 @@ def test_wifi_monitor_unit_makes_the_interface_the_installer_expects() -> None:
     assert units["Service", "ExecStart"][1] == "/usr/sbin/ip link set %imon up"
     assert "santi-agent.service" in units["Unit", "Before"][0].split()
     assert units["Service", "CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
+
+@pytest.mark.parametrize("name", ["santi-agent.service", "santi-node.service"])
+def test_units_start_after_the_clock_is_set(name: str) -> None:
+    """A Pi has no RTC: started before NTP, every timestamp says 1970 until the clock jumps."""
+    unit: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            unit.setdefault(key.strip(), []).extend(value.split())
+    assert "time-sync.target" in unit["After"]
+    assert "time-sync.target" in unit["Wants"]

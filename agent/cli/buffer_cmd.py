@@ -148,6 +148,27 @@ def _watch(path: Path, through_seq: int, start: int, timeout: float, uplink_stat
     return left
 
 
+def _agent_outbox_error(state_dir: Path) -> str | None:
+    """The running agent's last outbox write failure, from its status file (None if it has none or no file)."""
+    try:
+        data = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("outbox_error") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _stop_reason(left: int, uplink_error: str | None, outbox_error: str | None, timeout: float) -> str:
+    """Why a drain stopped, in words: what a technician acts on next."""
+    if left == 0:
+        return "everything sent"
+    if outbox_error:
+        return f"the outbox cannot delete what was sent: {outbox_error}"
+    if uplink_error:
+        return f"time is up after {timeout:g} s, the uplink failing"
+    return f"time is up after {timeout:g} s"
+
+
 @buffer.command("drain")
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
@@ -158,8 +179,9 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
 
     With the agent running, it is asked (SIGUSR1) to reconnect at once rather
     than at the end of its backoff wait; with no agent running, this command
-    runs the agent's uplink itself. Exits 1 if events are still waiting when
-    the time is up, with the uplink's last error.
+    runs the agent's uplink itself. Says why it stopped (everything sent, the
+    time is up, the outbox cannot delete on a full disk); exits 1 if events
+    are still waiting, with the uplink's last error.
 
     \b
     Example:
@@ -174,6 +196,7 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
     start, through_seq = summary.stats.depth, summary.last_seq
     pid = _running_agent(config)
     error: str | None = None
+    storage: str | None = None
     if start == 0:
         left = 0
     elif pid is not None:
@@ -191,6 +214,7 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
         left = _watch(path, through_seq, start, timeout, agent_uplink, as_json)
         if left:
             error = read_status(config.agent.state_dir, time.time()).uplink_error
+            storage = _agent_outbox_error(config.agent.state_dir)
     else:
         try:
             outbox = Outbox.open(path, config.buffer)
@@ -206,12 +230,15 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
             finally:
                 left = uplink.stop(drain_deadline_s=2.0)
                 error = uplink.last_error
-    outcome = {"sent": start - left, "left": left, "agent_pid": pid, "uplink_error": error if left else None}
+                storage = outbox.last_error
+    stopped = _stop_reason(left, error, storage, timeout)
+    outcome = {"sent": start - left, "left": left, "agent_pid": pid, "uplink_error": error if left else None,
+               "stopped": stopped}
     if as_json:
         click.echo(json.dumps(outcome))
     else:
         how = f" through the running agent (pid {pid})" if pid is not None else ""
-        click.echo(f"sent {start - left:,} events{how}; {left:,} still waiting")
+        click.echo(f"sent {start - left:,} events{how}; {left:,} still waiting ({stopped})")
         if left and error:
             click.echo(f"uplink: {error}", err=True)
     if left:
