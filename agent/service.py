@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import ConfigError, SiteConfig, load_site
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
@@ -39,7 +40,11 @@ from agent.observations import AppBeacon, CardTap, Observation, Reading
 from agent.outbox import Outbox, OutboxError, OutboxStats
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
+from agent.staffboard import StaffBoard
 from agent.uplink import Uplink
+
+if TYPE_CHECKING:
+    from agent.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,9 @@ class Service:
         self._status_written = 0.0
         self._recent: deque[Event] = deque(maxlen=5)
         self._file_counts: dict[str, tuple[float, int]] = {}
+        self.staff_board = StaffBoard(site.store.id)
+        """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
+        self.console: Console | None = None
 
     # -- records in ------------------------------------------------------------
 
@@ -134,10 +142,20 @@ class Service:
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self) -> int:
+        if self.site.console is not None:
+            from agent.console import ConsoleError, open_console  # noqa: PLC0415 (aiohttp only when configured)
+
+            try:
+                self.console = await open_console(self.site, self.staff_board)
+            except ConsoleError as exc:
+                log.error("console unavailable", extra={"error": str(exc)})
+                return 1
         try:
             self.outbox = Outbox.open(self.state_dir / "outbox.sqlite", self.site.buffer, self.clock)
         except OutboxError as exc:
             log.error("outbox unavailable", extra={"error": str(exc)})
+            if self.console is not None:
+                await self.console.stop()
             return 1
         self.stats.started = self.clock()
         self._last_status = self.stats.started
@@ -203,6 +221,8 @@ class Service:
         self.stats.windows += 1
         if events:
             self._store(events)
+        if self.console is not None:
+            self.console.window(t, self.locator, self.sources, self.outbox, self.uplink, self.stats.queue_dropped)
         if t - self._last_status >= self.site.agent.status_interval_s:
             self._last_status = t
             assert self.outbox is not None
@@ -219,6 +239,8 @@ class Service:
             stored = self.outbox.append_many(events)
         self.stats.events += len(stored)
         self._recent.extend(stored)
+        if self.console is not None:
+            self.console.feed.stored(stored)
         if self.on_events is not None:
             self.on_events(stored)
 
@@ -243,6 +265,8 @@ class Service:
         if self.uplink is not None:
             left = self.uplink.stop(self.drain_deadline_s)
             log.info("uplink stopped", extra={"left_in_outbox": left})
+        if self.console is not None:
+            await self.console.stop()
         self._write_status_file()
         if self.outbox is not None:
             self.outbox_left = self.outbox.depth()
@@ -285,6 +309,8 @@ class Service:
             return
         self.locator = self.locator.reconfigured(new)
         self.site = new
+        if self.console is not None:
+            self.console.feed.reconfigured(new)
         self.stats.reloads += 1
         log.info("site config reloaded", extra={"path": str(path)})
         self.notifier.ready("reloaded")
