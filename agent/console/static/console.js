@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const TOKEN_KEY = "santi-token";
+const PAD = 2; // metres of margin around the outline, for the labels of receivers on the walls
 const state = { role: null, layout: null, layoutVersion: -1, source: null, box: null };
 
 function esc(value) {
@@ -89,7 +90,7 @@ function connect() {
 
 function project(x, y) {
   const b = state.box;
-  return [x - b.minX + 1, b.maxY - y + 1];
+  return [x - b.minX + PAD, b.maxY - y + PAD];
 }
 
 function points(polygon) {
@@ -106,7 +107,7 @@ function drawLayout(layout) {
   const ys = layout.store.outline.map((p) => p[1]);
   state.box = { minX: Math.min(...xs), maxX: Math.max(...xs), minY: Math.min(...ys), maxY: Math.max(...ys) };
   const b = state.box;
-  $("map").setAttribute("viewBox", `0 0 ${(b.maxX - b.minX + 2).toFixed(2)} ${(b.maxY - b.minY + 2).toFixed(2)}`);
+  $("map").setAttribute("viewBox", `0 0 ${(b.maxX - b.minX + 2 * PAD).toFixed(2)} ${(b.maxY - b.minY + 2 * PAD).toFixed(2)}`);
   $("outline").innerHTML = `<polygon points="${points(layout.store.outline)}"/>`;
   $("sectors").innerHTML = layout.sectors.map((s) => {
     const [cx, cy] = project(...centroid(s.polygon));
