@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -112,6 +113,10 @@ class Service:
         self.staff_board = StaffBoard(site.store.id)
         """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
         self.console: Console | None = None
+        if site.console is not None:
+            # aiohttp and prometheus-client load here, before a replay's clock runs: loaded in
+            # run() they took long enough at 120x to land a minute of records in one window.
+            importlib.import_module("agent.console")
 
     # -- records in ------------------------------------------------------------
 

@@ -145,7 +145,7 @@ def running_agent(tmp_path: Path, broker: Broker, speed: float = 10.0) -> Iterat
     clock.start()
     thread.start()
     agent = RunningAgent(service, loop, port)
-    wait_until(lambda: service.console is not None and service.console.feed.latest is not None, 20.0,
+    wait_until(lambda: service.console is not None and service.console.feed.ticks > 0, 20.0,
                "the console's first window")
     try:
         yield agent

@@ -117,7 +117,7 @@ class Console:
         self.host = host
         self.port = port
         self.sessions = Sessions()
-        self.metrics = Metrics(lambda: self.feed.latest)
+        self.metrics = Metrics(self.feed.current)
         self._viewers: dict[Role, set[asyncio.Event]] = {role: set() for role in ROLES}
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
@@ -160,12 +160,11 @@ class Console:
         return sum(len(v) for v in self._viewers.values())
 
     def window(self, t: float, locator: Locator, sources: Sequence[Source], outbox: Outbox | None,
-               uplink: Uplink | None, queue_dropped: int) -> Snapshot:
-        """The window ending at ``t`` closed: build its snapshot and wake every stream."""
-        snapshot = self.feed.window(t, locator, sources, outbox, uplink, queue_dropped)
+               uplink: Uplink | None, queue_dropped: int) -> None:
+        """The window ending at ``t`` closed: note it and wake every stream (which builds the snapshot)."""
+        self.feed.tick(t, locator, sources, outbox, uplink, queue_dropped)
         self.metrics.observe_latencies(self.feed.take_latencies())
         self._wake_all()
-        return snapshot
 
     def _wake_all(self) -> None:
         for events in self._viewers.values():
@@ -224,7 +223,7 @@ class Console:
         return web.json_response({**self.feed.layout, "layout_version": self.feed.layout_version})
 
     def _latest_body(self, role: Role) -> bytes:
-        snap = self.feed.latest
+        snap = self.feed.current()
         if snap is None:
             return b"null"
         return snap.technician_json if role == "technician" else snap.staff_json
@@ -264,7 +263,7 @@ class Console:
                     await asyncio.wait_for(wake.wait(), KEEPALIVE_S)
                 if self._closing.is_set():
                     break
-                latest = self.feed.latest
+                latest = self.feed.current()
                 if wake.is_set() and latest is not None and latest is not sent:
                     payload = b"data: " + self._latest_body(role) + b"\n\n"
                     sent = latest

@@ -1,9 +1,10 @@
 """What the console shows, built once per window from the service's parts.
 
 The service calls :meth:`Feed.stored` with every batch of events it put in
-the outbox and :meth:`Feed.window` once per window; the result is a
-:class:`Snapshot` that the HTTP side serialises at most once per view, so
-twenty viewers cost one ``json.dumps`` each window, not twenty. Nothing
+the outbox and :meth:`Feed.tick` once per window; :meth:`Feed.current`
+builds that window's :class:`Snapshot` on first use, and the HTTP side
+serialises it at most once per view, so twenty viewers cost one build and
+one ``json.dumps`` each window, and no viewer costs next to nothing. Nothing
 here imports the HTTP library: the feed is plain state the tests drive
 without a server.
 
@@ -157,6 +158,18 @@ class Snapshot:
         return json.dumps({"t": self.t, "cards": list(self.staff_cards)}, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What a window's snapshot is built from, kept until someone asks for it."""
+
+    t: float
+    locator: Locator
+    sources: tuple[Source, ...]
+    outbox: Outbox | None
+    uplink: Uplink | None
+    queue_dropped: int
+
+
 class Feed:
     """The console's running state: counters across windows and the staff board it reads."""
 
@@ -172,6 +185,10 @@ class Feed:
         self.latencies: list[float] = []
         """Seconds from stored to acknowledged, since the last :meth:`take_latencies`."""
         self.latest: Snapshot | None = None
+        self.ticks = 0
+        """Windows seen; the snapshot is rebuilt when this moved on since the last build."""
+        self._built_tick = -1
+        self._parts: _Parts | None = None
 
     def reconfigured(self, site: SiteConfig) -> None:
         """A reloaded site config: the page redraws the store when the version changes."""
@@ -206,9 +223,36 @@ class Feed:
         taken, self.latencies = self.latencies, []
         return taken
 
-    def window(self, t: float, locator: Locator, sources: Sequence[Source], outbox: Outbox | None,
-               uplink: Uplink | None, queue_dropped: int) -> Snapshot:
-        """The snapshot of the window that ended at ``t`` (store time)."""
+    def tick(self, t: float, locator: Locator, sources: Sequence[Source], outbox: Outbox | None,
+             uplink: Uplink | None, queue_dropped: int) -> None:
+        """The window ending at ``t`` closed: keep its parts, time deliveries, age the staff board.
+
+        Cheap on purpose: the snapshot itself is built by :meth:`current`
+        only when someone looks, so an agent nobody watches pays almost
+        nothing per window. Deliveries are read from the outbox's counters,
+        not a query: the outbox's lock is held by the uplink thread through
+        each acknowledgement's fsync, and waiting on it here stalled windows.
+        Rows leave the outbox oldest first (acknowledged or evicted), so the
+        first unsent seq is ``last_seq - depth + 1``.
+        """
+        self._parts = _Parts(t, locator, tuple(sources), outbox, uplink, queue_dropped)
+        self.ticks += 1
+        if outbox is not None and self._pending:
+            self.delivered_through(outbox.last_seq - outbox.depth() + 1)
+        self.board.expire(t)
+
+    def current(self) -> Snapshot | None:
+        """The snapshot of the last window, built on first use (None before the first window)."""
+        parts = self._parts
+        if parts is None:
+            return None
+        if self.latest is None or self._built_tick != self.ticks:
+            self.latest = self._build(parts)
+            self._built_tick = self.ticks
+        return self.latest
+
+    def _build(self, parts: _Parts) -> Snapshot:
+        t, locator = parts.t, parts.locator
         tracks = locator.tracker.snapshot()
         visits = locator.presence.visits
         track_sectors = tuple(visit.sector_id if (visit := visits.get(e)) else None for e in tracks.emitter_ids)
@@ -217,28 +261,24 @@ class Feed:
             if visit.sector_id in occupancy:
                 occupancy[visit.sector_id] += 1
         depth, oldest = 0, None
-        if outbox is not None:
-            stats = outbox.stats()
+        if parts.outbox is not None:
+            stats = parts.outbox.stats()
             depth, oldest = stats.depth, stats.oldest_ts
-            head = outbox.peek(0, 1)
-            self.delivered_through(head[0].seq if head else outbox.last_seq + 1)
-        self.board.expire(t)
         dropped = {f"locator_{reason}": count for reason, count in locator.stats.dropped.items()}
-        if queue_dropped:
-            dropped["queue_full"] = queue_dropped
-        snapshot = Snapshot(
+        if parts.queue_dropped:
+            dropped["queue_full"] = parts.queue_dropped
+        uplink = parts.uplink
+        return Snapshot(
             t=t, layout_version=self.layout_version, emitters=tracks.emitter_ids, xy=tracks.xy,
             axes=ellipses(tracks.cov), track_sectors=track_sectors, occupancy=occupancy,
-            receivers=self._receivers(t, locator), sources=self._sources(t, sources), dropped=dropped,
+            receivers=self._receivers(t, locator), sources=self._sources(t, parts.sources), dropped=dropped,
             uplink_state="none" if uplink is None else uplink.state,
             uplink_error=None if uplink is None else uplink.last_error,
             outbox_depth=depth, oldest_unsent=oldest, recent=tuple(self._recent),
             events_by_type=dict(self.events_by_type),
-            observations_by_source={s.stats.name: s.stats.accepted for s in sources},
+            observations_by_source={s.stats.name: s.stats.accepted for s in parts.sources},
             staff_cards=tuple(self._cards()),
         )
-        self.latest = snapshot
-        return snapshot
 
     def _rate(self, key: str, t: float, count: int) -> float:
         """Per store second since the previous window, from a running count."""

@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const TOKEN_KEY = "santi-token";
 const PAD = 2; // metres of margin around the outline, for the labels of receivers on the walls
+const VAGUE_M = 5; // an ellipse wider than this is drawn as an outline only: it would hide the rest
 const state = { role: null, layout: null, layoutVersion: -1, source: null, box: null };
 
 function esc(value) {
@@ -109,6 +110,7 @@ function drawLayout(layout) {
   const b = state.box;
   $("map").setAttribute("viewBox", `0 0 ${(b.maxX - b.minX + 2 * PAD).toFixed(2)} ${(b.maxY - b.minY + 2 * PAD).toFixed(2)}`);
   $("outline").innerHTML = `<polygon points="${points(layout.store.outline)}"/>`;
+  $("clip-outline").setAttribute("points", points(layout.store.outline));
   $("sectors").innerHTML = layout.sectors.map((s) => {
     const [cx, cy] = project(...centroid(s.polygon));
     return `<g class="sector${s.entrance ? " entrance" : ""}" data-sector="${esc(s.id)}" data-occupancy="0">` +
@@ -128,7 +130,8 @@ function renderTracks(tracks) {
   for (let i = 0; i < tracks.id.length; i++) {
     const [x, y] = project(tracks.x[i], tracks.y[i]);
     const sx = x.toFixed(2), sy = y.toFixed(2);
-    parts.push(`<g class="track" data-emitter="${esc(tracks.id[i])}" data-sector="${esc(tracks.sector[i] ?? "")}" ` +
+    const vague = tracks.major[i] > VAGUE_M ? " vague" : "";
+    parts.push(`<g class="track${vague}" data-emitter="${esc(tracks.id[i])}" data-sector="${esc(tracks.sector[i] ?? "")}" ` +
       `data-x="${tracks.x[i]}" data-y="${tracks.y[i]}">` +
       `<ellipse cx="${sx}" cy="${sy}" rx="${Math.max(tracks.major[i], 0.05)}" ry="${Math.max(tracks.minor[i], 0.05)}" ` +
       `transform="rotate(${-tracks.angle[i]} ${sx} ${sy})"/><circle cx="${sx}" cy="${sy}" r="0.18"/></g>`);
