@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,16 +241,6 @@ def latency(runs: list[Run], t0: float) -> dict[str, float]:
             "message_kb_median": statistics.median(sizes) / 1024.0}
 
 
-@contextlib.contextmanager
-def workspace(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    with tempfile.TemporaryDirectory(prefix="santi-bench-console-") as tmp:
-        yield Path(tmp)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emitters", type=int, default=1000)
@@ -261,7 +250,9 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the recording and logs here")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    with workspace(args.workdir) as work:
+    with contextlib.ExitStack() as cleanup:
+        work = args.workdir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="santi-bench-console-")))
+        work.mkdir(parents=True, exist_ok=True)
         observations = work / "observations.jsonl"
         with err.status(f"recording {args.emitters} emitters …"):
             t0 = recording(observations, args.emitters, WARM_S + MEASURE_S + 5.0, args.seed)
