@@ -245,6 +245,14 @@ def test_a_session_is_bound_to_its_role_key_and_expiry() -> None:
     assert sessions.role("garbage", 1000.0) is None
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_no_forged_session_value_opens_a_view(value: str) -> None:
+    sessions = Sessions(b"k" * 32)
+    assert sessions.role(value, 1000.0) is None
+    assert sessions.role(f"technician.9999999999.{value}", 1000.0) is None
+
+
 # -- the running console ----------------------------------------------------------------------
 
 
@@ -268,14 +276,15 @@ def test_every_data_path_needs_its_own_token(broker: Broker, tmp_path: Path) -> 
         port = agent.port
         for path, own, other in [("/api/snapshot", TECH_TOKEN, STAFF_TOKEN), ("/metrics", TECH_TOKEN, STAFF_TOKEN),
                                  ("/api/staff", STAFF_TOKEN, TECH_TOKEN)]:
-            for token in (None, "wrong", other, own[:-1], own + "x"):
+            for token in (None, "wrong", other, own[:-1], own + "x", "tëchnïcian\x80"):
                 status, headers, body = request(port, path, token=token)
                 assert (status, body) == (401, b""), (path, token)
                 assert headers["WWW-Authenticate"] == "Bearer"
             assert request(port, path, token=own)[0] == 200
         for path in ("/api/stream", "/api/layout"):
             assert request(port, path)[0] == 401
-            assert request(port, path, headers={"Cookie": "santi_session=technician.9999999999.00"})[0] == 401
+            for cookie in ("santi_session=technician.9999999999.00", "santi_session=technician.9999999999.\u00e9"):
+                assert request(port, path, headers={"Cookie": cookie})[0] == 401
         assert request(port, "/api/session", method="POST", token="wrong")[0] == 401
         status, _, page = request(port, "/")
         assert status == 200

@@ -92,7 +92,7 @@ class Sessions:
         self._key = key or os.urandom(32)
 
     def _sign(self, body: str) -> str:
-        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._key, body.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
 
     def issue(self, role: Role, now: float) -> str:
         body = f"{role}.{int(now + SESSION_S)}"
@@ -100,7 +100,8 @@ class Sessions:
 
     def role(self, value: str, now: float) -> Role | None:
         body, _, signature = value.rpartition(".")
-        if not hmac.compare_digest(self._sign(body), signature):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401).
+        if not hmac.compare_digest(self._sign(body).encode(), signature.encode("utf-8", "replace")):
             return None
         role, _, expiry = body.partition(".")
         if role not in ROLES or not expiry.isdigit() or int(expiry) < now:
@@ -178,7 +179,7 @@ class Console:
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
             return None
-        offered = given.strip().encode()
+        offered = given.strip().encode("utf-8", "replace")
         found: Role | None = None
         for role in ROLES:  # compare with every token: the time taken names none of them
             if hmac.compare_digest(offered, self._tokens[role]):
