@@ -12,6 +12,8 @@ import http.client
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -173,6 +175,16 @@ def request(port: int, path: str, *, token: str | None = None, method: str = "GE
 
 def test_console_is_off_without_its_section(tmp_path: Path) -> None:
     assert load_site(example_site_for(tmp_path, 1)).console is None
+
+
+def test_an_agent_without_a_console_never_loads_its_libraries(tmp_path: Path) -> None:
+    site = example_site_for(tmp_path, 1)
+    code = ("import sys; from pathlib import Path; from agent.cli import main; from agent.config import load_site; "
+            "from agent.service import Service; "
+            f"Service(load_site(Path({str(site)!r})), [], state_dir=Path({str(tmp_path)!r})); "
+            "print(sorted(m for m in ('aiohttp', 'prometheus_client', 'agent.console') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_console_defaults_to_loopback_8080(tmp_path: Path) -> None:
