@@ -114,8 +114,8 @@ class Service:
         """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
         self.console: Console | None = None
         if site.console is not None:
-            # aiohttp and prometheus-client load here, before a replay's clock runs: loaded in
-            # run() they took long enough at 120x to land a minute of records in one window.
+            # aiohttp and prometheus-client load here, before a replay's clock runs: in run()
+            # their 0.2 s would hand the first window half a store minute of records at 120x.
             importlib.import_module("agent.console")
 
     # -- records in ------------------------------------------------------------
