@@ -246,6 +246,53 @@ class TrackingConfig(_Model):
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
 
 
+class ConsoleConfig(_Model):
+    """The store console (``agent/console``): off unless the site config has a ``[console]`` section."""
+
+    listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT the console's HTTP server binds.")
+    technician_token_file: Path = Field(description="Bearer token of the technician view and /metrics (0600).")
+    staff_token_file: Path = Field(description="Bearer token of the staff view (0600).")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. '127.0.0.1:8080'")
+        return value
+
+    def address(self) -> tuple[str, int]:
+        """``listen`` as (host, port); an IPv6 host may be written in brackets."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _token(path: Path) -> tuple[SecretStr | None, str | None]:
+    """A console token from its file, or why it may not be used.
+
+    The file must exist, hold a non-empty token, and be unreadable by group
+    and others: a token anyone on the box can read protects nothing.
+    """
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+    if mode & 0o077:
+        return None, f"{path} is readable by group or others; chmod 600 it"
+    if not token:
+        return None, f"{path} is empty"
+    return SecretStr(token), None
+
+
+def read_token(path: Path, key: str) -> SecretStr:
+    """The token in ``path`` (the ``console.<key>`` file), or ``ConfigError`` with one line."""
+    token, problem = _token(path)
+    if token is None:
+        raise ConfigError(f"console.{key}: {problem}")
+    return token
+
+
 class SiteConfig(_Model):
     """A validated site config; ``path`` is where it was read from."""
 
@@ -262,6 +309,7 @@ class SiteConfig(_Model):
     nodes: NodesConfig = Field(default_factory=NodesConfig)
     nfc: NfcConfig = Field(default_factory=NfcConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    console: ConsoleConfig | None = None
     path: Path | None = Field(default=None, exclude=True)
 
     def sector_index(self) -> dict[str, int]:
@@ -369,6 +417,9 @@ def _named_files(site: SiteConfig) -> list[tuple[Loc, Path]]:
         files.append((("privacy", "secret_file"), site.privacy.secret_file))
     if site.tracking.radio_map is not None:
         files.append((("tracking", "radio_map"), site.tracking.radio_map))
+    if site.console is not None:
+        files.append((("console", "technician_token_file"), site.console.technician_token_file))
+        files.append((("console", "staff_token_file"), site.console.staff_token_file))
     return files
 
 
@@ -377,7 +428,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     keys = {
         ("agent", "state_dir"), ("uplink", "password_file"), ("privacy", "secret_file"),
         ("uplink", "tls", "ca_file"), ("uplink", "tls", "cert_file"), ("uplink", "tls", "key_file"),
-        ("tracking", "radio_map"),
+        ("tracking", "radio_map"), ("console", "technician_token_file"), ("console", "staff_token_file"),
     }
     for key in keys:
         node: Any = data
@@ -416,6 +467,11 @@ def parse_site(text: str, path: Path) -> SiteConfig:
             read_radio_map(site.tracking.radio_map)
         except RadioMapFileError as exc:
             problems.append((("tracking", "radio_map"), str(exc)))
+    if site.console is not None and not problems:
+        for key in ("technician_token_file", "staff_token_file"):
+            problem = _token(getattr(site.console, key))[1]
+            if problem is not None:
+                problems.append((("console", key), problem))
     if problems:
         loc, message = problems[0]
         raise _problem(path, text, loc, message)

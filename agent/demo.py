@@ -11,6 +11,9 @@ the run ends with HQ's figures beside the simulator's ground truth.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import statistics
 import tempfile
 import threading
@@ -23,9 +26,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from agent.config import SiteConfig, UplinkConfig
+from agent.config import ConsoleConfig, SiteConfig, UplinkConfig
 from agent.events import Event
-from agent.localbroker import Broker
+from agent.localbroker import Broker, free_port
 from agent.replayclock import ReplayClock, first_timestamp
 from agent.service import Service
 from agent.sources.factory import replay_sources
@@ -108,7 +111,8 @@ def run_demo(
         console.print(f"started a private mosquitto on {host}:{port}")
     else:
         host, port = broker
-    site = site.model_copy(update={"uplink": UplinkConfig(host=host, port=port)})
+    site = site.model_copy(update={"uplink": UplinkConfig(host=host, port=port),
+                                   "console": _console(work, console, speed)})
     first = first_timestamp(sim_dir / "observations.jsonl")
     printer = _Printer(console, first, quiet)
     result = DemoResult(workdir=work)
@@ -131,6 +135,34 @@ def run_demo(
         if private is not None:
             private.stop()
     return result
+
+
+CONSOLE_PORT = 8080
+
+
+def _console(work: Path, console: Console, speed: float) -> ConsoleConfig:
+    """The demo's store console: fresh tokens in the workdir (0600), on :8080 or a free port if taken."""
+    tokens = {}
+    for role in ("technician", "staff"):
+        token = secrets.token_urlsafe(24)
+        path = work / f"console-{role}.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(token)
+        tokens[role] = (path, token)
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", CONSOLE_PORT))
+            port = CONSOLE_PORT
+        except OSError:
+            port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    console.print(f"store console (while the agent runs): [bold]{url}#token={tokens['technician'][1]}[/] "
+                  f"(technician); staff view: {url}#token={tokens['staff'][1]}", highlight=False)
+    if speed > 10:
+        console.print("[dim]at this speed the store day is over in seconds: --speed 5 leaves time to watch[/]")
+    return ConsoleConfig(listen=f"127.0.0.1:{port}", technician_token_file=tokens["technician"][0],
+                         staff_token_file=tokens["staff"][0])
 
 
 def _run_agent(site: SiteConfig, sim_dir: Path, state_dir: Path, speed: float) -> int:

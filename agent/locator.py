@@ -55,6 +55,10 @@ class LocatorStats:
     observations: int = 0
     taps: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    per_receiver: Counter[str] = field(default_factory=Counter)
+    """Readings per known receiver, for the console's readings/s."""
+    last_heard: dict[str, float] = field(default_factory=dict)
+    """Window time each receiver was last heard in, for the console's health colours."""
 
     def status_line(self) -> dict[str, object]:
         """The locator as a line of the status file's sources, so ``santi status`` shows its drops by reason."""
@@ -142,6 +146,7 @@ class Locator:
             ids, receiver_index, rssi, techs = self._admit(t, ids, receiver_index, rssi, techs)
         self._tech.update(zip(ids, techs, strict=True))
         self.stats.observations += len(ids)
+        self._count_receivers(t, receiver_index)
         if ids:
             snapshot = self.tracker.step(t, ids, np.array(receiver_index), np.array(rssi))
             update = self.sectors.step(t, list(snapshot.emitter_ids), snapshot.xy, snapshot.cov)
@@ -212,6 +217,15 @@ class Locator:
             log.warning("readings dropped by the locator", extra={
                 "reason": reason, "what": what[:100], "count": count, "similar_since_last": held,
                 "max_emitters": self.site.tracking.max_emitters, "tracks": len(self.tracker)})
+    def _count_receivers(self, t: float, receiver_index: list[int]) -> None:
+        """Per-receiver counts by one bincount, not a dict update per reading (the hot loop)."""
+        if not receiver_index:
+            return
+        heard = np.bincount(receiver_index, minlength=len(self.arrays.receiver_ids))
+        for row in np.flatnonzero(heard).tolist():
+            receiver = self.arrays.receiver_ids[row]
+            self.stats.per_receiver[receiver] += int(heard[row])
+            self.stats.last_heard[receiver] = t
 
     def _log_entries(self, t: float, emitter_ids: Sequence[str], update: SectorUpdate) -> None:
         """Each sector entry's timeline, for whoever asks why HQ heard of it late.

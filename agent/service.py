@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import ConfigError, SiteConfig, load_site
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
@@ -45,7 +47,11 @@ from agent.privatefiles import write_private
 from agent.replayclock import SteadyClock, wall_clock_for_tests
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
+from agent.staffboard import StaffBoard
 from agent.uplink import Uplink
+
+if TYPE_CHECKING:
+    from agent.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,13 @@ class Service:
         """Events lost because the disk stayed full even after evicting (logged at the first and every 10x)."""
         self._status_file_error: str | None = None
         self._losing = False
+        self.staff_board = StaffBoard(site.store.id)
+        """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
+        self.console: Console | None = None
+        if site.console is not None:
+            # aiohttp and prometheus-client load here, before a replay's clock runs: in run()
+            # their 0.2 s would hand the first window half a store minute of records at 120x.
+            importlib.import_module("agent.console")
 
     # -- records in ------------------------------------------------------------
 
@@ -150,10 +163,20 @@ class Service:
         exposed = self.site.uplink.password_file_problem()
         if exposed is not None:
             log.warning(exposed)
+        if self.site.console is not None:
+            from agent.console import ConsoleError, open_console  # noqa: PLC0415 (aiohttp only when configured)
+
+            try:
+                self.console = await open_console(self.site, self.staff_board)
+            except ConsoleError as exc:
+                log.error("console unavailable", extra={"error": str(exc)})
+                return 1
         try:
             self.outbox = Outbox.open(self.state_dir / "outbox.sqlite", self.site.buffer, self.clock)
         except OutboxError as exc:
             log.error("outbox unavailable", extra={"error": str(exc)})
+            if self.console is not None:
+                await self.console.stop()
             return 1
         self.stats.started = self.clock()
         self._last_status = self.stats.started
@@ -227,6 +250,8 @@ class Service:
         self.stats.windows += 1
         if events:
             self._store(events)
+        if self.console is not None:
+            self.console.window(t, self.locator, self.sources, self.outbox, self.uplink, self.stats.queue_dropped)
         if t - self._last_status >= self.site.agent.status_interval_s:
             self._last_status = t
             assert self.outbox is not None
@@ -259,6 +284,8 @@ class Service:
             self._losing = False
         self.stats.events += len(stored)
         self._recent.extend(stored)
+        if self.console is not None:
+            self.console.feed.stored(stored)
         if self.on_events is not None:
             self.on_events(stored)
 
@@ -283,6 +310,8 @@ class Service:
         if self.uplink is not None:
             left = self.uplink.stop(self.drain_deadline_s)
             log.info("uplink stopped", extra={"left_in_outbox": left})
+        if self.console is not None:
+            await self.console.stop()
         self._write_status_file()
         if self.outbox is not None:
             self.outbox_left = self.outbox.depth()
@@ -325,6 +354,8 @@ class Service:
             return
         self.locator = self.locator.reconfigured(new)
         self.site = new
+        if self.console is not None:
+            self.console.feed.reconfigured(new)
         self.stats.reloads += 1
         log.info("site config reloaded", extra={"path": str(path)})
         self.notifier.ready("reloaded")

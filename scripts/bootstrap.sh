@@ -9,6 +9,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus-daemon)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The console's browser tests drive Debian's chromium through Playwright (no browser download).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
@@ -36,7 +38,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "bootstrap: pip install failed; the whole log is .venv/pip.log" >&2
         exit 1
     fi
-    .venv/bin/python -c 'import agent, bleak, nfc, paho.mqtt, numpy, scipy, pydantic, sqlite_utils, shapely, pytest, hypothesis'
+    .venv/bin/python -c 'import agent, bleak, nfc, paho.mqtt, numpy, scipy, pydantic, sqlite_utils, shapely, aiohttp, prometheus_client, playwright, pytest, hypothesis'
     echo "$want" > "$stamp"
 fi
 
