@@ -49,6 +49,8 @@ SILENCED = "node-fish"
 SILENCED_AFTER_S = 20.0
 FISH = (5.0, 16.0)
 """Where the shopper stands, in the 'fish' sector of the example store."""
+SHOPPER = "f15a0000000000000000c0de"
+"""The shopper's phone, pseudonymised as the agent's sources do (24 hex digits)."""
 
 T = TypeVar("T")
 
@@ -89,7 +91,7 @@ def recording(tmp_path: Path, seconds: float = 150.0) -> Path:
                 continue
             d = float(np.sqrt((rx.x - xy[0]) ** 2 + (rx.y - xy[1]) ** 2 + (rx.z - 1.2) ** 2))
             rssi = rx.rssi_at_1m - 10 * rx.path_loss_exponent * np.log10(d) + rng.normal(0.0, 1.0)
-            observations.append(Observation(ts=t, receiver_id=rx.id, emitter_id="shopper-fish", tech="ble",
+            observations.append(Observation(ts=t, receiver_id=rx.id, emitter_id=SHOPPER, tech="ble",
                                             rssi_dbm=float(rssi)))
     path = tmp_path / "observations.jsonl"
     write_records(path, observations)
@@ -311,12 +313,12 @@ def test_the_technician_stream_shows_the_shopper_and_the_silent_receiver(broker:
         cookie = headers["Set-Cookie"].split(";")[0]
         assert "HttpOnly" in headers["Set-Cookie"]
         assert "SameSite=Strict" in headers["Set-Cookie"]
-        wait_until(lambda: agent.call(lambda: agent.service.locator.presence.visits.get("shopper-fish") is not None
-                                      and agent.service.locator.presence.visits["shopper-fish"].sector_id == "fish"),
+        wait_until(lambda: agent.call(lambda: agent.service.locator.presence.visits.get(SHOPPER) is not None
+                                      and agent.service.locator.presence.visits[SHOPPER].sector_id == "fish"),
                    30.0, "the shopper's visit in the fish sector")
         data = _sse_events(agent.port, cookie, 2)[-1]
         tracks = data["tracks"]
-        assert tracks["id"] == ["shopper-"]
+        assert tracks["id"] == [SHOPPER[:8]]
         assert tracks["sector"] == ["fish"]
         assert 0.0 <= tracks["x"][0] <= 11.0
         assert 12.0 <= tracks["y"][0] <= 20.0

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from tests.mosquitto import Broker
-from tests.test_console import SILENCED, STAFF_TOKEN, TECH_TOKEN, RunningAgent, running_agent
+from tests.test_console import SHOPPER, SILENCED, STAFF_TOKEN, TECH_TOKEN, RunningAgent, running_agent
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -73,7 +73,7 @@ def test_technician_and_staff_pages_follow_the_store(broker: Broker, browser: Br
         page.wait_for_function(DOT_IN_FISH, timeout=30_000)
         assert page.locator("#tracks .track").count() == 1
         assert page.get_attribute("#sectors [data-sector='fish']", "data-occupancy") == "1"
-        assert page.get_attribute("#tracks .track", "data-emitter") == "shopper-"
+        assert page.get_attribute("#tracks .track", "data-emitter") == SHOPPER[:8]
         page.screenshot(path=str(tmp_path / "technician-shopper.png"))
 
         page.wait_for_selector(f"#receivers [data-receiver='{SILENCED}'][data-health='silent']", timeout=30_000)
