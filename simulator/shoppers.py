@@ -112,6 +112,14 @@ class Path:
         k = np.clip(np.searchsorted(self.t, times, side="right") - 1, 0, len(self.t) - 1)
         return self.facing[k]
 
+    def still_at(self, times: FloatArray) -> NDArray[np.bool_]:
+        """Whether the shopper stands still (n,) at times (n,); outside the path counts as still."""
+        if len(self.t) < 2:
+            return np.ones(times.shape, dtype=bool)
+        k = np.clip(np.searchsorted(self.t, times, side="right") - 1, 0, len(self.t) - 2)
+        moved = np.any(self.xy[k + 1] != self.xy[k], axis=1)
+        return np.asarray((times < self.t[0]) | (times >= self.t[-1]) | ~moved, dtype=bool)
+
     @property
     def start(self) -> float:
         return float(self.t[0])

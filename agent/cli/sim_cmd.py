@@ -37,7 +37,7 @@ from simulator.calibrate import (
     summary_row,
     write_calibrated_site,
 )
-from simulator.channel import ChannelConfig
+from simulator.channel import CHANNELS
 from simulator.locate import Estimate, LocateStats, Mode, locate_file
 from simulator.report import Report, build_report, group_estimates
 from simulator.run import SURVEY_PHONES, SimConfig, simulate
@@ -83,37 +83,46 @@ def _locate(site: SiteConfig, observations: Path, out: Path, mode: Mode, quiet: 
               help="Arrival window; the run lasts until the last shopper leaves.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output directory.")
-@click.option("--sigma", type=click.FloatRange(min=0.0), default=4.0, show_default=True,
-              help="Log-normal shadowing spread, dB.")
-@click.option("--correlation-m", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--store-seed", type=int, help="Seed of the store's static radio (receiver biases, lasting shadows); "
+              "default: derived from the site's store id, so walks and shoppers of one site share a store.")
+@click.option("--channel", "channel_name", type=click.Choice(list(CHANNELS)), default="impaired", show_default=True,
+              help="Radio channel: lognormal (shadowing only), impaired (mild), store (phones differ, bodies, "
+                   "lasting shadows). The flags below override its figures.")
+@click.option("--sigma", type=click.FloatRange(min=0.0), help="Log-normal shadowing spread, dB.")
+@click.option("--correlation-m", type=click.FloatRange(min=0.0),
               help="Spatial correlation distance of shadowing (0: independent per packet).")
-@click.option("--body-loss", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
+@click.option("--body-loss", type=click.FloatRange(min=0.0),
               help="Loss through the carrier's body when a receiver is behind them, dB.")
-@click.option("--receiver-bias", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
-              help="Spread of per-receiver bias, dB.")
-@click.option("--packet-loss", type=click.FloatRange(min=0.0, max=0.99), default=0.1, show_default=True,
+@click.option("--receiver-bias", type=click.FloatRange(min=0.0), help="Spread of per-receiver bias, dB.")
+@click.option("--device-offset", type=click.FloatRange(min=0.0), help="Spread of per-phone TX offset, dB.")
+@click.option("--packet-loss", type=click.FloatRange(min=0.0, max=0.99),
               help="Probability a receiver misses a packet.")
-@click.option("--survey", is_flag=True, help="Simulate one technician's calibration walk instead of shoppers.")
+@click.option("--survey", is_flag=True, help="Simulate one technician's calibration walk (a reference tag, "
+              "no offset) instead of shoppers.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.pass_context
 def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, seed: int, out_dir: Path | None,
-        sigma: float, correlation_m: float, body_loss: float, receiver_bias: float, packet_loss: float,
-        survey: bool, quiet: bool) -> None:
+        store_seed: int | None, channel_name: str, sigma: float | None, correlation_m: float | None,
+        body_loss: float | None, receiver_bias: float | None, device_offset: float | None,
+        packet_loss: float | None, survey: bool, quiet: bool) -> None:
     """Simulate shoppers in a store: observations.jsonl, taps.jsonl and truth.jsonl in --out.
 
     \b
     Example:
       santi sim --site examples/fishmonger.toml --shoppers 200 --minutes 30 --seed 1 --out run1
       santi sim report run1
+      santi sim --site examples/fishmonger.toml --channel store --survey --out walk
     """
     if ctx.invoked_subcommand is not None:
         return
     if site is None or out_dir is None:
         raise CliError("santi sim needs --site and --out (see santi sim --help)")
     config = load_or_fail(site)
-    channel = ChannelConfig(sigma_db=sigma, correlation_m=correlation_m, body_loss_db=body_loss,
-                            receiver_bias_db=receiver_bias, packet_loss=packet_loss)
-    sim_config = SimConfig(shoppers=1 if survey else shoppers, minutes=minutes, seed=seed, channel=channel)
+    given = {"sigma_db": sigma, "correlation_m": correlation_m, "body_loss_db": body_loss,
+             "receiver_bias_db": receiver_bias, "device_offset_db": device_offset, "packet_loss": packet_loss}
+    channel = replace(CHANNELS[channel_name], **{k: v for k, v in given.items() if v is not None})
+    sim_config = SimConfig(shoppers=1 if survey else shoppers, minutes=minutes, seed=seed, store_seed=store_seed,
+                           channel=channel)
     if survey:
         sim_config = replace(sim_config, phones=SURVEY_PHONES)
     try:
@@ -140,6 +149,8 @@ def _report_table(report: Report) -> Table:
     table.add_row("sector entries precision / recall",
                   f"{s.precision:.2f} / {s.recall:.2f}  ({s.matched_entries} of {s.estimated_entries} est., {s.true_entries} true)")
     table.add_row("false sector changes", f"{s.false_changes_per_hour:.2f} per shopper-hour  ({s.false_changes} in {s.shopper_hours:.1f} h)")
+    table.add_row("entry decided after the true crossing",
+                  f"p50 {s.latency_p50_s:.1f} s, p90 {s.latency_p90_s:.1f} s, p99 {s.latency_p99_s:.1f} s")
     return table
 
 
