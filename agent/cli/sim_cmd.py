@@ -8,7 +8,6 @@ receivers from a calibration walk.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,14 +23,14 @@ from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
 from agent.observations import Observation, Tech
-from agent.radiomap_file import StoredRadioMap
 from agent.replayfile import RecordReader
 from positioning.radiomap import DEFAULT_BANDWIDTH_M
 from simulator.calibrate import (
     MAP_MIN_GAIN,
+    MapVerdict,
     calibration_samples,
-    chosen_radio_map,
     fit_receivers,
+    judge_radio_map,
     map_spread,
     radio_map_path,
     summary_row,
@@ -289,7 +288,8 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     if not any(f.calibration is not None for f in fits):
         raise CliError("no receiver had enough readings to fit; " + "; ".join(
             f"{f.receiver_id}: {f.reason}" for f in fits))
-    stored, ratio = chosen_radio_map(config, samples, fits, bandwidth_m=map_bandwidth) if radio_map else (None, None)
+    verdict = judge_radio_map(config, samples, fits, bandwidth_m=map_bandwidth) if radio_map else None
+    stored = verdict.stored if verdict is not None else None
     try:
         write_calibrated_site(config, site, fits, out, stored)
     except ConfigError as exc:
@@ -307,7 +307,7 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
                  "noise_sigma_db": f.calibration.sigma_db}),
              **({} if stored is None else {"radio_map_max_db": spread[f.receiver_id]})}
             for f in fits], indent=2))
-        click.echo(_map_verdict(stored, ratio, out), err=True)
+        click.echo(_map_verdict(verdict, out), err=True)
         return
     columns = ["receiver", "readings", "rssi_at_1m", "exponent", "sigma dB / note"]
     table = Table(*columns, *(["map dB"] if stored is not None else []), title="Calibration")
@@ -316,16 +316,18 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
         table.add_row(*summary_row(result), *extra)
     Console().print(table)
     click.echo(f"calibrated site config -> {out}")
-    click.echo(_map_verdict(stored, ratio, out))
+    click.echo(_map_verdict(verdict, out))
 
 
-def _map_verdict(stored: StoredRadioMap | None, ratio: float | None, out: Path) -> str:
-    if ratio is None:
+def _map_verdict(verdict: MapVerdict | None, out: Path) -> str:
+    if verdict is None:
         return "radio map: not asked for (--no-radio-map)"
-    if math.isnan(ratio):
-        return "radio map: not written, the walk is too short to check one on readings it was not fitted to"
-    held_out = f"held-out walk readings' squared error x{ratio:.2f} with it"
-    if stored is None:
-        return (f"radio map: not written, {held_out} (needs x{1.0 - MAP_MIN_GAIN:.2f} or less): the receivers "
-                "read as their models say, give or take noise")
+    if not verdict.windows:
+        return "radio map: not written, the walk is too short to check one on segments it was not fitted to"
+    (plain, mapped), (s_plain, s_mapped) = verdict.median_m, verdict.sectors
+    held_out = (f"on held-out walk segments, median error {plain:.2f} -> {mapped:.2f} m, right sector "
+                f"{s_plain:.1%} -> {s_mapped:.1%}; readings' squared error x{verdict.ratio:.2f}")
+    if verdict.stored is None:
+        return (f"radio map: not written ({held_out}; needs the error x{1.0 - MAP_MIN_GAIN:.2f} or less and no "
+                "fewer windows in the right sector)")
     return f"radio map -> {radio_map_path(out)} ({held_out})"
