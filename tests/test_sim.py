@@ -308,3 +308,25 @@ def test_a_still_shopper_turns_and_a_walking_one_faces_the_way(site: object) -> 
     at_shelf = facing[t >= 4.0]
     assert 30 <= np.count_nonzero(np.diff(at_shelf)) <= 90  # about one turn every 10 s over 600 s
     assert float(np.std(at_shelf)) == pytest.approx(np.pi / 3, rel=0.3)
+
+
+def test_santi_sim_takes_a_channel_by_name_flags_override_it_and_the_store_seed(tmp_path: Path) -> None:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from agent.cli import cli  # noqa: PLC0415
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
+    result = CliRunner().invoke(cli, ["sim", "--site", str(example), "--shoppers", "1", "--minutes", "0.2",
+                                      "--channel", "store", "--body-loss", "2", "--store-seed", "5",
+                                      "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    header = read_truth(tmp_path / "truth.jsonl").run
+    assert header is not None
+    channel = header.settings["channel"]
+    assert channel["device_offset_db"] == 4.0
+    assert channel["correlation_m"] == 3.0
+    assert channel["body_loss_db"] == 2.0
+    assert header.settings["store_seed"] == 5
+    bad = CliRunner().invoke(cli, ["sim", "--site", str(example), "--channel", "shop", "--out", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert "'shop' is not one of" in bad.output
