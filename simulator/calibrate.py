@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,7 +31,6 @@ from positioning.pathloss import Calibration, fit_calibration, rssi_at_distance
 from positioning.radiomap import (
     DEFAULT_BANDWIDTH_M,
     DEFAULT_PRIOR_READINGS,
-    RadioMap,
     fit_radio_map,
 )
 from positioning.tracker import Tracker, TrackerConfig
@@ -228,10 +227,15 @@ def walk_radio_map(
     return _stored_map(site, walk_residuals(site, samples, fits), bandwidth_m, prior_readings)
 
 
+MAP_BANDWIDTHS_M = (1.0, 1.5, 2.0, 3.0)
+"""Smoothing distances `judge_radio_map` tries when none is given; it keeps the best on held-out segments."""
+
+
 @dataclass(frozen=True)
 class MapVerdict:
     """What a radio map does on walk segments it was not fitted on, and whether it is kept.
 
+    bandwidth_m: the smoothing distance judged (the best of those tried).
     ratio: held-out squared residual with the map over without (below 1: it
     predicts readings). median_m and sectors: (without, with) median
     position error and share of windows in the right sector, tracking
@@ -240,10 +244,16 @@ class MapVerdict:
     """
 
     stored: StoredRadioMap | None
+    bandwidth_m: float
     ratio: float
     median_m: tuple[float, float]
     sectors: tuple[float, float]
     windows: int
+
+    @property
+    def better(self) -> bool:
+        """The product's rule: median error down by MAP_MIN_GAIN or more, and no fewer windows in the right sector."""
+        return self.median_m[1] <= (1.0 - MAP_MIN_GAIN) * self.median_m[0] and self.sectors[1] >= self.sectors[0]
 
 
 def judge_radio_map(
@@ -251,7 +261,7 @@ def judge_radio_map(
     samples: dict[str, WalkSamples],
     fits: list[ReceiverFit],
     *,
-    bandwidth_m: float = DEFAULT_BANDWIDTH_M,
+    bandwidth_m: float | None = None,
     prior_readings: float = DEFAULT_PRIOR_READINGS,
 ) -> MapVerdict:
     """The walk's radio map, kept only if it improves what the product is for.
@@ -260,20 +270,27 @@ def judge_radio_map(
     simulated store with 4 dB phones and 8 dB bodies: held-out x0.79, yet
     sector accuracy 71 -> 54 %): a map fits the receivers' residual fields,
     and a field that predicts readings a little better can still bend the
-    tracker's gradient the wrong way between walk rows. So the map is kept
-    only if, tracking the walk's held-out segments with the new models,
-    median position error falls by MAP_MIN_GAIN or more and the share of
-    windows in the right sector does not fall.
+    tracker's gradient the wrong way. So the map is kept only if, tracking
+    the walk's held-out segments with the new models, median position error
+    falls by MAP_MIN_GAIN or more and the share of windows in the right
+    sector does not fall. With no `bandwidth_m`, each of MAP_BANDWIDTHS_M is
+    judged so and the one with the lowest held-out median error is kept:
+    how smooth a map must be depends on the store (benchmarks/README.md).
     """
     res = walk_residuals(site, samples, fits)
-    ratio = _held_out_ratio(site, res, bandwidth_m, prior_readings)
-    located = _held_out_locating(site, fits, res, bandwidth_m, prior_readings)
-    if located is None:
-        return MapVerdict(None, ratio, (math.nan, math.nan), (math.nan, math.nan), 0)
-    median_m, sectors, windows = located
-    keep = median_m[1] <= (1.0 - MAP_MIN_GAIN) * median_m[0] and sectors[1] >= sectors[0]
-    stored = _stored_map(site, res, bandwidth_m, prior_readings) if keep else None
-    return MapVerdict(stored, ratio, median_m, sectors, windows)
+    plain = _held_out_tracks(site, fits, res, None, prior_readings)
+    verdicts = []
+    for bw in MAP_BANDWIDTHS_M if bandwidth_m is None else (bandwidth_m,):
+        ratio = _held_out_ratio(site, res, bw, prior_readings)
+        mapped = _held_out_tracks(site, fits, res, bw, prior_readings)
+        if plain is None or mapped is None:
+            verdicts.append(MapVerdict(None, bw, ratio, (math.nan, math.nan), (math.nan, math.nan), 0))
+            continue
+        verdicts.append(MapVerdict(None, bw, ratio, (plain[0], mapped[0]), (plain[1], mapped[1]), plain[2]))
+    best = min(verdicts, key=lambda v: (not v.better, v.median_m[1] if v.windows else math.inf))
+    if not best.better:
+        return best
+    return replace(best, stored=_stored_map(site, res, best.bandwidth_m, prior_readings))
 
 
 def chosen_radio_map(
@@ -284,16 +301,16 @@ def chosen_radio_map(
     return verdict.stored, verdict.ratio
 
 
-def _held_out_locating(
-    site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, bandwidth_m: float, prior_readings: float
-) -> tuple[tuple[float, float], tuple[float, float], int] | None:
-    """Track held-out blocks of the walk without and with a map fitted on the other blocks.
+def _held_out_tracks(
+    site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, bandwidth_m: float | None, prior_readings: float
+) -> tuple[float, float, int] | None:
+    """Track held-out blocks of the walk, with a map of `bandwidth_m` fitted on the other blocks (None: no map).
 
     Blocks of LOCATE_BLOCK_S alternate between two folds; each block is
     tracked from a fresh track with the calibrated models, windows of
     ``tracking.window_s`` stamped at their centre, and scored after
     LOCATE_SETTLE_S against the walk's known position and its sector.
-    Returns (median error without, with), (sector share without, with) and
+    Returns the median error, the share of windows in the right sector and
     the windows scored; None if the walk is too short.
     """
     if not res.ts.size:
@@ -310,38 +327,27 @@ def _held_out_locating(
     models = [fitted.get(r.id, {"rssi_at_1m": r.rssi_at_1m, "path_loss_exponent": r.path_loss_exponent,
                                 "noise_sigma_db": r.noise_sigma_db}) for r in site.receivers]
     bbox = _outline_bbox(site)
-
-    def track(held: NDArray[np.bool_], radio_map: RadioMap | None) -> tuple[FloatArray, FloatArray]:
+    errors, right = [], []
+    for held in (fold, ~fold):
+        radio_map = None if bandwidth_m is None else fit_radio_map(
+            res.receiver[~held], res.xy[~held], res.residual[~held], len(site.receivers), bbox,
+            bandwidth_m=bandwidth_m, prior_readings=prior_readings)
         tracker = Tracker(np.array([[r.x, r.y, r.z] for r in site.receivers]),
                           [v["rssi_at_1m"] for v in models], [v["path_loss_exponent"] for v in models],
                           [v["noise_sigma_db"] for v in models], bbox,
                           TrackerConfig(emitter_z=site.tracking.emitter_height_m), radio_map)
-        estimates, truths = [], []
         for w in np.unique(slot[held]):
             rows = held & (slot == w)
             b = int(block[rows][0])
             t = t0 + (w + 0.5) * window_s
             out = tracker.step(t, [f"block-{b}"] * int(rows.sum()), res.receiver[rows], res.rssi[rows])
             if t - (t0 + b * LOCATE_BLOCK_S) >= LOCATE_SETTLE_S:
-                estimates.append(out.xy[0])
-                truths.append(res.xy[rows].mean(axis=0))
-        return np.array(estimates).reshape(-1, 2), np.array(truths).reshape(-1, 2)
-
-    errors: list[list[FloatArray]] = [[], []]
-    right: list[list[NDArray[np.bool_]]] = [[], []]
-    for held in (fold, ~fold):
-        radio_map = fit_radio_map(res.receiver[~held], res.xy[~held], res.residual[~held], len(site.receivers),
-                                  bbox, bandwidth_m=bandwidth_m, prior_readings=prior_readings)
-        for k, used in enumerate((None, radio_map)):
-            est, true = track(held, used)
-            errors[k].append(np.hypot(*(est - true).T))
-            right[k].append(store.label(est) == store.label(true))
-    err = [np.concatenate(e) for e in errors]
-    hit = [np.concatenate(h) for h in right]
-    if not err[0].size:
+                true = res.xy[rows].mean(axis=0)
+                errors.append(float(np.hypot(*(out.xy[0] - true))))
+                right.append(bool(store.label(out.xy[:1])[0] == store.label(true[None])[0]))
+    if not errors:
         return None
-    return ((float(np.median(err[0])), float(np.median(err[1]))),
-            (float(hit[0].mean()), float(hit[1].mean())), int(err[0].size))
+    return float(np.median(errors)), float(np.mean(right)), len(errors)
 
 
 def _stored_map(site: SiteConfig, res: WalkResiduals, bandwidth_m: float, prior_readings: float) -> StoredRadioMap:

@@ -211,11 +211,13 @@ def test_a_map_is_kept_only_if_held_out_positions_and_sectors_say_so(
 ) -> None:
     import simulator.calibrate as calibrate  # noqa: PLC0415
 
-    monkeypatch.setattr(calibrate, "_held_out_locating", lambda *args: (*located, 500))
+    (plain_m, map_m), (plain_s, map_s) = located
+    monkeypatch.setattr(calibrate, "_held_out_tracks",
+                        lambda *args: (plain_m, plain_s, 500) if args[3] is None else (map_m, map_s, 500))
     site = load_site(EXAMPLE)
     samples = calibration_samples(site, RecordReader(walled_walk / "observations.jsonl", Observation),
                                   read_truth(walled_walk / "truth.jsonl"))
-    verdict = judge_radio_map(site, samples, fit_receivers(site, samples))
+    verdict = judge_radio_map(site, samples, fit_receivers(site, samples), bandwidth_m=1.0)
     assert verdict.ratio < 0.8  # the squared-error check alone would keep every one of them
     assert (verdict.stored is not None) == kept
 

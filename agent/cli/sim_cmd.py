@@ -24,8 +24,8 @@ from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
-from positioning.radiomap import DEFAULT_BANDWIDTH_M
 from simulator.calibrate import (
+    MAP_BANDWIDTHS_M,
     MAP_MIN_GAIN,
     MapVerdict,
     calibration_samples,
@@ -256,11 +256,12 @@ def calibrate() -> None:
 @click.option("--radio-map/--no-radio-map", default=True, show_default=True,
               help="Also learn where each receiver reads above or below its model (walls, shelves) and write "
                    "that map beside --out.")
-@click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0), default=DEFAULT_BANDWIDTH_M,
-              show_default=True, help="Smoothing distance of the radio map, metres.")
+@click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0),
+              help="Smoothing distance of the radio map, metres (default: the best of "
+                   f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} on held-out walk segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
-        map_bandwidth: float, as_json: bool) -> None:
+        map_bandwidth: float | None, as_json: bool) -> None:
     """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
 
     The new config keeps the original's comments and layout; receivers with too
@@ -325,8 +326,9 @@ def _map_verdict(verdict: MapVerdict | None, out: Path) -> str:
     if not verdict.windows:
         return "radio map: not written, the walk is too short to check one on segments it was not fitted to"
     (plain, mapped), (s_plain, s_mapped) = verdict.median_m, verdict.sectors
-    held_out = (f"on held-out walk segments, median error {plain:.2f} -> {mapped:.2f} m, right sector "
-                f"{s_plain:.1%} -> {s_mapped:.1%}; readings' squared error x{verdict.ratio:.2f}")
+    held_out = (f"{verdict.bandwidth_m:g} m smoothing: on held-out walk segments, median error {plain:.2f} -> "
+                f"{mapped:.2f} m, right sector {s_plain:.1%} -> {s_mapped:.1%}; readings' squared error "
+                f"x{verdict.ratio:.2f}")
     if verdict.stored is None:
         return (f"radio map: not written ({held_out}; needs the error x{1.0 - MAP_MIN_GAIN:.2f} or less and no "
                 "fewer windows in the right sector)")
