@@ -135,9 +135,10 @@ class TrackerConfig:
         not c, independent ones.
     offset_sigma_db: prior spread sigma_o of a phone's TX offset, dB, eq. (16);
         0 leaves the offset out (four states, the plain model). Phones of
-        different makes differ by several dB; 4 dB suits that spread, and
-        with it the simulated store and the impaired channel improve while
-        the channel with no offsets is unchanged within noise
+        different makes differ by several dB, and 4 dB suits that spread
+        where they do (simulated store and impaired channel: better); it is
+        off by default because where the phone is the very tag the receivers
+        were calibrated with (the real danis tracks) it costs accuracy
         (benchmarks/README.md has the figures).
     offset_drift_db: q_o of eq. (16), dB per sqrt(s): how fast a phone's offset may wander.
     birth_sigma_m, birth_sigma_v: initial position (m) and velocity (m/s) spread.
@@ -153,7 +154,7 @@ class TrackerConfig:
     weak_k: float = 1.5
     iterations: int = 3
     reading_correlation: float = 0.3
-    offset_sigma_db: float = 4.0
+    offset_sigma_db: float = 0.0
     offset_drift_db: float = 0.05
     birth_sigma_m: float = 5.0
     birth_sigma_v: float = 1.0

@@ -55,6 +55,12 @@ than the plain models. Measured held-out ratios: simulated stores with spatially
 error 1.24 -> 1.30, 1.45 -> 1.54, 1.35 -> 1.52 m; false sector changes 2.7 -> 3.8, 3.5 -> 5.4, 5.4 -> 6.7
 per shopper-hour)."""
 
+MAP_SECTOR_SLACK = 0.01
+"""A map may cost this share of held-out windows in the right sector (one window in a hundred) and still be kept.
+
+Strictly no loss dropped maps on the real danis lab that took held-out median error 1.47 -> 1.29 m for
+one window of 237 on the wrong side of a border; the map the issue reports (sectors 71 -> 54 %) is far beyond it."""
+
 MAP_BLOCK_S = 10.0
 """The walk is cut into blocks this long, alternately held out, so no reading is scored by its own neighbours."""
 
@@ -252,8 +258,9 @@ class MapVerdict:
 
     @property
     def better(self) -> bool:
-        """The product's rule: median error down by MAP_MIN_GAIN or more, and no fewer windows in the right sector."""
-        return self.median_m[1] <= (1.0 - MAP_MIN_GAIN) * self.median_m[0] and self.sectors[1] >= self.sectors[0]
+        """The product's rule: median error down by MAP_MIN_GAIN or more, sectors not worse beyond MAP_SECTOR_SLACK."""
+        return (self.median_m[1] <= (1.0 - MAP_MIN_GAIN) * self.median_m[0]
+                and self.sectors[1] >= self.sectors[0] - MAP_SECTOR_SLACK)
 
 
 def judge_radio_map(
@@ -273,9 +280,10 @@ def judge_radio_map(
     tracker's gradient the wrong way. So the map is kept only if, tracking
     the walk's held-out segments with the new models, median position error
     falls by MAP_MIN_GAIN or more and the share of windows in the right
-    sector does not fall. With no `bandwidth_m`, each of MAP_BANDWIDTHS_M is
-    judged so and the one with the lowest held-out median error is kept:
-    how smooth a map must be depends on the store (benchmarks/README.md).
+    sector does not fall (beyond MAP_SECTOR_SLACK). With no `bandwidth_m`, each of MAP_BANDWIDTHS_M is
+    judged so and the finest of those within MAP_MIN_GAIN of the lowest
+    held-out median error is kept: how smooth a map must be depends on the
+    store (benchmarks/README.md).
     """
     res = walk_residuals(site, samples, fits)
     plain = _held_out_tracks(site, fits, res, None, prior_readings)
@@ -287,10 +295,15 @@ def judge_radio_map(
             verdicts.append(MapVerdict(None, bw, ratio, (math.nan, math.nan), (math.nan, math.nan), 0))
             continue
         verdicts.append(MapVerdict(None, bw, ratio, (plain[0], mapped[0]), (plain[1], mapped[1]), plain[2]))
-    best = min(verdicts, key=lambda v: (not v.better, v.median_m[1] if v.windows else math.inf))
-    if not best.better:
-        return best
-    return replace(best, stored=_stored_map(site, res, best.bandwidth_m, prior_readings))
+    passing = [v for v in verdicts if v.better]
+    if not passing:
+        return min(verdicts, key=lambda v: v.median_m[1] if v.windows else math.inf)
+    # The finest map within MAP_MIN_GAIN of the best: held-out medians a few cm apart are noise, and a
+    # smoother map than needed blurs what the walk found (danis rectangle: 2 m chosen by 1.29 vs 1.29 m
+    # held out, tracked at 1.64 m against 1.30 m with 1 m).
+    best = min(v.median_m[1] for v in passing)
+    chosen = min((v for v in passing if v.median_m[1] <= best / (1.0 - MAP_MIN_GAIN)), key=lambda v: v.bandwidth_m)
+    return replace(chosen, stored=_stored_map(site, res, chosen.bandwidth_m, prior_readings))
 
 
 def chosen_radio_map(
@@ -335,7 +348,8 @@ def _held_out_tracks(
         tracker = Tracker(np.array([[r.x, r.y, r.z] for r in site.receivers]),
                           [v["rssi_at_1m"] for v in models], [v["path_loss_exponent"] for v in models],
                           [v["noise_sigma_db"] for v in models], bbox,
-                          TrackerConfig(emitter_z=site.tracking.emitter_height_m), radio_map)
+                          TrackerConfig(emitter_z=site.tracking.emitter_height_m,
+                                        offset_sigma_db=site.tracking.phone_offset_db), radio_map)
         for w in np.unique(slot[held]):
             rows = held & (slot == w)
             b = int(block[rows][0])

@@ -1,5 +1,7 @@
 """The batched RSSI EKF: its algebra, its honesty, and the stateful bank around it."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -195,7 +197,7 @@ def window(
 def test_functional_form_equals_the_wrapper_with_one_model() -> None:
     """With a single model, eqs. (12)-(13) are the identity: the wrapper is the plain EKF, step by step
     (with the phone's offset of eq. (16) as its fifth state)."""
-    cfg = TrackerConfig(sigma_a=(0.25,), mode_dwell_s=(10.0,))
+    cfg = TrackerConfig(sigma_a=(0.25,), mode_dwell_s=(10.0,), offset_sigma_db=4.0)
     tr = Tracker(RX_XYZ, A, N, SIGMA, BBOX, cfg)
     rng = np.random.default_rng(17)
     lo, hi = np.array(BBOX[0]), np.array(BBOX[1])
@@ -482,3 +484,17 @@ def test_update_with_an_offset_state_and_none_known_is_the_four_state_update() -
     np.testing.assert_allclose(five.x[:, :4], four.x, atol=1e-9)
     np.testing.assert_allclose(five.P[:, :4, :4], four.P, atol=1e-9)
     np.testing.assert_allclose(five.loglik, four.loglik, atol=1e-9)
+
+
+def test_the_site_config_turns_the_offset_state_on(tmp_path: Path) -> None:
+    from agent.config import load_site  # noqa: PLC0415
+    from agent.site_arrays import make_tracker, site_arrays  # noqa: PLC0415
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(example.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 4.0\n"))
+    for path, states in ((example, 4), (site_file, 5)):
+        site = load_site(path)
+        tr = make_tracker(site, site_arrays(site))
+        tr.step(0.0, ["phone"] * 3, [0, 2, 3], [-60.0, -70.0, -75.0])
+        assert tr.state()[0].shape == (1, states)

@@ -27,6 +27,7 @@ from agent.replayfile import RecordReader
 from simulator.calibrate import (
     MAP_BANDWIDTHS_M,
     MAP_MIN_GAIN,
+    MAP_SECTOR_SLACK,
     MapVerdict,
     calibration_samples,
     fit_receivers,
@@ -330,6 +331,6 @@ def _map_verdict(verdict: MapVerdict | None, out: Path) -> str:
                 f"{mapped:.2f} m, right sector {s_plain:.1%} -> {s_mapped:.1%}; readings' squared error "
                 f"x{verdict.ratio:.2f}")
     if verdict.stored is None:
-        return (f"radio map: not written ({held_out}; needs the error x{1.0 - MAP_MIN_GAIN:.2f} or less and no "
-                "fewer windows in the right sector)")
+        return (f"radio map: not written ({held_out}; needs the error x{1.0 - MAP_MIN_GAIN:.2f} or less and at most "
+                f"{MAP_SECTOR_SLACK:.0%} fewer windows in the right sector)")
     return f"radio map -> {radio_map_path(out)} ({held_out})"
