@@ -48,12 +48,12 @@ MIN_DISTANCE_SPAN = 2.0
 
 
 MAP_MIN_GAIN = 0.05
-"""A radio map is kept only if it predicts held-out walk readings this much better (in mean squared error)
-than the plain models. Measured held-out ratios: simulated stores with spatially correlated shadowing
-0.55-0.65; the real danis lab 0.88-0.92; simulated stores whose shadowing is independent per packet
-1.01-1.02, where a map learns noise, and costs (benchmarks/radio_map.py, map forced, seeds 3 / 4 / 5: median
-error 1.24 -> 1.30, 1.45 -> 1.54, 1.35 -> 1.52 m; false sector changes 2.7 -> 3.8, 3.5 -> 5.4, 5.4 -> 6.7
-per shopper-hour)."""
+"""A radio map is kept only if it tracks held-out walk segments with a median error this much lower than
+the plain models (see `judge_radio_map`). Where shadowing is independent per packet a map learns noise and
+costs (benchmarks/radio_map.py, map forced, seeds 3 / 4 / 5: median error 1.24 -> 1.30, 1.45 -> 1.54,
+1.35 -> 1.52 m; false sector changes 2.7 -> 3.8, 3.5 -> 5.4, 5.4 -> 6.7 per shopper-hour); the held-out
+squared-error ratio alone (0.55-0.65 in stores with lasting shadows, 0.88-0.92 on danis, 1.01-1.02 with
+none) also passed maps that made sectors worse."""
 
 MAP_SECTOR_SLACK = 0.01
 """A map may cost this share of held-out windows in the right sector (one window in a hundred) and still be kept.
