@@ -258,8 +258,8 @@ def calibrate() -> None:
               help="Also learn where each receiver reads above or below its model (walls, shelves) and write "
                    "that map beside --out.")
 @click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0),
-              help="Smoothing distance of the radio map, metres (default: the best of "
-                   f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} on held-out walk segments).")
+              help="Smoothing distance of the radio map, metres (default: chosen among "
+                   f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} by tracking held-out walk segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
         map_bandwidth: float | None, as_json: bool) -> None:
