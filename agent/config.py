@@ -242,6 +242,9 @@ class TrackingConfig(_Model):
     emitter_height_m: float = Field(default=1.2, ge=0.0, le=3.0)
     hysteresis_s: float = Field(default=3.0, ge=0.0, le=60.0)
     sector_threshold: float = Field(default=0.8, gt=0.5, lt=1.0)
+    phone_offset_db: float = Field(
+        default=0.0, ge=0.0, le=20.0,
+        description="Spread of phones' TX offsets the tracker estimates per track, dB (0: phones read as the model).")
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
 

@@ -6,8 +6,9 @@ each receiver with probability heard/receivers (about 5 of 8), with 4 dB
 noise. Measured on one core, as medians over windows and repeats:
 
 - observations per second through `Tracker.step`, through `Tracker.step`
-  followed by `SectorTracker.step` on its snapshot, and through the
-  `Tracker.step` of a tracker with a radio map (a calibration walk's);
+  followed by `SectorTracker.step` on its snapshot, through the
+  `Tracker.step` of a tracker with a radio map (a calibration walk's), and
+  of one that estimates each phone's TX offset (eq. (16), 4 dB);
 - bytes per track: the bank's arrays (spare capacity included: it doubles),
   what tracemalloc sees held after the births (arrays, id map, id strings),
   and the tracemalloc peak of a steady-state window, each over the tracks;
@@ -41,7 +42,7 @@ from positioning.multilaterate import fix
 from positioning.pathloss import rssi_at_distance, slant_distance
 from positioning.radiomap import RadioMap, fit_radio_map
 from positioning.sectors import SectorModel, SectorTracker
-from positioning.tracker import Tracker
+from positioning.tracker import Tracker, TrackerConfig
 
 WIDTH, DEPTH = 40.0, 30.0
 RX_XYZ = np.array(
@@ -109,7 +110,7 @@ def bench_tracker(
     emitters: int, args: argparse.Namespace, rng: np.random.Generator
 ) -> dict[str, float]:
     """Median obs/s of Tracker.step (and + SectorTracker.step) after the births window."""
-    track_rates, both_rates, map_rates, ms, obs, errors = [], [], [], [], [], []
+    track_rates, both_rates, map_rates, offset_rates, ms, obs, errors = [], [], [], [], [], [], []
     model = sector_model()
     for _ in range(args.repeats):
         names, wins = make_windows(emitters, args.windows + 1, args.heard, rng)
@@ -117,6 +118,8 @@ def bench_tracker(
         tracker = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)))
         mapped = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
                          radio_map=walk_map(rng))
+        offsets = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
+                          TrackerConfig(offset_sigma_db=4.0))
         sectors = SectorTracker(model)
         for t, w in enumerate(wins):
             t0 = time.perf_counter()
@@ -126,8 +129,11 @@ def bench_tracker(
             t2 = time.perf_counter()
             mapped.step(float(t), w.ids, w.receiver_index, w.rssi)
             t3 = time.perf_counter()
+            offsets.step(float(t), w.ids, w.receiver_index, w.rssi)
+            t4 = time.perf_counter()
             if t == 0:  # births: not steady state
                 continue
+            offset_rates.append(len(w.ids) / (t4 - t3))
             track_rates.append(len(w.ids) / (t1 - t0))
             both_rates.append(len(w.ids) / (t2 - t0))
             map_rates.append(len(w.ids) / (t3 - t2))
@@ -142,6 +148,7 @@ def bench_tracker(
         "tracker_obs_per_s": float(np.median(track_rates)),
         "tracker_and_sectors_obs_per_s": float(np.median(both_rates)),
         "tracker_with_radio_map_obs_per_s": float(np.median(map_rates)),
+        "tracker_with_phone_offsets_obs_per_s": float(np.median(offset_rates)),
         "median_error_m": float(np.median(errors)),
     }
 
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tracker obs/s", "tracker_obs_per_s", "{:>14,.0f}"),
         ("+sectors obs/s", "tracker_and_sectors_obs_per_s", "{:>15,.0f}"),
         ("map obs/s", "tracker_with_radio_map_obs_per_s", "{:>12,.0f}"),
+        ("offset obs/s", "tracker_with_phone_offsets_obs_per_s", "{:>13,.0f}"),
         ("x naive", "speedup_vs_naive", "{:>8.0f}"),
         ("bank B/trk", "bank_bytes_per_track", "{:>11.0f}"),
         ("held B/trk", "held_bytes_per_track", "{:>11.0f}"),

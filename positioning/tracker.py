@@ -58,6 +58,26 @@ predicted the window's readings, L_b = prod_i N(nu_i; 0, S_i):
 A reading outside the gate contributes the likelihood of one at the gate,
 so a deep fade cannot swing the modes. With M = 1, (12)-(13) are the identity
 and the tracker is the plain EKF.
+
+Phones differ: one model transmits a few dB more than another (TX setting,
+antenna, case), and an unknown phone's offset o would otherwise be read as
+distance, every receiver pulling the estimate nearer or farther at once.
+With `offset_sigma_db` > 0 each track carries o as a fifth state,
+
+    x = [x, y, vx, vy, o],   z_i = h_i(x) + o + e_i,   H_i = [dh/dx, dh/dy, 0, 0, 1]      (16)
+
+born o ~ N(0, sigma_o²) and drifting as a random walk, Q_oo = q_o² dt (a
+phone moved from hand to pocket). (6)-(7) hold as written with E selecting
+(x, y, o): Lambda, M and C are 3 x 3. A common offset and a displacement are
+told apart because a displacement moves the receivers' predictions by
+different amounts (nearer some, farther from others) and o moves them all
+alike; where the receivers heard all lie on one side the two are confounded
+and the prior keeps o near 0:
+
+    o⁺ - o⁻ = [P⁺ b]_o,   var(o⁺) <= sigma_o²                                       (17)
+
+(the clamp keeps o's spread within its prior after a silence, as it keeps
+position within the store).
 """
 
 from __future__ import annotations
@@ -113,6 +133,14 @@ class TrackerConfig:
         (track, receiver) pair in a window. Shadowing is shared by all of
         them, so c readings carry the information of 1 / (rho + (1-rho)/c),
         not c, independent ones.
+    offset_sigma_db: prior spread sigma_o of a phone's TX offset, dB, eq. (16);
+        0 leaves the offset out (four states, the plain model). Phones of
+        different makes differ by several dB, and 4 dB suits that spread
+        where they do (simulated store and impaired channel: better); it is
+        off by default because where the phone is the very tag the receivers
+        were calibrated with (the real danis tracks) it costs accuracy
+        (benchmarks/README.md has the figures).
+    offset_drift_db: q_o of eq. (16), dB per sqrt(s): how fast a phone's offset may wander.
     birth_sigma_m, birth_sigma_v: initial position (m) and velocity (m/s) spread.
     birth_power_k: sharpness k of the birth centroid weights 10^(k rssi / 10).
     max_silence_s: a track unheard this long is dead.
@@ -126,6 +154,8 @@ class TrackerConfig:
     weak_k: float = 1.5
     iterations: int = 3
     reading_correlation: float = 0.3
+    offset_sigma_db: float = 0.0
+    offset_drift_db: float = 0.05
     birth_sigma_m: float = 5.0
     birth_sigma_v: float = 1.0
     birth_power_k: float = 1.0
@@ -153,6 +183,11 @@ class TrackerConfig:
                 raise ValueError(
                     f"TrackerConfig.{name} must be positive, got {getattr(self, name)}"
                 )
+        if not (self.offset_sigma_db >= 0.0 and self.offset_drift_db >= 0.0):
+            raise ValueError(
+                "TrackerConfig.offset_sigma_db and offset_drift_db must be >= 0, "
+                f"got {self.offset_sigma_db} and {self.offset_drift_db}"
+            )
         if self.iterations < 1:
             raise ValueError(f"TrackerConfig.iterations must be at least 1, got {self.iterations}")
         if not 0.0 <= self.reading_correlation <= 1.0:
@@ -162,7 +197,7 @@ class TrackerConfig:
 
 
 class Update(NamedTuple):
-    """Result of `update`: x (k, 4), P (k, 4, 4), accepted (N,) per reading, and
+    """Result of `update`: x (k, d), P (k, d, d), accepted (N,) per reading, and
     loglik (k,) log-likelihood of each track's readings under its prediction, eq. (13)."""
 
     x: FloatArray
@@ -172,25 +207,28 @@ class Update(NamedTuple):
 
 
 def predict(
-    x: FloatArray, P: FloatArray, dt: ArrayLike, sigma_a: ArrayLike
+    x: FloatArray, P: FloatArray, dt: ArrayLike, sigma_a: ArrayLike, offset_drift: float = 0.0
 ) -> tuple[FloatArray, FloatArray]:
     """Constant-velocity prediction of k tracks over dt seconds (scalar or (k,)).
 
-    x (k, 4), P (k, 4, 4) -> same shapes; sigma_a scalar or (k,). Process
-    noise is piecewise-constant white acceleration: per axis
-    Q = sigma_a² [[dt⁴/4, dt³/2], [dt³/2, dt²]].
+    x (k, d), P (k, d, d) -> same shapes, d = 4, or 5 with the offset of eq.
+    (16); sigma_a scalar or (k,). Process noise is piecewise-constant white
+    acceleration: per axis Q = sigma_a² [[dt⁴/4, dt³/2], [dt³/2, dt²]]; the
+    offset, if any, is a random walk, Q_oo = offset_drift² dt.
     """
-    k = x.shape[0]
+    k, d = x.shape
     dt = np.broadcast_to(np.asarray(dt, dtype=np.float64), (k,))
     sa = np.broadcast_to(np.asarray(sigma_a, dtype=np.float64), (k,))
-    F = np.broadcast_to(np.eye(4), (k, 4, 4)).copy()
+    F = np.broadcast_to(np.eye(d), (k, d, d)).copy()
     F[:, 0, 2] = F[:, 1, 3] = dt
     x_pred = np.einsum("kij,kj->ki", F, x)  # x = F x
     q = (sa**2)[:, None] * np.stack([dt**4 / 4.0, dt**3 / 2.0, dt**2], axis=-1)
-    Q = np.zeros((k, 4, 4))
+    Q = np.zeros((k, d, d))
     for pos, vel in ((0, 2), (1, 3)):
         Q[:, pos, pos], Q[:, pos, vel], Q[:, vel, vel] = q[:, 0], q[:, 1], q[:, 2]
         Q[:, vel, pos] = q[:, 1]
+    if d > 4:
+        Q[:, 4, 4] = offset_drift**2 * dt
     P_pred = F @ P @ F.transpose(0, 2, 1) + Q  # P = F P Fᵀ + Q
     return x_pred, P_pred
 
@@ -235,7 +273,8 @@ def update(
     """Fold N readings into k predicted tracks at once, eqs. (6)-(7).
 
     Args:
-        x, P: (k, 4), (k, 4, 4) predicted states and covariances.
+        x, P: (k, d), (k, d, d) predicted states and covariances; d = 5 carries
+            the phone's offset of eq. (16), which adds to every reading's h_i.
         track_index: (N,) row of x each reading belongs to.
         receiver_index: (N,) row of `receivers` that heard it.
         rssi: (N,) readings, dBm.
@@ -244,9 +283,11 @@ def update(
     Tracks without an accepted reading come back unchanged.
     """
     k, m = x.shape[0], len(receivers)
+    sel = [0, 1, 4] if x.shape[1] > 4 else [0, 1]  # E: the states a reading touches, eq. (16)
+    e = len(sel)
     sigma2 = receivers.sigma_db[receiver_index] ** 2
-    C = P[:, :2, :2]  # position block E P⁻ Eᵀ
-    h, H = measure(x[track_index, :2], receivers, receiver_index, emitter_z)
+    C = P[:, sel][:, :, sel]  # E P⁻ Eᵀ
+    h, H = _measured(x, track_index, receivers, receiver_index, emitter_z)
     nu = rssi - h  # nu_i = z_i - h_i(x⁻)
     S = np.einsum("ni,nij,nj->n", H, C[track_index], H) + sigma2  # S = H P Hᵀ + R
     accepted = nu**2 <= gate**2 * S
@@ -265,26 +306,36 @@ def update(
         minlength=k,
     )
 
-    PE = P[:, :, :2]  # P⁻ Eᵀ, (k, 4, 2)
-    eye = np.eye(2)
+    PE = P[:, :, sel]  # P⁻ Eᵀ, (k, d, e)
+    eye = np.eye(e)
     x_i, P_i = x, P
     for it in range(iterations):
-        if it > 0:  # iterated EKF: nu_i = z_i - h_i(x_j) - H_i (x⁻ - x_j)
-            h, H = measure(x_i[track_index, :2], receivers, receiver_index, emitter_z)
-            nu = rssi - h - np.einsum("ni,ni->n", H, (x - x_i)[track_index, :2])
+        if it > 0:  # iterated EKF: nu_i = z_i - h_i(x_j) - H_i E (x⁻ - x_j)
+            h, H = _measured(x_i, track_index, receivers, receiver_index, emitter_z)
+            nu = rssi - h - np.einsum("ni,ni->n", H, (x - x_i)[track_index][:, sel])
         wnu = np.where(accepted, w * nu, 0.0)
-        lam = np.empty((k, 2, 2))  # Lambda = sum H_iᵀ H_i / sigma_i²
-        lam[:, 0, 0] = np.bincount(track_index, w * H[:, 0] ** 2, minlength=k)
-        lam[:, 0, 1] = lam[:, 1, 0] = np.bincount(track_index, w * H[:, 0] * H[:, 1], minlength=k)
-        lam[:, 1, 1] = np.bincount(track_index, w * H[:, 1] ** 2, minlength=k)
+        lam = np.empty((k, e, e))  # Lambda = sum H_iᵀ H_i / sigma_i²
+        for a in range(e):
+            for c in range(a, e):
+                lam[:, a, c] = lam[:, c, a] = np.bincount(track_index, w * H[:, a] * H[:, c], minlength=k)
         b = np.stack(
-            [np.bincount(track_index, wnu * H[:, j], minlength=k) for j in (0, 1)], axis=-1
+            [np.bincount(track_index, wnu * H[:, j], minlength=k) for j in range(e)], axis=-1
         )
         M = np.linalg.solve(eye + lam @ C, lam)  # M = (I + Lambda C)⁻¹ Lambda
         P_i = P - PE @ M @ PE.transpose(0, 2, 1)  # P⁺ = P⁻ - P⁻Eᵀ M E P⁻
         P_i = 0.5 * (P_i + P_i.transpose(0, 2, 1))
-        x_i = x + np.einsum("kij,kj->ki", P_i[:, :, :2], b)  # x⁺ = x⁻ + P⁺ Eᵀ b
+        x_i = x + np.einsum("kij,kj->ki", P_i[:, :, sel], b)  # x⁺ = x⁻ + P⁺ Eᵀ b
     return Update(x_i, P_i, accepted, np.asarray(loglik, dtype=np.float64))
+
+
+def _measured(
+    x: FloatArray, track_index: IndexArray, receivers: Receivers, receiver_index: IndexArray, emitter_z: float
+) -> tuple[FloatArray, FloatArray]:
+    """h_i and H_i E at the tracks' states x (k, d): with the offset of eq. (16) when d = 5."""
+    h, H = measure(x[track_index, :2], receivers, receiver_index, emitter_z)
+    if x.shape[1] > 4:
+        return h + x[track_index, 4], np.hstack([H, np.ones((H.shape[0], 1))])
+    return h, H
 
 
 def mode_transitions(dt: FloatArray, dwell_s: FloatArray) -> FloatArray:
@@ -338,7 +389,7 @@ def combine(
 
 
 def clamp(
-    x: FloatArray, P: FloatArray, lo: FloatArray, hi: FloatArray, v_max: float
+    x: FloatArray, P: FloatArray, lo: FloatArray, hi: FloatArray, v_max: float, offset_cap: float = np.inf
 ) -> tuple[FloatArray, FloatArray]:
     """Keep tracks physical: position inside the box [lo, hi] (2,), speed <= v_max.
 
@@ -351,15 +402,16 @@ def clamp(
 
     The covariance is scaled as D P D with D = diag(min(1, cap / std)), which
     stays positive semi-definite, so that no track claims more uncertainty
-    than the store's extent in position or v_max in velocity after a silence.
+    than the store's extent in position or v_max in velocity after a silence,
+    nor more than `offset_cap` (its prior) in the offset of eq. (16), if x has one.
     """
     x = x.copy()
-    outward = ((x[:, :2] < lo) & (x[:, 2:] < 0.0)) | ((x[:, :2] > hi) & (x[:, 2:] > 0.0))
+    outward = ((x[:, :2] < lo) & (x[:, 2:4] < 0.0)) | ((x[:, :2] > hi) & (x[:, 2:4] > 0.0))
     x[:, :2] = np.clip(x[:, :2], lo, hi)
-    x[:, 2:] = np.where(outward, 0.0, x[:, 2:])
+    x[:, 2:4] = np.where(outward, 0.0, x[:, 2:4])
     speed = np.hypot(x[:, 2], x[:, 3])
-    x[:, 2:] *= np.minimum(1.0, v_max / np.maximum(speed, 1e-12))[:, None]
-    cap = np.array([hi[0] - lo[0], hi[1] - lo[1], v_max, v_max])
+    x[:, 2:4] *= np.minimum(1.0, v_max / np.maximum(speed, 1e-12))[:, None]
+    cap = np.array([hi[0] - lo[0], hi[1] - lo[1], v_max, v_max, offset_cap][: x.shape[1]])
     std = np.sqrt(np.diagonal(P, axis1=1, axis2=2))
     d = np.minimum(1.0, cap / np.maximum(std, 1e-12))
     return x, d[:, :, None] * P * d[:, None, :]
@@ -388,11 +440,10 @@ def birth_positions(
     )
 
 
-def birth_covariance(k: int, sigma_m: float, sigma_v: float) -> FloatArray:
-    """(k, 4, 4) diagonal covariance of newborn tracks."""
-    return np.broadcast_to(
-        np.diag([sigma_m**2, sigma_m**2, sigma_v**2, sigma_v**2]), (k, 4, 4)
-    ).copy()
+def birth_covariance(k: int, sigma_m: float, sigma_v: float, sigma_o: float = 0.0) -> FloatArray:
+    """(k, d, d) diagonal covariance of newborn tracks; d = 5 with an offset spread sigma_o > 0, eq. (16)."""
+    diag = [sigma_m**2, sigma_m**2, sigma_v**2, sigma_v**2] + ([sigma_o**2] if sigma_o > 0.0 else [])
+    return np.broadcast_to(np.diag(diag), (k, len(diag), len(diag))).copy()
 
 
 class IdRows:
@@ -507,8 +558,9 @@ class Tracker:
         m = len(self.config.sigma_a)
         self._sigma_a = np.asarray(self.config.sigma_a, dtype=np.float64)
         self._dwell = np.asarray(self.config.mode_dwell_s, dtype=np.float64)
-        self._xm = np.empty((0, m, 4))  # per model; the track is their mixture, eq. (13)
-        self._Pm = np.empty((0, m, 4, 4))
+        d = 5 if self.config.offset_sigma_db > 0.0 else 4  # eq. (16)
+        self._xm = np.empty((0, m, d))  # per model; the track is their mixture, eq. (13)
+        self._Pm = np.empty((0, m, d, d))
         self._mu = np.empty((0, m))
         self._t = np.empty(0)  # time of each track's state
         self._last_seen = np.empty(0)
@@ -554,18 +606,18 @@ class Tracker:
         new = rows < 0
         if new.any():
             rows[new] = self._birth(t, [ids[i] for i in np.flatnonzero(new)], new, code, ri, z)
-        k, m = len(ids), self._sigma_a.shape[0]
+        k, m, d = len(ids), self._sigma_a.shape[0], self._xm.shape[2]
         dt = np.maximum(t - self._t[rows], 0.0)
         x0, P0, c = mix(
             self._xm[rows], self._Pm[rows], self._mu[rows], mode_transitions(dt, self._dwell)
         )
-        xm, Pm, loglik = np.empty((k, m, 4)), np.empty((k, m, 4, 4)), np.empty((k, m))
+        xm, Pm, loglik = np.empty((k, m, d)), np.empty((k, m, d, d)), np.empty((k, m))
         # One batch per model, all tracks and readings at once. Stacking the models as
         # rows of a single batch repeats every reading M times and doubles a window's
         # temporaries (40 readings per emitter, 1,000 emitters: 22 MB traced, not 11;
         # santi run's peak RSS 126-130 MB, not 119-122).
         for b in range(m):
-            x, P = predict(x0[:, b], P0[:, b], dt, self._sigma_a[b])
+            x, P = predict(x0[:, b], P0[:, b], dt, self._sigma_a[b], cfg.offset_drift_db)
             res = update(
                 x,
                 P,
@@ -579,7 +631,7 @@ class Tracker:
                 iterations=cfg.iterations,
                 reading_correlation=cfg.reading_correlation,
             )
-            xm[:, b], Pm[:, b] = clamp(res.x, res.P, self.lo, self.hi, cfg.v_max)
+            xm[:, b], Pm[:, b] = clamp(res.x, res.P, self.lo, self.hi, cfg.v_max, cfg.offset_sigma_db)
             loglik[:, b] = res.loglik
         mu, x, P = combine(xm, Pm, loglik, c)
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
@@ -609,10 +661,11 @@ class Tracker:
         self._xm, self._Pm, self._mu, self._t, self._last_seen = [
             grown(bank, n) for bank in self._banks()
         ]
-        self._xm[rows] = np.hstack([xy, np.zeros_like(xy)])[:, None, :]
-        self._Pm[rows] = birth_covariance(len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v)[
-            :, None
-        ]
+        self._xm[rows] = 0.0
+        self._xm[rows, :, :2] = xy[:, None, :]
+        self._Pm[rows] = birth_covariance(
+            len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v, cfg.offset_sigma_db
+        )[:, None]
         # Born in the switching chain's stationary mix: time in a mode is proportional to its dwell.
         self._mu[rows] = self._dwell / self._dwell.sum()
         self._t[rows] = self._last_seen[rows] = t
@@ -643,7 +696,7 @@ class Tracker:
         )
 
     def state(self) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Copies of the full state of all live tracks: x (k, 4), P (k, 4, 4), state time (k,)."""
+        """Copies of the full state of all live tracks: x (k, d), P (k, d, d), state time (k,); d of eq. (16)."""
         n = len(self._rows)
         x, P = mixture(self._xm[:n], self._Pm[:n], self._mu[:n])
         return x, P, self._t[:n].copy()

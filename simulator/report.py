@@ -16,6 +16,9 @@
   and sector within `match_s`; precision and recall over all shoppers.
 - False sector changes: estimated changes (not a track's first sector) that
   match no true entry, per tracked shopper-hour.
+- Entry latency: for each matched entry, from the true crossing to the
+  window in which the estimate first named the new sector (the decision an
+  activation could act on), p50 / p90 / p99.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class SectorStats:
     false_changes: int
     shopper_hours: float
     false_changes_per_hour: float
+    latency_p50_s: float = float("nan")
+    latency_p90_s: float = float("nan")
+    latency_p99_s: float = float("nan")
 
 
 @dataclass
@@ -179,13 +185,13 @@ def position_errors(truth: Truth, groups: dict[str, EmitterEstimates], tech: Tec
     return np.concatenate(errors) if errors else np.empty(0)
 
 
-def _entries(est: EmitterEstimates) -> list[tuple[float, str]]:
-    """Sector entries as events would carry them: stamped with the entry time, not the decision time."""
-    out: list[tuple[float, str]] = []
+def _entries(est: EmitterEstimates) -> list[tuple[float, str, float]]:
+    """Sector entries as events would carry them: stamped with the entry time; and the decision time."""
+    out: list[tuple[float, str, float]] = []
     last: str | None = None
-    for since, sector in zip(est.since.tolist(), est.sector, strict=True):
+    for since, sector, decided in zip(est.since.tolist(), est.sector, est.ts.tolist(), strict=True):
         if sector is not None and sector != last:
-            out.append((since, sector))
+            out.append((since, sector, decided))
             last = sector
     return out
 
@@ -196,6 +202,7 @@ def sector_metrics(
     right = total = covered = 0
     true_n = est_n = matched_n = false_n = 0
     seconds = 0.0
+    latency: list[float] = []
     for shopper, emitters in shopper_emitters(truth, groups, tech).items():
         track = truth.tracks[shopper]
         est = merged(groups, emitters)
@@ -209,14 +216,14 @@ def sector_metrics(
             k = np.searchsorted(est.ts, times, side="right") - 1
             fresh = (k >= 0) & (times - est.ts[np.maximum(k, 0)] <= stale_s)
             covered += int(fresh.sum())
-            entry_ts = np.array([t for t, _ in estimated])
+            entry_ts = np.array([t for t, _, _ in estimated])
             e = np.searchsorted(entry_ts, times, side="right") - 1
             right += sum(1 for j in np.flatnonzero(fresh & (e >= 0)) if estimated[e[j]][1] == true_sector[j])
         true_entries = [(v.enter_ts, v.sector) for v in truth.visits.get(shopper, [])]
         true_n += len(true_entries)
         est_n += len(estimated)
         used = [False] * len(true_entries)
-        for position, (t, sector) in enumerate(estimated):
+        for position, (t, sector, decided) in enumerate(estimated):
             best, best_dt = -1, match_s
             for j, (tt, ts_sector) in enumerate(true_entries):
                 if not used[j] and ts_sector == sector and abs(tt - t) <= best_dt:
@@ -224,6 +231,7 @@ def sector_metrics(
             if best >= 0:
                 used[best] = True
                 matched_n += 1
+                latency.append(decided - true_entries[best][0])
             elif position > 0:
                 false_n += 1
     hours = seconds / 3600.0
@@ -235,7 +243,15 @@ def sector_metrics(
         recall=matched_n / true_n if true_n else float("nan"),
         false_changes=false_n, shopper_hours=hours,
         false_changes_per_hour=false_n / hours if hours else float("nan"),
+        **_latency(np.array(latency)),
     )
+
+
+def _latency(seconds: FloatArray) -> dict[str, float]:
+    if not seconds.size:
+        return {}
+    p50, p90, p99 = np.percentile(seconds, [50, 90, 99])
+    return {"latency_p50_s": float(p50), "latency_p90_s": float(p90), "latency_p99_s": float(p99)}
 
 
 def crlb_at(

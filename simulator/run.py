@@ -28,7 +28,7 @@ from agent.observations import CardTap
 from agent.privacy import Pseudonymizer
 from agent.replayfile import RecordWriter
 from agent.site_arrays import site_arrays
-from simulator.channel import Channel, ChannelConfig
+from simulator.channel import Channel, ChannelConfig, store_seed, turns
 from simulator.shoppers import MobilityConfig, ShopperPlan, plan_shoppers, survey_plan
 from simulator.store import Store
 from simulator.truth import (
@@ -79,11 +79,18 @@ class PhoneConfig:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """One simulated run: `shoppers` arrive uniformly in the first `minutes`; it ends when the last leaves."""
+    """One simulated run: `shoppers` arrive uniformly in the first `minutes`; it ends when the last leaves.
+
+    `seed` draws the day (shoppers, phones, per-packet radio); `store_seed`
+    the store's static radio (receiver biases, shadowing fields): None
+    derives it from the site's store id, so every run of a site, survey
+    walk or shoppers, happens in the same store.
+    """
 
     shoppers: int = 50
     minutes: float = 10.0
     seed: int = 0
+    store_seed: int | None = None
     start_ts: float = DEFAULT_START_TS
     mobility: MobilityConfig = field(default_factory=MobilityConfig)
     phones: PhoneConfig = field(default_factory=PhoneConfig)
@@ -214,7 +221,8 @@ def simulate(
     """
     store = Store.of(site)
     arrays = site_arrays(site)
-    mobility_seed, phone_seed, channel_seed, card_seed = np.random.SeedSequence(config.seed).spawn(4)
+    mobility_seed, phone_seed, channel_seed, card_seed, posture_seed = np.random.SeedSequence(config.seed).spawn(5)
+    static_seed = store_seed(site.store.id) if config.store_seed is None else config.store_seed
     if survey:
         plans = [survey_plan(store)]
     else:
@@ -224,7 +232,7 @@ def simulate(
     phone_rng = np.random.default_rng(phone_seed)
     card_rng = np.random.default_rng(card_seed)
     channel = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox, config.channel,
-                      np.random.default_rng(channel_seed))
+                      np.random.default_rng(channel_seed), np.random.default_rng(static_seed))
     height = site.tracking.emitter_height_m
 
     has_app = phone_rng.random(len(plans)) < config.phones.app_share
@@ -250,7 +258,12 @@ def simulate(
     tech = np.concatenate([p[1] for p in parts])[order]
     raw_of = np.concatenate([p[2] for p in parts])[order]
     owner = np.concatenate([p[3] for p in parts]).astype(np.intp)[order]
-    offsets = channel.device_offsets(len(raw_ids))
+    # One offset per phone (BLE and every probe MAC alike); the technician's reference tag is the one
+    # the receivers' models are stated for, so it has none.
+    offsets = np.zeros(len(plans)) if survey else channel.device_offsets(len(plans))
+    posture_rng = np.random.default_rng(posture_seed)
+    turning = [turns(posture_rng, *_span(plan), config.channel.turn_interval_s, config.channel.turn_sigma_rad)
+               for plan in plans]
     listens = np.array([[kind in ("ble", "node"), kind == "wifi"] for kind in arrays.kinds]).T  # (2, m)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,8 +286,8 @@ def simulate(
                 path = plans[shopper].path
                 assert path is not None
                 xy[rows] = path.at(t[rows])
-                facing[rows] = path.facing_at(t[rows])
-            rssi = channel.readings(xy, heights[who], facing, offsets[raw], listens[tech[lo:hi]])
+                facing[rows] = path.facing_at(t[rows]) + _turned(turning[shopper], path.still_at(t[rows]), t[rows])
+            rssi = channel.readings(xy, heights[who], facing, offsets[who], listens[tech[lo:hi]])
             lines: list[bytes] = []
             for j in np.flatnonzero(~np.all(np.isnan(rssi), axis=1)):
                 stamp = round(t0 + float(t[j]), 6)
@@ -306,7 +319,7 @@ def simulate(
         store_id=site.store.id, site=str(site.path.resolve()) if site.path else "", seed=config.seed, start_ts=t0, end_ts=round(t0 + end, 3),
         shoppers=len(plans), emitter_height_m=height, sigma_db=config.channel.sigma_db,
         receiver_bias_db={rid: round(float(b), 4) for rid, b in zip(arrays.receiver_ids, channel.bias, strict=True)},
-        settings=asdict(config),
+        settings={**asdict(config), "store_seed": static_seed},
     )
     with RecordWriter(out_dir / "truth.jsonl") as writer:
         writer.write(header)
@@ -324,6 +337,18 @@ def simulate(
             writer.write_all(_visits(store, plan, _shopper_id(plan.index), t0))
         writer.write_all(truth for _, truth in taps)
     return SimSummary(len(plans), written, len(taps), len(emitters), end, out_dir)
+
+
+def _span(plan: ShopperPlan) -> tuple[float, float]:
+    assert plan.path is not None
+    return plan.path.start, plan.path.end
+
+
+def _turned(turning: tuple[FloatArray, FloatArray], still: NDArray[np.bool_], t: FloatArray) -> FloatArray:
+    """Heading offsets (n,) of a still shopper at times t (n,) from `channel.turns`; 0 while walking."""
+    times, angles = turning
+    k = np.searchsorted(times, t, side="right") - 1
+    return np.where(still & (k >= 0), angles[np.maximum(k, 0)] if angles.size else 0.0, 0.0)
 
 
 def _shopper_id(index: int) -> str:

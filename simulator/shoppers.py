@@ -112,6 +112,14 @@ class Path:
         k = np.clip(np.searchsorted(self.t, times, side="right") - 1, 0, len(self.t) - 1)
         return self.facing[k]
 
+    def still_at(self, times: FloatArray) -> NDArray[np.bool_]:
+        """Whether the shopper stands still (n,) at times (n,); outside the path counts as still."""
+        if len(self.t) < 2:
+            return np.ones(times.shape, dtype=bool)
+        k = np.clip(np.searchsorted(self.t, times, side="right") - 1, 0, len(self.t) - 2)
+        moved = np.any(self.xy[k + 1] != self.xy[k], axis=1)
+        return np.asarray((times < self.t[0]) | (times >= self.t[-1]) | ~moved, dtype=bool)
+
     @property
     def start(self) -> float:
         return float(self.t[0])
@@ -292,8 +300,11 @@ def survey_plan(store: Store, *, speed: float = 0.8, spacing_m: float = 2.0, sta
     """A technician's calibration walk: back and forth across every sector, `spacing_m` between rows.
 
     Rows run along x through each sector (shrunk by the wall margin), so
-    every receiver sees the phone near and far; the walk starts and ends at
-    the door and goes from sector to sector along the adjacency graph.
+    every receiver sees the phone near and far; the last row runs along the
+    far wall margin even when that is closer than `spacing_m`, since a radio
+    map knows nothing where the walk did not pass and shoppers browse the
+    shelves along the walls. The walk starts and ends at the door and goes
+    from sector to sector along the adjacency graph.
     """
     builder = PathBuilder(start, store.door, speed, 0.0)
     where = store.entrance
@@ -305,6 +316,8 @@ def survey_plan(store: Store, *, speed: float = 0.8, spacing_m: float = 2.0, sta
             area = store.sectors[sector]
         x0, y0, x1, y1 = area.bounds
         rows = np.arange(y0, y1 + 1e-9, spacing_m)
+        if y1 - rows[-1] > 0.25 * spacing_m:  # walk along the far shelves too: shoppers stand there
+            rows = np.append(rows, y1)
         points: list[FloatArray] = []
         for k, y in enumerate(rows):
             line = LineString([(x0 - 1.0, y), (x1 + 1.0, y)]).intersection(area)

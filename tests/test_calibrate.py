@@ -23,6 +23,7 @@ from simulator.calibrate import (
     chosen_radio_map,
     drop_radio_map,
     fit_receivers,
+    judge_radio_map,
     rewrite_site_text,
     set_radio_map,
     walk_radio_map,
@@ -162,10 +163,15 @@ def test_a_walk_through_lasting_shadows_writes_a_radio_map_the_site_loads(tmp_pa
     stored, ratio = chosen_radio_map(site, samples, fit_receivers(site, samples))
     assert ratio < 0.8
     assert stored is not None
+    verdict = judge_radio_map(site, samples, fit_receivers(site, samples))
+    assert verdict.windows > 100
+    assert verdict.median_m[1] <= 0.95 * verdict.median_m[0]  # positions on held-out walk segments improve
+    assert verdict.sectors[1] >= verdict.sectors[0]
     out = tmp_path / "calibrated.toml"
     result = _fit(walled_walk, out)
     assert result.exit_code == 0, result.output
     assert "radio map -> " in result.stdout
+    assert "on held-out walk segments, median error" in result.stdout
     checked = load_site(out)
     assert checked.tracking.radio_map == tmp_path / "calibrated.radiomap.npz"
     arrays = site_arrays(checked)
@@ -192,6 +198,28 @@ def test_a_walk_with_noise_only_writes_no_map_and_drops_an_old_one(tmp_path: Pat
     assert "radio map: not written" in result.stdout
     assert load_site(out).tracking.radio_map is None
     assert not (tmp_path / "calibrated.radiomap.npz").exists()
+
+
+@pytest.mark.parametrize(("located", "kept"), [
+    (((3.0, 2.0), (0.80, 0.85)), True),
+    (((3.0, 2.0), (0.71, 0.54)), False),  # readings predicted better, sectors worse: the x0.79 map
+    (((3.0, 2.95), (0.80, 0.80)), False),  # positions barely better
+])
+def test_a_map_is_kept_only_if_held_out_positions_and_sectors_say_so(
+    monkeypatch: pytest.MonkeyPatch, walled_walk: Path, located: tuple[tuple[float, float], tuple[float, float]],
+    kept: bool,
+) -> None:
+    import simulator.calibrate as calibrate  # noqa: PLC0415
+
+    (plain_m, map_m), (plain_s, map_s) = located
+    monkeypatch.setattr(calibrate, "_held_out_tracks",
+                        lambda *args: (plain_m, plain_s, 500) if args[3] is None else (map_m, map_s, 500))
+    site = load_site(EXAMPLE)
+    samples = calibration_samples(site, RecordReader(walled_walk / "observations.jsonl", Observation),
+                                  read_truth(walled_walk / "truth.jsonl"))
+    verdict = judge_radio_map(site, samples, fit_receivers(site, samples), bandwidth_m=1.0)
+    assert verdict.ratio < 0.8  # the squared-error check alone would keep every one of them
+    assert (verdict.stored is not None) == kept
 
 
 @pytest.mark.parametrize(("before", "after"), [

@@ -18,7 +18,7 @@ from agent.observations import CardTap, Observation
 from agent.replayfile import read_records
 from agent.site_arrays import site_arrays
 from positioning.pathloss import rssi_at_distance, slant_distance
-from simulator.channel import Channel, ChannelConfig
+from simulator.channel import CHANNELS, Channel, ChannelConfig, store_seed, turns
 from simulator.run import SimConfig, observation_line, simulate
 from simulator.shoppers import MobilityConfig
 from simulator.store import Store
@@ -206,3 +206,127 @@ def test_truth_header_records_the_channel(run_dir: Path) -> None:
     assert header["seed"] == 7
     assert set(header["receiver_bias_db"]) == {"pi-ble", "pi-wifi", "node-entrance", "node-checkout",
                                                "node-aisle1", "node-fish", "node-greens", "node-centre"}
+
+
+def _residuals_by_shopper(site: object, out: Path) -> dict[str, FloatList]:
+    """Each shopper's readings minus the path-loss model at the true position, dB."""
+    arrays = site_arrays(site)  # type: ignore[arg-type]
+    truth = read_truth(out / "truth.jsonl")
+    observations, _ = read_records(out / "observations.jsonl", Observation)
+    found: dict[str, FloatList] = {}
+    for obs in observations:
+        shopper = truth.shopper_of(obs.emitter_id)
+        assert shopper is not None
+        xy = truth.tracks[shopper].at(np.array([obs.ts]))
+        row = arrays.receiver_row[obs.receiver_id]
+        model = rssi_at_distance(slant_distance(xy, arrays.xyz[row:row + 1], 1.2), arrays.rssi_at_1m[row],
+                                 arrays.exponent[row])[0, 0]
+        found.setdefault(shopper, []).append(obs.rssi_dbm - model)
+    return found
+
+
+FloatList = list[float]
+STORE_PHONES_ONLY = replace(CHANNELS["store"], sigma_db=0.0, receiver_bias_db=0.0, body_loss_db=0.0, packet_loss=0.0,
+                            sensitivity_dbm=-200.0)
+
+
+def test_store_channel_draws_one_offset_per_phone_with_its_spread(tmp_path: Path, site: object) -> None:
+    simulate(site, SimConfig(shoppers=40, minutes=2, seed=3, mobility=SHORT, channel=STORE_PHONES_ONLY),  # type: ignore[arg-type]
+             tmp_path)
+    truth = read_truth(tmp_path / "truth.jsonl")
+    by_shopper = _residuals_by_shopper(site, tmp_path)
+    offsets = []
+    for residuals in by_shopper.values():
+        r = np.array(residuals)
+        # BLE and every probe MAC of one phone: one offset, rounded to whole dB (and truth interpolated at 1 Hz).
+        assert np.percentile(np.abs(r - np.median(r)), 95) <= 1.0
+        offsets.append(float(np.median(r)))
+    assert len(offsets) >= 0.8 * len(truth.shoppers)  # a few carry no radio at all
+    assert 2.5 < float(np.std(offsets)) < 5.5  # sigma 4 dB over 40 phones
+
+
+def test_a_survey_walk_carries_a_reference_tag_without_offset(tmp_path: Path, site: object) -> None:
+    from simulator.run import SURVEY_PHONES  # noqa: PLC0415
+
+    simulate(site, SimConfig(shoppers=1, seed=3, channel=STORE_PHONES_ONLY, phones=SURVEY_PHONES),  # type: ignore[arg-type]
+             tmp_path, survey=True)
+    (residuals,) = _residuals_by_shopper(site, tmp_path).values()
+    # Rounding, and truth interpolated at 1 Hz where the walk turns.
+    assert np.percentile(np.abs(residuals), 99) <= 0.6
+
+
+def test_the_store_is_the_sites_whatever_the_days_seed(tmp_path: Path, site: object) -> None:
+    store = CHANNELS["store"]
+    headers = {}
+    for name, seed, static in (("a", 1, None), ("b", 2, None), ("c", 1, 99)):
+        simulate(site, SimConfig(shoppers=1, minutes=0.2, seed=seed, store_seed=static, mobility=SHORT,  # type: ignore[arg-type]
+                                 channel=store), tmp_path / name)
+        headers[name] = read_truth(tmp_path / name / "truth.jsonl").run
+    a, b, c = headers["a"], headers["b"], headers["c"]
+    assert a is not None
+    assert b is not None
+    assert c is not None
+    assert a.receiver_bias_db == b.receiver_bias_db != c.receiver_bias_db
+    assert a.settings["store_seed"] == b.settings["store_seed"] == store_seed(site.store.id)  # type: ignore[attr-defined]
+    assert c.settings["store_seed"] == 99
+    arrays = site_arrays(site)  # type: ignore[arg-type]
+    fields = [Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox, store, np.random.default_rng(day),
+                      np.random.default_rng(7)).fields for day in (1, 2)]
+    assert fields[0] is not None
+    assert fields[1] is not None
+    assert np.array_equal(fields[0], fields[1])
+
+
+def test_store_channel_shadowing_and_bias_have_the_stated_spread(site: object) -> None:
+    arrays = site_arrays(site)  # type: ignore[arg-type]
+    store = CHANNELS["store"]
+    biases, spreads = [], []
+    for seed in range(20):
+        channel = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox, store,
+                          np.random.default_rng(seed), np.random.default_rng(1000 + seed))
+        biases.append(channel.bias)
+        spreads.append(channel.shadowing(np.random.default_rng(seed).uniform([2, 2], [28, 18], (2000, 2))).std())
+    assert float(np.std(biases)) == pytest.approx(2.0, rel=0.15)
+    assert float(np.mean(spreads)) == pytest.approx(5.0, rel=0.1)
+
+
+def test_a_still_shopper_turns_and_a_walking_one_faces_the_way(site: object) -> None:
+    from simulator.run import _turned  # noqa: PLC0415
+    from simulator.shoppers import PathBuilder  # noqa: PLC0415
+
+    builder = PathBuilder(0.0, np.array([1.0, 1.0]), 1.0, 0.0)
+    builder.walk([np.array([1.0, 5.0])])  # 4 s walking north
+    builder.dwell(600.0, facing=0.0)  # then faces east at a shelf
+    path = builder.path()
+    t = np.arange(0.0, 604.0, 0.5)
+    still = path.still_at(t)
+    assert not still[t < 4.0].any()
+    assert still[t >= 4.0].all()
+    turning = turns(np.random.default_rng(2), path.start, path.end, 10.0, np.pi / 3)
+    facing = path.facing_at(t) + _turned(turning, still, t)
+    assert np.allclose(facing[t < 4.0], np.pi / 2)
+    at_shelf = facing[t >= 4.0]
+    assert 30 <= np.count_nonzero(np.diff(at_shelf)) <= 90  # about one turn every 10 s over 600 s
+    assert float(np.std(at_shelf)) == pytest.approx(np.pi / 3, rel=0.3)
+
+
+def test_santi_sim_takes_a_channel_by_name_flags_override_it_and_the_store_seed(tmp_path: Path) -> None:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from agent.cli import cli  # noqa: PLC0415
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
+    result = CliRunner().invoke(cli, ["sim", "--site", str(example), "--shoppers", "1", "--minutes", "0.2",
+                                      "--channel", "store", "--body-loss", "2", "--store-seed", "5",
+                                      "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    header = read_truth(tmp_path / "truth.jsonl").run
+    assert header is not None
+    channel = header.settings["channel"]
+    assert channel["device_offset_db"] == 4.0
+    assert channel["correlation_m"] == 3.0
+    assert channel["body_loss_db"] == 2.0
+    assert header.settings["store_seed"] == 5
+    bad = CliRunner().invoke(cli, ["sim", "--site", str(example), "--channel", "shop", "--out", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert "'shop' is not one of" in bad.output

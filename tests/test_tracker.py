@@ -1,5 +1,7 @@
 """The batched RSSI EKF: its algebra, its honesty, and the stateful bank around it."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -193,13 +195,14 @@ def window(
 
 
 def test_functional_form_equals_the_wrapper_with_one_model() -> None:
-    """With a single model, eqs. (12)-(13) are the identity: the wrapper is the plain EKF, step by step."""
-    cfg = TrackerConfig(sigma_a=(0.25,), mode_dwell_s=(10.0,))
+    """With a single model, eqs. (12)-(13) are the identity: the wrapper is the plain EKF, step by step
+    (with the phone's offset of eq. (16) as its fifth state)."""
+    cfg = TrackerConfig(sigma_a=(0.25,), mode_dwell_s=(10.0,), offset_sigma_db=4.0)
     tr = Tracker(RX_XYZ, A, N, SIGMA, BBOX, cfg)
     rng = np.random.default_rng(17)
     lo, hi = np.array(BBOX[0]), np.array(BBOX[1])
-    x = np.empty((0, 4))
-    P = np.empty((0, 4, 4))
+    x = np.empty((0, 5))
+    P = np.empty((0, 5, 5))
     t_state = np.empty(0)
     rows: dict[str, int] = {}
     for t in range(6):
@@ -217,15 +220,15 @@ def test_functional_form_equals_the_wrapper_with_one_model() -> None:
                 np.zeros(len(mine), np.intp), ri[mine], z[mine], RX, 1, cfg.birth_power_k
             )
             rows[e] = len(x)
-            x = np.vstack([x, np.c_[xy, 0.0, 0.0]])
-            P = np.concatenate([P, birth_covariance(1, cfg.birth_sigma_m, cfg.birth_sigma_v)])
+            x = np.vstack([x, np.c_[xy, 0.0, 0.0, 0.0]])
+            P = np.concatenate([P, birth_covariance(1, cfg.birth_sigma_m, cfg.birth_sigma_v, cfg.offset_sigma_db)])
             t_state = np.r_[t_state, t]
         sel = np.array([rows[e] for e in heard])
-        xp, Pp = predict(x[sel], P[sel], t - t_state[sel], cfg.sigma_a[0])
+        xp, Pp = predict(x[sel], P[sel], t - t_state[sel], cfg.sigma_a[0], cfg.offset_drift_db)
         res = update(
             xp, Pp, ti, ri, z, RX, emitter_z=cfg.emitter_z, gate=cfg.gate, weak_k=cfg.weak_k, iterations=cfg.iterations
         )
-        x[sel], P[sel] = clamp(res.x, res.P, lo, hi, cfg.v_max)
+        x[sel], P[sel] = clamp(res.x, res.P, lo, hi, cfg.v_max, cfg.offset_sigma_db)
         t_state[sel] = t
         assert snap.emitter_ids == tuple(heard)
         np.testing.assert_allclose(snap.xy, x[sel, :2], rtol=1e-12)
@@ -417,3 +420,81 @@ def test_config_needs_one_dwell_per_model() -> None:
         TrackerConfig(sigma_a=(0.05, 1.0), mode_dwell_s=(30.0,))
     with pytest.raises(ValueError, match="positive"):
         TrackerConfig(sigma_a=(0.0,), mode_dwell_s=(30.0,))
+
+
+OFFSET_SHIFT_BOUND_M = 0.25
+"""How far a constant offset of up to 8 dB on every reading of one phone may move its converged position."""
+
+
+def _standing(q: np.ndarray, offset_db: float, config: TrackerConfig, windows: int = 60) -> np.ndarray:
+    """Where a tracker puts a phone standing at q, heard noise-free by every receiver each second, offset added."""
+    tr = tracker(config)
+    rows = np.arange(len(XY))
+    z = clean(q, rows) + offset_db
+    for t in range(windows):
+        out = tr.step(float(t), ["phone"] * rows.size, rows, z)
+    return out.xy[0]
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.floats(1.0, 19.0), st.floats(1.0, 19.0), st.floats(-8.0, 8.0))
+def test_a_phones_constant_offset_barely_moves_its_converged_position(x: float, y: float, offset: float) -> None:
+    """Eq. (16): the offset is a state, so it is absorbed instead of being read as distance."""
+    config = TrackerConfig(offset_sigma_db=4.0)
+    q = np.array([x, y])
+    shift = np.hypot(*(_standing(q, offset, config) - _standing(q, 0.0, config)))
+    assert shift < OFFSET_SHIFT_BOUND_M
+
+
+def test_without_the_offset_state_an_offset_is_read_as_distance() -> None:
+    """The same 8 dB weaker, with the offset left out (four states), moves the estimate by metres."""
+    q = np.array([6.0, 14.0])
+    plain = TrackerConfig(offset_sigma_db=0.0)
+    assert np.hypot(*(_standing(q, -8.0, plain) - _standing(q, 0.0, plain))) > 4.0
+
+
+def test_the_offset_state_is_estimated_and_its_spread_stays_within_its_prior() -> None:
+    config = TrackerConfig(offset_sigma_db=4.0)
+    tr = tracker(config)
+    rows = np.arange(len(XY))
+    for t in range(60):
+        tr.step(float(t), ["phone"] * rows.size, rows, clean(np.array([12.0, 7.0]), rows) - 6.0)
+    x, P, _ = tr.state()
+    assert x.shape == (1, 5)
+    assert x[0, 4] == pytest.approx(-6.0, abs=0.3)
+    tr.step(1000.0, ["phone"] * rows.size, rows, clean(np.array([12.0, 7.0]), rows) - 6.0)  # after a long silence
+    _, P, _ = tr.state()
+    assert np.sqrt(P[0, 4, 4]) <= config.offset_sigma_db + 1e-9
+
+
+def test_update_with_an_offset_state_and_none_known_is_the_four_state_update() -> None:
+    """d = 5 with the offset's variance 0 is (6)-(7) on d = 4, reading for reading."""
+    rng = np.random.default_rng(4)
+    x4 = np.array([[7.0, 9.0, 0.3, -0.2], [15.0, 4.0, 0.0, 0.0]])
+    P4 = np.stack([np.diag([4.0, 3.0, 1.0, 1.0]), np.diag([9.0, 9.0, 0.5, 0.5])])
+    x5 = np.hstack([x4, np.zeros((2, 1))])
+    P5 = np.zeros((2, 5, 5))
+    P5[:, :4, :4] = P4
+    ti = np.repeat([0, 1], 8)
+    ri = np.tile(np.arange(8), 2)
+    z = np.concatenate([clean(np.array([8.0, 10.0]), ri[:8]), clean(np.array([14.0, 5.0]), ri[8:])])
+    z = z + rng.normal(0.0, 2.0, z.size)
+    four = update(x4, P4, ti, ri, z, RX, weak_k=1.5, iterations=3)
+    five = update(x5, P5, ti, ri, z, RX, weak_k=1.5, iterations=3)
+    np.testing.assert_allclose(five.x[:, :4], four.x, atol=1e-9)
+    np.testing.assert_allclose(five.P[:, :4, :4], four.P, atol=1e-9)
+    np.testing.assert_allclose(five.loglik, four.loglik, atol=1e-9)
+
+
+def test_the_site_config_turns_the_offset_state_on(tmp_path: Path) -> None:
+    from agent.config import load_site  # noqa: PLC0415
+    from agent.site_arrays import make_tracker, site_arrays  # noqa: PLC0415
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(example.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 4.0\n"))
+    for path, states in ((example, 4), (site_file, 5)):
+        site = load_site(path)
+        tr = make_tracker(site, site_arrays(site))
+        tr.step(0.0, ["phone"] * 3, [0, 2, 3], [-60.0, -70.0, -75.0])
+        assert tr.state()[0].shape == (1, states)

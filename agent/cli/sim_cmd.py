@@ -8,7 +8,6 @@ receivers from a calibration walk.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,20 +23,21 @@ from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
 from agent.observations import Observation, Tech
-from agent.radiomap_file import StoredRadioMap
 from agent.replayfile import RecordReader
-from positioning.radiomap import DEFAULT_BANDWIDTH_M
 from simulator.calibrate import (
+    MAP_BANDWIDTHS_M,
     MAP_MIN_GAIN,
+    MAP_SECTOR_SLACK,
+    MapVerdict,
     calibration_samples,
-    chosen_radio_map,
     fit_receivers,
+    judge_radio_map,
     map_spread,
     radio_map_path,
     summary_row,
     write_calibrated_site,
 )
-from simulator.channel import ChannelConfig
+from simulator.channel import CHANNELS
 from simulator.locate import Estimate, LocateStats, Mode, locate_file
 from simulator.report import Report, build_report, group_estimates
 from simulator.run import SURVEY_PHONES, SimConfig, simulate
@@ -83,37 +83,46 @@ def _locate(site: SiteConfig, observations: Path, out: Path, mode: Mode, quiet: 
               help="Arrival window; the run lasts until the last shopper leaves.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output directory.")
-@click.option("--sigma", type=click.FloatRange(min=0.0), default=4.0, show_default=True,
-              help="Log-normal shadowing spread, dB.")
-@click.option("--correlation-m", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--store-seed", type=int, help="Seed of the store's static radio (receiver biases, lasting shadows); "
+              "default: derived from the site's store id, so walks and shoppers of one site share a store.")
+@click.option("--channel", "channel_name", type=click.Choice(list(CHANNELS)), default="impaired", show_default=True,
+              help="Radio channel: lognormal (shadowing only), impaired (mild), store (phones differ, bodies, "
+                   "lasting shadows). The flags below override its figures.")
+@click.option("--sigma", type=click.FloatRange(min=0.0), help="Log-normal shadowing spread, dB.")
+@click.option("--correlation-m", type=click.FloatRange(min=0.0),
               help="Spatial correlation distance of shadowing (0: independent per packet).")
-@click.option("--body-loss", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
+@click.option("--body-loss", type=click.FloatRange(min=0.0),
               help="Loss through the carrier's body when a receiver is behind them, dB.")
-@click.option("--receiver-bias", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
-              help="Spread of per-receiver bias, dB.")
-@click.option("--packet-loss", type=click.FloatRange(min=0.0, max=0.99), default=0.1, show_default=True,
+@click.option("--receiver-bias", type=click.FloatRange(min=0.0), help="Spread of per-receiver bias, dB.")
+@click.option("--device-offset", type=click.FloatRange(min=0.0), help="Spread of per-phone TX offset, dB.")
+@click.option("--packet-loss", type=click.FloatRange(min=0.0, max=0.99),
               help="Probability a receiver misses a packet.")
-@click.option("--survey", is_flag=True, help="Simulate one technician's calibration walk instead of shoppers.")
+@click.option("--survey", is_flag=True, help="Simulate one technician's calibration walk (a reference tag, "
+              "no offset) instead of shoppers.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.pass_context
 def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, seed: int, out_dir: Path | None,
-        sigma: float, correlation_m: float, body_loss: float, receiver_bias: float, packet_loss: float,
-        survey: bool, quiet: bool) -> None:
+        store_seed: int | None, channel_name: str, sigma: float | None, correlation_m: float | None,
+        body_loss: float | None, receiver_bias: float | None, device_offset: float | None,
+        packet_loss: float | None, survey: bool, quiet: bool) -> None:
     """Simulate shoppers in a store: observations.jsonl, taps.jsonl and truth.jsonl in --out.
 
     \b
     Example:
       santi sim --site examples/fishmonger.toml --shoppers 200 --minutes 30 --seed 1 --out run1
       santi sim report run1
+      santi sim --site examples/fishmonger.toml --channel store --survey --out walk
     """
     if ctx.invoked_subcommand is not None:
         return
     if site is None or out_dir is None:
         raise CliError("santi sim needs --site and --out (see santi sim --help)")
     config = load_or_fail(site)
-    channel = ChannelConfig(sigma_db=sigma, correlation_m=correlation_m, body_loss_db=body_loss,
-                            receiver_bias_db=receiver_bias, packet_loss=packet_loss)
-    sim_config = SimConfig(shoppers=1 if survey else shoppers, minutes=minutes, seed=seed, channel=channel)
+    given = {"sigma_db": sigma, "correlation_m": correlation_m, "body_loss_db": body_loss,
+             "receiver_bias_db": receiver_bias, "device_offset_db": device_offset, "packet_loss": packet_loss}
+    channel = replace(CHANNELS[channel_name], **{k: v for k, v in given.items() if v is not None})
+    sim_config = SimConfig(shoppers=1 if survey else shoppers, minutes=minutes, seed=seed, store_seed=store_seed,
+                           channel=channel)
     if survey:
         sim_config = replace(sim_config, phones=SURVEY_PHONES)
     try:
@@ -140,6 +149,8 @@ def _report_table(report: Report) -> Table:
     table.add_row("sector entries precision / recall",
                   f"{s.precision:.2f} / {s.recall:.2f}  ({s.matched_entries} of {s.estimated_entries} est., {s.true_entries} true)")
     table.add_row("false sector changes", f"{s.false_changes_per_hour:.2f} per shopper-hour  ({s.false_changes} in {s.shopper_hours:.1f} h)")
+    table.add_row("entry decided after the true crossing",
+                  f"p50 {s.latency_p50_s:.1f} s, p90 {s.latency_p90_s:.1f} s, p99 {s.latency_p99_s:.1f} s")
     return table
 
 
@@ -246,11 +257,12 @@ def calibrate() -> None:
 @click.option("--radio-map/--no-radio-map", default=True, show_default=True,
               help="Also learn where each receiver reads above or below its model (walls, shelves) and write "
                    "that map beside --out.")
-@click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0), default=DEFAULT_BANDWIDTH_M,
-              show_default=True, help="Smoothing distance of the radio map, metres.")
+@click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0),
+              help="Smoothing distance of the radio map, metres (default: chosen among "
+                   f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} by tracking held-out walk segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
-        map_bandwidth: float, as_json: bool) -> None:
+        map_bandwidth: float | None, as_json: bool) -> None:
     """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
 
     The new config keeps the original's comments and layout; receivers with too
@@ -278,7 +290,8 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     if not any(f.calibration is not None for f in fits):
         raise CliError("no receiver had enough readings to fit; " + "; ".join(
             f"{f.receiver_id}: {f.reason}" for f in fits))
-    stored, ratio = chosen_radio_map(config, samples, fits, bandwidth_m=map_bandwidth) if radio_map else (None, None)
+    verdict = judge_radio_map(config, samples, fits, bandwidth_m=map_bandwidth) if radio_map else None
+    stored = verdict.stored if verdict is not None else None
     try:
         write_calibrated_site(config, site, fits, out, stored)
     except ConfigError as exc:
@@ -296,7 +309,7 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
                  "noise_sigma_db": f.calibration.sigma_db}),
              **({} if stored is None else {"radio_map_max_db": spread[f.receiver_id]})}
             for f in fits], indent=2))
-        click.echo(_map_verdict(stored, ratio, out), err=True)
+        click.echo(_map_verdict(verdict, out), err=True)
         return
     columns = ["receiver", "readings", "rssi_at_1m", "exponent", "sigma dB / note"]
     table = Table(*columns, *(["map dB"] if stored is not None else []), title="Calibration")
@@ -305,16 +318,19 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
         table.add_row(*summary_row(result), *extra)
     Console().print(table)
     click.echo(f"calibrated site config -> {out}")
-    click.echo(_map_verdict(stored, ratio, out))
+    click.echo(_map_verdict(verdict, out))
 
 
-def _map_verdict(stored: StoredRadioMap | None, ratio: float | None, out: Path) -> str:
-    if ratio is None:
+def _map_verdict(verdict: MapVerdict | None, out: Path) -> str:
+    if verdict is None:
         return "radio map: not asked for (--no-radio-map)"
-    if math.isnan(ratio):
-        return "radio map: not written, the walk is too short to check one on readings it was not fitted to"
-    held_out = f"held-out walk readings' squared error x{ratio:.2f} with it"
-    if stored is None:
-        return (f"radio map: not written, {held_out} (needs x{1.0 - MAP_MIN_GAIN:.2f} or less): the receivers "
-                "read as their models say, give or take noise")
+    if not verdict.windows:
+        return "radio map: not written, the walk is too short to check one on segments it was not fitted to"
+    (plain, mapped), (s_plain, s_mapped) = verdict.median_m, verdict.sectors
+    held_out = (f"{verdict.bandwidth_m:g} m smoothing: on held-out walk segments, median error {plain:.2f} -> "
+                f"{mapped:.2f} m, right sector {s_plain:.1%} -> {s_mapped:.1%}; readings' squared error "
+                f"x{verdict.ratio:.2f}")
+    if verdict.stored is None:
+        return (f"radio map: not written ({held_out}; needs the error x{1.0 - MAP_MIN_GAIN:.2f} or less and at most "
+                f"{MAP_SECTOR_SLACK:.0%} fewer windows in the right sector)")
     return f"radio map -> {radio_map_path(out)} ({held_out})"
