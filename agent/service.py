@@ -125,6 +125,8 @@ class Service:
         self._losing = False
         self.staff_board = StaffBoard(site.store.id)
         """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
+        self._staff_changed = False
+        self._staff_file_error: str | None = None
         self.console: Console | None = None
         if site.console is not None:
             # aiohttp and prometheus-client load here, before a replay's clock runs: in run()
@@ -250,6 +252,10 @@ class Service:
         self.stats.windows += 1
         if events:
             self._store(events)
+        if self.staff_board.expire(t):
+            self._staff_changed = True
+        if self._staff_changed:
+            self._write_staff_file(t)
         if self.console is not None:
             self.console.window(t, self.locator, self.sources, self.outbox, self.uplink, self.stats.queue_dropped)
         if t - self._last_status >= self.site.agent.status_interval_s:
@@ -284,6 +290,8 @@ class Service:
             self._losing = False
         self.stats.events += len(stored)
         self._recent.extend(stored)
+        if self.staff_board.follow(stored):
+            self._staff_changed = True
         if self.console is not None:
             self.console.feed.stored(stored)
         if self.on_events is not None:
@@ -406,6 +414,19 @@ class Service:
         return all(s.stats.state == "up" for s in self.sources) and (
             self.uplink is None or self.uplink.state in ("online", "connecting")
         )
+
+    def _write_staff_file(self, t: float) -> None:
+        """``state_dir/staff.json`` for ``santi staff``, when the board changed; a full disk is one logged line."""
+        try:
+            self.staff_board.write(self.state_dir, t, self.clock.offset)
+        except OSError as exc:
+            message = f"staff file {self.state_dir / 'staff.json'} not written: {exc.strerror}"
+            if message != self._staff_file_error:
+                log.error(message, extra={"errno": exc.errno})
+            self._staff_file_error = message
+            return
+        self._staff_changed = False
+        self._staff_file_error = None
 
     def _write_status_file(self) -> None:
         """``state_dir/status.json`` for ``santi status``: written atomically."""

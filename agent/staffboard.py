@@ -9,22 +9,25 @@ the console read the board from ``staff.json`` in the agent's state
 directory, written atomically and readable by the service user only (0600):
 it names loyalty customers.
 
-The board is pure state: the service feeds it cards, sector changes and
-visit ends with their times; it reads no clock.
+The board is pure state: the service feeds it cards and the events it
+stores, with their times (its steady clock); it reads no clock. Times in
+``staff.json`` are wall times.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from agent.events import Event, SectorEntered, VisitEnded
 from agent.messages import StaffCard
+from agent.privatefiles import write_private
 
 STAFF_FILE = "staff.json"
 MAX_CARDS = 500
@@ -107,16 +110,31 @@ class StaffBoard:
     def cards(self) -> list[BoardCard]:
         return list(self._cards.values())
 
-    def write(self, state_dir: Path, now: float) -> Path:
-        """``staff.json``, atomically by rename, 0600."""
+    def follow(self, events: Iterable[Event]) -> bool:
+        """Follow stored events: a ``sector.entered`` moves a card, a ``visit.ended`` takes it away.
+
+        True when the board changed.
+        """
+        changed = False
+        for event in events:
+            if isinstance(event, SectorEntered):
+                changed |= event.visit_id in self._cards
+                self.sector(event.visit_id, event.sector_id)
+            elif isinstance(event, VisitEnded):
+                changed |= self.visit_ended(event.visit_id)
+        return changed
+
+    def write(self, state_dir: Path, now: float, wall_offset: float = 0.0) -> Path:
+        """``staff.json``, atomically by rename, 0600; times in it are wall times (``now + wall_offset``)."""
         path = state_dir / STAFF_FILE
-        data = {"store_id": self.store_id, "updated": now, "dropped": dict(self.dropped),
-                "cards": [c.to_dict() for c in self.cards()]}
-        tmp = path.with_name(f".{STAFF_FILE}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out)
-        os.replace(tmp, path)
+        cards = []
+        for held in self.cards():
+            data = held.to_dict()
+            data["received_at"] = held.received_at + wall_offset
+            cards.append(data)
+        body = {"store_id": self.store_id, "updated": now + wall_offset, "dropped": dict(self.dropped),
+                "cards": cards}
+        write_private(path, json.dumps(body).encode())
         return path
 
 

@@ -102,3 +102,20 @@ def test_santi_staff_says_why_when_there_is_no_board(tmp_path: Path) -> None:
     missing = CliRunner().invoke(cli, ["staff", "--state-dir", str(tmp_path / "nope")])
     assert missing.exit_code == 2
     assert "does not exist" in missing.output
+
+
+def test_the_board_follows_stored_events() -> None:
+    from uuid import uuid4
+
+    from agent.events import SectorEntered, VisitEnded
+
+    def envelope() -> dict[str, object]:
+        return {"event_id": uuid4(), "store_id": "fishmonger-01", "agent_id": "pi", "ts": T, "subject": "s"}
+
+    board = StaffBoard("fishmonger-01")
+    board.add(_card("v1"), now=1.0)
+    assert not board.follow([SectorEntered(**envelope(), visit_id="v2", sector_id="aisle-1", probability=0.9)])
+    assert board.follow([SectorEntered(**envelope(), visit_id="v1", sector_id="checkout", probability=0.9)])
+    assert board.cards()[0].sector_id == "checkout"
+    assert board.follow([VisitEnded(**envelope(), visit_id="v1", duration_s=60.0, reason="exit")])
+    assert board.cards() == []

@@ -197,16 +197,12 @@ class Feed:
         self.layout_version += 1
 
     def stored(self, events: Iterable[Event], now: float | None = None) -> None:
-        """Events just written to the outbox: counted, listed, and followed on the staff board."""
+        """Events just written to the outbox: counted and listed (the service keeps the staff board in step)."""
         stamp = time.monotonic() if now is None else now
         for event in events:
             self.events_by_type[event.type] += 1
             if event.seq is not None:
                 self._pending.append((event.seq, stamp))
-            if event.type == "sector.entered":
-                self.board.sector(getattr(event, "visit_id", ""), getattr(event, "sector_id", None))
-            elif event.type == "visit.ended":
-                self.board.visit_ended(getattr(event, "visit_id", ""))
             if event.type != "agent.status":
                 self._recent.appendleft(event.model_dump(mode="json", include={
                     "seq", "type", "ts", "subject", "sector_id", "duration_s", "reader_id", "method"}))
@@ -225,7 +221,7 @@ class Feed:
 
     def tick(self, t: float, locator: Locator, sources: Sequence[Source], outbox: Outbox | None,
              uplink: Uplink | None, queue_dropped: int) -> None:
-        """The window ending at ``t`` closed: keep its parts, time deliveries, age the staff board.
+        """The window ending at ``t`` closed: keep its parts and time deliveries.
 
         Cheap on purpose: the snapshot itself is built by :meth:`current`
         only when someone looks, so an agent nobody watches pays almost
@@ -239,7 +235,6 @@ class Feed:
         self.ticks += 1
         if outbox is not None and self._pending:
             self.delivered_through(outbox.last_seq - outbox.depth() + 1)
-        self.board.expire(t)
 
     def current(self) -> Snapshot | None:
         """The snapshot of the last window, built on first use (None before the first window)."""
