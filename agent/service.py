@@ -47,7 +47,7 @@ from agent.privatefiles import write_private
 from agent.replayclock import SteadyClock, wall_clock_for_tests
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
-from agent.staffboard import StaffBoard
+from agent.staffboard import STAFF_FILE, StaffBoard
 from agent.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -121,12 +121,12 @@ class Service:
         self._file_counts: dict[str, tuple[float, int]] = {}
         self.not_stored = 0
         """Events lost because the disk stayed full even after evicting (logged at the first and every 10x)."""
-        self._status_file_error: str | None = None
+        self._file_errors: dict[str, str] = {}
+        """The last write error per state file, so a full disk logs each new error once."""
         self._losing = False
         self.staff_board = StaffBoard(site.store.id)
         """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
         self._staff_changed = False
-        self._staff_file_error: str | None = None
         self.console: Console | None = None
         if site.console is not None:
             # aiohttp and prometheus-client load here, before a replay's clock runs: in run()
@@ -416,17 +416,23 @@ class Service:
         )
 
     def _write_staff_file(self, t: float) -> None:
-        """``state_dir/staff.json`` for ``santi staff``, when the board changed; a full disk is one logged line."""
+        """``state_dir/staff.json`` for ``santi staff``, when the board changed."""
+        if self._write_state_file("staff file", STAFF_FILE, self.staff_board.to_json(t, self.clock.offset)):
+            self._staff_changed = False
+
+    def _write_state_file(self, what: str, name: str, data: bytes) -> bool:
+        """Write a file of the state folder; a full disk is one logged line per new error, never a crash."""
+        path = self.state_dir / name
         try:
-            self.staff_board.write(self.state_dir, t, self.clock.offset)
+            write_private(path, data)
         except OSError as exc:
-            message = f"staff file {self.state_dir / 'staff.json'} not written: {exc.strerror}"
-            if message != self._staff_file_error:
+            message = f"{what} {path} not written: {exc.strerror}"
+            if message != self._file_errors.get(name):
                 log.error(message, extra={"errno": exc.errno})
-            self._staff_file_error = message
-            return
-        self._staff_changed = False
-        self._staff_file_error = None
+            self._file_errors[name] = message
+            return False
+        self._file_errors.pop(name, None)
+        return True
 
     def _write_status_file(self) -> None:
         """``state_dir/status.json`` for ``santi status``: written atomically."""
@@ -457,13 +463,4 @@ class Service:
             "outbox_error": self.outbox.last_error,
         }
         self._status_written = time.monotonic()
-        try:
-            write_private(self.state_dir / "status.json", json.dumps(data, indent=2).encode())
-        except OSError as exc:
-            # A full disk must not stop the agent: the outbox, not this file, is what matters.
-            message = f"status file {self.state_dir / 'status.json'} not written: {exc.strerror}"
-            if message != self._status_file_error:
-                log.error(message, extra={"errno": exc.errno})
-            self._status_file_error = message
-            return
-        self._status_file_error = None
+        self._write_state_file("status file", "status.json", json.dumps(data, indent=2).encode())

@@ -6,7 +6,7 @@ it while the customer's visit is open (its ``visit.ended`` drops the card;
 a card for a visit already ended is not shown) and follows the visit's
 current sector, so the staff see who is here and where. ``santi staff`` and
 the console read the board from ``staff.json`` in the agent's state
-directory, written atomically and readable by the service user only (0600):
+directory, written atomically by the service and readable by the service user only (0600):
 it names loyalty customers.
 
 The board is pure state: the service feeds it cards and the events it
@@ -27,7 +27,6 @@ from pydantic import ValidationError
 
 from agent.events import Event, SectorEntered, VisitEnded
 from agent.messages import StaffCard
-from agent.privatefiles import write_private
 
 STAFF_FILE = "staff.json"
 MAX_CARDS = 500
@@ -124,9 +123,8 @@ class StaffBoard:
                 changed |= self.visit_ended(event.visit_id)
         return changed
 
-    def write(self, state_dir: Path, now: float, wall_offset: float = 0.0) -> Path:
-        """``staff.json``, atomically by rename, 0600; times in it are wall times (``now + wall_offset``)."""
-        path = state_dir / STAFF_FILE
+    def to_json(self, now: float, wall_offset: float = 0.0) -> bytes:
+        """The content of ``staff.json``; its times are wall times (``now + wall_offset``)."""
         cards = []
         for held in self.cards():
             data = held.to_dict()
@@ -134,8 +132,7 @@ class StaffBoard:
             cards.append(data)
         body = {"store_id": self.store_id, "updated": now + wall_offset, "dropped": dict(self.dropped),
                 "cards": cards}
-        write_private(path, json.dumps(body).encode())
-        return path
+        return json.dumps(body).encode()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from tests.mosquitto import Broker
-from tests.test_console import SHOPPER, SILENCED, STAFF_TOKEN, TECH_TOKEN, RunningAgent, running_agent
+from tests.test_console import (
+    SHOPPER,
+    SILENCED,
+    STAFF_TOKEN,
+    TECH_TOKEN,
+    RunningAgent,
+    running_agent,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

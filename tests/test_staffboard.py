@@ -6,13 +6,16 @@ import json
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from click.testing import CliRunner
 
 from agent.cli import cli
+from agent.events import SectorEntered, VisitEnded
 from agent.messages import StaffCard
-from agent.staffboard import StaffBoard, parse_card, read_board
+from agent.privatefiles import write_private
+from agent.staffboard import STAFF_FILE, StaffBoard, parse_card, read_board
 
 T = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 
@@ -62,7 +65,8 @@ def test_the_board_is_bounded_in_count_and_age() -> None:
 def test_the_file_is_private_and_reads_back(tmp_path: Path) -> None:
     board = StaffBoard("fishmonger-01")
     board.add(_card("v1"), now=100.0)
-    path = board.write(tmp_path, now=100.5)
+    path = tmp_path / STAFF_FILE
+    write_private(path, board.to_json(now=100.5))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     view = read_board(tmp_path)
     assert view.problem is None
@@ -84,7 +88,7 @@ def test_hostile_payloads_are_value_errors(payload: bytes) -> None:
 def test_santi_staff_prints_the_cards_as_json_and_as_a_table(tmp_path: Path) -> None:
     board = StaffBoard("fishmonger-01")
     board.add(_card("v1"), now=100.0)
-    board.write(tmp_path, now=100.0)
+    write_private(tmp_path / STAFF_FILE, board.to_json(now=100.0))
     result = CliRunner().invoke(cli, ["staff", "--state-dir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -105,10 +109,6 @@ def test_santi_staff_says_why_when_there_is_no_board(tmp_path: Path) -> None:
 
 
 def test_the_board_follows_stored_events() -> None:
-    from uuid import uuid4
-
-    from agent.events import SectorEntered, VisitEnded
-
     def envelope() -> dict[str, object]:
         return {"event_id": uuid4(), "store_id": "fishmonger-01", "agent_id": "pi", "ts": T, "subject": "s"}
 
