@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -44,18 +45,28 @@ def poll(condition: Callable[[], object], timeout: float = 10.0) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def all_sent(broker: Broker, outbox: Outbox, n: int) -> Iterator[tuple[Subscriber, Uplink]]:
+    """``n`` events stored, published and PUBACKed, with nobody acknowledging them yet."""
+    sub = Subscriber(broker, acks=False)
+    fill(outbox, n)
+    link = make_uplink(broker, outbox)
+    link.start()
+    try:
+        assert poll(lambda: outbox.ack_view().sent_unacked == n)
+        yield sub, link
+    finally:
+        link.stop(drain_deadline_s=1)
+        sub.close()
+
+
 def ack(broker: Broker, epoch: str, seq: int) -> None:
     publish_ack(broker.host, broker.port, STORE, AGENT, epoch, seq)
 
 
 def test_rows_survive_the_puback_until_hq_acknowledges_them(broker: Broker, outbox: Outbox) -> None:
-    sub = Subscriber(broker, acks=False)
-    fill(outbox, 50)
-    link = make_uplink(broker, outbox)
-    link.start()
-    try:
+    with all_sent(broker, outbox, 50) as (sub, link):
         assert len({e["event_id"] for e in sub.events(50, timeout=10)}) == 50
-        assert poll(lambda: outbox.ack_view().sent_unacked == 50)
         assert outbox.depth() == 50
         ack(broker, outbox.epoch, 30)
         assert wait_depth(outbox, 20, timeout=10) == 20
@@ -65,20 +76,12 @@ def test_rows_survive_the_puback_until_hq_acknowledges_them(broker: Broker, outb
         ack(broker, outbox.epoch, 50)
         assert wait_depth(outbox, 0, timeout=10) == 0
         assert link.stats.hq_acked_rows == 50
-    finally:
-        link.stop(drain_deadline_s=1)
-        sub.close()
 
 
 def test_acks_for_another_epoch_or_an_unassigned_seq_are_ignored_and_counted(
     broker: Broker, outbox: Outbox
 ) -> None:
-    sub = Subscriber(broker, acks=False)
-    fill(outbox, 20)
-    link = make_uplink(broker, outbox)
-    link.start()
-    try:
-        assert poll(lambda: outbox.ack_view().sent_unacked == 20)
+    with all_sent(broker, outbox, 20) as (_sub, link):
         ack(broker, "0123456789abcdef", 20)  # a reset outbox's old epoch
         assert poll(lambda: outbox.acks_ignored.get("other_epoch") == 1)
         ack(broker, outbox.epoch, 21)  # a seq this outbox never assigned
@@ -87,9 +90,6 @@ def test_acks_for_another_epoch_or_an_unassigned_seq_are_ignored_and_counted(
         assert link.ack_status()["acks_ignored"] == {"other_epoch": 1, "beyond_last_seq": 1}
         ack(broker, outbox.epoch, 20)
         assert wait_depth(outbox, 0, timeout=10) == 0
-    finally:
-        link.stop(drain_deadline_s=1)
-        sub.close()
 
 
 def test_unacknowledged_rows_are_sent_again_after_the_timeout(broker: Broker, outbox: Outbox) -> None:
@@ -155,12 +155,7 @@ def test_garbage_on_the_ack_topic_is_counted_and_does_not_stop_the_uplink(
     broker: Broker, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent.uplink")
-    sub = Subscriber(broker, acks=False)
-    fill(outbox, 10)
-    link = make_uplink(broker, outbox)
-    link.start()
-    try:
-        assert poll(lambda: outbox.ack_view().sent_unacked == 10)
+    with all_sent(broker, outbox, 10) as (sub, link):
         poison = [
             b"not json", b"[" * 4000, b"[" * 100_000, b'{"seq": ' + b"9" * 400 + b"}", b"\xff\xfe\x00",
             ack_payload(STORE, AGENT, outbox.epoch, 10).replace('"seq":10', '"seq":' + str(2**70)).encode(),
@@ -176,10 +171,7 @@ def test_garbage_on_the_ack_topic_is_counted_and_does_not_stop_the_uplink(
         ack(broker, outbox.epoch, 10)  # and the next real ack still works
         assert wait_depth(outbox, 0, timeout=10) == 0
         fill(outbox, 5, start=10)
-        assert len({e["event_id"] for e in sub.events(5, timeout=10)}) == 5
-    finally:
-        link.stop(drain_deadline_s=1)
-        sub.close()
+        assert {int(str(e["seq"])) for e in sub.events(15, timeout=10)} == set(range(1, 16))
     warnings = [r for r in caplog.records if r.getMessage() == "unusable message on the ack topic dropped"]
     assert len(warnings) == 3  # once per reason
 
