@@ -76,6 +76,8 @@ UplinkState = Literal["stopped", "connecting", "online", "offline", "auth_failed
 _PREFETCH = 256
 _ACK_BATCH = 256
 _TICK_S = 1.0
+_ACK_PATIENCE_S = 2.0
+"""At stop, how long to wait for HQ's next ack before leaving the rest to the next start."""
 _MAX_ACK_BYTES = 4096
 """An ``Ack`` is about 200 bytes; anything far larger on the ack topic is not one and is not parsed."""
 
@@ -93,7 +95,7 @@ class UplinkStats:
     resent: int = 0
     """Rows published again because HQ had not acknowledged them ``ack_timeout_s`` after their PUBACK."""
     hq_acks: int = 0
-    """HQ acknowledgements received and applied to the outbox (some may have deleted nothing)."""
+    """Well-formed HQ acknowledgements received (a burst is applied as its highest seq per epoch)."""
     hq_acked_rows: int = 0
     acks_dropped: dict[str, int] = field(default_factory=dict)
     """Messages on the ack topic that were not a usable ``Ack``, by reason."""
@@ -198,6 +200,7 @@ class Uplink:
         self._stopping = threading.Event()
         self._retry = threading.Event()
         self._drain_deadline = 0.0
+        self._stop_requested = 0.0
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -221,7 +224,8 @@ class Uplink:
 
         Returns how many events stay in the outbox for the next start.
         """
-        self._drain_deadline = time.monotonic() + drain_deadline_s
+        self._stop_requested = time.monotonic()
+        self._drain_deadline = self._stop_requested + drain_deadline_s
         self._outbox.unwatch(self.wake)
         self._stopping.set()
         self._retry.set()
@@ -425,6 +429,8 @@ class _Publisher:
         self.hq_acks = uplink._config.ack == "hq"
         self.next_due_check = 0.0
         self.suback_reported = False
+        self.last_progress = 0.0
+        """When we last published or HQ last acknowledged (monotonic)."""
 
     def run(self) -> Failure | None:
         uplink = self.uplink
@@ -443,7 +449,7 @@ class _Publisher:
                 # Fill before judging "all sent": rows stored just before stop() (the
                 # final agent.status) are not in the window yet.
                 self._fill()
-                if stopping and self.exhausted and not self.inflight:
+                if stopping and self.exhausted and not self.inflight and not self._awaiting_hq():
                     self._goodbye()
                     return None
                 idle = self.exhausted or len(self.inflight) >= self.window
@@ -477,12 +483,28 @@ class _Publisher:
         if self.exhausted and self.hq_acks:
             self._resend_due()
 
+    def _awaiting_hq(self) -> bool:
+        """While stopping: is HQ's ack for what was just sent worth waiting for (within the drain deadline)?
+
+        Yes while rows wait for it and HQ acknowledged something (or the last
+        publish was) less than ``_ACK_PATIENCE_S`` ago: an HQ that is away
+        must not stretch every shutdown to the full deadline. What stays is
+        deleted by the retained ack at the next start.
+        """
+        if not self.hq_acks:
+            return False
+        self._flush_acks()
+        if time.monotonic() - max(self.last_progress, self.uplink._stop_requested) > _ACK_PATIENCE_S:
+            return False
+        return self.uplink._outbox.ack_view().sent_unacked > 0
+
     def _publish(self, row: Row) -> bool:
         info = self.client.publish(row.topic, row.payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self.session.lost = True
             return False
         self.inflight[info.mid] = row
+        self.last_progress = time.monotonic()
         stats = self.uplink.stats
         stats.published += 1
         stats.max_inflight = max(stats.max_inflight, len(self.inflight))
@@ -521,6 +543,7 @@ class _Publisher:
             log.error("the broker refused the subscription to HQ's acknowledgements; events will wait in the "
                       "outbox until it is allowed (check the broker's ACL)",
                       extra={"topic": uplink._ack_topic, "reason": self.session.suback_failed})
+        highest: dict[str, int] = {}
         for payload in messages:
             ack = parse_ack(payload, *uplink._ids)
             if isinstance(ack, str):
@@ -530,13 +553,16 @@ class _Publisher:
                                 extra={"reason": ack, "bytes": len(payload), "topic": uplink._ack_topic})
                 dropped[ack] = dropped.get(ack, 0) + 1
                 continue
+            uplink.stats.hq_acks += 1
+            highest[ack.epoch] = max(highest.get(ack.epoch, 0), ack.seq)
+        # Acks are cumulative: of a burst, the highest per epoch says it all (one transaction, not one each).
+        for epoch, seq in highest.items():
             try:
-                deleted = uplink._outbox.ack(ack.epoch, ack.seq)
+                uplink.stats.hq_acked_rows += uplink._outbox.ack(epoch, seq)
             except OutboxError as exc:
                 log.warning("cannot apply HQ's acknowledgement; the next one covers it", extra={"error": str(exc)})
                 continue
-            uplink.stats.hq_acks += 1
-            uplink.stats.hq_acked_rows += deleted
+            self.last_progress = time.monotonic()
 
     def _take_pubacks(self) -> Failure | None:
         pubacks, self.session.pubacks = self.session.pubacks, []
