@@ -184,7 +184,9 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
     With the agent running, it is asked (SIGUSR1) to reconnect at once rather
     than at the end of its backoff wait; with no agent running, this command
     runs the agent's uplink itself. Exits 1 if events are still waiting when
-    the time is up, with the uplink's last error.
+    the time is up. The outcome says how many events HQ acknowledged, how
+    many the broker took that still wait for HQ's acknowledgement, how many
+    were not sent, and why the drain stopped (with the uplink's last error).
 
     \b
     Example:

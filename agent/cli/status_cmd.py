@@ -117,7 +117,7 @@ def _events(report: StatusReport) -> Table | None:
               help="The agent's state directory (overrides --config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(config: Path | None, state_dir: Path | None, as_json: bool) -> None:
-    """Show the running agent: health, uplink, outbox depth, per-source rates and the newest events.
+    """Show the running agent: health, uplink, outbox depth, HQ's acknowledgement, per-source rates, newest events.
 
     Read from the agent's status file (refreshed every 5 s) and its outbox,
     without disturbing either. A status file older than 15 s means the agent
