@@ -427,7 +427,8 @@ class _Publisher:
         self.exhausted = False
         self.to_ack: list[int] = []
         self.hq_acks = uplink._config.ack == "hq"
-        self.next_due_check = 0.0
+        self.next_resend = 0.0
+        self.acked_at_resend = uplink._outbox.acked_seq
         self.suback_reported = False
         self.last_progress = 0.0
         """When we last published or HQ last acknowledged (monotonic)."""
@@ -511,25 +512,33 @@ class _Publisher:
         return True
 
     def _resend_due(self) -> None:
-        """Publish again the rows HQ has not acknowledged ``ack_timeout_s`` after their PUBACK (at most once a tick).
+        """Publish again the oldest rows HQ has not acknowledged ``ack_timeout_s`` after their PUBACK.
 
         HQ drops repeats by ``event_id``, so a re-send is safe; it is what
         recovers an event the broker acknowledged and then lost (a restart,
-        no subscriber at the time).
+        no subscriber at the time). HQ acknowledges the highest *contiguous*
+        seq, so the oldest rows are the ones that hold everything up: one
+        window of them per round. The next round follows within a tick while
+        HQ's ack moves (it is filling the gap), else only after another
+        ``ack_timeout_s``: an HQ that is away gets a trickle, not the backlog
+        over and over.
         """
         now = time.monotonic()
         room = self.window - len(self.inflight)
-        if now < self.next_due_check or room <= 0 or self.uplink._stopping.is_set():
+        if now < self.next_resend or room <= 0 or self.uplink._stopping.is_set():
             return
-        self.next_due_check = now + _TICK_S
+        outbox = self.uplink._outbox
         self._flush_acks()  # PUBACKs not yet recorded must not look overdue
         busy = {row.seq for row in self.inflight.values()}
-        cutoff = time.time() - self.uplink._config.ack_timeout_s
-        for row in self.uplink._outbox.due(cutoff, room + len(busy)):
-            if len(self.inflight) >= self.window:
-                return
-            if row.seq in busy:
-                continue
+        timeout = self.uplink._config.ack_timeout_s
+        due = [row for row in outbox.due(time.time() - timeout, self.window + len(busy)) if row.seq not in busy]
+        if not due:
+            self.next_resend = now + _TICK_S
+            return
+        moving = outbox.acked_seq > self.acked_at_resend
+        self.acked_at_resend = outbox.acked_seq
+        self.next_resend = now + (_TICK_S if moving else timeout)
+        for row in due[:room]:
             if not self._publish(row):
                 return
             self.uplink.stats.resent += 1

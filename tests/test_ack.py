@@ -114,6 +114,22 @@ def test_unacknowledged_rows_are_sent_again_after_the_timeout(broker: Broker, ou
         sub.close()
 
 
+def test_with_hq_away_the_resends_are_a_trickle_not_the_backlog_again(broker: Broker, outbox: Outbox) -> None:
+    """One window (20) per ack_timeout_s while HQ's ack does not move: not all 200 rows every timeout."""
+    fill(outbox, 200)
+    link = make_uplink(broker, outbox, ack_timeout_s=3.0)
+    link.start()
+    try:
+        assert poll(lambda: link.stats.resent > 0, timeout=15)
+        first = time.monotonic()
+        assert poll(lambda: link.stats.resent >= 40, timeout=15)  # the second round: one timeout later
+        assert time.monotonic() - first > 2.0
+        assert link.stats.resent == 40
+        assert outbox.depth() == 200
+    finally:
+        link.stop(drain_deadline_s=1)
+
+
 def test_a_broker_restart_that_loses_acknowledged_events_costs_a_resend_not_the_events(
     broker: Broker, outbox: Outbox
 ) -> None:
