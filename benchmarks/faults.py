@@ -32,7 +32,7 @@ these fail until the poison fixes are merged; the table says so honestly.
 
 Runtime: about 9-10 minutes with the defaults on a quiet 2-core machine.
 Run: ``.venv/bin/python benchmarks/faults.py [--cycles 100] [--seed 1]
-[--db sqlite|postgres] [--drain-timeout 120] [--skip-poison] [--json]``.
+[--db sqlite|postgres] [--drain-timeout 120] [--ack hq|broker] [--skip-poison] [--json]``.
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def santi() -> str:
 # -- the parts -----------------------------------------------------------------------------------
 
 
-def write_site(workdir: Path, port: int) -> Path:
-    """The example store, uplink and node broker on our mosquitto, state in the temp dir, status every second."""
+def write_site(workdir: Path, port: int, ack: str) -> Path:
+    """The example store, uplink on our mosquitto with ``ack``, state in the temp dir, status every second."""
     text = EXAMPLE.read_text(encoding="utf-8")
-    text = re.sub(r'(\[uplink\]\nhost = )"[^"]*"\nport = \d+', f'\\1"127.0.0.1"\nport = {port}', text)
+    text = re.sub(r'(\[uplink\]\nhost = )"[^"]*"\nport = \d+', f'\\1"127.0.0.1"\nport = {port}\nack = "{ack}"', text)
     text = text.replace('state_dir = "/var/lib/santi"', f'state_dir = "{workdir / "state"}"')
     text = text.replace("status_interval_s = 60", "status_interval_s = 1")
     path = workdir / "site.toml"
@@ -232,10 +232,11 @@ def hq_command(port: int, url: str, name: str) -> list[str]:
 # -- what was generated, what HQ stored ----------------------------------------------------------
 
 
-def generated(state_dir: Path) -> tuple[dict[str, int], int]:
-    """Each epoch's last seq, from every outbox file there (moved-aside ones too), and the evictions."""
+def generated(state_dir: Path) -> tuple[dict[str, int], int, set[tuple[str, int]]]:
+    """Each epoch's last seq, from every outbox file there (moved-aside ones too), the evictions, what is left."""
     epochs: dict[str, int] = {}
     evicted = 0
+    left: set[tuple[str, int]] = set()
     for path in sorted(state_dir.glob("outbox.sqlite*")):
         if path.name.endswith(("-wal", "-shm")):
             continue
@@ -243,6 +244,7 @@ def generated(state_dir: Path) -> tuple[dict[str, int], int]:
         try:
             epoch, last_seq, evicted_total = db.execute(
                 "SELECT epoch, last_seq, evicted_total FROM state WHERE id = 1").fetchone()
+            left.update((str(epoch), int(seq)) for (seq,) in db.execute("SELECT seq FROM outbox"))
         except sqlite3.Error as exc:
             err.print(f"[yellow]{path.name}: not readable ({exc}); its events are not counted[/]")
             continue
@@ -250,7 +252,7 @@ def generated(state_dir: Path) -> tuple[dict[str, int], int]:
             db.close()
         epochs[str(epoch)] = max(epochs.get(str(epoch), 0), int(last_seq))
         evicted += int(evicted_total)
-    return epochs, evicted
+    return epochs, evicted, left
 
 
 def stored(database: Database, url: str) -> Counter[tuple[str, int]]:
@@ -266,6 +268,9 @@ class Accounting:
     generated: int
     stored_once: int
     lost: int
+    """Generated and not stored at HQ when the run ended."""
+    lost_still_in_outbox: int
+    """Of those, still in the agent's outbox (undelivered, not gone: a later drain sends them)."""
     duplicated: int
     unexpected: int
     evicted: int
@@ -273,13 +278,15 @@ class Accounting:
     lost_examples: list[str] = field(default_factory=list)
 
 
-def account(epochs: dict[str, int], evicted: int, counts: Counter[tuple[str, int]]) -> Accounting:
-    wanted = {(epoch, seq) for epoch, last in epochs.items() for seq in range(1, last + 1)}
+def account(epochs: dict[str, int], evicted: int, left: set[tuple[str, int]],
+            counts: Counter[tuple[str, int]]) -> Accounting:
+    wanted = _keys(epochs)
     lost = sorted(wanted - set(counts))
     return Accounting(
         generated=len(wanted),
         stored_once=sum(1 for key in wanted if counts.get(key) == 1),
         lost=len(lost),
+        lost_still_in_outbox=len(left.intersection(lost)),
         duplicated=sum(1 for key in wanted if counts.get(key, 0) > 1),
         unexpected=sum(1 for key in counts if key not in wanted),
         evicted=evicted,
@@ -326,7 +333,7 @@ def fault_run(args: argparse.Namespace, workdir: Path, database: Database, obs: 
     broker = Broker(workdir / "broker")
     broker.workdir.mkdir()
     broker.start()
-    site = write_site(workdir, broker.port)
+    site = write_site(workdir, broker.port, args.ack)
     url = database.fresh()
     agent = Child("agent", [santi(), "run", "--config", str(site), "--replay", str(obs), "--speed", str(REPLAY_SPEED)],
                   workdir / "agent.log")
@@ -367,17 +374,18 @@ def fault_run(args: argparse.Namespace, workdir: Path, database: Database, obs: 
             agent.unexpected_exits.append(code)
         drain = drain_outbox(site, args.drain_timeout)
         err.print(f"drain: {drain.get('stopped', drain)}; waiting up to {HQ_SETTLE_S:g} s for HQ to store the rest")
-        epochs, evicted = generated(workdir / "state")
+        epochs, evicted, _ = generated(workdir / "state")
         want = sum(epochs.values())
         deadline = time.monotonic() + HQ_SETTLE_S
         while time.monotonic() < deadline and len(stored(database, url).keys() & _keys(epochs)) < want:
             supervisor.pause(0.5)
         counts = stored(database, url)
+        left = generated(workdir / "state")[2]
     finally:
         agent.kill()
         hq.stop()
         broker.stop(kill=True)
-    return FaultRun(cycles=dict(cycles), accounting=account(epochs, evicted, counts), agent_starts=agent.starts,
+    return FaultRun(cycles=dict(cycles), accounting=account(epochs, evicted, left, counts), agent_starts=agent.starts,
                     hq_starts=hq.starts, drain=drain, seconds=time.monotonic() - started,
                     unexpected_exits={"agent": agent.unexpected_exits, "hq": hq.unexpected_exits})
 
@@ -622,7 +630,8 @@ def table(run: FaultRun | None, poison: list[PoisonRow]) -> list[Table]:
             t.add_row(f"cycles: {kind}", str(n), "")
         t.add_row("events generated (outbox seqs)", f"{acc.generated:,}", "")
         t.add_row("stored once at HQ", f"{acc.stored_once:,}", f"{acc.generated:,}")
-        t.add_row("lost", _mark(acc.lost), "0")
+        t.add_row("lost (not at HQ at the end)", _mark(acc.lost), "0")
+        t.add_row("  of which still in the agent's outbox", f"{acc.lost_still_in_outbox:,}", "0")
         t.add_row("stored twice or more", _mark(acc.duplicated), "0")
         t.add_row("stored, never generated", _mark(acc.unexpected), "0")
         t.add_row("evicted by outbox bounds", f"{acc.evicted:,}", "0")
@@ -656,6 +665,8 @@ def main() -> int:
                         help="Seconds `santi buffer drain` waits for HQ to acknowledge everything at the end.")
     parser.add_argument("--shoppers", type=int, default=60, help="Simulated shoppers in the replayed recording.")
     parser.add_argument("--keep", type=Path, default=None, help="Work here and keep the logs and files.")
+    parser.add_argument("--ack", choices=["hq", "broker"], default="hq",
+                        help="The agent's [uplink] ack: 'broker' shows what deletion at PUBACK loses.")
     parser.add_argument("--skip-poison", action="store_true")
     parser.add_argument("--skip-faults", action="store_true")
     parser.add_argument("--json", action="store_true")
