@@ -314,12 +314,16 @@ class Supervisor:
 
     def __init__(self, agent: Child, hq: Child) -> None:
         self.agent = agent
-        self.hq = hq
+        self.children = [agent, hq]
+
+    def release(self, child: Child) -> None:
+        """Stop restarting ``child`` (the agent once it is stopped for the final drain)."""
+        self.children.remove(child)
 
     def pause(self, seconds: float) -> None:
         until = time.monotonic() + seconds
         while time.monotonic() < until:
-            for child in (self.agent, self.hq):
+            for child in self.children:
                 code = child.exited()
                 if code is not None:
                     if not (child is self.agent and code == 0):  # 0: the recording ended
@@ -369,6 +373,7 @@ def fault_run(args: argparse.Namespace, workdir: Path, database: Database, obs: 
                 progress.advance(task)
             supervisor.pause(2.0)
         err.print(f"faults done in {time.monotonic() - started:.0f} s; stopping the agent, draining the outbox")
+        supervisor.release(agent)
         code = agent.stop()
         if code not in (0, None):
             agent.unexpected_exits.append(code)
