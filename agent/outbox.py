@@ -559,11 +559,15 @@ class Outbox:
         return [Row(*row) for row in rows]
 
     def due(self, sent_before: float, limit: int) -> list[Row]:
-        """Up to ``limit`` rows last sent before ``sent_before`` (wall time) and still not acknowledged by HQ."""
+        """The lowest ``limit`` rows last sent before ``sent_before`` (wall time), still not acknowledged by HQ.
+
+        Lowest seq first, not longest waiting: HQ acknowledges the highest
+        contiguous seq, so the bottom rows are what hold every later one up.
+        """
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, event_id, topic, payload, ts FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ? "
-                "ORDER BY sent_at, seq LIMIT ?",
+                "ORDER BY seq LIMIT ?",
                 (sent_before, limit),
             ).fetchall()
         return [Row(*row) for row in rows]

@@ -512,13 +512,13 @@ class _Publisher:
         return True
 
     def _resend_due(self) -> None:
-        """Publish again the oldest rows HQ has not acknowledged ``ack_timeout_s`` after their PUBACK.
+        """Publish again the lowest rows HQ has not acknowledged ``ack_timeout_s`` after their PUBACK.
 
         HQ drops repeats by ``event_id``, so a re-send is safe; it is what
         recovers an event the broker acknowledged and then lost (a restart,
         no subscriber at the time). HQ acknowledges the highest *contiguous*
-        seq, so the oldest rows are the ones that hold everything up: one
-        window of them per round. The next round follows within a tick while
+        seq, so the lowest unacknowledged rows are the ones that hold
+        everything up: one window of them per round. The next round follows within a tick while
         HQ's ack moves (it is filling the gap), else only after another
         ``ack_timeout_s``: an HQ that is away gets a trickle, not the backlog
         over and over.
