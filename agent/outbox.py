@@ -658,11 +658,6 @@ class Outbox:
         """This outbox's epoch: drawn when the file was created (or first opened by an ack-aware agent)."""
         return self._ack.epoch
 
-    @property
-    def acked_seq(self) -> int:
-        """The highest seq HQ has acknowledged in this epoch (0: none yet)."""
-        return self._ack.acked_seq
-
     def ack_view(self) -> AckView:
         with self._lock:
             count, oldest = self._db.execute(

@@ -428,7 +428,6 @@ class _Publisher:
         self.to_ack: list[int] = []
         self.hq_acks = uplink._config.ack == "hq"
         self.next_resend = 0.0
-        self.acked_at_resend = uplink._outbox.acked_seq
         self.suback_reported = False
         self.last_progress = 0.0
         """When we last published or HQ last acknowledged (monotonic)."""
@@ -518,10 +517,10 @@ class _Publisher:
         recovers an event the broker acknowledged and then lost (a restart,
         no subscriber at the time). HQ acknowledges the highest *contiguous*
         seq, so the lowest unacknowledged rows are the ones that hold
-        everything up: one window of them per round. The next round follows within a tick while
-        HQ's ack moves (it is filling the gap), else only after another
-        ``ack_timeout_s``: an HQ that is away gets a trickle, not the backlog
-        over and over.
+        everything up: one window of them per round. The next round goes as
+        soon as HQ's ack moves (``_take_acks``: it is filling the gap), else
+        after another ``ack_timeout_s``: an HQ that is away gets a trickle,
+        not the backlog over and over.
         """
         now = time.monotonic()
         room = self.window - len(self.inflight)
@@ -535,9 +534,7 @@ class _Publisher:
         if not due:
             self.next_resend = now + _TICK_S
             return
-        moving = outbox.acked_seq > self.acked_at_resend
-        self.acked_at_resend = outbox.acked_seq
-        self.next_resend = now + (_TICK_S if moving else timeout)
+        self.next_resend = now + timeout
         for row in due[:room]:
             if not self._publish(row):
                 return
@@ -567,11 +564,14 @@ class _Publisher:
         # Acks are cumulative: of a burst, the highest per epoch says it all (one transaction, not one each).
         for epoch, seq in highest.items():
             try:
-                uplink.stats.hq_acked_rows += uplink._outbox.ack(epoch, seq)
+                deleted = uplink._outbox.ack(epoch, seq)
             except OutboxError as exc:
                 log.warning("cannot apply HQ's acknowledgement; the next one covers it", extra={"error": str(exc)})
                 continue
+            uplink.stats.hq_acked_rows += deleted
             self.last_progress = time.monotonic()
+            if deleted:
+                self.next_resend = 0.0  # HQ's contiguous ack moved: the next overdue window may go now
 
     def _take_pubacks(self) -> Failure | None:
         pubacks, self.session.pubacks = self.session.pubacks, []
