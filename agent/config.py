@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from shapely.geometry import Point, Polygon
 
+from agent.events import AckMode
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import located, read_text, syntax_error
 
@@ -102,6 +103,15 @@ class UplinkConfig(_Model):
     client_id: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK.")
+    ack: AckMode = Field(
+        default="hq",
+        description=("When an event leaves the outbox: 'hq' once HQ acknowledges it as stored; 'broker' at the "
+                     "broker's PUBACK (weaker: a broker restart or an absent HQ subscriber can lose events)."),
+    )
+    ack_timeout_s: float = Field(
+        default=30.0, ge=1.0, le=86400.0, allow_inf_nan=False,
+        description="Send an event again when HQ has not acknowledged it this long after the broker's PUBACK.",
+    )
     tls: TlsConfig | None = None
     username: str | None = None
     password_file: Path | None = None

@@ -467,6 +467,16 @@ def check_permissions(site: SiteConfig, state_dir: Path) -> Check:
                     f"`chmod 700 {state_dir} && chmod 600 {state_dir}/*`")
     return ok(name, "password file and state are private to their owner")
 
+def check_ack_mode(site: SiteConfig) -> Check:
+    """Say loudly when the agent deletes events at the broker's PUBACK instead of HQ's acknowledgement."""
+    name = "ack mode"
+    if site.uplink.ack == "hq":
+        return ok(name, f"events leave the outbox when HQ acknowledges them (re-sent after "
+                        f"{site.uplink.ack_timeout_s:g} s without)")
+    return warn(name, 'ack = "broker": events leave the outbox at the broker\'s PUBACK, not when HQ has stored them; '
+                      "a broker restart or an absent HQ can lose them",
+                'set [uplink] ack = "hq" (the default) once HQ acknowledges (`santi hq run` does)')
+
 
 # -- all of it ------------------------------------------------------------------------------------
 
@@ -492,6 +502,7 @@ def run_checks(config: Path, *, state_dir: Path | None = None, now: float, timeo
           for reader in site.nfc_readers],
         ("broker tls", lambda: check_tls(site.uplink, now=now, timeout=timeout)),
         ("broker", lambda: check_broker(site, timeout=timeout)),
+        ("ack mode", lambda: check_ack_mode(site)),
     ]
     checks = [config_check]
     for label, step in steps:

@@ -3,19 +3,42 @@
 One SQLite file in WAL mode. ``append``/``append_many`` give each event the
 next ``seq`` (gap-free from 1, kept in a one-row ``state`` table updated in
 the same transaction as the rows, so it survives restarts and a fully drained
-outbox). A row leaves only when the uplink reports the broker's PUBACK
-(``ack``) or when a bound (rows, bytes, age, free space) evicts it, oldest first; every
-eviction is counted on disk, and the counter is handed to the next
-``agent.status`` event, so loss is never silent, not even across a crash.
+outbox) and the outbox's ``epoch``, a random id drawn when the file is created
+(or first opened by an agent that knows epochs) and kept in ``state``: seq is
+unique within an epoch, and a fresh outbox (a corrupt file moved aside) starts
+a new epoch at seq 1, so HQ never mistakes reused seqs for duplicates.
+
+A row leaves only when HQ acknowledges it (``ack(epoch, seq)``: HQ has
+committed, or dead-lettered, every seq up to ``seq`` of this epoch) or when a
+bound (rows, bytes, age, free space) evicts it, oldest first; every eviction is counted on
+disk, and the counter is handed to the next ``agent.status`` event, so loss is
+never silent, not even across a crash. The broker's PUBACK only marks a row
+as sent (``mark_sent``, with the time); such rows still count in the depth and
+the bounds, and the uplink sends them again when HQ has not acknowledged them
+in time (``due``). With ``[uplink] ack = "broker"`` the PUBACK deletes the row
+(``ack_published``), as before HQ acknowledged anything.
+
+What "nothing lost" means, then. With ``ack = "hq"``: an event whose
+``append`` returned is deleted here only after HQ has stored it (or stored it
+as a dead letter, with the reason), whatever happens between (the broker
+restarting with or without saving, HQ down or killed, the agent killed): it
+is re-sent until acknowledged, and HQ drops repeats by ``event_id``. What can
+still be lost: rows the bounds evict (counted and reported, never silent), and
+rows on a disk that dies, or whose last commits a power cut takes when the
+storage lies about fsync. With ``ack = "broker"`` a PUBACK ends the agent's
+responsibility: a broker that loses a message after PUBACK (SIGKILLed before
+it saves, a restart that drops a subscription) loses the event for good; HQ
+sees the gap in ``seq`` (past its highest seq only through ``agent.status``'s
+``last_seq``).
 
 Durability: appends commit with ``synchronous=FULL``. In WAL mode that
 fsyncs the WAL at every commit, so an event whose ``append`` returned
 survives a power cut. ``NORMAL`` would fsync only at checkpoints: it survives
 ``kill -9`` (the crash tests pass with it too, because the WAL is already in
 the OS page cache) but may lose the last commits on a power cut, which is the
-promise we make. Batched appends pay one fsync per batch. Acks commit with
-``NORMAL``: a lost ack only means a duplicate, which HQ drops by ``event_id``,
-and the next FULL commit makes earlier frames durable anyway.
+promise we make. Batched appends pay one fsync per batch. Acks and sent marks
+commit with ``NORMAL``: losing one only means a re-send, which HQ drops by
+``event_id``, and the next FULL commit makes earlier frames durable anyway.
 
 Free space: ``reserve_bytes`` of the filesystem are kept free. Before each
 append the outbox measures the filesystem's free space plus the free pages
@@ -26,12 +49,7 @@ its own, so the outbox also keeps a small preallocated spare file beside it
 (``<name>.spare``): when SQLite reports the disk full (something else filled
 it), the spare is released and the WAL truncated, and the write is tried
 once more. That is what lets an agent restarted on a full disk come up,
-send, and delete what the broker acknowledged.
-
-What the outbox cannot cover: once a broker has PUBACKed an event the row is
-gone here; a broker that is SIGKILLed before it persists or delivers the
-message loses it (mosquitto saves every ``autosave_interval``). HQ sees that
-as a gap in ``seq``, which is why ``seq`` exists.
+send, and delete what HQ acknowledged.
 
 A file at the path that is not a readable SQLite outbox is moved aside with a
 timestamp suffix (never overwritten) and a fresh outbox starts; ``recovered``
@@ -51,6 +69,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -58,12 +77,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
-from agent.events import AgentStatus, Event, topic_for
+from agent.events import AckMode, AgentStatus, Event, topic_for
 from agent.privatefiles import private_dir, private_file
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Clock = Callable[[], float]
 
@@ -85,9 +106,19 @@ CREATE TABLE IF NOT EXISTS state (
     evicted_total INTEGER NOT NULL,
     evicted_unreported INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO state VALUES (1, 0, 0, 0, 0, 0);
+INSERT OR IGNORE INTO state (id, last_seq, rows, bytes, evicted_total, evicted_unreported) VALUES (1, 0, 0, 0, 0, 0);
 """
-_INSERT = "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO outbox (seq, event_id, topic, payload, ts, stored_at, size) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_ACK_COLUMNS = {
+    "outbox": (("sent_at", "REAL"), ("first_sent_at", "REAL")),
+    "state": (("epoch", "TEXT"), ("acked_seq", "INTEGER NOT NULL DEFAULT 0")),
+}
+"""Columns of the end-to-end acknowledgement, added in place to outboxes created before it."""
+_PEEK = "SELECT seq, event_id, topic, payload, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
+_PEEK_UNSENT = ("SELECT seq, event_id, topic, payload, ts FROM outbox WHERE seq > ? AND sent_at IS NULL "
+                "ORDER BY seq LIMIT ?")
+_DELETE_SEQS = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) RETURNING size"
+_SENT_INDEX = "CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL"
 _SAVE_STATE = (
     "UPDATE state SET last_seq = ?, rows = ?, bytes = ?, evicted_total = ?, evicted_unreported = ? WHERE id = 1"
 )
@@ -162,6 +193,52 @@ class _State:
 
     def values(self) -> tuple[int, int, int, int, int]:
         return (self.last_seq, self.rows, self.bytes, self.evicted_total, self.evicted_unreported)
+
+
+@dataclass
+class _AckState:
+    epoch: str
+    acked_seq: int
+
+
+@dataclass(frozen=True)
+class AckView:
+    """Where HQ's acknowledgement stands, for the status file and ``santi status``."""
+
+    epoch: str
+    acked_seq: int
+    """The highest seq HQ has acknowledged in this epoch (0: none yet)."""
+    sent_unacked: int
+    """Rows the broker has PUBACKed that HQ has not acknowledged yet."""
+    oldest_sent_at: float | None
+    """Wall time the oldest of those was first sent, or None."""
+
+
+def new_epoch() -> str:
+    """A fresh outbox epoch: 64 random bits as 16 hex characters, so no two outboxes of a fleet share one."""
+    return secrets.token_hex(8)
+
+
+def _migrate_ack(db: sqlite3.Connection) -> _AckState:
+    """Add the acknowledgement columns to an outbox that predates them; give it an epoch on first open."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table, columns in _ACK_COLUMNS.items():
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        db.execute(_SENT_INDEX)
+        epoch, acked_seq = db.execute("SELECT epoch, acked_seq FROM state WHERE id = 1").fetchone()
+        if epoch is None:
+            epoch = new_epoch()
+            db.execute("UPDATE state SET epoch = ? WHERE id = 1", (epoch,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return _AckState(str(epoch), int(acked_seq))
 
 
 def _stamp(now: float) -> str:
@@ -268,11 +345,23 @@ def summarize(path: Path) -> Summary:
     return Summary(path, stats, last_seq, size, files)
 
 
-def waiting_through(path: Path, seq: int) -> int:
+class Waiting(NamedTuple):
+    """Rows up to a seq still stored: ``sent`` of them PUBACKed and waiting for HQ's ack, the rest not sent."""
+
+    total: int
+    sent: int
+
+
+def waiting_through(path: Path, seq: int) -> Waiting:
     """How many rows up to ``seq`` are still stored, read-only (a drain's progress while events keep coming)."""
     db = _read_only(path)
     try:
-        return int(db.execute("SELECT count(*) FROM outbox WHERE seq <= ?", (seq,)).fetchone()[0])
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        total = db.execute("SELECT count(*) FROM outbox WHERE seq <= ?", (seq,)).fetchone()[0]
+        sent = 0
+        if "sent_at" in columns:  # an outbox no ack-aware agent has opened yet has sent nothing
+            sent = db.execute("SELECT count(sent_at) FROM outbox WHERE seq <= ?", (seq,)).fetchone()[0]
+        return Waiting(int(total), int(sent))
     except sqlite3.Error as exc:
         raise OutboxError(f"outbox {path} cannot be read: {exc}") from exc
     finally:
@@ -302,8 +391,13 @@ class Outbox:
     """A sequenced, bounded, durable queue of events; safe to share between threads."""
 
     def __init__(self, db: sqlite3.Connection, path: Path, bounds: Bounds, clock: Clock,
-                 state: _State, recovered: str | None) -> None:
+                 state: _State, recovered: str | None, ack: _AckState) -> None:
         self._db = db
+        self._ack = ack
+        self.ack_mode: AckMode = "hq"
+        """When rows leave: set by the uplink from ``[uplink] ack``, reported in every ``agent.status``."""
+        self.acks_ignored: dict[str, int] = {}
+        """HQ acknowledgements not applied, by reason (``other_epoch``, ``beyond_last_seq``)."""
         self.path = path
         self._bounds = bounds
         self._clock = clock
@@ -337,8 +431,8 @@ class Outbox:
             # Opening may need room for the -shm file and a WAL before anything can be deleted.
             spare.unlink()
         try:
-            db, state = cls._connect(path, check, _wal_pages(bounds))
-            outbox = cls(db, path, bounds, clock, state, None)
+            db, state, ack = cls._connect(path, check, _wal_pages(bounds))
+            outbox = cls(db, path, bounds, clock, state, None, ack)
             outbox.keep_spare()
             return outbox
         except sqlite3.DatabaseError as exc:
@@ -349,16 +443,16 @@ class Outbox:
         with contextlib.suppress(OSError):  # if this fails, SQLite creates the file and says why it cannot
             private_file(path)
         message = (f"outbox {path} was unusable ({reason}); moved aside to {aside.name}, "
-                   f"starting a fresh outbox — seq restarts at 1")
+                   f"starting a fresh outbox — seq restarts at 1 in a new epoch")
         log.error(message, extra={"path": str(path), "moved_to": str(aside)})
         try:
-            db, state = cls._connect(path, check, _wal_pages(bounds))
+            db, state, ack = cls._connect(path, check, _wal_pages(bounds))
         except sqlite3.Error as exc:
             raise _describe(path, exc, "outbox") from exc
-        return cls(db, path, bounds, clock, state, message)
+        return cls(db, path, bounds, clock, state, message, ack)
 
     @staticmethod
-    def _connect(path: Path, check: bool, wal_pages: int) -> tuple[sqlite3.Connection, _State]:
+    def _connect(path: Path, check: bool, wal_pages: int) -> tuple[sqlite3.Connection, _State, _AckState]:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -373,13 +467,14 @@ class Outbox:
             if tables and not {"outbox", "state"} <= tables:
                 raise _NotAnOutbox(f"a SQLite file with other tables: {', '.join(sorted(tables))}")
             db.executescript(_SCHEMA)
+            ack = _migrate_ack(db)
             row = db.execute(
                 "SELECT last_seq, rows, bytes, evicted_total, evicted_unreported FROM state WHERE id = 1"
             ).fetchone()
         except BaseException:
             db.close()
             raise
-        return db, _State(*row)
+        return db, _State(*row), ack
 
     def close(self) -> None:
         with self._lock:
@@ -422,7 +517,7 @@ class Outbox:
             rows: list[tuple[int, str, str, bytes, float, float, int]] = []
             added = 0
             for offset, event in enumerate(events):
-                sequenced = event.model_copy(update={"seq": first + offset})
+                sequenced = event.model_copy(update={"seq": first + offset, "epoch": self._ack.epoch})
                 payload = sequenced.__pydantic_serializer__.to_json(sequenced, by_alias=True)
                 topic = topic_for(sequenced)
                 size = len(payload) + len(topic)
@@ -449,7 +544,9 @@ class Outbox:
             stats = self._stats_locked()
             event = build(stats)
             state = self._state
-            sequenced = event.model_copy(update={"seq": state.last_seq + 1})
+            seq = state.last_seq + 1
+            sequenced = event.model_copy(update={"seq": seq, "epoch": self._ack.epoch, "last_seq": seq,
+                                                 "ack_mode": self.ack_mode})
             payload = sequenced.__pydantic_serializer__.to_json(sequenced, by_alias=True)
             topic = topic_for(sequenced)
             now = self._clock()
@@ -473,13 +570,13 @@ class Outbox:
 
         self._state = self._transaction(body, what)
 
-    def _transaction(self, body: Callable[[], _State], what: str) -> _State:
+    def _transaction(self, body: Callable[[], T], what: str) -> T:
         """Run ``body`` in one write transaction; on a full disk make room (spare, WAL) and try once more."""
         for attempt in (1, 2):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    state = body()
+                    result = body()
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._rollback()
@@ -492,7 +589,7 @@ class Outbox:
                 self.last_error = str(error)
                 raise error from exc
             self.last_error = None
-            return state
+            return result
         raise AssertionError("unreachable")
 
     def _rollback(self) -> None:
@@ -662,52 +759,127 @@ class Outbox:
 
     # -- reading and acknowledging -------------------------------------------
 
-    def peek(self, after_seq: int, limit: int) -> list[Row]:
-        """Up to ``limit`` stored rows with ``seq > after_seq``, in ``seq`` order."""
+    def peek(self, after_seq: int, limit: int, *, unsent_only: bool = False) -> list[Row]:
+        """Up to ``limit`` stored rows with ``seq > after_seq``, in ``seq`` order.
+
+        ``unsent_only`` skips rows the broker already PUBACKed: they wait for
+        HQ's ack, or for ``due`` to say they are overdue.
+        """
+        query = _PEEK_UNSENT if unsent_only else _PEEK
+        with self._lock:
+            rows = self._db.execute(query, (after_seq, limit)).fetchall()
+        return [Row(*row) for row in rows]
+
+    def due(self, sent_before: float, limit: int) -> list[Row]:
+        """The lowest ``limit`` rows last sent before ``sent_before`` (wall time), still not acknowledged by HQ.
+
+        Lowest seq first, not longest waiting: HQ acknowledges the highest
+        contiguous seq, so the bottom rows are what hold every later one up.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, event_id, topic, payload, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+                "SELECT seq, event_id, topic, payload, ts FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ? "
+                "ORDER BY seq LIMIT ?",
+                (sent_before, limit),
             ).fetchall()
         return [Row(*row) for row in rows]
 
-    def ack(self, seqs: Iterable[int]) -> int:
-        """Delete rows the broker acknowledged; unknown seqs (evicted, already acked) are ignored.
-
-        In chunks of ``_ACK_CHUNK``, each its own transaction: a delete writes
-        what it frees to the WAL, so a big one on a full disk would need the
-        space it frees. A chunk that fails leaves the rest for the next ack
-        (a duplicate at worst, which HQ drops by ``event_id``).
-        """
+    def mark_sent(self, seqs: Iterable[int], now: float) -> int:
+        """Record the broker's PUBACK of these rows at wall time ``now``; they stay until HQ acknowledges them."""
         wanted = sorted(set(seqs))
-        deleted = 0
         with self._lock:
-            for start in range(0, len(wanted), _ACK_CHUNK):
-                chunk = json.dumps(wanted[start:start + _ACK_CHUNK])
+            def update() -> int:
+                return self._db.execute(
+                    "UPDATE outbox SET sent_at = ?, first_sent_at = coalesce(first_sent_at, ?) "
+                    "WHERE seq IN (SELECT value FROM json_each(?))",
+                    (now, now, json.dumps(wanted)),
+                ).rowcount
+            return self._light_write(update, "sent mark")
 
-                def delete(chunk: str = chunk) -> _State:
-                    new = _State(*self._state.values())
-                    sizes = self._db.execute(
-                        "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) RETURNING size", (chunk,),
-                    ).fetchall()
-                    new.rows -= len(sizes)
-                    new.bytes -= sum(size for (size,) in sizes)
-                    self._db.execute(_SAVE_STATE, new.values())
-                    return new
+    def ack(self, epoch: str, seq: int) -> int:
+        """Apply HQ's acknowledgement: delete every row with a seq at or below ``seq``; returns how many.
 
-                before = self._state.rows
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                try:
-                    self._state = self._transaction(delete, "acknowledgement")
-                    deleted += before - self._state.rows
-                finally:
-                    self._db.execute("PRAGMA synchronous=FULL")
+        An ack for another epoch (an outbox reset since HQ last acked, or a
+        stale retained message) or for a seq this outbox never assigned is
+        ignored and counted in ``acks_ignored``: applying it could delete rows
+        HQ has never seen.
+        """
+        with self._lock:
+            reason = ("other_epoch" if epoch != self._ack.epoch
+                      else "beyond_last_seq" if seq > self._state.last_seq else None)
+            if reason is not None:
+                if reason not in self.acks_ignored:
+                    log.warning("HQ acknowledgement ignored", extra={
+                        "reason": reason, "ack_epoch": epoch, "ack_seq": seq, "epoch": self._ack.epoch,
+                        "last_seq": self._state.last_seq})
+                self.acks_ignored[reason] = self.acks_ignored.get(reason, 0) + 1
+                return 0
+            acked_seq = max(self._ack.acked_seq, seq)
+            through = [row[0] for row in self._db.execute("SELECT seq FROM outbox WHERE seq <= ? ORDER BY seq", (seq,))]
+            deleted = self._delete_locked(through, "acknowledgement",
+                                          lambda: self._db.execute("UPDATE state SET acked_seq = ? WHERE id = 1",
+                                                                   (acked_seq,)))
+            self._ack.acked_seq = acked_seq
+            return deleted
+
+    def ack_published(self, seqs: Iterable[int]) -> int:
+        """Delete rows the broker PUBACKed (``ack = "broker"``); unknown seqs (evicted, acked) are ignored."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return 0
+        with self._lock:
+            return self._delete_locked(wanted, "acknowledgement")
+
+    def _delete_locked(self, seqs: Sequence[int], what: str, also: Callable[[], object] = lambda: None) -> int:
+        """Delete these rows and keep the counters right, in light transactions of ``_ACK_CHUNK`` rows.
+
+        A delete writes what it frees to the WAL, so one big delete on a full
+        disk would need the space it frees. A chunk that fails leaves the rest
+        for the next acknowledgement (a re-send at worst, which HQ drops by
+        ``event_id``); ``also`` runs in the last chunk's transaction.
+        """
+        deleted = 0
+        chunks = [list(seqs[i:i + _ACK_CHUNK]) for i in range(0, len(seqs), _ACK_CHUNK)] or [[]]
+        for position, chunk in enumerate(chunks):
+            new = _State(*self._state.values())
+            last = position == len(chunks) - 1
+
+            def delete(chunk: str = json.dumps(chunk), new: _State = new, last: bool = last) -> int:
+                sizes = self._db.execute(_DELETE_SEQS, (chunk,)).fetchall()
+                new.rows -= len(sizes)
+                new.bytes -= sum(size for (size,) in sizes)
+                self._db.execute(_SAVE_STATE, new.values())
+                if last:
+                    also()
+                return len(sizes)
+
+            deleted += self._light_write(delete, what)
+            self._state = new
         return deleted
+
+    def _light_write(self, work: Callable[[], int], what: str) -> int:
+        """One transaction committed with ``synchronous=NORMAL``: losing it to a power cut only means a re-send."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._transaction(work, what)
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
+    @property
+    def epoch(self) -> str:
+        """This outbox's epoch: drawn when the file was created (or first opened by an ack-aware agent)."""
+        return self._ack.epoch
+
+    def ack_view(self) -> AckView:
+        with self._lock:
+            count, oldest = self._db.execute(
+                "SELECT count(*), min(first_sent_at) FROM outbox WHERE sent_at IS NOT NULL").fetchone()
+        return AckView(self._ack.epoch, self._ack.acked_seq, int(count), None if oldest is None else float(oldest))
 
     # -- counters ------------------------------------------------------------
 
     def depth(self) -> int:
-        """Events stored and not yet acknowledged by the broker."""
+        """Events stored and not yet acknowledged (by HQ, or by the broker with ``ack = "broker"``)."""
         return self._state.rows
 
     def stored_bytes(self) -> int:

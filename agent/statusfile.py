@@ -12,7 +12,10 @@ The outbox is read through a separate read-only SQLite connection: a status
 command must never create, lock, migrate or move aside the file the agent is
 writing (``Outbox.open`` may do all four). Its counters are fresher than the
 status file and still readable after the agent stopped, which is exactly
-when a technician asks how much is waiting.
+when a technician asks how much is waiting. Where HQ's acknowledgement
+stands (acked seq, rows the broker took that HQ has not acknowledged, how
+long the oldest has waited) comes from the outbox too; the ack mode and the
+counters of unusable acks come from the status file.
 """
 
 from __future__ import annotations
@@ -73,6 +76,23 @@ class OutboxView:
     last_seq: int
     evicted_total: int
     newest: tuple[EventLine, ...]
+    epoch: str | None = None
+    acked_seq: int = 0
+    """The highest seq HQ has acknowledged in this epoch."""
+    sent_unacked: int = 0
+    """Rows the broker PUBACKed that HQ has not acknowledged yet."""
+    oldest_sent_at: float | None = None
+    """Wall time the oldest of those was first sent."""
+
+
+@dataclass(frozen=True)
+class AckLine:
+    """The acknowledgement mode and its trouble counters, as the running agent reported them."""
+
+    mode: str
+    resent: int
+    dropped: int
+    """Messages on the ack topic that were not a usable ack, plus acks for another epoch or an unassigned seq."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,7 @@ class StatusReport:
     tracks: int | None = None
     visits: int | None = None
     queue_dropped: int = 0
+    ack: AckLine | None = None
     recent_events: tuple[EventLine, ...] = field(default=())
     """The agent's own list of its latest events (delivered ones too), when its status file carries one."""
 
@@ -106,7 +127,11 @@ class StatusReport:
         outbox = None if self.outbox is None else {
             "depth": self.outbox.depth, "oldest_ts": self.outbox.oldest_ts, "last_seq": self.outbox.last_seq,
             "evicted_total": self.outbox.evicted_total, "newest": [_event_dict(e) for e in self.outbox.newest],
+            "epoch": self.outbox.epoch, "acked_seq": self.outbox.acked_seq, "sent_unacked": self.outbox.sent_unacked,
+            "oldest_sent_at": self.outbox.oldest_sent_at,
         }
+        ack = None if self.ack is None else {"mode": self.ack.mode, "resent": self.ack.resent,
+                                             "dropped": self.ack.dropped}
         return {
             "state_dir": str(self.state_dir), "state": self.state, "running": self.running, "reason": self.reason,
             "status_file_age_s": self.file_age_s, "store_id": self.store_id, "agent_id": self.agent_id,
@@ -116,7 +141,7 @@ class StatusReport:
                          "rate_is_mean": s.rate_is_mean, "dropped": s.dropped,
                          "dropped_by_reason": dict(s.dropped_by_reason), "last_error": s.last_error}
                         for s in self.sources],
-            "tracks": self.tracks, "visits": self.visits, "queue_dropped": self.queue_dropped,
+            "tracks": self.tracks, "visits": self.visits, "queue_dropped": self.queue_dropped, "ack": ack,
             "recent_events": [_event_dict(e) for e in self.recent_events],
         }
 
@@ -167,6 +192,7 @@ def read_outbox(path: Path, newest: int = LAST_EVENTS) -> OutboxView:
             raise sqlite3.DatabaseError("outbox has no state row")
         oldest = db.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
         rows = db.execute("SELECT seq, payload, ts FROM outbox ORDER BY seq DESC LIMIT ?", (newest,)).fetchall()
+        ack = _ack_figures(db)
     finally:
         db.close()
     lines = []
@@ -177,7 +203,26 @@ def read_outbox(path: Path, newest: int = LAST_EVENTS) -> OutboxView:
             data = {}
         lines.append(event_line(int(seq), data if isinstance(data, dict) else {}, float(ts)))
     return OutboxView(depth=int(state[1]), oldest_ts=None if oldest is None else float(oldest[0]),
-                      last_seq=int(state[0]), evicted_total=int(state[2]), newest=tuple(lines))
+                      last_seq=int(state[0]), evicted_total=int(state[2]), newest=tuple(lines), **ack)
+
+
+def _ack_figures(db: sqlite3.Connection) -> dict[str, Any]:
+    """Epoch, acked seq and the sent-but-unacknowledged rows; nothing for a file no ack-aware agent has opened."""
+    if "sent_at" not in {row[1] for row in db.execute("PRAGMA table_info(outbox)")}:
+        return {}
+    epoch, acked_seq = db.execute("SELECT epoch, acked_seq FROM state WHERE id = 1").fetchone()
+    count, oldest = db.execute("SELECT count(*), min(first_sent_at) FROM outbox WHERE sent_at IS NOT NULL").fetchone()
+    return {"epoch": epoch, "acked_seq": int(acked_seq), "sent_unacked": int(count),
+            "oldest_sent_at": None if oldest is None else float(oldest)}
+
+
+def _ack_line(uplink: dict[str, Any]) -> AckLine | None:
+    raw = uplink.get("ack")
+    if not isinstance(raw, dict) or not isinstance(raw.get("ack_mode"), str):
+        return None
+    dropped = sum(_count(v) for key in ("acks_dropped", "acks_ignored")
+                  if isinstance(raw.get(key), dict) for v in raw[key].values())
+    return AckLine(mode=raw["ack_mode"], resent=_count(raw.get("resent")), dropped=dropped)
 
 
 def _sources(data: dict[str, Any], uptime_s: float | None) -> tuple[SourceLine, ...]:
@@ -282,7 +327,7 @@ def read_status(state_dir: Path, now: float, *, stale_after_s: float = STALE_AFT
         outbox=outbox, outbox_error=outbox_error, sources=_sources(data, uptime),
         tracks=_count(data.get("tracks")) if "tracks" in data else None,
         visits=_count(data.get("visits")) if "visits" in data else None,
-        queue_dropped=_count(data.get("queue_dropped")), recent_events=_recent(data),
+        queue_dropped=_count(data.get("queue_dropped")), ack=_ack_line(uplink), recent_events=_recent(data),
     )
 
 

@@ -3,17 +3,35 @@
 One thread owns everything network: it connects, runs paho's network I/O
 itself (``loop_read``/``loop_write``/``loop_misc`` around one ``select`` on
 the broker socket and a wake-up socket), publishes rows with QoS 1 through a
-bounded window and deletes a row from the outbox only on its PUBACK. paho's
-callbacks therefore run on this same thread and only record what happened;
-nothing is shared with paho's internals across threads.
+bounded window and applies the acknowledgements. paho's callbacks therefore
+run on this same thread and only record what happened; nothing is shared
+with paho's internals across threads.
+
+End-to-end acknowledgement (``[uplink] ack = "hq"``, the default). A PUBACK
+proves only that the broker has the message: a broker restart can drop a
+shared subscription, HQ may be away, and the broker's copy is then lost. So
+a PUBACK only marks the row as sent; the row is deleted when HQ says it has
+committed it. On every connect the uplink subscribes (same client, same TLS
+and credentials) to its retained ack topic, ``santi/v1/<store>/<agent>/ack``,
+where HQ publishes ``Ack(epoch, seq)``: every seq up to ``seq`` of the
+outbox's epoch is stored (or dead-lettered) at HQ, and the outbox deletes
+them. A row PUBACKed and still unacknowledged ``ack_timeout_s`` later is
+published again, and again, until HQ acknowledges it; HQ drops repeats by
+``event_id``. So, from the moment ``append`` returns, an event is lost only
+to the outbox's bounds (counted, reported) or to the disk it is on; see
+``agent.outbox`` for the precise promise. Anything on the ack topic that is
+not a well-formed ``Ack`` for this agent is dropped, counted by reason and
+logged once; it never stops the thread. ``ack = "broker"`` restores deletion
+at PUBACK (no subscription): the agent warns at start, and ``santi status``
+and ``santi doctor`` say so.
 
 Each connection is a fresh paho client with a clean session: the outbox,
 not the broker, is the session. After a reconnect the uplink publishes again
-from the oldest unacknowledged row, so an event whose PUBACK was lost arrives
-twice (same ``event_id``, HQ drops it) and never out of order. Keeping our
-own window (default 20, as measured fastest for paho, and far below paho's
-65,535 message ids, which wrap without a collision check) bounds memory
-however long the backlog.
+from the oldest row the broker has not PUBACKed, so an event whose PUBACK was
+lost arrives twice (same ``event_id``, HQ drops it) and never out of order
+among first sends. Keeping our own window (default 20, as measured fastest
+for paho, and far below paho's 65,535 message ids, which wrap without a
+collision check) bounds memory however long the backlog.
 
 Failures are worded once, in ``agent.backoff``; the state says what the
 technician sees: ``connecting``, ``online``, ``offline`` (retrying with
@@ -31,7 +49,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
@@ -48,7 +66,7 @@ from agent.backoff import (
     describe_puback,
 )
 from agent.config import ConfigError, UplinkConfig
-from agent.events import status_topic
+from agent.events import Ack, ack_topic, status_topic
 from agent.outbox import Outbox, OutboxError, Row
 
 log = logging.getLogger(__name__)
@@ -58,6 +76,10 @@ UplinkState = Literal["stopped", "connecting", "online", "offline", "auth_failed
 _PREFETCH = 256
 _ACK_BATCH = 256
 _TICK_S = 1.0
+_ACK_PATIENCE_S = 2.0
+"""At stop, how long to wait for HQ's next ack before leaving the rest to the next start."""
+_MAX_ACK_BYTES = 4096
+"""An ``Ack`` is about 200 bytes; anything far larger on the ack topic is not one and is not parsed."""
 
 
 @dataclass
@@ -70,6 +92,28 @@ class UplinkStats:
     acked: int = 0
     rejected: int = 0
     max_inflight: int = 0
+    resent: int = 0
+    """Rows published again because HQ had not acknowledged them ``ack_timeout_s`` after their PUBACK."""
+    hq_acks: int = 0
+    """Well-formed HQ acknowledgements received (a burst is applied as its highest seq per epoch)."""
+    hq_acked_rows: int = 0
+    acks_dropped: dict[str, int] = field(default_factory=dict)
+    """Messages on the ack topic that were not a usable ``Ack``, by reason."""
+
+
+def parse_ack(payload: bytes, store_id: str, agent_id: str) -> Ack | str:
+    """HQ's ``Ack`` for this agent, or the reason the payload is not one (it came off the network: any bytes)."""
+    if not payload:
+        return "empty"
+    if len(payload) > _MAX_ACK_BYTES:
+        return "too_large"
+    try:
+        ack = Ack.model_validate_json(payload)
+    except Exception:  # noqa: BLE001 - hostile bytes may raise anything; a counted drop, never a dead thread
+        return "invalid"
+    if (ack.store_id, ack.agent_id) != (store_id, agent_id):
+        return "other_agent"
+    return ack
 
 
 class _TrackingContext(ssl.SSLContext):
@@ -94,6 +138,8 @@ class _Session:
         self.lost = False
         self.last_log_error: str | None = None
         self.pubacks: list[tuple[int, ReasonCode]] = []
+        self.messages: list[bytes] = []
+        self.suback_failed: str | None = None
         self.tls: _TrackingContext | None = None
 
     def close_leftovers(self) -> None:
@@ -113,6 +159,15 @@ class _Session:
     def on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None) -> None:
         self.pubacks.append((mid, reason))
 
+    def on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self.messages.append(bytes(message.payload))
+
+    def on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode],
+                     _p: Properties | None) -> None:
+        failed = [str(reason) for reason in reasons if reason.is_failure]
+        if failed:
+            self.suback_failed = ", ".join(failed)
+
     def on_log(self, _c: mqtt.Client, _u: Any, level: int, message: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:
             self.last_log_error = message
@@ -127,6 +182,12 @@ class Uplink:
         self._config = config
         self._outbox = outbox
         self._status_topic = status_topic(store_id, agent_id)
+        self._ack_topic = ack_topic(store_id, agent_id)
+        self._ids = (store_id, agent_id)
+        outbox.ack_mode = config.ack
+        if config.ack == "broker":
+            log.warning('uplink ack = "broker": events leave the outbox at the broker\'s PUBACK, not when HQ has '
+                        "stored them; a broker restart or an absent HQ subscriber can lose them for good")
         self._client_id = config.client_id or f"santi-{store_id}-{agent_id}"
         self._policy = policy or BackoffPolicy()
         self._rng = rng or random.Random()
@@ -139,6 +200,7 @@ class Uplink:
         self._stopping = threading.Event()
         self._retry = threading.Event()
         self._drain_deadline = 0.0
+        self._stop_requested = 0.0
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -162,7 +224,8 @@ class Uplink:
 
         Returns how many events stay in the outbox for the next start.
         """
-        self._drain_deadline = time.monotonic() + drain_deadline_s
+        self._stop_requested = time.monotonic()
+        self._drain_deadline = self._stop_requested + drain_deadline_s
         self._outbox.unwatch(self.wake)
         self._stopping.set()
         self._retry.set()
@@ -186,6 +249,17 @@ class Uplink:
         """Tell the uplink new rows are stored (called by the outbox after each commit)."""
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
+
+    def ack_status(self) -> dict[str, Any]:
+        """The acknowledgement's figures for the status file (``santi status``)."""
+        view = self._outbox.ack_view()
+        return {
+            "ack_mode": self._config.ack, "epoch": view.epoch, "acked_seq": view.acked_seq,
+            "sent_unacked": view.sent_unacked,
+            "oldest_unacked_age_s": None if view.oldest_sent_at is None else max(time.time() - view.oldest_sent_at, 0.0),
+            "resent": self.stats.resent, "acks_dropped": dict(self.stats.acks_dropped),
+            "acks_ignored": dict(self._outbox.acks_ignored),
+        }
 
     def wait_for(self, *states: UplinkState, timeout: float) -> bool:
         """Block until the state is one of ``states``; False on timeout."""
@@ -237,6 +311,8 @@ class Uplink:
         client.on_connect = session.on_connect
         client.on_disconnect = session.on_disconnect
         client.on_publish = session.on_publish
+        client.on_message = session.on_message
+        client.on_subscribe = session.on_subscribe
         client.on_log = session.on_log
         client.connect_timeout = self._connect_timeout_s
         client.max_inflight_messages_set(self._config.inflight + 1)
@@ -327,6 +403,10 @@ class Uplink:
         if isinstance(receive_max, int) and receive_max > 0:
             window = min(window, receive_max)
         self.stats.connections += 1
+        if self._config.ack == "hq":
+            # Every connection is a clean session: subscribe again each time. The
+            # retained ack arrives at once, so a restart deletes what HQ already has.
+            client.subscribe(self._ack_topic, qos=1)
         client.publish(self._status_topic, b"online", qos=1, retain=True)
         self.last_error = None
         self._set_state("online")
@@ -346,6 +426,11 @@ class _Publisher:
         self.cursor = 0
         self.exhausted = False
         self.to_ack: list[int] = []
+        self.hq_acks = uplink._config.ack == "hq"
+        self.next_resend = 0.0
+        self.suback_reported = False
+        self.last_progress = 0.0
+        """When we last published or HQ last acknowledged (monotonic)."""
 
     def run(self) -> Failure | None:
         uplink = self.uplink
@@ -354,6 +439,7 @@ class _Publisher:
                 failure = self._take_pubacks()
                 if failure is not None:
                     return failure
+                self._take_acks()
                 if self.session.lost or self.client.socket() is None:
                     return uplink._lost(self.session)
                 stopping = uplink._stopping.is_set()
@@ -363,7 +449,7 @@ class _Publisher:
                 # Fill before judging "all sent": rows stored just before stop() (the
                 # final agent.status) are not in the window yet.
                 self._fill()
-                if stopping and self.exhausted and not self.inflight:
+                if stopping and self.exhausted and not self.inflight and not self._awaiting_hq():
                     self._goodbye()
                     return None
                 idle = self.exhausted or len(self.inflight) >= self.window
@@ -382,23 +468,110 @@ class _Publisher:
     def _fill(self) -> None:
         """Publish rows in seq order while the window has room."""
         self.exhausted = False
+        outbox = self.uplink._outbox
         while len(self.inflight) < self.window:
             if not self.prefetched:
-                rows = self.uplink._outbox.peek(self.cursor, _PREFETCH)
+                # With HQ's acks, rows already PUBACKed wait for HQ (or for ``_resend_due``).
+                rows = outbox.peek(self.cursor, _PREFETCH, unsent_only=self.hq_acks)
                 if not rows:
                     self.exhausted = True
-                    return
+                    break
                 self.prefetched.extend(rows)
                 self.cursor = rows[-1].seq
-            row = self.prefetched.popleft()
-            info = self.client.publish(row.topic, row.payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                self.session.lost = True
+            if not self._publish(self.prefetched.popleft()):
                 return
-            self.inflight[info.mid] = row
-            stats = self.uplink.stats
-            stats.published += 1
-            stats.max_inflight = max(stats.max_inflight, len(self.inflight))
+        if self.exhausted and self.hq_acks:
+            self._resend_due()
+
+    def _awaiting_hq(self) -> bool:
+        """While stopping: is HQ's ack for what was just sent worth waiting for (within the drain deadline)?
+
+        Yes while rows wait for it and HQ acknowledged something (or the last
+        publish was) less than ``_ACK_PATIENCE_S`` ago: an HQ that is away
+        must not stretch every shutdown to the full deadline. What stays is
+        deleted by the retained ack at the next start.
+        """
+        if not self.hq_acks:
+            return False
+        self._flush_acks()
+        if time.monotonic() - max(self.last_progress, self.uplink._stop_requested) > _ACK_PATIENCE_S:
+            return False
+        return self.uplink._outbox.ack_view().sent_unacked > 0
+
+    def _publish(self, row: Row) -> bool:
+        info = self.client.publish(row.topic, row.payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.session.lost = True
+            return False
+        self.inflight[info.mid] = row
+        self.last_progress = time.monotonic()
+        stats = self.uplink.stats
+        stats.published += 1
+        stats.max_inflight = max(stats.max_inflight, len(self.inflight))
+        return True
+
+    def _resend_due(self) -> None:
+        """Publish again the lowest rows HQ has not acknowledged ``ack_timeout_s`` after their PUBACK.
+
+        HQ drops repeats by ``event_id``, so a re-send is safe; it is what
+        recovers an event the broker acknowledged and then lost (a restart,
+        no subscriber at the time). HQ acknowledges the highest *contiguous*
+        seq, so the lowest unacknowledged rows are the ones that hold
+        everything up: one window of them per round. The next round goes as
+        soon as HQ's ack moves (``_take_acks``: it is filling the gap), else
+        after another ``ack_timeout_s``: an HQ that is away gets a trickle,
+        not the backlog over and over.
+        """
+        now = time.monotonic()
+        room = self.window - len(self.inflight)
+        if now < self.next_resend or room <= 0 or self.uplink._stopping.is_set():
+            return
+        outbox = self.uplink._outbox
+        self._flush_acks()  # PUBACKs not yet recorded must not look overdue
+        busy = {row.seq for row in self.inflight.values()}
+        timeout = self.uplink._config.ack_timeout_s
+        due = [row for row in outbox.due(time.time() - timeout, self.window + len(busy)) if row.seq not in busy]
+        if not due:
+            self.next_resend = now + _TICK_S
+            return
+        self.next_resend = now + timeout
+        for row in due[:room]:
+            if not self._publish(row):
+                return
+            self.uplink.stats.resent += 1
+
+    def _take_acks(self) -> None:
+        """Apply what arrived on the ack topic; garbage is counted and logged once per reason."""
+        messages, self.session.messages = self.session.messages, []
+        uplink = self.uplink
+        if self.session.suback_failed is not None and not self.suback_reported:
+            self.suback_reported = True
+            log.error("the broker refused the subscription to HQ's acknowledgements; events will wait in the "
+                      "outbox until it is allowed (check the broker's ACL)",
+                      extra={"topic": uplink._ack_topic, "reason": self.session.suback_failed})
+        highest: dict[str, int] = {}
+        for payload in messages:
+            ack = parse_ack(payload, *uplink._ids)
+            if isinstance(ack, str):
+                dropped = uplink.stats.acks_dropped
+                if ack not in dropped:
+                    log.warning("unusable message on the ack topic dropped",
+                                extra={"reason": ack, "bytes": len(payload), "topic": uplink._ack_topic})
+                dropped[ack] = dropped.get(ack, 0) + 1
+                continue
+            uplink.stats.hq_acks += 1
+            highest[ack.epoch] = max(highest.get(ack.epoch, 0), ack.seq)
+        # Acks are cumulative: of a burst, the highest per epoch says it all (one transaction, not one each).
+        for epoch, seq in highest.items():
+            try:
+                deleted = uplink._outbox.ack(epoch, seq)
+            except OutboxError as exc:
+                log.warning("cannot apply HQ's acknowledgement; the next one covers it", extra={"error": str(exc)})
+                continue
+            uplink.stats.hq_acked_rows += deleted
+            self.last_progress = time.monotonic()
+            if deleted:
+                self.next_resend = 0.0  # HQ's contiguous ack moved: the next overdue window may go now
 
     def _take_pubacks(self) -> Failure | None:
         pubacks, self.session.pubacks = self.session.pubacks, []
@@ -417,14 +590,18 @@ class _Publisher:
     def _flush_acks(self) -> None:
         if not self.to_ack:
             return
+        outbox = self.uplink._outbox
         try:
-            deleted = self.uplink._outbox.ack(self.to_ack)
+            if self.hq_acks:
+                deleted = outbox.mark_sent(self.to_ack, time.time())
+            else:
+                deleted = outbox.ack_published(self.to_ack)
         except OutboxError as exc:
-            log.warning("cannot delete acknowledged events; they will be sent again",
+            log.warning("cannot record the broker's acknowledgements; the events will be sent again",
                         extra={"error": str(exc)})
             return
         self.uplink.stats.acked += len(self.to_ack)
-        log.debug("acked", extra={"acked": len(self.to_ack), "deleted": deleted})
+        log.debug("acked", extra={"acked": len(self.to_ack), "rows": deleted})
         self.to_ack = []
 
     def _goodbye(self) -> None:

@@ -57,7 +57,7 @@ def write(path: Path, seed: int) -> None:
                 head = " ".join(str(row.seq) for row in outbox.peek(0, rng.randint(1, 30)))
                 out.write(f"acking {head}\n")
                 out.flush()
-                outbox.ack(int(seq) for seq in head.split())
+                outbox.ack(outbox.epoch, int(head.split()[-1]))  # as HQ does: everything up to the head's end
                 out.write(f"acked {head}\n")
                 out.flush()
 

@@ -15,13 +15,19 @@ from click.testing import CliRunner
 
 from agent.cli import cli
 from agent.config import BufferConfig
-from agent.events import parse_event
+from agent.events import SectorEntered, parse_event
 from agent.outbox import OUTBOX_FILE, Outbox, summarize
+from tests.hq_acks import AckingSubscriber
 from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
-from tests.test_outbox import events
-from tests.test_service import _recording, _subscribe
+from tests.test_outbox import events as _events
+from tests.test_service import _recording
 from tests.test_service_signals import SANTI, _wait_for
+
+
+def events(n: int) -> list[SectorEntered]:
+    """Events of the example site's own store and agent, so an acknowledging HQ answers on its ack topic."""
+    return [e.model_copy(update={"store_id": "fishmonger-01", "agent_id": "pi-backoffice"}) for e in _events(n)]
 
 
 def _published(got: queue.Queue[tuple[str, bytes]]) -> list[int]:
@@ -38,20 +44,20 @@ def test_drain_without_an_agent_sends_everything(broker: Broker, tmp_path: Path)
     with Outbox.open(tmp_path / "state" / OUTBOX_FILE, BufferConfig()) as outbox:
         outbox.append_many(events(300))
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscriber = _subscribe(broker, got)
+    hq = AckingSubscriber(broker.host, broker.port, got)
     try:
         result = CliRunner().invoke(cli, ["buffer", "drain", str(site), "--json", "--timeout", "20"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output) == {"sent": 300, "left": 0, "agent_pid": None, "uplink_error": None,
-                                             "stopped": "everything sent"}
+        assert json.loads(result.output) == {
+            "sent": 300, "acknowledged": 300, "awaiting_ack": 0, "not_sent": 0, "left": 0, "ack_mode": "hq",
+            "stopped": "all acknowledged", "agent_pid": None, "uplink_error": None}
         deadline = time.monotonic() + 5
         seqs: list[int] = []
         while len(set(seqs)) < 300 and time.monotonic() < deadline:
             time.sleep(0.1)
             seqs += _published(got)
     finally:
-        subscriber.disconnect()
-        subscriber.loop_stop()
+        hq.close()
     assert sorted(set(seqs)) == list(range(1, 301))
     assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 0
 
@@ -64,11 +70,28 @@ def test_drain_with_the_broker_down_keeps_everything_and_says_why(broker: Broker
     result = CliRunner().invoke(cli, ["buffer", "drain", str(site), "--timeout", "1"])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0] == "sent 0 events; 50 still waiting (time is up after 1 s, the uplink failing)"
-    assert lines[1] == (f"uplink: cannot reach broker 127.0.0.1:{broker.port}: connection refused — "
-                        f"is mosquitto running and listening there?")
+    assert lines[0] == "sent 0 events: 0 acknowledged by HQ, 0 waiting for HQ's acknowledgement; 50 not sent"
+    assert lines[1] == (f"stopped: time up after 1 s: cannot reach broker 127.0.0.1:{broker.port}: connection "
+                        f"refused — is mosquitto running and listening there?")
     assert len(lines) == 2
     assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 50
+
+
+def test_drain_without_hq_says_the_broker_has_them_and_hq_has_not_acknowledged(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The broker PUBACKs everything, nobody acknowledges: nothing is deleted, and the outcome says whose turn it is."""
+    site = example_site_for(tmp_path, broker.port)
+    with Outbox.open(tmp_path / "state" / OUTBOX_FILE, BufferConfig()) as outbox:
+        outbox.append_many(events(40))
+    result = CliRunner().invoke(cli, ["buffer", "drain", str(site), "--json", "--timeout", "2"])
+    assert result.exit_code == 1
+    outcome = json.loads(result.output)
+    assert {k: outcome[k] for k in ("sent", "acknowledged", "awaiting_ack", "not_sent", "left")} == {
+        "sent": 40, "acknowledged": 0, "awaiting_ack": 40, "not_sent": 0, "left": 40}
+    assert outcome["stopped"] == ("time up after 2 s: the broker has them all, HQ has not acknowledged them "
+                                  "(is `santi hq run` up?)")
+    assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 40
 
 
 def _pump(agent: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
@@ -107,10 +130,12 @@ def test_drain_wakes_a_running_agent_out_of_its_backoff(broker: Broker, tmp_path
             if "uplink state" in line and "offline" in line:
                 break
         broker.start()
+        hq = AckingSubscriber(broker.host, broker.port, queue.Queue())
         started = time.monotonic()
         result = subprocess.run([str(SANTI), "buffer", "drain", str(site), "--json", "--timeout", "20"],
                                 capture_output=True, text=True, timeout=60, check=False)
         took = time.monotonic() - started
+        hq.close()
         assert result.returncode == 0, result.stderr
         outcome = json.loads(result.stdout)
         assert outcome["agent_pid"] == agent.pid

@@ -71,6 +71,10 @@ BROKEN = [
     ("no entrance", "entrance = true", "entrance = false", "sectors", "first:[[sectors]]", "no sector has entrance"),
     ("out of range", "path_loss_exponent = 2.2", "path_loss_exponent = 9", "receivers[1].path_loss_exponent",
      "path_loss_exponent = 9", "less than or equal to 6"),
+    ("ack mode", "inflight = 20\n", 'inflight = 20\nack = "maybe"\n', "uplink.ack", 'ack = "maybe"',
+     "'hq' or 'broker'"),
+    ("ack timeout", "inflight = 20\n", "inflight = 20\nack_timeout_s = 0\n", "uplink.ack_timeout_s",
+     "ack_timeout_s = 0", "greater than or equal to 1"),
 ]
 
 

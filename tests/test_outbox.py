@@ -65,7 +65,7 @@ def test_seq_is_gap_free_from_one_and_on_the_wire(sqlite_path: Path) -> None:
 def test_seq_survives_restart_and_a_drained_outbox(sqlite_path: Path) -> None:
     with Outbox.open(sqlite_path, BIG) as outbox:
         outbox.append_many(events(10))
-        assert outbox.ack(range(1, 11)) == 10
+        assert outbox.ack_published(range(1, 11)) == 10
         assert outbox.depth() == 0
         assert outbox.oldest_ts() is None
     with Outbox.open(sqlite_path, BIG) as outbox:
@@ -78,9 +78,9 @@ def test_peek_ack_and_counters(sqlite_path: Path) -> None:
     with Outbox.open(sqlite_path, BIG) as outbox:
         stored = outbox.append_many(events(20))
         assert [r.seq for r in outbox.peek(5, 3)] == [6, 7, 8]
-        assert outbox.ack([1, 2, 3, 99]) == 3
-        assert outbox.ack([1, 2]) == 0
-        assert outbox.ack([]) == 0
+        assert outbox.ack_published([1, 2, 3, 99]) == 3
+        assert outbox.ack_published([1, 2]) == 0
+        assert outbox.ack_published([]) == 0
         assert outbox.depth() == 17
         assert outbox.oldest_ts() == stored[3].ts.timestamp()
         expected = sum(len(r.payload) + len(r.topic) for r in outbox.peek(0, 100))
@@ -260,7 +260,7 @@ def test_property_seq_gap_free_and_counts_match_a_model(tmp_path: Path, ops: lis
                 model = model[overflow:]
             elif op == "ack":
                 chosen = model[::3][:n]
-                assert outbox.ack(chosen) == len(chosen)
+                assert outbox.ack_published(chosen) == len(chosen)
                 model = [s for s in model if s not in set(chosen)]
             else:
                 outbox.close()
@@ -284,7 +284,7 @@ def test_buffer_cli_status_and_export(tmp_path: Path, example_site: Path) -> Non
                                       f"with this state_dir?")
     with Outbox.open(state / OUTBOX_FILE, BufferConfig(max_rows=100)) as outbox:
         stored = outbox.append_many(events(120))
-        outbox.ack([21, 22])
+        outbox.ack_published([21, 22])
         result = runner.invoke(cli, ["buffer", "status", str(site), "--json"])
         assert result.exit_code == 0, result.output
         figures = json.loads(result.output)

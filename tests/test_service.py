@@ -18,6 +18,7 @@ from agent.replayclock import ReplayClock
 from agent.replayfile import write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
+from tests.hq_acks import AckingSubscriber
 from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
 from tests.test_locator import _readings
@@ -66,7 +67,7 @@ def test_replay_through_the_service_reaches_the_broker(broker: Broker, tmp_path:
     site = load_site(site_path)
     obs_path, taps_path = _recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscriber = _subscribe(broker, got)
+    hq = AckingSubscriber(broker.host, broker.port, got)  # HQ's part: its acks let the outbox empty
     speed = 25.0
     clock = ReplayClock(T0 + 1.0, speed)
     source = ReplaySource(obs_path, taps_path, speed=speed)
@@ -82,8 +83,7 @@ def test_replay_through_the_service_reaches_the_broker(broker: Broker, tmp_path:
             except queue.Empty:
                 break
     finally:
-        subscriber.disconnect()
-        subscriber.loop_stop()
+        hq.close()
     status = [payload for topic, payload in messages if topic.endswith("/status")]
     assert status[-1] == b"offline" or b"online" in status
     events = [parse_event(payload) for topic, payload in messages if "/events/" in topic]

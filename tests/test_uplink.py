@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -25,9 +26,10 @@ from paho.mqtt.properties import Properties
 
 from agent.backoff import BackoffPolicy, describe_connack, describe_exception, describe_lost
 from agent.config import BufferConfig, UplinkConfig
-from agent.events import status_topic
+from agent.events import Ack, ack_topic, status_topic
 from agent.outbox import Outbox
 from agent.uplink import Uplink
+from tests.hq_acks import ContiguousAcks
 from tests.mosquitto import Broker, free_port
 from tests.outbox_writer import AGENT, STORE, make_event
 
@@ -37,21 +39,35 @@ STATUS = status_topic(STORE, AGENT)
 
 
 class Subscriber:
-    """A QoS 1 HQ stand-in with a persistent MQTT 5 session, so the broker queues while it is away."""
+    """A QoS 1 HQ stand-in with a persistent MQTT 5 session, so the broker queues while it is away.
 
-    def __init__(self, broker: Broker, *, tls_ca: Path | None = None) -> None:
+    With ``acks`` (the default) it also plays HQ's acknowledgement: the
+    highest contiguous seq received, retained on the agent's ack topic.
+    """
+
+    def __init__(self, broker: Broker, *, tls_ca: Path | None = None, acks: bool = True) -> None:
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.acks = ContiguousAcks() if acks else None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hq-{os.getpid()}-{id(self)}",
                                   protocol=mqtt.MQTTv5)
         self.client.reconnect_delay_set(1, 1)
         if tls_ca is not None:
             self.client.tls_set(ca_certs=str(tls_ca))
-        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload, m.retain))
+        self.client.on_message = self._on_message
         self.client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe("santi/#", qos=1)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
         self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        self.messages.put((message.topic, message.payload, message.retain))
+        if self.acks is None or "/events/" not in message.topic:
+            return
+        moved = self.acks.saw(message.payload)
+        if moved is not None:
+            ack = Ack(store_id=STORE, agent_id=AGENT, epoch=moved[0], seq=moved[1], ts=datetime.now(UTC))
+            client.publish(ack_topic(STORE, AGENT), ack.to_json(), qos=1, retain=True)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -111,6 +127,14 @@ def assert_complete_in_order(received: list[dict[str, object]], n: int, first: i
     assert first_seqs == list(range(first, n + 1))
 
 
+def wait_depth(outbox: Outbox, depth: int, timeout: float) -> int:
+    """Poll until the outbox holds ``depth`` rows (HQ's acks applied) or the timeout; returns the depth."""
+    deadline = time.monotonic() + timeout
+    while outbox.depth() != depth and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return outbox.depth()
+
+
 def make_uplink(broker_port: int, outbox: Outbox, **config: object) -> Uplink:
     settings = UplinkConfig.model_validate({"host": "127.0.0.1", "port": broker_port, **config})
     return Uplink(settings, outbox, store_id=STORE, agent_id=AGENT, policy=FAST, rng=random.Random(5),
@@ -130,10 +154,7 @@ def test_delivers_in_order_acks_and_says_online_then_offline(
         assert_complete_in_order(sub.events(1500, timeout=20), 1500)
         fill(outbox, 10, start=1500)  # appended while online: the outbox wakes the uplink
         assert_complete_in_order(sub.events(10, timeout=10), 1510, first=1501)
-        deadline = time.monotonic() + 5
-        while outbox.depth() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert outbox.depth() == 0
+        assert wait_depth(outbox, 0, timeout=5) == 0
         assert link.stats.acked == 1510
         assert link.last_error is None
     finally:
@@ -169,11 +190,11 @@ def test_stream_survives_three_broker_restarts(broker: Broker, outbox: Outbox) -
         received = sub.events(total, timeout=60)
         assert_complete_in_order(received, total)
         assert link.stats.connections >= 4
+        assert wait_depth(outbox, 0, timeout=10) == 0
     finally:
         producer.join()
         link.stop(drain_deadline_s=2)
         sub.close()
-    assert outbox.depth() == 0
 
 
 def test_broker_sigkilled_while_events_wait_in_the_outbox(broker: Broker, outbox: Outbox) -> None:
@@ -222,7 +243,7 @@ def test_refused_connection_backs_off_without_spinning_then_recovers(
 ) -> None:
     port = free_port()
     fill(outbox, 100)
-    link = make_uplink(port, outbox)
+    link = make_uplink(port, outbox, ack="broker")  # about the broker connection: no HQ here
     cpu = time.process_time()
     link.start()
     try:
@@ -239,10 +260,7 @@ def test_refused_connection_backs_off_without_spinning_then_recovers(
         later.start()
         try:
             assert link.wait_for("online", timeout=5)
-            deadline = time.monotonic() + 10
-            while outbox.depth() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert outbox.depth() == 0
+            assert wait_depth(outbox, 0, timeout=10) == 0
         finally:
             link.stop(drain_deadline_s=1)
             later.stop()
@@ -288,7 +306,8 @@ def test_password_from_environment_logs_in(
 ) -> None:
     monkeypatch.setenv("SANTI_TEST_MQTT_PASSWORD", "right")
     fill(outbox, 10)
-    link = make_uplink(auth_broker.port, outbox, username="santi", password_env="SANTI_TEST_MQTT_PASSWORD")
+    link = make_uplink(auth_broker.port, outbox, username="santi", password_env="SANTI_TEST_MQTT_PASSWORD",
+                       ack="broker")  # about the login: no HQ here
     link.start()
     try:
         assert link.wait_for("online", timeout=5), link.last_error
@@ -345,7 +364,7 @@ def test_last_will_says_offline_when_the_agent_is_killed(broker: Broker, tmp_pat
 
 def test_stop_drains_until_the_deadline_and_keeps_the_rest(broker: Broker, outbox: Outbox) -> None:
     fill(outbox, 20_000)
-    link = make_uplink(broker.port, outbox, inflight=1)
+    link = make_uplink(broker.port, outbox, inflight=1, ack="broker")  # the deadline of stop(), no HQ here
     link.start()
     assert link.wait_for("online", timeout=5)
     started = time.monotonic()

@@ -105,7 +105,8 @@ def outbox(sqlite_path: Path) -> Iterator[Outbox]:
 
 
 def _run(broker: Broker, outbox: Outbox, tls: TlsConfig | None, *, until: UplinkState) -> Uplink:
-    config = UplinkConfig(host=broker.host, port=broker.port, tls=tls)
+    # About the broker's TLS: PUBACKs say delivered, with no HQ to acknowledge.
+    config = UplinkConfig(host=broker.host, port=broker.port, tls=tls, ack="broker")
     link = Uplink(config, outbox, store_id=STORE, agent_id=AGENT,
                   policy=BackoffPolicy(base_s=0.2, cap_s=1.0), rng=random.Random(1), connect_timeout_s=3.0)
     link.start()

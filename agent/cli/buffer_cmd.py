@@ -4,7 +4,10 @@
 writers would each keep their own seq and byte counters): with a running
 agent it sends SIGUSR1, which cuts the uplink's reconnect wait short, and
 watches the depth fall; with no agent running it runs the agent's own
-uplink on the file until it is empty or the time is up.
+uplink on the file until it is empty or the time is up. With ``ack = "hq"``
+an event leaves the outbox only when HQ acknowledges it, so the outcome
+tells apart what HQ has acknowledged, what the broker took and still waits
+for HQ's ack, and what was not sent at all, and says why the drain stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import SiteConfig
 from agent.events import utc_from_epoch
-from agent.outbox import OUTBOX_FILE, Outbox, OutboxError, export_rows, summarize, waiting_through
+from agent.outbox import (
+    OUTBOX_FILE,
+    Outbox,
+    OutboxError,
+    Waiting,
+    export_rows,
+    summarize,
+    waiting_through,
+)
 from agent.statusfile import read_status
 from agent.uplink import Uplink
 
@@ -42,7 +53,7 @@ def _outbox_path(site_file: Path) -> Path:
 
 @click.group()
 def buffer() -> None:
-    """The outbox: events stored on this device and not yet acknowledged by the broker."""
+    """The outbox: events stored on this device and not yet acknowledged by HQ (or the broker)."""
 
 
 @buffer.command("status")
@@ -122,7 +133,7 @@ def _running_agent(site: SiteConfig) -> int | None:
     return report.pid
 
 
-def _waiting(path: Path, through_seq: int) -> int:
+def _waiting(path: Path, through_seq: int) -> Waiting:
     try:
         return waiting_through(path, through_seq)
     except OutboxError as exc:
@@ -130,22 +141,38 @@ def _waiting(path: Path, through_seq: int) -> int:
 
 
 def _watch(path: Path, through_seq: int, start: int, timeout: float, uplink_state: Callable[[], str | None],
-           quiet: bool) -> int:
-    """Show the events up to ``through_seq`` leaving until none is left or ``timeout``; returns what is left.
+           quiet: bool) -> tuple[Waiting, str]:
+    """Show the events up to ``through_seq`` leaving until none is left or ``timeout``.
 
-    Only what waited when the command started counts: in a busy store new
-    events keep arriving and the outbox may never be empty.
+    Returns what is left and why the watch stopped. Only what waited when the
+    command started counts: in a busy store new events keep arriving and the
+    outbox may never be empty.
     """
     deadline = time.monotonic() + timeout
-    left = start
+    left = Waiting(start, 0)
     with Progress(TextColumn("draining the outbox"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, disable=quiet) as progress:
         task = progress.add_task("drain", total=start)
-        while left > 0 and time.monotonic() < deadline and uplink_state() != "auth_failed":
+        while left.total > 0:
+            if uplink_state() == "auth_failed":
+                return left, "the broker refused the login"
+            if time.monotonic() >= deadline:
+                return left, f"time up after {timeout:g} s"
             time.sleep(POLL_S)
             left = _waiting(path, through_seq)
-            progress.update(task, completed=start - left)
-    return left
+            progress.update(task, completed=start - left.total)
+    return left, "all acknowledged"
+
+
+def _why(left: Waiting, reason: str, ack_mode: str, error: str | None, storage: str | None = None) -> str:
+    """The reason the drain stopped, with the likeliest cause of what is left."""
+    if not left.total:
+        return reason
+    if storage:
+        return f"{reason}: the outbox cannot delete what was sent: {storage}"
+    if left.sent == left.total and ack_mode == "hq":
+        return f"{reason}: the broker has them all, HQ has not acknowledged them (is `santi hq run` up?)"
+    return f"{reason}: {error}" if error else reason
 
 
 def _agent_outbox_error(state_dir: Path) -> str | None:
@@ -158,17 +185,6 @@ def _agent_outbox_error(state_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _stop_reason(left: int, uplink_error: str | None, outbox_error: str | None, timeout: float) -> str:
-    """Why a drain stopped, in words: what a technician acts on next."""
-    if left == 0:
-        return "everything sent"
-    if outbox_error:
-        return f"the outbox cannot delete what was sent: {outbox_error}"
-    if uplink_error:
-        return f"time is up after {timeout:g} s, the uplink failing"
-    return f"time is up after {timeout:g} s"
-
-
 @buffer.command("drain")
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
@@ -179,9 +195,11 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
 
     With the agent running, it is asked (SIGUSR1) to reconnect at once rather
     than at the end of its backoff wait; with no agent running, this command
-    runs the agent's uplink itself. Says why it stopped (everything sent, the
-    time is up, the outbox cannot delete on a full disk); exits 1 if events
-    are still waiting, with the uplink's last error.
+    runs the agent's uplink itself. Exits 1 if events are still waiting when
+    the time is up. The outcome says how many events HQ acknowledged, how
+    many the broker took that still wait for HQ's acknowledgement, how many
+    were not sent, and why the drain stopped (the time is up, the uplink's last
+    error, an outbox that cannot delete on a full disk).
 
     \b
     Example:
@@ -197,8 +215,9 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
     pid = _running_agent(config)
     error: str | None = None
     storage: str | None = None
+    left, reason = Waiting(0, 0), "nothing waiting"
     if start == 0:
-        left = 0
+        pass
     elif pid is not None:
         try:
             os.kill(pid, signal.SIGUSR1)
@@ -211,8 +230,8 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
         def agent_uplink() -> str | None:
             return read_status(config.agent.state_dir, time.time()).uplink_state
 
-        left = _watch(path, through_seq, start, timeout, agent_uplink, as_json)
-        if left:
+        left, reason = _watch(path, through_seq, start, timeout, agent_uplink, as_json)
+        if left.total:
             error = read_status(config.agent.state_dir, time.time()).uplink_error
             storage = _agent_outbox_error(config.agent.state_dir)
     else:
@@ -226,20 +245,26 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
             uplink = Uplink(config.uplink, outbox, store_id=config.store.id, agent_id=config.agent.id)
             uplink.start()
             try:
-                _watch(path, through_seq, start, timeout, lambda: uplink.state, as_json)
+                left, reason = _watch(path, through_seq, start, timeout, lambda: uplink.state, as_json)
             finally:
-                left = uplink.stop(drain_deadline_s=2.0)
+                uplink.stop(drain_deadline_s=2.0)
                 error = uplink.last_error
                 storage = outbox.last_error
-    stopped = _stop_reason(left, error, storage, timeout)
-    outcome = {"sent": start - left, "left": left, "agent_pid": pid, "uplink_error": error if left else None,
-               "stopped": stopped}
+        left = _waiting(path, through_seq)  # stop() may have sent or recorded a few more
+    acknowledged = start - left.total
+    outcome = {
+        "sent": acknowledged + left.sent, "acknowledged": acknowledged, "awaiting_ack": left.sent,
+        "not_sent": left.total - left.sent, "left": left.total, "ack_mode": config.uplink.ack,
+        "stopped": _why(left, reason, config.uplink.ack, None, storage), "agent_pid": pid,
+        "uplink_error": error if left.total else None,
+    }
     if as_json:
         click.echo(json.dumps(outcome))
     else:
         how = f" through the running agent (pid {pid})" if pid is not None else ""
-        click.echo(f"sent {start - left:,} events{how}; {left:,} still waiting ({stopped})")
-        if left and error:
-            click.echo(f"uplink: {error}", err=True)
-    if left:
+        acked = "acknowledged by HQ" if config.uplink.ack == "hq" else "taken by the broker"
+        click.echo(f"sent {acknowledged + left.sent:,} events{how}: {acknowledged:,} {acked}, "
+                   f"{left.sent:,} waiting for HQ's acknowledgement; {left.total - left.sent:,} not sent")
+        click.echo(f"stopped: {_why(left, reason, config.uplink.ack, error, storage)}", err=bool(left.total))
+    if left.total:
         raise SystemExit(EXIT_LEFT)

@@ -50,11 +50,40 @@ def _summary(report: StatusReport, now: float) -> Table:
         grid.add_row("outbox", text)
     elif report.outbox_error:
         grid.add_row("outbox", escape(report.outbox_error))
+    acknowledgement = _acknowledgement(report, now)
+    if acknowledgement is not None:
+        grid.add_row("acknowledgement", acknowledgement)
     if report.tracks is not None:
         grid.add_row("tracking", f"{report.tracks} emitters, {report.visits or 0} open visits")
     if report.queue_dropped:
         grid.add_row("locator queue", f"[bold red]{report.queue_dropped} records dropped (queue full)[/]")
     return grid
+
+
+BROKER_ACK_WARNING = ('[bold yellow]ack = "broker": events leave the outbox at the broker\'s PUBACK, not when HQ '
+                      "has stored them; a broker restart or an absent HQ can lose them[/]")
+
+
+def _acknowledgement(report: StatusReport, now: float) -> str | None:
+    """HQ's acknowledgement in one line: how far HQ has confirmed, what the broker took that HQ has not."""
+    mode = None if report.ack is None else report.ack.mode
+    if mode == "broker":
+        return BROKER_ACK_WARNING
+    box = report.outbox
+    if box is None or box.epoch is None:
+        return None
+    text = f"HQ acknowledged through seq {box.acked_seq} (epoch {escape(box.epoch)})"
+    if box.sent_unacked:
+        text += f", {box.sent_unacked} sent and waiting for HQ's ack"
+        if box.oldest_sent_at is not None:
+            age = now - box.oldest_sent_at
+            style = "bold red" if age > 300 else "yellow"
+            text += f" ([{style}]oldest {duration(age)}[/])"
+    if report.ack is not None and report.ack.resent:
+        text += f", {report.ack.resent} re-sent"
+    if report.ack is not None and report.ack.dropped:
+        text += f", [bold red]{report.ack.dropped} unusable acks dropped[/]"
+    return text
 
 
 def _sources(report: StatusReport) -> Table:
@@ -95,7 +124,7 @@ def _events(report: StatusReport) -> Table | None:
               help="The agent's state directory (overrides --config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(config: Path | None, state_dir: Path | None, as_json: bool) -> None:
-    """Show the running agent: health, uplink, outbox depth, per-source rates and the newest events.
+    """Show the running agent: health, uplink, outbox depth, HQ's acknowledgement, per-source rates, newest events.
 
     Read from the agent's status file (refreshed every 5 s) and its outbox,
     without disturbing either. A status file older than 15 s means the agent
