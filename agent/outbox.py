@@ -841,23 +841,25 @@ class Outbox:
         deleted = 0
         chunks = [list(seqs[i:i + _ACK_CHUNK]) for i in range(0, len(seqs), _ACK_CHUNK)] or [[]]
         for position, chunk in enumerate(chunks):
-            new = _State(*self._state.values())
             last = position == len(chunks) - 1
 
-            def delete(chunk: str = json.dumps(chunk), new: _State = new, last: bool = last) -> int:
+            def delete(chunk: str = json.dumps(chunk), last: bool = last) -> _State:
+                # Built afresh on every attempt: a full disk may roll the first one back.
+                new = _State(*self._state.values())
                 sizes = self._db.execute(_DELETE_SEQS, (chunk,)).fetchall()
                 new.rows -= len(sizes)
                 new.bytes -= sum(size for (size,) in sizes)
                 self._db.execute(_SAVE_STATE, new.values())
                 if last:
                     also()
-                return len(sizes)
+                return new
 
-            deleted += self._light_write(delete, what)
-            self._state = new
+            before = self._state.rows
+            self._state = self._light_write(delete, what)
+            deleted += before - self._state.rows
         return deleted
 
-    def _light_write(self, work: Callable[[], int], what: str) -> int:
+    def _light_write(self, work: Callable[[], T], what: str) -> T:
         """One transaction committed with ``synchronous=NORMAL``: losing it to a power cut only means a re-send."""
         self._db.execute("PRAGMA synchronous=NORMAL")
         try:

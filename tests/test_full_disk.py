@@ -25,7 +25,8 @@ from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
 from tests.test_buffer_drain import _pump
 from tests.test_outbox import events
-from tests.test_service import _recording, _subscribe
+from tests.hq_acks import AckingSubscriber
+from tests.test_service import _recording
 from tests.test_service_signals import SANTI, _wait_for
 
 RESERVE = 512 * 1024
@@ -131,7 +132,7 @@ def test_agent_survives_the_disk_filling_up_under_it(broker: Broker, tmp_path: P
     site = site_on(tmp_path, broker.port, state)
     obs_path, taps_path = _recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscriber = _subscribe(broker, got)
+    subscriber = AckingSubscriber(broker.host, broker.port, got)  # HQ's part: its acks free the rows
     agent = subprocess.Popen(
         [str(SANTI), "-v", "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path),
          "--speed", "6"],
@@ -160,8 +161,7 @@ def test_agent_survives_the_disk_filling_up_under_it(broker: Broker, tmp_path: P
             agent.wait()
         if agent.stderr is not None:
             agent.stderr.close()
-        subscriber.disconnect()
-        subscriber.loop_stop()
+        subscriber.close()
     stderr = "".join(seen) + "".join(lines.queue)
     assert agent.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
@@ -191,7 +191,7 @@ def test_restart_on_a_full_disk_comes_up_sends_and_frees_space(
     site = site_on(tmp_path, broker.port, state)
     obs_path, taps_path = _recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscriber = _subscribe(broker, got)
+    subscriber = AckingSubscriber(broker.host, broker.port, got)  # HQ's part: its acks free the rows
     try:
         result = subprocess.run(
             [str(SANTI), "-v", "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path),
@@ -199,8 +199,7 @@ def test_restart_on_a_full_disk_comes_up_sends_and_frees_space(
             capture_output=True, text=True, timeout=90, env={**os.environ, "NOTIFY_SOCKET": ""}, check=False,
         )
     finally:
-        subscriber.disconnect()
-        subscriber.loop_stop()
+        subscriber.close()
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     summary = summarize(state / OUTBOX_FILE)
@@ -224,11 +223,16 @@ def test_drain_on_a_full_disk_sends_deletes_and_says_why_it_stopped(
     fill(tmpfs)
     before = summarize(state / OUTBOX_FILE).stats.depth
     site = site_on(tmp_path, broker.port, state)
-    result = subprocess.run([str(SANTI), "buffer", "drain", str(site), "--json", "--timeout", "30"],
-                            capture_output=True, text=True, timeout=90, check=False)
+    hq = AckingSubscriber(broker.host, broker.port, queue.Queue())  # HQ's part: its acks free the rows
+    try:
+        result = subprocess.run([str(SANTI), "buffer", "drain", str(site), "--json", "--timeout", "30"],
+                                capture_output=True, text=True, timeout=90, check=False)
+    finally:
+        hq.close()
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     outcome = json.loads(result.stdout)
     assert outcome["sent"] == before
+    assert outcome["acknowledged"] == before
     assert outcome["left"] == 0
-    assert outcome["stopped"] == "everything sent"
+    assert outcome["stopped"] == "all acknowledged"
     assert summarize(state / OUTBOX_FILE).stats.depth == 0
