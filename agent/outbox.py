@@ -397,6 +397,8 @@ class Outbox:
         self.ack_mode: AckMode = "hq"
         """When rows leave: set by the uplink from ``[uplink] ack``, reported in every ``agent.status``."""
         self.acks_ignored: dict[str, int] = {}
+        self.marks_skipped = 0
+        """Sent marks not recorded because free space was below the reserve (see ``mark_sent``)."""
         """HQ acknowledgements not applied, by reason (``other_epoch``, ``beyond_last_seq``)."""
         self.path = path
         self._bounds = bounds
@@ -785,9 +787,23 @@ class Outbox:
         return [Row(*row) for row in rows]
 
     def mark_sent(self, seqs: Iterable[int], now: float) -> int:
-        """Record the broker's PUBACK of these rows at wall time ``now``; they stay until HQ acknowledges them."""
+        """Record the broker's PUBACK of these rows at wall time ``now``; they stay until HQ acknowledges them.
+
+        Skipped (returns 0, counted in ``marks_skipped``) while free space is
+        below the reserve: a mark makes its row longer, so on a full disk it
+        would take the room HQ's acknowledgements need to delete rows. An
+        unmarked row only counts as not sent yet: the next session sends it
+        again, and HQ drops the repeat by ``event_id``.
+        """
         wanted = sorted(set(seqs))
         with self._lock:
+            if wanted and self._available_locked() < self._bounds.reserve_bytes:
+                if not self.marks_skipped:
+                    log.warning("outbox below its free-space reserve: not recording sent marks until HQ's "
+                                "acknowledgements make room", extra={"path": str(self.path)})
+                self.marks_skipped += len(wanted)
+                return 0
+
             def update() -> int:
                 return self._db.execute(
                     "UPDATE outbox SET sent_at = ?, first_sent_at = coalesce(first_sent_at, ?) "

@@ -79,7 +79,10 @@ def fill_outbox(path: Path, bounds: BufferConfig = SMALL) -> int:
     appended = 0
     with Outbox.open(path, bounds) as outbox:
         while outbox.evicted_total == 0:
-            outbox.append_many(events(100, start=appended))
+            # The example site's own ids: an outbox holds its agent's events, and HQ acknowledges them there.
+            batch = [e.model_copy(update={"store_id": "fishmonger-01", "agent_id": "pi-backoffice"})
+                     for e in events(100, start=appended)]
+            outbox.append_many(batch)
             appended += 100
     return appended
 
