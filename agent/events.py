@@ -284,6 +284,15 @@ class AgentStatus(BaseEvent):
             "included), so HQ sees losses past the last event it received."
         ),
     )
+    first_held_seq: Count = Field(
+        default=0,
+        description=(
+            "The lowest seq still in the agent's outbox when this status was stored (this event's "
+            "own seq when nothing older is left). Every seq below it has left the outbox, "
+            "acknowledged by HQ or evicted by a bound, and will never be sent again: HQ counts "
+            "the ones it lacks as lost and acknowledges past them. 0 from agents older than the field."
+        ),
+    )
     ack_mode: AckMode = Field(
         default="hq",
         description=(

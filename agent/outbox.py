@@ -387,6 +387,17 @@ def export_rows(path: Path, after_seq: int = 0) -> Iterator[Row]:
         db.close()
 
 
+def with_outbox_figures(draft: AgentStatus) -> Callable[[OutboxStats], AgentStatus]:
+    """A builder for :meth:`Outbox.append_status`: ``draft`` with the outbox's figures as they are at store time."""
+    def build(stats: OutboxStats) -> AgentStatus:
+        oldest = None if stats.oldest_ts is None else datetime.fromtimestamp(stats.oldest_ts, tz=UTC)
+        return draft.model_copy(update={
+            "outbox_depth": stats.depth, "oldest_unsent_ts": oldest,
+            "evicted_total": stats.evicted_total, "evicted_since_last": stats.evicted_since_last,
+        })
+    return build
+
+
 class Outbox:
     """A sequenced, bounded, durable queue of events; safe to share between threads."""
 
@@ -547,7 +558,10 @@ class Outbox:
             event = build(stats)
             state = self._state
             seq = state.last_seq + 1
+            # Rows leave from the bottom (acknowledged or evicted, oldest first): what is held is [first, seq].
+            (first,) = self._db.execute("SELECT min(seq) FROM outbox").fetchone()
             sequenced = event.model_copy(update={"seq": seq, "epoch": self._ack.epoch, "last_seq": seq,
+                                                 "first_held_seq": seq if first is None else min(first, seq),
                                                  "ack_mode": self.ack_mode})
             payload = sequenced.__pydantic_serializer__.to_json(sequenced, by_alias=True)
             topic = topic_for(sequenced)

@@ -42,7 +42,7 @@ from agent.config import ConfigError, SiteConfig, load_site
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
 from agent.locator import Locator
 from agent.observations import AppBeacon, CardTap, Observation, Reading
-from agent.outbox import Outbox, OutboxError, OutboxFull, OutboxStats
+from agent.outbox import Outbox, OutboxError, OutboxFull, with_outbox_figures
 from agent.privatefiles import write_private
 from agent.replayclock import SteadyClock, wall_clock_for_tests
 from agent.sdnotify import Notifier
@@ -274,7 +274,7 @@ class Service:
         assert self.outbox is not None
         try:
             if isinstance(events, AgentStatus):
-                stored: Sequence[Event] = [self.outbox.append_status(self._status_builder(events))]
+                stored: Sequence[Event] = [self.outbox.append_status(with_outbox_figures(events))]
             else:
                 stored = self.outbox.append_many(events)
         except OutboxFull as exc:
@@ -385,15 +385,6 @@ class Service:
             uptime_s=max(t - self.stats.started, 0.0), sources=sources, outbox_depth=0,
             tracks=len(self.locator.tracker),
         )
-
-    def _status_builder(self, draft: AgentStatus) -> Callable[[OutboxStats], AgentStatus]:
-        def build(stats: OutboxStats) -> AgentStatus:
-            oldest = None if stats.oldest_ts is None else utc_from_epoch(stats.oldest_ts)
-            return draft.model_copy(update={
-                "outbox_depth": stats.depth, "oldest_unsent_ts": oldest,
-                "evicted_total": stats.evicted_total, "evicted_since_last": stats.evicted_since_last,
-            })
-        return build
 
     def _rate(self, source: Source) -> float:
         name = source.stats.name

@@ -430,7 +430,12 @@ class Store(ABC):
                  *[min(stamps, default=first_ts)] * 2, *[max(stamps, default=0.0)] * 2,
                  now, reused, late, *key),
             )
-            contiguous = self._advance(cur, key, upto)
+            # Seqs below an agent's first held one will never come: lost (``hq gaps`` shows them), not awaited.
+            gone = max((s.first_held_seq - 1 for s in statuses), default=0)
+            if gone > upto:
+                log.warning("agent's outbox no longer holds seqs HQ has not finished; counted as lost",
+                            extra={"store_id": key[0], "agent_id": key[1], "epoch": key[2], "below": gone + 1})
+            contiguous = self._advance(cur, key, upto, floor=gone)
             if key[2] != LEGACY_EPOCH and not newer and (contiguous > upto or part.resent):
                 acks[key] = contiguous
         return acks
@@ -474,9 +479,11 @@ class Store(ABC):
             reused += int(cur.fetchone()[0])
         return reused
 
-    def _advance(self, cur: _Cursor, key: EpochKey, upto: int) -> int:
-        """The highest seq with every seq up to it finished (stored, retired or dead-lettered)."""
+    def _advance(self, cur: _Cursor, key: EpochKey, upto: int, floor: int = 0) -> int:
+        """The highest seq with every seq up to it finished (stored, retired or dead-lettered) or given up
+        (at or below ``floor``: gone from the agent's outbox)."""
         start = upto
+        upto = max(upto, floor)
         while True:
             cur.execute("SELECT seq FROM (SELECT seq FROM events WHERE store_id = ? AND agent_id = ? AND epoch = ?"
                         " AND seq > ? UNION SELECT seq FROM finished_seqs WHERE store_id = ? AND agent_id = ?"

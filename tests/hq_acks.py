@@ -32,6 +32,8 @@ class ContiguousAcks:
         ahead = self._ahead.setdefault(epoch, set())
         ahead.add(seq)
         top = before = self.top.get(epoch, 0)
+        # As HQ does: seqs below the agent's first held one will never come (acknowledged or evicted).
+        top = max(top, int(event.get("first_held_seq") or 0) - 1)
         while top + 1 in ahead:
             top += 1
             ahead.discard(top)

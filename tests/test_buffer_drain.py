@@ -53,12 +53,13 @@ def test_drain_without_an_agent_sends_everything(broker: Broker, tmp_path: Path)
             "stopped": "all acknowledged", "agent_pid": None, "uplink_error": None}
         deadline = time.monotonic() + 5
         seqs: list[int] = []
-        while len(set(seqs)) < 300 and time.monotonic() < deadline:
+        while len(set(seqs)) < 301 and time.monotonic() < deadline:
             time.sleep(0.1)
             seqs += _published(got)
     finally:
         hq.close()
-    assert sorted(set(seqs)) == list(range(1, 301))
+    # 300 events, then the agent.status the drain stores first so HQ learns where the outbox starts.
+    assert sorted(set(seqs)) == list(range(1, 302))
     assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 0
 
 
@@ -74,7 +75,7 @@ def test_drain_with_the_broker_down_keeps_everything_and_says_why(broker: Broker
     assert lines[1] == (f"stopped: time up after 1 s: cannot reach broker 127.0.0.1:{broker.port}: connection "
                         f"refused — is mosquitto running and listening there?")
     assert len(lines) == 2
-    assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 50
+    assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 50 + 1  # and the drain's agent.status
 
 
 def test_drain_without_hq_says_the_broker_has_them_and_hq_has_not_acknowledged(
@@ -91,7 +92,7 @@ def test_drain_without_hq_says_the_broker_has_them_and_hq_has_not_acknowledged(
         "sent": 40, "acknowledged": 0, "awaiting_ack": 40, "not_sent": 0, "left": 40}
     assert outcome["stopped"] == ("time up after 2 s: the broker has them all, HQ has not acknowledged them "
                                   "(is `santi hq run` up?)")
-    assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 40
+    assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 40 + 1  # and the drain's agent.status
 
 
 def _pump(agent: subprocess.Popen[str], lines: queue.Queue[str]) -> None:

@@ -21,11 +21,11 @@ import pytest
 from agent.config import BufferConfig
 from agent.events import parse_event
 from agent.outbox import OUTBOX_FILE, Outbox, free_bytes, summarize
+from tests.hq_acks import AckingSubscriber
 from tests.mosquitto import Broker
 from tests.sitefiles import example_site_for
 from tests.test_buffer_drain import _pump
 from tests.test_outbox import events
-from tests.hq_acks import AckingSubscriber
 from tests.test_service import _recording
 from tests.test_service_signals import SANTI, _wait_for
 
@@ -211,7 +211,8 @@ def test_restart_on_a_full_disk_comes_up_sends_and_frees_space(
         left = {row[0] for row in db.execute("SELECT seq FROM outbox")}
         free_pages = db.execute("PRAGMA freelist_count").fetchone()[0]
     evicted = summary.stats.evicted_total
-    assert sorted(published | left) == list(range(evicted + 1, summary.last_seq + 1))
+    # Nothing the bounds did not evict went missing (a row may also be published, then evicted unacknowledged).
+    assert set(range(evicted + 1, summary.last_seq + 1)) <= published | left
     assert summary.last_seq > waiting, "the restarted agent stored new events"
     assert summary.stats.depth == len(left) < 50, "what the broker acknowledged was deleted"
     assert free_pages * 4096 > RESERVE, "the deleted rows' pages are free for the next events"

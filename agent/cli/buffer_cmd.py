@@ -29,7 +29,7 @@ from rich.table import Table
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import SiteConfig
-from agent.events import utc_from_epoch
+from agent.events import AgentStatus, utc_from_epoch, uuid7
 from agent.outbox import (
     OUTBOX_FILE,
     Outbox,
@@ -38,9 +38,12 @@ from agent.outbox import (
     export_rows,
     summarize,
     waiting_through,
+    with_outbox_figures,
 )
 from agent.statusfile import read_status
 from agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
 
 EXIT_LEFT = 1
 """``drain`` ran out of time with events still waiting."""
@@ -185,6 +188,18 @@ def _agent_outbox_error(state_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _store_draining_status(outbox: Outbox, store_id: str, agent_id: str) -> None:
+    """An ``agent.status`` first, so HQ learns the lowest seq this outbox still holds and acknowledges past
+    what the bounds evicted (the agent, stopped, writes none)."""
+    now = time.time()
+    draft = AgentStatus(event_id=uuid7(int(now * 1000)), store_id=store_id, agent_id=agent_id,
+                        ts=utc_from_epoch(now), subject=agent_id, state="draining", uptime_s=0.0, outbox_depth=0)
+    try:
+        outbox.append_status(with_outbox_figures(draft))
+    except OutboxError as exc:
+        log.warning("could not store a status before draining", extra={"error": str(exc)})
+
+
 @buffer.command("drain")
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
@@ -242,6 +257,8 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
         # The outcome line below carries the uplink's last error; its log line would say it twice.
         logging.getLogger("agent.uplink").setLevel(logging.ERROR)
         with outbox:
+            if config.uplink.ack == "hq":
+                _store_draining_status(outbox, config.store.id, config.agent.id)
             uplink = Uplink(config.uplink, outbox, store_id=config.store.id, agent_id=config.agent.id)
             uplink.start()
             try:
