@@ -67,7 +67,10 @@ TriggerEvent = VisitStarted | SectorEntered | IdentityLinked | CardTapped
 
 
 class Published(Protocol):
-    """What paho's ``publish`` returns: whether the broker acknowledged the message."""
+    """What paho's ``publish`` returns: ``rc`` (0 once queued) and whether the broker acknowledged it."""
+
+    @property
+    def rc(self) -> int: ...
 
     def is_published(self) -> bool: ...
 
@@ -131,7 +134,7 @@ class ActivationRunner:
             fresh = load_rules(self._rules.path)
         except RulesError as exc:
             self.stats.reload_errors += 1
-            log.error("rules not reloaded; the running rules stay: %s", exc)
+            log.error("rules not reloaded; the running rules stay", extra={"error": str(exc)})
             return False
         self._rules = fresh
         self.stats.reloads += 1
@@ -286,10 +289,19 @@ class ActivationRunner:
                         self.stats.dead += 1
 
     def _mark_published(self) -> None:
+        """Record what the broker acknowledged; let go of what paho could not send (not connected).
+
+        A delivery let go of stays open in the database: its lease runs out and
+        it is claimed again (by this HQ or another), so a broker outage loses no card.
+        """
         with self._lock:
-            done = [key for key, info in self._published.items() if info.is_published()]
-            for key in done:
-                del self._published[key]
+            outcome = {key: _outcome(info) for key, info in self._published.items()}
+            for key, state in outcome.items():
+                if state is not None:
+                    del self._published[key]
+                if state == "failed":
+                    self._held.discard(key)
+        done = [key for key, state in outcome.items() if state == "delivered"]
         if done:
             self._finish([(key, "delivered", None, 1) for key in done])
 
@@ -319,6 +331,16 @@ class ActivationRunner:
             except StoreError as exc:
                 self.stats.errors += 1
                 log.warning("activation sweep failed; retrying", extra={"error": str(exc)})
+
+
+def _outcome(info: Published) -> str | None:
+    """``delivered``, ``failed`` (paho gave up on it), or None while the broker has not acknowledged it."""
+    if info.rc != 0:
+        return "failed"
+    try:
+        return "delivered" if info.is_published() else None
+    except (RuntimeError, ValueError):  # paho raises when the publish failed after being queued
+        return "failed"
 
 
 def _visit_key(event: VisitStarted | SectorEntered | IdentityLinked) -> VisitKey:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,18 +20,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.backoff import BackoffPolicy
 from agent.cli import cli
-from agent.events import Event, IdentityLinked, SectorEntered, VisitStarted, uuid7
+from agent.events import CardTapped, Event, IdentityLinked, SectorEntered, VisitStarted, uuid7
 from agent.messages import ConsentUpdate, StaffCard, consent_topic, staff_topic
 from hq.runner import ActivationRunner, activation_id
 from hq.store import DeliveryRow, FiringRow, Store, open_store
 from hq.subscriber import HqSubscriber
+from hq.synthetic import synthetic_stream
 from hq.webhook import verify
-from tests.helpers.consent import grant
+from tests.helpers.consent import SYNTHETIC_IDS, grant
 from tests.helpers.http import http_receiver
 from tests.helpers.wait import wait_until
 from tests.mosquitto import Broker
-from tests.test_hq_store import db_url, pg_server, store
-from tests.test_hq_subscriber import publish, wire
+from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
+from tests.test_hq_subscriber import ROOT, START, publish, wire
 
 __all__ = ["db_url", "pg_server", "store"]  # fixtures shared with tests/test_hq_store.py: SQLite, PostgreSQL
 
@@ -102,13 +107,13 @@ class Listener:
 
 
 @contextmanager
-def listening(broker: Broker) -> Iterator[Listener]:
+def listening(broker: Broker, staff_filter: str = staff_topic(STORE)) -> Iterator[Listener]:
     got = Listener()
     ready = threading.Event()
 
     def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with got.lock:
-            if message.topic == staff_topic(STORE):
+            if message.topic.endswith("/hq/staff"):
                 got.cards.append(StaffCard.model_validate_json(message.payload))
             else:
                 got.activations.append(json.loads(message.payload))
@@ -118,7 +123,7 @@ def listening(broker: Broker) -> Iterator[Listener]:
     client.on_subscribe = lambda *args: ready.set()
     client.connect(broker.host, broker.port)
     client.loop_start()
-    client.subscribe([(staff_topic(STORE), 1), ("santi/v1/hq/activations/#", 1)])
+    client.subscribe([(staff_filter, 1), ("santi/v1/hq/activations/#", 1)])
     assert ready.wait(10)
     try:
         yield got
@@ -258,6 +263,41 @@ def test_a_hostile_rules_file_at_reload_keeps_the_old_rules(broker: Broker, tmp_
         assert [c.rule_id for c in store_side.cards] == ["greet", "greet2"]
 
 
+def test_sighup_reloads_the_rules_of_santi_hq_run_and_a_bad_file_keeps_them(broker: Broker,
+                                                                            tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/hq.sqlite"
+    setup = open_store(db)
+    grant(setup, ["L1"])
+    setup.close()
+    path = rules_file(tmp_path)
+    log = tmp_path / "hq.log"
+    command = [sys.executable, "-c", "from agent.cli import main; main()", "-v", "hq", "run", "--broker",
+               f"mqtt://{broker.host}:{broker.port}", "--db", db, "--rules", str(path), "--report-s", "0.2"]
+    seq = Seq()
+    with listening(broker) as store_side, log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: " connected " in log.read_text(), timeout=30, what="santi hq run")
+            path.write_text(RULES.replace('event = "sector.entered"', 'event = "sector.left"'), encoding="utf-8")
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "rules not reloaded" in log.read_text(), what="the reload refused")
+            [line] = [x for x in log.read_text().splitlines() if "rules not reloaded" in x]
+            assert f"{path}:" in line
+            assert "sector.left" in line
+            publish(broker, wire(visit(seq, "v1", "L1")))
+            assert wait_until(lambda: store_side.cards, what="a card under the old rules")[0].rule_id == "greet"
+            path.write_text(RULES.replace('id = "greet"', 'id = "greet2"'), encoding="utf-8")
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "rules reloaded" in log.read_text(), what="the reload")
+            publish(broker, wire([enter(seq, "v1")]))
+            wait_until(lambda: len(store_side.cards) == 2, what="a card under the new rules")
+            assert [c.rule_id for c in store_side.cards] == ["greet", "greet2"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, log.read_text()
+
+
 def test_hostile_consent_messages_are_dead_lettered_or_dropped(broker: Broker, tmp_path: Path) -> None:
     good = ConsentUpdate(loyalty_id="L9", purposes={"profiling": True}, ts=T0, source="ciam")
     hostile: list[tuple[str, bytes | str]] = [
@@ -387,3 +427,102 @@ def test_activations_cli_lists_firings_with_their_delivery_state(tmp_path: Path)
         ("staff", "delivered", None), ("webhook", "dead", "HTTP 410 Gone")]
     table = CliRunner().invoke(cli, ["hq", "activations", "--db", db], env={"COLUMNS": "200"})
     assert "webhook dead (HTTP 410 Gone)" in table.output
+
+
+GROUP_RULES = """
+timezone = "UTC"
+
+[[rule]]
+id = "linked"
+text = "A loyalty customer just tapped their card"
+
+[rule.trigger]
+event = "identity.linked"
+
+[rule.limits]
+once_per_visit = false
+
+[[rule.action]]
+kind = "staff"
+
+[[rule]]
+id = "tap"
+text = "Card tapped"
+
+[rule.trigger]
+event = "card.tapped"
+
+[rule.limits]
+once_per_visit = false
+
+[[rule.action]]
+kind = "mqtt"
+"""
+
+
+def test_three_hq_processes_one_killed_fire_every_activation_once(broker: Broker, pg_server: str,
+                                                                  tmp_path: Path) -> None:
+    """Three ``santi hq run`` in one group on PostgreSQL, one killed with kill -9 mid-stream and restarted."""
+    schema_url = pg_schema_url(pg_server)
+    url = next(schema_url)
+    try:
+        consenting = set(SYNTHETIC_IDS[::2])
+        central = open_store(url)
+        grant(central, SYNTHETIC_IDS, ["profiling"])
+        grant(central, sorted(consenting), ["personalisation"])
+        rules = rules_file(tmp_path, GROUP_RULES)
+        events = synthetic_stream(4_000, start=START)
+
+        def launch(n: int) -> subprocess.Popen[bytes]:
+            log = tmp_path / f"hq{n}.log"
+            command = [sys.executable, "-c", "from agent.cli import main; main()", "hq", "run", "--broker",
+                       f"mqtt://{broker.host}:{broker.port}", "--db", url, "--client-id", f"hq-group-{n}",
+                       "--rules", str(rules), "--lease-s", "2", "--report-s", "0.2", "--batch-size", "100"]
+            with log.open("ab") as out:
+                proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                        stdout=out, stderr=subprocess.STDOUT)
+            wait_until(lambda: " connected " in log.read_text(), timeout=30, what=f"HQ {n}")
+            return proc
+
+        def expected() -> set[tuple[str, str]]:
+            want = set()
+            for e in events:
+                if isinstance(e, IdentityLinked) and e.loyalty_id in consenting:
+                    want.add(("linked", str(e.event_id)))
+                elif isinstance(e, CardTapped) and e.card in consenting:
+                    want.add(("tap", str(e.event_id)))
+            return want
+
+        with listening(broker, staff_filter="santi/v1/+/hq/staff") as store_side:
+            procs = [launch(n) for n in range(3)]
+            try:
+                publish(broker, wire(events[:2_000]))
+                wait_until(lambda: central.counts()["events"] >= 600, timeout=60, what="some events stored")
+                procs[0].send_signal(signal.SIGKILL)
+                procs[0].wait(10)
+                publish(broker, wire(events[2_000:]))
+                procs[0] = launch(0)
+                wait_until(lambda: central.counts()["events"] == len(events), timeout=120, what="every event")
+                want = expected()
+                wait_until(lambda: len(central.activations(10_000)) == len(want), timeout=60, what="every firing")
+                wait_until(lambda: all(d["state"] == "delivered" for a in central.activations(10_000)
+                                       for d in a.deliveries), timeout=60, what="every delivery")
+            finally:
+                for proc in procs:
+                    proc.send_signal(signal.SIGTERM)
+                for proc in procs:
+                    proc.wait(30)
+            fired = central.activations(10_000)
+            assert {(a.rule_id, a.event_id) for a in fired} == want
+            assert len(fired) == len(want), "no (rule, event) recorded twice"
+            assert {a.loyalty_id for a in fired} <= consenting
+            links = sum(1 for rule, _ in want if rule == "linked")
+            assert {c.card_id for c in store_side.cards} == {a.activation_id for a in fired if a.rule_id == "linked"}
+            assert len({c.card_id for c in store_side.cards}) == links
+            assert {a["activation_id"] for a in store_side.activations} == {
+                a.activation_id for a in fired if a.rule_id == "tap"}
+            assert central.counts()["events"] == len(events)
+            assert all(g.missing == 0 for g in central.gaps())
+        central.close()
+    finally:
+        next(schema_url, None)
