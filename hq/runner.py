@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,10 +51,9 @@ from agent.events import (
 )
 from agent.messages import StaffCard, staff_topic
 from hq.activation import Firing, PastFiring, Trigger, evaluate
-from hq.profile import VisitKey
+from hq.profile import Visit, VisitKey, build_profile, visits_from_events
 from hq.rules import MqttAction, Rules, RulesError, StaffAction, WebhookAction, load_rules
 from hq.store import DeliveryRow, FiringRow, Store, StoreError
-from hq.views import loyalty_profile
 from hq.webhook import Delivery, DeliveryState, WebhookSender, cloudevent
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,16 @@ def activation_topic(rule_id: str) -> str:
 def activation_id(rule_id: str, event_id: str) -> str:
     """The same on every HQ for one (rule, triggering event): the firing's identity."""
     return hashlib.sha256(f"{rule_id}\n{event_id}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class _Customer:
+    """One customer as a batch's evaluation reads it."""
+
+    profiling: bool
+    visits: list[Visit]
+    taps: list[datetime]
+    history: list[PastFiring]
 
 
 @dataclass
@@ -150,7 +160,13 @@ class ActivationRunner:
 
     # --- evaluation (the subscriber's writer thread) --------------------
     def on_batch(self, events: Sequence[Event]) -> None:
-        """Evaluate every trigger event of a committed batch; raises StoreError when the store fails."""
+        """Evaluate every trigger event of a committed batch; raises StoreError when the store fails.
+
+        What the batch reads of a customer (consent, stored events, firings) is
+        read once per batch: the batch's consent records were stored before
+        its events, so a withdrawal still holds from the next event on. The
+        firings are recorded in one transaction, then delivered.
+        """
         rules = self._rules
         wanted = {r.trigger.event for r in rules.rules}
         triggers = [e for e in events if isinstance(e, TriggerEvent) and e.type in wanted]
@@ -158,6 +174,8 @@ class ActivationRunner:
             return
         keys = [_visit_key(e) for e in triggers if not isinstance(e, CardTapped)]
         linked = self._store.linked_visits(keys) if keys else {}
+        customers: dict[str, _Customer | None] = {}
+        firings: list[Firing] = []
         for event in sorted(triggers, key=lambda e: (e.ts, e.seq)):
             if isinstance(event, CardTapped):
                 if not event.known:
@@ -167,40 +185,56 @@ class ActivationRunner:
                 loyalty_id = linked.get(_visit_key(event))
             if loyalty_id is None:
                 continue
-            self._evaluate(rules, event, loyalty_id)
+            if loyalty_id not in customers:
+                customers[loyalty_id] = self._customer(loyalty_id)
+            customer = customers[loyalty_id]
+            if customer is None or (not isinstance(event, CardTapped) and not customer.profiling):
+                continue
+            fired = self._evaluate(rules, event, loyalty_id, customer)
+            customer.history.extend(PastFiring(f.rule.id, f.trigger.ts, f.visit) for f in fired)
+            firings.extend(fired)
+        self._record_and_deliver(firings)
 
-    def _evaluate(self, rules: Rules, event: TriggerEvent, loyalty_id: str) -> None:
+    def _customer(self, loyalty_id: str) -> _Customer | None:
+        """What the rules read of one customer; None without consent to personalisation."""
         store = self._store
-        if not isinstance(event, CardTapped) and not store.allows(loyalty_id, "profiling"):
-            return
         if not store.allows(loyalty_id, "personalisation"):
-            return
+            return None
+        events, taps = store.loyalty_events(loyalty_id)  # nothing without profiling consent
+        history = [PastFiring(rule_id, utc_from_epoch(float(ts)), None if visit is None else (sid, aid, visit))
+                   for rule_id, ts, sid, aid, visit in store.firing_history(loyalty_id)]
+        return _Customer(store.allows(loyalty_id, "profiling"), visits_from_events(events),
+                         [tap.ts for tap in taps], history)
+
+    def _evaluate(self, rules: Rules, event: TriggerEvent, loyalty_id: str, customer: _Customer) -> list[Firing]:
         trigger = Trigger(
             event_id=str(event.event_id), type=event.type, store_id=event.store_id, agent_id=event.agent_id,
             visit_id=None if isinstance(event, CardTapped) else event.visit_id,
             sector_id=getattr(event, "sector_id", None), ts=event.ts, loyalty_id=loyalty_id)
-        profile = loyalty_profile(store, loyalty_id, event.ts.timestamp())
-        history = [PastFiring(rule_id, utc_from_epoch(float(ts)), None if visit is None else (sid, aid, visit))
-                   for rule_id, ts, sid, aid, visit in store.firing_history(loyalty_id)]
-        for firing in evaluate(rules, trigger, profile, history, personalisation=True):
-            self._record_and_deliver(firing)
+        profile = build_profile("loyalty", loyalty_id, customer.visits, customer.taps, event.ts)
+        return evaluate(rules, trigger, profile, customer.history, personalisation=True)
 
-    def _record_and_deliver(self, firing: Firing) -> None:
-        t = firing.trigger
+    def _record_and_deliver(self, firings: list[Firing]) -> None:
+        if not firings:
+            return
         now = self._clock()
-        aid = activation_id(firing.rule.id, t.event_id)
-        row = FiringRow(aid, firing.rule.id, t.event_id, t.loyalty_id, t.store_id, t.agent_id, t.visit_id,
-                        t.sector_id, t.ts.timestamp(), now, json.dumps(firing.facts, allow_nan=False))
-        deliveries = [DeliveryRow(no, kind, target, body, self.instance, aid, firing.rule.id)
-                      for no, (kind, target, body) in enumerate(self._bodies(firing, aid, now))]
+        rows: list[tuple[FiringRow, list[DeliveryRow]]] = []
+        for firing in firings:
+            t = firing.trigger
+            aid = activation_id(firing.rule.id, t.event_id)
+            row = FiringRow(aid, firing.rule.id, t.event_id, t.loyalty_id, t.store_id, t.agent_id, t.visit_id,
+                            t.sector_id, t.ts.timestamp(), now, json.dumps(firing.facts, allow_nan=False))
+            rows.append((row, [DeliveryRow(no, kind, target, body, self.instance, aid, firing.rule.id)
+                               for no, (kind, target, body) in enumerate(self._bodies(firing, aid, now))]))
         with self._lock:
-            if not self._store.record_firing(row, deliveries):
-                self.stats.duplicates += 1
-                return
-            self.stats.fired += 1
-            self._held.update((aid, d.action_no) for d in deliveries)
-        for delivery in deliveries:
-            self._send(delivery)
+            new = self._store.record_firings(rows)
+            sent = [deliveries for (_, deliveries), fresh in zip(rows, new, strict=True) if fresh]
+            self.stats.fired += len(sent)
+            self.stats.duplicates += len(rows) - len(sent)
+            self._held.update((d.activation_id, d.action_no) for deliveries in sent for d in deliveries)
+        for deliveries in sent:
+            for delivery in deliveries:
+                self._send(delivery)
 
     def _bodies(self, firing: Firing, aid: str, now: float) -> list[tuple[str, str, str]]:
         """(kind, target, body) per action: topics and URLs with the exact bytes to send."""

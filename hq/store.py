@@ -694,24 +694,33 @@ class Store(ABC):
         return found
 
     def record_firing(self, firing: FiringRow, deliveries: Sequence[DeliveryRow]) -> bool:
-        """Record a firing and its pending deliveries; False when (rule, event) fired already.
+        """Record one firing and its pending deliveries; False when (rule, event) fired already."""
+        return self.record_firings([(firing, deliveries)])[0]
 
-        The unique key decides across HQs: only the one whose insert went in delivers.
+    def record_firings(self, firings: Sequence[tuple[FiringRow, Sequence[DeliveryRow]]]) -> list[bool]:
+        """Record firings with their pending deliveries in one transaction; per firing, whether it is new.
+
+        The unique key decides across HQs: only the one whose insert went in
+        delivers. One commit per batch, not per firing: a commit is a disk flush.
         """
+        if not firings:
+            return []
+        new: list[bool] = []
         with self._write() as cur:
-            cur.execute("INSERT INTO activations (activation_id, rule_id, event_id, loyalty_id, store_id, agent_id,"
-                        " visit_id, sector_id, ts, fired_at, facts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT DO NOTHING",
-                        (firing.activation_id, firing.rule_id, firing.event_id, firing.loyalty_id, firing.store_id,
-                         firing.agent_id, firing.visit_id, firing.sector_id, firing.ts, firing.fired_at,
-                         firing.facts))
-            if int(cur.rowcount) != 1:
-                return False
-            cur.executemany("INSERT INTO deliveries (activation_id, action_no, kind, target, body, state,"
-                            " claimed_by, claimed_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                            [(firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by,
-                              firing.fired_at, firing.fired_at) for d in deliveries])
-        return True
+            for firing, deliveries in firings:
+                cur.execute("INSERT INTO activations (activation_id, rule_id, event_id, loyalty_id, store_id,"
+                            " agent_id, visit_id, sector_id, ts, fired_at, facts)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (firing.activation_id, firing.rule_id, firing.event_id, firing.loyalty_id,
+                             firing.store_id, firing.agent_id, firing.visit_id, firing.sector_id, firing.ts,
+                             firing.fired_at, firing.facts))
+                new.append(int(cur.rowcount) == 1)
+                if new[-1] and deliveries:
+                    cur.executemany("INSERT INTO deliveries (activation_id, action_no, kind, target, body, state,"
+                                    " claimed_by, claimed_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                                    [(firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by,
+                                      firing.fired_at, firing.fired_at) for d in deliveries])
+        return new
 
     def firing_history(self, loyalty_id: str) -> list[tuple[str, float, str, str, str | None]]:
         """(rule_id, ts, store_id, agent_id, visit_id) of the customer's firings, oldest first."""
