@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.events import Event, IdentityLinked, SectorEntered, VisitStarted, topic_for, uuid7  # noqa: E402
 from agent.messages import StaffCard  # noqa: E402
+from benchmarks.hq import Database  # noqa: E402 - fresh SQLite files or PostgreSQL schemas
 from hq.consent import ConsentRecord  # noqa: E402
 from hq.ingest import decode  # noqa: E402
 from hq.rules import parse_rules  # noqa: E402
@@ -57,43 +58,6 @@ HISTORY = datetime(2026, 1, 5, tzinfo=UTC)
 NOW = datetime(2026, 2, 2, tzinfo=UTC)
 FIRST_ID = 100_000
 """Loyalty ids L100000...: the ones hq.synthetic gives its card holders, so its stream hits the stored customers."""
-
-class Database:
-    """Fresh SQLite files or PostgreSQL schemas (dropped at the end), one per measurement."""
-
-    def __init__(self, kind: str, workdir: Path) -> None:
-        self.workdir = workdir
-        self.server: str | None = None
-        self.schemas: list[str] = []
-        if kind == "postgresql":
-            import psycopg  # noqa: PLC0415 - only for --db postgresql
-
-            for user in ("postgres", "root"):
-                try:
-                    with psycopg.connect(f"postgresql://{user}@127.0.0.1:5432/test", connect_timeout=3):
-                        self.server = f"postgresql://{user}@127.0.0.1:5432/test"
-                        break
-                except psycopg.Error:
-                    continue
-            if self.server is None:
-                raise SystemExit("no PostgreSQL at 127.0.0.1:5432 (database test, user postgres or root)")
-
-    def fresh(self) -> str:
-        name = f"act_bench_{uuid.uuid4().hex[:10]}"
-        if self.server is None:
-            return f"sqlite:///{self.workdir / name}.sqlite"
-        self.schemas.append(name)
-        return f"{self.server}?schema={name}"
-
-    def cleanup(self) -> None:
-        if self.server is None:
-            return
-        import psycopg  # noqa: PLC0415
-
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            for name in self.schemas:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
 
 LATENCY_RULE = """
 timezone = "UTC"
