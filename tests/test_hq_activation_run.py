@@ -298,6 +298,14 @@ def test_sighup_reloads_the_rules_of_santi_hq_run_and_a_bad_file_keeps_them(brok
             assert proc.wait(20) == 0, log.read_text()
 
 
+def test_santi_hq_run_refuses_a_bad_rules_file_in_one_line(tmp_path: Path) -> None:
+    path = rules_file(tmp_path, RULES.replace("once_per_visit = false", "once_per_visit = 3"))
+    result = CliRunner().invoke(cli, ["hq", "run", "--db", f"sqlite:///{tmp_path}/hq.sqlite", "--rules", str(path)])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1
+    assert result.output.startswith(f"santi: {path}:13: rule[0].limits.once_per_visit")
+
+
 def test_hostile_consent_messages_are_dead_lettered_or_dropped(broker: Broker, tmp_path: Path) -> None:
     good = ConsentUpdate(loyalty_id="L9", purposes={"profiling": True}, ts=T0, source="ciam")
     hostile: list[tuple[str, bytes | str]] = [
