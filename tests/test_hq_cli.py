@@ -85,7 +85,9 @@ def test_erase_asks_then_erases(db: str) -> None:
     code, out = run("erase", "L1", "--db", db, "--yes")
     assert code == 0
     assert out.startswith("erased L1: 18 events in 4 visits")
+    assert "2 consent records, 0 activations" in out
     assert run("profile", "L1", "--db", db)[0] == 2
+    assert json.loads(run("consent", "show", "L1", "--db", db, "--json")[1])["records"] == []
 
 
 def test_run_bad_broker_url() -> None:

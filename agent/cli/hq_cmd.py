@@ -293,8 +293,8 @@ def erase(loyalty_id: str, db_url: str, yes: bool) -> None:
     """Right to erasure: delete every row about one customer and keep replays from restoring it.
 
     Deletes the loyalty id's links and card taps, its linked visits, the
-    visits of the same pseudonymous devices and the dead letters naming any
-    of them; records SHA-256 tombstones so that a later replay of those
+    visits of the same pseudonymous devices, the dead letters naming any
+    of them, its consent records and its activation history; records SHA-256 tombstones so that a later replay of those
     events is dropped. SQLite: deleted rows are zeroed (secure_delete) and the
     WAL is checkpointed and truncated. PostgreSQL: the tables are rewritten
     (VACUUM FULL); copies remain in WAL segments until recycled (run
@@ -309,7 +309,8 @@ def erase(loyalty_id: str, db_url: str, yes: bool) -> None:
     with _store(db_url) as store:
         done = store.erase(loyalty_id)
     click.echo(f"erased {loyalty_id}: {done.events_deleted} events in {done.visits} visits of "
-               f"{done.subjects} pseudonymous visitors, {done.dead_letters_deleted} dead letters; "
+               f"{done.subjects} pseudonymous visitors, {done.dead_letters_deleted} dead letters, "
+               f"{done.consent_deleted} consent records, {done.activations_deleted} activations; "
                "tombstones recorded")
 
 
