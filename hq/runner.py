@@ -51,7 +51,7 @@ from agent.events import (
 )
 from agent.messages import StaffCard, staff_topic
 from hq.activation import Firing, PastFiring, Trigger, evaluate
-from hq.profile import Visit, VisitKey, build_profile, visits_from_events
+from hq.profile import Profile, Visit, VisitKey, build_profile, visits_from_events
 from hq.rules import MqttAction, Rules, RulesError, StaffAction, WebhookAction, load_rules
 from hq.store import DeliveryRow, FiringRow, Store, StoreError
 from hq.webhook import Delivery, DeliveryState, WebhookSender, cloudevent
@@ -96,6 +96,7 @@ class _Customer:
     visits: list[Visit]
     taps: list[datetime]
     history: list[PastFiring]
+    profile: Profile | None = None
 
 
 @dataclass
@@ -211,8 +212,11 @@ class ActivationRunner:
             event_id=str(event.event_id), type=event.type, store_id=event.store_id, agent_id=event.agent_id,
             visit_id=None if isinstance(event, CardTapped) else event.visit_id,
             sector_id=getattr(event, "sector_id", None), ts=event.ts, loyalty_id=loyalty_id)
-        profile = build_profile("loyalty", loyalty_id, customer.visits, customer.taps, event.ts)
-        return evaluate(rules, trigger, profile, customer.history, personalisation=True)
+        if customer.profile is None:
+            # Built once per batch: the facts the rules read are taken at the trigger's time from
+            # the visit list (hq/activation.py), so the profile's own "now" does not enter them.
+            customer.profile = build_profile("loyalty", loyalty_id, customer.visits, customer.taps, event.ts)
+        return evaluate(rules, trigger, customer.profile, customer.history, personalisation=True)
 
     def _record_and_deliver(self, firings: list[Firing]) -> None:
         if not firings:
