@@ -62,6 +62,9 @@ ACTIVATIONS_PREFIX = "santi/v1/hq/activations/"
 LEASE_S = 30.0
 """An open delivery whose HQ has not renewed it for this long is taken over by another."""
 SWEEP_S = 5.0
+MARK_S = 0.2
+"""How often what the broker acknowledged is recorded: one transaction for all of it (a commit is a
+disk flush taken under the store's lock, which ingest waits for)."""
 
 TriggerEvent = VisitStarted | SectorEntered | IdentityLinked | CardTapped
 
@@ -199,13 +202,13 @@ class ActivationRunner:
     def _customer(self, loyalty_id: str) -> _Customer | None:
         """What the rules read of one customer; None without consent to personalisation."""
         store = self._store
-        if not store.allows(loyalty_id, "personalisation"):
+        consent = store.consent_now(loyalty_id)
+        if not consent["personalisation"]:
             return None
-        events, taps = store.loyalty_events(loyalty_id)  # nothing without profiling consent
+        events, taps = store.loyalty_events(loyalty_id) if consent["profiling"] else ([], [])
         history = [PastFiring(rule_id, utc_from_epoch(float(ts)), None if visit is None else (sid, aid, visit))
                    for rule_id, ts, sid, aid, visit in store.firing_history(loyalty_id)]
-        return _Customer(store.allows(loyalty_id, "profiling"), visits_from_events(events),
-                         [tap.ts for tap in taps], history)
+        return _Customer(consent["profiling"], visits_from_events(events), [tap.ts for tap in taps], history)
 
     def _evaluate(self, rules: Rules, event: TriggerEvent, loyalty_id: str, customer: _Customer) -> list[Firing]:
         trigger = Trigger(
@@ -360,7 +363,7 @@ class ActivationRunner:
 
     def _sweep_loop(self) -> None:
         next_claim = 0.0
-        while not self._stop.wait(0.02):
+        while not self._stop.wait(MARK_S):
             try:
                 self._mark_published()
                 if time.monotonic() >= next_claim:

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from agent.events import AgentStatus, Event, parse_event, topic_for, utc_from_epoch
-from agent.messages import Purpose
+from agent.messages import PURPOSES, Purpose
 from hq.consent import ConsentRecord, ConsentState
 from hq.consent import state as consent_state
 from hq.ingest import (
@@ -674,6 +674,11 @@ class Store(ABC):
 
     def consent_state(self, loyalty_id: str) -> ConsentState:
         return consent_state(loyalty_id, self.consent_records(loyalty_id))
+
+    def consent_now(self, loyalty_id: str) -> dict[Purpose, bool]:
+        """Per purpose, what the newest record says now (refused without one)."""
+        with self._read() as cur:
+            return {purpose: self._granted(cur, loyalty_id, purpose) for purpose in PURPOSES}
 
     def allows(self, loyalty_id: str, purpose: Purpose) -> bool:
         """What the newest record says now (one indexed look-up)."""
