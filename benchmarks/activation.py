@@ -73,12 +73,12 @@ kind = "staff"
 """
 
 
-def fifty_rules() -> str:
-    """50 rules over every trigger and condition kind, about a tenth of them firing often."""
+def fifty_rules(daily_cap: int) -> str:
+    """50 rules over every trigger and condition kind; ``daily_cap`` firings per customer and day at most."""
     triggers = ["sector.entered", "identity.linked", "card.tapped", "visit.started"]
     conditions = ["visits_in_days = {{ days = 30, min = {k} }}", "days_since_previous_visit = {{ min = {k} }}",
                   "first_visit = false", "card_taps = {{ min = {k} }}", "average_visit_s = {{ min = {s} }}"]
-    parts = ['timezone = "Europe/Madrid"', "max_per_customer_per_day = 5"]
+    parts = ['timezone = "Europe/Madrid"', f"max_per_customer_per_day = {daily_cap}"]
     for n in range(50):
         condition = conditions[n % len(conditions)].format(k=n % 4, s=60 * (n % 5))
         parts.append(f'[[rule]]\nid = "r{n}"\ntext = "Rule {n}"\nfacts = ["visits_in_days", "dwell_share"]\n'
@@ -177,7 +177,7 @@ def bench_rate(broker: Broker, db: Database, args: argparse.Namespace, workdir: 
     store.close()
     log(f"  populated {args.customers} customers in {time.perf_counter() - started:.0f} s")
     events = synthetic_stream(args.events, shoppers=args.customers, card_holders=0.5, start=HISTORY)
-    rules = fifty_rules()
+    rules = fifty_rules(args.daily_cap)
     rates: dict[str, list[float]] = {"on": [], "off": []}
     fired: list[int] = []
     for run in range(args.repeat):
@@ -192,6 +192,7 @@ def bench_rate(broker: Broker, db: Database, args: argparse.Namespace, workdir: 
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     ratios = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
     return {"customers": args.customers, "events": args.events, "rules": 50, "batch": args.batch,
+            "daily_cap": args.daily_cap,
             "on_runs": [round(r) for r in rates["on"]], "off_runs": [round(r) for r in rates["off"]],
             "firings": fired, "median_on_events_per_s": round(on), "median_off_events_per_s": round(off),
             "same_run_ratios": [round(r, 2) for r in ratios], "median_ratio": round(statistics.median(ratios), 2),
@@ -322,6 +323,8 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--daily-cap", type=int, default=5,
+                        help="The rules file's max_per_customer_per_day: how many firings a visit may bring.")
     parser.add_argument("--traffic", type=float, default=1_000.0, help="Other events/s during the latency probes.")
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--probe-rate", type=float, default=20.0, help="Probes per second.")
