@@ -131,7 +131,8 @@ def _decode(topic: str, payload: bytes) -> Accepted | Rejected:
 
 def _rejected(topic: str, payload: bytes, reason: str) -> Rejected:
     text = payload[:MAX_DEAD_LETTER_CHARS * 4].decode("utf-8", errors="backslashreplace")
-    return Rejected(_printable(topic), _printable(text[:MAX_DEAD_LETTER_CHARS]), len(payload), reason,
+    # The reason may quote the payload (a dict key in a validation error's location): printable too.
+    return Rejected(_printable(topic), _printable(text[:MAX_DEAD_LETTER_CHARS]), len(payload), _printable(reason),
                     _origin(topic, payload))
 
 

@@ -598,3 +598,18 @@ def test_a_writer_that_dies_marks_hq_unhealthy(broker: Broker, tmp_path: Path) -
         sub.stop()
         store.close()
     assert time.monotonic() - started < 5.0
+
+
+def test_a_reason_quoting_a_nul_is_dead_lettered_not_retried_for_ever(store: Store) -> None:
+    """PostgreSQL text holds no NUL: a validation error that quotes one (a dwell key) must still be stored."""
+    fields = json.loads(event(7).to_json())
+    fields.update(type="visit.ended", duration_s=0.0, dwell_s={"\x00": 0.0}, reason="exit")
+    fields.pop("tech")
+    fields.pop("sector_id")
+    item = decode("santi/v1/s1/a1/events/visit.ended", json.dumps(fields, ensure_ascii=False).encode())
+    assert isinstance(item, Rejected)
+    result = store.ingest([item], received_at=1.0)
+    assert result.dead_letters == 1
+    (letter,) = store.dead_letters()
+    assert "\x00" not in letter.reason
+    assert letter.reason.startswith("invalid event")
