@@ -359,7 +359,7 @@ class HqSubscriber:
         cleared = 0
         for m in batch:
             if m.topic.startswith(CONSENT_PREFIX):
-                found = _consent(m.topic, m.payload)
+                found = parse_consent_message(m.topic, m.payload)
                 if found is None:
                     cleared += 1
                 elif isinstance(found, Rejected):
@@ -437,7 +437,7 @@ class HqSubscriber:
             self._counts[name] += n
 
 
-def _consent(topic: str, payload: bytes) -> list[ConsentRecord] | Rejected | None:
+def parse_consent_message(topic: str, payload: bytes) -> list[ConsentRecord] | Rejected | None:
     """The records of one CIAM message, a dead letter with the reason, or None when it is empty."""
     if not payload:
         log.info("consent message cleared; nothing withdrawn", extra={"topic": topic[:200]})
