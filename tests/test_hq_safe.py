@@ -613,3 +613,14 @@ def test_a_reason_quoting_a_nul_is_dead_lettered_not_retried_for_ever(store: Sto
     (letter,) = store.dead_letters()
     assert "\x00" not in letter.reason
     assert letter.reason.startswith("invalid event")
+
+
+def test_a_rejected_event_naming_an_epoch_no_agent_could_have_finishes_no_seq(store: Store) -> None:
+    """A NUL in the epoch of an invalid event: dead-lettered, its seq not trusted (PostgreSQL holds no NUL)."""
+    fields = json.loads(event(7).to_json())
+    fields.update(epoch="\x00", seq=1)
+    item = decode("santi/v1/s1/a1/events/visit.started", json.dumps(fields).encode())
+    assert isinstance(item, Rejected)
+    assert item.origin is None
+    assert store.ingest([item], received_at=1.0).dead_letters == 1
+    assert store.counts()["finished_seqs"] == 0
