@@ -29,7 +29,8 @@ from agent.events import Identifier, UtcTime
 Purpose = Literal["profiling", "personalisation"]
 PURPOSES: tuple[Purpose, ...] = ("profiling", "personalisation")
 
-LoyaltyId = Annotated[str, Field(min_length=1, max_length=128)]
+LoyaltyId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+"""As on the card: printable (no control characters: no database refuses it), at most 128 characters."""
 Source = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
 
 CONSENT_PREFIX = "santi/v1/hq/consent/"

@@ -29,6 +29,8 @@ LEGACY_EPOCH = ""
 """The epoch of events from agents older than the field: one epoch per agent."""
 
 _TOPIC = re.compile(r"^santi/v1/([^/]+)/([^/]+)/events/")
+_EPOCH = re.compile(r"[A-Za-z0-9_-]+")
+"""An epoch as the event schema allows it; another is no agent's, so its seq finishes nothing."""
 _UNPRINTABLE = re.compile("[\x00\ud800-\udfff]")
 
 Origin = tuple[str, str, str, int]
@@ -131,7 +133,8 @@ def _decode(topic: str, payload: bytes) -> Accepted | Rejected:
 
 def _rejected(topic: str, payload: bytes, reason: str) -> Rejected:
     text = payload[:MAX_DEAD_LETTER_CHARS * 4].decode("utf-8", errors="backslashreplace")
-    return Rejected(_printable(topic), _printable(text[:MAX_DEAD_LETTER_CHARS]), len(payload), reason,
+    # The reason may quote the payload (a dict key in a validation error's location): printable too.
+    return Rejected(_printable(topic), _printable(text[:MAX_DEAD_LETTER_CHARS]), len(payload), _printable(reason),
                     _origin(topic, payload))
 
 
@@ -154,7 +157,7 @@ def _origin(topic: str, payload: bytes) -> Origin | None:
     store_id, agent_id, seq = data.get("store_id"), data.get("agent_id"), data.get("seq")
     epoch = data.get("epoch") or LEGACY_EPOCH
     if ((store_id, agent_id) != match.groups() or not isinstance(epoch, str) or len(epoch) > 64
-            or type(seq) is not int or not 1 <= seq <= MAX_INT):
+            or (epoch and _EPOCH.fullmatch(epoch) is None) or type(seq) is not int or not 1 <= seq <= MAX_INT):
         return None
     return (match[1], match[2], epoch, seq)
 

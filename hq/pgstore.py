@@ -7,8 +7,8 @@ exception: a value out of range), 23 (integrity) or 54 (program limit: an
 index row too large) blames the event, not the server: :class:`Unstorable`.
 
 Erasure: the deleted rows are gone from the tables' files only once they are
-rewritten, so an erasure ends with ``VACUUM FULL`` of ``events`` and
-``dead_letters`` (an exclusive lock on them while it runs: ingest waits).
+rewritten, so an erasure ends with ``VACUUM FULL`` of ``events``,
+``dead_letters``, ``consent``, ``activations`` and ``deliveries`` (an exclusive lock on them while it runs: ingest waits).
 What remains is PostgreSQL's write-ahead log: the erased ids stay in WAL
 segments (and in any WAL archive or base backup) until those are recycled
 and overwritten. The operator shortens that with ``CHECKPOINT`` followed by
@@ -124,7 +124,7 @@ class PostgresStore(Store):
 
     def _scrub(self) -> None:
         conn = self._connection()
-        for table in ("events", "dead_letters"):
+        for table in ("events", "dead_letters", "consent", "activations", "deliveries"):
             conn.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(table)))
 
     @contextmanager

@@ -8,11 +8,17 @@ Version 2 keys the seq accounting by the agent's outbox epoch (``epoch``;
 ``''`` for agents older than the field): ``agent_epochs`` replaces
 ``agents`` and ``finished_seqs`` replaces ``retired_seqs``. A version 1
 database is migrated in place when it is opened (:func:`migration_v1`).
+
+Version 3 adds consent records (``consent``), activation firings
+(``activations``, unique per rule and triggering event: the key that makes a
+firing happen once across redelivery, restarts and several HQs) and their
+per-action delivery state (``deliveries``, claimed by one HQ at a time). The
+new tables are created by the DDL itself: an older database needs no other step.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -83,6 +89,52 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     size BIGINT NOT NULL,
     payload TEXT NOT NULL
 );
+-- Consent per loyalty id and purpose; the newest ts wins (hq/consent.py). A record
+-- received twice (every HQ reads the CIAM's retained topic) is stored once.
+CREATE TABLE IF NOT EXISTS consent (
+    id {serial},
+    loyalty_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    granted INTEGER NOT NULL,
+    ts DOUBLE PRECISION NOT NULL,
+    source TEXT NOT NULL,
+    recorded_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (loyalty_id, purpose, ts, source, granted)
+);
+CREATE INDEX IF NOT EXISTS consent_newest ON consent (loyalty_id, purpose, ts);
+-- One row per rule that fired on one triggering event: never two (the unique key).
+CREATE TABLE IF NOT EXISTS activations (
+    activation_id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    loyalty_id TEXT NOT NULL,
+    store_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    visit_id TEXT,
+    sector_id TEXT,
+    ts DOUBLE PRECISION NOT NULL,
+    fired_at DOUBLE PRECISION NOT NULL,
+    facts TEXT NOT NULL,
+    UNIQUE (rule_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS activations_loyalty ON activations (loyalty_id, ts);
+-- Per firing and action: what to send, its state (pending, retrying, delivered, dead)
+-- and which HQ holds it (claimed_by, renewed at claimed_at).
+CREATE TABLE IF NOT EXISTS deliveries (
+    activation_id TEXT NOT NULL,
+    action_no INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    detail TEXT,
+    claimed_by TEXT NOT NULL,
+    claimed_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (activation_id, action_no)
+);
+CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (state, claimed_at);
 """
 
 SERIAL = {

@@ -38,7 +38,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from agent.events import AgentStatus, Event, parse_event, topic_for
+from agent.events import AgentStatus, Event, parse_event, topic_for, utc_from_epoch
+from agent.messages import PURPOSES, Purpose
+from hq.consent import ConsentRecord, ConsentState
+from hq.consent import state as consent_state
 from hq.ingest import (
     LEGACY_EPOCH,
     Accepted,
@@ -103,6 +106,8 @@ class IngestResult:
     suppressed: int = 0
     dead_letters: int = 0
     conflicts: int = 0
+    unlinked: int = 0
+    """Links stored as nothing (counted in ``suppressed``): the customer does not consent to profiling."""
     acks: dict[EpochKey, int] = field(default_factory=dict)
 
     def add(self, other: IngestResult) -> None:
@@ -113,6 +118,7 @@ class IngestResult:
         self.suppressed += other.suppressed
         self.dead_letters += other.dead_letters
         self.conflicts += other.conflicts
+        self.unlinked += other.unlinked
         self.acks.update(other.acks)
 
 
@@ -146,6 +152,66 @@ class Erasure:
     subjects: int
     events_deleted: int
     dead_letters_deleted: int
+    consent_deleted: int = 0
+    activations_deleted: int = 0
+
+
+@dataclass
+class ConsentChange:
+    """What storing consent records did: records new to HQ, links deleted by a withdrawal."""
+
+    stored: int = 0
+    unlinked: int = 0
+    erased: int = 0
+    """Records of erased customers (a CIAM's retained message read again): not stored."""
+
+
+@dataclass(frozen=True)
+class FiringRow:
+    """One firing as recorded; ``activation_id`` is derived from (rule_id, event_id)."""
+
+    activation_id: str
+    rule_id: str
+    event_id: str
+    loyalty_id: str
+    store_id: str
+    agent_id: str
+    visit_id: str | None
+    sector_id: str | None
+    ts: float
+    fired_at: float
+    facts: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One action of a firing: what to send where, and who holds it."""
+
+    action_no: int
+    kind: str
+    target: str
+    body: str
+    claimed_by: str
+    activation_id: str = ""
+    rule_id: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class ActivationView:
+    """A firing as ``santi hq activations`` lists it."""
+
+    activation_id: str
+    rule_id: str
+    event_id: str
+    loyalty_id: str
+    store_id: str
+    visit_id: str | None
+    sector_id: str | None
+    ts: float
+    fired_at: float
+    facts: dict[str, Any]
+    deliveries: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -303,6 +369,9 @@ class Store(ABC):
                                           item.event.subject))
                 else:
                     fresh.append(item)
+            fresh, unlinked = self._split_unconsented(cur, fresh)
+            retire.extend(unlinked)
+            result.unlinked = len(unlinked)
             inserted = self._insert_events(cur, [
                 (i.event_id, i.event.store_id, i.event.agent_id, i.event.seq, i.event.type,
                  i.event.ts.timestamp(), i.event.subject, i.visit_id, i.loyalty_id, i.payload,
@@ -341,6 +410,30 @@ class Store(ABC):
             self._erase(loyalty_ids=[], visits=[k for k, _ in follow_up],
                         subjects=[s for _, s in follow_up])
         return result
+
+    def _split_unconsented(self, cur: _Cursor, items: list[Accepted]) -> tuple[list[Accepted], list[Accepted]]:
+        """(items to store, links of customers without profiling consent: never stored).
+
+        Without a link the visit stays an anonymous visitor's; the link's seq
+        is finished like a tombstoned event's, so acknowledgements go on.
+        """
+        links = {i.loyalty_id for i in items if i.event.type == "identity.linked" and i.loyalty_id is not None}
+        if not links:
+            return items, []
+        allowed = {lid for lid in links if self._granted(cur, lid, "profiling")}
+        keep: list[Accepted] = []
+        drop: list[Accepted] = []
+        for item in items:
+            linked = item.event.type == "identity.linked"
+            (drop if linked and item.loyalty_id not in allowed else keep).append(item)
+        return keep, drop
+
+    def _granted(self, cur: _Cursor, loyalty_id: str, purpose: str) -> bool:
+        """The newest consent record for the purpose decides (ties: the one stored last); none: refused."""
+        cur.execute("SELECT granted FROM consent WHERE loyalty_id = ? AND purpose = ?"
+                    " ORDER BY ts DESC, id DESC LIMIT 1", (loyalty_id, purpose))
+        row = cur.fetchone()
+        return row is not None and bool(row[0])
 
     def _stored_payloads(self, cur: _Cursor, ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -505,8 +598,14 @@ class Store(ABC):
 
     # --- queries -------------------------------------------------------
     def loyalty_events(self, loyalty_id: str) -> tuple[list[Event], list[Event]]:
-        """(events of every visit linked to the loyalty id, its card taps)."""
+        """(events of every visit linked to the loyalty id, its card taps); nothing without profiling consent.
+
+        Checked here at query time as well as at ingest and withdrawal, so a
+        link stored by another HQ in the instant of a withdrawal is never used.
+        """
         with self._read() as cur:
+            if not self._granted(cur, loyalty_id, "profiling"):
+                return [], []
             cur.execute("SELECT DISTINCT store_id, agent_id, visit_id FROM events"
                         " WHERE loyalty_id = ? AND type = 'identity.linked'", (loyalty_id,))
             keys = [tuple(row) for row in cur.fetchall()]
@@ -532,10 +631,171 @@ class Store(ABC):
         return events
 
     def loyalty_ids(self) -> list[str]:
+        """Loyalty ids with a linked visit and profiling consent now."""
         with self._read() as cur:
             cur.execute("SELECT DISTINCT loyalty_id FROM events WHERE type = 'identity.linked'"
                         " ORDER BY loyalty_id")
-            return [row[0] for row in cur.fetchall()]
+            found = [row[0] for row in cur.fetchall()]
+            return [lid for lid in found if self._granted(cur, lid, "profiling")]
+
+    # --- consent -------------------------------------------------------
+    def add_consent(self, records: Sequence[ConsentRecord], recorded_at: float) -> ConsentChange:
+        """Store consent records (a record already stored is not stored twice).
+
+        A customer whose profiling consent no longer holds loses their links in
+        the same transaction: the identity.linked events are deleted (their seqs
+        finished), so their visits are anonymous visitors' visits again. Taken
+        under the erasure lock: an ingest either committed its link before (and
+        it is deleted here) or reads this withdrawal first (and stores none).
+        """
+        change = ConsentChange()
+        with self._write("erase") as cur:
+            tombstones = self._current_tombstones(cur)
+            for r in records:
+                if loyalty_digest(r.loyalty_id) in tombstones:
+                    change.erased += 1
+                    continue
+                cur.execute("INSERT INTO consent (loyalty_id, purpose, granted, ts, source, recorded_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (r.loyalty_id, r.purpose, int(r.granted), r.ts.timestamp(), r.source, recorded_at))
+                change.stored += max(int(cur.rowcount), 0)
+            for loyalty_id in sorted({r.loyalty_id for r in records if r.purpose == "profiling"}):
+                if self._granted(cur, loyalty_id, "profiling"):
+                    continue
+                where = "loyalty_id = ? AND type = 'identity.linked'"
+                cur.execute("INSERT INTO finished_seqs (store_id, agent_id, epoch, seq) SELECT store_id,"  # noqa: S608
+                            f" agent_id, epoch, seq FROM events WHERE {where} ON CONFLICT DO NOTHING", (loyalty_id,))
+                cur.execute(f"DELETE FROM events WHERE {where}", (loyalty_id,))  # noqa: S608
+                change.unlinked += max(int(cur.rowcount), 0)
+        return change
+
+    def consent_records(self, loyalty_id: str) -> list[ConsentRecord]:
+        """Every consent record of one customer, oldest first (the order ``state`` breaks ties by)."""
+        with self._read() as cur:
+            cur.execute("SELECT loyalty_id, purpose, granted, ts, source FROM consent WHERE loyalty_id = ?"
+                        " ORDER BY ts, id", (loyalty_id,))
+            rows = cur.fetchall()
+        return [ConsentRecord(loyalty_id=lid, purpose=purpose, granted=bool(granted),
+                              ts=utc_from_epoch(float(ts)), source=source)
+                for lid, purpose, granted, ts, source in rows]
+
+    def consent_state(self, loyalty_id: str) -> ConsentState:
+        return consent_state(loyalty_id, self.consent_records(loyalty_id))
+
+    def consent_now(self, loyalty_id: str) -> dict[Purpose, bool]:
+        """Per purpose, what the newest record says now (refused without one)."""
+        with self._read() as cur:
+            return {purpose: self._granted(cur, loyalty_id, purpose) for purpose in PURPOSES}
+
+    def allows(self, loyalty_id: str, purpose: Purpose) -> bool:
+        """What the newest record says now (one indexed look-up)."""
+        with self._read() as cur:
+            return self._granted(cur, loyalty_id, purpose)
+
+    # --- activations ---------------------------------------------------
+    def linked_visits(self, keys: Iterable[VisitKey]) -> dict[VisitKey, str]:
+        """For each visit, the loyalty id an identity.linked joined it to (the newest link wins)."""
+        found: dict[VisitKey, str] = {}
+        with self._read() as cur:
+            for key in sorted(set(keys)):
+                cur.execute("SELECT loyalty_id FROM events WHERE store_id = ? AND agent_id = ? AND visit_id = ?"
+                            " AND type = 'identity.linked' ORDER BY ts DESC LIMIT 1", key)
+                row = cur.fetchone()
+                if row is not None and row[0] is not None:
+                    found[key] = row[0]
+        return found
+
+    def record_firing(self, firing: FiringRow, deliveries: Sequence[DeliveryRow]) -> bool:
+        """Record one firing and its pending deliveries; False when (rule, event) fired already."""
+        return self.record_firings([(firing, deliveries)])[0]
+
+    def record_firings(self, firings: Sequence[tuple[FiringRow, Sequence[DeliveryRow]]]) -> list[bool]:
+        """Record firings with their pending deliveries in one transaction; per firing, whether it is new.
+
+        The unique key decides across HQs: only the one whose insert went in
+        delivers. One commit per batch, not per firing: a commit is a disk flush.
+        """
+        if not firings:
+            return []
+        new: list[bool] = []
+        with self._write() as cur:
+            for firing, deliveries in firings:
+                cur.execute("INSERT INTO activations (activation_id, rule_id, event_id, loyalty_id, store_id,"
+                            " agent_id, visit_id, sector_id, ts, fired_at, facts)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (firing.activation_id, firing.rule_id, firing.event_id, firing.loyalty_id,
+                             firing.store_id, firing.agent_id, firing.visit_id, firing.sector_id, firing.ts,
+                             firing.fired_at, firing.facts))
+                new.append(int(cur.rowcount) == 1)
+                if new[-1] and deliveries:
+                    cur.executemany("INSERT INTO deliveries (activation_id, action_no, kind, target, body, state,"
+                                    " claimed_by, claimed_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                                    [(firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by,
+                                      firing.fired_at, firing.fired_at) for d in deliveries])
+        return new
+
+    def firing_history(self, loyalty_id: str) -> list[tuple[str, float, str, str, str | None]]:
+        """(rule_id, ts, store_id, agent_id, visit_id) of the customer's firings, oldest first."""
+        with self._read() as cur:
+            cur.execute("SELECT rule_id, ts, store_id, agent_id, visit_id FROM activations WHERE loyalty_id = ?"
+                        " ORDER BY ts", (loyalty_id,))
+            return [tuple(row) for row in cur.fetchall()]
+
+    def set_deliveries(self, changes: Sequence[tuple[str, int, str, str | None, int]], now: float) -> None:
+        """New states of deliveries (activation_id, action_no, state, detail, attempts).
+
+        A final state (delivered, dead) is never changed back.
+        """
+        with self._write() as cur:
+            cur.executemany("UPDATE deliveries SET state = ?, detail = ?, attempts = ?, updated_at = ?"
+                            " WHERE activation_id = ? AND action_no = ? AND state NOT IN ('delivered', 'dead')",
+                            [(state, None if detail is None else detail[:500], attempts, now, aid, no)
+                             for aid, no, state, detail, attempts in changes])
+
+    def claim_deliveries(self, me: str, now: float, lease_s: float, held: Iterable[tuple[str, int]],
+                         limit: int = 500) -> list[DeliveryRow]:
+        """Renew the leases of what ``me`` holds; take over open deliveries whose lease ran out.
+
+        An HQ killed mid-delivery stops renewing, so another picks its work up
+        after ``lease_s``. The UPDATE's condition is re-checked per row, so two
+        HQs never both take one delivery.
+        """
+        with self._write() as cur:
+            cur.executemany("UPDATE deliveries SET claimed_at = ? WHERE activation_id = ? AND action_no = ?"
+                            " AND claimed_by = ?", [(now, a, n, me) for a, n in held])
+            cur.execute("SELECT activation_id, action_no FROM deliveries WHERE state IN ('pending', 'retrying')"
+                        " AND claimed_at < ? ORDER BY claimed_at LIMIT ?", (now - lease_s, limit))
+            stale = [tuple(row) for row in cur.fetchall()]
+            taken: list[DeliveryRow] = []
+            for activation_id, action_no in stale:
+                cur.execute("UPDATE deliveries SET claimed_by = ?, claimed_at = ? WHERE activation_id = ?"
+                            " AND action_no = ? AND state IN ('pending', 'retrying') AND claimed_at < ?",
+                            (me, now, activation_id, action_no, now - lease_s))
+                if int(cur.rowcount) != 1:
+                    continue
+                cur.execute("SELECT d.activation_id, d.action_no, d.kind, d.target, d.body, a.rule_id, d.attempts"
+                            " FROM deliveries AS d JOIN activations AS a ON a.activation_id = d.activation_id"
+                            " WHERE d.activation_id = ? AND d.action_no = ?", (activation_id, action_no))
+                row = cur.fetchone()
+                if row is not None:
+                    taken.append(DeliveryRow(row[1], row[2], row[3], row[4], me, row[0], row[5], int(row[6])))
+        return taken
+
+    def activations(self, limit: int = 50) -> list[ActivationView]:
+        """The newest firings with each action's delivery state."""
+        with self._read() as cur:
+            cur.execute("SELECT activation_id, rule_id, event_id, loyalty_id, store_id, visit_id, sector_id,"
+                        " ts, fired_at, facts FROM activations ORDER BY fired_at DESC, activation_id LIMIT ?",
+                        (limit,))
+            rows = cur.fetchall()
+            views = []
+            for row in rows:
+                cur.execute("SELECT kind, state, attempts, detail FROM deliveries WHERE activation_id = ?"
+                            " ORDER BY action_no", (row[0],))
+                states = [{"kind": k, "state": st, "attempts": int(n), "detail": d} for k, st, n, d in cur.fetchall()]
+                views.append(ActivationView(row[0], row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]),
+                                            float(row[8]), json.loads(row[9]), states))
+        return views
 
     def subjects(self) -> list[str]:
         with self._read() as cur:
@@ -645,10 +905,18 @@ class Store(ABC):
                       + [(subject_digest(s), "subject") for s in sorted(who)])
             cur.executemany("INSERT INTO tombstones (digest, kind, erased_at) VALUES (?, ?, ?)"
                             " ON CONFLICT (digest) DO NOTHING", [(d, k, now) for d, k in stones])
-        if deleted or dead:
+            consent = fired = 0
+            for loyalty_id in loyalty_ids:
+                cur.execute("DELETE FROM deliveries WHERE activation_id IN"
+                            " (SELECT activation_id FROM activations WHERE loyalty_id = ?)", (loyalty_id,))
+                cur.execute("DELETE FROM activations WHERE loyalty_id = ?", (loyalty_id,))
+                fired += max(int(cur.rowcount), 0)
+                cur.execute("DELETE FROM consent WHERE loyalty_id = ?", (loyalty_id,))
+                consent += max(int(cur.rowcount), 0)
+        if deleted or dead or consent or fired:
             with self._lock, self._errors():
                 self._scrub()
-        return Erasure(len(loyalty_ids), len(keys), len(who), deleted, dead)
+        return Erasure(len(loyalty_ids), len(keys), len(who), deleted, dead, consent, fired)
 
     def _contains(self, column: str) -> str:
         return f"instr({column}, ?) > 0"

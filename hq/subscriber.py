@@ -17,6 +17,18 @@ per agent, the highest contiguous seq of its epoch that HQ has finished with
 connect: mosquitto 2.0.11 does not restore a persistent session's shared
 subscription after it restarts.
 
+Consent: every HQ also subscribes (not shared: retained messages are not
+sent to shared subscriptions) to ``santi/v1/hq/consent/+``, where a CIAM
+publishes one retained :class:`agent.messages.ConsentUpdate` per customer.
+Records are stored before the events of the same batch; one received twice
+is stored once. A payload that is not a valid update for the loyalty id its
+topic names is dead-lettered with the reason; an empty one (a retained
+message cleared) is counted and dropped: it withdraws nothing.
+
+``on_batch`` (the activation runner) sees the accepted events of every
+committed batch, redelivered ones included, before the batch is
+acknowledged: a crash before it ran brings the batch back.
+
 Nothing a payload contains stops the writer: the store dead-letters what it
 cannot hold. A writer that dies anyway (a bug) marks the subscriber unhealthy
 (``Stats.failure``), and ``santi hq run`` exits non-zero with the reason.
@@ -42,10 +54,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from agent.events import Ack, Event, ack_topic
-from hq.ingest import Rejected, decode
+from agent.messages import CONSENT_PREFIX, ConsentUpdate
+from hq.consent import ConsentRecord, records_of
+from hq.ingest import Accepted, Rejected, _rejected, decode
 from hq.profile import Profile
 from hq.store import AgentGaps, IngestResult, Store, StoreError, open_store
 from hq.views import loyalty_profile, visitor_profile
@@ -53,6 +67,9 @@ from hq.views import loyalty_profile, visitor_profile
 log = logging.getLogger(__name__)
 
 EVENTS_FILTER = "santi/v1/+/+/events/#"
+CONSENT_FILTER = f"{CONSENT_PREFIX}+"
+MAX_CONSENT_BYTES = 4096
+"""Largest consent message read: a valid one is well under 300 bytes."""
 MAX_BACKOFF_S = 10.0
 STOP_BUDGET_S = 4.0
 """stop() returns within this (plus the broker disconnect): systemd's SIGTERM must not wait on a retry."""
@@ -87,6 +104,13 @@ class Stats:
     connected: bool
     conflicts: int = 0
     acks: int = 0
+    consent_records: int = 0
+    """Consent records new to HQ (from the CIAM topic)."""
+    consent_rejected: int = 0
+    """Consent messages dead-lettered (invalid) or dropped (empty: a retained message cleared)."""
+    unlinked: int = 0
+    """Links not stored or deleted because the customer does not consent to profiling."""
+    activation_errors: int = 0
     failure: str | None = None
     """Why the writer stopped, if it did: nothing more is stored (HQ is unhealthy)."""
 
@@ -110,6 +134,8 @@ class HqSubscriber:
         group: str = "hq",
         *,
         on_event: Callable[[Event], None] | None = None,
+        on_batch: Callable[[list[Event]], None] | None = None,
+        consent: bool = True,
         client_id: str | None = None,
         session_expiry_s: int = 86_400,
         username: str | None = None,
@@ -131,6 +157,8 @@ class HqSubscriber:
         self._db_url = str(db_url)
         self._store: Store | None = db_url if isinstance(db_url, Store) else None
         self._on_event = on_event
+        self._on_batch = on_batch
+        self._consent = consent
         self._batch_size = batch_size
         self._flush_s = flush_ms / 1000.0
         self._clock = clock
@@ -139,7 +167,7 @@ class HqSubscriber:
         self._ack_lock = threading.Lock()
         self._counts = dict.fromkeys(
             ("received", "stored", "duplicates", "suppressed", "dead_letters", "batches", "store_errors",
-             "conflicts", "acks"), 0)
+             "conflicts", "acks", "consent_records", "consent_rejected", "unlinked", "activation_errors"), 0)
         self._count_lock = threading.Lock()
         self._connected = threading.Event()
         self._closing = threading.Event()
@@ -246,6 +274,10 @@ class HqSubscriber:
     def gaps(self) -> list[AgentGaps]:
         return self.store.gaps()
 
+    def publish(self, topic: str, payload: str) -> mqtt.MQTTMessageInfo:
+        """QoS 1 on HQ's own connection (activations); paho resends it after a reconnect."""
+        return self._client.publish(topic, payload, qos=1)
+
     # --- paho callbacks (network thread) -------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
                     reason: ReasonCode, properties: Properties | None) -> None:
@@ -257,7 +289,10 @@ class HqSubscriber:
         with self._ack_lock:
             self._generation += 1
         # Every connect, session or not: a restarted mosquitto 2.0.11 forgets shared subscriptions.
-        client.subscribe(self.topic, options=SubscribeOptions(qos=1))
+        topics = [(self.topic, SubscribeOptions(qos=1))]
+        if self._consent:
+            topics.append((CONSENT_FILTER, SubscribeOptions(qos=1)))
+        client.subscribe(topics)
         log.info("connected; subscribing", extra={"topic": self.topic, "session_present": flags.session_present})
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
@@ -319,11 +354,28 @@ class HqSubscriber:
             self._commit(batch)
 
     def _commit(self, batch: list[_Message]) -> None:
-        items = [decode(m.topic, m.payload) for m in batch]
+        items: list[Accepted | Rejected] = []
+        records: list[ConsentRecord] = []
+        cleared = 0
+        for m in batch:
+            if m.topic.startswith(CONSENT_PREFIX):
+                found = parse_consent_message(m.topic, m.payload)
+                if found is None:
+                    cleared += 1
+                elif isinstance(found, Rejected):
+                    items.append(found)
+                else:
+                    records.extend(found)
+            else:
+                items.append(decode(m.topic, m.payload))
+        rejected_consent = cleared + sum(1 for i in items if isinstance(i, Rejected) and i.topic.startswith(CONSENT_PREFIX))
         backoff = 0.5
         while True:
             try:
+                change = self.store.add_consent(records, self._clock()) if records else None
                 result = self.store.ingest(items, self._clock(), want_events=self._on_event is not None)
+                if self._on_batch is not None:
+                    self._run_batch([i.event for i in items if isinstance(i, Accepted)])
                 break
             except StoreError as exc:
                 self._count("store_errors", 1)
@@ -346,6 +398,9 @@ class HqSubscriber:
             self._counts["dead_letters"] += result.dead_letters
             self._counts["conflicts"] += result.conflicts
             self._counts["batches"] += 1
+            self._counts["consent_rejected"] += rejected_consent
+            self._counts["unlinked"] += result.unlinked + (change.unlinked if change is not None else 0)
+            self._counts["consent_records"] += change.stored if change is not None else 0
         if result.dead_letters:
             first = next((i for i in items if isinstance(i, Rejected)), None)
             log.warning("payloads dead-lettered", extra={
@@ -358,6 +413,17 @@ class HqSubscriber:
                 except Exception:  # a consumer's callback must not stop ingestion
                     log.exception("on_event callback failed", extra={"event_id": str(event.event_id)})
 
+    def _run_batch(self, events: list[Event]) -> None:
+        """The activation runner; a store failure retries the whole batch (nothing is acked meanwhile)."""
+        assert self._on_batch is not None
+        try:
+            self._on_batch(events)
+        except StoreError:
+            raise
+        except Exception:  # a bug in a rule's evaluation must not stop ingestion
+            self._count("activation_errors", 1)
+            log.exception("activation runner failed on a batch; its events are stored and acknowledged")
+
     def _acknowledge(self, result: IngestResult) -> None:
         """Tell each agent what HQ has committed: retained, so an agent that reconnects reads it."""
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
@@ -369,6 +435,26 @@ class HqSubscriber:
     def _count(self, name: str, n: int) -> None:
         with self._count_lock:
             self._counts[name] += n
+
+
+def parse_consent_message(topic: str, payload: bytes) -> list[ConsentRecord] | Rejected | None:
+    """The records of one CIAM message, a dead letter with the reason, or None when it is empty."""
+    if not payload:
+        log.info("consent message cleared; nothing withdrawn", extra={"topic": topic[:200]})
+        return None
+    if len(payload) > MAX_CONSENT_BYTES:
+        return _rejected(topic, payload, f"consent: larger than {MAX_CONSENT_BYTES} bytes")
+    try:
+        update = ConsentUpdate.model_validate_json(payload)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        return _rejected(topic, payload, f"consent: {where}: {error['msg']}"[:300])
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile payload raises is a reason
+        return _rejected(topic, payload, f"consent: undecodable payload: {type(exc).__name__}")
+    if topic[len(CONSENT_PREFIX):] != update.loyalty_id:
+        return _rejected(topic, payload, "consent: the topic names another loyalty id than the payload")
+    return records_of(update)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from agent.messages import ConsentUpdate, consent_topic
 from hq.consent import ConsentError, ConsentRecord, parse_import, records_of, state
+from hq.ingest import Rejected
+from hq.subscriber import MAX_CONSENT_BYTES, parse_consent_message
 
 T = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 CSV = """loyalty_id,purpose,granted,ts,source
@@ -89,3 +91,31 @@ def test_the_decision_does_not_depend_on_the_order_records_arrive(items: list[tu
 def test_a_ciam_message_is_one_record_per_purpose() -> None:
     update = ConsentUpdate(loyalty_id="L9", purposes={"personalisation": False}, ts=T, source="ciam")
     assert [(r.purpose, r.granted, r.source) for r in records_of(update)] == [("personalisation", False, "ciam")]
+
+
+_LOYALTY = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40)
+
+
+@given(payload=st.binary(max_size=MAX_CONSENT_BYTES + 100), loyalty_id=_LOYALTY)
+def test_any_bytes_on_the_consent_topic_are_records_a_dead_letter_or_nothing(payload: bytes,
+                                                                            loyalty_id: str) -> None:
+    found = parse_consent_message(consent_topic(loyalty_id), payload)
+    if isinstance(found, Rejected):
+        assert found.reason.startswith("consent: ")
+        assert "\x00" not in found.reason + found.payload
+    else:
+        assert (found is None) == (payload == b"")
+
+
+@given(loyalty_id=_LOYALTY, other=_LOYALTY, granted=st.booleans())
+def test_a_valid_update_is_stored_only_under_its_own_topic(loyalty_id: str, other: str, granted: bool) -> None:
+    try:
+        update = ConsentUpdate(loyalty_id=loyalty_id, purposes={"profiling": granted},
+                               ts=datetime(2026, 3, 1, tzinfo=UTC), source="ciam")
+    except ValueError:
+        return  # not a loyalty id the schema accepts (a control character)
+    found = parse_consent_message(consent_topic(loyalty_id), update.to_json().encode())
+    assert isinstance(found, list)
+    assert [(r.loyalty_id, r.purpose, r.granted) for r in found] == [(loyalty_id, "profiling", granted)]
+    elsewhere = parse_consent_message(consent_topic(other), update.to_json().encode())
+    assert isinstance(elsewhere, Rejected) if other != loyalty_id else isinstance(elsewhere, list)

@@ -13,6 +13,7 @@ from agent.cli import cli
 from agent.events import topic_for
 from hq.ingest import decode
 from hq.store import open_store
+from tests.helpers.consent import grant, grant_url
 from tests.mosquitto import Broker
 from tests.test_hq_profile import fixed_stream
 from tests.test_hq_subscriber import publish, wire
@@ -24,6 +25,7 @@ NOW = "2026-03-15T00:00:00Z"
 def db(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path}/hq.sqlite"
     store = open_store(url)
+    grant(store, ["L1"])
     items = [decode(topic_for(e), e.to_json().encode()) for e in fixed_stream()]
     store.ingest([*items, decode("santi/v1/s1/a1/events/visit.started", b"{oops")], received_at=1.0)
     store.close()
@@ -83,7 +85,9 @@ def test_erase_asks_then_erases(db: str) -> None:
     code, out = run("erase", "L1", "--db", db, "--yes")
     assert code == 0
     assert out.startswith("erased L1: 18 events in 4 visits")
+    assert "2 consent records, 0 activations" in out
     assert run("profile", "L1", "--db", db)[0] == 2
+    assert json.loads(run("consent", "show", "L1", "--db", db, "--json")[1])["records"] == []
 
 
 def test_run_bad_broker_url() -> None:
@@ -96,6 +100,7 @@ def test_run_bad_broker_url() -> None:
 
 def test_run_stores_and_reports(broker: Broker, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/run.sqlite"
+    grant_url(url, ["L1"])
     events = fixed_stream()
     publisher = threading.Timer(0.5, publish, (broker, wire(events)))
     publisher.start()

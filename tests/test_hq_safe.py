@@ -45,6 +45,7 @@ from agent.events import (
 from hq.ingest import Accepted, Rejected, decode
 from hq.store import IngestResult, SqliteStore, Store, open_store
 from hq.subscriber import HqSubscriber
+from tests.helpers.consent import grant
 from tests.mosquitto import Broker
 from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
 from tests.test_hq_subscriber import publish, wait_for
@@ -305,6 +306,8 @@ def test_bounds_never_let_an_unstorable_event_through(store: Store, text: str, n
         fields.update(type="identity.linked", loyalty_id=text, method="card_tap", confidence=0.5, reader_id=None)
         fields.pop("tech")
         fields.pop("sector_id")
+        if 0 < len(text) <= 128 and text.isprintable():  # stored only with profiling consent
+            grant(store, [text], ["profiling"])
     elif which == 4:
         fields = {k: v for k, v in fields.items() if k not in ("tech", "sector_id", "visit_id")}
         fields.update(type="agent.status", uptime_s=real, outbox_depth=number, last_seq=number,
@@ -315,7 +318,9 @@ def test_bounds_never_let_an_unstorable_event_through(store: Store, text: str, n
     item = decode(f"santi/v1/s1/a1/events/{fields['type']}", payload)
     before = store.counts()
     result = store.ingest([item], received_at=1.0)
-    if isinstance(item, Accepted):
+    if isinstance(item, Accepted) and result.unlinked:
+        assert (result.suppressed, result.dead_letters, which) == (1, 0, 3), result
+    elif isinstance(item, Accepted):
         assert (result.stored, result.dead_letters) == (1, 0), result
     else:
         assert (result.stored, result.dead_letters) == (0, 1)
@@ -438,6 +443,7 @@ def _person() -> list[Event]:
 def test_erase_leaves_no_copy_in_any_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "hq.sqlite"
     store = open_store(f"sqlite:///{path}")
+    grant(store, [SECRET])
     try:
         items: list[Accepted | Rejected] = [*wire(_person()), *wire(map(event, range(5, 40)))]
         letters = [decode("santi/v1/s1/a1/events/identity.linked", json.dumps(
@@ -461,6 +467,7 @@ def test_erase_leaves_no_copy_in_any_sqlite_file(tmp_path: Path) -> None:
 def test_erase_rewrites_postgresql_tables(pg_url: str) -> None:
     """The tables' and indexes' files, checkpointed before and after: the WAL is the documented limit."""
     store = open_store(pg_url)
+    grant(store, [SECRET])
     schema = store.schema  # type: ignore[attr-defined]
     try:
         with psycopg.connect(store.conninfo, autocommit=True) as conn:  # type: ignore[attr-defined]
@@ -499,6 +506,7 @@ def test_the_database_file_is_private(tmp_path: Path) -> None:
 def test_profile_survives_rows_stored_before_the_bounds(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/hq.sqlite"
     store = open_store(url)
+    grant(store, [SECRET])
     store.ingest(wire(_person()), received_at=1.0)
     store.close()
     ended = json.loads(_person()[0].to_json())
@@ -590,3 +598,29 @@ def test_a_writer_that_dies_marks_hq_unhealthy(broker: Broker, tmp_path: Path) -
         sub.stop()
         store.close()
     assert time.monotonic() - started < 5.0
+
+
+def test_a_reason_quoting_a_nul_is_dead_lettered_not_retried_for_ever(store: Store) -> None:
+    """PostgreSQL text holds no NUL: a validation error that quotes one (a dwell key) must still be stored."""
+    fields = json.loads(event(7).to_json())
+    fields.update(type="visit.ended", duration_s=0.0, dwell_s={"\x00": 0.0}, reason="exit")
+    fields.pop("tech")
+    fields.pop("sector_id")
+    item = decode("santi/v1/s1/a1/events/visit.ended", json.dumps(fields, ensure_ascii=False).encode())
+    assert isinstance(item, Rejected)
+    result = store.ingest([item], received_at=1.0)
+    assert result.dead_letters == 1
+    (letter,) = store.dead_letters()
+    assert "\x00" not in letter.reason
+    assert letter.reason.startswith("invalid event")
+
+
+def test_a_rejected_event_naming_an_epoch_no_agent_could_have_finishes_no_seq(store: Store) -> None:
+    """A NUL in the epoch of an invalid event: dead-lettered, its seq not trusted (PostgreSQL holds no NUL)."""
+    fields = json.loads(event(7).to_json())
+    fields.update(epoch="\x00", seq=1)
+    item = decode("santi/v1/s1/a1/events/visit.started", json.dumps(fields).encode())
+    assert isinstance(item, Rejected)
+    assert item.origin is None
+    assert store.ingest([item], received_at=1.0).dead_letters == 1
+    assert store.counts()["finished_seqs"] == 0

@@ -17,6 +17,7 @@ from hq.ingest import Accepted, Rejected, decode
 from hq.store import Store, StoreError, open_store, split_schema
 from hq.synthetic import synthetic_stream
 from hq.views import loyalty_profile, visitor_profile
+from tests.helpers.consent import SYNTHETIC_IDS, grant
 from tests.test_hq_profile import NOW, check_hand_figures, fixed_stream, make
 
 PG_USERS = ("postgres", "root")
@@ -63,6 +64,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
     opened = open_store(db_url)
+    grant(opened, ["L1", *SYNTHETIC_IDS])  # the test customers consent to profiling
     try:
         yield opened
     finally:
@@ -182,6 +184,7 @@ def test_two_stores_on_one_database_agree(db_url: str) -> None:
     """Two writers (as two subscribers) share one database without losing or doubling events."""
     events = synthetic_stream(400, start=datetime(2026, 2, 1, tzinfo=UTC))
     a, b = open_store(db_url), open_store(db_url)
+    grant(a, SYNTHETIC_IDS)
     try:
         items = wire(events)
         for start in range(0, len(items), 50):

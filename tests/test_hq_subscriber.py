@@ -20,6 +20,7 @@ from hq.profile import Profile
 from hq.store import open_store
 from hq.subscriber import HqSubscriber
 from hq.synthetic import synthetic_stream
+from tests.helpers.consent import SYNTHETIC_IDS, grant_url
 from tests.mosquitto import Broker
 from tests.test_hq_store import pg_conninfo, pg_schema_url
 
@@ -72,6 +73,8 @@ def two_dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 
 def test_shared_group_builds_the_single_subscriber_profile(broker: Broker, two_dbs: tuple[str, str]) -> None:
     shared_db, solo_db = two_dbs
+    for url in two_dbs:
+        grant_url(url, SYNTHETIC_IDS)
     events = synthetic_stream(10_000, start=START)
     pair = [HqSubscriber(broker.host, broker.port, shared_db, "hq") for _ in range(2)]
     solo = HqSubscriber(broker.host, broker.port, solo_db, "solo")
@@ -112,6 +115,7 @@ def test_bad_payloads_are_dead_lettered_and_counted(broker: Broker, tmp_path: Pa
     events = synthetic_stream(50, start=START)
     seen: list[Event] = []
     db = f"sqlite:///{tmp_path}/hq.sqlite"
+    grant_url(db, SYNTHETIC_IDS)
     with HqSubscriber(broker.host, broker.port, db, "hq", on_event=seen.append) as sub:
         assert sub.wait_connected(10)
         bad: list[tuple[str, bytes | str]] = [
@@ -132,6 +136,7 @@ def test_bad_payloads_are_dead_lettered_and_counted(broker: Broker, tmp_path: Pa
 def test_kill_9_mid_stream_loses_nothing(broker: Broker, tmp_path: Path) -> None:
     """PUBACK only after commit: a subscriber killed at any instant misses no event after restart."""
     db = f"sqlite:///{tmp_path}/hq.sqlite"
+    grant_url(db, SYNTHETIC_IDS)
     command = [sys.executable, "-c", "from agent.cli import main; main()", "hq", "run", "--broker", f"mqtt://{broker.host}:{broker.port}",
                "--db", db, "--client-id", "hq-crash-test", "--report-s", "0.2", "--batch-size", "200"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

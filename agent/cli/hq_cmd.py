@@ -21,7 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli.errors import CliError
+from agent.events import utc_from_epoch
+from agent.messages import PURPOSES
+from hq.consent import ConsentError, ConsentRecord, parse_import, purposes_text
+from hq.consent import state as consent_state
 from hq.render import print_profile
+from hq.rules import RulesError, load_rules
+from hq.runner import ActivationRunner
 from hq.store import DEAD_LETTER_BYTES, DEAD_LETTER_ROWS, AgentGaps, Store, StoreError, open_store
 from hq.subscriber import BrokerError, HqSubscriber, Stats
 from hq.views import loyalty_profile, visitor_profile
@@ -110,10 +116,15 @@ def hq() -> None:
               help="Dead letters kept at most; the oldest are evicted (and counted) beyond.")
 @click.option("--dead-letter-mb", default=DEAD_LETTER_BYTES // 2**20, show_default=True, type=click.IntRange(1),
               help="MiB of dead-letter payloads kept at most; the oldest are evicted beyond.")
+@click.option("--rules", "rules_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Activation rules file (TOML); SIGHUP reads it again. Default: no activation.")
+@click.option("--lease-s", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds after which another HQ takes over an open delivery this one stopped renewing.")
 def run(broker: str, group: str, db_url: str, client_id: str | None, session_expiry_s: int,
         username: str | None, password_file: Path | None, password_env: str | None, ca_file: Path | None,
         batch_size: int, flush_ms: float, report_s: float, max_seconds: float | None,
-        connect_timeout_s: float, dead_letter_rows: int, dead_letter_mb: int) -> None:
+        connect_timeout_s: float, dead_letter_rows: int, dead_letter_mb: int, rules_path: Path | None,
+        lease_s: float) -> None:
     """Subscribe to every store's events, store them and acknowledge them, until SIGINT or SIGTERM.
 
     Prints one line per --report-s seconds: events received, newly stored,
@@ -121,29 +132,48 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
     seqs. Exits non-zero with the reason when the broker cannot be reached or
     refuses us at start, or when the writer fails.
 
+    With --rules, trigger events of customers who consent fire the rules
+    (see README, "Consent and activation"); each firing is recorded once
+    across restarts and the HQs of the group, and SIGHUP reloads the file
+    (a bad file is logged and the running rules stay).
+
     \b
     Example:
-      santi hq run --broker mqtt://127.0.0.1:1883 --group hq --db sqlite:///hq.db
+      santi hq run --broker mqtt://127.0.0.1:1883 --group hq --db sqlite:///hq.db --rules rules.toml
     """
     host, port, tls = parse_broker(broker)
     if tls and ca_file is None:
         raise CliError("mqtts:// needs --ca-file (the CA that signed the broker's certificate)")
     try:
+        rules = load_rules(rules_path) if rules_path is not None else None
+    except RulesError as exc:
+        raise CliError(str(exc)) from None
+    try:
         store = open_store(db_url, dead_letter_rows=dead_letter_rows, dead_letter_bytes=dead_letter_mb * 2**20)
     except StoreError as exc:
         raise CliError(str(exc)) from None
+    instance = client_id or f"santi-hq-{group}-{os.uname().nodename}"
+    # The lambda binds the subscriber made below: the runner publishes on its connection.
+    runner = None if rules is None else ActivationRunner(
+        store, rules, lambda topic, body: sub.publish(topic, body),  # noqa: PLW0108
+        instance=f"{instance}-{os.getpid()}",
+        lease_s=lease_s, sweep_s=min(5.0, lease_s / 3))
     try:
-        sub = HqSubscriber(host, port, store, group,
-                           client_id=client_id or f"santi-hq-{group}-{os.uname().nodename}",
+        sub = HqSubscriber(host, port, store, group, client_id=instance,
                            session_expiry_s=session_expiry_s, username=username,
                            password=_password(password_file, password_env), tls_ca=ca_file,
-                           batch_size=batch_size, flush_ms=flush_ms)
+                           batch_size=batch_size, flush_ms=flush_ms,
+                           on_batch=None if runner is None else runner.on_batch)
         sub.start()
     except (StoreError, ValueError, BrokerError) as exc:
+        if runner is not None:
+            runner.stop()
         store.close()
         raise CliError(str(exc)) from None
     if not sub.wait_connected(connect_timeout_s):
         sub.stop()
+        if runner is not None:
+            runner.stop()
         store.close()
         raise CliError(f"broker {host}:{port} refused HQ: {sub.refused}" if sub.refused else
                        f"no subscription on {host}:{port} within {connect_timeout_s:g} s")
@@ -152,7 +182,12 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
     def _signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        if runner is not None:
+            threading.Thread(target=runner.reload, name="hq-rules-reload", daemon=True).start()
+
     previous = {s: signal.signal(s, _signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _reload)
     click.echo(f"santi hq: {sub.topic} on {host}:{port} -> {db_url.rsplit('@', maxsplit=1)[-1]}", err=True)
     started = time.monotonic()
     last = sub.stats()
@@ -161,7 +196,10 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
         while not stop.wait(report_s):
             now = time.monotonic()
             current = sub.stats()
-            click.echo(_progress(current, last, now - last_t, _safe_gaps(sub)))
+            fired = "" if runner is None else (
+                f" fired={runner.stats.fired} delivered={runner.stats.delivered} dead={runner.stats.dead}"
+                f" claimed={runner.stats.claimed}")
+            click.echo(_progress(current, last, now - last_t, _safe_gaps(sub)) + fired)
             last, last_t = current, now
             if current.failure is not None or (max_seconds is not None and now - started >= max_seconds):
                 break
@@ -169,10 +207,13 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sub.stop()
+        if runner is not None:
+            runner.stop()
         store.close()
     final = sub.stats()
     click.echo(f"stopped: received={final.received} stored={final.stored} duplicates={final.duplicates} "
-               f"dead_letters={final.dead_letters} suppressed={final.suppressed} acks={final.acks}")
+               f"dead_letters={final.dead_letters} suppressed={final.suppressed} acks={final.acks}"
+               + ("" if runner is None else f" fired={runner.stats.fired}"))
     if final.failure is not None:
         raise CliError(final.failure)
 
@@ -252,8 +293,8 @@ def erase(loyalty_id: str, db_url: str, yes: bool) -> None:
     """Right to erasure: delete every row about one customer and keep replays from restoring it.
 
     Deletes the loyalty id's links and card taps, its linked visits, the
-    visits of the same pseudonymous devices and the dead letters naming any
-    of them; records SHA-256 tombstones so that a later replay of those
+    visits of the same pseudonymous devices, the dead letters naming any
+    of them, its consent records and its activation history; records SHA-256 tombstones so that a later replay of those
     events is dropped. SQLite: deleted rows are zeroed (secure_delete) and the
     WAL is checkpointed and truncated. PostgreSQL: the tables are rewritten
     (VACUUM FULL); copies remain in WAL segments until recycled (run
@@ -268,7 +309,8 @@ def erase(loyalty_id: str, db_url: str, yes: bool) -> None:
     with _store(db_url) as store:
         done = store.erase(loyalty_id)
     click.echo(f"erased {loyalty_id}: {done.events_deleted} events in {done.visits} visits of "
-               f"{done.subjects} pseudonymous visitors, {done.dead_letters_deleted} dead letters; "
+               f"{done.subjects} pseudonymous visitors, {done.dead_letters_deleted} dead letters, "
+               f"{done.consent_deleted} consent records, {done.activations_deleted} activations; "
                "tombstones recorded")
 
 
@@ -332,4 +374,129 @@ def dead_letters(db_url: str, limit: int, as_json: bool) -> None:
     for d in found:
         table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.received_at)), d.topic, str(d.size),
                       d.reason)
+    Console().print(table)
+
+
+_YES_NO = click.Choice(["yes", "no"])
+
+
+@hq.group("consent")
+def consent() -> None:
+    """Consent per customer and purpose: profiling (build a profile), personalisation (address them)."""
+
+
+@consent.command("set")
+@click.argument("loyalty_id")
+@click.option("--profiling", type=_YES_NO, default=None, help="May HQ join presence to this loyalty id?")
+@click.option("--personalisation", type=_YES_NO, default=None, help="May activation rules address the customer?")
+@click.option("--source", default="cli", show_default=True, help="Where the record comes from.")
+@click.option("--ts", "ts_text", default=None, help="When the customer decided (RFC 3339); default now.")
+@db_option
+def consent_set(loyalty_id: str, profiling: str | None, personalisation: str | None, source: str,
+                ts_text: str | None, db_url: str) -> None:
+    """Record what a customer granted or withdrew; a withdrawal holds from the next event on.
+
+    Withdrawing profiling deletes the links that joined the customer's visits
+    to the loyalty id (the visits stay as an anonymous visitor's).
+
+    \b
+    Example:
+      santi hq consent set L100042 --profiling yes --personalisation no --source store-tablet
+    """
+    given = {"profiling": profiling, "personalisation": personalisation}
+    if all(v is None for v in given.values()):
+        raise CliError("give --profiling and/or --personalisation (yes or no)")
+    when = utc_from_epoch(_parse_now(ts_text))
+    try:
+        records = [ConsentRecord(loyalty_id=loyalty_id, purpose=purpose, granted=value == "yes", ts=when,
+                                 source=source) for purpose, value in given.items() if value is not None]
+    except ValueError as exc:
+        raise CliError(f"bad consent record: {str(exc).splitlines()[-1].strip()}") from None
+    with _store(db_url) as store:
+        change = store.add_consent(records, time.time())
+        now = store.consent_state(loyalty_id)
+    click.echo(f"{loyalty_id}: {purposes_text(now.granted)}"
+               + (f" ({change.unlinked} links deleted)" if change.unlinked else "")
+               + (" (not stored: this customer was erased)" if change.erased else ""))
+
+
+@consent.command("show")
+@click.argument("loyalty_id")
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON, every record included.")
+def consent_show(loyalty_id: str, db_url: str, as_json: bool) -> None:
+    """What holds for one customer now, and the record that decided each purpose.
+
+    \b
+    Example:
+      santi hq consent show L100042
+    """
+    with _store(db_url) as store:
+        records = store.consent_records(loyalty_id)
+    now = consent_state(loyalty_id, records)
+    if as_json:
+        click.echo(json.dumps({"loyalty_id": loyalty_id,
+                               "granted": {p: now.allows(p) for p in PURPOSES},
+                               "records": [json.loads(r.model_dump_json()) for r in records]}, indent=2))
+        return
+    click.echo(f"{loyalty_id}: {purposes_text(now.granted)}")
+    for purpose in PURPOSES:
+        record = now.decided_by.get(purpose)
+        click.echo(f"  {purpose}: " + ("no record (refused)" if record is None else
+                                      f"{'granted' if record.granted else 'refused'} at "
+                                      f"{record.ts.isoformat().replace('+00:00', 'Z')} by {record.source}"))
+
+
+@consent.command("import")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--source", default="import", show_default=True, help="Source of records that name none.")
+@db_option
+def consent_import(path: Path, source: str, db_url: str) -> None:
+    """Import a CSV (loyalty_id,purpose,granted,ts[,source]) or JSON Lines export: all or nothing.
+
+    A bad line is one error naming the file and line, and nothing is stored.
+
+    \b
+    Example:
+      santi hq consent import examples/consent.csv
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        records = parse_import(text, path, source=source)
+    except ConsentError as exc:
+        raise CliError(str(exc)) from None
+    with _store(db_url) as store:
+        change = store.add_consent(records, time.time())
+    customers = len({r.loyalty_id for r in records})
+    click.echo(f"imported {path}: {len(records)} records of {customers} customers, {change.stored} new"
+               + (f", {change.unlinked} links deleted" if change.unlinked else "")
+               + (f", {change.erased} of erased customers skipped" if change.erased else ""))
+
+
+@hq.command("activations")
+@db_option
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def activations(db_url: str, limit: int, as_json: bool) -> None:
+    """Rules that fired, newest first: customer, triggering event and each action's delivery state.
+
+    \b
+    Example:
+      santi hq activations --limit 20
+    """
+    with _store(db_url) as store:
+        found = store.activations(limit)
+    if as_json:
+        click.echo(json.dumps([a.__dict__ for a in found], indent=2))
+        return
+    table = Table("fired", "rule", "loyalty id", "store", "sector", "event", "deliveries",
+                  title=f"Activations ({len(found)} newest)", title_justify="left")
+    for a in found:
+        states = ", ".join(f"{d['kind']} {d['state']}" + (f" ({d['detail']})" if d["detail"] else "")
+                           for d in a.deliveries)
+        table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.fired_at)), a.rule_id, a.loyalty_id,
+                      a.store_id, a.sector_id or "-", a.event_id, states or "-")
     Console().print(table)
