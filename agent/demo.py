@@ -20,6 +20,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -29,9 +30,11 @@ from rich.table import Table
 from agent.config import ConsoleConfig, SiteConfig, UplinkConfig
 from agent.events import Event
 from agent.localbroker import Broker, free_port
+from agent.messages import PURPOSES
 from agent.replayclock import ReplayClock, first_timestamp
 from agent.service import Service
 from agent.sources.factory import replay_sources
+from hq.consent import ConsentRecord
 from hq.render import print_profile
 from hq.subscriber import HqSubscriber
 from simulator.run import SimConfig, simulate
@@ -45,6 +48,8 @@ class DemoResult:
     events: list[Event] = field(default_factory=list)
     truth: Truth = field(default_factory=Truth)
     loyalty_ids: list[str] = field(default_factory=list)
+    consented: list[str] = field(default_factory=list)
+    """Loyalty customers who agreed to profiling and personalisation in the demo."""
     outbox_left: int = 0
     workdir: Path = Path()
 
@@ -122,6 +127,9 @@ def run_demo(
         with subscriber:
             if not subscriber.wait_connected(10.0):
                 raise RuntimeError(f"the HQ subscriber could not connect to {host}:{port}")
+            agreed = result.consented = _grant_demo_consent(subscriber, read_truth(sim_dir / "truth.jsonl"))
+            console.print(f"consent: {len(agreed)} of the simulated loyalty customers agreed to profiling "
+                          "and personalisation (every other one; the rest stay anonymous visitors at HQ)")
             console.print(f"agent replaying the store at {speed:g}× into its outbox; HQ subscribed. "
                           "What HQ sees:")
             result.outbox_left = _run_agent(site, sim_dir, work / "agent", speed)
@@ -191,6 +199,17 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _grant_demo_consent(subscriber: HqSubscriber, truth: Truth) -> list[str]:
+    """Every other simulated loyalty customer consents (source "demo"): HQ joins only their visits."""
+    loyalty_ids = sorted({s.loyalty_id for s in truth.shoppers.values() if s.loyalty_id})
+    agreed = loyalty_ids[::2]
+    now = datetime.now(tz=UTC)
+    records = [ConsentRecord(loyalty_id=lid, purpose=purpose, granted=True, ts=now, source="demo")
+               for lid in agreed for purpose in PURPOSES]
+    subscriber.store.add_consent(records, now.timestamp())
+    return agreed
+
+
 def _summary(console: Console, result: DemoResult, subscriber: HqSubscriber) -> None:
     events, truth = result.events, result.truth
     kinds = Counter(e.type for e in events)
@@ -206,11 +225,13 @@ def _summary(console: Console, result: DemoResult, subscriber: HqSubscriber) -> 
     table.add_row("visits (shoppers with the app)", str(kinds["visit.started"]), str(len(app_shoppers)))
     table.add_row("median visit, minutes", f"{_median(durations) / 60:.1f}", f"{_median(truth_durations) / 60:.1f}")
     table.add_row("card taps", str(kinds["card.tapped"]), str(len(truth.taps)))
-    # Only a tapper whose phone the agent hears has a visit to link the card to.
+    # Only a tapper whose phone the agent hears has a visit to link the card to, and HQ keeps
+    # the link only with the customer's consent to profiling.
     card_links = sum(1 for e in events if e.type == "identity.linked" and getattr(e, "method", "") == "card_tap")
     linkable = sum(1 for tap in truth.taps if tap.shopper_id in truth.shoppers
-                   and truth.shoppers[tap.shopper_id].has_app)
-    table.add_row("card taps linked to a visit (truth: by app users)", str(card_links), str(linkable))
+                   and truth.shoppers[tap.shopper_id].has_app and tap.loyalty_id in result.consented)
+    table.add_row("card taps linked to a visit (truth: by app users who consented)", str(card_links),
+                  str(linkable))
     gaps = subscriber.gaps()
     table.add_row("seq gaps at HQ", str(sum(g.missing for g in gaps)), "0")
     table.add_row("events left in the agent's outbox", str(result.outbox_left), "0")
@@ -225,8 +246,9 @@ def _summary(console: Console, result: DemoResult, subscriber: HqSubscriber) -> 
     for sector, seconds in dwell.most_common():
         sectors.add_row(sector, f"{seconds / 60:.1f}")
     console.print(sectors)
-    if result.loyalty_ids:
-        loyalty = result.loyalty_ids[0]
+    linked = [lid for lid in result.loyalty_ids if lid in result.consented]
+    if linked:
+        loyalty = linked[0]
         print_profile(subscriber.profile(loyalty, now=events[-1].ts.timestamp()), console)
         console.print(f"See any profile again with: santi hq profile {loyalty} "
                       f"--db sqlite:///{result.workdir / 'hq.sqlite'}", highlight=False)
