@@ -47,7 +47,7 @@ from agent.privatefiles import write_private
 from agent.replayclock import SteadyClock, wall_clock_for_tests
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
-from agent.staffboard import STAFF_FILE, StaffBoard
+from agent.staffboard import STAFF_FILE, StaffBoard, parse_card
 from agent.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -182,7 +182,13 @@ class Service:
             return 1
         self.stats.started = self.clock()
         self._last_status = self.stats.started
-        self.uplink = Uplink(self.site.uplink, self.outbox, store_id=self.site.store.id, agent_id=self.site.agent.id)
+        loop = asyncio.get_running_loop()
+
+        def staff(payload: bytes) -> None:
+            loop.call_soon_threadsafe(self._staff_card, payload)
+
+        self.uplink = Uplink(self.site.uplink, self.outbox, store_id=self.site.store.id, agent_id=self.site.agent.id,
+                             on_staff=staff)
         self.uplink.start()
         self._install_signals()
         for source in self.sources:
@@ -405,6 +411,20 @@ class Service:
         return all(s.stats.state == "up" for s in self.sources) and (
             self.uplink is None or self.uplink.state in ("online", "connecting")
         )
+
+    def _staff_card(self, payload: bytes) -> None:
+        """A message on the store's staff topic, in the service's loop: a card on the board, or a counted drop."""
+        try:
+            card = parse_card(payload)
+        except ValueError as exc:
+            if not self.staff_board.dropped.get("invalid"):
+                log.warning("unusable message on the staff topic dropped", extra={"error": str(exc)[:200]})
+            self.staff_board.dropped["invalid"] = self.staff_board.dropped.get("invalid", 0) + 1
+            self._staff_changed = True
+            return
+        if self.staff_board.add(card, self.clock()):
+            log.debug("staff card", extra={"rule": card.rule_id, "sector": card.sector_id})
+        self._staff_changed = True
 
     def _write_staff_file(self, t: float) -> None:
         """``state_dir/staff.json`` for ``santi staff``, when the board changed."""

@@ -49,6 +49,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,6 +68,7 @@ from agent.backoff import (
 )
 from agent.config import ConfigError, UplinkConfig
 from agent.events import Ack, ack_topic, status_topic
+from agent.messages import staff_topic
 from agent.outbox import Outbox, OutboxError, Row
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ class _Session:
         self.lost = False
         self.last_log_error: str | None = None
         self.pubacks: list[tuple[int, ReasonCode]] = []
-        self.messages: list[bytes] = []
+        self.messages: list[tuple[str, bytes]] = []
         self.suback_failed: str | None = None
         self.tls: _TrackingContext | None = None
 
@@ -160,7 +162,7 @@ class _Session:
         self.pubacks.append((mid, reason))
 
     def on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self.messages.append(bytes(message.payload))
+        self.messages.append((message.topic, bytes(message.payload)))
 
     def on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode],
                      _p: Properties | None) -> None:
@@ -178,8 +180,11 @@ class Uplink:
 
     def __init__(self, config: UplinkConfig, outbox: Outbox, *, store_id: str, agent_id: str,
                  policy: BackoffPolicy | None = None, rng: random.Random | None = None,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, on_staff: Callable[[bytes], None] | None = None) -> None:
         self._config = config
+        self._staff_topic = staff_topic(store_id)
+        self._on_staff = on_staff
+        """Called on the uplink's thread with each message on the store's staff topic (HQ's staff cards)."""
         self._outbox = outbox
         self._status_topic = status_topic(store_id, agent_id)
         self._ack_topic = ack_topic(store_id, agent_id)
@@ -407,6 +412,9 @@ class Uplink:
             # Every connection is a clean session: subscribe again each time. The
             # retained ack arrives at once, so a restart deletes what HQ already has.
             client.subscribe(self._ack_topic, qos=1)
+        if self._on_staff is not None:
+            # HQ's staff cards for this store, over the same connection (its TLS and credentials).
+            client.subscribe(self._staff_topic, qos=1)
         client.publish(self._status_topic, b"online", qos=1, retain=True)
         self.last_error = None
         self._set_state("online")
@@ -550,7 +558,11 @@ class _Publisher:
                       "outbox until it is allowed (check the broker's ACL)",
                       extra={"topic": uplink._ack_topic, "reason": self.session.suback_failed})
         highest: dict[str, int] = {}
-        for payload in messages:
+        for topic, payload in messages:
+            if topic == uplink._staff_topic:
+                if uplink._on_staff is not None:
+                    uplink._on_staff(payload)
+                continue
             ack = parse_ack(payload, *uplink._ids)
             if isinstance(ack, str):
                 dropped = uplink.stats.acks_dropped

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import paho.mqtt.publish as publish
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import ConfigError, load_site
 from agent.console.server import Sessions
 from agent.console.snapshot import ellipses, health
-from agent.messages import StaffCard
+from agent.messages import StaffCard, staff_topic
 from agent.observations import Observation
 from agent.replayclock import ReplayClock
 from agent.replayfile import write_records
@@ -122,10 +123,13 @@ class RunningAgent:
         return self.call(lambda: next((v.visit_id for v in self.service.locator.presence.visits.values()), None))
 
     def add_card(self, visit_id: str, text: str) -> None:
-        card = StaffCard(card_id="a-1", store_id=self.service.site.store.id, visit_id=visit_id, loyalty_id="L-000777",
+        """HQ's part: a staff card published on the store's staff topic, as the activation runner does."""
+        store_id = self.service.site.store.id
+        card = StaffCard(card_id="a-1", store_id=store_id, visit_id=visit_id, loyalty_id="L-000777",
                          sector_id="fish", rule_id="fish-lover", text=text, facts={"visits_90d": 7},
                          ts=datetime.now(tz=UTC))
-        self.call(lambda: self.service.staff_board.add(card, self.service.clock()))
+        uplink = self.service.site.uplink
+        publish.single(staff_topic(store_id), card.to_json(), qos=1, hostname=uplink.host, port=uplink.port)
 
 
 @contextmanager
