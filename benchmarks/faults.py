@@ -237,7 +237,7 @@ def generated(state_dir: Path) -> tuple[dict[str, int], int, set[tuple[str, int]
     epochs: dict[str, int] = {}
     evicted = 0
     left: set[tuple[str, int]] = set()
-    for path in sorted(state_dir.glob("outbox.sqlite*")):
+    for path in sorted(p for p in state_dir.glob("outbox.sqlite*") if p.suffix not in (".spare", ".tmp")):
         if path.name.endswith(("-wal", "-shm")):
             continue
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
@@ -574,8 +574,9 @@ def poison_node_case(case: str, topic: str, payload: bytes, broker: Broker) -> P
                         valid.append((topic, encode_batch([obs])))
                 send(client, valid)
                 await _until(lambda: len(received) >= VALID, POISON_WAIT_S)
-            # The publisher's network thread has ended: a paho thread still alive is the source's.
-            alive = any(t.name.startswith("paho-mqtt-client-") and t.is_alive() for t in threading.enumerate())
+            # The source's own network thread ("nodes-HOST:PORT"), or paho's in sources that let paho run it.
+            alive = any(t.is_alive() and (t.name.startswith("nodes-") or t.name.startswith("paho-mqtt-client-"))
+                        for t in threading.enumerate()) and source.stats.state == "up"
             return len(received), alive, source.stats.state
         finally:
             stop.set()
