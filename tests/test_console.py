@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import json
+import queue
 import re
 import socket
 import subprocess
@@ -39,6 +41,7 @@ from agent.replayfile import write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
 from tests.helpers.wait import wait_until
+from tests.hq_acks import AckingSubscriber
 from tests.mosquitto import Broker, free_port
 from tests.sitefiles import example_site_for
 
@@ -348,7 +351,9 @@ def test_metrics_in_prometheus_text_format(broker: Broker, tmp_path: Path) -> No
         return headers, samples, {f.name for f in families}
 
     silenced = ("santi_receiver_readings_total", (("receiver", SILENCED),))
-    with running_agent(tmp_path, broker) as agent:
+    # HQ's part: a delivery is timed to HQ's acknowledgement.
+    hq = AckingSubscriber(broker.host, broker.port, queue.Queue())
+    with running_agent(tmp_path, broker) as agent, contextlib.closing(hq):
         wait_until(lambda: scrape(agent.port)[1].get(silenced) == SILENCED_AFTER_S
                    and scrape(agent.port)[1].get(("santi_publish_latency_seconds_count", ()), 0) > 0,
                    30.0, f"all {SILENCED_AFTER_S:g} readings of {SILENCED} and a delivery in /metrics")
