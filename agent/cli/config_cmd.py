@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -19,6 +21,28 @@ def load_or_fail(path: Path) -> SiteConfig:
         return load_site(path)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+DEFAULT_SITE = Path("/etc/santi/site.toml")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def state_dir_options(command: F) -> F:
+    """``--config`` / ``--state-dir``: which running agent a reading command looks at."""
+    command = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                           help="The agent's state directory (overrides --config).")(command)
+    return click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                        help=f"Site config; its [agent] state_dir is read (default {DEFAULT_SITE}).")(command)
+
+
+def agent_state_dir(config: Path | None, state_dir: Path | None) -> Path:
+    """The state folder those options name; exit 2 with one line when it does not exist."""
+    if state_dir is None:
+        state_dir = load_or_fail(config or DEFAULT_SITE).agent.state_dir
+    if not state_dir.is_dir():
+        raise CliError(f"state directory {state_dir} does not exist (wrong --state-dir, or the agent never ran here)")
+    return state_dir
 
 
 @click.group()

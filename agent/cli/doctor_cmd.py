@@ -12,9 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.checks import Check
+from agent.cli.config_cmd import DEFAULT_SITE
 from agent.doctor import run_checks, worst
 
-DEFAULT_CONFIG = Path("/etc/santi/site.toml")
 EXIT_FAILED = 1
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -28,7 +28,7 @@ def _table(checks: list[Check]) -> Table:
 
 
 @click.command()
-@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG,
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_SITE,
               show_default=True, help="Site config of this store.")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Use this state directory instead of [agent] state_dir.")

@@ -34,7 +34,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
+from agent.cli.config_cmd import DEFAULT_SITE, load_or_fail
 from agent.cli.errors import CliError
 from agent.config import BleConfig, ConfigError, SiteConfig
 from agent.observations import Observation
@@ -64,7 +64,6 @@ from agent.sources.wifi import (
     WifiMonitorSource,
 )
 
-DEFAULT_CONFIG = Path("/etc/santi/site.toml")
 EXIT_RADIO_FAILED = 1
 TICK_S = 0.1
 REFRESH_S = 0.5
@@ -334,7 +333,7 @@ def build_sources(site: SiteConfig, table: ScanTable, *, ble: bool, adapter: str
 
 
 @click.command("scan")
-@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG,
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_SITE,
               show_default=True, help="Site config: its allow-list says what is located, and which adapter to use.")
 @click.option("--seconds", type=click.FloatRange(min=0.5), default=None,
               help="Stop after this long (default: until Ctrl-C).")

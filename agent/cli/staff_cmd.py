@@ -13,12 +13,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
-from agent.cli.errors import CliError
+from agent.cli.config_cmd import agent_state_dir, state_dir_options
 from agent.staffboard import BoardView, read_board
 from agent.statusfile import duration
-
-DEFAULT_CONFIG = Path("/etc/santi/site.toml")
 
 
 def _table(view: BoardView, now: float) -> Table:
@@ -40,10 +37,7 @@ def _table(view: BoardView, now: float) -> Table:
 
 
 @click.command("staff")
-@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help=f"Site config; its [agent] state_dir is read (default {DEFAULT_CONFIG}).")
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="The agent's state directory (overrides --config).")
+@state_dir_options
 @click.option("--json", "as_json", is_flag=True, help="Print the cards once as JSON and exit.")
 @click.option("--once", is_flag=True, help="Print the table once and exit instead of following it live.")
 def staff(config: Path | None, state_dir: Path | None, as_json: bool, once: bool) -> None:
@@ -59,10 +53,7 @@ def staff(config: Path | None, state_dir: Path | None, as_json: bool, once: bool
       santi staff --config /etc/santi/site.toml
       santi staff --state-dir /var/lib/santi --json
     """
-    if state_dir is None:
-        state_dir = load_or_fail(config or DEFAULT_CONFIG).agent.state_dir
-    if not state_dir.is_dir():
-        raise CliError(f"state directory {state_dir} does not exist (wrong --state-dir, or the agent never ran here)")
+    state_dir = agent_state_dir(config, state_dir)
     if as_json:
         view = read_board(state_dir)
         click.echo(json.dumps({"updated": view.updated, "cards": list(view.cards), "problem": view.problem}, indent=2))

@@ -11,11 +11,9 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
-from agent.cli.errors import CliError
+from agent.cli.config_cmd import agent_state_dir, state_dir_options
 from agent.statusfile import STALE_AFTER_S, StatusReport, duration, read_status, utc_text
 
-DEFAULT_CONFIG = Path("/etc/santi/site.toml")
 EXIT_DEGRADED = 1
 EXIT_NOT_RUNNING = 3
 STATE_STYLE = {"online": "bold green", "degraded": "bold yellow", "stale": "bold red", "stopped": "bold red",
@@ -118,10 +116,7 @@ def _events(report: StatusReport) -> Table | None:
 
 
 @click.command("status")
-@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help=f"Site config; its [agent] state_dir is read (default {DEFAULT_CONFIG}).")
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="The agent's state directory (overrides --config).")
+@state_dir_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(config: Path | None, state_dir: Path | None, as_json: bool) -> None:
     """Show the running agent: health, uplink, outbox depth, HQ's acknowledgement, per-source rates, newest events.
@@ -139,10 +134,7 @@ def status(config: Path | None, state_dir: Path | None, as_json: bool) -> None:
       santi status --config /etc/santi/site.toml
       santi status --state-dir /tmp/santi --json
     """
-    if state_dir is None:
-        state_dir = load_or_fail(config or DEFAULT_CONFIG).agent.state_dir
-    if not state_dir.is_dir():
-        raise CliError(f"state directory {state_dir} does not exist (wrong --state-dir, or the agent never ran here)")
+    state_dir = agent_state_dir(config, state_dir)
     now = time.time()
     report = read_status(state_dir, now, stale_after_s=STALE_AFTER_S)
     if as_json:
