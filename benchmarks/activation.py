@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.events import Event, IdentityLinked, SectorEntered, VisitStarted, topic_for, uuid7  # noqa: E402
+from agent.localbroker import Broker  # noqa: E402
 from agent.messages import StaffCard  # noqa: E402
-from benchmarks.hq import Database  # noqa: E402 - fresh SQLite files or PostgreSQL schemas
+from benchmarks.hq import Database, queue_events  # noqa: E402 - fresh SQLite files or PostgreSQL schemas
 from hq.consent import ConsentRecord  # noqa: E402
 from hq.ingest import decode  # noqa: E402
 from hq.rules import parse_rules  # noqa: E402
@@ -49,7 +50,6 @@ from hq.runner import ActivationRunner, activation_id  # noqa: E402
 from hq.store import Store, open_store  # noqa: E402
 from hq.subscriber import HqSubscriber  # noqa: E402
 from hq.synthetic import synthetic_stream  # noqa: E402
-from tests.mosquitto import Broker  # noqa: E402
 
 P99_TARGET_MS = 250.0
 RATE_TARGET = 5_000.0
@@ -112,19 +112,6 @@ def populate(store: Store, customers: int) -> None:
             batch = []
     if batch:
         store.ingest([decode(topic_for(e), e.to_json().encode()) for e in batch], time.time(), want_events=False)
-
-
-def queue_events(broker: Broker, events: list[Event]) -> None:
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    pub.max_inflight_messages_set(1000)
-    pub.max_queued_messages_set(0)
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    infos = [pub.publish(topic_for(e), e.to_json(), qos=1) for e in events]
-    for info in infos:
-        info.wait_for_publish(120)
-    pub.disconnect()
-    pub.loop_stop()
 
 
 def drain_rate(broker: Broker, url: str, events: list[Event], rules_text: str | None, workdir: Path,

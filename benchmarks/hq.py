@@ -32,12 +32,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.events import Event, topic_for  # noqa: E402
+from agent.events import Event, IdentityLinked, topic_for  # noqa: E402
+from agent.localbroker import Broker  # noqa: E402
+from agent.messages import PURPOSES  # noqa: E402
+from hq.consent import ConsentRecord  # noqa: E402
 from hq.ingest import decode  # noqa: E402
 from hq.store import open_store  # noqa: E402
 from hq.subscriber import HqSubscriber  # noqa: E402
 from hq.synthetic import synthetic_stream  # noqa: E402
-from tests.mosquitto import Broker  # noqa: E402
 
 TARGET = 5_000.0
 PG_SERVER = "postgresql://{user}@127.0.0.1:5432/test"
@@ -84,8 +86,21 @@ class Database:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
+def grant_consent(url: str, events: list[Event]) -> None:
+    """Every loyalty customer in ``events`` consents, so HQ stores every identity link (none is gated out)."""
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = sorted({e.loyalty_id for e in events if isinstance(e, IdentityLinked)})
+    store = open_store(url)
+    try:
+        store.add_consent([ConsentRecord(loyalty_id=lid, purpose=p, granted=True, ts=ts, source="bench")
+                           for lid in ids for p in PURPOSES], 0.0)
+    finally:
+        store.close()
+
+
 def bench_store(url: str, events: list[Event], batch: int) -> float:
     payloads = [(topic_for(e), e.to_json().encode()) for e in events]
+    grant_consent(url, events)
     store = open_store(url)
     try:
         start = time.perf_counter()
@@ -98,16 +113,8 @@ def bench_store(url: str, events: list[Event], batch: int) -> float:
     return len(events) / elapsed
 
 
-def bench_mqtt(url: str, events: list[Event], broker: Broker, batch: int) -> float:
-    # A group of its own: a stopped persistent session keeps taking its share of a group.
-    client_id = group = f"hq-bench-{uuid.uuid4().hex[:8]}"
-    sub = HqSubscriber(broker.host, broker.port, url, group, client_id=client_id, session_expiry_s=600,
-                       batch_size=batch)
-    sub.start()
-    if not sub.wait_connected(10):
-        raise SystemExit("subscriber did not connect")
-    time.sleep(0.2)
-    sub.stop()
+def queue_events(broker: Broker, events: list[Event]) -> None:
+    """Publish ``events`` at QoS 1 and wait for every PUBACK: they wait in a stopped subscriber's session."""
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     pub.max_inflight_messages_set(1000)
     pub.max_queued_messages_set(0)
@@ -118,6 +125,20 @@ def bench_mqtt(url: str, events: list[Event], broker: Broker, batch: int) -> flo
         info.wait_for_publish(120)
     pub.disconnect()
     pub.loop_stop()
+
+
+def bench_mqtt(url: str, events: list[Event], broker: Broker, batch: int) -> float:
+    # A group of its own: a stopped persistent session keeps taking its share of a group.
+    client_id = group = f"hq-bench-{uuid.uuid4().hex[:8]}"
+    grant_consent(url, events)
+    sub = HqSubscriber(broker.host, broker.port, url, group, client_id=client_id, session_expiry_s=600,
+                       batch_size=batch)
+    sub.start()
+    if not sub.wait_connected(10):
+        raise SystemExit("subscriber did not connect")
+    time.sleep(0.2)
+    sub.stop()
+    queue_events(broker, events)
     sub = HqSubscriber(broker.host, broker.port, url, group, client_id=client_id, session_expiry_s=600,
                        batch_size=batch)
     start = time.perf_counter()

@@ -30,11 +30,11 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.config import ReceiverConfig  # noqa: E402
+from agent.localbroker import Broker, mosquitto_path  # noqa: E402
 from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from agent.sources.base import Record  # noqa: E402
 from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic  # noqa: E402
-from tests.mosquitto import Broker, mosquitto_path  # noqa: E402
 
 TARGET_OBS_PER_S = 20_000
 STORE = "bench-store"
