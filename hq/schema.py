@@ -14,6 +14,8 @@ Version 3 adds consent records (``consent``), activation firings
 firing happen once across redelivery, restarts and several HQs) and their
 per-action delivery state (``deliveries``, claimed by one HQ at a time). The
 new tables are created by the DDL itself: an older database needs no other step.
+So is ``lost_seqs``: the seqs HQ gave up waiting for because the agent's outbox
+no longer holds them.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ CREATE TABLE IF NOT EXISTS finished_seqs (
     epoch TEXT NOT NULL,
     seq BIGINT NOT NULL,
     PRIMARY KEY (store_id, agent_id, epoch, seq)
+);
+-- Seqs HQ never received that the agent's outbox no longer holds (its bounds
+-- evicted them, ``agent.status`` first_held_seq says so): given up, acknowledged
+-- past, and kept here so ``santi hq gaps`` still counts them as lost.
+CREATE TABLE IF NOT EXISTS lost_seqs (
+    store_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    lo BIGINT NOT NULL,
+    hi BIGINT NOT NULL,
+    PRIMARY KEY (store_id, agent_id, epoch, lo)
 );
 -- Per agent and outbox epoch: highest seq received, seqs known complete (what
 -- HQ acknowledges), the agent's own last seq and evictions from agent.status,

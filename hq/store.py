@@ -574,9 +574,11 @@ class Store(ABC):
 
     def _advance(self, cur: _Cursor, key: EpochKey, upto: int, floor: int = 0) -> int:
         """The highest seq with every seq up to it finished (stored, retired or dead-lettered) or given up
-        (at or below ``floor``: gone from the agent's outbox)."""
+        (at or below ``floor``: gone from the agent's outbox; what HQ lacks there goes to ``lost_seqs``)."""
         start = upto
-        upto = max(upto, floor)
+        if floor > upto:
+            self._give_up(cur, key, upto, floor)
+            upto = floor
         while True:
             cur.execute("SELECT seq FROM (SELECT seq FROM events WHERE store_id = ? AND agent_id = ? AND epoch = ?"
                         " AND seq > ? UNION SELECT seq FROM finished_seqs WHERE store_id = ? AND agent_id = ?"
@@ -595,6 +597,20 @@ class Store(ABC):
             cur.execute("UPDATE agent_epochs SET contiguous_upto = ? WHERE store_id = ? AND agent_id = ?"
                         " AND epoch = ? AND contiguous_upto < ?", (upto, *key, upto))
         return upto
+
+    def _give_up(self, cur: _Cursor, key: EpochKey, upto: int, floor: int) -> None:
+        """Record the seqs in (upto, floor] HQ never received as lost ranges."""
+        cur.execute("SELECT seq FROM events WHERE store_id = ? AND agent_id = ? AND epoch = ? AND seq > ?"
+                    " AND seq <= ? UNION SELECT seq FROM finished_seqs WHERE store_id = ? AND agent_id = ?"
+                    " AND epoch = ? AND seq > ? AND seq <= ? ORDER BY seq", (*key, upto, floor) * 2)
+        have = [int(row[0]) for row in cur.fetchall()]
+        lost, expected = [], upto + 1
+        for seq in [*have, floor + 1]:
+            if seq > expected:
+                lost.append((expected, seq - 1))
+            expected = seq + 1
+        cur.executemany("INSERT INTO lost_seqs (store_id, agent_id, epoch, lo, hi) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING", [(*key, lo, hi) for lo, hi in lost])
 
     # --- queries -------------------------------------------------------
     def loyalty_events(self, loyalty_id: str) -> tuple[list[Event], list[Event]]:
@@ -823,8 +839,8 @@ class Store(ABC):
             return [DeadLetter(*row) for row in cur.fetchall()]
 
     def gaps(self) -> list[AgentGaps]:
-        """Missing seqs per agent epoch: holes above the acknowledged mark, and past the highest
-        seq received up to the last seq the agent's status reported."""
+        """Missing seqs per agent epoch: those given up below the acknowledged mark (``lost_seqs``),
+        holes above it, and past the highest seq received up to the last seq the agent's status reported."""
         report = []
         with self._read() as cur:
             cur.execute("SELECT store_id, agent_id, epoch, max_seq, contiguous_upto, status_last_seq,"
@@ -845,7 +861,10 @@ class Store(ABC):
                     params,
                 )
                 edges = [(int(seq), int(nxt)) for seq, nxt in cur.fetchall()]
-                ranges = gap_ranges(int(upto), None if first is None else int(first), edges)
+                cur.execute("SELECT lo, hi FROM lost_seqs WHERE store_id = ? AND agent_id = ? AND epoch = ?"
+                            " ORDER BY lo", key)
+                ranges = [(int(lo), int(hi)) for lo, hi in cur.fetchall()]
+                ranges += gap_ranges(int(upto), None if first is None else int(first), edges)
                 top = max(int(max_seq), int(upto))
                 if int(agent_last) > top:
                     ranges.append((top + 1, int(agent_last)))

@@ -414,6 +414,19 @@ def test_gaps_see_losses_past_the_highest_seq_received(store: Store) -> None:
     assert [(g["epoch"], g["missing"], g["acked"]) for g in data] == [("e1", 3, 9)]
 
 
+def test_seqs_gone_from_the_agent_are_acknowledged_past_and_stay_missing(store: Store) -> None:
+    # The agent's bounds evicted seqs 1-4 before they were sent: its status says it holds 5 and up.
+    status = AgentStatus(**{k: v for k, v in event(9).model_dump().items()
+                            if k not in ("type", "tech", "sector_id", "visit_id")},
+                         uptime_s=1.0, outbox_depth=5, last_seq=9, first_held_seq=5)
+    before = store.ingest(wire(map(event, range(5, 9))), received_at=1.0)
+    assert before.acks == {}, "nothing is contiguous from 1 yet"
+    after = store.ingest(wire([status]), received_at=2.0)
+    assert list(after.acks.values()) == [9]
+    (gaps,) = store.gaps()
+    assert (gaps.acked, gaps.ranges, gaps.missing) == (9, [(1, 4)], 4)
+
+
 def _url(store: Store) -> str:
     if store.dialect == "sqlite":
         return f"sqlite:///{store.path}"  # type: ignore[attr-defined]
