@@ -47,7 +47,7 @@ from agent.privatefiles import write_private
 from agent.replayclock import SteadyClock, wall_clock_for_tests
 from agent.sdnotify import Notifier
 from agent.sources.base import Record, Source
-from agent.staffboard import STAFF_FILE, StaffBoard, parse_card
+from agent.staffboard import STAFF_FILE, StaffBoard
 from agent.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -414,16 +414,12 @@ class Service:
 
     def _staff_card(self, payload: bytes) -> None:
         """A message on the store's staff topic, in the service's loop: a card on the board, or a counted drop."""
+        first_bad = not self.staff_board.dropped.get("invalid")
         try:
-            card = parse_card(payload)
+            self.staff_board.receive(payload, self.clock())
         except ValueError as exc:
-            if not self.staff_board.dropped.get("invalid"):
+            if first_bad:
                 log.warning("unusable message on the staff topic dropped", extra={"error": str(exc)[:200]})
-            self.staff_board.dropped["invalid"] = self.staff_board.dropped.get("invalid", 0) + 1
-            self._staff_changed = True
-            return
-        if self.staff_board.add(card, self.clock()):
-            log.debug("staff card", extra={"rule": card.rule_id, "sector": card.sector_id})
         self._staff_changed = True
 
     def _write_staff_file(self, t: float) -> None:

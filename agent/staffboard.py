@@ -83,6 +83,15 @@ class StaffBoard:
             self._drop("board_full")
         return True
 
+    def receive(self, payload: bytes, now: float) -> bool:
+        """A message from the staff topic: ``add`` its card; ``ValueError`` (counted as invalid) if it is none."""
+        try:
+            card = parse_card(payload)
+        except ValueError:
+            self._drop("invalid")
+            raise
+        return self.add(card, now)
+
     def sector(self, visit_id: str, sector_id: str | None) -> None:
         """The visit's sector changed (a ``sector.entered``)."""
         self._sectors[visit_id] = sector_id

@@ -119,3 +119,12 @@ def test_the_board_follows_stored_events() -> None:
     assert board.cards()[0].sector_id == "checkout"
     assert board.follow([VisitEnded(**envelope(), visit_id="v1", duration_s=60.0, reason="exit")])
     assert board.cards() == []
+
+
+def test_a_staff_topic_message_is_a_card_or_a_counted_drop() -> None:
+    board = StaffBoard("fishmonger-01")
+    assert board.receive(_card("v1").to_json().encode(), now=1.0)
+    with pytest.raises(ValueError, match=r"staff card"):
+        board.receive(b"[[[", now=2.0)
+    assert [c.card.visit_id for c in board.cards()] == ["v1"]
+    assert board.dropped == {"invalid": 1}
