@@ -80,6 +80,18 @@ EpochSeconds = Annotated[
 ]
 
 
+class ProbeFields(BaseModel):
+    """What links the probe bursts of one phone across MAC changes: numbers and a keyed pseudonym only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sequence: int | None = Field(default=None, ge=0, le=4095,
+                                 description="802.11 sequence number, or null when the frame had none.")
+    signature: str = Field(min_length=1, max_length=128,
+                           description="Keyed pseudonym of the element signature: equal for phones of one model and OS.")
+    randomised: bool = Field(description="Locally administered MAC (the phone made it up).")
+
+
 class Observation(BaseModel):
     """One RSSI reading of one emitter at one receiver."""
 
@@ -96,6 +108,8 @@ class Observation(BaseModel):
     tx_power_dbm: float | None = Field(
         default=None, ge=-100.0, le=30.0, description="Advertised TX power (or measured power at 1 m), if any."
     )
+    probe: ProbeFields | None = Field(
+        default=None, description="A Wi-Fi probe request's linking keys (agent.probe_keys), for the occupancy count.")
 
     @field_validator("ts", "rssi_dbm", "tx_power_dbm")
     @classmethod
