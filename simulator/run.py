@@ -186,7 +186,7 @@ def observation_line(ts: float, receiver: str, emitter: str, tech: str, rssi: fl
     tx_text = "null" if tx is None else _fmt(tx)
     return (
         f'{{"ts":{_fmt(ts)},"receiver_id":"{receiver}","emitter_id":"{emitter}","tech":"{tech}",'
-        f'"rssi_dbm":{_fmt(rssi)},"tx_power_dbm":{tx_text}}}\n'
+        f'"rssi_dbm":{_fmt(rssi)},"tx_power_dbm":{tx_text},"probe":null}}\n'
     ).encode()
 
 
