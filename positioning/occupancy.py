@@ -80,6 +80,36 @@ and the expected number inside at x is the sum over devices of S(x - t_d),
 t_d the device's last probe before x; its mean over a window is taken on a
 grid of step ``step_s``. This count is causal except for the power test of
 (d), which uses the median of the whole stay.
+
+(h) The live estimate. The agent asks every minute, at `now`, with the
+receptions of the last W (every receiver's row for one transmission; BLE
+rows and probes without a sequence number are grouped by their key alone).
+It answers for x = now - L, a lead L that lets the next probes of a device
+say whether it was still there. The devices of (30) over [now - W, now]
+give stays (31); a stay j is a person inside when
+
+    keep_j <=> u_j >= u_min  and  max_r z~_jr >= theta_r  and  not fixed(d_j),
+    fixed(d) <=> sum_j (c_j - a_j) >= T_fix  or  exists j of d: c_j - a_j >= T_still, iqr_j / 1.349 <= sigma_still   (37)
+
+u_j the distinct transmissions of the stay (one burst alone is a passer-by
+or a new address (30) could not join), z~_jr the median power of the stay at
+receiver r and theta_r that receiver's threshold (every receiver that hears
+it may vouch for it being inside), and the spread of the stay's power at its
+loudest receiver the stationarity cue: a PC does not move, a shopper who
+stands at a counter still turns, so a long stay whose power barely varies
+is a device. The count and the entries of the last interval I are
+
+    n(x) = #{j kept: a_j <= x < c_j},   e(x) = #{j kept: x - I <= a_j < x, c_j - a_j >= D}     (38)
+
+and people follow from (34) with its fitted alpha and beta. If each person
+carries a counted device with chance p = 1/alpha, the people behind n
+devices exceed n by a negative binomial, so the spread is
+
+    sigma_n = sqrt(s^2 + alpha (alpha - 1) n),   sigma_e = sqrt(alpha |alpha - 1| e + alpha^2 e / 4)   (39)
+
+s the residual spread of (34); the second term of sigma_e stands for stays
+split or merged at the window's edges. All of (37)-(39) depend on the set
+of receptions only, not on their order.
 """
 
 from __future__ import annotations
@@ -381,3 +411,157 @@ def predict_occupancy(fit: OccupancyFit, devices: ArrayLike) -> tuple[FloatArray
     mean = np.maximum(0.0, fit.alpha * x + fit.beta)
     sigma = fit.s * np.sqrt(1.0 + np.einsum("ki,ij,kj->k", design, fit.xtx_inv, design))
     return mean, sigma
+
+
+@dataclass(frozen=True)
+class EstimateConfig:
+    """Parameters of eqs. (37)-(39); the benchmark fits them on one simulated day (benchmarks/footfall.py).
+
+    window_s: W, the history an estimate looks at.
+    lead_s: L, how far behind ``now`` the count is taken.
+    interval_s: I, the interval the entries are counted over, ending at now - L.
+    gap_s, hold_s: G and h of eq. (31).
+    min_transmissions: u_min of (37).
+    min_rssi_dbm: theta, one threshold for every receiver, or one per receiver code.
+    fixture_s: T_fix of (32) and (37); still_s, still_sd_db: T_still and sigma_still of (37).
+    visit_s: D of (38).
+    people_per_device, people_offset, residual_sd: alpha, beta and s of (34), (39).
+    """
+
+    link: LinkConfig = LinkConfig()
+    window_s: float = 7200.0
+    lead_s: float = 120.0
+    interval_s: float = 3600.0
+    gap_s: float = 300.0
+    hold_s: float = 60.0
+    min_transmissions: int = 2
+    min_rssi_dbm: float | tuple[float, ...] = -85.0
+    fixture_s: float = 2700.0
+    still_s: float = 900.0
+    still_sd_db: float = 2.0
+    visit_s: float = 120.0
+    people_per_device: float = 1.0
+    people_offset: float = 0.0
+    residual_sd: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "gap_s", "interval_s", "fixture_s", "still_s", "people_per_device"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lead_s", "hold_s", "still_sd_db", "visit_s", "residual_sd"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lead_s >= self.window_s:
+            raise ValueError("the lead must be shorter than the window")
+
+    def threshold(self, receiver: IntArray) -> FloatArray:
+        """theta_r of (37) for receiver codes (M,)."""
+        if isinstance(self.min_rssi_dbm, tuple):
+            table = np.asarray(self.min_rssi_dbm, dtype=np.float64)
+            if receiver.size and (receiver.min() < 0 or receiver.max() >= table.size):
+                raise ValueError(f"receiver code outside the {table.size} thresholds given")
+            return np.asarray(table[receiver], dtype=np.float64)
+        return np.full(receiver.size, float(self.min_rssi_dbm))
+
+
+@dataclass(frozen=True)
+class OccupancyEstimate:
+    """Eqs. (37)-(39) at time ``at`` = now - L: people inside and entries over [at - I, at).
+
+    devices, stationary and outside are the anonymous devices behind the
+    figures (counted, set aside as fixtures, heard only from outside); only
+    counts, never a device, leave the store.
+    """
+
+    at: float
+    count: float
+    count_sd: float
+    entries: float
+    entries_sd: float
+    devices: int
+    stationary: int
+    outside: int
+
+
+def _group_sorted(keys: NDArray[np.int64], values: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+    """Rows sorted by (key, value): the order, the start of each key's run, and the values sorted."""
+    order = np.lexsort((values, keys))
+    sorted_keys = keys[order]
+    begin = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    return order.astype(np.intp), begin.astype(np.intp), values[order]
+
+
+def _quantile_in_runs(sorted_values: FloatArray, begin: IntArray, q: float) -> FloatArray:
+    """The q-quantile (lower/upper mean) of each run of sorted values starting at ``begin``."""
+    size = np.r_[begin[1:], sorted_values.size] - begin
+    pos = q * (size - 1)
+    lo, hi = begin + np.floor(pos).astype(np.intp), begin + np.ceil(pos).astype(np.intp)
+    result: FloatArray = 0.5 * (sorted_values[lo] + sorted_values[hi])
+    return result
+
+
+def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
+                       randomised: ArrayLike, rssi_dbm: ArrayLike, receiver: ArrayLike, now: float, *,
+                       config: EstimateConfig = EstimateConfig()) -> OccupancyEstimate:
+    """Eqs. (30), (31), (37)-(39): people inside at now - L and entries over the interval before it.
+
+    One row (N,) per reception: t s, mac and signature integer keys
+    (signature -1 where unknown), sequence 0..4095 or -1, randomised bool,
+    rssi_dbm, receiver integer code (indexes ``config.min_rssi_dbm`` when
+    that is a tuple). Rows outside [now - W, now] are ignored, so the caller
+    may hand over more. Pure: the same rows in any order give the same answer.
+    """
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    columns = [np.asarray(_as(v, np.int64)) for v in (mac, signature, sequence, receiver)]
+    rnd_ = np.asarray(_as(randomised, bool))
+    z_ = np.asarray(_as(rssi_dbm, float), dtype=np.float64)
+    if not all(c.size == t_.size for c in (*columns, rnd_, z_)):
+        raise ValueError("reception arrays differ in length")
+    if not np.all(np.isfinite(z_)) or not np.all(np.isfinite(t_)) or not np.isfinite(now):
+        raise ValueError("times and powers must be finite")
+    at = float(now) - config.lead_s
+    window = (t_ >= now - config.window_s) & (t_ <= now)
+    t_, z_, rnd_ = t_[window], z_[window], rnd_[window]
+    mac_, sig_, seq_, rx_ = (c[window] for c in columns)
+    if t_.size == 0:
+        return OccupancyEstimate(at, max(0.0, config.people_offset), config.residual_sd, 0.0, 0.0, 0, 0, 0)
+    device = group_devices(t_, mac_, sig_, seq_, z_, rnd_, config.link)
+    found = stays(t_, device, z_, config.gap_s, config.hold_s)
+    stay = found.of_probe
+    count_j = found.device.size
+    # u_j: distinct transmission times of each stay.
+    pairs = np.unique(np.column_stack([stay, t_]), axis=0)
+    transmissions = np.bincount(pairs[:, 0].astype(np.intp), minlength=count_j)
+    # Median and spread of each stay's power at each receiver; the loudest receiver vouches for it.
+    m = int(rx_.max()) + 1
+    cell = stay.astype(np.int64) * m + rx_
+    _, begin, z_sorted = _group_sorted(cell, z_)
+    cells = np.unique(cell)
+    median = _quantile_in_runs(z_sorted, begin, 0.5)
+    spread = (_quantile_in_runs(z_sorted, begin, 0.75) - _quantile_in_runs(z_sorted, begin, 0.25)) / 1.349
+    cell_stay = (cells // m).astype(np.intp)
+    cell_rx = (cells % m).astype(np.intp)
+    margin = median - config.threshold(cell_rx)
+    heard_inside = np.zeros(count_j, dtype=bool)
+    heard_inside[cell_stay[margin >= 0.0]] = True
+    loudest = np.full(count_j, -1, dtype=np.intp)
+    order = np.lexsort((margin, cell_stay))
+    last_of_stay = np.r_[np.flatnonzero(cell_stay[order][1:] != cell_stay[order][:-1]), order.size - 1]
+    loudest[cell_stay[order][last_of_stay]] = order[last_of_stay]
+    duration = found.end - found.start
+    still = (duration >= config.still_s) & (spread[loudest] <= config.still_sd_db)
+    present = np.bincount(found.device, weights=duration)
+    fixed = (present >= config.fixture_s) | (np.bincount(found.device, weights=still) > 0)
+    fixed_stay = fixed[found.device]
+    enough = transmissions >= config.min_transmissions
+    keep = enough & heard_inside & ~fixed_stay
+    inside_at = keep & (found.start <= at) & (at < found.end)
+    entered = keep & (found.start >= at - config.interval_s) & (found.start < at) & (duration >= config.visit_s)
+    n, e = float(inside_at.sum()), float(entered.sum())
+    alpha = config.people_per_device
+    count = max(0.0, alpha * n + config.people_offset)
+    count_sd = float(np.sqrt(config.residual_sd ** 2 + alpha * max(alpha - 1.0, 0.0) * n))
+    entries_sd = float(np.sqrt(alpha * abs(alpha - 1.0) * e + alpha ** 2 * e / 4.0))
+    outside = np.unique(found.device[enough & ~heard_inside & ~fixed_stay & (found.start <= at) & (at < found.end)])
+    return OccupancyEstimate(at=at, count=count, count_sd=count_sd, entries=alpha * e, entries_sd=entries_sd,
+                             devices=int(device.max()) + 1, stationary=int(fixed.sum()), outside=int(outside.size))
