@@ -16,7 +16,7 @@ import os
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -335,11 +335,6 @@ def parse_event(payload: str | bytes) -> Event:
     event of a known type; callers turn that into a counted drop.
     """
     return _EVENT_ADAPTER.validate_json(payload)
-
-
-def event_from_dict(data: dict[str, Any]) -> Event:
-    """Validate an already-decoded event (e.g. a row read back from a store)."""
-    return _EVENT_ADAPTER.validate_python(data)
 
 
 def topic_for(event: Event) -> str:

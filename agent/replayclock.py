@@ -58,10 +58,6 @@ class ReplayClock:
     def __call__(self) -> float:
         return self.first_ts + (self._monotonic() - self._start) * self.speed
 
-    def wall_time_of(self, ts: float) -> float:
-        """Seconds of real time from the start until the data reaches ``ts``."""
-        return (ts - self.first_ts) / self.speed
-
 
 def first_timestamp(path: Path) -> float:
     """Time of the first good observation in a replay file (clock jumps skipped, as the replay skips them)."""

@@ -350,9 +350,6 @@ class Service:
             log.info("uplink retry requested")
             self.uplink.retry_now()
 
-    def request_reload(self) -> None:
-        self._reload.set()
-
     def _apply_reload(self) -> None:
         """Re-read the site config; a broken file keeps the running one."""
         path = self.site.path
