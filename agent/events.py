@@ -27,6 +27,7 @@ from pydantic import (
     PlainSerializer,
     TypeAdapter,
     field_validator,
+    model_validator,
 )
 
 SCHEMA_VERSION: Literal["santi.presence/1"] = "santi.presence/1"
@@ -39,7 +40,12 @@ EventType = Literal[
     "identity.linked",
     "card.tapped",
     "agent.status",
+    "occupancy.sampled",
+    "footfall.counted",
 ]
+
+AGGREGATE_TYPES: frozenset[str] = frozenset({"agent.status", "occupancy.sampled", "footfall.counted"})
+"""Events about no person: their subject is the agent id, so HQ keeps them out of profiles and erasure."""
 
 
 def uuid7(unix_ms: int | None = None, rand: bytes | None = None) -> uuid.UUID:
@@ -164,7 +170,7 @@ class BaseEvent(BaseModel):
     subject: Text = Field(
         description=(
             "Pseudonymous visitor id (keyed hash, rotates with the store's salt). "
-            "For agent.status, the agent id."
+            "For agent.status, occupancy.sampled and footfall.counted, the agent id: they are about no person."
         ),
     )
 
@@ -304,6 +310,60 @@ class AgentStatus(BaseEvent):
     clock_offset_s: float | None = Field(default=None, description="Clock offset to a reference, if known.")
 
 
+CountMethod = Literal["probe_stays"]
+"""How a count was made: ``probe_stays``, eqs. (37)-(39) of positioning/occupancy.py over anonymous Wi-Fi probes."""
+
+Estimate = Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)]
+"""An estimated number of people: finite, not negative (a fraction is an expectation)."""
+
+
+class _AggregateEvent(BaseEvent):
+    """A count over an interval of the store's time: names no person and no device.
+
+    Only counts leave the store (issue 19): the subject is the agent id, and
+    no field can carry a pseudonym, so the model refuses any other subject.
+    """
+
+    interval_start: UtcTime = Field(description="Start of the interval the figures are about.")
+    interval_end: UtcTime = Field(description="End of the interval the figures are about.")
+    method: CountMethod = Field(
+        description="How the figures were estimated: 'probe_stays', anonymous Wi-Fi probe requests grouped into "
+                    "stays, fixtures and passers-by set aside (positioning/occupancy.py, eqs. 37-39).")
+
+    @field_validator("interval_start", "interval_end")
+    @classmethod
+    def _interval_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _names_no_one(self) -> _AggregateEvent:
+        if self.subject != self.agent_id:
+            raise ValueError("an aggregate count names no one: its subject must be the agent id")
+        if self.interval_end < self.interval_start:
+            raise ValueError("interval_end is before interval_start")
+        return self
+
+
+class OccupancySampled(_AggregateEvent):
+    """People inside the store (or one sector) at the end of the interval, sampled every interval."""
+
+    type: Literal["occupancy.sampled"] = Field(
+        default="occupancy.sampled", description="Event type; also the last topic level.")
+    sector_id: Identifier | None = Field(
+        default=None, description="The sector counted, as in the site config; null for the whole store.")
+    count: Estimate = Field(description="People estimated inside at interval_end.")
+    count_sd: Estimate = Field(description="Standard deviation of ``count`` (one sigma), persons.")
+
+
+class FootfallCounted(_AggregateEvent):
+    """People who came into the store over one hour (interval_start is the whole hour)."""
+
+    type: Literal["footfall.counted"] = Field(
+        default="footfall.counted", description="Event type; also the last topic level.")
+    entries: Estimate = Field(description="People estimated to have entered during the interval.")
+    entries_sd: Estimate = Field(description="Standard deviation of ``entries`` (one sigma), persons.")
+
+
 Event = Annotated[
     VisitStarted
     | SectorEntered
@@ -311,7 +371,9 @@ Event = Annotated[
     | VisitEnded
     | IdentityLinked
     | CardTapped
-    | AgentStatus,
+    | AgentStatus
+    | OccupancySampled
+    | FootfallCounted,
     Field(discriminator="type"),
 ]
 
@@ -323,6 +385,8 @@ EVENT_MODELS: dict[str, type[BaseEvent]] = {
     "identity.linked": IdentityLinked,
     "card.tapped": CardTapped,
     "agent.status": AgentStatus,
+    "occupancy.sampled": OccupancySampled,
+    "footfall.counted": FootfallCounted,
 }
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -178,6 +178,10 @@ def event_line(seq: int, payload: dict[str, Any], fallback_ts: float) -> EventLi
         detail = f"{payload.get('state', '?')}, outbox {payload.get('outbox_depth', '?')}"
     elif kind in ("identity.linked", "card.tapped"):
         detail = str(payload.get("method", payload.get("reader_id", "")))
+    elif kind in ("occupancy.sampled", "footfall.counted"):
+        field, what = ("count", "inside") if kind == "occupancy.sampled" else ("entries", "entered")
+        if isinstance(payload.get(field), int | float) and isinstance(payload.get(f"{field}_sd"), int | float):
+            detail = f"{payload[field]:.1f} ± {payload[f'{field}_sd']:.1f} {what}"
     return EventLine(seq=seq, type=kind, ts=ts, subject=str(payload.get("subject", "")), detail=detail)
 
 

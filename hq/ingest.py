@@ -17,7 +17,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.events import MAX_INT, CardTapped, Event, IdentityLinked, parse_event, topic_for
+from agent.events import (
+    AGGREGATE_TYPES,
+    MAX_INT,
+    CardTapped,
+    Event,
+    IdentityLinked,
+    parse_event,
+    topic_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +84,7 @@ class Accepted:
         """Tombstone digests that, if erased, make this event about an erased person."""
         event = self.event
         found = []
-        if event.type != "agent.status":
+        if event.type not in AGGREGATE_TYPES:
             found.append(subject_digest(event.subject))
         if self.visit_id is not None:
             found.append(visit_digest(event.store_id, event.agent_id, self.visit_id))

@@ -20,7 +20,9 @@ from agent.events import (
     AgentStatus,
     CardTapped,
     Event,
+    FootfallCounted,
     IdentityLinked,
+    OccupancySampled,
     SectorEntered,
     SectorExited,
     VisitEnded,
@@ -122,7 +124,7 @@ def visits_from_events(events: Iterable[Event]) -> list[Visit]:
     """
     grouped: dict[VisitKey, dict[str, VisitEvent]] = defaultdict(dict)
     for event in events:
-        if isinstance(event, CardTapped | AgentStatus):
+        if isinstance(event, CardTapped | AgentStatus | OccupancySampled | FootfallCounted):
             continue
         grouped[(event.store_id, event.agent_id, event.visit_id)][str(event.event_id)] = event
     visits = [_visit(key, list(by_id.values())) for key, by_id in grouped.items()]

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from agent.events import (
     EVENT_MODELS,
     AgentStatus,
+    FootfallCounted,
+    OccupancySampled,
     SectorEntered,
     SourceStatus,
     VisitEnded,
@@ -65,6 +67,12 @@ per_type: dict[str, st.SearchStrategy[dict[str, object]]] = {
         "outbox_depth": st.integers(0, 10**9), "oldest_unsent_ts": st.none() | times,
         "evicted_total": st.integers(0, 10**9), "evicted_since_last": st.integers(0, 10**9),
         "tracks": st.integers(0, 10**6), "clock_offset_s": st.none() | finite}),
+    "occupancy.sampled": st.fixed_dictionaries({
+        "interval_start": times, "interval_end": times, "method": st.just("probe_stays"),
+        "sector_id": st.none() | ids, "count": finite, "count_sd": finite}),
+    "footfall.counted": st.fixed_dictionaries({
+        "interval_start": times, "interval_end": times, "method": st.just("probe_stays"),
+        "entries": finite, "entries_sd": finite}),
 }
 
 
@@ -73,6 +81,9 @@ per_type: dict[str, st.SearchStrategy[dict[str, object]]] = {
 @given(data=st.data())
 def test_every_event_type_round_trips(type_name: str, data: st.DataObject) -> None:
     fields = {**data.draw(envelope()), **data.draw(per_type[type_name])}
+    if type_name in ("occupancy.sampled", "footfall.counted"):
+        fields["subject"] = fields["agent_id"]
+        fields["interval_start"], fields["interval_end"] = sorted([fields["interval_start"], fields["interval_end"]])
     event = EVENT_MODELS[type_name](**fields)
     wire = event.to_json()
     assert parse_event(wire) == event
@@ -111,6 +122,24 @@ def test_a_queued_reading_keeps_what_the_locator_uses_and_shares_its_ids(obs: Ob
 @given(st.builds(CardTap, ts=st.floats(0, 4e9, allow_nan=False), reader_id=names, card=names, known=st.booleans()))
 def test_card_tap_round_trips(tap: CardTap) -> None:
     assert CardTap.model_validate_json(tap.model_dump_json()) == tap
+
+
+@pytest.mark.parametrize("model", [OccupancySampled, FootfallCounted])
+def test_an_aggregate_count_names_no_one(model: type[OccupancySampled | FootfallCounted]) -> None:
+    start = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+    figures = ({"count": 3.0, "count_sd": 1.0} if model is OccupancySampled else {"entries": 12.0, "entries_sd": 2.5})
+    fields = {"event_id": uuid7(), "store_id": "s", "agent_id": "a", "ts": start, "interval_start": start,
+              "interval_end": start + timedelta(hours=1), "method": "probe_stays", **figures}
+    assert model(subject="a", **fields).subject == "a"
+    with pytest.raises(ValidationError, match="names no one"):
+        model(subject="3f9a1c0b7e2d4a65", **fields)
+    with pytest.raises(ValidationError, match="before interval_start"):
+        model(subject="a", **{**fields, "interval_end": start - timedelta(seconds=1)})
+    with pytest.raises(ValidationError):
+        model(subject="a", emitter_id="3f9a1c0b7e2d4a65", **fields)
+    negative = dict.fromkeys(figures, -1.0)
+    with pytest.raises(ValidationError):
+        model(subject="a", **{**fields, **negative})
 
 
 def test_times_are_rfc3339_utc_with_z() -> None:
