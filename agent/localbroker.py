@@ -6,12 +6,15 @@ port with a config in its own folder. ``stop()`` ends it
 (``kill=True`` for a SIGKILL, as in a crash), ``start()`` brings it back on
 the same port, ``restart()`` does both. The broker gets a parent-death
 signal, so a test run that is itself killed leaves no orphan behind.
+``example_site_for`` points a copy of the example store at such a broker, for
+the tests and the benchmarks that run a real agent against one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 
 
 def free_port() -> int:
@@ -120,3 +124,18 @@ class Broker:
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
+
+
+def example_site_for(workdir: Path, port: int, *, host: str = "127.0.0.1", extra: str = "") -> Path:
+    """A copy of the example store whose uplink goes to ``host:port`` and state to ``workdir/state``.
+
+    Status every 5 s rather than 60, so a run of a minute shows it changing.
+    ``extra`` is TOML appended as is (a ``[nodes]`` table, say).
+    """
+    text = EXAMPLE_SITE.read_text(encoding="utf-8")
+    text = re.sub(r'(\[uplink\]\nhost = )"[^"]*"\nport = \d+', f'\\1"{host}"\nport = {port}', text)
+    text = text.replace('state_dir = "/var/lib/santi"', f'state_dir = "{workdir / "state"}"')
+    text = text.replace("status_interval_s = 60", "status_interval_s = 5")
+    path = workdir / "site.toml"
+    path.write_text(text + extra, encoding="utf-8")
+    return path

@@ -107,12 +107,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # 
 from rich.table import Table  # noqa: E402
 
 from agent.config import SiteConfig, load_site  # noqa: E402
-from agent.localbroker import Broker  # noqa: E402
+from agent.localbroker import Broker, example_site_for  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from simulator.run import SIM_SECRET, PhoneConfig, SimConfig, phone_for, simulate  # noqa: E402
 from simulator.shoppers import plan_shoppers  # noqa: E402
 from simulator.store import Store  # noqa: E402
-from tests.sitefiles import example_site_for  # noqa: E402
 
 RAMP_S = 30.0
 """Every shopper arrives within this many seconds of the start."""

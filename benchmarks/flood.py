@@ -44,10 +44,9 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.config import load_site  # noqa: E402
-from agent.localbroker import Broker  # noqa: E402
+from agent.localbroker import Broker, example_site_for  # noqa: E402
 from agent.locator import Locator  # noqa: E402
 from agent.observations import Reading  # noqa: E402
-from tests.sitefiles import example_site_for  # noqa: E402
 
 APP_UUID = "5a4e7469-0000-4000-8000-00000000f15c"
 ROOMS = ["entrance", "checkout", "aisle1", "fish", "greens", "centre"]

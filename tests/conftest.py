@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mosquitto import Broker
+from agent.localbroker import EXAMPLE_SITE, Broker
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_SITE = ROOT / "examples" / "fishmonger.toml"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

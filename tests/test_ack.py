@@ -15,11 +15,11 @@ import pytest
 
 from agent.config import BufferConfig, UplinkConfig
 from agent.events import AgentStatus, utc_from_epoch, uuid7
+from agent.localbroker import Broker
 from agent.outbox import Outbox
 from agent.uplink import Uplink
-from tests.hq_acks import AckingSubscriber, ack_payload, publish_ack, publish_raw
-from tests.mosquitto import Broker
-from tests.outbox_writer import AGENT, STORE
+from tests.helpers.hq_acks import AckingSubscriber, ack_payload, publish_ack, publish_raw
+from tests.helpers.outbox_writer import AGENT, STORE
 from tests.test_uplink import FAST, Subscriber, fill, wait_depth
 
 

@@ -13,9 +13,8 @@ from click.testing import CliRunner
 from agent.cli import cli
 from agent.config import load_site
 from agent.doctor import check_ack_mode
-from tests.hq_acks import publish_ack
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
+from agent.localbroker import Broker, example_site_for
+from tests.helpers.hq_acks import publish_ack
 from tests.test_service import _recording
 from tests.test_status_cmd import SANTI, _until
 

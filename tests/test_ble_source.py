@@ -25,7 +25,7 @@ from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
 from agent.sources.ble import BleSource, describe, passive_patterns, retry_delay
 from tests.conftest import ROOT
-from tests.fake_bluez import FakeBluez, fake_bluez, release_bleak, wait_until
+from tests.helpers.fake_bluez import FakeBluez, fake_bluez, release_bleak, wait_until
 
 __all__ = ["fake_bluez"]  # the fixture, imported for pytest
 
@@ -335,7 +335,7 @@ def test_passive_patterns_fall_back_to_generic_beacons() -> None:
 
 def test_bus_daemon_dies_with_its_parent() -> None:
     """A killed test run leaves no dbus-daemon behind (PR_SET_PDEATHSIG)."""
-    code = ("import sys, time; from tests.fake_bluez import BusDaemon; d = BusDaemon(); d.start(); "
+    code = ("import sys, time; from tests.helpers.fake_bluez import BusDaemon; d = BusDaemon(); d.start(); "
             "print(d.pid, d.socket.parent, flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})

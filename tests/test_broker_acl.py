@@ -13,9 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.events import ack_topic
+from agent.localbroker import Broker
 from agent.messages import consent_topic, staff_topic
 from tests.helpers.wait import wait_until
-from tests.mosquitto import Broker
 
 ACL = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "santi-hq.acl"
 USERS = {"store-a": "pw-a", "store-b": "pw-b", "santi-hq": "pw-hq", "santi-ciam": "pw-ciam"}

@@ -7,7 +7,7 @@ import queue
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.mosquitto import Broker
+from agent.localbroker import Broker
 
 
 def _roundtrip(broker: Broker, payload: bytes) -> bytes:

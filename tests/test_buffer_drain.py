@@ -16,10 +16,9 @@ from click.testing import CliRunner
 from agent.cli import cli
 from agent.config import BufferConfig
 from agent.events import SectorEntered, parse_event
+from agent.localbroker import Broker, example_site_for
 from agent.outbox import OUTBOX_FILE, Outbox, summarize
-from tests.hq_acks import AckingSubscriber
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
+from tests.helpers.hq_acks import AckingSubscriber
 from tests.test_outbox import events as _events
 from tests.test_service import _recording
 from tests.test_service_signals import SANTI, _wait_for

@@ -37,8 +37,8 @@ from agent.calibration_walk import (
 from agent.cli import cli
 from agent.cli.calibrate_cmd import receiver_command
 from agent.config import ConfigError, load_site
-from tests.fake_bluez import FakeBluez, fake_bluez
-from tests.sitefiles import example_site_for
+from agent.localbroker import example_site_for
+from tests.helpers.fake_bluez import FakeBluez, fake_bluez
 from tests.test_ble_source import ibeacon
 
 __all__ = ["fake_bluez"]  # the fixture, imported for pytest

@@ -23,11 +23,10 @@ import pytest
 
 from agent.config import BufferConfig
 from agent.events import AgentStatus, Event, VisitEnded, parse_event
+from agent.localbroker import Broker, example_site_for
 from agent.outbox import OUTBOX_FILE, Outbox
 from agent.presence import Located, Presence
 from agent.replayclock import TEST_WALL_CLOCK_ENV, SteadyClock
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
 from tests.test_outbox import FakeClock, events
 from tests.test_service import T0, _recording, _subscribe
 from tests.test_service_signals import SANTI

@@ -34,16 +34,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import ConfigError, load_site
 from agent.console.server import Sessions
 from agent.console.snapshot import ellipses, health
+from agent.localbroker import Broker, example_site_for, free_port
 from agent.messages import StaffCard, staff_topic
 from agent.observations import Observation
 from agent.replayclock import ReplayClock
 from agent.replayfile import write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
+from tests.helpers.hq_acks import AckingSubscriber
 from tests.helpers.wait import wait_until
-from tests.hq_acks import AckingSubscriber
-from tests.mosquitto import Broker, free_port
-from tests.sitefiles import example_site_for
 
 T0 = 1_763_900_000.0
 TECH_TOKEN = "tech-0123456789abcdef"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
-from tests.mosquitto import Broker
+from agent.localbroker import Broker
 from tests.test_console import (
     SHOPPER,
     SILENCED,

@@ -30,9 +30,9 @@ from agent.doctor import (
     parse_timedatectl,
 )
 from agent.doctor_broker import check_broker, check_tls
+from agent.localbroker import Broker, free_port
 from tests.conftest import EXAMPLE_SITE
-from tests.fake_bluez import FakeBluez, fake_bluez
-from tests.mosquitto import Broker, free_port
+from tests.helpers.fake_bluez import FakeBluez, fake_bluez
 
 __all__ = ["fake_bluez"]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import DEFAULT_MAX_EMITTERS, load_site
+from agent.localbroker import example_site_for
 from agent.locator import Locator
 from agent.observations import Reading
-from tests.sitefiles import example_site_for
 
 T0 = 1_763_900_000.0
 NODES = ["node-fish", "node-centre", "node-greens"]

@@ -13,7 +13,7 @@ from rich.console import Console
 from agent.config import load_site
 from agent.demo import DemoResult, run_demo
 from agent.events import VisitEnded, parse_event
-from tests.mosquitto import Broker
+from agent.localbroker import Broker
 from tests.test_service import _subscribe
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"

@@ -26,8 +26,8 @@ from agent.firmware import (
     parse_tag,
     room_slug,
 )
+from agent.localbroker import Broker
 from tests.conftest import EXAMPLE_SITE, ROOT
-from tests.mosquitto import Broker
 
 TAGS = ROOT / "firmware_configs" / "tags"
 COMMITTED = ROOT / "firmware_configs" / "espresense" / "fishmonger-01"

@@ -20,10 +20,9 @@ import pytest
 
 from agent.config import BufferConfig
 from agent.events import parse_event
+from agent.localbroker import Broker, example_site_for
 from agent.outbox import OUTBOX_FILE, Outbox, free_bytes, summarize
-from tests.hq_acks import AckingSubscriber
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
+from tests.helpers.hq_acks import AckingSubscriber
 from tests.test_buffer_drain import _pump
 from tests.test_outbox import events
 from tests.test_service import _recording

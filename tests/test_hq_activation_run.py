@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.backoff import BackoffPolicy
 from agent.cli import cli
 from agent.events import CardTapped, Event, IdentityLinked, SectorEntered, VisitStarted, uuid7
+from agent.localbroker import Broker
 from agent.messages import ConsentUpdate, StaffCard, consent_topic, staff_topic
 from hq.runner import ActivationRunner, activation_id
 from hq.store import DeliveryRow, FiringRow, Store, open_store
@@ -30,7 +31,6 @@ from hq.webhook import verify
 from tests.helpers.consent import SYNTHETIC_IDS, grant
 from tests.helpers.http import http_receiver
 from tests.helpers.wait import wait_until
-from tests.mosquitto import Broker
 from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
 from tests.test_hq_subscriber import ROOT, START, publish, wire
 

@@ -1,6 +1,6 @@
 """HQ that never wedges, never loses and acknowledges: poison, bounds, acks, accounting, erasure.
 
-Through the real parts: mosquitto from tests/mosquitto.py, SQLite files on
+Through the real parts: mosquitto from agent/localbroker.py, SQLite files on
 disk, the PostgreSQL server at 127.0.0.1:5432 (a fresh schema per test).
 """
 
@@ -42,11 +42,11 @@ from agent.events import (
     topic_for,
     uuid7,
 )
+from agent.localbroker import Broker
 from hq.ingest import Accepted, Rejected, decode
 from hq.store import IngestResult, SqliteStore, Store, open_store
 from hq.subscriber import HqSubscriber
 from tests.helpers.consent import grant
-from tests.mosquitto import Broker
 from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
 from tests.test_hq_subscriber import publish, wait_for
 

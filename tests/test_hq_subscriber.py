@@ -16,12 +16,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.events import Event, topic_for
+from agent.localbroker import Broker
 from hq.profile import Profile
 from hq.store import open_store
 from hq.subscriber import HqSubscriber
 from hq.synthetic import synthetic_stream
 from tests.helpers.consent import SYNTHETIC_IDS, grant_url
-from tests.mosquitto import Broker
 from tests.test_hq_store import pg_conninfo, pg_schema_url
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,14 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import load_site
+from agent.localbroker import Broker, example_site_for
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.service import Service
 from agent.sources.base import Record
 from agent.sources.nfc import NfcSource
 from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
 from tests.test_nodes_mqtt import STORE, publisher, run_with_source, until
 
 PSEUDO = Pseudonymizer(b"k" * 32, STORE, 86_400.0)

@@ -25,8 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.install_site import InstallError, broker_users, hash_matches, passwd_text, read_site
+from agent.localbroker import Broker, free_port
 from tests.conftest import EXAMPLE_SITE
-from tests.mosquitto import Broker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "install-pi.sh"

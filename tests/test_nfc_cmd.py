@@ -19,11 +19,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agent.cli import cli
+from agent.localbroker import example_site_for, free_port
 from agent.privacy import Pseudonymizer
 from agent.sources.ndef_loyalty import encode_loyalty
-from tests.mosquitto import free_port
-from tests.nfc_emulators import EmulatedCard
-from tests.sitefiles import example_site_for
+from tests.helpers.nfc_emulators import EmulatedCard
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")       # NTAG213, NXP manufacturer byte first
 IDM = bytes.fromhex("03fe0011223344aa")     # FeliCa IDm

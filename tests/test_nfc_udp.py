@@ -1,6 +1,6 @@
 """The NFC source through nfcpy's ``udp:`` driver, against emulated cards in other processes.
 
-Each test presents real card emulators (``tests/nfc_emulators.py``): a Type 3
+Each test presents real card emulators (``tests/helpers/nfc_emulators.py``): a Type 3
 tag emulated by nfcpy, and an NTAG213 (Type 2) speaking the Type A
 protocol. The udp driver waits up to 1 s per technology when no card
 answers, so a presentation can take a second to be noticed; the figure
@@ -20,13 +20,13 @@ import nfc
 import pytest
 
 from agent.config import NfcReaderConfig
+from agent.localbroker import free_port
 from agent.observations import CardTap
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
 from agent.sources.ndef_loyalty import LoyaltyFormat, encode_loyalty
 from agent.sources.nfc import Frontend, NfcSource
-from tests.mosquitto import free_port
-from tests.nfc_emulators import EmulatedCard
+from tests.helpers.nfc_emulators import EmulatedCard
 
 PSEUDO = Pseudonymizer(b"n" * 32, "fishmonger-01", 86_400.0)
 UID = bytes.fromhex("04a1b2c3d4e5f6")       # NXP manufacturer byte first, as on an NTAG213

@@ -13,11 +13,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli import cli
 from agent.config import load_site
+from agent.localbroker import Broker, free_port
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.replayfile import write_records
 from agent.sources.nodes import NodeIngest, santi_topic
-from tests.mosquitto import Broker, free_port
 
 STORE = "fishmonger-01"
 

@@ -13,11 +13,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.config import load_site
+from agent.localbroker import Broker
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
 from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic
-from tests.mosquitto import Broker
 
 STORE = "fishmonger-01"
 

@@ -18,7 +18,7 @@ from agent.cli import cli
 from agent.config import BufferConfig
 from agent.events import AgentStatus, SectorEntered, parse_event, topic_for, utc_from_epoch, uuid7
 from agent.outbox import OUTBOX_FILE, Outbox, OutboxError, OutboxFull, OutboxStats
-from tests.outbox_writer import AGENT, STORE, make_event
+from tests.helpers.outbox_writer import AGENT, STORE, make_event
 
 BIG = BufferConfig()
 

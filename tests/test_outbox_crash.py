@@ -1,6 +1,6 @@
 """``kill -9`` the writing process at random moments: nothing it was told was stored is lost.
 
-A child (tests/outbox_writer.py) appends and acknowledges as fast as it can and
+A child (tests/helpers/outbox_writer.py) appends and acknowledges as fast as it can and
 prints every ``seq``/``event_id`` once ``append`` returned, and every acked
 ``seq`` once ``ack`` returned. The parent SIGKILLs it, reopens the file and
 checks: every printed event is there (unless printed as acked), nothing acked
@@ -35,7 +35,7 @@ Report = tuple[list[tuple[int, str]], set[int], set[int]]
 def _crash_round(path: Path, seed: int, rng: random.Random) -> Report:
     """Run the writer until it printed a random number of lines, SIGKILL it, return what it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.outbox_writer", "write", str(path), str(seed)],
+        [sys.executable, "-m", "tests.helpers.outbox_writer", "write", str(path), str(seed)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None

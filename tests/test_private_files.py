@@ -9,8 +9,7 @@ from pathlib import Path
 
 from agent.config import load_site
 from agent.doctor import check_permissions
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
+from agent.localbroker import Broker, example_site_for
 from tests.test_service import _recording
 from tests.test_service_signals import SANTI
 

@@ -24,10 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.cli import cli
+from agent.localbroker import Broker, example_site_for
 from agent.observations import Observation
 from agent.replayfile import MAX_JUMP_S, MAX_LINE_BYTES, RecordReader, skip_time_jumps
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
 from tests.test_service import SHOPPER_A, T0, _recording, _subscribe
 
 SANTI = Path(sys.executable).parent / "santi"

@@ -20,8 +20,7 @@ import paho.mqtt.client as mqtt
 
 from agent.config import load_site
 from agent.events import parse_event
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
+from agent.localbroker import Broker, example_site_for
 from tests.test_service import _subscribe
 
 SANTI = Path(sys.executable).parent / "santi"

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from agent.cli import cli
 from agent.cli.scan_cmd import ScanTable, short_address
 from agent.config import BleConfig
+from agent.localbroker import example_site_for
 from agent.sources.adverts import AllowList
 from agent.sources.wifi import parse_frame
-from tests.fake_bluez import FakeBluez, fake_bluez
-from tests.sitefiles import example_site_for
+from tests.helpers.fake_bluez import FakeBluez, fake_bluez
 from tests.test_ble_source import ESTIMOTE_UID, TLM, ibeacon
 from tests.test_wifi import probe, radiotap
 from tests.test_wifi_monitor import Tap, tap_name

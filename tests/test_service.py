@@ -13,14 +13,13 @@ import paho.mqtt.client as mqtt
 
 from agent.config import load_site
 from agent.events import parse_event
+from agent.localbroker import Broker, example_site_for
 from agent.observations import CardTap, Observation
 from agent.replayclock import ReplayClock
 from agent.replayfile import write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
-from tests.hq_acks import AckingSubscriber
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
+from tests.helpers.hq_acks import AckingSubscriber
 from tests.test_locator import _readings
 
 T0 = 1_763_900_000.0

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from agent.events import parse_event
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
+from agent.localbroker import Broker, example_site_for
 from tests.test_service import _recording, _subscribe
 
 SANTI = Path(sys.executable).parent / "santi"

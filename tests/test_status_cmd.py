@@ -18,9 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.cli import cli
+from agent.localbroker import Broker, example_site_for
 from agent.statusfile import classify, duration, event_line, read_status
-from tests.mosquitto import Broker
-from tests.sitefiles import example_site_for
 from tests.test_service import _recording
 
 SANTI = Path(sys.executable).parent / "santi"

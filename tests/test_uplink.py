@@ -27,11 +27,11 @@ from paho.mqtt.properties import Properties
 from agent.backoff import BackoffPolicy, describe_connack, describe_exception, describe_lost
 from agent.config import BufferConfig, UplinkConfig
 from agent.events import Ack, ack_topic, status_topic
+from agent.localbroker import Broker, free_port
 from agent.outbox import Outbox
 from agent.uplink import Uplink
-from tests.hq_acks import ContiguousAcks
-from tests.mosquitto import Broker, free_port
-from tests.outbox_writer import AGENT, STORE, make_event
+from tests.helpers.hq_acks import ContiguousAcks
+from tests.helpers.outbox_writer import AGENT, STORE, make_event
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = BackoffPolicy(base_s=0.2, cap_s=1.0, long_s=600.0)
@@ -344,7 +344,7 @@ def test_rejected_puback_keeps_the_event_and_says_why(tmp_path: Path, outbox: Ou
 def test_last_will_says_offline_when_the_agent_is_killed(broker: Broker, tmp_path: Path) -> None:
     sub = Subscriber(broker)
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.outbox_writer", "uplink", str(tmp_path / "o.sqlite"),
+        [sys.executable, "-m", "tests.helpers.outbox_writer", "uplink", str(tmp_path / "o.sqlite"),
          broker.host, str(broker.port)],
         cwd=ROOT, stdout=subprocess.PIPE,
     )

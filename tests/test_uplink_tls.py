@@ -14,10 +14,10 @@ import pytest
 
 from agent.backoff import BackoffPolicy
 from agent.config import BufferConfig, TlsConfig, UplinkConfig
+from agent.localbroker import Broker
 from agent.outbox import Outbox
 from agent.uplink import Uplink, UplinkState
-from tests.mosquitto import Broker
-from tests.outbox_writer import AGENT, STORE, make_event
+from tests.helpers.outbox_writer import AGENT, STORE, make_event
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
 

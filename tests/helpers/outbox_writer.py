@@ -1,13 +1,13 @@
 """A child process for the crash tests: writes to an outbox and says what it was told was stored.
 
-``python -m tests.outbox_writer write PATH SEED`` appends events forever (single
+``python -m tests.helpers.outbox_writer write PATH SEED`` appends events forever (single
 and batched, seeded), printing ``stored <seq> <event_id>`` for each event
 once ``append``/``append_many`` has returned, and now and then acknowledges
 the oldest rows as an uplink would, printing ``acked <seq> ...`` once ``ack``
 has returned (and ``acking <seq> ...`` just before, since a kill between the
 commit and the print is a legitimate moment too). The parent SIGKILLs it at a random moment and checks the file.
 
-``python -m tests.outbox_writer uplink PATH HOST PORT`` runs an uplink over the
+``python -m tests.helpers.outbox_writer uplink PATH HOST PORT`` runs an uplink over the
 outbox and prints ``online`` once connected, for the last-will test.
 """
 

@@ -563,7 +563,7 @@ def serve_fake_bluez(adapters: tuple[str, ...] = ("hci0",)) -> Iterator[FakeBlue
 def fake_bluez(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBluez]:
     """The fake BlueZ with one powered adapter ``hci0``; the system bus of this test is its private bus.
 
-    Import it into a test module (``from tests.fake_bluez import fake_bluez``).
+    Import it into a test module (``from tests.helpers.fake_bluez import fake_bluez``).
     bleak keeps one BlueZ connection per event loop, so start each test's
     scanners in a fresh loop (``asyncio.run``) after this fixture is set up.
     """

@@ -12,7 +12,7 @@ Each process presents its card ``--taps`` times, ``--hold`` seconds each
 (counted from activation), with ``--gap`` seconds of absence between, and
 prints one JSON line per event (``listening``, ``activated``, ``removed``,
 ``done``) with ``time.time()`` stamps so a test can measure latency.
-Run as ``python -m tests.nfc_emulators type2 --port ... --uid ... --ndef ...``.
+Run as ``python -m tests.helpers.nfc_emulators type2 --port ... --uid ... --ndef ...``.
 ``EmulatedCard`` starts one with a parent-death signal and stops it in
 teardown.
 """
@@ -38,7 +38,7 @@ from typing import Any
 
 import nfc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
 
 NTAG213_VERSION = bytes.fromhex("0004040201000f03")
@@ -219,7 +219,7 @@ class EmulatedCard:
         self.log: list[dict[str, Any]] = []
         id_flag = "--uid" if kind == "type2" else "--idm"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.nfc_emulators", kind, "--port", str(port),
+            [sys.executable, "-m", "tests.helpers.nfc_emulators", kind, "--port", str(port),
              id_flag, card_id.hex(), "--ndef", ndef_message.hex(),
              "--taps", str(taps), "--hold", str(hold), "--gap", str(gap)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
