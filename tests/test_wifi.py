@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import json
 import struct
 from collections import Counter
 from pathlib import Path
@@ -16,10 +17,12 @@ from hypothesis import strategies as st
 
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
-from agent.sources.base import Record
+from agent.probe_keys import probe_keys
+from agent.sources.base import Record, SourceStats
 from agent.sources.wifi import (
     CaptureError,
     FrameSkipped,
+    ProbeCounter,
     WifiCaptureSource,
     backoff_s,
     channel_of,
@@ -244,3 +247,31 @@ def test_capture_paced_by_an_injected_clock(shared_data: Path, tmp_path: Path) -
     assert len(emitted) == 20
     for wall, ts in emitted:
         assert wall - 1000.0 == pytest.approx((ts - emitted[0][1]) / 4.0, abs=1e-6)
+
+
+def test_a_probe_observation_carries_its_keys_and_no_raw_mac_or_elements() -> None:
+    rates = b"\x01\x04\x02\x04\x0b\x16"
+    vendor = b"\xdd\x07\x00\x50\xf2\x04" + b"\x10\x4a\x00"
+    random_mac, other_mac = bytes.fromhex("7a2b3c4d5e6f"), bytes.fromhex("7e1122334455")
+    frame = radiotap(signal=-58) + probe(src=random_mac, extra_ies=rates + vendor)
+    counter = ProbeCounter("rx-1", PSEUDO, SourceStats("wifi"))
+    obs = counter.observe(frame, 100.0)
+    assert obs is not None
+    assert obs.probe is not None
+    keys = probe_keys(ts=100.0, mac=random_mac, rssi_dbm=-58.0, channel=6, sequence=1,
+                      items=[(0, b""), (1, rates[2:]), (221, vendor[2:])], pseudonymizer=PSEUDO)
+    assert (obs.emitter_id, obs.probe.sequence, obs.probe.signature, obs.probe.randomised) == (
+        keys.mac_key, 1, keys.signature, True)
+    # Same model (elements), another random MAC: same signature, another key; another model: another signature.
+    same_model = counter.observe(radiotap(signal=-70) + probe(src=other_mac, extra_ies=rates + vendor), 101.0)
+    other_model = counter.observe(radiotap(signal=-70) + probe(src=other_mac, extra_ies=rates), 102.0)
+    assert same_model is not None
+    assert same_model.probe is not None
+    assert other_model is not None
+    assert other_model.probe is not None
+    assert same_model.probe.signature == obs.probe.signature != other_model.probe.signature
+    assert same_model.emitter_id != obs.emitter_id
+    wire = obs.model_dump_json().lower()
+    for raw in (random_mac.hex(), random_mac.hex(":"), random_mac.hex("-"), rates[2:].hex(), vendor[2:].hex()):
+        assert raw not in wire
+    assert set(json.loads(wire)["probe"]) == {"sequence", "signature", "randomised"}

@@ -11,9 +11,12 @@ bit, ``0x02`` of the first octet): such an address still follows one phone
 for a while, so it is pseudonymised like any other, and the share of
 randomised versus global addresses is counted for the operator.
 
-The raw MAC lives only in the ``ProbeRequest`` record inside this module's
-callers' reach; what leaves is ``Observation(tech="wifi")`` with
-``emitter_id = pseudonym("wifi", mac)``.
+The raw MAC and elements live only in the ``ProbeRequest`` record inside
+this module's callers' reach; what leaves is ``Observation(tech="wifi")``
+with ``emitter_id = pseudonym("wifi", mac)`` and, in ``probe``, the keys that
+link one phone's bursts across MAC changes (`agent.probe_keys`: sequence
+number, keyed element signature, randomised bit), which the occupancy count
+needs and which name no device beyond a salt period.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from typing import Any, BinaryIO
 
 import dpkt
 
-from agent.observations import Observation, rssi_problem
+from agent.observations import Observation, ProbeFields, rssi_problem
 from agent.privacy import Pseudonymizer
+from agent.probe_keys import elements as all_elements
+from agent.probe_keys import probe_keys
 from agent.sources.base import Sink, SourceStats
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,10 @@ class ProbeRequest:
     mac_randomised: bool
     ssid_present: bool
     """A directed probe (names a network) rather than a wildcard one."""
+    sequence: int
+    """The 802.11 sequence number (0..4095) of the frame."""
+    items: tuple[tuple[int, bytes], ...]
+    """Every information element in order, raw: keyed by `agent.probe_keys`, never passed on."""
 
 
 def channel_of(freq_mhz: int) -> int | None:
@@ -133,11 +142,14 @@ def parse_frame(frame: bytes, ts: float) -> ProbeRequest:
     freq = int(radiotap.channel.freq) if radiotap.channel_present else None
     has_fcs = radiotap.flags_present and radiotap.flags.val & RADIOTAP_FCS
     body_start = header_len + MGMT_HEADER_LEN + (HT_CONTROL_LEN if frame[header_len + 1] & ORDER_BIT else 0)
-    elements = dict(_elements(frame[body_start: len(frame) - 4 if has_fcs else len(frame)]))
+    body = frame[body_start: len(frame) - 4 if has_fcs else len(frame)]
+    elements = dict(_elements(body))
     ds = elements.get(IE_DS_PARAMETER)
     channel = channel_of(freq) if freq is not None else (ds[0] if ds is not None and len(ds) == 1 else None)
     return ProbeRequest(ts=ts, mac=mac, rssi_dbm=float(radiotap.ant_sig.db), freq_mhz=freq, channel=channel,
-                        mac_randomised=is_randomised(mac), ssid_present=bool(elements.get(IE_SSID)))
+                        mac_randomised=is_randomised(mac), ssid_present=bool(elements.get(IE_SSID)),
+                        sequence=(frame[header_len + 22] | frame[header_len + 23] << 8) >> 4,
+                        items=tuple(all_elements(body)))
 
 
 def _elements(body: bytes) -> Iterator[tuple[int, bytes]]:
@@ -221,9 +233,12 @@ class ProbeCounter:
             self.stats.drop(problem)
             return None
         self.stats.accepted += 1
-        return Observation(ts=ts, receiver_id=self.receiver_id,
-                           emitter_id=self._pseudonymizer.pseudonym("wifi", probe.mac, ts),
-                           tech="wifi", rssi_dbm=probe.rssi_dbm)
+        keys = probe_keys(ts=ts, mac=probe.mac, rssi_dbm=probe.rssi_dbm, channel=probe.channel,
+                          sequence=probe.sequence, items=probe.items, pseudonymizer=self._pseudonymizer)
+        return Observation(ts=ts, receiver_id=self.receiver_id, emitter_id=keys.mac_key, tech="wifi",
+                           rssi_dbm=probe.rssi_dbm,
+                           probe=ProbeFields(sequence=keys.sequence, signature=keys.signature,
+                                             randomised=keys.randomised))
 
 
 class WifiCaptureSource:
