@@ -207,12 +207,14 @@ class Channel:
         facing: FloatArray,
         offset: FloatArray,
         audible: NDArray[np.bool_],
+        loss_db: FloatArray | None = None,
     ) -> FloatArray:
         """RSSI (k, m) of k transmissions at all receivers; NaN where not heard.
 
         xy (k, 2), emitter_z (k,), facing (k,) heading in radians, offset (k,)
         device TX offset dB, audible (k, m) whether the receiver listens to
-        that technology at all.
+        that technology at all, loss_db (k,) a wall between the emitter and
+        every receiver (the shop front, for someone on the pavement).
         """
         cfg = self.config
         k, m = xy.shape[0], self.xyz.shape[0]
@@ -221,6 +223,8 @@ class Channel:
             rows = emitter_z == z
             d[rows] = slant_distance(xy[rows], self.xyz, float(z))
         power = rssi_at_distance(d, self.rssi_at_1m, self.exponent) + self.bias + offset[:, None]
+        if loss_db is not None:
+            power -= loss_db[:, None]
         if cfg.body_loss_db:
             to_rx = self.xyz[None, :, :2] - xy[:, None, :]
             bearing = np.arctan2(to_rx[..., 1], to_rx[..., 0])

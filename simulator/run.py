@@ -7,9 +7,13 @@ including the raw identifiers. Same seed, same site, same settings: the
 same bytes.
 
 Phones: a shopper with the loyalty app advertises an iBeacon from a stable
-BLE address at its own rate; most phones also send Wi-Fi probe bursts,
-nearly all from a fresh random MAC each burst. BLE is heard by receivers of
-kind ble and node, probes by kind wifi only.
+BLE address at its own rate; some phones without it advertise from a
+rotating address; most phones send Wi-Fi probe bursts as `simulator.anonymous`
+describes (a model's elements, a MAC per burst or per few minutes, the
+sequence number running on), and every probe line carries those linking
+keys in ``probe``. Fixed devices and passers-by on the pavement are heard
+too when the run asks for them. BLE is heard by receivers of kind ble and
+node, probes by kind wifi only.
 """
 
 from __future__ import annotations
@@ -26,13 +30,27 @@ from numpy.typing import NDArray
 from agent.config import SiteConfig
 from agent.observations import CardTap
 from agent.privacy import Pseudonymizer
+from agent.probe_keys import probe_keys
 from agent.replayfile import RecordWriter
 from agent.site_arrays import site_arrays
+from simulator.anonymous import (
+    MODELS,
+    CrowdConfig,
+    address,
+    fixture_paths,
+    passer_paths,
+    pick_model,
+    probe_bursts,
+    rotating_ble,
+)
 from simulator.channel import Channel, ChannelConfig, store_seed, turns
 from simulator.shoppers import MobilityConfig, ShopperPlan, plan_shoppers, survey_plan
+from simulator.shoppers import Path as Walk
 from simulator.store import Store
 from simulator.truth import (
     EmitterTruth,
+    FixtureTruth,
+    PasserTruth,
     PositionTruth,
     RunTruth,
     ShopperTruth,
@@ -65,8 +83,10 @@ class PhoneConfig:
     wifi_share: float = 0.9
     fixed_mac_share: float = 0.1
     ble_hz: tuple[float, float] = (2.0, 6.0)
-    probe_interval_s: tuple[float, float] = (20.0, 90.0)
-    probe_burst: tuple[int, int] = (2, 4)
+    probe_interval_s: tuple[float, float] | None = None
+    """A probing period range for every phone; None: each model's own (`simulator.anonymous.MODELS`)."""
+    probe_burst: tuple[int, int] | None = None
+    """Frames per burst for every phone; None: each model's own."""
     phone_height_sigma_m: float = 0.0
 
     def __post_init__(self) -> None:
@@ -95,6 +115,7 @@ class SimConfig:
     mobility: MobilityConfig = field(default_factory=MobilityConfig)
     phones: PhoneConfig = field(default_factory=PhoneConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
+    crowd: CrowdConfig = field(default_factory=CrowdConfig)
 
     def __post_init__(self) -> None:
         if self.shoppers < 1:
@@ -117,18 +138,20 @@ class SimSummary:
 
 @dataclass
 class Phone:
-    """Transmissions of one shopper's phone: times, tech, and the raw id of each."""
+    """Transmissions of one carrier's device(s): times, tech, sequence number (-1 off Wi-Fi), the raw id of each.
+
+    ``raw_tx`` is each raw id's advertised TX power (the app's iBeacon) or
+    None, ``model`` the Wi-Fi model number (`simulator.anonymous.MODELS`), -1 without Wi-Fi.
+    """
 
     shopper: int
     ts: FloatArray
     tech: NDArray[np.int8]
     raw: list[str]
     raw_index: NDArray[np.intp]
-
-
-def _address(rng: np.random.Generator, first: int) -> str:
-    octets = [first, *(int(v) for v in rng.integers(0, 256, 5))]
-    return ":".join(f"{o:02X}" for o in octets)
+    sequence: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    raw_tx: list[float | None] = field(default_factory=list)
+    model: int = -1
 
 
 def _card_uid(rng: np.random.Generator) -> str:
@@ -136,58 +159,95 @@ def _card_uid(rng: np.random.Generator) -> str:
     return ":".join(f"{o:02X}" for o in [0x04, *(int(v) for v in rng.integers(0, 256, 6))])
 
 
-def _random_mac(rng: np.random.Generator) -> str:
-    """A locally administered unicast MAC, as phones randomise them."""
-    return _address(rng, (int(rng.integers(0, 64)) << 2) | 0x02)
-
-
-def phone_for(plan: ShopperPlan, has_app: bool, phones: PhoneConfig, rng: np.random.Generator) -> Phone:
+def phone_for(plan: ShopperPlan, has_app: bool, phones: PhoneConfig, rng: np.random.Generator,
+              crowd: CrowdConfig | None = None) -> Phone:
     """The transmissions of one shopper's phone over the visit (times relative to the run start)."""
     assert plan.path is not None
-    start, end = plan.path.start, plan.path.end
+    return device_for(plan.index, plan.path.start, plan.path.end, rng, crowd or CrowdConfig(), app=has_app,
+                      ble_hz=phones.ble_hz, wifi_share=phones.wifi_share, fixed_mac_share=phones.fixed_mac_share,
+                      period_s=phones.probe_interval_s, burst=phones.probe_burst)
+
+
+def device_for(owner: int, start: float, end: float, rng: np.random.Generator, crowd: CrowdConfig, *, app: bool,
+               ble_hz: tuple[float, float], wifi_share: float, fixed_mac_share: float,
+               model: int | None = None, period_s: tuple[float, float] | None = None,
+               burst: tuple[int, int] | None = None) -> Phone:
+    """What one carrier (shopper, passer-by, fixed device) transmits over [start, end).
+
+    The app's phone advertises an iBeacon from a stable address; another
+    advertises from a rotating one with chance ``crowd.anon_ble_share``;
+    with chance ``wifi_share`` it probes (``model`` given: a fixed device
+    that always probes from its burnt-in MAC).
+    """
     times: list[FloatArray] = []
     techs: list[NDArray[np.int8]] = []
+    sequences: list[NDArray[np.int64]] = []
     raw: list[str] = []
+    raw_tx: list[float | None] = []
     index: list[NDArray[np.intp]] = []
-    if has_app:
-        hz = float(rng.uniform(*phones.ble_hz))
+
+    def add(t: FloatArray, tech: int, which: NDArray[np.intp], seq: NDArray[np.int64] | None) -> None:
+        times.append(t)
+        techs.append(np.full(t.size, tech, dtype=np.int8))
+        index.append(which + len(raw))
+        sequences.append(np.full(t.size, -1, dtype=np.int64) if seq is None else seq)
+
+    if app:
+        hz = float(rng.uniform(*ble_hz))
         period = 1.0 / hz
         t = start + rng.uniform(0.0, period) + np.arange(0.0, end - start, period)
         t = t + rng.uniform(0.0, 0.01, t.size)  # advDelay of the BLE spec
         t = t[t < end]
-        raw.append(_address(rng, 0xC0 | int(rng.integers(0, 64))))  # random static address
-        times.append(t)
-        techs.append(np.full(t.size, BLE, dtype=np.int8))
-        index.append(np.zeros(t.size, dtype=np.intp))
-    if rng.random() < phones.wifi_share:
-        fixed = _address(rng, int(rng.integers(0, 64)) << 2) if rng.random() < phones.fixed_mac_share else None
-        at = start + rng.uniform(0.0, phones.probe_interval_s[1])
-        while at < end:
-            frames = int(rng.integers(phones.probe_burst[0], phones.probe_burst[1] + 1))
-            burst = at + np.sort(rng.uniform(0.0, 0.05, frames))
-            mac = fixed if fixed is not None else _random_mac(rng)
-            if mac not in raw:
-                raw.append(mac)
-            times.append(burst[burst < end])
-            techs.append(np.full(times[-1].size, WIFI, dtype=np.int8))
-            index.append(np.full(times[-1].size, raw.index(mac), dtype=np.intp))
-            at += rng.uniform(*phones.probe_interval_s)
+        add(t, BLE, np.zeros(t.size, dtype=np.intp), None)
+        raw.append(address(rng, 0xC0 | int(rng.integers(0, 64))))  # random static address
+        raw_tx.append(IBEACON_MEASURED_POWER)
+    elif model is None and crowd.anon_ble_share > 0.0 and rng.random() < crowd.anon_ble_share:
+        t, which, addresses = rotating_ble(rng, start, end, crowd)
+        add(t, BLE, which, None)
+        raw.extend(addresses)
+        raw_tx.extend([None] * len(addresses))
+    chosen = -1
+    if model is not None or rng.random() < wifi_share:
+        fixed = model is not None or rng.random() < fixed_mac_share
+        chosen = pick_model(rng) if model is None else model
+        bursts = probe_bursts(rng, start, end, chosen, fixed, crowd, period_s, burst)
+        add(bursts.ts, WIFI, bursts.mac_index, bursts.sequence)
+        raw.extend(bursts.macs)
+        raw_tx.extend([None] * len(bursts.macs))
     if not times:
-        return Phone(plan.index, np.empty(0), np.empty(0, dtype=np.int8), raw, np.empty(0, dtype=np.intp))
-    return Phone(plan.index, np.concatenate(times), np.concatenate(techs), raw, np.concatenate(index))
+        return Phone(owner, np.empty(0), np.empty(0, dtype=np.int8), raw, np.empty(0, dtype=np.intp))
+    return Phone(owner, np.concatenate(times), np.concatenate(techs), raw, np.concatenate(index),
+                 np.concatenate(sequences), raw_tx, chosen)
 
 
 def _fmt(value: float) -> str:
     return repr(float(value))
 
 
-def observation_line(ts: float, receiver: str, emitter: str, tech: str, rssi: float, tx: float | None) -> bytes:
-    """One observation in exactly the JSON form ``Observation.model_dump_json`` gives."""
+def observation_line(ts: float, receiver: str, emitter: str, tech: str, rssi: float, tx: float | None,
+                     probe: str | None = None) -> bytes:
+    """One observation in exactly the JSON form ``Observation.model_dump_json`` gives (``probe`` as `_probe_json`)."""
     tx_text = "null" if tx is None else _fmt(tx)
     return (
         f'{{"ts":{_fmt(ts)},"receiver_id":"{receiver}","emitter_id":"{emitter}","tech":"{tech}",'
-        f'"rssi_dbm":{_fmt(rssi)},"tx_power_dbm":{tx_text},"probe":null}}\n'
+        f'"rssi_dbm":{_fmt(rssi)},"tx_power_dbm":{tx_text},"probe":{probe or "null"}}}\n'
     ).encode()
+
+
+def _probe_json(sequence: int, signature: str, raw_mac: str) -> str:
+    """A probe's linking keys as ``ProbeFields`` serialises them; randomised is the MAC's locally administered bit."""
+    randomised = "true" if int(raw_mac[:2], 16) & 0x02 else "false"
+    seq = "null" if sequence < 0 else str(sequence)
+    return f'{{"sequence":{seq},"signature":"{signature}","randomised":{randomised}}}'
+
+
+def _signature(cache: dict[tuple[int, int], str], model: int, period: int, ts: float, pseudo: Pseudonymizer) -> str:
+    """The keyed element signature of a model in a salt period, as the Wi-Fi source computes it (agent.probe_keys)."""
+    key = (model, period)
+    if key not in cache:
+        cache[key] = probe_keys(ts=ts, mac=bytes(6), rssi_dbm=-60.0, channel=None, sequence=None,
+                                items=MODELS[model].elements, pseudonymizer=pseudo).signature
+    return cache[key]
 
 
 def _visits(store: Store, plan: ShopperPlan, shopper_id: str, t0: float) -> Iterator[VisitTruth]:
@@ -207,7 +267,8 @@ def _visits(store: Store, plan: ShopperPlan, shopper_id: str, t0: float) -> Iter
 
 
 SURVEY_PHONES = PhoneConfig(app_share=1.0, card_share=0.0, foreign_card_share=0.0, wifi_share=1.0,
-                            fixed_mac_share=1.0, ble_hz=(10.0, 10.0), probe_interval_s=(3.0, 6.0))
+                            fixed_mac_share=1.0, ble_hz=(10.0, 10.0), probe_interval_s=(3.0, 6.0),
+                            probe_burst=(2, 4))
 """The technician's phone on a calibration walk: fast BLE, frequent probes from one fixed MAC."""
 
 
@@ -221,7 +282,8 @@ def simulate(
     """
     store = Store.of(site)
     arrays = site_arrays(site)
-    mobility_seed, phone_seed, channel_seed, card_seed, posture_seed = np.random.SeedSequence(config.seed).spawn(5)
+    mobility_seed, phone_seed, channel_seed, card_seed, posture_seed, crowd_seed = (
+        np.random.SeedSequence(config.seed).spawn(6))
     static_seed = store_seed(site.store.id) if config.store_seed is None else config.store_seed
     if survey:
         plans = [survey_plan(store)]
@@ -236,40 +298,54 @@ def simulate(
     height = site.tracking.emitter_height_m
 
     has_app = phone_rng.random(len(plans)) < config.phones.app_share
-    phones = [phone_for(plan, bool(app), config.phones, phone_rng) for plan, app in zip(plans, has_app, strict=True)]
+    phones = [phone_for(plan, bool(app), config.phones, phone_rng, config.crowd)
+              for plan, app in zip(plans, has_app, strict=True)]
     heights = np.clip(height + config.phones.phone_height_sigma_m * phone_rng.normal(size=len(plans)), 0.2, 2.5)
+    walks: list[Walk] = [plan.path for plan in plans if plan.path is not None]
+    extras = _crowd(store, config, len(plans), max(walk.end for walk in walks), crowd_seed)
+    phones += extras.phones
+    walks += extras.walks
+    end = max(walk.end for walk in walks)
+    heights = np.r_[heights, np.full(len(extras.walks), height)]
+    loss = np.r_[np.zeros(len(plans)), extras.loss_db]
 
-    # Stack every transmission of every phone, in time order.
+    # Stack every transmission of every device, in time order.
     raw_ids: list[str] = []
     raw_techs: list[int] = []
     raw_owner: list[int] = []
+    raw_tx: list[float | None] = []
+    raw_model: list[int] = []
     parts = []
     for phone in phones:
         base = len(raw_ids)
         raw_ids.extend(phone.raw)
+        raw_tx.extend(phone.raw_tx or [IBEACON_MEASURED_POWER] * len(phone.raw))
         for k, _ in enumerate(phone.raw):
             first = phone.tech[phone.raw_index == k]
             raw_techs.append(int(first[0]) if first.size else BLE)
             raw_owner.append(phone.shopper)
-        parts.append((phone.ts, phone.tech, phone.raw_index + base, np.full(phone.ts.size, phone.shopper)))
+            raw_model.append(phone.model if raw_techs[-1] == WIFI else -1)
+        sequence = phone.sequence if phone.sequence.size == phone.ts.size else np.full(phone.ts.size, -1)
+        parts.append((phone.ts, phone.tech, phone.raw_index + base, np.full(phone.ts.size, phone.shopper), sequence))
     ts = np.concatenate([p[0] for p in parts])
     order = np.argsort(ts, kind="stable")
     ts = ts[order]
     tech = np.concatenate([p[1] for p in parts])[order]
     raw_of = np.concatenate([p[2] for p in parts])[order]
     owner = np.concatenate([p[3] for p in parts]).astype(np.intp)[order]
-    # One offset per phone (BLE and every probe MAC alike); the technician's reference tag is the one
+    sequence_of = np.concatenate([p[4] for p in parts]).astype(np.int64)[order]
+    # One offset per device (BLE and every probe MAC alike); the technician's reference tag is the one
     # the receivers' models are stated for, so it has none.
-    offsets = np.zeros(len(plans)) if survey else channel.device_offsets(len(plans))
+    offsets = np.zeros(len(walks)) if survey else channel.device_offsets(len(walks))
     posture_rng = np.random.default_rng(posture_seed)
     turning = [turns(posture_rng, *_span(plan), config.channel.turn_interval_s, config.channel.turn_sigma_rad)
-               for plan in plans]
+               for plan in plans] + [(np.empty(0), np.empty(0))] * len(extras.walks)
     listens = np.array([[kind in ("ble", "node"), kind == "wifi"] for kind in arrays.kinds]).T  # (2, m)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    end = max(plan.path.end for plan in plans if plan.path is not None)
     seen: dict[str, tuple[int, float, float]] = {}  # emitter -> (raw index, first, last)
     names: dict[tuple[int, int], str] = {}
+    signatures: dict[tuple[int, int], str] = {}
     written = 0
     with (out_dir / "observations.jsonl").open("wb") as handle:
         bounds = np.searchsorted(ts, np.arange(0.0, end + TICK_S, TICK_S))
@@ -281,13 +357,12 @@ def simulate(
             t, who, raw = ts[lo:hi], owner[lo:hi], raw_of[lo:hi]
             xy = np.empty((hi - lo, 2))
             facing = np.empty(hi - lo)
-            for shopper in np.unique(who):
-                rows = who == shopper
-                path = plans[shopper].path
-                assert path is not None
-                xy[rows] = path.at(t[rows])
-                facing[rows] = path.facing_at(t[rows]) + _turned(turning[shopper], path.still_at(t[rows]), t[rows])
-            rssi = channel.readings(xy, heights[who], facing, offsets[who], listens[tech[lo:hi]])
+            for carrier in np.unique(who):
+                rows = who == carrier
+                walk = walks[carrier]
+                xy[rows] = walk.at(t[rows])
+                facing[rows] = walk.facing_at(t[rows]) + _turned(turning[carrier], walk.still_at(t[rows]), t[rows])
+            rssi = channel.readings(xy, heights[who], facing, offsets[who], listens[tech[lo:hi]], loss[who])
             lines: list[bytes] = []
             for j in np.flatnonzero(~np.all(np.isnan(rssi), axis=1)):
                 stamp = round(t0 + float(t[j]), 6)
@@ -298,15 +373,20 @@ def simulate(
                     emitter = names[key] = pseudo.pseudonym("ble" if name == "ble" else "wifi", raw_ids[key[0]], stamp)
                 first = seen.get(emitter)
                 seen[emitter] = (key[0], stamp if first is None else first[1], stamp)
-                tx = IBEACON_MEASURED_POWER if name == "ble" else None
+                tx = raw_tx[key[0]] if name == "ble" else None
+                probe = None
+                if name == "wifi":
+                    probe = _probe_json(int(sequence_of[lo + j]), _signature(signatures, raw_model[key[0]], key[1],
+                                                                             stamp, pseudo), raw_ids[key[0]])
                 for r in np.flatnonzero(~np.isnan(rssi[j])):
-                    lines.append(observation_line(stamp, arrays.receiver_ids[r], emitter, name, float(rssi[j, r]), tx))
+                    lines.append(observation_line(stamp, arrays.receiver_ids[r], emitter, name, float(rssi[j, r]), tx,
+                                                  probe))
             handle.writelines(lines)
             written += len(lines)
     emitters = {
         emitter: EmitterTruth(
             emitter_id=emitter, tech="ble" if raw_techs[index] == BLE else "wifi", raw_id=raw_ids[index],
-            shopper_id=_shopper_id(raw_owner[index]), first_ts=first, last_ts=last)
+            shopper_id=extras.owner_id(raw_owner[index], len(plans)), first_ts=first, last_ts=last)
         for emitter, (index, first, last) in seen.items()
     }
     if progress is not None:
@@ -336,7 +416,54 @@ def simulate(
         for plan in plans:
             writer.write_all(_visits(store, plan, _shopper_id(plan.index), t0))
         writer.write_all(truth for _, truth in taps)
+        writer.write_all(extras.truth(t0, len(plans)))
     return SimSummary(len(plans), written, len(taps), len(emitters), end, out_dir)
+
+
+@dataclass
+class _Crowd:
+    """The carriers beyond the shoppers: passers-by then fixed devices, owners numbered after the shoppers."""
+
+    walks: list[Walk]
+    phones: list[Phone]
+    loss_db: FloatArray
+    passers: int
+    models: list[int]
+
+    def owner_id(self, owner: int, shoppers: int) -> str:
+        """The truth id of a carrier: S-00001 (shopper), P-00001 (passer-by), F-01 (fixed device)."""
+        if owner < shoppers:
+            return _shopper_id(owner)
+        if owner < shoppers + self.passers:
+            return f"P-{owner - shoppers + 1:05d}"
+        return f"F-{owner - shoppers - self.passers + 1:02d}"
+
+    def truth(self, t0: float, shoppers: int) -> Iterator[PasserTruth | FixtureTruth]:
+        for k, (walk, phone) in enumerate(zip(self.walks, self.phones, strict=True)):
+            if k < self.passers:
+                yield PasserTruth(passer_id=self.owner_id(shoppers + k, shoppers), start_ts=round(t0 + walk.start, 3),
+                                  end_ts=round(t0 + walk.end, 3), transmits=bool(phone.ts.size))
+            else:
+                x, y = walk.xy[0]
+                yield FixtureTruth(fixture_id=self.owner_id(shoppers + k, shoppers),
+                                   model=MODELS[self.models[k - self.passers]].name,
+                                   x=round(float(x), 3), y=round(float(y), 3), on_ts=round(t0 + walk.start, 3))
+
+
+def _crowd(store: Store, config: SimConfig, shoppers: int, end: float, seed: np.random.SeedSequence) -> _Crowd:
+    """Passers-by on the pavement over the arrival window, and fixed devices on from the start to ``end``."""
+    crowd, phones = config.crowd, config.phones
+    rng = np.random.default_rng(seed)
+    passers = passer_paths(store, rng, crowd.passers, config.minutes * 60.0, crowd)
+    fixed, models = fixture_paths(store, rng, crowd.fixtures, end)
+    devices = [device_for(shoppers + k, walk.start, walk.end, rng, crowd, app=False, ble_hz=phones.ble_hz,
+                          wifi_share=crowd.passer_probe_share, fixed_mac_share=phones.fixed_mac_share)
+               for k, walk in enumerate(passers)]
+    devices += [device_for(shoppers + len(passers) + k, walk.start, walk.end, rng, crowd, app=False,
+                           ble_hz=phones.ble_hz, wifi_share=1.0, fixed_mac_share=1.0, model=model)
+                for k, (walk, model) in enumerate(zip(fixed, models, strict=True))]
+    loss = np.r_[np.full(len(passers), crowd.wall_loss_db), np.zeros(len(fixed))]
+    return _Crowd(passers + fixed, devices, loss, len(passers), models)
 
 
 def _span(plan: ShopperPlan) -> tuple[float, float]:

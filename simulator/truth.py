@@ -2,7 +2,8 @@
 
 Each line carries a ``kind``: the run's header, shoppers, the emitters they
 carried (pseudonym and raw identifier, so a privacy test can scan payloads
-for the raw ones), positions, sector visits and card taps. Real datasets
+for the raw ones), positions, sector visits, card taps, passers-by outside
+and fixed devices inside (their emitters carry their P-/F- id as owner). Real datasets
 converted by ``simulator.datasets`` use the same records, so the report and
 the calibration read both alike.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from agent.observations import Tech
@@ -95,8 +96,29 @@ class TapTruth(_Truth):
     known: bool
 
 
+class PasserTruth(_Truth):
+    """Someone walking past on the pavement outside: never inside, but in the receivers' range a while."""
+
+    kind: Literal["passer"] = "passer"
+    passer_id: str
+    start_ts: float
+    end_ts: float
+    transmits: bool
+
+
+class FixtureTruth(_Truth):
+    """A fixed device inside (PC, printer, till): a device, never a person."""
+
+    kind: Literal["fixture"] = "fixture"
+    fixture_id: str
+    model: str
+    x: float
+    y: float
+    on_ts: float
+
+
 TruthUnion = Annotated[
-    RunTruth | ShopperTruth | EmitterTruth | PositionTruth | VisitTruth | TapTruth,
+    RunTruth | ShopperTruth | EmitterTruth | PositionTruth | VisitTruth | TapTruth | PasserTruth | FixtureTruth,
     Field(discriminator="kind"),
 ]
 
@@ -129,11 +151,26 @@ class Truth:
     tracks: dict[str, Track] = field(default_factory=dict)
     visits: dict[str, list[VisitTruth]] = field(default_factory=dict)
     taps: list[TapTruth] = field(default_factory=list)
+    passers: dict[str, PasserTruth] = field(default_factory=dict)
+    fixtures: dict[str, FixtureTruth] = field(default_factory=dict)
     report: ReadReport = field(default_factory=ReadReport)
 
     def shopper_of(self, emitter_id: str) -> str | None:
         emitter = self.emitters.get(emitter_id)
         return emitter.shopper_id if emitter is not None else None
+
+    def people_inside(self, times: ArrayLike) -> FloatArray:
+        """Shoppers inside (n,) at each of ``times`` (n,): entered at or before, not yet left."""
+        at = np.asarray(times, dtype=np.float64).ravel()
+        enter = np.sort([s.enter_ts for s in self.shoppers.values()])
+        leave = np.sort([s.leave_ts for s in self.shoppers.values()])
+        inside = np.searchsorted(enter, at, side="right") - np.searchsorted(leave, at, side="right")
+        return inside.astype(np.float64)
+
+    def entries(self, edges: ArrayLike) -> FloatArray:
+        """Shoppers entering in each interval [edges_k, edges_k+1) (K,) of ``edges`` (K+1,)."""
+        counts, _ = np.histogram([s.enter_ts for s in self.shoppers.values()], bins=np.asarray(edges, dtype=np.float64))
+        return counts.astype(np.float64)
 
 
 def gather(records: Iterable[TruthRecord]) -> Truth:
@@ -152,6 +189,10 @@ def gather(records: Iterable[TruthRecord]) -> Truth:
             positions.setdefault(record.shopper_id, []).append(record)
         elif isinstance(record, VisitTruth):
             truth.visits.setdefault(record.shopper_id, []).append(record)
+        elif isinstance(record, PasserTruth):
+            truth.passers[record.passer_id] = record
+        elif isinstance(record, FixtureTruth):
+            truth.fixtures[record.fixture_id] = record
         else:
             truth.taps.append(record)
     for shopper, items in positions.items():

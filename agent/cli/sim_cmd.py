@@ -24,6 +24,7 @@ from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
+from simulator.anonymous import CrowdConfig
 from simulator.calibrate import (
     MAP_BANDWIDTHS_M,
     MAP_MIN_GAIN,
@@ -40,7 +41,7 @@ from simulator.calibrate import (
 from simulator.channel import CHANNELS
 from simulator.locate import Estimate, LocateStats, Mode, locate_file
 from simulator.report import Report, build_report, group_estimates
-from simulator.run import SURVEY_PHONES, SimConfig, simulate
+from simulator.run import SURVEY_PHONES, PhoneConfig, SimConfig, simulate
 from simulator.store import StoreError
 from simulator.truth import read_truth
 
@@ -97,6 +98,16 @@ def _locate(site: SiteConfig, observations: Path, out: Path, mode: Mode, quiet: 
 @click.option("--device-offset", type=click.FloatRange(min=0.0), help="Spread of per-phone TX offset, dB.")
 @click.option("--packet-loss", type=click.FloatRange(min=0.0, max=0.99),
               help="Probability a receiver misses a packet.")
+@click.option("--app-share", type=click.FloatRange(0.0, 1.0), help="Share of shoppers whose phone runs the app "
+              "(default 0.6).")
+@click.option("--anon-ble-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of phones without the app that advertise over BLE from an address rotating every ~15 min.")
+@click.option("--passers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Passers-by walking the pavement outside the entrance during the arrival window.")
+@click.option("--passer-probe-share", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
+              help="Share of passers-by whose phone sends Wi-Fi probes.")
+@click.option("--fixtures", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fixed devices inside (PC, printer, till, ...), probing from before the first shopper.")
 @click.option("--survey", is_flag=True, help="Simulate one technician's calibration walk (a reference tag, "
               "no offset) instead of shoppers.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
@@ -104,7 +115,8 @@ def _locate(site: SiteConfig, observations: Path, out: Path, mode: Mode, quiet: 
 def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, seed: int, out_dir: Path | None,
         store_seed: int | None, channel_name: str, sigma: float | None, correlation_m: float | None,
         body_loss: float | None, receiver_bias: float | None, device_offset: float | None,
-        packet_loss: float | None, survey: bool, quiet: bool) -> None:
+        packet_loss: float | None, app_share: float | None, anon_ble_share: float, passers: int,
+        passer_probe_share: float, fixtures: int, survey: bool, quiet: bool) -> None:
     """Simulate shoppers in a store: observations.jsonl, taps.jsonl and truth.jsonl in --out.
 
     \b
@@ -112,6 +124,8 @@ def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, se
       santi sim --site examples/fishmonger.toml --shoppers 200 --minutes 30 --seed 1 --out run1
       santi sim report run1
       santi sim --site examples/fishmonger.toml --channel store --survey --out walk
+      santi sim --site examples/fishmonger.toml --shoppers 200 --minutes 120 --app-share 0.5 \\
+          --anon-ble-share 0.5 --passers 600 --fixtures 4 --out crowd
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -121,8 +135,14 @@ def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, se
     given = {"sigma_db": sigma, "correlation_m": correlation_m, "body_loss_db": body_loss,
              "receiver_bias_db": receiver_bias, "device_offset_db": device_offset, "packet_loss": packet_loss}
     channel = replace(CHANNELS[channel_name], **{k: v for k, v in given.items() if v is not None})
+    if survey and (app_share is not None or anon_ble_share or passers or fixtures):
+        raise CliError("--survey simulates one technician's walk: --app-share, --anon-ble-share, --passers and "
+                       "--fixtures do not apply to it")
+    phones = PhoneConfig() if app_share is None else PhoneConfig(app_share=app_share)
+    crowd = CrowdConfig(anon_ble_share=anon_ble_share, passers=passers, passer_probe_share=passer_probe_share,
+                        fixtures=fixtures)
     sim_config = SimConfig(shoppers=1 if survey else shoppers, minutes=minutes, seed=seed, store_seed=store_seed,
-                           channel=channel)
+                           channel=channel, phones=phones, crowd=crowd)
     if survey:
         sim_config = replace(sim_config, phones=SURVEY_PHONES)
     try:
