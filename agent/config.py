@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from shapely.geometry import Point, Polygon
 
 from agent.events import AckMode
@@ -259,6 +267,37 @@ class TrackingConfig(_Model):
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
 
 
+class FootfallConfig(_Model):
+    """The occupancy and footfall count (``agent/footfall.py``): on when the site config has a ``[footfall]`` section.
+
+    ``people_per_device``, ``people_offset`` and ``residual_sd`` are alpha,
+    beta and s of eq. (34) in ``positioning/occupancy.py``: people per
+    counted device, fitted where the store's occupancy was logged by hand.
+    """
+
+    enabled: bool = Field(default=True, description="false keeps the section but counts nothing.")
+    interval_s: float = Field(default=60.0, ge=10.0, le=3600.0,
+                              description="Seconds between occupancy.sampled events.")
+    window_s: float = Field(default=7200.0, ge=600.0, le=86_400.0,
+                            description="Probe history an estimate looks at (W): fixtures show by staying for hours.")
+    lead_s: float = Field(default=120.0, ge=0.0, le=1800.0,
+                          description="How far behind now a count is taken (L), so a device's next probe can vouch.")
+    max_probes: int = Field(default=500_000, ge=1_000, le=5_000_000,
+                            description="Probe receptions held at most (~40 bytes each); beyond it new ones are "
+                                        "dropped and counted as window_full.")
+    min_rssi_dbm: float = Field(default=-85.0, ge=-130.0, le=0.0,
+                                description="Weakest median power of a stay still inside (the street reads weaker).")
+    people_per_device: float = Field(default=1.0, gt=0.0, le=10.0, description="alpha of eq. (34).")
+    people_offset: float = Field(default=0.0, ge=-1000.0, le=1000.0, description="beta of eq. (34), persons.")
+    residual_sd: float = Field(default=0.0, ge=0.0, le=1000.0, description="s of eq. (34), persons.")
+
+    @model_validator(mode="after")
+    def _lead_within_window(self) -> FootfallConfig:
+        if self.lead_s >= self.window_s:
+            raise ValueError(f"lead_s ({self.lead_s:g}) must be shorter than window_s ({self.window_s:g})")
+        return self
+
+
 class ConsoleConfig(_Model):
     """The store console (``agent/console``): off unless the site config has a ``[console]`` section."""
 
@@ -323,6 +362,7 @@ class SiteConfig(_Model):
     nfc: NfcConfig = Field(default_factory=NfcConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     console: ConsoleConfig | None = None
+    footfall: FootfallConfig | None = None
     path: Path | None = Field(default=None, exclude=True)
 
     def sector_index(self) -> dict[str, int]:

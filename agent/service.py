@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from agent.config import ConfigError, SiteConfig, load_site
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
+from agent.footfall import FootfallStage
 from agent.locator import Locator
 from agent.observations import AppBeacon, CardTap, Observation, Reading
 from agent.outbox import Outbox, OutboxError, OutboxFull, with_outbox_figures
@@ -106,6 +107,8 @@ class Service:
         self.on_events = on_events
         self.time_scale = time_scale
         self.locator = Locator(site)
+        self.footfall = _footfall_stage(site)
+        """The occupancy and footfall count, when ``[footfall]`` is configured and enabled."""
         self.stats = ServiceStats()
         self.stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -136,7 +139,9 @@ class Service:
     # -- records in ------------------------------------------------------------
 
     def sink(self, record: Record) -> None:
-        """Hand a record to the locator; never blocks, drops and counts when full."""
+        """Hand a record to the locator (and a probe to the footfall count); never blocks, drops and counts when full."""
+        if self.footfall is not None and isinstance(record, Observation):
+            self.footfall.add(record)
         try:
             self._queue.put_nowait(record.reading() if isinstance(record, Observation) else record)
         except asyncio.QueueFull:
@@ -255,6 +260,8 @@ class Service:
         if offset and taps:  # a tap is dated by the wall clock; the locator's time is steady
             taps = [tap.model_copy(update={"ts": tap.ts - offset}) for tap in taps]
         events = self.locator.window(t, observations, taps, wall_offset=offset)
+        if self.footfall is not None:
+            events = [*events, *self.footfall.step(t, offset)]
         self.stats.windows += 1
         if events:
             self._store(events)
@@ -316,6 +323,8 @@ class Service:
             try:
                 self._step(t)
                 closing = self.locator.close(t)
+                if self.footfall is not None:
+                    closing = [*closing, *self.footfall.close(t, self.clock.offset)]
                 if closing:
                     self._store(closing)
                 self._store(self._status(t, state="draining"))
@@ -364,6 +373,10 @@ class Service:
             self.notifier.status(f"reload refused: {exc}")
             return
         self.locator = self.locator.reconfigured(new)
+        if self.footfall is not None and new.footfall is not None and new.footfall.enabled:
+            self.footfall.reconfigure(new, new.footfall)
+        else:
+            self.footfall = _footfall_stage(new)
         self.site = new
         if self.console is not None:
             self.console.feed.reconfigured(new)
@@ -380,6 +393,8 @@ class Service:
             sources["locator-queue"] = SourceStatus(state="degraded", rate_per_s=0.0, dropped=self.stats.queue_dropped)
         if self.locator.stats.dropped:
             sources["locator"] = SourceStatus(state="up", rate_per_s=0.0, dropped=self.locator.stats.dropped.total())
+        if self.footfall is not None and self.footfall.stats.dropped:
+            sources["footfall"] = SourceStatus(state="up", rate_per_s=0.0, dropped=self.footfall.stats.dropped.total())
         wall = t + self.clock.offset
         return AgentStatus(
             event_id=uuid7(int(wall * 1000)), store_id=self.site.store.id, agent_id=self.site.agent.id,
@@ -455,10 +470,12 @@ class Service:
             "sources": {s.stats.name: {"state": s.stats.state, "accepted": s.stats.accepted,
                                        "rate_per_s": self._file_rate(s),
                                        "dropped": dict(s.stats.dropped), "last_error": s.stats.last_error}
-                        for s in self.sources} | {"locator": self.locator.stats.status_line()},
+                        for s in self.sources} | {"locator": self.locator.stats.status_line()}
+                       | ({} if self.footfall is None else {"footfall": self.footfall.status_line()}),
+            "footfall": None if self.footfall is None else self.footfall.status(self.clock.offset),
             "last_events": [event.model_dump(mode="json", by_alias=True, include={
                 "seq", "type", "ts", "subject", "sector_id", "dwell_s", "duration_s", "state", "outbox_depth",
-                "method", "reader_id"}) for event in self._recent],
+                "method", "reader_id", "count", "count_sd", "entries", "entries_sd"}) for event in self._recent],
             "tracks": len(self.locator.tracker),
             "visits": len(self.locator.presence.visits),
             "windows": self.stats.windows,
@@ -469,3 +486,10 @@ class Service:
         }
         self._status_written = time.monotonic()
         self._write_state_file("status file", "status.json", json.dumps(data, indent=2).encode())
+
+
+def _footfall_stage(site: SiteConfig) -> FootfallStage | None:
+    """The counting stage of ``site``, or None when ``[footfall]`` is absent or disabled."""
+    if site.footfall is None or not site.footfall.enabled:
+        return None
+    return FootfallStage(site, site.footfall)

@@ -86,6 +86,35 @@ class OutboxView:
 
 
 @dataclass(frozen=True)
+class FootfallLine:
+    """The counting stage as the running agent reported it: its last count, the window it holds, its CPU."""
+
+    count: float | None
+    count_sd: float | None
+    at: float | None
+    held: int
+    max_probes: int
+    estimates: int
+    cpu_s_last: float | None
+
+    @classmethod
+    def of(cls, data: Any) -> FootfallLine | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(count=_number(data.get("count")), count_sd=_number(data.get("count_sd")),
+                   at=_number(data.get("at")), held=_count(data.get("held")),
+                   max_probes=_count(data.get("max_probes")), estimates=_count(data.get("estimates")),
+                   cpu_s_last=_number(data.get("cpu_s_last")))
+
+    def text(self) -> str:
+        """One line: ``12.3 ± 1.8 inside at 09:14:00 UTC; 41,200 of 500,000 probes held; last estimate 45 ms CPU``."""
+        count = ("no count yet" if self.count is None or self.at is None else
+                 f"{self.count:.1f} ± {self.count_sd or 0.0:.1f} inside at {utc_text(self.at)}")
+        cpu = "" if self.cpu_s_last is None else f"; last estimate {self.cpu_s_last * 1000:.0f} ms CPU"
+        return f"{count}; {self.held:,} of {self.max_probes:,} probes held{cpu}"
+
+
+@dataclass(frozen=True)
 class AckLine:
     """The acknowledgement mode and its trouble counters, as the running agent reported them."""
 
@@ -116,6 +145,7 @@ class StatusReport:
     visits: int | None = None
     queue_dropped: int = 0
     ack: AckLine | None = None
+    footfall: FootfallLine | None = None
     recent_events: tuple[EventLine, ...] = field(default=())
     """The agent's own list of its latest events (delivered ones too), when its status file carries one."""
 
@@ -142,6 +172,10 @@ class StatusReport:
                          "dropped_by_reason": dict(s.dropped_by_reason), "last_error": s.last_error}
                         for s in self.sources],
             "tracks": self.tracks, "visits": self.visits, "queue_dropped": self.queue_dropped, "ack": ack,
+            "footfall": None if self.footfall is None else {
+                "count": self.footfall.count, "count_sd": self.footfall.count_sd, "at": self.footfall.at,
+                "held": self.footfall.held, "max_probes": self.footfall.max_probes,
+                "estimates": self.footfall.estimates, "cpu_s_last": self.footfall.cpu_s_last},
             "recent_events": [_event_dict(e) for e in self.recent_events],
         }
 
@@ -332,6 +366,7 @@ def read_status(state_dir: Path, now: float, *, stale_after_s: float = STALE_AFT
         tracks=_count(data.get("tracks")) if "tracks" in data else None,
         visits=_count(data.get("visits")) if "visits" in data else None,
         queue_dropped=_count(data.get("queue_dropped")), ack=_ack_line(uplink), recent_events=_recent(data),
+        footfall=FootfallLine.of(data.get("footfall")),
     )
 
 

@@ -53,6 +53,8 @@ def _summary(report: StatusReport, now: float) -> Table:
         grid.add_row("acknowledgement", acknowledgement)
     if report.tracks is not None:
         grid.add_row("tracking", f"{report.tracks} emitters, {report.visits or 0} open visits")
+    if report.footfall is not None:
+        grid.add_row("footfall", escape(report.footfall.text()))
     if report.queue_dropped:
         grid.add_row("locator queue", f"[bold red]{report.queue_dropped} records dropped (queue full)[/]")
     return grid

@@ -1,0 +1,220 @@
+"""The counting stage: anonymous probe receptions in, ``occupancy.sampled`` and ``footfall.counted`` out.
+
+Phones without the loyalty app never become a visit, but most of them send
+Wi-Fi probe requests. The Wi-Fi source has already reduced each one to keyed
+pseudonyms and numbers (`agent.probe_keys`); this stage keeps the last
+``[footfall] window_s`` of them and asks the pure estimator
+(`positioning.occupancy.estimate_occupancy`, eqs. 30-31 and 37-39) every
+``interval_s`` how many people are inside, and at every whole hour how many
+came in during it. Only those counts leave the store: the events carry no
+pseudonym, and the keys held here are process-local hashes that die with it.
+
+Memory is bounded by ``max_probes`` receptions (41 bytes each as held, plus
+the ones waiting for the next estimate): beyond it a new reception is
+dropped and counted as ``window_full``, logged at the 1st, 10th, 100th...
+Receptions of receivers the site config does not name are dropped and
+counted as ``unknown_receiver``. Rows older than the window go at each
+estimate. BLE readings are not this stage's input (an app phone's adverts
+would count it twice).
+
+Time: the service steps the stage with its steady store time ``t`` (the
+locator's time base, which observations are dated in) and the wall offset;
+hours are whole hours of the wall clock, so HQ can add stores up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.config import FootfallConfig, SiteConfig
+from agent.events import Event, FootfallCounted, OccupancySampled, utc_from_epoch, uuid7
+from agent.observations import Observation
+from positioning.occupancy import EstimateConfig, OccupancyEstimate, estimate_occupancy
+
+log = logging.getLogger(__name__)
+
+HOUR_S = 3600.0
+
+ROW = np.dtype([("t", "f8"), ("mac", "i8"), ("sig", "i8"), ("seq", "i2"), ("rnd", "?"), ("z", "f4"),
+                ("rx", "i2")])
+"""One held reception: time, MAC key, signature key (-1 unknown), sequence (-1 unknown), randomised, dBm, receiver."""
+
+_KEY_MASK = (1 << 63) - 1
+"""Keys as non-negative int64, so -1 keeps meaning 'no signature'."""
+
+Row = tuple[float, int, int, int, bool, float, int]
+
+
+@dataclass
+class FootfallStats:
+    """What ``agent.status`` and ``santi status`` say about the stage."""
+
+    accepted: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    estimates: int = 0
+    cpu_s_last: float = 0.0
+    """CPU seconds the last estimate took (process time)."""
+    cpu_s_total: float = 0.0
+    held: int = 0
+    last: OccupancyEstimate | None = None
+    """The last occupancy sample's estimate."""
+
+
+class FootfallStage:
+    """Holds the window of probe receptions and emits the counts when they are due."""
+
+    def __init__(self, site: SiteConfig, config: FootfallConfig) -> None:
+        self.stats = FootfallStats()
+        self._pending: list[Row] = []
+        self._rows: NDArray[np.void] = np.zeros(0, dtype=ROW)
+        self._first_wall: float | None = None
+        self._next_sample = math.inf
+        self._hour_end = math.inf
+        """Wall time of the end of the hour being counted."""
+        self.reconfigure(site, config)
+
+    def reconfigure(self, site: SiteConfig, config: FootfallConfig) -> None:
+        """A reloaded site config: new parameters, the same held receptions and schedule."""
+        self.site = site
+        self.config = config
+        self._receivers = {receiver.id: code for code, receiver in enumerate(site.receivers)}
+        self._estimate = EstimateConfig(
+            window_s=config.window_s, lead_s=config.lead_s, min_rssi_dbm=config.min_rssi_dbm,
+            people_per_device=config.people_per_device, people_offset=config.people_offset,
+            residual_sd=config.residual_sd)
+
+    # -- receptions in -----------------------------------------------------------
+
+    def add(self, observation: Observation) -> None:
+        """One validated observation; only Wi-Fi probe receptions are kept."""
+        if observation.tech != "wifi":
+            return
+        receiver = self._receivers.get(observation.receiver_id)
+        if receiver is None:
+            self._drop("unknown_receiver")
+            return
+        if self._rows.size + len(self._pending) >= self.config.max_probes:
+            self._drop("window_full")
+            return
+        probe = observation.probe
+        if probe is None:
+            signature, sequence, randomised = -1, -1, False
+        else:
+            signature = hash(probe.signature) & _KEY_MASK
+            sequence = -1 if probe.sequence is None else probe.sequence
+            randomised = probe.randomised
+        self._pending.append((observation.ts, hash(observation.emitter_id) & _KEY_MASK, signature, sequence,
+                              randomised, observation.rssi_dbm, receiver))
+        self.stats.accepted += 1
+
+    def _drop(self, reason: str) -> None:
+        self.stats.dropped[reason] += 1
+        count = self.stats.dropped[reason]
+        if math.log10(count).is_integer():
+            log.warning("footfall: probe receptions dropped", extra={"reason": reason, "dropped": count})
+
+    # -- counts out --------------------------------------------------------------
+
+    def step(self, t: float, wall_offset: float) -> list[Event]:
+        """The events due at store time ``t``: a sample every ``interval_s``, a count after every whole hour."""
+        wall = t + wall_offset
+        if self._first_wall is None:
+            self._first_wall = wall
+            self._next_sample = self._after(t, self.config.interval_s)
+            self._hour_end = self._after(wall, HOUR_S)
+        events: list[Event] = []
+        if t >= self._next_sample:
+            self._next_sample = self._after(t, self.config.interval_s)
+            estimate = self._run(t, self._estimate)
+            self.stats.last = estimate
+            events.append(self._occupancy(estimate, t, wall_offset))
+        if wall - self.config.lead_s >= self._hour_end:
+            end = self._hour_end
+            self._hour_end = self._after(wall - self.config.lead_s, HOUR_S)
+            counted = self._footfall(end, t, wall_offset)
+            if counted is not None:
+                events.append(counted)
+        return events
+
+    def close(self, t: float, wall_offset: float) -> list[Event]:
+        """At shutdown, the hour so far (interval_end says where it stops), so a short run still reports entries."""
+        end = t + wall_offset - self.config.lead_s
+        counted = self._footfall(end, t, wall_offset) if self._first_wall is not None else None
+        return [] if counted is None else [counted]
+
+    @staticmethod
+    def _after(x: float, period: float) -> float:
+        """The first multiple of ``period`` after ``x``."""
+        return (math.floor(x / period) + 1.0) * period
+
+    def _footfall(self, end_wall: float, t: float, wall_offset: float) -> FootfallCounted | None:
+        """Entries over [max(hour start, first step), end_wall): the whole hour, or what the stage saw of it."""
+        assert self._first_wall is not None
+        start_wall = max(math.floor(math.nextafter(end_wall, -math.inf) / HOUR_S) * HOUR_S, self._first_wall)
+        if end_wall <= start_wall:
+            return None
+        config = replace(self._estimate, interval_s=end_wall - start_wall)
+        estimate = self._run(end_wall - wall_offset + self.config.lead_s, config)
+        return FootfallCounted(
+            **self._envelope(t + wall_offset), interval_start=utc_from_epoch(start_wall),
+            interval_end=utc_from_epoch(end_wall), method="probe_stays",
+            entries=estimate.entries, entries_sd=estimate.entries_sd)
+
+    def _occupancy(self, estimate: OccupancyEstimate, t: float, wall_offset: float) -> OccupancySampled:
+        end = estimate.at + wall_offset
+        return OccupancySampled(
+            **self._envelope(t + wall_offset), interval_start=utc_from_epoch(end - self.config.interval_s),
+            interval_end=utc_from_epoch(end), method="probe_stays",
+            count=estimate.count, count_sd=estimate.count_sd)
+
+    def _envelope(self, wall: float) -> dict[str, object]:
+        agent_id = self.site.agent.id
+        return {"event_id": uuid7(int(wall * 1000)), "store_id": self.site.store.id, "agent_id": agent_id,
+                "ts": utc_from_epoch(wall), "subject": agent_id}
+
+    def _run(self, now: float, config: EstimateConfig) -> OccupancyEstimate:
+        """Fold the waiting receptions in, forget what the window no longer covers, and estimate at ``now``."""
+        if self._pending:
+            self._rows = np.concatenate([self._rows, np.array(self._pending, dtype=ROW)])
+            self._pending = []
+        keep = self._rows["t"] >= now - self.config.window_s
+        if not keep.all():
+            self._rows = self._rows[keep]
+        rows = self._rows
+        started = time.process_time()
+        estimate = estimate_occupancy(rows["t"], rows["mac"], rows["sig"], rows["seq"], rows["rnd"],
+                                      rows["z"], rows["rx"], now, config=config)
+        spent = time.process_time() - started
+        self.stats.estimates += 1
+        self.stats.cpu_s_last = spent
+        self.stats.cpu_s_total += spent
+        self.stats.held = int(self._rows.size)
+        return estimate
+
+    # -- status ------------------------------------------------------------------
+
+    def status_line(self) -> dict[str, object]:
+        """The stage as a line of the status file's sources: what it took, what it dropped."""
+        return {"state": "up", "accepted": self.stats.accepted, "rate_per_s": None,
+                "dropped": dict(self.stats.dropped), "last_error": None}
+
+    def status(self, wall_offset: float) -> dict[str, object]:
+        """The stage's figures for ``santi status``: the last count, the window held, the CPU an estimate took."""
+        last = self.stats.last
+        return {
+            "held": self.stats.held + len(self._pending), "max_probes": self.config.max_probes,
+            "window_s": self.config.window_s, "estimates": self.stats.estimates,
+            "cpu_s_last": self.stats.cpu_s_last, "cpu_s_total": self.stats.cpu_s_total,
+            "count": None if last is None else last.count, "count_sd": None if last is None else last.count_sd,
+            "at": None if last is None else last.at + wall_offset,
+            "devices": None if last is None else last.devices,
+            "stationary": None if last is None else last.stationary,
+            "outside": None if last is None else last.outside,
+        }

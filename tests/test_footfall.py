@@ -1,0 +1,211 @@
+"""The counting stage: probe receptions of a replay in, occupancy and footfall counts out, naming no one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.config import ConfigError, FootfallConfig, load_site
+from agent.events import Event, FootfallCounted, OccupancySampled
+from agent.footfall import FootfallStage
+from agent.localbroker import Broker, example_site_for
+from agent.observations import Observation, ProbeFields
+from agent.replayclock import ReplayClock
+from agent.replayfile import read_records, write_records
+from agent.service import Service
+from agent.sources.replay import ReplaySource
+from tests.helpers.hq_acks import AckingSubscriber
+
+HOUR = 1_764_925_200.0
+"""2025-12-05 09:00 UTC: the recording starts ten minutes before it and ends after it."""
+START, END = HOUR - 600.0, HOUR + 3600.0 + 300.0
+SIGNATURES = [f"{n:024x}" for n in (0x5151, 0x6262, 0x7373)]
+"""Three phone models' element signatures (pseudonyms, as the Wi-Fi source writes them)."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    observations: list[Observation]
+    arrivals: np.ndarray
+    departures: np.ndarray
+
+    def inside(self, at: float) -> int:
+        return int(np.sum((self.arrivals <= at) & (at < self.departures)))
+
+    def entries(self, start: float, end: float) -> int:
+        return int(np.sum((self.arrivals >= start) & (self.arrivals < end)))
+
+
+def _key(rng: np.random.Generator) -> str:
+    return rng.bytes(12).hex()
+
+
+def recording(seed: int) -> Recording:
+    """Shoppers whose phones probe in bursts and draw a new random MAC every few minutes (the sequence number runs on),
+    a PC that probes all day from one place, and passers-by heard weakly from the street. All at receiver pi-wifi."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.sort(rng.uniform(START, HOUR + 3600.0, rng.poisson(48)))
+    departures = arrivals + rng.uniform(300.0, 1500.0, arrivals.size)
+    observations: list[Observation] = []
+
+    def burst(t: float, mac: str, seq: int, rssi: float, signature: str) -> int:
+        """A phone's burst of probes; it moves and turns, so its power wanders by a few dB."""
+        for frame in range(int(rng.integers(2, 4))):
+            seq = (seq + 1) % 4096
+            observations.append(Observation(
+                ts=t + 0.02 * frame, receiver_id="pi-wifi", emitter_id=mac, tech="wifi",
+                rssi_dbm=float(np.clip(rssi + rng.normal(0.0, 5.0), -120.0, -20.0)),
+                probe=ProbeFields(sequence=seq, signature=signature, randomised=True)))
+        return seq
+
+    for arrive, leave in zip(arrivals, departures, strict=True):
+        signature, seq, mac = SIGNATURES[int(rng.integers(3))], int(rng.integers(4096)), _key(rng)
+        rssi, t, renew = rng.uniform(-75.0, -55.0), arrive, arrive + rng.uniform(120.0, 400.0)
+        while t < min(leave, END):
+            if t > renew:
+                mac, renew = _key(rng), t + rng.uniform(120.0, 400.0)
+            seq = burst(t, mac, seq, rssi, signature)
+            t += rng.uniform(20.0, 60.0)
+    pc, seq, t = _key(rng), 0, START
+    while t < END:
+        for frame in range(2):
+            seq += 1
+            observations.append(Observation(ts=t + 0.02 * frame, receiver_id="pi-wifi", emitter_id=pc, tech="wifi",
+                                            rssi_dbm=-58.0 + float(rng.normal(0.0, 0.3)),
+                                            probe=ProbeFields(sequence=seq % 4096, signature=SIGNATURES[0],
+                                                              randomised=False)))
+        t += 45.0
+    for passing in rng.uniform(START, END, 150):
+        burst(float(passing), _key(rng), int(rng.integers(4096)), -95.0, SIGNATURES[int(rng.integers(3))])
+    observations.sort(key=lambda o: o.ts)
+    return Recording(observations, arrivals, departures)
+
+
+def replay_through_stage(site_path: Path, rec: Recording, tmp_path: Path,
+                         config: FootfallConfig) -> tuple[FootfallStage, list[Event]]:
+    """The recording written as a replay file and read back, fed to the stage, stepped every second of it."""
+    path = tmp_path / "probes.jsonl"
+    write_records(path, rec.observations)
+    stage = FootfallStage(load_site(site_path), config)
+    events: list[Event] = []
+    t = START
+    records, report = read_records(path, Observation)
+    assert report.bad_count == 0
+    for record in records:
+        while t < record.ts:
+            events.extend(stage.step(t, 0.0))
+            t += 1.0
+        stage.add(record)
+    while t <= END:
+        events.extend(stage.step(t, 0.0))
+        t += 1.0
+    return stage, events
+
+
+@pytest.fixture
+def site_path(tmp_path: Path) -> Path:
+    return example_site_for(tmp_path, 1883)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_counts_from_a_short_replay_follow_the_truth(site_path: Path, tmp_path: Path, seed: int) -> None:
+    rec = recording(seed)
+    stage, events = replay_through_stage(site_path, rec, tmp_path, FootfallConfig())
+    samples = [e for e in events if isinstance(e, OccupancySampled)]
+    hours = [e for e in events if isinstance(e, FootfallCounted)]
+    # One sample a minute from the first whole minute after the start; each hour once it has passed by the lead,
+    # the first one from where the stage started.
+    assert len(samples) == int((END - START) // 60)
+    assert [(e.interval_start.timestamp(), e.interval_end.timestamp()) for e in hours] == [
+        (START, HOUR), (HOUR, HOUR + 3600.0)]
+    counted = [(e.count, rec.inside(e.interval_end.timestamp())) for e in samples
+               if e.interval_end.timestamp() >= START + 1200.0]  # fixtures learnt by then (still for 15 min)
+    errors = np.array([abs(c - truth) for c, truth in counted])
+    mean_inside = np.mean([truth for _, truth in counted])
+    assert mean_inside > 5.0
+    assert errors.mean() <= 0.1 * mean_inside, (errors.mean(), mean_inside)
+    truth = rec.entries(HOUR, HOUR + 3600.0)
+    assert abs(hours[1].entries - truth) <= 0.15 * truth, (hours[1].entries, truth)
+    assert stage.stats.last is not None
+    assert stage.stats.last.stationary >= 1  # the PC
+    assert stage.stats.dropped == {}
+
+
+def test_no_device_identifier_leaves_in_the_events(site_path: Path, tmp_path: Path) -> None:
+    rec = recording(4)
+    _, events = replay_through_stage(site_path, rec, tmp_path, FootfallConfig())
+    assert events
+    keys = {o.emitter_id for o in rec.observations} | set(SIGNATURES)
+    allowed = {"schema", "event_id", "seq", "store_id", "agent_id", "epoch", "ts", "subject", "type",
+               "interval_start", "interval_end", "method", "sector_id", "count", "count_sd", "entries", "entries_sd"}
+    for event in events:
+        wire = event.to_json()
+        assert not any(key in wire for key in keys)
+        assert set(json.loads(wire)) <= allowed
+        assert event.subject == event.agent_id == "pi-backoffice"
+
+
+def test_a_full_window_and_an_unknown_receiver_are_counted_drops(site_path: Path) -> None:
+    stage = FootfallStage(load_site(site_path), FootfallConfig(max_probes=1000))
+    probe = ProbeFields(sequence=1, signature=SIGNATURES[0], randomised=True)
+    for i in range(1200):
+        stage.add(Observation(ts=START + i, receiver_id="pi-wifi", emitter_id=f"{i:024x}", tech="wifi",
+                              rssi_dbm=-60.0, probe=probe))
+    stage.add(Observation(ts=START, receiver_id="nowhere", emitter_id="f" * 24, tech="wifi", rssi_dbm=-60.0))
+    stage.add(Observation(ts=START, receiver_id="pi-wifi", emitter_id="e" * 24, tech="ble", rssi_dbm=-60.0))
+    assert stage.stats.accepted == 1000
+    assert stage.stats.dropped == {"window_full": 200, "unknown_receiver": 1}
+    stage.step(START + 1200.0, 0.0)
+    stage.step(START + 1260.0, 0.0)  # the first sample: rows older than the window go, the rest are held
+    assert stage.status(0.0)["held"] == 1000
+
+
+def test_the_footfall_section_is_checked_like_the_others(tmp_path: Path) -> None:
+    site = load_site(example_site_for(tmp_path, 1883, extra="[footfall]\ninterval_s = 30\nlead_s = 60\n"))
+    assert site.footfall == FootfallConfig(interval_s=30.0, lead_s=60.0)
+    bad = example_site_for(tmp_path, 1883, extra="[footfall]\nintervall_s = 30\n")
+    with pytest.raises(ConfigError, match=r"site.toml:\d+: footfall.intervall_s: unknown key"):
+        load_site(bad)
+    bad.write_text(bad.read_text().replace("intervall_s = 30", "lead_s = 900\nwindow_s = 600"))
+    with pytest.raises(ConfigError, match=r"lead_s .* must be shorter than window_s"):
+        load_site(bad)
+    assert load_site(example_site_for(tmp_path, 1883)).footfall is None
+
+
+def test_the_running_agent_emits_the_counts_and_reports_the_stage(broker: Broker, tmp_path: Path) -> None:
+    rec = recording(5)
+    site_path = example_site_for(tmp_path, broker.port, extra="[footfall]\ninterval_s = 10\nlead_s = 0\n")
+    obs_path, taps_path = tmp_path / "obs.jsonl", tmp_path / "taps.jsonl"
+    first = [o for o in rec.observations if o.ts < START + 240.0]
+    write_records(obs_path, first)
+    write_records(taps_path, [])
+    got: list[Event] = []
+    speed = 60.0
+    clock = ReplayClock(START, speed)
+    hq = AckingSubscriber(broker.host, broker.port, queue.Queue())
+    service = Service(load_site(site_path), [ReplaySource(obs_path, taps_path, speed=speed)],
+                      state_dir=tmp_path / "state", clock=clock, stop_when_sources_finish=True, time_scale=speed,
+                      on_events=got.extend)
+    try:
+        clock.start()
+        assert asyncio.run(service.run()) == 0
+    finally:
+        hq.close()
+    samples = [e for e in got if isinstance(e, OccupancySampled)]
+    assert len(samples) >= 20  # every 10 s of 4 store minutes, less the start-up
+    assert all(e.seq >= 1 and e.subject == "pi-backoffice" for e in samples)
+    # Counted at shutdown: the part of the hour the agent saw, ending where its last count stands.
+    closing = [e for e in got if isinstance(e, FootfallCounted)]
+    assert len(closing) == 1
+    assert closing[0].interval_start.timestamp() == pytest.approx(START, abs=10.0)
+    state = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert state["footfall"]["estimates"] >= len(samples)
+    assert state["footfall"]["held"] == service.footfall.stats.accepted == sum(  # type: ignore[union-attr]
+        1 for o in first if o.tech == "wifi")
+    assert state["sources"]["footfall"]["dropped"] == {}
