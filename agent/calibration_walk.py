@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from agent.config import BleConfig, SiteConfig, parse_site
+from agent.errors import SantiError
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
@@ -54,11 +55,11 @@ _IBEACON = re.compile(rf"^(?:(?:ibeacon|altbeacon):)?(?P<uuid>{_UUID}):(?P<major
 _EDDYSTONE = re.compile(r"^(?:eddystone:)?(?P<namespace>[0-9a-f]{20}):(?P<instance>[0-9a-f]{12})$")
 
 
-class CaptureError(Exception):
+class WalkCaptureError(SantiError):
     """The radio could not listen (adapter missing, BlueZ gone); the message is one line with advice."""
 
 
-class WalkError(Exception):
+class WalkError(SantiError):
     """The captured readings cannot give a calibration; the message says what to do differently."""
 
 
@@ -188,7 +189,7 @@ class Capture(Protocol):
     """A radio listening for the reference beacon for the whole walk."""
 
     def start(self) -> None:
-        """Start listening; ``CaptureError`` if the radio cannot."""
+        """Start listening; ``WalkCaptureError`` if the radio cannot."""
 
     def measure(self, distance_m: float, seconds: float, settle_s: float, progress: Progress) -> list[float]:
         """RSSI readings of the beacon heard during ``seconds``, after ``settle_s`` of ignored readings."""
@@ -249,7 +250,7 @@ class BleCapture:
         while self.source.stats.state != "up":
             if time.monotonic() > deadline:
                 self.close()
-                raise CaptureError(f"Bluetooth did not start: {self.source.stats.last_error or 'no answer from BlueZ'}")
+                raise WalkCaptureError(f"Bluetooth did not start: {self.source.stats.last_error or 'no answer from BlueZ'}")
             time.sleep(0.05)
 
     def measure(self, distance_m: float, seconds: float, settle_s: float, progress: Progress) -> list[float]:
@@ -258,7 +259,7 @@ class BleCapture:
         elapsed = 0.0
         while elapsed < seconds:
             if self.source.stats.state != "up":
-                raise CaptureError(f"Bluetooth went away while measuring: {self.source.stats.last_error}")
+                raise WalkCaptureError(f"Bluetooth went away while measuring: {self.source.stats.last_error}")
             with self._lock:
                 count = sum(1 for ts, _ in self._readings if ts >= start)
             progress(elapsed, count)

@@ -29,6 +29,7 @@ from pydantic import (
 )
 from shapely.geometry import Point, Polygon
 
+from agent.errors import InputError
 from agent.events import AckMode
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import located, read_text, syntax_error
@@ -40,7 +41,7 @@ Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class ConfigError(Exception):
+class ConfigError(InputError):
     """A config problem, already worded as the one line a person reads."""
 
 

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from agent.config import SiteConfig
+from agent.errors import InputError
 from agent.tomllines import line_of, read_text
 
 ESPRESENSE_REF_RSSI = -59
@@ -46,7 +47,7 @@ EDDYSTONE_0M_TO_1M = -41
 TOPIC_PREFIX = "espresense/rooms"
 
 
-class FirmwareError(ValueError):
+class FirmwareError(InputError):
     """A problem worded as the one line a technician reads, naming the key at fault."""
 
 

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import ValidationError
 
 from agent.config import SiteConfig
+from agent.errors import InputError
 from agent.firmware import room_slug
 
 ETC = PurePosixPath("/etc/santi")
@@ -55,7 +56,7 @@ SALT_BYTES = 12
 PASSWORD_BYTES = 24
 
 
-class InstallError(Exception):
+class InstallError(InputError):
     """A problem worded as the one line the installer prints before it stops."""
 
 

@@ -20,7 +20,6 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from agent.config import SiteConfig
 from agent.events import CardTapped, Event, IdentityLinked
 from agent.identity import LinkParams, best_link, tap_probabilities
 from agent.memory import release_free_memory
-from agent.observations import CardTap, Observation, Reading
+from agent.observations import CardTap, Observation, Reading, Tech
 from agent.presence import Located, Presence
 from agent.ratelimit import Throttle
 from agent.site_arrays import (
@@ -41,8 +40,6 @@ from agent.site_arrays import (
 from positioning.sectors import SectorUpdate
 
 log = logging.getLogger(__name__)
-
-Tech = Literal["ble", "wifi"]
 
 COMPACT_AFTER = 1024
 """Expired emitters in one window after which the per-emitter maps are rebuilt (dicts never shrink by deletion)."""

@@ -79,6 +79,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
+from agent.errors import EXIT_BAD_INPUT, SantiError
 from agent.events import AckMode, AgentStatus, Event, topic_for
 from agent.privatefiles import private_dir, private_file
 
@@ -151,16 +152,22 @@ class Bounds(Protocol):
     def reserve_bytes(self) -> int: ...
 
 
-class OutboxError(Exception):
-    """A storage failure, worded as one line a technician can act on."""
+class OutboxError(SantiError):
+    """A storage failure, worded as one line a technician can act on.
+
+    Exit 2: at the command line it means the outbox the config points at is
+    unusable (wrong state directory, permissions, a foreign file): fix and rerun.
+    """
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class OutboxFull(OutboxError):
     """The disk (or the file's page limit) is full; nothing stored was lost."""
 
 
-class _NotAnOutbox(sqlite3.DatabaseError):
-    """A readable SQLite file that is not (or no longer) a sound outbox."""
+class _NotAnOutbox(SantiError):
+    """A readable SQLite file that is not (or no longer) a sound outbox: moved aside, never shown."""
 
 
 class Row(NamedTuple):
@@ -448,7 +455,7 @@ class Outbox:
             outbox = cls(db, path, bounds, clock, state, None, ack)
             outbox.keep_spare()
             return outbox
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, _NotAnOutbox) as exc:
             if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT and not isinstance(exc, _NotAnOutbox):
                 raise _describe(path, exc, "outbox") from exc
             reason = str(exc)

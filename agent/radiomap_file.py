@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.errors import InputError
 from positioning.radiomap import RadioMap
 
 FORMAT = "santi.radiomap/1"
 
 
-class RadioMapFileError(ValueError):
+class RadioMapFileError(InputError):
     """The file is not a radio map Santi can use; the message is one line."""
 
 

@@ -20,13 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import SiteConfig
+from agent.errors import InputError
 from positioning.bounds import crlb_rmse
 from positioning.geometry import points_in_polygon
 
 BLE_KINDS = ("ble", "node")
 
 
-class MapError(ValueError):
+class MapError(InputError):
     """The site cannot be mapped; the message says why in one line."""
 
 

@@ -107,6 +107,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # 
 from rich.table import Table  # noqa: E402
 
 from agent.config import SiteConfig, load_site  # noqa: E402
+from agent.errors import SantiError  # noqa: E402
 from agent.localbroker import Broker, example_site_for  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from simulator.run import SIM_SECRET, PhoneConfig, SimConfig, phone_for, simulate  # noqa: E402
@@ -149,7 +150,7 @@ err = Console(stderr=True)
 # -- the recording and its truth ---------------------------------------------------------
 
 
-class _Enough(Exception):
+class _Enough(SantiError):
     """Raised from ``simulate``'s progress callback once the prefix we need is written."""
 
 
@@ -170,7 +171,7 @@ def simulate_prefix(site: SiteConfig, config: SimConfig, out_dir: Path, seconds:
 
 
 @dataclass
-class Truth:
+class PlannedTruth:
     """What the simulated shoppers did, in store time (epoch seconds).
 
     entries: app-phone pseudonym -> (time, sector id) of each step into a
@@ -187,7 +188,7 @@ class Truth:
         return inside
 
 
-def ground_truth(site: SiteConfig, config: SimConfig) -> Truth:
+def ground_truth(site: SiteConfig, config: SimConfig) -> PlannedTruth:
     """Re-plan the shoppers and their phones from the seed streams ``simulate`` draws them from.
 
     ``simulate`` gives mobility the first and phones the second of four
@@ -218,7 +219,7 @@ def ground_truth(site: SiteConfig, config: SimConfig) -> Truth:
         emitter = pseudo.pseudonym("ble", phone.raw[0], t0 + path.start)
         entries[emitter] = [(t0 + float(times[i]), store.sector_ids[labels[i]])
                             for i in steps if labels[i] < len(store.sector_ids)]
-    return Truth(entries, np.array(enter), np.array(leave))
+    return PlannedTruth(entries, np.array(enter), np.array(leave))
 
 
 def observation_times(path: Path, emitters: set[str]) -> dict[str, list[float]]:
@@ -459,7 +460,7 @@ def agent_clock_origin(samples: list[Sample], t0: float) -> float:
     return statistics.median(origins)
 
 
-def latency_figures(run: AgentRun, truth: Truth, observations: Path, t0: float,
+def latency_figures(run: AgentRun, truth: PlannedTruth, observations: Path, t0: float,
                     since: float, until: float, window_s: float) -> dict[str, Any]:
     """Time each app phone's sector.entered from the observation that started its hold, and from the truth.
 

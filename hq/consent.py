@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.errors import InputError
 from agent.events import UtcTime
 from agent.messages import PURPOSES, ConsentUpdate, LoyaltyId, Purpose, Source
 
@@ -38,7 +39,7 @@ _TRUE = {"true", "yes", "1", "granted", "y"}
 _FALSE = {"false", "no", "0", "refused", "withdrawn", "n"}
 
 
-class ConsentError(Exception):
+class ConsentError(InputError):
     """A consent file or record problem, worded as one line."""
 
 

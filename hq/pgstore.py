@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hq.store import EVENT_COLUMNS, POISON_ERRORS, Lock, Store, StoreError, Unstorable, _Cursor
+from hq.store import EVENT_COLUMNS, POISON_ERRORS, HqStoreError, Lock, Store, Unstorable, _Cursor
 
 _LOCKS: dict[Lock, str] = {
     # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
@@ -141,7 +141,7 @@ class PostgresStore(Store):
                 self._conn.close()
                 self._conn = None
             where = self.conninfo.split("@")[-1]
-            raise StoreError(f"PostgreSQL {where}: {str(exc).strip().splitlines()[0]}") from exc
+            raise HqStoreError(f"PostgreSQL {where}: {str(exc).strip().splitlines()[0]}") from exc
 
     def close(self) -> None:
         with self._lock:

@@ -50,6 +50,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.config import ConfigError, load_site
+from agent.errors import InputError
 from agent.tomllines import located, read_text, syntax_error
 
 TriggerEvent = Literal["visit.started", "sector.entered", "identity.linked", "card.tapped"]
@@ -69,7 +70,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
-class RulesError(Exception):
+class RulesError(InputError):
     """A rules file problem, already worded as the one line a person reads."""
 
 

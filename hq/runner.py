@@ -53,7 +53,7 @@ from agent.messages import StaffCard, staff_topic
 from hq.activation import Firing, PastFiring, Trigger, evaluate
 from hq.profile import Profile, Visit, VisitKey, build_profile, visits_from_events
 from hq.rules import MqttAction, Rules, RulesError, StaffAction, WebhookAction, load_rules
-from hq.store import DeliveryRow, FiringRow, Store, StoreError
+from hq.store import DeliveryRow, FiringRow, HqStoreError, Store
 from hq.webhook import Delivery, DeliveryState, WebhookSender, cloudevent
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class ActivationRunner:
 
     # --- evaluation (the subscriber's writer thread) --------------------
     def on_batch(self, events: Sequence[Event]) -> None:
-        """Evaluate every trigger event of a committed batch; raises StoreError when the store fails.
+        """Evaluate every trigger event of a committed batch; raises HqStoreError when the store fails.
 
         What the batch reads of a customer (consent, stored events, firings) is
         read once per batch: the batch's consent records were stored before
@@ -315,7 +315,7 @@ class ActivationRunner:
         try:
             self._store.set_deliveries([(aid, no, state, detail, attempts) for (aid, no), state, detail, attempts
                                         in changes], self._clock())
-        except StoreError as exc:
+        except HqStoreError as exc:
             self.stats.errors += 1
             log.warning("delivery state not recorded; the delivery is claimed again later",
                         extra={"error": str(exc)})
@@ -369,7 +369,7 @@ class ActivationRunner:
                 if time.monotonic() >= next_claim:
                     next_claim = time.monotonic() + self._sweep_s
                     self._claim()
-            except StoreError as exc:
+            except HqStoreError as exc:
                 self.stats.errors += 1
                 log.warning("activation sweep failed; retrying", extra={"error": str(exc)})
 

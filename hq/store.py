@@ -15,7 +15,7 @@ Poison: a batch the database refuses because of its data (a value out of a
 column's range, a string an index cannot hold) is stored again one event at
 a time, and the one event refused alone goes to the dead letters with the
 database's reason. A refusal that blames the connection or the server (a lost
-connection, a full disk, a lock) is a :class:`StoreError`: nothing is stored,
+connection, a full disk, a lock) is a :class:`HqStoreError`: nothing is stored,
 the subscriber retries the batch and acknowledges nothing meanwhile.
 """
 
@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
+from agent.errors import EXIT_BAD_INPUT, SantiError
 from agent.events import AgentStatus, Event, parse_event, topic_for, utc_from_epoch
 from agent.messages import PURPOSES, Purpose
 from hq.consent import ConsentRecord, ConsentState
@@ -75,11 +76,16 @@ EpochKey = tuple[str, str, str]
 """(store_id, agent_id, epoch): where a seq is unique."""
 
 
-class StoreError(Exception):
-    """A database failure, worded for the operator; the batch is retried, never acked."""
+class HqStoreError(SantiError):
+    """A database failure, worded for the operator; the batch is retried, never acked.
+
+    Exit 2 at the command line: the database URL given cannot be used (fix it and rerun).
+    """
+
+    exit_code = EXIT_BAD_INPUT
 
 
-class Unstorable(StoreError):
+class Unstorable(HqStoreError):
     """The database refused the data itself (not the connection): the event is at fault, not the store."""
 
 
@@ -298,7 +304,7 @@ class Store(ABC):
 
     @abstractmethod
     def _errors(self) -> AbstractContextManager[None]:
-        """Translate the driver's exceptions: :class:`Unstorable` when the data is at fault, else StoreError."""
+        """Translate the driver's exceptions: :class:`Unstorable` when the data is at fault, else HqStoreError."""
 
     # --- ingest --------------------------------------------------------
     def ingest(self, batch: Sequence[Accepted | Rejected], received_at: float, *,
@@ -307,7 +313,7 @@ class Store(ABC):
 
         One transaction for the batch; if the database refuses its data, one
         per event, and an event refused alone becomes a dead letter. Raises
-        StoreError only when the database itself fails (nothing is stored then).
+        HqStoreError only when the database itself fails (nothing is stored then).
         """
         try:
             return self._ingest(batch, received_at, want_events)
@@ -1002,7 +1008,7 @@ class SqliteStore(Store):
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA secure_delete=ON")
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+            raise HqStoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         super().__init__(**caps)
 
     @contextmanager
@@ -1028,7 +1034,7 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_TOOBIG:
                 raise Unstorable(f"SQLite {self.path}: {exc}") from exc
-            raise StoreError(f"SQLite {self.path}: {exc}") from exc
+            raise HqStoreError(f"SQLite {self.path}: {exc}") from exc
         except POISON_ERRORS as exc:
             raise Unstorable(f"SQLite {self.path}: {type(exc).__name__}: {exc}") from exc
 
@@ -1057,10 +1063,10 @@ def open_store(url: str, **caps: int) -> Store:
     if scheme == "sqlite":
         path = url[len("sqlite://"):]
         if not path.startswith("/") or path == "/":
-            raise StoreError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
+            raise HqStoreError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
         return SqliteStore(path[1:], **caps)
     if scheme and len(scheme) > 1:
-        raise StoreError(f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://...")
+        raise HqStoreError(f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://...")
     return SqliteStore(url, **caps)
 
 

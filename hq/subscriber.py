@@ -56,12 +56,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr, ValidationError
 
+from agent.errors import EXIT_BAD_INPUT, SantiError
 from agent.events import Ack, Event, ack_topic
 from agent.messages import CONSENT_PREFIX, ConsentUpdate
 from hq.consent import ConsentRecord, records_of
 from hq.ingest import Accepted, Rejected, _rejected, decode
 from hq.profile import Profile
-from hq.store import AgentGaps, IngestResult, Store, StoreError, open_store
+from hq.store import AgentGaps, HqStoreError, IngestResult, Store, open_store
 from hq.views import loyalty_profile, visitor_profile
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,13 @@ STOP_BUDGET_S = 4.0
 """stop() returns within this (plus the broker disconnect): systemd's SIGTERM must not wait on a retry."""
 
 
-class BrokerError(Exception):
-    """The broker cannot be reached or refused us; the message says why, in one line."""
+class BrokerError(SantiError):
+    """The broker cannot be reached or refused us; the message says why, in one line.
+
+    Exit 2 at the command line: the broker URL or credentials given are at fault.
+    """
+
+    exit_code = EXIT_BAD_INPUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +215,7 @@ class HqSubscriber:
         """Open the store, start the writer, connect, then keep reconnecting in the background.
 
         Raises BrokerError when the first connection fails (unreachable broker,
-        TLS refused), StoreError when the database cannot be opened.
+        TLS refused), HqStoreError when the database cannot be opened.
         """
         if self._store is None:
             self._store = open_store(self._db_url)
@@ -377,7 +383,7 @@ class HqSubscriber:
                 if self._on_batch is not None:
                     self._run_batch([i.event for i in items if isinstance(i, Accepted)])
                 break
-            except StoreError as exc:
+            except HqStoreError as exc:
                 self._count("store_errors", 1)
                 log.warning("batch not stored; retrying (not acked)", extra={"error": str(exc), "size": len(batch)})
                 if self._closing.wait(backoff):
@@ -418,7 +424,7 @@ class HqSubscriber:
         assert self._on_batch is not None
         try:
             self._on_batch(events)
-        except StoreError:
+        except HqStoreError:
             raise
         except Exception:  # a bug in a rule's evaluation must not stop ingestion
             self._count("activation_errors", 1)

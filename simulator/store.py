@@ -19,6 +19,7 @@ from shapely.geometry import LineString, MultiLineString, Point, Polygon
 from shapely.ops import linemerge, nearest_points
 
 from agent.config import SiteConfig
+from agent.errors import InputError
 from positioning.geometry import LabelRaster
 
 FloatArray = NDArray[np.float64]
@@ -30,7 +31,7 @@ BORDER_MARGIN_M = 0.4
 """Border crossings keep this far from the ends of a shared edge (doorway jambs)."""
 
 
-class StoreError(ValueError):
+class SiteNotSimulable(InputError):
     """The site cannot host a simulation (e.g. a sector unreachable from the entrance)."""
 
 
@@ -82,7 +83,7 @@ class Store:
                     borders, entrance, door, raster)
         unreachable = [store.sector_ids[j] for j in range(len(sectors)) if not store.route(entrance, j)]
         if unreachable:
-            raise StoreError(
+            raise SiteNotSimulable(
                 f"sectors {', '.join(unreachable)} share no walkable border with a path from the entrance; "
                 "check 'adjacent' and that adjacent polygons touch along an edge"
             )

@@ -34,7 +34,7 @@ from agent.calibration_walk import (
     parse_distances,
     replace_site_file,
 )
-from agent.cli import cli
+from agent.cli import SantiGroup, cli
 from agent.cli.calibrate_cmd import receiver_command
 from agent.config import ConfigError, load_site
 from agent.localbroker import example_site_for
@@ -109,7 +109,7 @@ def test_guided_capture_recovers_the_model_and_rewrites_only_that_receiver(air: 
     before = site.read_text()
     made: list[MovedBeaconCapture] = []
     command = receiver_command(_factory(air, made))
-    result = CliRunner().invoke(command, ["pi-ble", "--config", str(site), "--beacon", BEACON, "--seconds", "1.2",
+    result = CliRunner().invoke(SantiGroup(commands=[command]), ["receiver", "pi-ble", "--config", str(site), "--beacon", BEACON, "--seconds", "1.2",
                                           "--settle", "0.3", "--yes", "--json"], input="\n" * 4)
     assert result.exit_code == 0, result.output
     assert made[0].steps == [1.0, 2.0, 4.0, 8.0]
@@ -147,7 +147,7 @@ def test_a_refused_confirmation_leaves_the_file_untouched(air: Air, tmp_path: Pa
     before = site.read_bytes()
     made: list[MovedBeaconCapture] = []
     command = receiver_command(_factory(air, made))
-    result = CliRunner().invoke(command, ["pi-ble", "--config", str(site), "--beacon", BEACON, "--distances", "1,3,9",
+    result = CliRunner().invoke(SantiGroup(commands=[command]), ["receiver", "pi-ble", "--config", str(site), "--beacon", BEACON, "--distances", "1,3,9",
                                           "--seconds", "0.8", "--settle", "0.2"], input="\n\n\nn\n")
     assert result.exit_code == 1, result.output
     assert "Write the new values to" in result.stderr
@@ -162,7 +162,7 @@ def test_too_few_readings_ask_to_measure_again(air: Air, tmp_path: Path) -> None
     made: list[MovedBeaconCapture] = []
     command = receiver_command(_factory(air, made))
     silent = f"{UUID}:100:9"  # nobody advertises this one
-    result = CliRunner().invoke(command, ["pi-ble", "--config", str(site), "--beacon", silent, "--seconds", "0.5",
+    result = CliRunner().invoke(SantiGroup(commands=[command]), ["receiver", "pi-ble", "--config", str(site), "--beacon", silent, "--seconds", "0.5",
                                           "--settle", "0"], input="\ny\n\nn\n")
     assert result.exit_code == 1
     assert made[0].steps == [1.0, 1.0]
@@ -174,7 +174,7 @@ def test_no_bluetooth_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/tmp/santi-no-such-bus")
     site = example_site_for(tmp_path, 1)
     command = receiver_command(lambda beacon, adapter: BleCapture(beacon, adapter, start_timeout_s=1.0))
-    result = CliRunner().invoke(command, ["pi-ble", "--config", str(site), "--beacon", BEACON])
+    result = CliRunner().invoke(SantiGroup(commands=[command]), ["receiver", "pi-ble", "--config", str(site), "--beacon", BEACON])
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1].startswith(
         "santi: Bluetooth did not start: cannot reach the system D-Bus")

@@ -14,7 +14,7 @@ import pytest
 
 from agent.events import AgentStatus, Event, IdentityLinked, VisitStarted, topic_for, uuid7
 from hq.ingest import Accepted, Rejected, decode
-from hq.store import Store, StoreError, open_store, split_schema
+from hq.store import HqStoreError, Store, open_store, split_schema
 from hq.synthetic import synthetic_stream
 from hq.views import loyalty_profile, visitor_profile
 from tests.helpers.consent import SYNTHETIC_IDS, grant
@@ -79,9 +79,9 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert split_schema("postgresql://u@h/db?schema=x&sslmode=disable") == ("postgresql://u@h/db?sslmode=disable", "x")
     for url in (f"sqlite:///{tmp_path}/a.db", str(tmp_path / "b.db")):
         open_store(url).close()
-    with pytest.raises(StoreError, match="unsupported database URL"):
+    with pytest.raises(HqStoreError, match="unsupported database URL"):
         open_store("mysql://h/db")
-    with pytest.raises(StoreError, match="cannot open SQLite"):
+    with pytest.raises(HqStoreError, match="cannot open SQLite"):
         open_store(f"sqlite:///{tmp_path}/missing-dir/x.db")
 
 

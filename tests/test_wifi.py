@@ -20,9 +20,9 @@ from agent.privacy import Pseudonymizer
 from agent.probe_keys import probe_keys
 from agent.sources.base import Record, SourceStats
 from agent.sources.wifi import (
-    CaptureError,
     FrameSkipped,
     ProbeCounter,
+    WifiCaptureError,
     WifiCaptureSource,
     backoff_s,
     channel_of,
@@ -208,7 +208,7 @@ def test_wrong_link_type_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "ethernet.pcap"
     with path.open("wb") as handle:
         dpkt.pcap.Writer(handle, linktype=1).writepkt(b"\x00" * 60, ts=1.0)
-    with path.open("rb") as handle, pytest.raises(CaptureError, match=r"not 802\.11 with radiotap"):
+    with path.open("rb") as handle, pytest.raises(WifiCaptureError, match=r"not 802\.11 with radiotap"):
         next(read_capture(handle))
     source, out = play_capture(path)
     assert out == []

@@ -2,7 +2,8 @@
 
 A thin layer over library calls. Every command has help with an example;
 every failure is one line on stderr and a non-zero exit code (2 for bad
-input such as a broken config).
+input such as a broken config, 1 for a failure at run time): commands let a
+`SantiError` rise, and `LazyGroup.invoke` translates it, once, for all of them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from agent import logs
+from agent.errors import SantiError
 
 COMMANDS = {
     "buffer": "agent.cli.buffer_cmd:buffer",
@@ -37,7 +39,21 @@ COMMANDS = {
 adds ``receiver`` to sim_cmd's group beside ``fit``."""
 
 
-class LazyGroup(click.Group):
+class SantiGroup(click.Group):
+    """The one place a `SantiError` becomes what a technician sees: ``santi: <one line>`` on stderr, its exit code.
+
+    Commands raise and let errors rise; nothing below translates them by hand.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SantiError as exc:
+            click.echo(f"santi: {exc.one_line()}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+class LazyGroup(SantiGroup):
     """Imports a command's module only when that command runs (or help lists it).
 
     ``santi run`` on a Pi should not carry the simulator, the plots or

@@ -71,10 +71,7 @@ def status(site: Path, as_json: bool) -> None:
     Example:
       santi buffer status /etc/santi/site.toml
     """
-    try:
-        summary = summarize(_outbox_path(site))
-    except OutboxError as exc:
-        raise CliError(str(exc)) from None
+    summary = summarize(_outbox_path(site))
     oldest = summary.stats.oldest_ts
     oldest_text = None if oldest is None else utc_from_epoch(oldest).isoformat()
     figures = {
@@ -115,12 +112,9 @@ def export(site: Path, out: TextIO, after_seq: int) -> None:
       santi buffer export /etc/santi/site.toml /media/usb/pi-1-events.jsonl
     """
     count = 0
-    try:
-        for row in export_rows(_outbox_path(site), after_seq):
-            out.write(row.payload.decode("utf-8") + "\n")
-            count += 1
-    except OutboxError as exc:
-        raise CliError(str(exc)) from None
+    for row in export_rows(_outbox_path(site), after_seq):
+        out.write(row.payload.decode("utf-8") + "\n")
+        count += 1
     click.echo(f"exported {count:,} events", err=True)
 
 
@@ -137,10 +131,7 @@ def _running_agent(site: SiteConfig) -> int | None:
 
 
 def _waiting(path: Path, through_seq: int) -> Waiting:
-    try:
-        return waiting_through(path, through_seq)
-    except OutboxError as exc:
-        raise CliError(str(exc)) from None
+    return waiting_through(path, through_seq)
 
 
 def _watch(path: Path, through_seq: int, start: int, timeout: float, uplink_state: Callable[[], str | None],
@@ -222,10 +213,7 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
     """
     config = load_or_fail(site)
     path = config.agent.state_dir / OUTBOX_FILE
-    try:
-        summary = summarize(path)
-    except OutboxError as exc:
-        raise CliError(str(exc)) from None
+    summary = summarize(path)
     start, through_seq = summary.stats.depth, summary.last_seq
     pid = _running_agent(config)
     error: str | None = None
@@ -250,10 +238,7 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
             error = read_status(config.agent.state_dir, time.time()).uplink_error
             storage = _agent_outbox_error(config.agent.state_dir)
     else:
-        try:
-            outbox = Outbox.open(path, config.buffer)
-        except OutboxError as exc:
-            raise CliError(str(exc)) from None
+        outbox = Outbox.open(path, config.buffer)
         # The outcome line below carries the uplink's last error; its log line would say it twice.
         logging.getLogger("agent.uplink").setLevel(logging.ERROR)
         with outbox:

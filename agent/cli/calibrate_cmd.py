@@ -22,7 +22,6 @@ from rich.table import Table
 from agent.calibration_walk import (
     DEFAULT_DISTANCES,
     Beacon,
-    CaptureError,
     CaptureFactory,
     Step,
     WalkError,
@@ -39,19 +38,13 @@ from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.cli.sim_cmd import calibrate
 from agent.config import ConfigError, ReceiverConfig, SiteConfig
+from agent.errors import SantiError
 from positioning.pathloss import Calibration
 from simulator.calibrate import fitted_values
 
-EXIT_NOT_WRITTEN = 1
 
-
-class _Failed(click.ClickException):
-    """A runtime failure (radio, too few readings, refused): one line, exit 1."""
-
-    exit_code = EXIT_NOT_WRITTEN
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"santi: {self.message}", err=True)
+class CalibrationNotWritten(SantiError):
+    """The capture ran but gave nothing to write (too few readings, refused, invalid result): exit 1."""
 
 
 def _receiver(site: SiteConfig, receiver_id: str) -> ReceiverConfig:
@@ -85,10 +78,7 @@ def _capture_steps(capture_factory: CaptureFactory, beacon: Beacon, adapter: str
                    err: Console) -> list[Step]:
     capture = capture_factory(beacon, adapter)
     with err.status(f"starting Bluetooth on {adapter}…"):
-        try:
-            capture.start()
-        except CaptureError as exc:
-            raise _Failed(str(exc)) from None
+        capture.start()
     steps: list[Step] = []
     try:
         for distance in distances:
@@ -102,10 +92,7 @@ def _capture_steps(capture_factory: CaptureFactory, beacon: Beacon, adapter: str
                     def show(elapsed: float, count: int, task_id: Any = task, progress: Progress = bar) -> None:
                         progress.update(task_id, completed=elapsed, readings=f"{count} readings")
 
-                    try:
-                        readings = capture.measure(distance, seconds, settle, show)
-                    except CaptureError as exc:
-                        raise _Failed(str(exc)) from None
+                    readings = capture.measure(distance, seconds, settle, show)
                 step = Step(distance, tuple(readings))
                 if len(readings) >= min_readings:
                     err.print(f"{distance:g} m: {len(readings)} readings, median {step.median_dbm:.1f} dBm",
@@ -115,7 +102,7 @@ def _capture_steps(capture_factory: CaptureFactory, beacon: Beacon, adapter: str
                 err.print(f"[yellow]{distance:g} m: only {len(readings)} readings (need {min_readings})[/]: is the "
                           f"beacon on, and is it {escape(beacon.text)}?", highlight=False)
                 if not click.confirm(f"Measure {distance:g} m again?", default=True, err=True):
-                    raise _Failed(f"not enough readings at {distance:g} m; nothing written")
+                    raise CalibrationNotWritten(f"not enough readings at {distance:g} m; nothing written")
     finally:
         capture.close()
     return steps
@@ -207,7 +194,7 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
         try:
             cal = fit_walk(steps)
         except WalkError as exc:
-            raise _Failed(f"{exc}; nothing written") from None
+            raise CalibrationNotWritten(f"{exc}; nothing written") from None
         _report(steps, cal, target, console)
         new_text = proposed_text(old_text, site, receiver_id, cal, sum(len(s.rssi_dbm) for s in steps))
         diff = unified_diff(old_text, new_text, config)
@@ -220,16 +207,16 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
                 try:
                     _, backup = replace_site_file(config, old_text, new_text)
                 except ConfigError as exc:
-                    raise _Failed(f"the calibrated config did not validate, {config} unchanged: {exc}") from None
+                    raise CalibrationNotWritten(f"the calibrated config did not validate, {config} unchanged: {exc}") from None
                 except (ValueError, OSError) as exc:
-                    raise _Failed(f"{exc}") from None
+                    raise CalibrationNotWritten(f"{exc}") from None
                 written = True
                 console.print(f"written {config} (previous version: {backup}); reload the agent to use it "
                               "(systemctl reload santi)", highlight=False)
         if as_json:
             click.echo(json.dumps(_result(target, beacon, steps, cal, diff, written, backup), indent=2))
         if diff and not written:
-            raise _Failed(f"not written; {config} unchanged")
+            raise CalibrationNotWritten(f"not written; {config} unchanged")
 
     return receiver
 

@@ -12,15 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli.errors import CliError
-from agent.config import ConfigError, SiteConfig, load_site
+from agent.config import SiteConfig, load_site
 
 
 def load_or_fail(path: Path) -> SiteConfig:
-    """Load a site config, or exit 2 with its one-line error."""
-    try:
-        return load_site(path)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+    """Load a site config; a broken one raises `ConfigError`, which the CLI's root shows as one line, exit 2."""
+    return load_site(path)
 
 
 DEFAULT_SITE = Path("/etc/santi/site.toml")

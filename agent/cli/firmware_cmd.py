@@ -122,10 +122,7 @@ def check_tag(files: tuple[Path, ...], site: Path | None, as_json: bool) -> None
     config = load_or_fail(site) if site is not None else None
     report: list[dict[str, Any]] = []
     for path in files:
-        try:
-            tag = load_tag(path)
-        except FirmwareError as exc:
-            raise CliError(str(exc)) from None
+        tag = load_tag(path)
         problems = tag_site_problems(tag, config) if config is not None else []
         report.append({"file": str(path), "profile": tag.model_dump(mode="json"),
                        "advertisement": tag.advertisement(), "espresense_id": tag.espresense_id(),

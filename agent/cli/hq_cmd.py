@@ -23,12 +23,12 @@ from rich.table import Table
 from agent.cli.errors import CliError
 from agent.events import utc_from_epoch
 from agent.messages import PURPOSES
-from hq.consent import ConsentError, ConsentRecord, parse_import, purposes_text
+from hq.consent import ConsentRecord, parse_import, purposes_text
 from hq.consent import state as consent_state
 from hq.render import print_profile
-from hq.rules import RulesError, load_rules
+from hq.rules import load_rules
 from hq.runner import ActivationRunner
-from hq.store import DEAD_LETTER_BYTES, DEAD_LETTER_ROWS, AgentGaps, Store, StoreError, open_store
+from hq.store import DEAD_LETTER_BYTES, DEAD_LETTER_ROWS, AgentGaps, HqStoreError, Store, open_store
 from hq.subscriber import BrokerError, HqSubscriber, Stats
 from hq.views import loyalty_profile, visitor_profile
 
@@ -42,14 +42,9 @@ db_option = click.option(
 
 @contextmanager
 def _store(db_url: str) -> Iterator[Store]:
-    try:
-        store = open_store(db_url)
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
+    store = open_store(db_url)
     try:
         yield store
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
     finally:
         store.close()
 
@@ -144,14 +139,8 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
     host, port, tls = parse_broker(broker)
     if tls and ca_file is None:
         raise CliError("mqtts:// needs --ca-file (the CA that signed the broker's certificate)")
-    try:
-        rules = load_rules(rules_path) if rules_path is not None else None
-    except RulesError as exc:
-        raise CliError(str(exc)) from None
-    try:
-        store = open_store(db_url, dead_letter_rows=dead_letter_rows, dead_letter_bytes=dead_letter_mb * 2**20)
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
+    rules = load_rules(rules_path) if rules_path is not None else None
+    store = open_store(db_url, dead_letter_rows=dead_letter_rows, dead_letter_bytes=dead_letter_mb * 2**20)
     instance = client_id or f"santi-hq-{group}-{os.uname().nodename}"
     # The lambda binds the subscriber made below: the runner publishes on its connection.
     runner = None if rules is None else ActivationRunner(
@@ -165,7 +154,7 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
                            batch_size=batch_size, flush_ms=flush_ms,
                            on_batch=None if runner is None else runner.on_batch)
         sub.start()
-    except (StoreError, ValueError, BrokerError) as exc:
+    except (HqStoreError, ValueError, BrokerError) as exc:
         if runner is not None:
             runner.stop()
         store.close()
@@ -221,7 +210,7 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
 def _safe_gaps(sub: HqSubscriber) -> list[AgentGaps] | None:
     try:
         return sub.gaps()
-    except StoreError:
+    except HqStoreError:
         return None
 
 
@@ -464,10 +453,7 @@ def consent_import(path: Path, source: str, db_url: str) -> None:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        records = parse_import(text, path, source=source)
-    except ConsentError as exc:
-        raise CliError(str(exc)) from None
+    records = parse_import(text, path, source=source)
     with _store(db_url) as store:
         change = store.add_consent(records, time.time())
     customers = len({r.loyalty_id for r in records})

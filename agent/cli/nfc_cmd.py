@@ -32,6 +32,7 @@ from rich.table import Table
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, NfcReaderConfig, SiteConfig
+from agent.errors import SantiError
 from agent.events import CardTapped, topic_for, utc_from_epoch
 from agent.locator import Locator
 from agent.privacy import GENERATED_SECRET, Pseudonymizer, load_secret
@@ -51,7 +52,7 @@ TICK_S = 0.1
 SHOWN_CHARS = 60
 
 
-class NoCard(CliError):
+class NoCard(SantiError):
     """The wait ran out: nothing wrong with the setup, just no card (exit 1)."""
 
     exit_code = EXIT_NO_CARD

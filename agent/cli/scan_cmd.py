@@ -36,7 +36,7 @@ from rich.table import Table
 
 from agent.cli.config_cmd import DEFAULT_SITE, load_or_fail
 from agent.cli.errors import CliError
-from agent.config import BleConfig, ConfigError, SiteConfig
+from agent.config import BleConfig, SiteConfig
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.adverts import (
@@ -320,10 +320,7 @@ def build_sources(site: SiteConfig, table: ScanTable, *, ble: bool, adapter: str
     if ble:
         config = site.ble.model_copy(update={"scanning": "passive" if passive else "active",
                                              **({"adapter": adapter} if adapter else {})})
-        try:
-            sources.append(_ScanBle(config, table, clock))
-        except ConfigError as exc:
-            raise CliError(str(exc)) from None
+        sources.append(_ScanBle(config, table, clock))
     if wifi is not None:
         monitor = WifiMonitorSource(wifi, "scan", Pseudonymizer(os.urandom(32), "scan", 86400.0), clock=clock,
                                     retry_base_s=0.5)

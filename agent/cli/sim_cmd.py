@@ -42,7 +42,7 @@ from simulator.channel import CHANNELS
 from simulator.locate import Estimate, LocateStats, Mode, locate_file
 from simulator.report import Report, build_report, group_estimates
 from simulator.run import SURVEY_PHONES, PhoneConfig, SimConfig, simulate
-from simulator.store import StoreError
+from simulator.store import SiteNotSimulable
 from simulator.truth import read_truth
 
 ESTIMATES = "estimates.jsonl"
@@ -148,7 +148,7 @@ def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, se
     try:
         with _progress("simulating", quiet) as update:
             summary = simulate(config, sim_config, out_dir, update, survey=survey)
-    except (StoreError, OSError) as exc:
+    except (SiteNotSimulable, OSError) as exc:
         raise CliError(str(exc)) from None
     if not quiet:
         click.echo(f"{summary.shoppers} shoppers over {summary.duration_s / 60:.1f} min: "

@@ -41,6 +41,7 @@ from pydantic import SecretStr
 
 from agent.console.metrics import CONTENT_TYPE, Metrics
 from agent.console.snapshot import Feed, Snapshot
+from agent.errors import SantiError
 
 if TYPE_CHECKING:
     from agent.locator import Locator
@@ -77,7 +78,7 @@ SECURITY_HEADERS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ConsoleError(Exception):
+class ConsoleError(SantiError):
     """The console cannot start (one line: the address is taken, a token file is unusable)."""
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.config import BleConfig
+from agent.errors import InputError
 
 APPLE = 0x004C
 BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
@@ -39,7 +40,7 @@ _URL_EXPANSIONS = (
 )
 
 
-class AdvertParseError(ValueError):
+class AdvertParseError(InputError):
     """A payload that is not what its header claims; ``reason`` is a stable token to count by."""
 
     def __init__(self, reason: str, detail: str) -> None:

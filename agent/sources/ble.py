@@ -38,6 +38,7 @@ from dbus_fast.errors import DBusFastError
 from pydantic import ValidationError
 
 from agent.config import BleConfig, ConfigError
+from agent.errors import SantiError
 from agent.observations import AppBeacon, Observation, rssi_problem
 from agent.privacy import Pseudonymizer
 from agent.sources.adverts import (
@@ -69,7 +70,7 @@ NO_RSSI = (-127, 127)
 _ADDRESS_LIKE = re.compile(r"([0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
 
-class BleUnavailable(Exception):
+class BleUnavailable(SantiError):
     """BlueZ or the adapter is missing, off, or went away; the message is the line a technician reads."""
 
 

@@ -30,11 +30,13 @@ from typing import Any
 
 import ndef
 
+from agent.errors import InputError
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_TEXT_PREFIX = "SANTI-LOYALTY:"
 
 
-class MalformedNdef(Exception):
+class MalformedNdef(InputError):
     """The card's NDEF message is broken, or claims to be ours with a bad id."""
 
 

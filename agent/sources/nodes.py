@@ -50,6 +50,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from agent.config import BleConfig, ReceiverConfig
+from agent.errors import SantiError
 from agent.observations import (
     NOT_PSEUDONYMISED,
     Observation,
@@ -82,7 +83,7 @@ _PARSE_ERRORS = (UnicodeDecodeError, ValueError, RecursionError, OverflowError, 
 """What ``json.loads`` and number conversion raise on hostile input (nesting, huge numbers, bad UTF-8)."""
 
 
-class Dropped(Exception):
+class Dropped(SantiError):
     """An input that cannot become an observation; ``reason`` is the counter's key."""
 
     def __init__(self, reason: str) -> None:

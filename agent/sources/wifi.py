@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 import dpkt
 
+from agent.errors import SantiError
 from agent.observations import Observation, ProbeFields, rssi_problem
 from agent.privacy import Pseudonymizer
 from agent.probe_keys import elements as all_elements
@@ -67,7 +68,7 @@ def backoff_s(attempt: int, base_s: float = 1.0, cap_s: float = 30.0) -> float:
     return min(cap_s, base_s * 2.0 ** min(attempt, 16))
 
 
-class FrameSkipped(Exception):
+class FrameSkipped(SantiError):
     """A frame that is not a usable probe request; ``reason`` keys the counter."""
 
     def __init__(self, reason: str) -> None:
@@ -75,7 +76,7 @@ class FrameSkipped(Exception):
         self.reason = reason
 
 
-class CaptureError(Exception):
+class WifiCaptureError(SantiError):
     """A capture file or interface we cannot use, worded for the operator."""
 
 
@@ -173,17 +174,17 @@ def _elements(body: bytes) -> Iterator[tuple[int, bytes]]:
 def read_capture(handle: BinaryIO) -> Iterator[tuple[float, bytes]]:
     """``(ts, frame)`` from a pcap or pcapng file of radiotap frames.
 
-    Raises ``CaptureError`` for a file that is not a capture or was not taken
+    Raises ``WifiCaptureError`` for a file that is not a capture or was not taken
     with radiotap headers. A capture cut short (power lost while writing) ends
     the iteration at the last whole packet.
     """
     try:
         reader = dpkt.pcap.UniversalReader(handle)
     except (ValueError, dpkt.Error, struct.error) as exc:
-        raise CaptureError(f"not a pcap or pcapng capture ({exc})") from None
+        raise WifiCaptureError(f"not a pcap or pcapng capture ({exc})") from None
     link = reader.datalink()
     if link != LINKTYPE_IEEE802_11_RADIOTAP:
-        raise CaptureError(
+        raise WifiCaptureError(
             f"link type {link} is not 802.11 with radiotap ({LINKTYPE_IEEE802_11_RADIOTAP}); "
             "capture on a monitor-mode interface")
     packets = iter(reader)
@@ -271,7 +272,7 @@ class WifiCaptureSource:
             try:
                 frames = read_capture(handle)
                 first = next(frames, None)
-            except CaptureError as exc:
+            except WifiCaptureError as exc:
                 self.stats.fail(f"{self._path}: {exc}")
                 return
             if first is None:
@@ -336,12 +337,12 @@ class WifiMonitorSource:
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError:
-            raise CaptureError("raw sockets need root or CAP_NET_RAW (systemd: AmbientCapabilities=CAP_NET_RAW)") from None
+            raise WifiCaptureError("raw sockets need root or CAP_NET_RAW (systemd: AmbientCapabilities=CAP_NET_RAW)") from None
         try:
             sock.bind((self._interface, ETH_P_ALL))
             hatype = sock.getsockname()[3]
             if hatype != ARPHRD_IEEE80211_RADIOTAP:
-                raise CaptureError(
+                raise WifiCaptureError(
                     f"interface {self._interface} is not in monitor mode (link type {hatype}); "
                     f"run: iw dev {self._interface} set type monitor")
             program = _probe_filter()
@@ -352,9 +353,9 @@ class WifiMonitorSource:
         except OSError as exc:
             sock.close()
             if exc.errno in (errno.ENODEV, errno.ENXIO):
-                raise CaptureError(f"no interface {self._interface}") from None
-            raise CaptureError(f"interface {self._interface}: {exc.strerror}") from None
-        except CaptureError:
+                raise WifiCaptureError(f"no interface {self._interface}") from None
+            raise WifiCaptureError(f"interface {self._interface}: {exc.strerror}") from None
+        except WifiCaptureError:
             sock.close()
             raise
         return sock
@@ -366,7 +367,7 @@ class WifiMonitorSource:
             while not stop.is_set():
                 try:
                     sock = self._open()
-                except CaptureError as exc:
+                except WifiCaptureError as exc:
                     self.stats.fail(str(exc))
                     await asyncio.wait({stopping}, timeout=backoff_s(attempt, self._retry_base_s))
                     attempt += 1
