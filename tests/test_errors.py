@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from agent.cli import SantiGroup, cli
 from agent.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError, SantiError
-from tests.sitefiles import example_site_for
+from agent.localbroker import example_site_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("agent", "positioning", "simulator", "hq")
