@@ -32,7 +32,7 @@ from shapely.geometry import Point, Polygon
 from agent.errors import InputError
 from agent.events import AckMode
 from agent.radiomap_file import RadioMapFileError, read_radio_map
-from agent.tomllines import located, read_text, syntax_error
+from agent.tomllines import format_loc, located, read_text, syntax_error
 
 Loc = tuple[str | int, ...]
 XY = tuple[float, float]
@@ -43,6 +43,20 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 class ConfigError(InputError):
     """A config problem, already worded as the one line a person reads."""
+
+
+def room_slug(name: str) -> str:
+    """The room id ESPresense derives from its room name (lib/utils/string_utils.cpp ``slugify``).
+
+    Every byte that is not an ASCII letter, digit or ``_`` starts a run that
+    becomes one ``_``; the result is lower-cased and stripped of ``_`` at both
+    ends. Topics use it, so a ``node_name`` must already be its own slug.
+    """
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name).lower().strip("_")
+
+
+SERIAL_READER = re.compile(r"tty:(S|ACM|AMA|USB)\d*(:\w+)?")
+"""The serial NFC readers the agent's unit lets through (DeviceAllow char-ttyS, -ttyACM, -ttyAMA, -ttyUSB)."""
 
 
 class _Model(BaseModel):
@@ -453,7 +467,58 @@ def _geometry_problems(site: SiteConfig) -> list[tuple[Loc, str]]:
             problems.append((("nfc_readers", index, "sector"), f"unknown sector {reader.sector!r}"))
         if not walls.covers(Point(reader.x, reader.y)):
             problems.append((("nfc_readers", index, "x"), f"reader {reader.id!r} is outside the store outline"))
+        else:
+            area = polygons[site.sector_index()[reader.sector]] if reader.sector in known else None
+            if area is not None and not area.buffer(1e-6).covers(Point(reader.x, reader.y)):
+                problems.append((("nfc_readers", index, "x"),
+                                 (f"reader {reader.id!r} at ({reader.x:g}, {reader.y:g}) is outside its sector "
+                                 f"{reader.sector!r}")))
+        if reader.device.startswith("tty:") and not SERIAL_READER.fullmatch(reader.device):
+            problems.append((("nfc_readers", index, "device"),
+                             (f"{reader.device!r}: the agent's unit lets only tty:USB*, tty:ACM*, tty:AMA* and tty:S* "
+                             "serial readers through (DeviceAllow); name the reader's device that way")))
+    return problems + _receiver_problems(site)
+
+
+def _receiver_problems(site: SiteConfig) -> list[tuple[Loc, str]]:
+    """Receivers that no source would feed, or that cannot place anyone: the config names them, so they must work."""
+    problems: list[tuple[Loc, str]] = []
+    rooms: dict[str, str] = {}
+    for index, receiver in enumerate(site.receivers):
+        if receiver.kind == "wifi" and site.wifi.interface is None:
+            problems.append((("receivers", index, "kind"),
+                             (f'receiver {receiver.id!r} is kind = "wifi" but [wifi] interface is not set, so nothing '
+                             'feeds it: set interface = "wlan1mon" (santi-wifi-monitor@wlan1 creates it)')))
+        if receiver.node_name is None:
+            continue
+        room = room_slug(receiver.node_name)
+        if room != receiver.node_name:
+            problems.append((("receivers", index, "node_name"),
+                             (f"ESPresense publishes room {receiver.node_name!r} as {room!r}; "
+                             f"set node_name = {room!r} so Santi matches its messages")))
+        elif room in rooms:
+            problems.append((("receivers", index, "node_name"), f"node {room!r} is also receiver {rooms[room]!r}"))
+        rooms.setdefault(room, receiver.id)
+    hearing = [receiver.id for receiver in site.receivers if receiver.kind in ("ble", "node")]
+    if len(hearing) == 1 and len(site.sectors) > 1:
+        problems.append((("receivers",),
+                         (f"only receiver {hearing[0]!r} hears BLE: one distance cannot place a shopper in one of "
+                         f"{len(site.sectors)} sectors; add receivers (kind = \"node\"), at least three")))
     return problems
+
+
+def site_warnings(site: SiteConfig) -> list[str]:
+    """What a valid site can run with but does worse than it could, one line each (``santi config check``, startup)."""
+    warnings: list[tuple[Loc, str]] = []
+    hearing = [receiver.id for receiver in site.receivers if receiver.kind in ("ble", "node")]
+    if len(hearing) == 2 and len(site.sectors) > 1:
+        warnings.append((("receivers",),
+                         (f"only {hearing[0]!r} and {hearing[1]!r} hear BLE: with two distances a position and its "
+                         "mirror image across the line between them look alike; add a third receiver")))
+    if site.path is None:
+        return [f"{format_loc(loc)}: {message}" for loc, message in warnings]
+    text = read_text(site.path, ConfigError)
+    return [located(site.path, text, loc, message) for loc, message in warnings]
 
 
 def _named_files(site: SiteConfig) -> list[tuple[Loc, Path]]:

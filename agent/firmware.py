@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from agent.config import SiteConfig
+from agent.config import SiteConfig, room_slug
 from agent.errors import InputError
 from agent.tomllines import line_of, read_text
 
@@ -49,15 +49,6 @@ TOPIC_PREFIX = "espresense/rooms"
 
 class FirmwareError(InputError):
     """A problem worded as the one line a technician reads, naming the key at fault."""
-
-
-def room_slug(name: str) -> str:
-    """The room id ESPresense derives from its room name (string_utils.cpp ``slugify``).
-
-    Runs of whitespace, non-word characters and hyphens become one ``_``; the
-    result is lower-cased and stripped of ``_`` at both ends. Topics use it.
-    """
-    return re.sub(r"[\s\W-]+", "_", name).lower().strip("_")
 
 
 def espresense_eddystone_prefixes(namespace: str) -> list[str]:

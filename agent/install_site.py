@@ -38,9 +38,8 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
-from agent.config import SiteConfig
+from agent.config import SiteConfig, room_slug
 from agent.errors import InputError
-from agent.firmware import room_slug
 
 ETC = PurePosixPath("/etc/santi")
 SITE_PATH = ETC / "site.toml"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config import ConfigError, SiteConfig, load_site
+from agent.config import ConfigError, SiteConfig, load_site, site_warnings
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
 from agent.footfall import FootfallStage
 from agent.locator import Locator
@@ -170,6 +170,8 @@ class Service:
         exposed = self.site.uplink.password_file_problem()
         if exposed is not None:
             log.warning(exposed)
+        for warning in site_warnings(self.site):
+            log.warning(warning)
         if self.site.console is not None:
             from agent.console import ConsoleError, open_console  # noqa: PLC0415 (aiohttp only when configured)
 

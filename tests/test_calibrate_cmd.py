@@ -113,6 +113,7 @@ def test_guided_capture_recovers_the_model_and_rewrites_only_that_receiver(air: 
                                           "--settle", "0.3", "--yes", "--json"], input="\n" * 4)
     assert result.exit_code == 0, result.output
     assert made[0].steps == [1.0, 2.0, 4.0, 8.0]
+    assert "reloadtheagenttouseit(systemctlreloadsanti-agent)" in "".join(result.stderr.split())
     assert result.stderr.count("Place the reference beacon at") == 4
     assert "Place the reference beacon at 4 m from pi-ble and press Enter" in result.stderr
     report = json.loads(result.stdout)
@@ -140,6 +141,15 @@ def test_guided_capture_recovers_the_model_and_rewrites_only_that_receiver(air: 
     receiver = next(r for r in load_site(site).receivers if r.id == "pi-ble")
     assert (receiver.rssi_at_1m, receiver.path_loss_exponent, receiver.noise_sigma_db) == (
         new["rssi_at_1m"], new["path_loss_exponent"], new["noise_sigma_db"])
+
+
+def test_help_names_the_agents_unit() -> None:
+    """The reload hint names the unit the installer enables, which reloads on SIGHUP."""
+    result = CliRunner().invoke(cli, ["calibrate", "receiver", "--help"])
+    assert result.exit_code == 0
+    assert "(systemctlreloadsanti-agent)" in "".join(result.output.split())  # textwrap may break at the hyphen
+    unit = Path(__file__).resolve().parent.parent / "systemd" / "santi-agent.service"
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit.read_text().splitlines()
 
 
 def test_a_refused_confirmation_leaves_the_file_untouched(air: Air, tmp_path: Path) -> None:

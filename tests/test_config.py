@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import cli
-from agent.config import ConfigError, load_site
+from agent.config import SERIAL_READER, ConfigError, load_site
 from agent.tomllines import key_lines
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
@@ -75,6 +75,18 @@ BROKEN = [
      "'hq' or 'broker'"),
     ("ack timeout", "inflight = 20\n", "inflight = 20\nack_timeout_s = 0\n", "uplink.ack_timeout_s",
      "ack_timeout_s = 0", "greater than or equal to 1"),
+    ("wifi receiver nothing feeds", 'interface = "wlan1mon"', "", "receivers[1].kind", 'kind = "wifi"',
+     "[wifi] interface is not set"),
+    ("reader outside its sector", 'x = 24.0\ny = 2.0\nsector = "checkout"', 'x = 15.0\ny = 2.0\nsector = "checkout"',
+     "nfc_readers[0].x", "x = 15.0", "outside its sector 'checkout'"),
+    ("tty reader the unit blocks", 'device = "usb"', 'device = "tty:serial0"', "nfc_readers[0].device",
+     'device = "tty:serial0"', "DeviceAllow"),
+    ("node name ESPresense renames", 'node_name = "fish"', 'node_name = "Fish Counter"', "receivers[5].node_name",
+     'node_name = "Fish Counter"', "publishes room 'Fish Counter' as 'fish_counter'"),
+    ("non-ASCII node name", 'node_name = "fish"', 'node_name = "pescadería"', "receivers[5].node_name",
+     'node_name = "pescader', "as 'pescader_a'"),
+    ("two nodes, one room", 'node_name = "fish"', 'node_name = "greens"', "receivers[6].node_name",
+     'node_name = "greens"', "node 'greens' is also receiver 'node-fish'"),
 ]
 
 
@@ -92,6 +104,56 @@ def test_broken_config_gives_one_line(
         assert f": {key}: " in message, message
     assert fragment in message, message
     assert "Traceback" not in message
+
+
+def _hearing_ble(tmp_path: Path, keep: int) -> Path:
+    """The example with only its first ``keep`` receivers that hear BLE (pi-ble, then the nodes)."""
+    text = EXAMPLE.read_text()
+    blocks = text.split("[[receivers]]\n")
+    head, receivers = blocks[0], blocks[1:]
+    tail = receivers[-1][receivers[-1].index("[[sectors]]"):]
+    receivers[-1] = receivers[-1][:receivers[-1].index("[[sectors]]")]
+    hearing = [block for block in receivers if 'kind = "wifi"' not in block]
+    wifi = [block for block in receivers if 'kind = "wifi"' in block]
+    kept = hearing[:keep] + wifi
+    path = tmp_path / "site.toml"
+    path.write_text(head + "".join("[[receivers]]\n" + block for block in kept) + tail)
+    return path
+
+
+def test_a_single_receiver_hearing_ble_cannot_place_anyone(tmp_path: Path) -> None:
+    path = _hearing_ble(tmp_path, 1)
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr == (f"santi: {path}:{_line_of(path, 'first:[[receivers]]')}: receivers: only receiver 'pi-ble' "
+                             "hears BLE: one distance cannot place a shopper in one of 7 sectors; add receivers "
+                             '(kind = "node"), at least three\n')
+
+
+def test_two_receivers_hearing_ble_is_a_warning_and_exit_0(tmp_path: Path) -> None:
+    path = _hearing_ble(tmp_path, 2)
+    result = CliRunner().invoke(cli, ["config", "check", "--quiet", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr == (f"santi: warning: {path}:{_line_of(path, 'first:[[receivers]]')}: receivers: only "
+                             "'pi-ble' and 'node-entrance' hear BLE: with two distances a position and its mirror "
+                             "image across the line between them look alike; add a third receiver\n")
+    three = CliRunner().invoke(cli, ["config", "check", "--quiet", str(_hearing_ble(tmp_path, 3))])
+    assert (three.exit_code, three.output) == (0, "")
+
+
+@pytest.mark.parametrize("device", ["tty:USB0", "tty:ACM1", "tty:AMA0:pn532", "tty:S0", "tty:USB"])
+def test_serial_readers_the_unit_allows_are_accepted(tmp_path: Path, device: str) -> None:
+    site = load_site(_variant(tmp_path, 'device = "usb"', f'device = "{device}"'))
+    assert site.nfc_readers[0].device == device
+
+
+def test_serial_reader_rule_matches_the_unit() -> None:
+    """The config accepts a tty: reader exactly when santi-agent.service's DeviceAllow lets its device through."""
+    unit = (EXAMPLE.parent.parent / "systemd" / "santi-agent.service").read_text()
+    allowed = set(re.findall(r"^DeviceAllow=char-tty(\w+) rw$", unit, re.MULTILINE))
+    assert allowed == {"USB", "ACM", "AMA", "S"}
+    assert set(re.findall(r"\w+", SERIAL_READER.pattern.split("(", 2)[1].split(")")[0])) == allowed
 
 
 def test_cli_exit_codes(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.cli import cli
-from agent.config import NfcReaderConfig, SiteConfig, load_site
+from agent.config import NfcReaderConfig, SiteConfig, WifiConfig, load_site
 from agent.doctor import (
     check_bluetooth,
     check_clock,
@@ -90,8 +90,11 @@ def test_doctor_table_output_and_state_dir_override(tmp_path: Path, broker: Brok
                                 env={"COLUMNS": "300"})
     assert result.exit_code == 1
     assert f"{state} is writable" in result.stdout
-    assert "[wifi] interface" in result.stdout  # rich markup did not eat the brackets
     assert re.search(r"\d+ failed, \d+ warnings, \d+ ok", result.stdout)
+    no_interface = write_site(tmp_path, broker.host, broker.port, replace={'interface = "wlan1mon"': ""})
+    broken = CliRunner().invoke(cli, ["doctor", "--config", str(no_interface), "--timeout", "1"],
+                                env={"COLUMNS": "300"})
+    assert "[wifi] interface is not set" in broken.stdout  # rich markup did not eat the brackets
 
 
 def test_doctor_with_a_broken_config_fails_on_that_line(tmp_path: Path) -> None:
@@ -247,7 +250,7 @@ def fake_net(root: Path, name: str, link_type: int, flags: str) -> None:
 
 
 def test_wifi_monitor_interface_states(tmp_path: Path) -> None:
-    site = site_of(tmp_path, extra='\n[wifi]\ninterface = "wlan1mon"\n')
+    site = site_of(tmp_path)  # the example's wlan1mon
     sysfs = tmp_path / "sys"
     assert check_wifi(site, sys_root=sysfs).status == "fail"
     fake_net(sysfs, "wlan1mon", 1, "0x1003")
@@ -265,7 +268,7 @@ def test_wifi_monitor_interface_states(tmp_path: Path) -> None:
 
 
 def test_wifi_receiver_without_interface_suggests_the_monitor_interface_present(tmp_path: Path) -> None:
-    site = site_of(tmp_path)
+    site = site_of(tmp_path).model_copy(update={"wifi": WifiConfig()})  # config check refuses it; doctor explains
     sysfs = tmp_path / "sys"
     fake_net(sysfs, "mon0", 803, "0x1003")
     check = check_wifi(site, sys_root=sysfs)

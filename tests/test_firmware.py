@@ -17,14 +17,13 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli import cli
-from agent.config import load_site
+from agent.config import load_site, room_slug
 from agent.firmware import (
     EddystoneUidTag,
     FirmwareError,
     IBeaconTag,
     node_configs,
     parse_tag,
-    room_slug,
 )
 from agent.localbroker import Broker
 from tests.conftest import EXAMPLE_SITE, ROOT

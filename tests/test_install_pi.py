@@ -44,12 +44,13 @@ ACCOUNTS = {
 
 
 def _site(tmp_path: Path, *, wifi: bool = True, secret: bool = True) -> Path:
-    """The example store, with a monitor interface and a shared store secret named."""
+    """The example store (its monitor interface dropped unless ``wifi``), with a shared store secret named."""
     text = EXAMPLE_SITE.read_text()
     if secret:
         text = text.replace("salt_rotation_hours = 24", 'secret_file = "/etc/santi/store.secret"\nsalt_rotation_hours = 24')
-    if wifi:
-        text += '\n[wifi]\ninterface = "wlan1mon"\n'
+    if not wifi:
+        text, found = re.subn(r'\n\[wifi\]\n(#.*\n)*interface = "wlan1mon"\n', "\n", text)
+        assert found == 1
     path = tmp_path / "site.toml"
     path.write_text(text)
     return path

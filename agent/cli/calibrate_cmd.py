@@ -169,7 +169,7 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
         listens. The fitted rssi_at_1m, path_loss_exponent and noise_sigma_db
         are shown as a diff of the config, written after you confirm (the old
         file is kept as .bak) and validated first. Reload the agent afterwards
-        (systemctl reload santi).
+        (systemctl reload santi-agent).
 
         Exit code 0 when written, 1 when not written (refused, radio failure,
         too few readings), 2 on bad input.
@@ -212,7 +212,7 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
                     raise CalibrationNotWritten(f"{exc}") from None
                 written = True
                 console.print(f"written {config} (previous version: {backup}); reload the agent to use it "
-                              "(systemctl reload santi)", highlight=False)
+                              "(systemctl reload santi-agent)", highlight=False)
         if as_json:
             click.echo(json.dumps(_result(target, beacon, steps, cal, diff, written, backup), indent=2))
         if diff and not written:

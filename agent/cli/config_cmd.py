@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli.errors import CliError
-from agent.config import SiteConfig, load_site
+from agent.config import SiteConfig, load_site, site_warnings
 
 
 def load_or_fail(path: Path) -> SiteConfig:
@@ -54,11 +54,17 @@ def config() -> None:
 def check(file: Path, as_json: bool, quiet: bool) -> None:
     """Validate FILE; exit 0 if it is good, 2 with a one-line error if not.
 
+    A config the agent can run with but that works worse than it could (two
+    receivers hearing BLE, say) is good: each such warning is one line on
+    stderr, and the exit code stays 0.
+
     \b
     Example:
       santi config check examples/fishmonger.toml
     """
     site = load_or_fail(file)
+    for warning in site_warnings(site):
+        click.echo(f"santi: warning: {warning}", err=True)
     if quiet:
         return
     if as_json:
