@@ -15,7 +15,8 @@ firing happen once across redelivery, restarts and several HQs) and their
 per-action delivery state (``deliveries``, claimed by one HQ at a time). The
 new tables are created by the DDL itself: an older database needs no other step.
 So is ``lost_seqs``: the seqs HQ gave up waiting for because the agent's outbox
-no longer holds them.
+no longer holds them, and the index ``events_store_type_ts`` that reads a
+store's occupancy and footfall counts by day (``hq/footfall.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ CREATE INDEX IF NOT EXISTS events_visit ON events (store_id, agent_id, visit_id)
     WHERE visit_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_subject ON events (subject);
 CREATE INDEX IF NOT EXISTS events_loyalty ON events (loyalty_id) WHERE loyalty_id IS NOT NULL;
+-- A store's events of one type over a time range: the day of counts santi hq footfall reads.
+CREATE INDEX IF NOT EXISTS events_store_type_ts ON events (store_id, type, ts);
 -- Seqs HQ finished with but does not keep as events (erased, about an erased
 -- person, dead-lettered): neither gaps nor a block to the acknowledgement.
 CREATE TABLE IF NOT EXISTS finished_seqs (

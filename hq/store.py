@@ -652,6 +652,25 @@ class Store(ABC):
             events.extend(_parsed(row[0] for row in cur.fetchall()))
         return events
 
+    def store_events(self, store_id: str, types: Sequence[str], start: float, end: float) -> list[Event]:
+        """One store's events of these types dated in [start, end), oldest first (index events_store_type_ts)."""
+        with self._read() as cur:
+            payloads: list[str] = []
+            for kind in types:
+                cur.execute("SELECT payload FROM events WHERE store_id = ? AND type = ? AND ts >= ? AND ts < ?"
+                            " ORDER BY ts", (store_id, kind, start, end))
+                payloads.extend(row[0] for row in cur.fetchall())
+        return _parsed(payloads)
+
+    def stores_with(self, types: Sequence[str]) -> list[str]:
+        """The stores that sent events of any of these types, sorted."""
+        with self._read() as cur:
+            found: set[str] = set()
+            for kind in types:
+                cur.execute("SELECT DISTINCT store_id FROM events WHERE type = ?", (kind,))
+                found.update(row[0] for row in cur.fetchall())
+        return sorted(found)
+
     def loyalty_ids(self) -> list[str]:
         """Loyalty ids with a linked visit and profiling consent now."""
         with self._read() as cur:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from agent.events import utc_from_epoch
 from agent.messages import PURPOSES
 from hq.consent import ConsentRecord, parse_import, purposes_text
 from hq.consent import state as consent_state
+from hq.footfall import COUNT_TYPES, read_day, render_png, table_rows
 from hq.render import print_profile
 from hq.rules import load_rules
 from hq.runner import ActivationRunner
@@ -338,6 +340,61 @@ def gaps(db_url: str, as_json: bool) -> None:
         table.add_row(g.store_id, g.agent_id, g.epoch or "(none)", str(g.max_seq), str(g.acked), str(g.missing),
                       str(g.evicted_total), shown + more or "-", "; ".join(flags) or "-")
     Console().print(table)
+
+
+@hq.command("footfall")
+@db_option
+@click.option("--store", "store_id", default=None,
+              help="Store id, as in its site config (default: the only store that sent counts).")
+@click.option("--day", "day_text", default=None, help="UTC day, YYYY-MM-DD (default: today, UTC).")
+@click.option("--png", "png", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also draw the day (people inside, entries per hour) to this PNG; needs matplotlib.")
+@click.option("--json", "as_json", is_flag=True, help="Print the day as JSON, every sample included.")
+def footfall(db_url: str, store_id: str | None, day_text: str | None, png: Path | None, as_json: bool) -> None:
+    """A store's day of anonymous counts: people who came in per hour, and how many were inside.
+
+    From the agents' footfall.counted and occupancy.sampled events (the
+    [footfall] section of a site config turns them on); an hour counted in
+    parts shows how many minutes the parts covered.
+
+    \b
+    Example:
+      santi hq footfall --db sqlite:///hq.db --store fishmonger-01 --day 2026-12-05 --png day.png
+    """
+    try:
+        day = date.fromisoformat(day_text) if day_text is not None else datetime.now(UTC).date()
+    except ValueError:
+        raise CliError(f"--day {day_text!r} is not a day like 2026-12-05") from None
+    if png is not None and importlib.util.find_spec("matplotlib") is None:
+        raise CliError("santi hq footfall --png needs matplotlib: pip install 'santi[plot]'")
+    with _store(db_url) as store:
+        if store_id is None:
+            stores = store.stores_with(COUNT_TYPES)
+            if len(stores) != 1:
+                raise CliError("no store has sent counts yet" if not stores else
+                               f"counts from {len(stores)} stores; name one with --store: {', '.join(stores)}")
+            store_id = stores[0]
+        report = read_day(store, store_id, day)
+    if png is not None:
+        try:
+            render_png(report, png)
+        except OSError as exc:
+            raise CliError(f"cannot write {png}: {exc.strerror or exc}") from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table("hour", "entries", "covered", "inside (mean)", "max", "samples",
+                  title=f"{store_id}, {day.isoformat()} (UTC)", title_justify="left")
+    for row in table_rows(report):
+        table.add_row(*row)
+    console = Console(width=80)
+    console.print(table)
+    if not report.samples and all(h.entries is None for h in report.hours):
+        console.print("no counts stored for this day")
+    else:
+        console.print(f"entries over the day: {report.entries:.0f} ± {report.entries_sd:.0f}")
+    if png is not None:
+        console.print(f"wrote {png}")
 
 
 @hq.command("dead-letters")
