@@ -94,6 +94,7 @@ class Service:
         on_events: Callable[[Sequence[Event]], None] | None = None,
         time_scale: float = 1.0,
         monotonic: Clock | None = None,
+        staff_board: StaffBoard | None = None,
     ) -> None:
         self.site = site
         self.sources = list(sources)
@@ -127,7 +128,7 @@ class Service:
         self._file_errors: dict[str, str] = {}
         """The last write error per state file, so a full disk logs each new error once."""
         self._losing = False
-        self.staff_board = StaffBoard(site.store.id)
+        self.staff_board = staff_board or StaffBoard(site.store.id)
         """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
         self._staff_changed = False
         self.console: Console | None = None

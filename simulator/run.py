@@ -482,6 +482,16 @@ def _shopper_id(index: int) -> str:
     return f"S-{index + 1:05d}"
 
 
+def loyalty_id(store_id: str, index: int) -> str:
+    """The loyalty id of the store's shopper number ``index`` (0-based): "L-" + 3 digits of the store + 5.
+
+    The same on every simulated day (seed) of the store, so a CRM consent
+    export written once (examples/consent.csv) names the demo's customers
+    whatever the day; the store part keeps two stores' customers apart.
+    """
+    return f"L-{store_seed(store_id) % 1000:03d}{index + 1:05d}"
+
+
 def _positions(store: Store, plan: ShopperPlan, t0: float, z: float) -> Iterator[PositionTruth]:
     assert plan.path is not None
     first = math.ceil((t0 + plan.path.start) * TRUTH_HZ) / TRUTH_HZ
@@ -501,7 +511,6 @@ def _taps(
 ) -> list[tuple[CardTap, TapTruth]]:
     """Card taps at the tills: loyalty members present their card; a few tap a card that is not ours."""
     taps: list[tuple[CardTap, TapTruth]] = []
-    loyalty_numbers = rng.permutation(1_000_000)[: len(plans)]
     for plan in plans:
         member = rng.random() < config.phones.card_share
         foreign = rng.random() < config.phones.foreign_card_share
@@ -512,7 +521,7 @@ def _taps(
         reader = site.nfc_readers[plan.till].id
         sid = _shopper_id(plan.index)
         if member:
-            loyalty = f"L-{int(loyalty_numbers[plan.index]):06d}"
+            loyalty = loyalty_id(site.store.id, plan.index)
             taps.append((CardTap(ts=ts, reader_id=reader, card=loyalty, known=True),
                          TapTruth(ts=ts, shopper_id=sid, reader_id=reader, card_uid=uid, loyalty_id=loyalty, known=True)))
         else:

@@ -1,35 +1,49 @@
-"""Simulator → agent → real mosquitto → HQ: visits exact, durations and dwell close, no raw id leaks."""
+"""Simulator → agent → real mosquitto → HQ → staff cards back: visits exact, durations and dwell close,
+no raw id leaks, cards only with consent, output in store-time order, only HQ's database left behind."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import queue
+import re
+import shutil
 import statistics
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from agent.cli.demo import DemoResult, ReceivedCard, _check_consent, run_demo
 from agent.config import load_site
-from agent.demo import DemoResult, run_demo
 from agent.events import VisitEnded, parse_event
 from agent.localbroker import Broker
+from agent.messages import StaffCard
+from hq.consent import ConsentRecord, parse_import
+from hq.consent import state as consent_state
+from hq.rules import load_rules
 from tests.test_service import _subscribe
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "fishmonger.toml"
+CONSENT = ROOT / "examples" / "consent.csv"
+LINE = re.compile(r"^\s*(\d+\.\d) min (.*)$")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, list[bytes]]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, list[bytes], str]:
     work = tmp_path_factory.mktemp("e2e")
     broker = Broker(work / "broker")
     broker.start()
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
     spy = _subscribe(broker, got)
+    out = io.StringIO()
     try:
-        result = run_demo(load_site(EXAMPLE), shoppers=12, minutes=4, seed=5, speed=120,
-                          broker=(broker.host, broker.port), workdir=work / "demo",
-                          console=Console(file=io.StringIO()), quiet=True)
+        result = run_demo(load_site(EXAMPLE), shoppers=16, minutes=4, seed=7, speed=120,
+                          broker=(broker.host, broker.port), workdir=None,
+                          console=Console(file=out, width=400), rules=load_rules(ROOT / "examples" / "rules.toml"),
+                          consent=parse_import(CONSENT.read_text(encoding="utf-8"), CONSENT))
     finally:
         spy.disconnect()
         spy.loop_stop()
@@ -37,11 +51,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, list[byte
     payloads = []
     while not got.empty():
         payloads.append(got.get()[1])
-    return result, payloads
+    yield result, payloads, out.getvalue()
+    shutil.rmtree(result.workdir, ignore_errors=True)
 
 
-def test_every_app_shopper_is_exactly_one_visit(run: tuple[DemoResult, list[bytes]]) -> None:
-    result, _ = run
+def test_every_app_shopper_is_exactly_one_visit(run: tuple[DemoResult, list[bytes], str]) -> None:
+    result, _, _ = run
     truth = result.truth
     app_emitters = {e.emitter_id: e.shopper_id for e in truth.emitters.values()
                     if e.tech == "ble" and truth.shoppers[e.shopper_id].has_app}
@@ -50,8 +65,8 @@ def test_every_app_shopper_is_exactly_one_visit(run: tuple[DemoResult, list[byte
     assert result.outbox_left <= 1
 
 
-def test_visit_durations_and_dwell_match_truth(run: tuple[DemoResult, list[bytes]]) -> None:
-    result, _ = run
+def test_visit_durations_and_dwell_match_truth(run: tuple[DemoResult, list[bytes], str]) -> None:
+    result, _, _ = run
     truth = result.truth
     errors = []
     dwell_hq: dict[str, float] = {}
@@ -79,8 +94,8 @@ def test_visit_durations_and_dwell_match_truth(run: tuple[DemoResult, list[bytes
         assert abs(share_hq - share_truth) < 0.10, f"{sector}: HQ {share_hq:.2f} vs truth {share_truth:.2f}"
 
 
-def test_no_raw_identifier_leaves_the_store(run: tuple[DemoResult, list[bytes]]) -> None:
-    result, payloads = run
+def test_no_raw_identifier_leaves_the_store(run: tuple[DemoResult, list[bytes], str]) -> None:
+    result, payloads, _ = run
     truth = result.truth
     assert payloads
     forbidden: set[str] = set()
@@ -95,3 +110,68 @@ def test_no_raw_identifier_leaves_the_store(run: tuple[DemoResult, list[bytes]])
     assert not leaks, f"raw identifiers published: {leaks[:5]}"
     loyalty = [parse_event(p) for p in payloads if b'"identity.linked"' in p]
     assert all(getattr(e, "loyalty_id", "").startswith("L-") for e in loyalty)
+
+
+def test_output_is_in_store_time_order_and_a_visit_starts_before_its_sectors(
+        run: tuple[DemoResult, list[bytes], str]) -> None:
+    _, _, output = run
+    lines = [(float(m.group(1)), m.group(2)) for m in map(LINE.match, output.splitlines()) if m]
+    assert len(lines) > 50
+    times = [t for t, _ in lines]
+    back = [(a, b) for a, b in itertools.pairwise(lines) if b[0] < a[0]]
+    assert not back, f"lines going back in store time: {back[:3]}"
+    assert times[-1] > times[0]
+    started: set[str] = set()
+    sector_lines = 0
+    for _, text in lines:
+        if text.startswith("visit started "):
+            started.add(text.split()[-1])
+        elif " → " in text:
+            sector_lines += 1
+            assert text.split(" → ")[0] in started, f"sector line before its visit started: {text}"
+    assert sector_lines > 20
+    late = [(t, float(m.group(1))) for t, text in lines if (m := re.search(r"\(at +(\d+\.\d) min, decided late\)", text))]
+    assert all(own <= shown for shown, own in late), late
+
+
+def test_a_run_in_a_temp_folder_keeps_only_the_hq_database(run: tuple[DemoResult, list[bytes], str]) -> None:
+    result, _, _ = run
+    left = sorted(p.name for p in result.workdir.iterdir())
+    assert left == ["hq.sqlite"], left
+    assert (result.workdir / "hq.sqlite").stat().st_size < 5 * 2**20
+
+
+def test_cards_reach_consenting_customers_and_match_the_truth(run: tuple[DemoResult, list[bytes], str]) -> None:
+    result, _, output = run
+    assert result.cards, "no staff card came back"
+    for held in result.cards:
+        state = result.consent[held.card.loyalty_id]
+        assert state.allows("personalisation"), held.card.loyalty_id
+        assert state.allows("profiling"), held.card.loyalty_id
+    received = {(h.card.rule_id, h.card.loyalty_id) for h in result.cards}
+    fired = {(rule, lid) for rule, lids in result.fired.items() for lid in lids}
+    assert received == fired, "every firing's card arrived at the agent, and only those"
+    # Which taps the agent links to which phone varies with the load at 120x: the match between
+    # truth and cards is the demo's table, not an assertion on a run this small.
+    assert {lid for lids in result.should_fire.values() for lid in lids} <= set(result.consented)
+    assert result.should_fire["welcome"], "the run has a consenting app user who tapped"
+    holders = {t.loyalty_id for t in result.truth.taps if t.loyalty_id is not None}
+    refusing = {lid for lid in holders if lid not in result.consent
+                or not result.consent[lid].allows("personalisation")}
+    assert refusing, "the run has card holders without consent"
+    assert not {lid for _, lid in received} & refusing
+    assert "staff card L-914" in output
+    assert re.search(r"cards to the \d+ card holders without consent to personalisation: 0", output)
+
+
+def test_a_card_for_a_customer_without_consent_stops_the_demo() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    consent = {"L-1": consent_state("L-1", [ConsentRecord(loyalty_id="L-1", purpose=p, granted=p == "profiling",
+                                                          ts=at, source="t") for p in ("profiling", "personalisation")])}
+    card = StaffCard(card_id="c1", store_id="s", visit_id="v", loyalty_id="L-1", rule_id="r", text="hi", ts=at)
+    _check_consent(DemoResult(consent=consent))
+    with pytest.raises(RuntimeError, match="without consent to personalisation: L-1"):
+        _check_consent(DemoResult(consent=consent, cards=[ReceivedCard(card, 0.0, True)]))
+    with pytest.raises(RuntimeError, match="L-2"):
+        _check_consent(DemoResult(consent=consent, cards=[ReceivedCard(card.model_copy(update={"loyalty_id": "L-2"}),
+                                                                      0.0, True)]))

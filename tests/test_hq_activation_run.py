@@ -410,7 +410,7 @@ def test_consent_cli_set_show_import_all_or_nothing(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "consent.csv"
     code, out = santi("consent", "import", str(example))
     assert code == 0, out
-    shown = json.loads(santi("consent", "show", "L100001", "--json")[1])
+    shown = json.loads(santi("consent", "show", "L-91400001", "--json")[1])
     assert shown["granted"] == {"profiling": True, "personalisation": True}
 
 

@@ -61,7 +61,7 @@ def _error(tmp_path: Path, text: str) -> str:
 
 def test_the_example_loads_with_its_store_sectors_and_zone() -> None:
     rules = load_rules(EXAMPLE)
-    assert [r.id for r in rules.rules] == ["cod-regular", "welcome"]
+    assert [r.id for r in rules.rules] == ["cod-regular", "welcome", "fish-counter"]
     assert "fish" in rules.sectors["fishmonger-01"]
     assert str(rules.zone("fishmonger-01")) == "Europe/Madrid"
     assert str(rules.zone("another-store")) == "Europe/Madrid"

@@ -19,7 +19,7 @@ from agent.replayfile import read_records
 from agent.site_arrays import site_arrays
 from positioning.pathloss import rssi_at_distance, slant_distance
 from simulator.channel import CHANNELS, Channel, ChannelConfig, store_seed, turns
-from simulator.run import SimConfig, observation_line, simulate
+from simulator.run import SimConfig, loyalty_id, observation_line, simulate
 from simulator.shoppers import MobilityConfig
 from simulator.store import Store
 from simulator.truth import PositionTruth, TruthRecord, read_truth
@@ -49,6 +49,23 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path, site: objec
     assert (other / "observations.jsonl").read_bytes() != (run_dir / "observations.jsonl").read_bytes()
 
 
+def test_a_shoppers_loyalty_id_is_the_same_on_every_simulated_day(tmp_path: Path, site: object,
+                                                                  run_dir: Path) -> None:
+    other = tmp_path / "other-day"
+    simulate(site, SimConfig(shoppers=10, minutes=3, seed=8, mobility=SHORT), other)  # type: ignore[arg-type]
+    store_id = site.store.id  # type: ignore[attr-defined]
+    for day in (run_dir, other):
+        truth = read_truth(day / "truth.jsonl")
+        members = {s.shopper_id: s.loyalty_id for s in truth.shoppers.values() if s.loyalty_id is not None}
+        assert members, "no loyalty member tapped a card"
+        assert members == {sid: loyalty_id(store_id, int(sid[2:]) - 1) for sid in members}
+        taps = [CardTap.model_validate_json(line) for line in (day / "taps.jsonl").read_text().splitlines()]
+        assert {t.card for t in taps if t.known} <= {loyalty_id(store_id, i) for i in range(10)}
+    assert loyalty_id(store_id, 0) == "L-91400001"
+    assert loyalty_id(store_id, 41) == "L-91400042"
+    assert loyalty_id("another-store", 0) != loyalty_id(store_id, 0)
+
+
 def test_files_parse_with_the_replay_reader_with_zero_bad_lines(run_dir: Path) -> None:
     observations, report = read_records(run_dir / "observations.jsonl", Observation)
     assert report.bad_count == 0
@@ -61,7 +78,7 @@ def test_files_parse_with_the_replay_reader_with_zero_bad_lines(run_dir: Path) -
     assert truth.run is not None
     assert len(truth.shoppers) == 10
     for tap in taps:
-        assert re.fullmatch(r"L-\d{6}", tap.card) if tap.known else re.fullmatch(r"[0-9a-f]{24}", tap.card)
+        assert re.fullmatch(r"L-\d{8}", tap.card) if tap.known else re.fullmatch(r"[0-9a-f]{24}", tap.card)
 
 
 def test_fast_writer_matches_the_model_serialisation() -> None:

@@ -8,10 +8,15 @@ import click
 from rich.console import Console
 
 from agent.cli.config_cmd import load_or_fail
+from agent.cli.demo import run_demo
 from agent.cli.errors import CliError
-from agent.demo import run_demo
+from hq.consent import ConsentError, ConsentRecord, parse_import
+from hq.rules import Rules, RulesError, load_rules
 
-EXAMPLE_SITE = Path(__file__).resolve().parents[2] / "examples" / "fishmonger.toml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_SITE = EXAMPLES / "fishmonger.toml"
+EXAMPLE_RULES = EXAMPLES / "rules.toml"
+EXAMPLE_CONSENT = EXAMPLES / "consent.csv"
 
 
 def _broker(text: str | None) -> tuple[str, int] | None:
@@ -21,6 +26,23 @@ def _broker(text: str | None) -> tuple[str, int] | None:
     if not host or not port.isdigit():
         raise CliError(f"--broker {text!r} must be HOST:PORT, e.g. 127.0.0.1:1883")
     return host, int(port)
+
+
+def _rules(path: Path) -> Rules:
+    try:
+        return load_rules(path)
+    except RulesError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _consent(path: Path) -> list[ConsentRecord]:
+    """The CRM export, through the parser ``santi hq consent import`` uses."""
+    try:
+        return parse_import(path.read_text(encoding="utf-8"), path, source="crm-export")
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror}") from None
+    except (ConsentError, UnicodeDecodeError) as exc:
+        raise CliError(str(exc)) from None
 
 
 @click.command()
@@ -37,14 +59,21 @@ def _broker(text: str | None) -> tuple[str, int] | None:
               help="Use this broker instead of starting a private mosquitto on loopback.")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Keep the recording, outbox and HQ database here (default: a temp folder).")
-@click.option("--quiet", is_flag=True, help="Only the summary, not every event HQ receives.")
+@click.option("--rules", "rules_path", type=click.Path(path_type=Path, dir_okay=False), default=EXAMPLE_RULES,
+              show_default=True, help="Activation rules HQ fires (TOML, as santi hq run --rules).")
+@click.option("--consent", "consent_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=EXAMPLE_CONSENT, show_default=True,
+              help="Consent export from the CRM (CSV or JSON Lines, as santi hq consent import).")
+@click.option("--quiet", is_flag=True, help="Only the staff cards and the summary, not every event HQ receives.")
 def demo(site: Path, shoppers: int, minutes: float, seed: int, speed: float, broker: str | None,
-         workdir: Path | None, quiet: bool) -> None:
-    """Run Santi on a simulated store and show what HQ sees.
+         workdir: Path | None, rules_path: Path, consent_path: Path, quiet: bool) -> None:
+    """Run Santi on a simulated store and show what HQ sees and the staff cards that come back.
 
     Simulates shoppers in the store, replays what the receivers would hear
     through the real agent (locator, outbox, MQTT uplink) to a broker, and
-    builds HQ's customer profiles from what arrives.
+    builds HQ's customer profiles from what arrives, for the customers the
+    consent export lets it; the rules fire staff cards back to the agent.
+    Without --workdir only HQ's database is kept.
 
     \b
     Example:
@@ -52,8 +81,9 @@ def demo(site: Path, shoppers: int, minutes: float, seed: int, speed: float, bro
       santi demo --shoppers 200 --minutes 30 --speed 120 --quiet
     """
     config = load_or_fail(site)
+    rules, consent = _rules(rules_path), _consent(consent_path)
     try:
         run_demo(config, shoppers=shoppers, minutes=minutes, seed=seed, speed=speed, broker=_broker(broker),
-                 workdir=workdir, console=Console(), quiet=quiet)
+                 workdir=workdir, console=Console(), rules=rules, consent=consent, quiet=quiet)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
