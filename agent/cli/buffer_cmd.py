@@ -104,8 +104,9 @@ def status(site: Path, as_json: bool) -> None:
 def export(site: Path, out: TextIO, after_seq: int) -> None:
     """Write every waiting event to OUT as JSON Lines (the wire form), in seq order; '-' is stdout.
 
-    For when the uplink stays down for days: HQ imports the file and
-    deduplicates on event_id, so exporting does not remove anything.
+    For when the uplink stays down for days: HQ imports the file
+    (santi hq import FILE) and deduplicates on event_id, so exporting does
+    not remove anything and an event that also arrives live is stored once.
 
     \b
     Example:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import click
@@ -22,10 +23,12 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli.errors import CliError
+from agent.cli.text import plural
 from agent.events import utc_from_epoch
 from agent.messages import PURPOSES
 from hq.consent import ConsentRecord, parse_import, purposes_text
 from hq.consent import state as consent_state
+from hq.exportfile import import_export
 from hq.footfall import COUNT_TYPES, read_day, render_png, table_rows
 from hq.render import print_profile
 from hq.rules import load_rules
@@ -330,6 +333,11 @@ def gaps(db_url: str, as_json: bool) -> None:
                                 "reused_seqs": g.reused_seqs, "interleaved": g.interleaved}
                                for g in report], indent=2))
         return
+    Console().print(_gaps_table(report))
+
+
+def _gaps_table(report: list[AgentGaps]) -> Table:
+    """What ``santi hq gaps`` shows, for these agent epochs."""
     table = Table("store", "agent", "epoch", "max seq", "acked", "missing", "evicted by agent", "missing ranges",
                   "flags", title="Sequence gaps", title_justify="left")
     for g in report:
@@ -339,7 +347,41 @@ def gaps(db_url: str, as_json: bool) -> None:
             f"TWO LIVE EPOCHS ({g.interleaved} events after a newer epoch began)"] * bool(g.interleaved)
         table.add_row(g.store_id, g.agent_id, g.epoch or "(none)", str(g.max_seq), str(g.acked), str(g.missing),
                       str(g.evicted_total), shown + more or "-", "; ".join(flags) or "-")
-    Console().print(table)
+    return table
+
+
+@hq.command("import")
+@click.argument("file", type=click.File("rb"))
+@db_option
+def import_(file: BinaryIO, db_url: str) -> None:
+    """Store the events of FILE, written by `santi buffer export`, as if they had come over MQTT.
+
+    Deduplicated on event_id: events HQ already has (received live, or from
+    an earlier import of the same file) are counted, not stored twice. A line
+    HQ cannot use is dead-lettered (topic import:FILE:LINE) and named here.
+    Ends with the seq gaps of the agents in the file, as `santi hq gaps`
+    reports them. Exit 0 when every line was usable, 1 when some were
+    dead-lettered.
+
+    \b
+    Example:
+      santi hq import /media/usb/pi-1-events.jsonl --db sqlite:///hq.db
+    """
+    name = Path(file.name).name
+    with _store(db_url) as store:
+        done = import_export(store, file, name, time.time())
+        report = [g for g in store.gaps() if (g.store_id, g.agent_id, g.epoch) in done.epochs]
+    result = done.ingest
+    click.echo(f"{name}: {plural(done.lines, 'line')}, {result.stored} stored, {result.duplicates} already stored, "
+               f"{result.suppressed} suppressed (erased or without consent), {result.dead_letters} dead-lettered")
+    for number, reason in done.bad_lines[:5]:
+        click.echo(f"  line {number}: {reason}")
+    if len(done.bad_lines) > 5:
+        click.echo(f"  ... {plural(len(done.bad_lines) - 5, 'more bad line')} (santi hq dead-letters)")
+    if report:
+        Console().print(_gaps_table(report))
+    if done.bad_lines:
+        raise click.exceptions.Exit(1)
 
 
 @hq.command("footfall")
