@@ -218,20 +218,36 @@ def group_devices(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: 
 def _link_candidates(t: FloatArray, sig: NDArray[np.int64], seq: NDArray[np.int64], z: FloatArray,
                      rnd: BoolArray, first: IntArray, last: IntArray,
                      config: LinkConfig) -> tuple[IntArray, IntArray]:
-    """MAC pairs (A, B) that satisfy eq. (30), as index arrays into the MAC table."""
-    usable = rnd[first] & (seq[first] >= 0) & (seq[last] >= 0)
-    starts = np.flatnonzero(usable)
-    starts = starts[np.argsort(t[first[starts]], kind="stable")]
-    start_t = t[first[starts]]
-    ends = np.flatnonzero(usable)
-    lo = np.searchsorted(start_t, t[last[ends]], side="right")
-    hi = np.searchsorted(start_t, t[last[ends]] + config.gap_s, side="right")
+    """MAC pairs (A, B) that satisfy eq. (30), as index arrays into the MAC table.
+
+    Only MACs of one signature can link, so the search runs per signature:
+    starts sorted by (signature, time) on one axis, signature rank times a
+    span longer than the times, and each end looks up the starts within g
+    after it in its own signature's block (a busy street's thousands of
+    addresses no longer pair with every other model's). The bounds are
+    widened by a margin and checked exactly afterwards.
+    """
+    usable = np.flatnonzero(rnd[first] & (seq[first] >= 0) & (seq[last] >= 0))
+    if usable.size == 0:
+        empty = np.zeros(0, dtype=np.intp)
+        return empty, empty
+    t_first, t_last = t[first[usable]], t[last[usable]]
+    origin = float(t_first.min())
+    margin = 1e-6 * (1.0 + float(t_last.max()) - origin)
+    span = float(t_last.max()) - origin + config.gap_s + 4.0 * margin + 1.0
+    _, rank = np.unique(np.r_[sig[first[usable]], sig[last[usable]]], return_inverse=True)
+    start_key = rank[:usable.size] * span + (t_first - origin)
+    end_key = rank[usable.size:] * span + (t_last - origin)
+    by_key = np.argsort(start_key, kind="stable")
+    starts, start_sorted = usable[by_key], start_key[by_key]
+    lo = np.searchsorted(start_sorted, end_key - margin, side="left")
+    hi = np.searchsorted(start_sorted, end_key + config.gap_s + margin, side="right")
     owner, within = _ragged(hi - lo)
-    a = ends[owner]
+    a = usable[owner]
     b = starts[lo[owner] + within]
     dt = t[first[b]] - t[last[a]]
     dq = (seq[first[b]] - seq[last[a]]) % SEQUENCE_MODULUS
-    ok = ((a != b) & (sig[last[a]] == sig[first[b]]) & (dt > 0.0)
+    ok = ((a != b) & (sig[last[a]] == sig[first[b]]) & (dt > 0.0) & (dt <= config.gap_s)
           & (dq >= 1) & (dq <= config.seq_slack + config.seq_rate_per_s * dt)
           & (np.abs(z[first[b]] - z[last[a]]) <= config.rssi_step_db))
     return a[ok], b[ok]
