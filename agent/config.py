@@ -31,8 +31,10 @@ from shapely.geometry import Point, Polygon
 
 from agent.errors import InputError
 from agent.events import AckMode
+from agent.fingerprint_file import FingerprintFileError, read_fingerprint
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import format_loc, located, read_text, syntax_error
+from positioning.fingerprint import Fingerprint
 
 Loc = tuple[str | int, ...]
 XY = tuple[float, float]
@@ -280,6 +282,9 @@ class TrackingConfig(_Model):
         description="Spread of phones' TX offsets the tracker estimates per track, dB (0: phones read as the model).")
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
+    fingerprint: Path | None = Field(
+        default=None, description="Each sector's RSSI signature from a calibration walk, fused with the geometric "
+                                  "sector probability (santi calibrate fit writes it).")
 
 
 class FootfallConfig(_Model):
@@ -536,6 +541,8 @@ def _named_files(site: SiteConfig) -> list[tuple[Loc, Path]]:
         files.append((("privacy", "secret_file"), site.privacy.secret_file))
     if site.tracking.radio_map is not None:
         files.append((("tracking", "radio_map"), site.tracking.radio_map))
+    if site.tracking.fingerprint is not None:
+        files.append((("tracking", "fingerprint"), site.tracking.fingerprint))
     if site.console is not None:
         files.append((("console", "technician_token_file"), site.console.technician_token_file))
         files.append((("console", "staff_token_file"), site.console.staff_token_file))
@@ -547,7 +554,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     keys = {
         ("agent", "state_dir"), ("uplink", "password_file"), ("privacy", "secret_file"),
         ("uplink", "tls", "ca_file"), ("uplink", "tls", "cert_file"), ("uplink", "tls", "key_file"),
-        ("tracking", "radio_map"), ("console", "technician_token_file"), ("console", "staff_token_file"),
+        ("tracking", "radio_map"), ("tracking", "fingerprint"), ("console", "technician_token_file"),
+        ("console", "staff_token_file"),
     }
     for key in keys:
         node: Any = data
@@ -586,6 +594,11 @@ def parse_site(text: str, path: Path) -> SiteConfig:
             read_radio_map(site.tracking.radio_map)
         except RadioMapFileError as exc:
             problems.append((("tracking", "radio_map"), str(exc)))
+    if site.tracking.fingerprint is not None and site.tracking.fingerprint.is_file():
+        try:
+            site_fingerprint(site)
+        except FingerprintFileError as exc:
+            problems.append((("tracking", "fingerprint"), f"{exc}; remove the key to run without it"))
     if site.console is not None and not problems:
         for key in ("technician_token_file", "staff_token_file"):
             problem = _token(getattr(site.console, key))[1]
@@ -595,6 +608,17 @@ def parse_site(text: str, path: Path) -> SiteConfig:
         loc, message = problems[0]
         raise _problem(path, text, loc, message)
     return site
+
+
+def site_fingerprint(site: SiteConfig) -> Fingerprint | None:
+    """The fingerprint ``[tracking] fingerprint`` names, in the site's sector and receiver order (None if unset).
+
+    Raises `FingerprintFileError` (one line, naming the file) if it is unreadable or of other sectors.
+    """
+    path = site.tracking.fingerprint
+    if path is None:
+        return None
+    return read_fingerprint(path).for_site(path, tuple(s.id for s in site.sectors), tuple(r.id for r in site.receivers))
 
 
 def load_site(path: Path) -> SiteConfig:

@@ -70,7 +70,7 @@ class Locator:
         self.site = site
         self.arrays = site_arrays(site)
         self.tracker = make_tracker(site, self.arrays)
-        self.sectors = make_sector_tracker(site, make_sector_model(self.arrays))
+        self.sectors = make_sector_tracker(site, self.arrays, make_sector_model(self.arrays))
         self.presence = Presence(
             site.store.id,
             site.agent.id,
@@ -145,8 +145,10 @@ class Locator:
         self.stats.observations += len(ids)
         self._count_receivers(t, receiver_index)
         if ids:
-            snapshot = self.tracker.step(t, ids, np.array(receiver_index), np.array(rssi))
-            update = self.sectors.step(t, list(snapshot.emitter_ids), snapshot.xy, snapshot.cov)
+            heard_by, levels = np.array(receiver_index), np.array(rssi)
+            snapshot = self.tracker.step(t, ids, heard_by, levels)
+            update = self.sectors.step(t, list(snapshot.emitter_ids), snapshot.xy, snapshot.cov,
+                                       (snapshot.reading_track, heard_by, levels))
             located = []
             for emitter, sector, probability, since in zip(
                 snapshot.emitter_ids, update.sector.tolist(), update.probability.tolist(),

@@ -10,8 +10,6 @@ longer has is ignored.
 from __future__ import annotations
 
 import functools
-import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.errors import InputError
+from agent.npzfile import file_version, load_arrays, write_arrays
 from positioning.radiomap import RadioMap
 
 FORMAT = "santi.radiomap/1"
@@ -53,20 +52,15 @@ class StoredRadioMap:
 
 def write_radio_map(path: Path, stored: StoredRadioMap) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        np.savez_compressed(
-            handle,
-            format=np.array(FORMAT),
-            receiver_ids=np.array(stored.receiver_ids, dtype=np.str_),
-            origin=stored.radio_map.origin,
-            cell_m=np.array(stored.radio_map.cell_m),
-            values=stored.radio_map.values.astype(np.float32),
-            readings=stored.readings,
-            bandwidth_m=np.array(stored.bandwidth_m),
-            prior_readings=np.array(stored.prior_readings),
-        )
-    os.replace(tmp, path)
+    write_arrays(path, FORMAT, {
+        "receiver_ids": np.array(stored.receiver_ids, dtype=np.str_),
+        "origin": stored.radio_map.origin,
+        "cell_m": np.array(stored.radio_map.cell_m),
+        "values": stored.radio_map.values.astype(np.float32),
+        "readings": stored.readings,
+        "bandwidth_m": np.array(stored.bandwidth_m),
+        "prior_readings": np.array(stored.prior_readings),
+    })
 
 
 def read_radio_map(path: Path) -> StoredRadioMap:
@@ -76,31 +70,14 @@ def read_radio_map(path: Path) -> StoredRadioMap:
     validates its map, and building the tracker's arrays from that site reads
     it again. Its arrays are read-only, as they are shared.
     """
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise RadioMapFileError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise RadioMapFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return _read(path, st.st_ino, st.st_mtime_ns, st.st_size)
+    return _read(path, *file_version(path, RadioMapFileError))
 
 
 @functools.lru_cache(maxsize=1)
 def _read(path: Path, inode: int, mtime_ns: int, size: int) -> StoredRadioMap:
     """`read_radio_map` for one version of the file (the key's inode, time and size name it)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise RadioMapFileError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise RadioMapFileError(f"{path}: not a radio map file ({exc})") from None
-    if str(arrays.get("format", "")) != FORMAT:
-        raise RadioMapFileError(f"{path}: not a {FORMAT} file; write it with santi calibrate fit")
-    missing = [k for k in ("receiver_ids", "origin", "cell_m", "values", "readings", "bandwidth_m",
-                           "prior_readings") if k not in arrays]
-    if missing:
-        raise RadioMapFileError(f"{path}: missing {', '.join(missing)}")
+    arrays = load_arrays(path, RadioMapFileError, "radio map", FORMAT,
+                         ("receiver_ids", "origin", "cell_m", "values", "readings", "bandwidth_m", "prior_readings"))
     ids = tuple(str(r) for r in arrays["receiver_ids"].ravel())
     values = np.asarray(arrays["values"], dtype=np.float64)
     readings = np.asarray(arrays["readings"]).astype(np.int64, copy=False)

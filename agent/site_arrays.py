@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.config import ConfigError, SiteConfig
+from agent.config import ConfigError, SiteConfig, site_fingerprint
+from agent.fingerprint_file import FingerprintFileError
 from agent.radiomap_file import RadioMapFileError, read_radio_map
+from positioning.fingerprint import Fingerprint
 from positioning.radiomap import RadioMap
 from positioning.sectors import SectorModel, SectorTracker
 from positioning.tracker import Tracker, TrackerConfig
@@ -33,7 +35,8 @@ class SiteArrays:
     xyz (m, 3) metres; rssi_at_1m, exponent, sigma_db (m,); kinds (m,) the
     receiver kind; polygons S arrays (n_i, 2); adjacency (S, S) bool;
     entrances (S,) bool; bbox ((x_min, y_min), (x_max, y_max)) of the outline;
-    radio_map the residual fields of ``[tracking] radio_map`` in receiver order, if set.
+    radio_map the residual fields of ``[tracking] radio_map`` in receiver order, if set;
+    fingerprint the sector signatures of ``[tracking] fingerprint`` in sector and receiver order, if set.
     """
 
     receiver_ids: tuple[str, ...]
@@ -49,6 +52,7 @@ class SiteArrays:
     bbox: FloatArray
     receiver_row: dict[str, int] = field(default_factory=dict)
     radio_map: RadioMap | None = None
+    fingerprint: Fingerprint | None = None
 
     def sector_name(self, index: int) -> str | None:
         """Sector id of a core sector index: None before the first report, 'outside' beyond all."""
@@ -84,7 +88,15 @@ def site_arrays(site: SiteConfig) -> SiteArrays:
         bbox=np.stack([outline.min(axis=0), outline.max(axis=0)]),
         receiver_row={r.id: row for row, r in enumerate(receivers)},
         radio_map=_radio_map(site),
+        fingerprint=_fingerprint(site),
     )
+
+
+def _fingerprint(site: SiteConfig) -> Fingerprint | None:
+    try:
+        return site_fingerprint(site)
+    except FingerprintFileError as exc:
+        raise ConfigError(f"{site.path}: tracking.fingerprint: {exc}") from None
 
 
 def _radio_map(site: SiteConfig) -> RadioMap | None:
@@ -113,6 +125,10 @@ def make_sector_model(arrays: SiteArrays, *, mean_dwell_s: float = 10.0) -> Sect
     return SectorModel(arrays.polygons, arrays.adjacency, arrays.entrances, mean_dwell_s=mean_dwell_s)
 
 
-def make_sector_tracker(site: SiteConfig, model: SectorModel) -> SectorTracker:
-    """Per-emitter sector filters with the site's threshold and hysteresis."""
-    return SectorTracker(model, threshold=site.tracking.sector_threshold, hold_s=site.tracking.hysteresis_s)
+def make_sector_tracker(site: SiteConfig, arrays: SiteArrays, model: SectorModel) -> SectorTracker:
+    """Per-emitter sector filters with the site's threshold and hysteresis, and its fingerprint if it has one.
+
+    The fingerprint forgives phones' offsets as the tracker does, by ``[tracking] phone_offset_db``.
+    """
+    return SectorTracker(model, threshold=site.tracking.sector_threshold, hold_s=site.tracking.hysteresis_s,
+                         fingerprint=arrays.fingerprint, offset_sigma_db=site.tracking.phone_offset_db)

@@ -5,6 +5,7 @@ Every function takes the time it needs as an argument.
 
 - `pathloss`: the log-distance radio model and its robust calibration.
 - `radiomap`: per-receiver residual fields of that model, learnt from a calibration walk.
+- `fingerprint`: each sector's RSSI signature, learnt from a calibration walk.
 - `multilaterate`: a snapshot fix from one set of readings (and the baseline).
 - `tracker`: a batched constant-velocity EKF per emitter fed RSSI directly.
 - `sectors`: sector probabilities, an HMM over the adjacency graph, hysteresis.

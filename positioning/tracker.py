@@ -83,7 +83,7 @@ position within the store).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -514,12 +514,14 @@ def grown(array: NDArray[np.float64], n: int) -> NDArray[np.float64]:
 
 @dataclass(frozen=True, eq=False)
 class TrackSnapshot:
-    """Tracks as of a step: emitter ids (k), xy (k, 2) m, cov (k, 2, 2) m², last_seen (k,) s."""
+    """Tracks as of a step: emitter ids (k), xy (k, 2) m, cov (k, 2, 2) m², last_seen (k,) s; from `step`,
+    also reading_track (N,), the row among these of each of the window's readings (empty otherwise)."""
 
     emitter_ids: tuple[str, ...]
     xy: FloatArray
     cov: FloatArray
     last_seen: FloatArray
+    reading_track: IndexArray = field(default_factory=lambda: np.empty(0, dtype=np.intp))
 
 
 class Tracker:
@@ -637,7 +639,7 @@ class Tracker:
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
         self._t[rows], self._last_seen[rows] = t, t
         return TrackSnapshot(
-            tuple(ids), x[:, :2].copy(), P[:, :2, :2].copy(), np.full(len(ids), float(t))
+            tuple(ids), x[:, :2].copy(), P[:, :2, :2].copy(), np.full(len(ids), float(t)), code
         )
 
     def _birth(

@@ -24,9 +24,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import ConfigError, SiteConfig, parse_site
+from agent.fingerprint_file import StoredFingerprint, write_fingerprint
 from agent.observations import Observation
 from agent.radiomap_file import StoredRadioMap, write_radio_map
 from agent.tomllines import key_lines
+from positioning.fingerprint import fit_fingerprint
 from positioning.pathloss import Calibration, fit_calibration, rssi_at_distance
 from positioning.radiomap import (
     DEFAULT_BANDWIDTH_M,
@@ -233,6 +235,27 @@ def walk_radio_map(
     return _stored_map(site, walk_residuals(site, samples, fits), bandwidth_m, prior_readings)
 
 
+def walk_fingerprint(site: SiteConfig, samples: dict[str, WalkSamples]) -> StoredFingerprint | None:
+    """Each sector's RSSI signature from the walk, eq. (18) of ``positioning.fingerprint``; None if it heard nothing.
+
+    The walk is cut into windows of ``tracking.window_s`` (what the tracker
+    averages over); each window belongs to the sector of its mean known position.
+    """
+    parts = [(np.full(found.rssi.size, row, dtype=np.intp), found.xy, found.ts, found.rssi)
+             for row, found in enumerate(samples.get(r.id) for r in site.receivers)
+             if found is not None and found.rssi.size]
+    if not parts:
+        return None
+    receiver, xy, ts, rssi = (np.concatenate(column) for column in zip(*parts, strict=True))
+    slot = np.floor((ts - ts.min()) / site.tracking.window_s).astype(np.intp)
+    _, window_index = np.unique(slot, return_inverse=True)
+    count = np.bincount(window_index)
+    centre = np.stack([np.bincount(window_index, xy[:, j]) / count for j in (0, 1)], axis=-1)
+    sector = Store.of(site).label(centre)
+    fingerprint = fit_fingerprint(window_index, receiver, rssi, sector, len(site.sectors), len(site.receivers))
+    return StoredFingerprint(tuple(s.id for s in site.sectors), tuple(r.id for r in site.receivers), fingerprint)
+
+
 MAP_BANDWIDTHS_M = (1.0, 1.5, 2.0, 3.0)
 """Smoothing distances `judge_radio_map` tries when none is given; it keeps the best on held-out segments."""
 
@@ -400,16 +423,16 @@ def map_spread(stored: StoredRadioMap) -> dict[str, float]:
     return {r: round(float(v), 1) for r, v in zip(stored.receiver_ids, worst, strict=True)}
 
 
-def set_radio_map(text: str, name: str) -> str:
-    """The config text with ``[tracking] radio_map = name``: the value replaced, or the key or section added."""
+def set_tracking_file(text: str, key: str, name: str) -> str:
+    """The config text with ``[tracking] key = name``: the value replaced, or the key or section added."""
     lines = text.splitlines(keepends=True)
     where = key_lines(text)
     value = json.dumps(name)
-    line = where.get(("tracking", "radio_map"))
+    line = where.get(("tracking", key))
     if line is not None:
         lines[line - 1] = _set_value(lines[line - 1], value)
         return "".join(lines)
-    entry = f"radio_map = {value}\n"
+    entry = f"{key} = {value}\n"
     header = where.get(("tracking",))
     if header is None:
         body = "".join(lines)
@@ -418,9 +441,9 @@ def set_radio_map(text: str, name: str) -> str:
     return "".join(lines)
 
 
-def drop_radio_map(text: str) -> str:
-    """The config text without its ``[tracking] radio_map`` line, if it has one."""
-    line = key_lines(text).get(("tracking", "radio_map"))
+def drop_tracking_key(text: str, key: str) -> str:
+    """The config text without its ``[tracking] key`` line, if it has one."""
+    line = key_lines(text).get(("tracking", key))
     if line is None:
         return text
     lines = text.splitlines(keepends=True)
@@ -457,21 +480,30 @@ def radio_map_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.radiomap.npz")
 
 
+def fingerprint_path(out: Path) -> Path:
+    """Where the sector fingerprint of the site config `out` goes: beside it, named after it."""
+    return out.with_name(f"{out.stem}.fingerprint.npz")
+
+
 def write_calibrated_site(site: SiteConfig, source: Path, fits: list[ReceiverFit], out: Path,
-                          radio_map: StoredRadioMap | None = None) -> SiteConfig:
+                          radio_map: StoredRadioMap | None = None,
+                          fingerprint: StoredFingerprint | None = None) -> SiteConfig:
     """Rewrite `source`'s text with the fits, validate it as `out`, then write it atomically.
 
-    With `radio_map`, the map is written first (to `radio_map_path(out)`), so
-    the config that names it never exists without it. Without, an older map
-    is no longer named: its residuals were taken against the old models.
+    With `radio_map` or `fingerprint`, each is written first (to
+    `radio_map_path(out)`, `fingerprint_path(out)`), so the config that names
+    it never exists without it. Without, an older one is no longer named: the
+    map's residuals were taken against the old models, the fingerprint is of
+    another walk.
     """
     text = rewrite_site_text(source.read_text(encoding="utf-8"), fits, site)
     if radio_map is not None:
-        map_path = radio_map_path(out)
-        write_radio_map(map_path, radio_map)
-        text = set_radio_map(text, map_path.name)
-    else:
-        text = drop_radio_map(text)
+        write_radio_map(radio_map_path(out), radio_map)
+    if fingerprint is not None:
+        write_fingerprint(fingerprint_path(out), fingerprint)
+    for key, stored, path in (("radio_map", radio_map, radio_map_path(out)),
+                              ("fingerprint", fingerprint, fingerprint_path(out))):
+        text = drop_tracking_key(text, key) if stored is None else set_tracking_file(text, key, path.name)
     checked = parse_site(text, out)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -145,12 +145,13 @@ class TrackLocator:
                  mean_dwell_s: float = 10.0) -> None:
         self.arrays = arrays
         self.tracker = make_tracker(site, arrays, tracker)
-        self.sectors = make_sector_tracker(site, make_sector_model(arrays, mean_dwell_s=mean_dwell_s))
+        self.sectors = make_sector_tracker(site, arrays, make_sector_model(arrays, mean_dwell_s=mean_dwell_s))
         self.since: dict[str, float] = {}
 
     def step(self, window: Window) -> list[Estimate]:
         snap = self.tracker.step(window.t, window.emitter_ids, window.receiver_index, window.rssi)
-        update = self.sectors.step(window.t, list(snap.emitter_ids), snap.xy, snap.cov)
+        update = self.sectors.step(window.t, list(snap.emitter_ids), snap.xy, snap.cov,
+                                   (snap.reading_track, window.receiver_index, window.rssi))
         for i in np.flatnonzero(update.entered >= 0):
             # The sector filter stamps the entry when the shopper crossed, not when hysteresis confirmed it.
             self.since[snap.emitter_ids[i]] = float(update.entered_at[i])

@@ -21,11 +21,11 @@ from simulator.calibrate import (
     ReceiverFit,
     calibration_samples,
     chosen_radio_map,
-    drop_radio_map,
+    drop_tracking_key,
     fit_receivers,
     judge_radio_map,
     rewrite_site_text,
-    set_radio_map,
+    set_tracking_file,
     walk_radio_map,
 )
 from simulator.channel import ChannelConfig
@@ -228,10 +228,10 @@ def test_a_map_is_kept_only_if_held_out_positions_and_sectors_say_so(
     ('[store]\nid = "x"', '[store]\nid = "x"\n\n[tracking]\nradio_map = "m.npz"\n'),
 ])
 def test_set_radio_map_replaces_or_adds_the_key(before: str, after: str) -> None:
-    assert set_radio_map(before, "m.npz") == after
+    assert set_tracking_file(before, "radio_map", "m.npz") == after
 
 
 def test_drop_radio_map_removes_only_that_line() -> None:
     text = '[tracking]\nradio_map = "m.npz"\nwindow_s = 1.0\n'
-    assert drop_radio_map(text) == "[tracking]\nwindow_s = 1.0\n"
-    assert drop_radio_map("[tracking]\nwindow_s = 1.0\n") == "[tracking]\nwindow_s = 1.0\n"
+    assert drop_tracking_key(text, "radio_map") == "[tracking]\nwindow_s = 1.0\n"
+    assert drop_tracking_key("[tracking]\nwindow_s = 1.0\n", "radio_map") == "[tracking]\nwindow_s = 1.0\n"

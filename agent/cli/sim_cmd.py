@@ -22,6 +22,7 @@ from rich.table import Table
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
+from agent.fingerprint_file import StoredFingerprint
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
 from simulator.anonymous import CrowdConfig
@@ -31,11 +32,13 @@ from simulator.calibrate import (
     MAP_SECTOR_SLACK,
     MapVerdict,
     calibration_samples,
+    fingerprint_path,
     fit_receivers,
     judge_radio_map,
     map_spread,
     radio_map_path,
     summary_row,
+    walk_fingerprint,
     write_calibrated_site,
 )
 from simulator.channel import CHANNELS
@@ -277,12 +280,15 @@ def calibrate() -> None:
 @click.option("--radio-map/--no-radio-map", default=True, show_default=True,
               help="Also learn where each receiver reads above or below its model (walls, shelves) and write "
                    "that map beside --out.")
+@click.option("--fingerprint/--no-fingerprint", default=True, show_default=True,
+              help="Also learn each sector's RSSI signature from the walk and write it beside --out, for the sector "
+                   "filter to weigh beside the position.")
 @click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0),
               help="Smoothing distance of the radio map, metres (default: chosen among "
                    f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} by tracking held-out walk segments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
-        map_bandwidth: float | None, as_json: bool) -> None:
+        fingerprint: bool, map_bandwidth: float | None, as_json: bool) -> None:
     """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
 
     The new config keeps the original's comments and layout; receivers with too
@@ -291,6 +297,9 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     .radiomap.npz) that the config names in [tracking] radio_map: where the
     walk found a receiver reading several dB off its model, the tracker
     expects it to; where the walk did not pass, the plain model stays.
+    Unless --no-fingerprint, each sector's RSSI signature on the walk
+    (OUT's name with .fingerprint.npz, named in [tracking] fingerprint)
+    is weighed by the sector filter beside the position's.
 
     \b
     Example:
@@ -312,8 +321,9 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
             f"{f.receiver_id}: {f.reason}" for f in fits))
     verdict = judge_radio_map(config, samples, fits, bandwidth_m=map_bandwidth) if radio_map else None
     stored = verdict.stored if verdict is not None else None
+    signature = walk_fingerprint(config, samples) if fingerprint else None
     try:
-        write_calibrated_site(config, site, fits, out, stored)
+        write_calibrated_site(config, site, fits, out, stored, signature)
     except ConfigError as exc:
         raise CliError(f"calibrated config did not validate: {exc}") from None
     except OSError as exc:
@@ -330,6 +340,7 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
              **({} if stored is None else {"radio_map_max_db": spread[f.receiver_id]})}
             for f in fits], indent=2))
         click.echo(_map_verdict(verdict, out), err=True)
+        click.echo(_fingerprint_note(signature, fingerprint, out), err=True)
         return
     columns = ["receiver", "readings", "rssi_at_1m", "exponent", "sigma dB / note"]
     table = Table(*columns, *(["map dB"] if stored is not None else []), title="Calibration")
@@ -338,7 +349,19 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
         table.add_row(*summary_row(result), *extra)
     Console().print(table)
     click.echo(f"calibrated site config -> {out}")
+    click.echo(_fingerprint_note(signature, fingerprint, out))
     click.echo(_map_verdict(verdict, out))
+
+
+def _fingerprint_note(signature: StoredFingerprint | None, asked: bool, out: Path) -> str:
+    if not asked:
+        return "sector fingerprint: not asked for (--no-fingerprint)"
+    if signature is None:
+        return "sector fingerprint: not written, the walk heard no receiver"
+    windows = signature.fingerprint.windows
+    unwalked = [s for s, n in zip(signature.sector_ids, windows.tolist(), strict=True) if n == 0]
+    return (f"sector fingerprint -> {fingerprint_path(out)} ({int(windows.sum())} walk windows"
+            + (f"; sectors not walked, judged by position alone: {', '.join(unwalked)})" if unwalked else ")"))
 
 
 def _map_verdict(verdict: MapVerdict | None, out: Path) -> str:
