@@ -86,29 +86,38 @@ receptions of the last W (every receiver's row for one transmission; BLE
 rows and probes without a sequence number are grouped by their key alone).
 It answers for x = now - L, a lead L that lets the next probes of a device
 say whether it was still there. The devices of (30) over [now - W, now]
-give stays (31); a stay j is a person inside when
+give stays (31) of first and last transmission a_j, b_j; a phone probes at
+its own steady period, so the stay reaches half of it either side,
 
-    keep_j <=> u_j >= u_min  and  max_r z~_jr >= theta_r  and  not fixed(d_j),
-    fixed(d) <=> sum_j (c_j - a_j) >= T_fix  or  exists j of d: c_j - a_j >= T_still, iqr_j / 1.349 <= sigma_still   (37)
+    p_j = min(h, (b_j - a_j) / (2 (u_j - 1))),   open over [a_j - p_j, b_j + p_j)   (37)
 
-u_j the distinct transmissions of the stay (one burst alone is a passer-by
-or a new address (30) could not join), z~_jr the median power of the stay at
-receiver r and theta_r that receiver's threshold (every receiver that hears
-it may vouch for it being inside), and the spread of the stay's power at its
-loudest receiver the stationarity cue: a PC does not move, a shopper who
-stands at a counter still turns, so a long stay whose power barely varies
-is a device. The count and the entries of the last interval I are
+(p_j = h for a single burst), and is a person inside when
 
-    n(x) = #{j kept: a_j <= x < c_j},   e(x) = #{j kept: x - I <= a_j < x, c_j - a_j >= D}     (38)
+    keep_j <=> u_j >= u_min,  b_j - a_j >= w_min,  max_r z~_jr >= theta_r,  not fixed(d_j),
+    fixed(d) <=> sum_j (c_j - a_j) >= T_fix  or  exists j of d: b_j - a_j >= T_still, sd_j <= sigma_still   (38)
 
-and people follow from (34) with its fitted alpha and beta. If each person
-carries a counted device with chance p = 1/alpha, the people behind n
-devices exceed n by a negative binomial, so the spread is
+u_j the bursts of the stay (transmissions more than a couple of seconds
+apart; one burst alone is a passer-by or a new address (30) could not join),
+w_min a shortest span (a passer-by is heard for a minute at most), z~_jr
+the median power of the stay at receiver r and theta_r that receiver's
+threshold (every receiver that hears it may vouch for it being inside), and
+sd_j the spread of the stay's power at its loudest receiver, the
+stationarity cue: a PC does not move, a shopper who stands at a counter
+still turns and steps, so a long stay whose power barely varies is a
+device. The count and the entries of the last interval I are
 
-    sigma_n = sqrt(s^2 + alpha (alpha - 1) n),   sigma_e = sqrt(alpha |alpha - 1| e + alpha^2 e / 4)   (39)
+    n(x) = #{j kept: a_j - p_j <= x < b_j + p_j},
+    e(x) = #{j kept: x - I <= a_j - p_j < x, b_j - a_j + 2 p_j >= D}            (39)
+
+and people follow from (34), alpha n + beta, entries as alpha_e e (a visit
+split in two stays, or never heard, scales otherwise than a device). If
+each person carries a counted device with chance p = 1/alpha, the people
+behind n devices exceed n by a negative binomial, so the spreads are
+
+    sigma_n = sqrt(s^2 + alpha (alpha - 1) n),   sigma_e = sqrt(alpha_e |alpha_e - 1| e + alpha_e^2 e / 4)   (40)
 
 s the residual spread of (34); the second term of sigma_e stands for stays
-split or merged at the window's edges. All of (37)-(39) depend on the set
+split or merged at the interval's edges. All of (37)-(40) depend on the set
 of receptions only, not on their order.
 """
 
@@ -431,17 +440,19 @@ def predict_occupancy(fit: OccupancyFit, devices: ArrayLike) -> tuple[FloatArray
 
 @dataclass(frozen=True)
 class EstimateConfig:
-    """Parameters of eqs. (37)-(39); the benchmark fits them on one simulated day (benchmarks/footfall.py).
+    """Parameters of eqs. (37)-(40); the benchmark fits them on one simulated day (benchmarks/footfall.py).
 
     window_s: W, the history an estimate looks at.
     lead_s: L, how far behind ``now`` the count is taken.
     interval_s: I, the interval the entries are counted over, ending at now - L.
-    gap_s, hold_s: G and h of eq. (31).
-    min_transmissions: u_min of (37).
+    gap_s, hold_s: G of eq. (31) and h, the most a stay reaches beyond its probes (37).
+    min_bursts, burst_s: u_min of (38), and the silence that separates two bursts.
+    min_span_s: w_min of (38).
     min_rssi_dbm: theta, one threshold for every receiver, or one per receiver code.
-    fixture_s: T_fix of (32) and (37); still_s, still_sd_db: T_still and sigma_still of (37).
-    visit_s: D of (38).
-    people_per_device, people_offset, residual_sd: alpha, beta and s of (34), (39).
+    fixture_s: T_fix of (32) and (38); still_s, still_sd_db: T_still and sigma_still of (38).
+    visit_s: D of (39).
+    people_per_device, people_offset, residual_sd: alpha, beta and s of (34), (40).
+    people_per_entry: alpha_e of (39)-(40).
     """
 
     link: LinkConfig = LinkConfig()
@@ -450,7 +461,9 @@ class EstimateConfig:
     interval_s: float = 3600.0
     gap_s: float = 300.0
     hold_s: float = 60.0
-    min_transmissions: int = 2
+    min_bursts: int = 2
+    burst_s: float = 2.0
+    min_span_s: float = 0.0
     min_rssi_dbm: float | tuple[float, ...] = -85.0
     fixture_s: float = 2700.0
     still_s: float = 900.0
@@ -459,19 +472,21 @@ class EstimateConfig:
     people_per_device: float = 1.0
     people_offset: float = 0.0
     residual_sd: float = 0.0
+    people_per_entry: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("window_s", "gap_s", "interval_s", "fixture_s", "still_s", "people_per_device"):
+        for name in ("window_s", "gap_s", "interval_s", "fixture_s", "still_s", "people_per_device",
+                     "people_per_entry"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lead_s", "hold_s", "still_sd_db", "visit_s", "residual_sd"):
+        for name in ("lead_s", "hold_s", "still_sd_db", "visit_s", "residual_sd", "burst_s", "min_span_s"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lead_s >= self.window_s:
             raise ValueError("the lead must be shorter than the window")
 
     def threshold(self, receiver: IntArray) -> FloatArray:
-        """theta_r of (37) for receiver codes (M,)."""
+        """theta_r of (38) for receiver codes (M,)."""
         if isinstance(self.min_rssi_dbm, tuple):
             table = np.asarray(self.min_rssi_dbm, dtype=np.float64)
             if receiver.size and (receiver.min() < 0 or receiver.max() >= table.size):
@@ -482,7 +497,7 @@ class EstimateConfig:
 
 @dataclass(frozen=True)
 class OccupancyEstimate:
-    """Eqs. (37)-(39) at time ``at`` = now - L: people inside and entries over [at - I, at).
+    """Eqs. (37)-(40) at time ``at`` = now - L: people inside and entries over [at - I, at).
 
     devices, stationary and outside are the anonymous devices behind the
     figures (counted, set aside as fixtures, heard only from outside); only
@@ -516,17 +531,29 @@ def _quantile_in_runs(sorted_values: FloatArray, begin: IntArray, q: float) -> F
     return result
 
 
-def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
-                       randomised: ArrayLike, rssi_dbm: ArrayLike, receiver: ArrayLike, now: float, *,
-                       config: EstimateConfig = EstimateConfig()) -> OccupancyEstimate:
-    """Eqs. (30), (31), (37)-(39): people inside at now - L and entries over the interval before it.
+@dataclass(frozen=True)
+class StayVerdicts:
+    """Eqs. (37)-(38) over one window of receptions: the devices, their stays and what each stay is.
 
-    One row (N,) per reception: t s, mac and signature integer keys
-    (signature -1 where unknown), sequence 0..4095 or -1, randomised bool,
-    rssi_dbm, receiver integer code (indexes ``config.min_rssi_dbm`` when
-    that is a tuple). Rows outside [now - W, now] are ignored, so the caller
-    may hand over more. Pure: the same rows in any order give the same answer.
+    device (N,) of each reception row kept in the window (``rows``, indexes
+    into the caller's arrays); found, the stays (31) reaching p_j either side (37); bursts (J,) u_j;
+    inside (J,) heard at or above a receiver's threshold; fixed (D,) the
+    stationary devices; keep (J,) the people-stays.
     """
+
+    rows: IntArray
+    device: IntArray
+    found: Stays
+    bursts: IntArray
+    inside: BoolArray
+    fixed: BoolArray
+    keep: BoolArray
+
+
+def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
+                   randomised: ArrayLike, rssi_dbm: ArrayLike, receiver: ArrayLike, now: float, *,
+                   config: EstimateConfig = EstimateConfig()) -> StayVerdicts:
+    """Eqs. (30), (31), (37), (38) over the receptions in [now - W, now]; arrays as `estimate_occupancy` takes them."""
     t_ = np.asarray(_as(t, float), dtype=np.float64)
     columns = [np.asarray(_as(v, np.int64)) for v in (mac, signature, sequence, receiver)]
     rnd_ = np.asarray(_as(randomised, bool))
@@ -535,49 +562,75 @@ def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, seque
         raise ValueError("reception arrays differ in length")
     if not np.all(np.isfinite(z_)) or not np.all(np.isfinite(t_)) or not np.isfinite(now):
         raise ValueError("times and powers must be finite")
-    at = float(now) - config.lead_s
-    window = (t_ >= now - config.window_s) & (t_ <= now)
-    t_, z_, rnd_ = t_[window], z_[window], rnd_[window]
-    mac_, sig_, seq_, rx_ = (c[window] for c in columns)
-    if t_.size == 0:
-        return OccupancyEstimate(at, max(0.0, config.people_offset), config.residual_sd, 0.0, 0.0, 0, 0, 0)
+    rows = np.flatnonzero((t_ >= now - config.window_s) & (t_ <= now)).astype(np.intp)
+    t_, z_, rnd_ = t_[rows], z_[rows], rnd_[rows]
+    mac_, sig_, seq_, rx_ = (c[rows] for c in columns)
     device = group_devices(t_, mac_, sig_, seq_, z_, rnd_, config.link)
-    found = stays(t_, device, z_, config.gap_s, config.hold_s)
-    stay = found.of_probe
-    count_j = found.device.size
-    # u_j: distinct transmission times of each stay.
-    pairs = np.unique(np.column_stack([stay, t_]), axis=0)
-    transmissions = np.bincount(pairs[:, 0].astype(np.intp), minlength=count_j)
+    heard = stays(t_, device, z_, config.gap_s, 0.0)
+    stay = heard.of_probe
+    count_j = heard.device.size
+    if count_j == 0:
+        none = np.zeros(0, dtype=bool)
+        return StayVerdicts(rows, device, heard, np.zeros(0, dtype=np.intp), none, none, none)
+    # u_j: bursts of each stay, transmissions more than burst_s apart.
+    order = np.lexsort((t_, stay))
+    ts, ss = t_[order], stay[order]
+    new_burst = np.r_[True, (ss[1:] != ss[:-1]) | (np.diff(ts) > config.burst_s)]
+    bursts = np.bincount(ss[new_burst], minlength=count_j).astype(np.intp)
+    span = heard.end - heard.start
+    pad = np.minimum(0.5 * span / np.maximum(bursts - 1, 1), config.hold_s)
+    pad[bursts < 2] = config.hold_s
+    found = Stays(heard.device, heard.start - pad, heard.end + pad, heard.rssi_dbm, heard.probes, heard.of_probe)
     # Median and spread of each stay's power at each receiver; the loudest receiver vouches for it.
     m = int(rx_.max()) + 1
     cell = stay.astype(np.int64) * m + rx_
     _, begin, z_sorted = _group_sorted(cell, z_)
     cells = np.unique(cell)
     median = _quantile_in_runs(z_sorted, begin, 0.5)
-    spread = (_quantile_in_runs(z_sorted, begin, 0.75) - _quantile_in_runs(z_sorted, begin, 0.25)) / 1.349
+    size = np.diff(np.r_[begin, z_sorted.size])
+    mean = np.add.reduceat(z_sorted, begin) / size
+    spread = np.sqrt(np.maximum(np.add.reduceat(z_sorted ** 2, begin) / size - mean ** 2, 0.0))
     cell_stay = (cells // m).astype(np.intp)
-    cell_rx = (cells % m).astype(np.intp)
-    margin = median - config.threshold(cell_rx)
-    heard_inside = np.zeros(count_j, dtype=bool)
-    heard_inside[cell_stay[margin >= 0.0]] = True
-    loudest = np.full(count_j, -1, dtype=np.intp)
-    order = np.lexsort((margin, cell_stay))
-    last_of_stay = np.r_[np.flatnonzero(cell_stay[order][1:] != cell_stay[order][:-1]), order.size - 1]
-    loudest[cell_stay[order][last_of_stay]] = order[last_of_stay]
-    duration = found.end - found.start
-    still = (duration >= config.still_s) & (spread[loudest] <= config.still_sd_db)
-    present = np.bincount(found.device, weights=duration)
+    margin = median - config.threshold((cells % m).astype(np.intp))
+    inside = np.zeros(count_j, dtype=bool)
+    inside[cell_stay[margin >= 0.0]] = True
+    by_margin = np.lexsort((margin, cell_stay))
+    last = np.r_[np.flatnonzero(cell_stay[by_margin][1:] != cell_stay[by_margin][:-1]), by_margin.size - 1]
+    loudest = np.empty(count_j, dtype=np.intp)
+    loudest[cell_stay[by_margin][last]] = by_margin[last]
+    still = (span >= config.still_s) & (spread[loudest] <= config.still_sd_db)
+    present = np.bincount(found.device, weights=found.end - found.start)
     fixed = (present >= config.fixture_s) | (np.bincount(found.device, weights=still) > 0)
-    fixed_stay = fixed[found.device]
-    enough = transmissions >= config.min_transmissions
-    keep = enough & heard_inside & ~fixed_stay
-    inside_at = keep & (found.start <= at) & (at < found.end)
+    keep = (bursts >= config.min_bursts) & (span >= config.min_span_s) & inside & ~fixed[found.device]
+    return StayVerdicts(rows, device, found, bursts, inside, fixed, keep)
+
+
+def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
+                       randomised: ArrayLike, rssi_dbm: ArrayLike, receiver: ArrayLike, now: float, *,
+                       config: EstimateConfig = EstimateConfig()) -> OccupancyEstimate:
+    """Eqs. (30), (31), (37)-(40): people inside at now - L and entries over the interval before it.
+
+    One row (N,) per reception: t s, mac and signature integer keys
+    (signature -1 where unknown), sequence 0..4095 or -1, randomised bool,
+    rssi_dbm, receiver integer code (indexes ``config.min_rssi_dbm`` when
+    that is a tuple). Rows outside [now - W, now] are ignored, so the caller
+    may hand over more. Pure: the same rows in any order give the same answer.
+    """
+    verdict = classify_stays(t, mac, signature, sequence, randomised, rssi_dbm, receiver, now, config=config)
+    found, keep = verdict.found, verdict.keep
+    at = float(now) - config.lead_s
+    open_at = (found.start <= at) & (at < found.end)
+    duration = found.end - found.start
     entered = keep & (found.start >= at - config.interval_s) & (found.start < at) & (duration >= config.visit_s)
-    n, e = float(inside_at.sum()), float(entered.sum())
+    n, e = float((keep & open_at).sum()), float(entered.sum())
     alpha = config.people_per_device
     count = max(0.0, alpha * n + config.people_offset)
     count_sd = float(np.sqrt(config.residual_sd ** 2 + alpha * max(alpha - 1.0, 0.0) * n))
-    entries_sd = float(np.sqrt(alpha * abs(alpha - 1.0) * e + alpha ** 2 * e / 4.0))
-    outside = np.unique(found.device[enough & ~heard_inside & ~fixed_stay & (found.start <= at) & (at < found.end)])
-    return OccupancyEstimate(at=at, count=count, count_sd=count_sd, entries=alpha * e, entries_sd=entries_sd,
-                             devices=int(device.max()) + 1, stationary=int(fixed.sum()), outside=int(outside.size))
+    alpha_e = config.people_per_entry
+    entries_sd = float(np.sqrt(alpha_e * abs(alpha_e - 1.0) * e + alpha_e ** 2 * e / 4.0))
+    heard = verdict.bursts >= config.min_bursts
+    fixed_stay = verdict.fixed[found.device]
+    outside = np.unique(found.device[heard & ~verdict.inside & ~fixed_stay & open_at])
+    devices = int(verdict.device.max()) + 1 if verdict.device.size else 0
+    return OccupancyEstimate(at=at, count=count, count_sd=count_sd, entries=alpha_e * e, entries_sd=entries_sd,
+                             devices=devices, stationary=int(verdict.fixed.sum()), outside=int(outside.size))

@@ -12,9 +12,11 @@ from positioning.occupancy import EstimateConfig, OccupancyEstimate, estimate_oc
 Row = tuple[float, int, int, int, bool, float, int]
 """t, MAC key, signature key, sequence, randomised, RSSI, receiver code."""
 
-CONFIG = EstimateConfig(lead_s=0.0, window_s=7200.0, gap_s=300.0, hold_s=60.0, min_transmissions=2,
+CONFIG = EstimateConfig(lead_s=0.0, window_s=7200.0, gap_s=300.0, hold_s=60.0, min_bursts=2,
                         min_rssi_dbm=-80.0, fixture_s=2700.0, still_s=900.0, still_sd_db=1.0, visit_s=120.0,
                         interval_s=3600.0)
+LEAD = EstimateConfig(**{**CONFIG.__dict__, "lead_s": 60.0})
+"""Counting a minute back: the probes after that minute say who was still there."""
 
 
 def estimate(rows: list[Row], now: float, config: EstimateConfig = CONFIG) -> OccupancyEstimate:
@@ -38,10 +40,11 @@ def test_a_shopper_inside_is_counted_and_entered() -> None:
     rows = phone(1000.0, 1600.0, 30.0, mac=1, sig=5, new_mac_every=2)
     result = estimate(rows, now=1300.0)
     assert (result.count, result.entries, result.devices, result.stationary, result.outside) == (1.0, 1.0, 1, 0, 0)
-    assert estimate(rows, now=990.0).count == 0.0
-    # After the last probe (1570) the stay holds for h = 60 s, then ends.
-    assert estimate(rows, now=1620.0).count == 1.0
-    assert estimate(rows, now=1640.0).count == 0.0
+    # The stay reaches half the phone's own probing period (30 s) either side of its first and last probe.
+    assert estimate(rows, now=1050.0, config=LEAD).count == 1.0
+    assert estimate(rows, now=1040.0, config=LEAD).count == 0.0
+    assert estimate(rows, now=1580.0).count == 1.0
+    assert estimate(rows, now=1590.0).count == 0.0
 
 
 def test_a_single_burst_is_no_person_and_the_street_is_outside() -> None:
@@ -63,18 +66,19 @@ def test_devices_present_for_hours_or_unmoving_are_stationary() -> None:
     pc = phone(0.0, 7000.0, 60.0, mac=900, sig=1, wobble=6.0)
     printer = phone(5000.0, 6200.0, 60.0, mac=901, sig=2, wobble=0.0)
     shopper = phone(5500.0, 6500.0, 40.0, mac=1, sig=3, new_mac_every=3)
-    result = estimate(pc + printer + shopper, now=6000.0)
+    result = estimate(pc + printer + shopper, now=5990.0)
     assert (result.count, result.stationary) == (1.0, 2)
 
 
 def test_people_per_device_scales_and_spreads() -> None:
     rows = phone(0.0, 600.0, 30.0, mac=1, sig=5) + phone(0.0, 600.0, 30.0, mac=100, sig=6)
-    config = EstimateConfig(**{**CONFIG.__dict__, "people_per_device": 1.5, "people_offset": 0.5, "residual_sd": 0.3})
+    config = EstimateConfig(**{**CONFIG.__dict__, "people_per_device": 1.5, "people_offset": 0.5, "residual_sd": 0.3,
+                                       "people_per_entry": 1.25})
     result = estimate(rows, now=300.0, config=config)
     assert result.count == pytest.approx(3.5)
     assert result.count_sd == pytest.approx(np.sqrt(0.09 + 1.5 * 0.5 * 2))
-    assert result.entries == pytest.approx(3.0)
-    assert result.entries_sd == pytest.approx(np.sqrt(1.5 * 0.5 * 2 + 2.25 * 2 / 4))
+    assert result.entries == pytest.approx(2.5)
+    assert result.entries_sd == pytest.approx(np.sqrt(1.25 * 0.25 * 2 + 1.25 ** 2 * 2 / 4))
 
 
 def test_rows_outside_the_window_are_ignored_and_bad_input_refused() -> None:
@@ -118,5 +122,5 @@ def test_two_phones_whose_keys_differ_are_counted_twice(data: st.DataObject) -> 
     seq, rotate = data.draw(st.integers(0, 4095)), data.draw(st.integers(0, 3))
     a = phone(start, start + 900.0, every, mac=1, sig=1, seq=seq, new_mac_every=rotate)
     b = phone(start + 0.5, start + 900.5, every, mac=500, sig=2, seq=seq + 1, new_mac_every=rotate)
-    result = estimate(a + b, now=start + 450.0)
+    result = estimate(a + b, now=start + 450.0, config=LEAD)
     assert (result.count, result.devices) == (2.0, 2)
