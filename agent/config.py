@@ -11,12 +11,11 @@ secret come from a file or an environment variable, read when needed.
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -121,37 +120,22 @@ class TlsConfig(_Model):
     key_file: Path | None = None
 
 
-class UplinkConfig(_Model):
+class BrokerSettings(_Model):
+    """Where an MQTT broker is and how to log in: ``[uplink]`` and ``[nodes]`` share this shape.
+
+    The password is never a value here, only where to read it
+    (``agent.mqttclient`` reads it when a client is built).
+    """
+
+    section: ClassVar[str] = "uplink"
+    """The config section, so that messages name the key a technician edits."""
+
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = "5"
-    client_id: str | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK.")
-    ack: AckMode = Field(
-        default="hq",
-        description=("When an event leaves the outbox: 'hq' once HQ acknowledges it as stored; 'broker' at the "
-                     "broker's PUBACK (weaker: a broker restart or an absent HQ subscriber can lose events)."),
-    )
-    ack_timeout_s: float = Field(
-        default=30.0, ge=1.0, le=86400.0, allow_inf_nan=False,
-        description="Send an event again when HQ has not acknowledged it this long after the broker's PUBACK.",
-    )
     tls: TlsConfig | None = None
     username: str | None = None
     password_file: Path | None = None
     password_env: str | None = None
-
-    def password(self) -> SecretStr | None:
-        """The broker password, read now from its file or environment variable."""
-        if self.password_file is not None:
-            return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(f"uplink.password_env: environment variable {self.password_env} is not set")
-            return SecretStr(value)
-        return None
 
     def password_file_problem(self) -> str | None:
         """One line if ``password_file`` can be read by anyone but its owner, else None.
@@ -166,11 +150,27 @@ class UplinkConfig(_Model):
         try:
             mode = self.password_file.stat().st_mode & 0o777
         except OSError:
-            return None  # reading it says why, when the uplink connects
+            return None  # reading it says why, when the client is built
         if not mode & 0o077:
             return None
-        return (f"uplink.password_file {self.password_file} is readable by other users (mode {mode:04o}) — "
+        return (f"{self.section}.password_file {self.password_file} is readable by other users (mode {mode:04o}) — "
                 f"`chmod 600 {self.password_file}` and give it to the agent's user")
+
+
+class UplinkConfig(BrokerSettings):
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK.")
+    ack: AckMode = Field(
+        default="hq",
+        description=("When an event leaves the outbox: 'hq' once HQ acknowledges it as stored; 'broker' at the "
+                     "broker's PUBACK (weaker: a broker restart or an absent HQ subscriber can lose events)."),
+    )
+    ack_timeout_s: float = Field(
+        default=30.0, ge=1.0, le=86400.0, allow_inf_nan=False,
+        description="Send an event again when HQ has not acknowledged it this long after the broker's PUBACK.",
+    )
 
 
 RESERVE_BYTES = 32 * 1024 * 1024
@@ -225,11 +225,14 @@ class BleConfig(_Model):
         return [value.lower() for value in values]
 
 
-class NodesConfig(_Model):
-    """The store's local MQTT broker, where receiver nodes publish what they hear."""
+class NodesConfig(BrokerSettings):
+    """The store's local MQTT broker, where receiver nodes publish what they hear.
 
-    host: str = Field(default="127.0.0.1", min_length=1)
-    port: int = Field(default=1883, ge=1, le=65535)
+    Without this section nothing subscribes to a node broker: receivers of
+    ``kind = "node"`` then need one (a config error says so).
+    """
+
+    section: ClassVar[str] = "nodes"
 
 
 class NfcConfig(_Model):
@@ -378,7 +381,7 @@ class SiteConfig(_Model):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     ble: BleConfig = Field(default_factory=BleConfig)
     wifi: WifiConfig = Field(default_factory=WifiConfig)
-    nodes: NodesConfig = Field(default_factory=NodesConfig)
+    nodes: NodesConfig | None = None
     nfc: NfcConfig = Field(default_factory=NfcConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     console: ConsoleConfig | None = None
@@ -467,6 +470,10 @@ def _geometry_problems(site: SiteConfig) -> list[tuple[Loc, str]]:
             ))
         if receiver.kind == "node" and receiver.node_name is None:
             problems.append((("receivers", index, "kind"), f"receiver {receiver.id!r} is a node but has no node_name"))
+        if receiver.kind == "node" and site.nodes is None:
+            fix = 'add [nodes] host = "127.0.0.1" (the store broker its node publishes to)'
+            problems.append((("receivers", index, "kind"),
+                             f"receiver {receiver.id!r} is a node but there is no [nodes] section — {fix}"))
     for index, reader in enumerate(site.nfc_readers):
         if reader.sector not in known:
             problems.append((("nfc_readers", index, "sector"), f"unknown sector {reader.sector!r}"))
@@ -528,15 +535,17 @@ def site_warnings(site: SiteConfig) -> list[str]:
 
 def _named_files(site: SiteConfig) -> list[tuple[Loc, Path]]:
     files: list[tuple[Loc, Path]] = []
-    if site.uplink.tls is not None:
-        tls = site.uplink.tls
-        files.append((("uplink", "tls", "ca_file"), tls.ca_file))
-        if tls.cert_file is not None:
-            files.append((("uplink", "tls", "cert_file"), tls.cert_file))
-        if tls.key_file is not None:
-            files.append((("uplink", "tls", "key_file"), tls.key_file))
-    if site.uplink.password_file is not None:
-        files.append((("uplink", "password_file"), site.uplink.password_file))
+    for broker in (site.uplink, site.nodes):
+        if broker is None:
+            continue
+        if broker.tls is not None:
+            files.append(((broker.section, "tls", "ca_file"), broker.tls.ca_file))
+            if broker.tls.cert_file is not None:
+                files.append(((broker.section, "tls", "cert_file"), broker.tls.cert_file))
+            if broker.tls.key_file is not None:
+                files.append(((broker.section, "tls", "key_file"), broker.tls.key_file))
+        if broker.password_file is not None:
+            files.append(((broker.section, "password_file"), broker.password_file))
     if site.privacy.secret_file is not None:
         files.append((("privacy", "secret_file"), site.privacy.secret_file))
     if site.tracking.radio_map is not None:
@@ -552,8 +561,9 @@ def _named_files(site: SiteConfig) -> list[tuple[Loc, Path]]:
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     """Relative paths in the file are relative to the file, not to the cwd."""
     keys = {
-        ("agent", "state_dir"), ("uplink", "password_file"), ("privacy", "secret_file"),
-        ("uplink", "tls", "ca_file"), ("uplink", "tls", "cert_file"), ("uplink", "tls", "key_file"),
+        ("agent", "state_dir"), ("privacy", "secret_file"),
+        *((section, "password_file") for section in ("uplink", "nodes")),
+        *((section, "tls", key) for section in ("uplink", "nodes") for key in ("ca_file", "cert_file", "key_file")),
         ("tracking", "radio_map"), ("tracking", "fingerprint"), ("console", "technician_token_file"),
         ("console", "staff_token_file"),
     }
@@ -572,9 +582,10 @@ def parse_site(text: str, path: Path) -> SiteConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(syntax_error(path, exc)) from None
-    if isinstance(data.get("uplink"), dict) and "password" in data["uplink"]:
-        raise _problem(path, text, ("uplink", "password"),
-                       "a password may not be written in the config; use password_file or password_env")
+    for section in ("uplink", "nodes"):
+        if isinstance(data.get(section), dict) and "password" in data[section]:
+            raise _problem(path, text, (section, "password"),
+                           "a password may not be written in the config; use password_file or password_env")
     _resolve_paths(data, path.parent)
     try:
         site = SiteConfig.model_validate({**data, "path": path})

@@ -14,11 +14,9 @@ import ssl
 import threading
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from agent.checks import Check, fail, ok, warn
 from agent.config import ConfigError, SiteConfig, UplinkConfig
+from agent.mqttclient import BrokerConfig, new_client, tls_context
 
 CERT_EXPIRY_WARN_DAYS = 30
 
@@ -42,15 +40,6 @@ def _tcp_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _tls_context(uplink: UplinkConfig) -> ssl.SSLContext:
-    assert uplink.tls is not None
-    context = ssl.create_default_context(cafile=str(uplink.tls.ca_file))
-    if uplink.tls.cert_file is not None:
-        context.load_cert_chain(str(uplink.tls.cert_file),
-                                str(uplink.tls.key_file) if uplink.tls.key_file else None)
-    return context
-
-
 def check_tls(uplink: UplinkConfig, *, now: float, timeout: float = 3.0) -> Check:
     """The TLS handshake alone, so a wrong CA or host name gets its own line and fix."""
     name = "broker tls"
@@ -61,7 +50,7 @@ def check_tls(uplink: UplinkConfig, *, now: float, timeout: float = 3.0) -> Chec
         return warn(name, f"the uplink to {where} is not encrypted",
                     "add [uplink.tls] ca_file = \"...\" (and the broker's TLS listener)")
     try:
-        context = _tls_context(uplink)
+        context = tls_context(uplink.tls)
     except (OSError, ssl.SSLError) as exc:
         return fail(name, f"cannot load the TLS files: {exc}", "check [uplink.tls] ca_file, cert_file and key_file")
     try:
@@ -97,22 +86,17 @@ def check_broker(site: SiteConfig, *, timeout: float = 3.0) -> Check:
         socket.create_connection((uplink.host, uplink.port), timeout=timeout).close()
     except OSError as exc:
         return fail(name, f"{where}: {_tcp_reason(exc)}", fix)
-    try:
-        password = uplink.password()
-    except (ConfigError, OSError) as exc:
-        return fail(name, f"cannot read the broker password: {exc}", "set uplink.password_file or the environment variable")
-    protocol = mqtt.MQTTv5 if uplink.protocol == "5" else mqtt.MQTTv311
     # Never the agent's own client id: the broker would disconnect the running agent.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{site.agent.id}-doctor-{os.getpid()}",
-                         protocol=protocol)
+    # Otherwise the agent's very client: same login, same TLS, same protocol.
+    cfg = BrokerConfig.of(uplink, f"{site.agent.id}-doctor-{os.getpid()}", uplink.protocol)
+    try:
+        context = None if uplink.tls is None else tls_context(uplink.tls)
+        client = new_client(cfg, context=context)
+    except ConfigError as exc:
+        return fail(name, f"cannot read the broker password: {exc}", "set uplink.password_file or the environment variable")
+    except (OSError, ssl.SSLError) as exc:
+        return fail(name, f"cannot load the TLS files: {exc}", "see the broker tls check")
     client.connect_timeout = timeout
-    if uplink.username is not None:
-        client.username_pw_set(uplink.username, password.get_secret_value() if password else None)
-    if uplink.tls is not None:
-        try:
-            client.tls_set_context(_tls_context(uplink))
-        except (OSError, ssl.SSLError) as exc:
-            return fail(name, f"cannot load the TLS files: {exc}", "see the broker tls check")
     answer: list[str] = []
     done = threading.Event()
 
@@ -124,6 +108,8 @@ def check_broker(site: SiteConfig, *, timeout: float = 3.0) -> Check:
     try:
         client.connect(uplink.host, uplink.port, keepalive=max(uplink.keepalive_s, 5))
     except (OSError, ssl.SSLError) as exc:
+        if context is not None:
+            context.close_wrapped()
         return fail(name, f"{where}: MQTT connect failed: {exc}", fix)
     client.loop_start()
     try:

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
-from agent.config import SiteConfig, room_slug
+from agent.config import NodesConfig, SiteConfig, room_slug
 from agent.errors import InputError
 
 ETC = PurePosixPath("/etc/santi")
@@ -106,7 +106,7 @@ def facts(site: SiteConfig) -> dict[str, str]:
         "SITE_WIFI_RECEIVERS": " ".join(r.id for r in site.receivers if r.kind == "wifi"),
         "SITE_WIFI_INTERFACE": (site.wifi.interface or "") if "wifi" in kinds else "",
         "SITE_NODE_RECEIVERS": " ".join(r.node_name or "" for r in site.receivers if r.kind == "node"),
-        "SITE_NODES_PORT": str(site.nodes.port),
+        "SITE_NODES_PORT": "" if site.nodes is None else str(site.nodes.port),
         "SITE_SECRET_FILE": _target(site.privacy.secret_file),
         "SITE_SECRET_ENV": site.privacy.secret_env or "",
         "SITE_UPLINK_PASSWORD_FILE": _target(site.uplink.password_file),
@@ -153,6 +153,13 @@ def acl_text(site: SiteConfig, users: list[BrokerUser]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _nodes(site: SiteConfig) -> NodesConfig:
+    """The site's ``[nodes]`` broker; config check refuses node receivers without one."""
+    if site.nodes is None:
+        raise InstallError("the site config has no [nodes] section: add [nodes] with the port the nodes use")
+    return site.nodes
+
+
 def listener_text(site: SiteConfig) -> str:
     """The conf.d snippet: a LAN listener for the nodes, passwords and the ACL required."""
     return "\n".join([
@@ -160,7 +167,7 @@ def listener_text(site: SiteConfig) -> str:
         "# Receiver nodes on the store LAN publish here; each has its own user and ACL.",
         "# ESPresense does not speak TLS, so this listener is plain MQTT: keep it on the store LAN.",
         "per_listener_settings false",
-        f"listener {site.nodes.port}",
+        f"listener {_nodes(site).port}",
         "allow_anonymous false",
         f"password_file {PASSWD_PATH}",
         f"acl_file {ACL_PATH}",
@@ -316,7 +323,7 @@ def install_node_broker(site: SiteConfig, writer: Writer) -> None:
     writer.file(ACL_PATH, acl_text(site, users), 0o640, broker_owner,
                 "ACL: " + ", ".join(user.name for user in users))
     writer.file(LISTENER_PATH, listener_text(site), 0o644, root_owner,
-                f"LAN listener on port {site.nodes.port}, no anonymous access")
+                f"LAN listener on port {_nodes(site).port}, no anonymous access")
 
 
 def _ids(value: str) -> tuple[int, int]:

@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -69,6 +68,7 @@ from agent.backoff import (
 from agent.config import ConfigError, UplinkConfig
 from agent.events import Ack, ack_topic, status_topic
 from agent.messages import staff_topic
+from agent.mqttclient import BrokerConfig, TrackingContext, new_client, tls_context
 from agent.outbox import Outbox, OutboxError, Row
 
 log = logging.getLogger(__name__)
@@ -118,19 +118,6 @@ def parse_ack(payload: bytes, store_id: str, agent_id: str) -> Ack | str:
     return ack
 
 
-class _TrackingContext(ssl.SSLContext):
-    """Remembers the sockets it wraps: paho leaves one open when the TLS handshake fails."""
-
-    def __init__(self, protocol: int) -> None:
-        super().__init__()
-        self.wrapped: list[ssl.SSLSocket] = []
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        sock = super().wrap_socket(*args, **kwargs)
-        self.wrapped.append(sock)
-        return sock
-
-
 class _Session:
     """What paho's callbacks report during one connection (all on the uplink thread)."""
 
@@ -142,11 +129,11 @@ class _Session:
         self.pubacks: list[tuple[int, ReasonCode]] = []
         self.messages: list[tuple[str, bytes]] = []
         self.suback_failed: str | None = None
-        self.tls: _TrackingContext | None = None
+        self.tls: TrackingContext | None = None
 
     def close_leftovers(self) -> None:
-        for sock in self.tls.wrapped if self.tls is not None else []:
-            sock.close()
+        if self.tls is not None:
+            self.tls.close_wrapped()
 
     def on_connect(self, _c: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags, reason: ReasonCode,
                    properties: Properties | None) -> None:
@@ -306,13 +293,10 @@ class Uplink:
             failures += 1
 
     def _new_client(self, session: _Session) -> mqtt.Client:
-        v5 = self._config.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-        )
+        tls = self._config.tls
+        session.tls = None if tls is None else tls_context(tls)
+        client = new_client(BrokerConfig.of(self._config, self._client_id, self._config.protocol),
+                            context=session.tls)
         client.on_connect = session.on_connect
         client.on_disconnect = session.on_disconnect
         client.on_publish = session.on_publish
@@ -322,18 +306,6 @@ class Uplink:
         client.connect_timeout = self._connect_timeout_s
         client.max_inflight_messages_set(self._config.inflight + 1)
         client.will_set(self._status_topic, b"offline", qos=1, retain=True)
-        if self._config.username is not None:
-            password = self._config.password()
-            client.username_pw_set(self._config.username,
-                                   None if password is None else password.get_secret_value())
-        tls = self._config.tls
-        if tls is not None:
-            context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.load_verify_locations(cafile=str(tls.ca_file))
-            if tls.cert_file is not None:
-                context.load_cert_chain(str(tls.cert_file), None if tls.key_file is None else str(tls.key_file))
-            client.tls_set_context(context)
-            session.tls = context
         return client
 
     def _describe(self, exc: BaseException) -> Failure:

@@ -70,6 +70,7 @@ from rich.table import Table  # noqa: E402
 from agent.config import load_site  # noqa: E402
 from agent.events import SectorEntered, VisitEnded, utc_from_epoch, uuid7  # noqa: E402
 from agent.localbroker import Broker  # noqa: E402
+from agent.mqttclient import BrokerConfig  # noqa: E402
 from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from agent.sources.base import Record  # noqa: E402
@@ -551,7 +552,7 @@ def poison_node_case(case: str, topic: str, payload: bytes, broker: Broker) -> P
     """The agent's node ingest on our broker: the poison, then ``VALID`` ESPresense messages that must be accepted."""
     site = load_site(EXAMPLE)
     ingest = NodeIngest(site.receivers, Pseudonymizer(b"k" * 32, STORE, 86_400.0), STORE)
-    source = NodesSource(ingest, host=broker.host, port=broker.port)
+    source = NodesSource(ingest, BrokerConfig(broker.host, broker.port))
     received: list[Record] = []
     pseudo = Pseudonymizer(b"k" * 32, STORE, 86_400.0)
 

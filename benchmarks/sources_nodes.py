@@ -31,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.config import ReceiverConfig  # noqa: E402
 from agent.localbroker import Broker, mosquitto_path  # noqa: E402
+from agent.mqttclient import BrokerConfig  # noqa: E402
 from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from agent.sources.base import Record  # noqa: E402
@@ -117,7 +118,7 @@ def bench_broker(messages: list[tuple[str, bytes]]) -> dict[str, float] | None:
 
 async def _through_broker(host: str, port: int, messages: list[tuple[str, bytes]]) -> dict[str, float]:
     ingest = NodeIngest(receivers(), Pseudonymizer(b"b" * 32, STORE, 86_400.0), STORE)
-    source = NodesSource(ingest, host=host, port=port, queue_size=len(messages) + 1)
+    source = NodesSource(ingest, BrokerConfig(host, port), queue_size=len(messages) + 1)
     received: list[Record] = []
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(received.append, stop))

@@ -49,16 +49,17 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
+from agent.config import TlsConfig
 from agent.errors import EXIT_BAD_INPUT, SantiError
 from agent.events import Ack, Event, ack_topic
 from agent.messages import CONSENT_PREFIX, ConsentUpdate
+from agent.mqttclient import BrokerConfig, new_client
 from hq.consent import ConsentRecord, records_of
 from hq.ingest import Accepted, Rejected, _rejected, decode
 from hq.profile import Profile
@@ -145,7 +146,8 @@ class HqSubscriber:
         client_id: str | None = None,
         session_expiry_s: int = 86_400,
         username: str | None = None,
-        password: SecretStr | None = None,
+        password_file: Path | None = None,
+        password_env: str | None = None,
         tls_ca: Path | None = None,
         keepalive_s: int = 30,
         batch_size: int = 500,
@@ -186,12 +188,10 @@ class HqSubscriber:
         self._writer: threading.Thread | None = None
         persistent = client_id is not None
         self.client_id = client_id or f"santi-hq-{group}-{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                   protocol=mqtt.MQTTv5, manual_ack=True)
-        if username is not None:
-            self._client.username_pw_set(username, password.get_secret_value() if password else None)
-        if tls_ca is not None:
-            self._client.tls_set(ca_certs=str(tls_ca))
+        # Options named as on `santi hq run`'s command line (section ""), for its error lines.
+        login = BrokerConfig(broker_host, port, self.client_id, username, password_file, password_env,
+                             None if tls_ca is None else TlsConfig(ca_file=tls_ca), section="")
+        self._client = new_client(login, manual_ack=True)
         self._client.reconnect_delay_set(1, 5)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from agent.cli import cli
 from agent.config import SERIAL_READER, ConfigError, load_site
+from agent.mqttclient import BrokerConfig
 from agent.tomllines import key_lines
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
@@ -181,7 +182,7 @@ def test_relative_files_resolve_next_to_the_config(tmp_path: Path) -> None:
     site = load_site(path)
     assert site.uplink.tls is not None
     assert site.uplink.tls.ca_file == tmp_path / "certs" / "ca.pem"
-    secret = site.uplink.password()
+    secret = BrokerConfig.of(site.uplink, "test").password()
     assert secret is not None
     assert secret.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(site) + str(secret)

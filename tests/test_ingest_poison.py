@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from agent.config import load_site
 from agent.localbroker import Broker, example_site_for
+from agent.mqttclient import BrokerConfig
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.service import Service
@@ -108,7 +109,7 @@ def test_dead_network_thread_marks_the_source_down_and_starves_the_watchdog(
     server = _watchdog_socket(tmp_path, monkeypatch)
     site = load_site(example_site_for(tmp_path, broker.port))
     ingest = NodeIngest(site.receivers, PSEUDO, STORE)
-    source = NodesSource(ingest, host=broker.host, port=broker.port)
+    source = NodesSource(ingest, BrokerConfig(broker.host, broker.port))
     service = Service(site, [source], state_dir=tmp_path / "state")
     status_file = tmp_path / "state" / "status.json"
 

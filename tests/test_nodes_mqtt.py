@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.config import load_site
 from agent.localbroker import Broker
+from agent.mqttclient import BrokerConfig
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
@@ -42,7 +43,7 @@ def run_with_source(broker: Broker, example_site: Path,
                     queue_size: int = 1000, sink_delay_s: float = 0.0) -> NodesSource:
     site = load_site(example_site)
     ingest = NodeIngest(site.receivers, Pseudonymizer(b"k" * 32, STORE, 86_400.0), STORE)
-    source = NodesSource(ingest, host=broker.host, port=broker.port, queue_size=queue_size)
+    source = NodesSource(ingest, BrokerConfig(broker.host, broker.port), queue_size=queue_size)
     received: list[Record] = []
 
     def sink(record: Record) -> None:

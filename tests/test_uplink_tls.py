@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,82 +16,13 @@ from agent.localbroker import Broker
 from agent.outbox import Outbox
 from agent.uplink import Uplink, UplinkState
 from tests.helpers.outbox_writer import AGENT, STORE, make_event
+from tests.helpers.pki import Pki, make_pki, tls_broker
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
 
-_CA_CNF = """\
-[ca]
-default_ca = ca_default
-[ca_default]
-dir = {dir}
-database = {dir}/index.txt
-new_certs_dir = {dir}
-serial = {dir}/serial
-default_md = sha256
-policy = policy_any
-copy_extensions = copy
-[policy_any]
-commonName = supplied
-"""
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _key_and_csr(name: str, cn: str, cwd: Path) -> None:
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=cwd)
-
-
-@dataclass
-class Pki:
-    ca: Path
-    other_ca: Path
-    server_cert: Path
-    server_key: Path
-    expired_cert: Path
-    client_cert: Path
-    client_key: Path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "30", "-subj", f"/CN=Santi test {ca}",
-                 cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    _key_and_csr("server", "127.0.0.1", d)
-    _key_and_csr("client", "pi-1", d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "30", "-extfile", "san.ext", cwd=d)
-    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "client.pem", "-days", "30", "-extfile", "client.ext", cwd=d)
-    # `openssl x509` cannot date a certificate in the past on OpenSSL 3.0; `openssl ca` can.
-    (d / "ca.cnf").write_text(_CA_CNF.format(dir=d))
-    (d / "index.txt").write_text("")
-    (d / "serial").write_text("1000\n")
-    _openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in", "server.csr",
-             "-out", "expired.pem", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z",
-             "-extfile", "san.ext", "-notext", cwd=d)
-    return Pki(d / "ca.pem", d / "other-ca.pem", d / "server.pem", d / "server.key", d / "expired.pem",
-               d / "client.pem", d / "client.key")
-
-
-def _tls_broker(tmp_path: Path, pki: Pki, *, cert: Path, require_client_cert: bool = False) -> Broker:
-    workdir = tmp_path / "tls-broker"
-    workdir.mkdir()
-    for source in (pki.ca, cert, pki.server_key):
-        shutil.copy(source, workdir / source.name)
-    return Broker(workdir, extra_config="\n".join([
-        f"cafile {workdir / pki.ca.name}",
-        f"certfile {workdir / cert.name}",
-        f"keyfile {workdir / pki.server_key.name}",
-        f"require_certificate {'true' if require_client_cert else 'false'}",
-    ]))
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -122,7 +51,7 @@ def _drained(outbox: Outbox, timeout: float = 10.0) -> bool:
 
 
 def test_tls_with_the_right_ca_delivers(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = _tls_broker(tmp_path, pki, cert=pki.server_cert)
+    broker = tls_broker(tmp_path, pki, cert=pki.server_cert)
     broker.start()
     link = _run(broker, outbox, TlsConfig(ca_file=pki.ca), until="online")
     try:
@@ -134,7 +63,7 @@ def test_tls_with_the_right_ca_delivers(tmp_path: Path, pki: Pki, outbox: Outbox
 
 
 def test_wrong_ca_is_one_clear_line(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = _tls_broker(tmp_path, pki, cert=pki.server_cert)
+    broker = tls_broker(tmp_path, pki, cert=pki.server_cert)
     broker.start()
     link = _run(broker, outbox, TlsConfig(ca_file=pki.other_ca), until="offline")
     try:
@@ -149,7 +78,7 @@ def test_wrong_ca_is_one_clear_line(tmp_path: Path, pki: Pki, outbox: Outbox) ->
 
 
 def test_expired_server_certificate_is_named(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = _tls_broker(tmp_path, pki, cert=pki.expired_cert)
+    broker = tls_broker(tmp_path, pki, cert=pki.expired_cert)
     broker.start()
     link = _run(broker, outbox, TlsConfig(ca_file=pki.ca), until="offline")
     try:
@@ -163,7 +92,7 @@ def test_expired_server_certificate_is_named(tmp_path: Path, pki: Pki, outbox: O
 
 
 def test_client_certificate_required_and_given(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = _tls_broker(tmp_path, pki, cert=pki.server_cert, require_client_cert=True)
+    broker = tls_broker(tmp_path, pki, cert=pki.server_cert, require_client_cert=True)
     broker.start()
     try:
         link = _run(broker, outbox, TlsConfig(ca_file=pki.ca), until="auth_failed")
@@ -192,7 +121,7 @@ def test_client_certificate_required_and_given(tmp_path: Path, pki: Pki, outbox:
 
 
 def test_plain_client_on_a_tls_port_gets_advice(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = _tls_broker(tmp_path, pki, cert=pki.server_cert)
+    broker = tls_broker(tmp_path, pki, cert=pki.server_cert)
     broker.start()
     link = _run(broker, outbox, None, until="offline")
     try:

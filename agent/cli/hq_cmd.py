@@ -18,12 +18,12 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import click
-from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from agent.cli.errors import CliError
 from agent.cli.text import plural
+from agent.config import ConfigError
 from agent.events import utc_from_epoch
 from agent.messages import PURPOSES
 from hq.consent import ConsentRecord, parse_import, purposes_text
@@ -65,20 +65,6 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     except ValueError:
         raise CliError(f"bad broker URL {url!r}: the port is not a number 1-65535") from None
     return parts.hostname, port, tls
-
-
-def _password(password_file: Path | None, password_env: str | None) -> SecretStr | None:
-    if password_file is not None:
-        try:
-            return SecretStr(password_file.read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            raise CliError(f"cannot read --password-file {password_file}: {exc.strerror}") from None
-    if password_env is not None:
-        value = os.environ.get(password_env)
-        if value is None:
-            raise CliError(f"--password-env: environment variable {password_env} is not set")
-        return SecretStr(value)
-    return None
 
 
 @click.group()
@@ -155,11 +141,11 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
     try:
         sub = HqSubscriber(host, port, store, group, client_id=instance,
                            session_expiry_s=session_expiry_s, username=username,
-                           password=_password(password_file, password_env), tls_ca=ca_file,
+                           password_file=password_file, password_env=password_env, tls_ca=ca_file,
                            batch_size=batch_size, flush_ms=flush_ms,
                            on_batch=None if runner is None else runner.on_batch)
         sub.start()
-    except (HqStoreError, ValueError, BrokerError) as exc:
+    except (HqStoreError, ValueError, BrokerError, ConfigError, OSError) as exc:
         if runner is not None:
             runner.stop()
         store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from rich.table import Table
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
+from agent.mqttclient import BrokerConfig
 from agent.privacy import Pseudonymizer, load_secret
 from agent.sources.base import Source
 from agent.sources.ble import BleSource
@@ -23,13 +25,18 @@ from agent.sources.replay import ReplaySource
 from agent.sources.wifi import WifiMonitorSource
 
 
-def _broker(value: str | None, site: SiteConfig) -> tuple[str, int]:
+def _broker(value: str | None, site: SiteConfig, client_id: str) -> BrokerConfig:
+    """The [nodes] broker and its login; ``--broker`` only moves it to another host and port."""
+    if site.nodes is None:
+        raise CliError(f"{site.path}: no [nodes] section — add [nodes] host = \"<the locator's address>\" "
+                       f"(and its username/password_file) so this node knows where to publish")
+    broker = BrokerConfig.of(site.nodes, client_id)
     if value is None:
-        return site.nodes.host, site.nodes.port
+        return broker
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise CliError(f"--broker {value!r}: expected HOST:PORT, e.g. 192.168.1.10:1883")
-    return host, int(port)
+    return dataclasses.replace(broker, host=host, port=int(port))
 
 
 def _receiver(site: SiteConfig, kind: str) -> str:
@@ -136,8 +143,12 @@ def node(config_path: Path, specs: tuple[str, ...], broker: str | None, node_id:
                  --source replay:out/observations.jsonl --broker 127.0.0.1:1883
     """
     site = load_or_fail(config_path)
-    host, port = _broker(broker, site)
+    name = node_id or site.agent.id
+    target = _broker(broker, site, f"santi-node-{name}")
     sources = _sources(specs, site, state_dir or site.agent.state_dir, speed)
-    publisher = NodePublisher(site.store.id, node_id or site.agent.id, host=host, port=port, interval_s=interval)
+    try:
+        publisher = NodePublisher(site.store.id, name, target, interval_s=interval)
+    except (ConfigError, OSError) as exc:
+        raise CliError(f"node broker {target.where}: {exc}") from None
     asyncio.run(_forward(sources, publisher, connect_timeout_s=connect_timeout))
     Console(stderr=True).print(_summary(sources, publisher))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.config import SiteConfig
+from agent.mqttclient import BrokerConfig
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Source
 from agent.sources.ble import BleSource
@@ -24,10 +25,11 @@ def hardware_sources(site: SiteConfig, pseudonymizer: Pseudonymizer) -> list[Sou
     local_wifi = [r for r in site.receivers if r.kind == "wifi"]
     if local_wifi and site.wifi.interface is not None:
         sources.append(WifiMonitorSource(site.wifi.interface, local_wifi[0].id, pseudonymizer))
-    if any(r.kind == "node" for r in site.receivers):
+    # No [nodes] section, no subscription (config check refuses node receivers without one).
+    if site.nodes is not None and any(r.kind == "node" for r in site.receivers):
         ingest = NodeIngest(site.receivers, pseudonymizer, site.store.id, ble=site.ble)
-        sources.append(NodesSource(ingest, host=site.nodes.host, port=site.nodes.port,
-                                   client_id=f"santi-{site.store.id}-{site.agent.id}-nodes"))
+        broker = BrokerConfig.of(site.nodes, f"santi-{site.store.id}-{site.agent.id}-nodes")
+        sources.append(NodesSource(ingest, broker))
     loyalty = LoyaltyFormat(site.nfc.text_prefix, tuple(site.nfc.uri_prefixes))
     sources.extend(NfcSource(reader, pseudonymizer, loyalty=loyalty) for reader in site.nfc_readers)
     return sources

@@ -46,11 +46,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from agent.config import BleConfig, ReceiverConfig
+from agent.config import BleConfig, ConfigError, ReceiverConfig
 from agent.errors import SantiError
+from agent.mqttclient import BrokerConfig, new_client
 from agent.observations import (
     NOT_PSEUDONYMISED,
     Observation,
@@ -336,18 +336,17 @@ class NodesSource:
     def __init__(
         self,
         ingest: NodeIngest,
+        broker: BrokerConfig,
         *,
-        host: str = "127.0.0.1",
-        port: int = 1883,
-        client_id: str | None = None,
         keepalive_s: int = 30,
         queue_size: int = DEFAULT_QUEUE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ingest = ingest
         self.stats = ingest.stats
-        self._host = host
-        self._port = port
+        self._broker = broker
+        self._host = broker.host
+        self._port = broker.port
         self._keepalive_s = keepalive_s
         self._clock = clock
         self._capacity = queue_size
@@ -357,13 +356,16 @@ class NodesSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "",
-                                   protocol=mqtt.MQTTv5)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+
+    def _new_client(self) -> mqtt.Client:
+        """Built at run time: a password file that cannot be read takes this source down, no other."""
+        client = new_client(self._broker)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -415,18 +417,27 @@ class NodesSource:
                 sink(self._pending.popleft())
                 self.stats.accepted += 1
 
-    def _network(self) -> None:
+    def _network(self, client: mqtt.Client) -> None:
         """paho's loop, on our thread so that its death is seen rather than silent."""
         try:
-            self._client.loop_forever(retry_first_connection=True)
+            client.loop_forever(retry_first_connection=True)
         except BaseException as exc:  # noqa: BLE001 -- whatever kills the thread, say so in status
             self.stats.crash(f"network thread died: {type(exc).__name__}: {str(exc)[:200]}")
 
     async def run(self, sink: Sink, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        self._client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
-        self._thread = threading.Thread(target=self._network, name=f"nodes-{self._host}:{self._port}", daemon=True)
+        try:
+            client = self._new_client()
+        except (ConfigError, OSError) as exc:
+            self.stats.fail(f"node broker {self._host}:{self._port}: {str(exc).splitlines()[0]}")
+            log.error(self.stats.last_error)
+            await stop.wait()
+            self.stats.state = "down"
+            return
+        client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
+        self._thread = threading.Thread(target=self._network, args=(client,), name=f"nodes-{self._host}:{self._port}",
+                                        daemon=True)
         self._thread.start()
         drain = asyncio.create_task(self._drain(sink))
         stopped = asyncio.create_task(stop.wait())
@@ -439,7 +450,7 @@ class NodesSource:
             self._stopping = True
             drain.cancel()
             stopped.cancel()
-            self._client.disconnect()
+            client.disconnect()
             await asyncio.to_thread(self._thread.join, 5.0)
             self._loop = None
             self.stats.state = "down"
@@ -460,28 +471,26 @@ class NodePublisher:
         self,
         store_id: str,
         node_id: str,
+        broker: BrokerConfig,
         *,
-        host: str,
-        port: int,
         interval_s: float = 0.5,
         batch_max: int = 500,
         buffer_max: int = 10_000,
         keepalive_s: int = 30,
     ) -> None:
         self.topic = santi_topic(store_id, node_id)
-        self.broker = f"{host}:{port}"
+        self.broker = broker.where
         self.stats = SourceStats(f"node-publisher:{node_id}")
         self.published = 0
         self.batches = 0
-        self._host = host
-        self._port = port
+        self._host = broker.host
+        self._port = broker.port
         self._interval_s = interval_s
         self._batch_max = batch_max
         self._buffer: deque[Observation] = deque()
         self._buffer_max = buffer_max
         self._keepalive_s = keepalive_s
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"santi-node-{node_id}",
-                                   protocol=mqtt.MQTTv5)
+        self._client = new_client(broker)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
