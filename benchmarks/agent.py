@@ -69,6 +69,20 @@ JSON Lines and paces it with an ``asyncio.sleep``, where radios deliver
 records through callbacks. That cost is in the CPU figure, as is ``-vv``'s
 logging (a line per sector entry and per uplink acknowledgement).
 
+The counting stage (``[footfall]``, issue 19): the same recording replayed
+twice more at 1×, without and with the stage, alternately twice (off, on,
+on, off), each run's CPU over the same window; the added CPU is the ratio
+of the medians of the same run. A replay of minutes holds minutes of
+probes, while a store's agent holds ``window_s`` (2 h) of them and the
+estimate's cost grows with what it holds, so a steady-state figure beside
+it: the simulator's crowd (shoppers without the app, passers-by 3 times
+the shoppers, fixed devices) for ``STEADY_MIN`` minutes at about the same
+number inside, fed to ``agent.footfall.FootfallStage`` as the service
+feeds it (every reception, a step a store second), CPU of the stage's
+calls once the window is full: per estimate (median), and as a share of
+one core over the last hour (estimates, the hourly count, taking receptions
+in). Its counts beside the simulator's truth come with it.
+
     .venv/bin/python benchmarks/agent.py                       # a table, about 5 minutes
     .venv/bin/python benchmarks/agent.py --minutes 10 --json   # a longer window, JSON
 """
@@ -108,11 +122,17 @@ from rich.table import Table  # noqa: E402
 
 from agent.config import SiteConfig, load_site  # noqa: E402
 from agent.errors import SantiError  # noqa: E402
+from agent.events import FootfallCounted, OccupancySampled  # noqa: E402
+from agent.footfall import FootfallStage  # noqa: E402
 from agent.localbroker import Broker, example_site_for  # noqa: E402
+from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
+from agent.replayfile import RecordReader  # noqa: E402
+from simulator.anonymous import CrowdConfig  # noqa: E402
 from simulator.run import SIM_SECRET, PhoneConfig, SimConfig, phone_for, simulate  # noqa: E402
 from simulator.shoppers import plan_shoppers  # noqa: E402
 from simulator.store import Store  # noqa: E402
+from simulator.truth import read_truth  # noqa: E402
 
 RAMP_S = 30.0
 """Every shopper arrives within this many seconds of the start."""
@@ -143,6 +163,14 @@ LATENCY_BUDGET_S = 2.0
 CPU_TARGET = 0.25
 RSS_TARGET_MB = 120.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FOOTFALL_TARGET = 0.10
+"""The counting stage adds at most this to the agent's CPU (issue 19)."""
+FOOTFALL_SECTION = "[footfall]\n"
+STEADY_MIN = 150.0
+"""Simulated minutes of the steady-state figure: the 2 h window full, then half an hour more."""
+MEAN_STAY_MIN = 8.5
+"""Arrivals to simulate per minute for each person wanted inside (Little's law with the simulated crowd's
+effective stay; measured: 545 arrivals over 150 min kept a median of 31 inside once the window was full)."""
 
 err = Console(stderr=True)
 
@@ -572,6 +600,105 @@ def status_values(samples: list[Sample], key: str) -> list[int]:
 # -- the two runs ----------------------------------------------------------------------
 
 
+def footfall_pairs(workdir: Path, shoppers: int, minutes: float, seed: int) -> dict[str, Any]:
+    """The load run's recording replayed without and with ``[footfall]`` (off, on, on, off): CPU in the window."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker = Broker(workdir / "broker")
+    broker.start()
+    measure_s = minutes * 60.0
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    estimates: list[dict[str, Any]] = []
+    try:
+        site = load_site(example_site_for(workdir, broker.port))
+        config = SimConfig(shoppers=shoppers, minutes=RAMP_S / 60.0, seed=seed)
+        with err.status(f"simulating {shoppers} shoppers …"):
+            observations = simulate_prefix(site, config, workdir / "sim", WARMUP_S + measure_s + TAIL_S)
+        t0 = first_ts(observations)
+        since = config.start_ts + WARMUP_S
+        for mode in ("off", "on", "on", "off"):
+            site_path = example_site_for(workdir, broker.port, extra=FOOTFALL_SECTION if mode == "on" else "")
+            run = run_agent(site_path, observations, workdir, broker, f"agent, {shoppers} shoppers, footfall {mode}",
+                            WARMUP_S + measure_s + TAIL_S)
+            in_window = window_samples(run.samples, run.ready_wall + since - t0,
+                                       run.ready_wall + since + measure_s - t0)
+            cpu[mode].append(cpu_figures(in_window)["cpu_core_share"])
+            last = next((s.status for s in reversed(run.samples) if s.status and s.status.get("footfall")), None)
+            if mode == "on" and last is not None:
+                estimates.append(last["footfall"])
+    finally:
+        broker.stop()
+    off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    return {"shoppers": shoppers, "measure_s": measure_s, "cpu_off": cpu["off"], "cpu_on": cpu["on"],
+            "cpu_off_median": off, "cpu_on_median": on, "added": on / off - 1.0,
+            "estimates": [e.get("estimates") for e in estimates], "held": [e.get("held") for e in estimates],
+            "cpu_s_per_estimate": [e["cpu_s_total"] / e["estimates"] for e in estimates if e.get("estimates")]}
+
+
+def steady_state(workdir: Path, inside: int, seed: int) -> dict[str, Any]:
+    """The stage with its window full: a simulated crowd of about ``inside`` people for STEADY_MIN minutes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    site = load_site(example_site_for(workdir, 1883, extra=FOOTFALL_SECTION))
+    assert site.footfall is not None
+    shoppers = round(inside * STEADY_MIN / MEAN_STAY_MIN)
+    config = SimConfig(shoppers=shoppers, minutes=STEADY_MIN, seed=seed, phones=PhoneConfig(app_share=0.0),
+                       crowd=CrowdConfig(passers=3 * shoppers, fixtures=4))
+    with err.status(f"simulating {shoppers} shoppers over {STEADY_MIN:g} min, {3 * shoppers} passers-by …"):
+        summary = simulate(site, config, workdir / "steady")
+    truth = read_truth(workdir / "steady" / "truth.jsonl")
+    stage = FootfallStage(site, site.footfall)
+    full_from = config.start_ts + site.footfall.window_s
+    last_hour = config.start_ts + STEADY_MIN * 60.0 - 3600.0
+    per_estimate: list[float] = []
+    spent_last_hour = 0.0
+    samples: list[OccupancySampled] = []
+    counted: list[FootfallCounted] = []
+    t = config.start_ts
+    batch: list[Observation] = []
+
+    def feed(until: float) -> None:
+        nonlocal t, spent_last_hour, batch
+        while t < until:
+            before, made = time.process_time(), stage.stats.estimates
+            for observation in batch:
+                stage.add(observation)
+            events = stage.step(t, 0.0)
+            spent = time.process_time() - before
+            batch = []
+            if t >= last_hour:
+                spent_last_hour += spent
+            if t >= full_from and stage.stats.estimates > made:
+                per_estimate.append(stage.stats.cpu_s_last)
+            samples.extend(e for e in events if isinstance(e, OccupancySampled))
+            counted.extend(e for e in events if isinstance(e, FootfallCounted))
+            t += 1.0
+
+    with err.status("feeding the counting stage …"):
+        for observation in RecordReader(workdir / "steady" / "observations.jsonl", Observation):
+            if observation.ts >= config.start_ts + STEADY_MIN * 60.0:
+                break
+            feed(observation.ts)
+            batch.append(observation)
+        feed(config.start_ts + STEADY_MIN * 60.0)
+    at = np.array([e.interval_end.timestamp() for e in samples])
+    count = np.array([e.count for e in samples])
+    truth_inside = truth.people_inside(at)
+    scored = at >= config.start_ts + 1800.0
+    hours = [e for e in counted if (e.interval_end - e.interval_start).total_seconds() == 3600.0]
+    entries_truth = [float(truth.entries([e.interval_start.timestamp(), e.interval_end.timestamp()])[0])
+                     for e in hours]
+    return {
+        "shoppers": shoppers, "passers": 3 * shoppers, "fixtures": 4, "minutes": STEADY_MIN,
+        "observations": summary.observations, "held_at_end": stage.stats.held,
+        "inside_median": float(np.median(truth_inside[at >= full_from])),
+        "cpu_s_per_estimate_median": statistics.median(per_estimate),
+        "cpu_s_per_estimate_max": max(per_estimate),
+        "core_share_last_hour": spent_last_hour / 3600.0,
+        "occupancy_mae": float(np.mean(np.abs(count[scored] - truth_inside[scored]))),
+        "occupancy_mean_truth": float(np.mean(truth_inside[scored])),
+        "entries_per_hour": [e.entries for e in hours], "entries_truth_per_hour": entries_truth,
+    }
+
+
 def load_run(workdir: Path, shoppers: int, minutes: float, seed: int) -> dict[str, Any]:
     """N shoppers at 1×: latency, CPU and RSS over the measurement window."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -685,6 +812,26 @@ def table(figures: dict[str, Any]) -> Table:
     return out
 
 
+def footfall_table(figures: dict[str, Any]) -> Table:
+    footfall, steady = figures["footfall"], figures["steady"]
+    out = Table("figure", "measured", "target", "", title=(
+        f"the counting stage ([footfall]) at {footfall['shoppers']} shoppers, "
+        f"{footfall['measure_s'] / 60:g} min window"))
+    out.add_row(f"CPU, footfall off / on (median of {len(footfall['cpu_on'])} runs each)",
+                f"{footfall['cpu_off_median']:.1%} / {footfall['cpu_on_median']:.1%}", "", "")
+    out.add_row("added by the counting stage, same run", f"{footfall['added']:+.1%}",
+                f"≤ {FOOTFALL_TARGET:.0%}", _met(footfall["added"] <= FOOTFALL_TARGET))
+    out.add_row(f"steady state, 2 h window ({steady['held_at_end']:,} receptions, "
+                f"{steady['inside_median']:.0f} inside): CPU per estimate, median / max",
+                f"{steady['cpu_s_per_estimate_median'] * 1000:.0f} / {steady['cpu_s_per_estimate_max'] * 1000:.0f} ms",
+                "", "")
+    out.add_row("steady state, share of one core over the last hour", f"{steady['core_share_last_hour']:.2%}",
+                "", "")
+    out.add_row("steady state, occupancy MAE / mean inside",
+                f"{steady['occupancy_mae']:.1f} / {steady['occupancy_mean_truth']:.1f}", "", "")
+    return out
+
+
 @contextlib.contextmanager
 def workspace(keep: Path | None) -> Iterator[Path]:
     if keep is not None:
@@ -705,18 +852,29 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="simulator seed (1)")
     parser.add_argument("--workdir", type=Path, help="keep recordings, logs and outboxes here")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--footfall", choices=["on", "off", "only"], default="on",
+                        help="the counting stage's CPU (runs without and with it) and its steady state: "
+                             "after the other figures (on), not at all (off), alone (only)")
     args = parser.parse_args()
     if args.shoppers < 1 or args.minutes <= 0 or args.emitters_for_memory < 0:
         parser.error("--shoppers must be >= 1, --minutes > 0 and --emitters-for-memory >= 0")
 
     with workspace(args.workdir) as work:
-        figures: dict[str, Any] = {"load": load_run(work / "load", args.shoppers, args.minutes, args.seed)}
-        if args.emitters_for_memory:
-            figures["memory"] = memory_run(work / "memory", args.emitters_for_memory, args.seed)
+        figures: dict[str, Any] = {}
+        if args.footfall != "only":
+            figures["load"] = load_run(work / "load", args.shoppers, args.minutes, args.seed)
+            if args.emitters_for_memory:
+                figures["memory"] = memory_run(work / "memory", args.emitters_for_memory, args.seed)
+        if args.footfall != "off":
+            figures["footfall"] = footfall_pairs(work / "footfall", args.shoppers, args.minutes, args.seed)
+            figures["steady"] = steady_state(work / "steady", args.shoppers, args.seed)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
-    Console().print(table(figures))
+    if "load" in figures:
+        Console().print(table(figures))
+    if "footfall" in figures:
+        Console().print(footfall_table(figures))
     return 0
 
 

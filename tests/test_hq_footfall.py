@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Iterator
@@ -12,10 +13,19 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import cli
+from agent.config import load_site
 from agent.events import Event, FootfallCounted, OccupancySampled, topic_for, uuid7
+from agent.localbroker import Broker, example_site_for
+from agent.replayclock import ReplayClock
+from agent.replayfile import write_records
+from agent.service import Service
+from agent.sources.replay import ReplaySource
 from hq.footfall import read_day
 from hq.ingest import decode
 from hq.store import open_store
+from hq.subscriber import HqSubscriber
+from tests.helpers.wait import wait_until
+from tests.test_footfall import START, recording
 from tests.test_hq_store import pg_schema_url, pg_server  # noqa: F401 (the fixture)
 
 DAY = date(2026, 12, 5)
@@ -136,3 +146,40 @@ def test_one_line_errors(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert run("--db", db, "--png", str(tmp_path / "x.png")) == (
         2, "santi: santi hq footfall --png needs matplotlib: pip install 'santi[plot]'\n")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow
+def test_counts_reach_hq_through_mosquitto_and_the_command_shows_them(broker: Broker, tmp_path: Path) -> None:
+    """The agent's stage on a replay → its outbox → a real mosquitto → HQ's subscriber → santi hq footfall."""
+    rec = recording(6)
+    site_path = example_site_for(tmp_path, broker.port, extra="[footfall]\ninterval_s = 10\nlead_s = 0\n")
+    obs_path, taps_path = tmp_path / "obs.jsonl", tmp_path / "taps.jsonl"
+    write_records(obs_path, [o for o in rec.observations if o.ts < START + 300.0])
+    write_records(taps_path, [])
+    db_url = f"sqlite:///{tmp_path}/hq.sqlite"
+    stored: list[Event] = []
+    with HqSubscriber(broker.host, broker.port, db_url, "hq", on_event=stored.append) as hq:
+        assert hq.wait_connected(10)
+        speed = 60.0
+        clock = ReplayClock(START, speed)
+        service = Service(load_site(site_path), [ReplaySource(obs_path, taps_path, speed=speed)],
+                          state_dir=tmp_path / "state", clock=clock, stop_when_sources_finish=True,
+                          time_scale=speed, drain_deadline_s=20.0)
+        clock.start()
+        assert asyncio.run(service.run()) == 0
+        assert service.outbox_left == 0
+        wait_until(lambda: any(isinstance(e, FootfallCounted) for e in stored), timeout=30.0,
+                   what="the closing footfall count")
+    samples = sorted((e for e in stored if isinstance(e, OccupancySampled)), key=lambda e: e.interval_end)
+    assert len(samples) >= 25
+    day = datetime.fromtimestamp(START, tz=UTC).date().isoformat()
+    code, out = run("--db", db_url, "--day", day, "--json")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["store_id"] == "fishmonger-01"
+    assert [(s["at"], s["count"]) for s in shown["samples"]] == [
+        (e.interval_end.isoformat().replace("+00:00", "Z"), e.count) for e in samples]
+    assert shown["entries"] == sum(e.entries for e in stored if isinstance(e, FootfallCounted))
+    code, out = run("--db", db_url, "--day", day)
+    assert code == 0
+    assert "08:00" in out
