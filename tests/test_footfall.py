@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import itertools
 import json
 import queue
 from dataclasses import dataclass
@@ -10,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import ArrayLike
+from rich.console import Console
 
+from agent.cli.footfall_report import SHOWN_SAMPLES, print_beside_truth
 from agent.config import ConfigError, FootfallConfig, load_site
 from agent.events import Event, FootfallCounted, OccupancySampled
 from agent.footfall import FootfallStage
@@ -209,3 +214,29 @@ def test_the_running_agent_emits_the_counts_and_reports_the_stage(broker: Broker
     assert state["footfall"]["held"] == service.footfall.stats.accepted == sum(  # type: ignore[union-attr]
         1 for o in first if o.tech == "wifi")
     assert state["sources"]["footfall"]["dropped"] == {}
+
+
+def test_the_demo_prints_the_counts_beside_the_truth(site_path: Path, tmp_path: Path) -> None:
+    rec = recording(7)
+    _, events = replay_through_stage(site_path, rec, tmp_path, FootfallConfig())
+
+    def inside_at(times: ArrayLike) -> np.ndarray:
+        return np.array([float(rec.inside(t)) for t in np.asarray(times, dtype=float)])
+
+    def entries_in(edges: ArrayLike) -> np.ndarray:
+        e = np.asarray(edges, dtype=float)
+        return np.array([float(rec.entries(a, b)) for a, b in itertools.pairwise(e)])
+
+    out = io.StringIO()
+    print_beside_truth(Console(file=out, width=100), events, inside_at, entries_in, START)
+    text = out.getvalue()
+    samples = [e for e in events if isinstance(e, OccupancySampled)]
+    error = np.mean([abs(e.count - rec.inside(e.interval_end.timestamp())) for e in samples])
+    assert f"occupancy over {len(samples)} samples: mean absolute error {error:.1f} persons" in text
+    hour = next(e for e in events if isinstance(e, FootfallCounted) and e.interval_start.timestamp() == HOUR)
+    assert (f"entries 10-70 min: counted {hour.entries:.0f} ± {hour.entries_sd:.0f}, "
+            f"truth {rec.entries(HOUR, HOUR + 3600.0)}") in text
+    assert text.count("\n│") <= SHOWN_SAMPLES + 1
+    empty = io.StringIO()
+    print_beside_truth(Console(file=empty), [], inside_at, entries_in, START)
+    assert "no occupancy or footfall counts" in empty.getvalue()
