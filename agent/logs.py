@@ -1,5 +1,9 @@
 """Structured, quiet logging: one logfmt line per record, WARNING by default.
 
+The daemon's own lifecycle lines (``agent ready``, a reload, the stop) are
+INFO and still reach the journal without ``-v`` (``daemon()``): store IT
+sees that a healthy agent started and what it runs, and nothing else.
+
 Fields passed with ``extra={...}`` become ``key=value`` pairs, so journald
 lines can be grepped and parsed. Nothing here ever formats a secret: config
 secrets are ``SecretStr`` and render as ``**********``.
@@ -54,3 +58,14 @@ def setup(verbosity: int = 0, stream: TextIO | None = None) -> None:
     import nfc  # noqa: F401, PLC0415  (so its import-time setLevel runs before ours)
 
     logging.getLogger("nfc").setLevel(logging.NOTSET if verbosity > 0 else logging.CRITICAL)
+
+
+LIFECYCLE_LOGGER = "agent.service"
+"""Its INFO lines are the daemon's lifecycle: ready, reloaded, uplink stopped."""
+
+
+def daemon() -> None:
+    """Let the lifecycle lines through at the default verbosity (``santi run``, what systemd starts)."""
+    logger = logging.getLogger(LIFECYCLE_LOGGER)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)

@@ -47,8 +47,9 @@ from agent.outbox import Outbox, OutboxError, OutboxFull, with_outbox_figures
 from agent.privatefiles import write_private
 from agent.replayclock import SteadyClock, wall_clock_for_tests
 from agent.sdnotify import Notifier
-from agent.sources.base import Record, Source
+from agent.sources.base import Record, Source, SourceStats
 from agent.staffboard import STAFF_FILE, StaffBoard
+from agent.text import plural
 from agent.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -76,6 +77,15 @@ class ServiceStats:
     per_source: dict[str, int] = field(default_factory=dict)
     reloads: int = 0
     reload_errors: int = 0
+
+
+def status_text(sources: Sequence[SourceStats], uplink: str | None) -> str:
+    """One line for systemd's STATUS=: how many sources are up, which are not, and the uplink's state."""
+    up = sum(1 for stats in sources if stats.state == "up")
+    others = [f"{stats.name} {stats.state}" for stats in sources if stats.state != "up"]
+    text = f"{plural(len(sources), 'source')} up" if not others else (
+        f"{up} of {plural(len(sources), 'source')} up ({', '.join(others)})")
+    return text if uplink is None else f"{text}, uplink {uplink}"
 
 
 class Service:
@@ -132,6 +142,9 @@ class Service:
         """Staff cards of customers here now; the console shows it, the staff-topic subscription fills it."""
         self._staff_changed = False
         self.console: Console | None = None
+        self._status_line: str | None = None
+        """The STATUS= text systemd has now."""
+        self._reload_note: str | None = None
         if site.console is not None:
             # aiohttp and prometheus-client load here, before a replay's clock runs: in run()
             # their 0.2 s would hand the first window half a store minute of records at 120x.
@@ -202,9 +215,9 @@ class Service:
         for source in self.sources:
             self._tasks.append(asyncio.create_task(self._run_source(source), name=f"source-{source.stats.name}"))
         self._store(self._status(self.clock()))
-        self.notifier.ready(f"{len(self.sources)} sources, uplink {self.uplink.state}")
-        log.info("agent ready", extra={"store": self.site.store.id, "sources": len(self.sources),
-                                       "radio_map": str(self.site.tracking.radio_map or "none")})
+        self._status_line = self._status_text()
+        self.notifier.ready(self._status_line)
+        log.info("agent ready", extra=self._ready_fields())
         code = 0
         try:
             await self._window_loop()
@@ -284,6 +297,7 @@ class Service:
             self._store(self._status(t))
         if time.monotonic() - self._status_written >= STATUS_FILE_EVERY_S:
             self._write_status_file()
+        self._notify_status()
 
     def _store(self, events: Sequence[Event] | AgentStatus) -> None:
         """Append to the outbox; a disk still full after evicting loses these events, logged, and the agent goes on."""
@@ -373,7 +387,9 @@ class Service:
         except ConfigError as exc:
             self.stats.reload_errors += 1
             log.error("reload refused, keeping the running config", extra={"error": str(exc)})
-            self.notifier.status(f"reload refused: {exc}")
+            self._reload_note = f"reload refused: {exc}"
+            self._status_line = self._status_text()
+            self.notifier.ready(self._status_line)
             return
         self.locator = self.locator.reconfigured(new)
         if self.footfall is not None and new.footfall is not None and new.footfall.enabled:
@@ -385,9 +401,39 @@ class Service:
             self.console.feed.reconfigured(new)
         self.stats.reloads += 1
         log.info("site config reloaded", extra={"path": str(path)})
-        self.notifier.ready("reloaded")
+        self._reload_note = None
+        self._status_line = self._status_text()
+        self.notifier.ready(self._status_line)
 
     # -- status ----------------------------------------------------------------
+
+    def _status_text(self) -> str:
+        """systemd's STATUS=: the sources' and the uplink's states, and a refused reload until the next good one."""
+        text = status_text([source.stats for source in self.sources], None if self.uplink is None else self.uplink.state)
+        return text if self._reload_note is None else f"{text}; {self._reload_note}"
+
+    def _notify_status(self) -> None:
+        """Send STATUS= when a source or the uplink changed state (``systemctl status`` shows the last one)."""
+        text = self._status_text()
+        if text != self._status_line:
+            self._status_line = text
+            self.notifier.status(text)
+
+    def _ready_fields(self) -> dict[str, str]:
+        """What the one ``agent ready`` line says: enough for store IT to see what runs, never a secret."""
+        site = self.site
+        uplink = site.uplink
+        fields = {
+            "store": site.store.id, "agent": site.agent.id,
+            "sources": ",".join(source.stats.name for source in self.sources) or "none",
+            "receivers": ",".join(receiver.id for receiver in site.receivers),
+            "radio_map": str(site.tracking.radio_map or "none"),
+            "broker": f"{'mqtts' if uplink.tls is not None else 'mqtt'}://{uplink.host}:{uplink.port}",
+            "state_dir": str(self.state_dir),
+        }
+        if site.nodes is not None:
+            fields["nodes_broker"] = f"{site.nodes.host}:{site.nodes.port}"
+        return fields
 
     def _status(self, t: float, state: str = "online") -> AgentStatus:
         """A placeholder status; ``_status_builder`` fills the outbox figures atomically."""

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli.errors import CliError
-from agent.cli.text import plural
 from agent.config import ConfigError
 from agent.events import utc_from_epoch
 from agent.messages import PURPOSES
+from agent.text import plural
 from hq.consent import ConsentRecord, parse_import, purposes_text
 from hq.consent import state as consent_state
 from hq.exportfile import import_export

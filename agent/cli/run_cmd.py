@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from agent import logs
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError
@@ -41,6 +42,7 @@ def run(config_path: Path, state_dir: Path | None, replay: Path | None, taps: Pa
       santi run --config examples/fishmonger.toml --state-dir /tmp/santi \\
                 --replay out/observations.jsonl --taps out/taps.jsonl --speed 10
     """
+    logs.daemon()
     site = load_or_fail(config_path)
     state = state_dir or site.agent.state_dir
     if replay is None:

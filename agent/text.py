@@ -1,4 +1,4 @@
-"""Words the CLI prints around numbers: one home, so "1 shoppers" cannot come back in one command."""
+"""Words printed around numbers (CLI, systemd status): one home, so "1 shoppers" cannot come back."""
 
 from __future__ import annotations
 
