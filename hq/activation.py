@@ -176,6 +176,8 @@ def evaluate(
     zone = rules.zone(trigger.store_id)
     today = trigger.ts.astimezone(zone).date()
     used_today = sum(1 for f in history if f.ts.astimezone(zone).date() == today)
+    if cap is not None and used_today >= cap:
+        return fired  # the customer's day is full: no rule's facts need computing
     for rule in rules.rules:
         if not _matches(rule, trigger):
             continue
@@ -184,8 +186,8 @@ def evaluate(
             continue
         if not _allowed_by_limits(rule, trigger, history, rules):
             continue
-        if cap is not None and used_today + len(fired) >= cap:
-            break
         shown = {k: v for k, v in values.items() if k in rule.facts or (k == "dwell_share_sector" and "dwell_share" in rule.facts)}
         fired.append(Firing(rule, trigger, shown))
+        if cap is not None and used_today + len(fired) >= cap:
+            break
     return fired

@@ -178,19 +178,17 @@ class ActivationRunner:
             return
         keys = [_visit_key(e) for e in triggers if not isinstance(e, CardTapped)]
         linked = self._store.linked_visits(keys) if keys else {}
-        customers: dict[str, _Customer | None] = {}
-        firings: list[Firing] = []
+        whose: list[tuple[TriggerEvent, str]] = []
         for event in sorted(triggers, key=lambda e: (e.ts, e.seq)):
             if isinstance(event, CardTapped):
-                if not event.known:
-                    continue
-                loyalty_id: str | None = event.card
+                loyalty_id: str | None = event.card if event.known else None
             else:
                 loyalty_id = linked.get(_visit_key(event))
-            if loyalty_id is None:
-                continue
-            if loyalty_id not in customers:
-                customers[loyalty_id] = self._customer(loyalty_id)
+            if loyalty_id is not None:
+                whose.append((event, loyalty_id))
+        customers = self._customers({lid for _, lid in whose})
+        firings: list[Firing] = []
+        for event, loyalty_id in whose:
             customer = customers[loyalty_id]
             if customer is None or (not isinstance(event, CardTapped) and not customer.profiling):
                 continue
@@ -199,16 +197,18 @@ class ActivationRunner:
             firings.extend(fired)
         self._record_and_deliver(firings)
 
-    def _customer(self, loyalty_id: str) -> _Customer | None:
-        """What the rules read of one customer; None without consent to personalisation."""
-        store = self._store
-        consent = store.consent_now(loyalty_id)
-        if not consent["personalisation"]:
-            return None
-        events, taps = store.loyalty_events(loyalty_id) if consent["profiling"] else ([], [])
-        history = [PastFiring(rule_id, utc_from_epoch(float(ts)), None if visit is None else (sid, aid, visit))
-                   for rule_id, ts, sid, aid, visit in store.firing_history(loyalty_id)]
-        return _Customer(consent["profiling"], visits_from_events(events), [tap.ts for tap in taps], history)
+    def _customers(self, loyalty_ids: set[str]) -> dict[str, _Customer | None]:
+        """What the rules read of each customer, in one read; None without consent to personalisation."""
+        out: dict[str, _Customer | None] = {}
+        for loyalty_id, found in self._store.rule_inputs(loyalty_ids).items():
+            if not found.consent["personalisation"]:
+                out[loyalty_id] = None
+                continue
+            history = [PastFiring(rule_id, utc_from_epoch(float(ts)), None if visit is None else (sid, aid, visit))
+                       for rule_id, ts, sid, aid, visit in found.history]
+            out[loyalty_id] = _Customer(found.consent["profiling"], visits_from_events(found.events),
+                                        [tap.ts for tap in found.taps], history)
+        return out
 
     def _evaluate(self, rules: Rules, event: TriggerEvent, loyalty_id: str, customer: _Customer) -> list[Firing]:
         trigger = Trigger(

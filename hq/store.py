@@ -190,6 +190,18 @@ class FiringRow:
 
 
 @dataclass(frozen=True)
+class RuleInputs:
+    """What the activation rules read of one customer (``Store.rule_inputs``)."""
+
+    consent: dict[Purpose, bool]
+    events: list[Event]
+    """Events of every visit linked to the customer; none without consent to profiling."""
+    taps: list[Event]
+    history: list[tuple[str, float, str, str, str | None]]
+    """(rule_id, ts, store_id, agent_id, visit_id) of the customer's firings, oldest first."""
+
+
+@dataclass(frozen=True)
 class DeliveryRow:
     """One action of a firing: what to send where, and who holds it."""
 
@@ -723,11 +735,6 @@ class Store(ABC):
     def consent_state(self, loyalty_id: str) -> ConsentState:
         return consent_state(loyalty_id, self.consent_records(loyalty_id))
 
-    def consent_now(self, loyalty_id: str) -> dict[Purpose, bool]:
-        """Per purpose, what the newest record says now (refused without one)."""
-        with self._read() as cur:
-            return {purpose: self._granted(cur, loyalty_id, purpose) for purpose in PURPOSES}
-
     def allows(self, loyalty_id: str, purpose: Purpose) -> bool:
         """What the newest record says now (one indexed look-up)."""
         with self._read() as cur:
@@ -735,16 +742,85 @@ class Store(ABC):
 
     # --- activations ---------------------------------------------------
     def linked_visits(self, keys: Iterable[VisitKey]) -> dict[VisitKey, str]:
-        """For each visit, the loyalty id an identity.linked joined it to (the newest link wins)."""
-        found: dict[VisitKey, str] = {}
+        """For each visit, the loyalty id an identity.linked joined it to (the newest link wins).
+
+        One query per agent and chunk of visits, on the visit index: naming the
+        type or ordering by ts in SQL lets SQLite's planner walk all of a
+        store's links by (store_id, type, ts) instead, one scan per visit.
+        """
+        by_agent: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for store_id, agent_id, visit_id in sorted(set(keys)):
+            by_agent[(store_id, agent_id)].append(visit_id)
+        newest: dict[VisitKey, tuple[float, str]] = {}
         with self._read() as cur:
-            for key in sorted(set(keys)):
-                cur.execute("SELECT loyalty_id FROM events WHERE store_id = ? AND agent_id = ? AND visit_id = ?"
-                            " AND type = 'identity.linked' ORDER BY ts DESC LIMIT 1", key)
-                row = cur.fetchone()
-                if row is not None and row[0] is not None:
-                    found[key] = row[0]
-        return found
+            for (store_id, agent_id), visits in by_agent.items():
+                for start in range(0, len(visits), CHUNK):
+                    part = visits[start:start + CHUNK]
+                    cur.execute("SELECT visit_id, ts, loyalty_id, type FROM events WHERE store_id = ? AND agent_id = ?"  # noqa: S608
+                                f" AND visit_id IN ({', '.join('?' * len(part))}) AND loyalty_id IS NOT NULL",
+                                (store_id, agent_id, *part))
+                    for visit_id, ts, loyalty_id, kind in cur.fetchall():
+                        if kind != "identity.linked":
+                            continue
+                        key = (store_id, agent_id, visit_id)
+                        if key not in newest or (float(ts), loyalty_id) > newest[key]:
+                            newest[key] = (float(ts), loyalty_id)
+        return {key: loyalty_id for key, (_, loyalty_id) in newest.items()}
+
+    def rule_inputs(self, loyalty_ids: Iterable[str]) -> dict[str, RuleInputs]:
+        """What activation rules read of each customer, in a few queries for all of them.
+
+        Per customer the same as ``consent_state``, ``loyalty_events`` and the
+        customer's rows of ``activations``, read in one transaction: a batch
+        of events costs a handful of round trips, not several per customer.
+        """
+        ids = sorted(set(loyalty_ids))
+        consent: dict[tuple[str, str], tuple[float, int, bool]] = {}
+        links: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
+        taps: dict[str, list[str]] = defaultdict(list)
+        history: dict[str, list[tuple[str, float, str, str, str | None]]] = defaultdict(list)
+        visit_payloads: dict[tuple[str, str, str], list[str]] = {}
+        with self._read() as cur:
+            for start in range(0, len(ids), CHUNK):
+                part = ids[start:start + CHUNK]
+                marks = ", ".join("?" * len(part))
+                cur.execute(f"SELECT loyalty_id, purpose, ts, id, granted FROM consent WHERE loyalty_id IN ({marks})",  # noqa: S608
+                            part)
+                for lid, purpose, ts, row_id, granted in cur.fetchall():
+                    newest = (float(ts), int(row_id), bool(granted))
+                    if (lid, purpose) not in consent or newest[:2] > consent[(lid, purpose)][:2]:
+                        consent[(lid, purpose)] = newest
+                profiling = [lid for lid in part if consent.get((lid, "profiling"), (0, 0, False))[2]]
+                if profiling:
+                    cur.execute("SELECT loyalty_id, type, store_id, agent_id, visit_id, payload FROM events"  # noqa: S608
+                                f" WHERE loyalty_id IN ({', '.join('?' * len(profiling))})"
+                                " AND type IN ('identity.linked', 'card.tapped')", profiling)
+                    for lid, kind, store_id, agent_id, visit_id, payload in cur.fetchall():
+                        if kind == "card.tapped":
+                            taps[lid].append(payload)
+                        elif visit_id is not None:
+                            links[lid].add((store_id, agent_id, visit_id))
+                cur.execute("SELECT loyalty_id, rule_id, ts, store_id, agent_id, visit_id FROM activations"  # noqa: S608
+                            f" WHERE loyalty_id IN ({marks}) ORDER BY ts", part)
+                for lid, *row in cur.fetchall():
+                    history[lid].append(cast(tuple[str, float, str, str, str | None], tuple(row)))
+            wanted = sorted({key for keys in links.values() for key in keys})
+            by_agent: dict[tuple[str, str], list[str]] = defaultdict(list)
+            for store_id, agent_id, visit_id in wanted:
+                by_agent[(store_id, agent_id)].append(visit_id)
+            for (store_id, agent_id), visits in by_agent.items():
+                for start in range(0, len(visits), CHUNK):
+                    part = visits[start:start + CHUNK]
+                    cur.execute("SELECT visit_id, payload FROM events WHERE store_id = ? AND agent_id = ?"  # noqa: S608
+                                f" AND visit_id IN ({', '.join('?' * len(part))})", (store_id, agent_id, *part))
+                    for visit_id, payload in cur.fetchall():
+                        visit_payloads.setdefault((store_id, agent_id, visit_id), []).append(payload)
+        out: dict[str, RuleInputs] = {}
+        for lid in ids:
+            granted = {purpose: consent.get((lid, purpose), (0, 0, False))[2] for purpose in PURPOSES}
+            payloads = [p for key in sorted(links.get(lid, ())) for p in visit_payloads.get(key, ())]
+            out[lid] = RuleInputs(granted, _parsed(payloads), _parsed(taps.get(lid, ())), history.get(lid, []))
+        return out
 
     def record_firing(self, firing: FiringRow, deliveries: Sequence[DeliveryRow]) -> bool:
         """Record one firing and its pending deliveries; False when (rule, event) fired already."""
@@ -760,7 +836,7 @@ class Store(ABC):
             return []
         new: list[bool] = []
         with self._write() as cur:
-            for firing, deliveries in firings:
+            for firing, _ in firings:
                 cur.execute("INSERT INTO activations (activation_id, rule_id, event_id, loyalty_id, store_id,"
                             " agent_id, visit_id, sector_id, ts, fired_at, facts)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -768,19 +844,14 @@ class Store(ABC):
                              firing.store_id, firing.agent_id, firing.visit_id, firing.sector_id, firing.ts,
                              firing.fired_at, firing.facts))
                 new.append(int(cur.rowcount) == 1)
-                if new[-1] and deliveries:
-                    cur.executemany("INSERT INTO deliveries (activation_id, action_no, kind, target, body, state,"
-                                    " claimed_by, claimed_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                                    [(firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by,
-                                      firing.fired_at, firing.fired_at) for d in deliveries])
+            rows = [(firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by, firing.fired_at,
+                     firing.fired_at)
+                    for (firing, deliveries), fresh in zip(firings, new, strict=True) if fresh for d in deliveries]
+            if rows:
+                cur.executemany("INSERT INTO deliveries (activation_id, action_no, kind, target, body, state,"
+                                " claimed_by, claimed_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                                rows)
         return new
-
-    def firing_history(self, loyalty_id: str) -> list[tuple[str, float, str, str, str | None]]:
-        """(rule_id, ts, store_id, agent_id, visit_id) of the customer's firings, oldest first."""
-        with self._read() as cur:
-            cur.execute("SELECT rule_id, ts, store_id, agent_id, visit_id FROM activations WHERE loyalty_id = ?"
-                        " ORDER BY ts", (loyalty_id,))
-            return [tuple(row) for row in cur.fetchall()]
 
     def set_deliveries(self, changes: Sequence[tuple[str, int, str, str | None, int]], now: float) -> None:
         """New states of deliveries (activation_id, action_no, state, detail, attempts).

@@ -32,6 +32,7 @@ from tests.helpers.consent import SYNTHETIC_IDS, grant
 from tests.helpers.http import http_receiver
 from tests.helpers.wait import wait_until
 from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
+from tests.test_hq_store import wire as decoded
 from tests.test_hq_subscriber import ROOT, START, publish, wire
 
 __all__ = ["db_url", "pg_server", "store"]  # fixtures shared with tests/test_hq_store.py: SQLite, PostgreSQL
@@ -534,3 +535,45 @@ def test_three_hq_processes_one_killed_fire_every_activation_once(broker: Broker
         central.close()
     finally:
         next(schema_url, None)
+
+
+def test_rule_inputs_of_a_batch_are_the_per_customer_reads(store: Store) -> None:
+    """One batched read per customer set gives exactly what consent, loyalty_events and activations give."""
+    grant(store, ["L2"], ["profiling"])
+    grant(store, ["L2"], ["personalisation"], granted=False)
+    grant(store, ["L3"], at=T0 - timedelta(days=9))
+    grant(store, ["L3"], ["profiling"], granted=False, at=T0 - timedelta(days=1))  # withdrawn: unlinked
+    grant(store, ["L5"], ["personalisation"], at=T0)
+    grant(store, ["L5"], ["personalisation"], granted=False, at=T0)  # same time: the one stored last decides
+    seq = Seq()
+    events = [*visit(seq, "v1", "L1"), *visit(seq, "v2", "L1", subject="p2"), *visit(seq, "v3", "L2"),
+              *visit(seq, "v4", "L3"), seq(VisitStarted, subject="p9", visit_id="v5", tech="ble"),
+              seq(CardTapped, subject="c1", reader_id="till", card="L1", known=True, linked=True),
+              seq(CardTapped, subject="c2", reader_id="till", card="L2", known=True, linked=False),
+              seq(IdentityLinked, subject="p2", visit_id="v2", loyalty_id="L2", method="card_tap", confidence=0.8)]
+    store.ingest(decoded(events), T0.timestamp(), want_events=False)
+    for n, (lid, event) in enumerate((("L1", events[2]), ("L1", events[5]), ("L2", events[8]))):
+        fired = FiringRow(activation_id(f"r{n}", str(event.event_id)), f"r{n}", str(event.event_id), lid, STORE,
+                          AGENT, event.visit_id, "fish", event.ts.timestamp(), 1.0 + n, "{}")  # type: ignore[attr-defined]
+        assert store.record_firings([(fired, [DeliveryRow(0, "staff", staff_topic(STORE), "{}", "hq")])]) == [True]
+    ids = ["L1", "L2", "L3", "L4", "L5"]
+    batch = store.rule_inputs(ids)
+    assert sorted(batch) == ids
+    views = store.activations(limit=100)
+    for lid in ids:
+        got = batch[lid]
+        assert got.consent == {p: store.consent_state(lid).allows(p) for p in ("profiling", "personalisation")}, lid
+        linked, taps = store.loyalty_events(lid)
+        assert sorted(str(e.event_id) for e in got.events) == sorted(str(e.event_id) for e in linked), lid
+        assert [e.event_id for e in got.taps] == [e.event_id for e in taps], lid
+        assert [(r, ts, s, v) for r, ts, s, _, v in got.history] == sorted(
+            (v.rule_id, v.ts, v.store_id, v.visit_id) for v in views if v.loyalty_id == lid), lid
+    assert batch["L1"].consent == {"profiling": True, "personalisation": True}
+    assert len(batch["L1"].events) == 7  # v1, and v2 with its second link (to L2)
+    assert [len(batch[lid].history) for lid in ids] == [2, 1, 0, 0, 0]
+    assert batch["L2"].consent == {"profiling": True, "personalisation": False}
+    assert batch["L3"].events == []
+    assert batch["L5"].consent["personalisation"] is False
+    keys = [(STORE, AGENT, v) for v in ("v1", "v2", "v3", "v4", "v5")]
+    assert store.linked_visits(keys) == {keys[0]: "L1", keys[1]: "L2", keys[2]: "L2"}  # v2: the newest link wins
+    assert store.rule_inputs([]) == {}
