@@ -295,7 +295,8 @@ class FootfallConfig(_Model):
 
     ``people_per_device``, ``people_offset`` and ``residual_sd`` are alpha,
     beta and s of eq. (34) in ``positioning/occupancy.py``: people per
-    counted device, fitted where the store's occupancy was logged by hand.
+    counted device, fitted where the store's occupancy was logged by hand;
+    ``people_per_entry`` is alpha_e of eq. (39), people per counted entry.
     """
 
     enabled: bool = Field(default=True, description="false keeps the section but counts nothing.")
@@ -313,6 +314,8 @@ class FootfallConfig(_Model):
     people_per_device: float = Field(default=1.0, gt=0.0, le=10.0, description="alpha of eq. (34).")
     people_offset: float = Field(default=0.0, ge=-1000.0, le=1000.0, description="beta of eq. (34), persons.")
     residual_sd: float = Field(default=0.0, ge=0.0, le=1000.0, description="s of eq. (34), persons.")
+    people_per_entry: float = Field(default=1.0, gt=0.0, le=10.0,
+                                    description="alpha_e of eq. (39): people per counted entering stay.")
 
     @model_validator(mode="after")
     def _lead_within_window(self) -> FootfallConfig:

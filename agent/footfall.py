@@ -88,7 +88,7 @@ class FootfallStage:
         self._estimate = EstimateConfig(
             window_s=config.window_s, lead_s=config.lead_s, min_rssi_dbm=config.min_rssi_dbm,
             people_per_device=config.people_per_device, people_offset=config.people_offset,
-            residual_sd=config.residual_sd)
+            residual_sd=config.residual_sd, people_per_entry=config.people_per_entry)
 
     # -- receptions in -----------------------------------------------------------
 
