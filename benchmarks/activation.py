@@ -43,11 +43,12 @@ from agent.events import Event, IdentityLinked, SectorEntered, VisitStarted, top
 from agent.localbroker import Broker  # noqa: E402
 from agent.messages import StaffCard  # noqa: E402
 from benchmarks.hq import Database, queue_events  # noqa: E402 - fresh SQLite files or PostgreSQL schemas
+from hq.backends import open_store  # noqa: E402
 from hq.consent import ConsentRecord  # noqa: E402
 from hq.ingest import decode  # noqa: E402
 from hq.rules import parse_rules  # noqa: E402
 from hq.runner import ActivationRunner, activation_id  # noqa: E402
-from hq.store import Store, open_store  # noqa: E402
+from hq.store import Store  # noqa: E402
 from hq.subscriber import HqSubscriber  # noqa: E402
 from hq.synthetic import synthetic_stream  # noqa: E402
 

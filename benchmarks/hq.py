@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 from agent.events import Event, IdentityLinked, topic_for  # noqa: E402
 from agent.localbroker import Broker  # noqa: E402
 from agent.messages import PURPOSES  # noqa: E402
+from hq.backends import open_store  # noqa: E402
 from hq.consent import ConsentRecord  # noqa: E402
 from hq.ingest import decode  # noqa: E402
-from hq.store import open_store  # noqa: E402
 from hq.subscriber import HqSubscriber  # noqa: E402
 from hq.synthetic import synthetic_stream  # noqa: E402
 

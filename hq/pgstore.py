@@ -1,6 +1,6 @@
 """The PostgreSQL backend: the shared SQL with ``%s`` placeholders and table locks.
 
-Kept apart from hq/store.py so that SQLite users need no psycopg. A lost
+Kept apart from the shared SQL (hq/store.py) so that SQLite users need no psycopg. A lost
 connection is reopened on the next call; the batch that failed is retried
 by the subscriber, never acked. An error of SQLSTATE class 22 (data
 exception: a value out of range), 23 (integrity) or 54 (program limit: an
@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hq.store import EVENT_COLUMNS, POISON_ERRORS, HqStoreError, Lock, Store, Unstorable, _Cursor
+from hq.store import EVENT_COLUMNS, POISON_ERRORS, Cursor, HqStoreError, Lock, Store, Unstorable
 
 _LOCKS: dict[Lock, str] = {
     # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
@@ -96,17 +96,17 @@ class PostgresStore(Store):
         return self._conn
 
     @contextmanager
-    def _transaction(self, lock: Lock) -> Iterator[_Cursor]:
+    def _transaction(self, lock: Lock) -> Iterator[Cursor]:
         conn = self._connection()
         with conn.transaction(), conn.cursor() as raw:
             cur = _PgCursor(raw)
             cur.execute(_LOCKS[lock])
             yield cur
 
-    def _read_cursor(self) -> _Cursor:
+    def _read_cursor(self) -> Cursor:
         return _PgCursor(self._connection().cursor())
 
-    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
+    def _insert_events(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
         # One statement over column arrays: a round trip per batch, not per row.
         columns = list(zip(*rows, strict=True))
         arrays = ", ".join(f"?::{kind}[]" for kind in _EVENT_TYPES)

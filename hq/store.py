@@ -1,10 +1,10 @@
-"""The profile store: SQLite by default, PostgreSQL by URL, one schema and one set of queries.
+"""The profile store's base: one schema and one set of queries, shared by the SQLite and PostgreSQL backends.
 
-``open_store(url)`` picks the backend: ``sqlite:///path.db`` (or a bare
-path) or ``postgresql://user@host/db`` (``?schema=name`` puts the tables in
-that schema). Everything a backend does differently — placeholders, locking,
-the list parameter, which errors blame the data — lives in its small
-subclass; the SQL is shared.
+This module knows no backend. `hq.sqlitestore.SqliteStore` and
+`hq.pgstore.PostgresStore` subclass `Store`; everything a backend does
+differently — placeholders, locking, the list parameter, which errors blame
+the data — lives in its small subclass. `hq.backends.open_store(url)` picks
+one. Imports point one way: backends → this module, factory → backends.
 
 Concurrency: several subscribers may write one database. SQLite serialises
 writers (``BEGIN IMMEDIATE``); on PostgreSQL an ingest holds a SHARE lock on
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,9 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal, Protocol, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -89,7 +85,9 @@ class Unstorable(HqStoreError):
     """The database refused the data itself (not the connection): the event is at fault, not the store."""
 
 
-class _Cursor(Protocol):
+class Cursor(Protocol):
+    """What the shared SQL needs of a backend's cursor (``?`` placeholders; a backend translates its own)."""
+
     def execute(self, query: str, params: Sequence[Any] = ..., /) -> Any: ...
     def executemany(self, query: str, params_seq: Iterable[Sequence[Any]], /) -> Any: ...
     def fetchall(self) -> list[Any]: ...
@@ -278,11 +276,11 @@ class Store(ABC):
 
     # --- dialect hooks -------------------------------------------------
     @abstractmethod
-    def _transaction(self, lock: Lock) -> AbstractContextManager[_Cursor]:
+    def _transaction(self, lock: Lock) -> AbstractContextManager[Cursor]:
         """A cursor inside one write transaction holding ``lock`` (see the module docstring)."""
 
     @abstractmethod
-    def _read_cursor(self) -> _Cursor: ...
+    def _read_cursor(self) -> Cursor: ...
 
     @abstractmethod
     def close(self) -> None: ...
@@ -291,7 +289,7 @@ class Store(ABC):
     def _scrub(self) -> None:
         """After an erasure: leave no copy of deleted rows in the database's files (what the backend can)."""
 
-    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
+    def _insert_events(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
         """Insert rows (EVENT_COLUMNS order, ids not stored yet) and return the ids inserted.
 
         SQLite holds the write lock from the check to here, so every row goes in.
@@ -305,12 +303,12 @@ class Store(ABC):
         return f"length(CAST({column} AS BLOB))"
 
     @contextmanager
-    def _write(self, lock: Lock = "ingest") -> Iterator[_Cursor]:
+    def _write(self, lock: Lock = "ingest") -> Iterator[Cursor]:
         with self._lock, self._errors(), self._transaction(lock) as cur:
             yield cur
 
     @contextmanager
-    def _read(self) -> Iterator[_Cursor]:
+    def _read(self) -> Iterator[Cursor]:
         with self._lock, self._errors():
             yield self._read_cursor()
 
@@ -429,7 +427,7 @@ class Store(ABC):
                         subjects=[s for _, s in follow_up])
         return result
 
-    def _split_unconsented(self, cur: _Cursor, items: list[Accepted]) -> tuple[list[Accepted], list[Accepted]]:
+    def _split_unconsented(self, cur: Cursor, items: list[Accepted]) -> tuple[list[Accepted], list[Accepted]]:
         """(items to store, links of customers without profiling consent: never stored).
 
         Without a link the visit stays an anonymous visitor's; the link's seq
@@ -446,14 +444,14 @@ class Store(ABC):
             (drop if linked and item.loyalty_id not in allowed else keep).append(item)
         return keep, drop
 
-    def _granted(self, cur: _Cursor, loyalty_id: str, purpose: str) -> bool:
+    def _granted(self, cur: Cursor, loyalty_id: str, purpose: str) -> bool:
         """The newest consent record for the purpose decides (ties: the one stored last); none: refused."""
         cur.execute("SELECT granted FROM consent WHERE loyalty_id = ? AND purpose = ?"
                     " ORDER BY ts DESC, id DESC LIMIT 1", (loyalty_id, purpose))
         row = cur.fetchone()
         return row is not None and bool(row[0])
 
-    def _stored_payloads(self, cur: _Cursor, ids: list[str]) -> dict[str, str]:
+    def _stored_payloads(self, cur: Cursor, ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for start in range(0, len(ids), CHUNK):
             part = ids[start:start + CHUNK]
@@ -462,7 +460,7 @@ class Store(ABC):
             found.update((row[0], row[1]) for row in cur.fetchall())
         return found
 
-    def _current_tombstones(self, cur: _Cursor) -> set[str]:
+    def _current_tombstones(self, cur: Cursor) -> set[str]:
         cur.execute("SELECT count(*) FROM tombstones")
         count = int(cur.fetchone()[0])
         if count != self._tombstone_count:
@@ -471,7 +469,7 @@ class Store(ABC):
             self._tombstone_count = count
         return self._tombstones
 
-    def _cap_dead_letters(self, cur: _Cursor) -> None:
+    def _cap_dead_letters(self, cur: Cursor) -> None:
         """Evict the oldest dead letters beyond the row and byte caps, and count them."""
         cur.execute(f"SELECT count(*), coalesce(sum({self._octets('payload')}), 0) FROM dead_letters")  # noqa: S608
         rows, octets = (int(v) for v in cur.fetchone())
@@ -497,7 +495,7 @@ class Store(ABC):
                     extra={"evicted": evicted, "total_evicted": total, "max_rows": self.dead_letter_rows,
                            "max_bytes": self.dead_letter_bytes})
 
-    def _account(self, cur: _Cursor, touched: dict[EpochKey, _EpochBatch], now: float) -> dict[EpochKey, int]:
+    def _account(self, cur: Cursor, touched: dict[EpochKey, _EpochBatch], now: float) -> dict[EpochKey, int]:
         """Move each touched agent epoch's seq state forward; return what to acknowledge.
 
         Acknowledged: an epoch whose contiguous mark advanced, or whose agent
@@ -551,7 +549,7 @@ class Store(ABC):
                 acks[key] = contiguous
         return acks
 
-    def _epoch_row(self, cur: _Cursor, key: EpochKey, part: _EpochBatch,
+    def _epoch_row(self, cur: Cursor, key: EpochKey, part: _EpochBatch,
                    now: float) -> tuple[float, float, int, int]:
         """(first event time, first received, contiguous mark, highest seq) of an agent epoch.
 
@@ -580,7 +578,7 @@ class Store(ABC):
             row = cur.fetchone()
         return float(row[0]), float(row[1]), int(row[2]), int(row[3])
 
-    def _reused_seqs(self, cur: _Cursor, key: EpochKey, seqs: list[int]) -> int:
+    def _reused_seqs(self, cur: Cursor, key: EpochKey, seqs: list[int]) -> int:
         reused = 0
         for start in range(0, len(seqs), CHUNK):
             part = seqs[start:start + CHUNK]
@@ -590,7 +588,7 @@ class Store(ABC):
             reused += int(cur.fetchone()[0])
         return reused
 
-    def _advance(self, cur: _Cursor, key: EpochKey, upto: int, floor: int = 0) -> int:
+    def _advance(self, cur: Cursor, key: EpochKey, upto: int, floor: int = 0) -> int:
         """The highest seq with every seq up to it finished (stored, retired or dead-lettered) or given up
         (at or below ``floor``: gone from the agent's outbox; what HQ lacks there goes to ``lost_seqs``)."""
         start = upto
@@ -616,7 +614,7 @@ class Store(ABC):
                         " AND epoch = ? AND contiguous_upto < ?", (upto, *key, upto))
         return upto
 
-    def _give_up(self, cur: _Cursor, key: EpochKey, upto: int, floor: int) -> None:
+    def _give_up(self, cur: Cursor, key: EpochKey, upto: int, floor: int) -> None:
         """Record the seqs in (upto, floor] HQ never received as lost ranges."""
         cur.execute("SELECT seq FROM events WHERE store_id = ? AND agent_id = ? AND epoch = ? AND seq > ?"
                     " AND seq <= ? UNION SELECT seq FROM finished_seqs WHERE store_id = ? AND agent_id = ?"
@@ -656,7 +654,7 @@ class Store(ABC):
                         " WHERE subject = ? AND visit_id IS NOT NULL", (subject,))
             return self._visit_events(cur, [tuple(row) for row in cur.fetchall()])
 
-    def _visit_events(self, cur: _Cursor, keys: Iterable[Sequence[str]]) -> list[Event]:
+    def _visit_events(self, cur: Cursor, keys: Iterable[Sequence[str]]) -> list[Event]:
         events: list[Event] = []
         for key in keys:
             cur.execute("SELECT payload FROM events WHERE store_id = ? AND agent_id = ?"
@@ -1075,95 +1073,3 @@ def _parsed(payloads: Iterable[str]) -> list[Event]:
     if skipped:
         log.warning("stored events skipped: invalid under the current schema", extra={"count": skipped})
     return events
-
-
-class SqliteStore(Store):
-    """SQLite in WAL mode, synchronous=FULL: a commit (and so a PUBACK) survives a power cut.
-
-    ``secure_delete`` zeroes deleted rows in place, and an erasure ends with a
-    WAL checkpoint that truncates the WAL, so an erased id stays in no file.
-    A new database file is created 0600: it holds loyalty ids.
-    """
-
-    dialect = "sqlite"
-
-    def __init__(self, path: Path | str, **caps: int) -> None:
-        self.path = str(path)
-        try:
-            if self.path != ":memory:":
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                         timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA secure_delete=ON")
-        except (sqlite3.Error, OSError) as exc:
-            raise HqStoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
-        super().__init__(**caps)
-
-    @contextmanager
-    def _transaction(self, lock: Lock) -> Iterator[_Cursor]:
-        cur = cast(_Cursor, self._conn.cursor())
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield cur
-        except BaseException:
-            self._conn.rollback()
-            raise
-        cur.execute("COMMIT")
-
-    def _read_cursor(self) -> _Cursor:
-        return cast(_Cursor, self._conn.cursor())
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
-            raise Unstorable(f"SQLite {self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_TOOBIG:
-                raise Unstorable(f"SQLite {self.path}: {exc}") from exc
-            raise HqStoreError(f"SQLite {self.path}: {exc}") from exc
-        except POISON_ERRORS as exc:
-            raise Unstorable(f"SQLite {self.path}: {type(exc).__name__}: {exc}") from exc
-
-    def _scrub(self) -> None:
-        busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            log.warning("WAL checkpoint after an erasure was blocked by a reader; the erased rows stay"
-                        " in the WAL until the next checkpoint", extra={"path": self.path})
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
-def open_store(url: str, **caps: int) -> Store:
-    """``sqlite:///relative.db``, ``sqlite:////abs.db``, a bare path, or ``postgresql://...``.
-
-    ``caps``: ``dead_letter_rows`` and ``dead_letter_bytes`` (defaults DEAD_LETTER_ROWS/_BYTES).
-    """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in ("postgresql", "postgres"):
-        from hq.pgstore import PostgresStore  # noqa: PLC0415 - psycopg is an optional extra
-
-        conninfo, schema = split_schema(url)
-        return PostgresStore(conninfo, schema=schema, **caps)
-    if scheme == "sqlite":
-        path = url[len("sqlite://"):]
-        if not path.startswith("/") or path == "/":
-            raise HqStoreError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
-        return SqliteStore(path[1:], **caps)
-    if scheme and len(scheme) > 1:
-        raise HqStoreError(f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://...")
-    return SqliteStore(url, **caps)
-
-
-def split_schema(url: str) -> tuple[str, str | None]:
-    """Take our ``schema=`` query parameter out of a PostgreSQL URL (libpq does not know it)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema

@@ -60,10 +60,11 @@ from agent.errors import EXIT_BAD_INPUT, SantiError
 from agent.events import Ack, Event, ack_topic
 from agent.messages import CONSENT_PREFIX, ConsentUpdate
 from agent.mqttclient import BrokerConfig, new_client
+from hq.backends import open_store
 from hq.consent import ConsentRecord, records_of
 from hq.ingest import Accepted, Rejected, _rejected, decode
 from hq.profile import Profile
-from hq.store import AgentGaps, HqStoreError, IngestResult, Store, open_store
+from hq.store import AgentGaps, HqStoreError, IngestResult, Store
 from hq.views import loyalty_profile, visitor_profile
 
 log = logging.getLogger(__name__)

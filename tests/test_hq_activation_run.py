@@ -23,8 +23,9 @@ from agent.cli import cli
 from agent.events import CardTapped, Event, IdentityLinked, SectorEntered, VisitStarted, uuid7
 from agent.localbroker import Broker
 from agent.messages import ConsentUpdate, StaffCard, consent_topic, staff_topic
+from hq.backends import open_store
 from hq.runner import ActivationRunner, activation_id
-from hq.store import DeliveryRow, FiringRow, Store, open_store
+from hq.store import DeliveryRow, FiringRow, Store
 from hq.subscriber import HqSubscriber
 from hq.synthetic import synthetic_stream
 from hq.webhook import verify

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from agent.cli import cli
 from agent.events import topic_for
 from agent.localbroker import Broker
+from hq.backends import open_store
 from hq.ingest import decode
-from hq.store import open_store
 from tests.helpers.consent import grant, grant_url
 from tests.test_hq_profile import fixed_stream
 from tests.test_hq_subscriber import publish, wire

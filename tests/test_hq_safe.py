@@ -43,8 +43,10 @@ from agent.events import (
     uuid7,
 )
 from agent.localbroker import Broker
+from hq.backends import open_store
 from hq.ingest import Accepted, Rejected, decode
-from hq.store import IngestResult, SqliteStore, Store, open_store
+from hq.sqlitestore import SqliteStore
+from hq.store import IngestResult, Store
 from hq.subscriber import HqSubscriber
 from tests.helpers.consent import grant
 from tests.test_hq_store import db_url, pg_schema_url, pg_server, store

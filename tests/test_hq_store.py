@@ -13,8 +13,9 @@ import psycopg
 import pytest
 
 from agent.events import AgentStatus, Event, IdentityLinked, VisitStarted, topic_for, uuid7
+from hq.backends import open_store, split_schema
 from hq.ingest import Accepted, Rejected, decode
-from hq.store import HqStoreError, Store, open_store, split_schema
+from hq.store import HqStoreError, Store
 from hq.synthetic import synthetic_stream
 from hq.views import loyalty_profile, visitor_profile
 from tests.helpers.consent import SYNTHETIC_IDS, grant

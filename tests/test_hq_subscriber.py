@@ -17,8 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.events import Event, topic_for
 from agent.localbroker import Broker
+from hq.backends import open_store
 from hq.profile import Profile
-from hq.store import open_store
 from hq.subscriber import HqSubscriber
 from hq.synthetic import synthetic_stream
 from tests.helpers.consent import SYNTHETIC_IDS, grant_url

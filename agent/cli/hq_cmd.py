@@ -26,6 +26,7 @@ from agent.config import ConfigError
 from agent.events import utc_from_epoch
 from agent.messages import PURPOSES
 from agent.text import plural
+from hq.backends import open_store
 from hq.consent import ConsentRecord, parse_import, purposes_text
 from hq.consent import state as consent_state
 from hq.exportfile import import_export
@@ -33,7 +34,7 @@ from hq.footfall import COUNT_TYPES, read_day, render_png, table_rows
 from hq.render import print_profile
 from hq.rules import load_rules
 from hq.runner import ActivationRunner
-from hq.store import DEAD_LETTER_BYTES, DEAD_LETTER_ROWS, AgentGaps, HqStoreError, Store, open_store
+from hq.store import DEAD_LETTER_BYTES, DEAD_LETTER_ROWS, AgentGaps, HqStoreError, Store
 from hq.subscriber import BrokerError, HqSubscriber, Stats
 from hq.views import loyalty_profile, visitor_profile
 

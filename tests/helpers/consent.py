@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from agent.messages import PURPOSES, Purpose
+from hq.backends import open_store
 from hq.consent import ConsentRecord
-from hq.store import Store, open_store
+from hq.store import Store
 
 GIVEN_AT = datetime(2025, 1, 1, tzinfo=UTC)
 SYNTHETIC_IDS = tuple(f"L{100000 + p}" for p in range(1000))
