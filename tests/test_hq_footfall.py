@@ -22,7 +22,7 @@ from agent.service import Service
 from agent.sources.replay import ReplaySource
 from hq.footfall import read_day
 from hq.ingest import decode
-from hq.store import open_store
+from hq.backends import open_store
 from hq.subscriber import HqSubscriber
 from tests.helpers.wait import wait_until
 from tests.test_footfall import START, recording
