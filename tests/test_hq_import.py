@@ -21,8 +21,9 @@ from agent.config import BufferConfig
 from agent.events import parse_event, topic_for
 from agent.localbroker import example_site_for
 from agent.outbox import Outbox
+from hq.backends import open_store
 from hq.ingest import decode
-from hq.store import AgentGaps, Store, open_store
+from hq.store import AgentGaps, Store
 from tests.helpers.outbox_writer import AGENT, STORE, make_event
 from tests.test_hq_store import pg_schema_url, pg_server
 

@@ -44,13 +44,14 @@ from agent.service import Service
 from agent.sources.factory import replay_sources
 from agent.staffboard import StaffBoard
 from hq.activation import PastFiring, Trigger, evaluate
+from hq.backends import open_store
 from hq.consent import ConsentRecord, ConsentState
 from hq.consent import state as consent_state
 from hq.profile import Visit, build_profile
 from hq.render import print_profile
 from hq.rules import Rules
 from hq.runner import ActivationRunner
-from hq.store import Store, open_store
+from hq.store import Store
 from hq.subscriber import HqSubscriber
 from simulator.run import SimConfig, simulate
 from simulator.truth import Truth, read_truth

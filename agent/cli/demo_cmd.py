@@ -10,8 +10,8 @@ from rich.console import Console
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.demo import run_demo
 from agent.cli.errors import CliError
-from hq.consent import ConsentError, ConsentRecord, parse_import
-from hq.rules import Rules, RulesError, load_rules
+from hq.consent import ConsentRecord, parse_import
+from hq.rules import load_rules
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_SITE = EXAMPLES / "fishmonger.toml"
@@ -28,20 +28,13 @@ def _broker(text: str | None) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _rules(path: Path) -> Rules:
-    try:
-        return load_rules(path)
-    except RulesError as exc:
-        raise CliError(str(exc)) from None
-
-
 def _consent(path: Path) -> list[ConsentRecord]:
     """The CRM export, through the parser ``santi hq consent import`` uses."""
     try:
         return parse_import(path.read_text(encoding="utf-8"), path, source="crm-export")
     except OSError as exc:
         raise CliError(f"{path}: {exc.strerror}") from None
-    except (ConsentError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise CliError(str(exc)) from None
 
 
@@ -81,7 +74,7 @@ def demo(site: Path, shoppers: int, minutes: float, seed: int, speed: float, bro
       santi demo --shoppers 200 --minutes 30 --speed 120 --quiet
     """
     config = load_or_fail(site)
-    rules, consent = _rules(rules_path), _consent(consent_path)
+    rules, consent = load_rules(rules_path), _consent(consent_path)
     try:
         run_demo(config, shoppers=shoppers, minutes=minutes, seed=seed, speed=speed, broker=_broker(broker),
                  workdir=workdir, console=Console(), rules=rules, consent=consent, quiet=quiet)
