@@ -20,9 +20,9 @@ from agent.replayclock import ReplayClock
 from agent.replayfile import write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
+from hq.backends import open_store
 from hq.footfall import read_day
 from hq.ingest import decode
-from hq.backends import open_store
 from hq.subscriber import HqSubscriber
 from tests.helpers.wait import wait_until
 from tests.test_footfall import START, recording
