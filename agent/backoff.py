@@ -1,4 +1,4 @@
-"""Reconnect decisions for the uplink, as pure functions.
+"""Reconnect decisions, as pure functions: the one backoff of the uplink, HQ's webhooks and the radios.
 
 Two questions are answered here and nowhere else: what does a failure mean
 to the technician (one line, with advice), and how long to wait before the
@@ -37,13 +37,24 @@ class BackoffPolicy:
     cap_s: float = 60.0
     long_s: float = 600.0
 
+    def wait_s(self, attempt: int) -> float:
+        """The exponential wait before attempt ``attempt + 1``: ``base_s`` doubled per failure, at most ``cap_s``.
+
+        Local radios (Bluetooth, Wi-Fi, NFC) wait exactly this: one box's
+        adapter has no herd to spread, and a technician can predict the retry.
+        """
+        return min(self.cap_s, self.base_s * 2.0 ** min(attempt, 32))
+
     def delay(self, attempt: int, kind: FailureKind, rng: random.Random) -> float:
-        """Wait before attempt ``attempt + 1`` (``attempt`` counts failures in a row, from 0)."""
-        if kind in ("auth", "config"):
-            ceiling = self.long_s
-        else:
-            ceiling = min(self.cap_s, self.base_s * 2.0 ** min(attempt, 32))
+        """Wait before reconnect ``attempt + 1`` to a broker, jittered (``attempt`` counts failures in a row, from 0)."""
+        ceiling = self.long_s if kind in ("auth", "config") else self.wait_s(attempt)
         return ceiling / 2.0 + rng.uniform(0.0, ceiling / 2.0)
+
+
+RADIO_RETRY = BackoffPolicy(base_s=1.0, cap_s=30.0)
+"""How the Bluetooth, Wi-Fi and NFC sources retry an adapter or reader that is down."""
+INTERACTIVE_RETRY = BackoffPolicy(base_s=0.5, cap_s=2.0)
+"""Radios under a technician's eyes (``santi scan``, a calibration walk): retry soon, report at once."""
 
 
 # OpenSSL X509_V_ERR_* codes a technician can fix in a known way.

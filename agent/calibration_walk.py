@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from agent.backoff import INTERACTIVE_RETRY
 from agent.config import BleConfig, SiteConfig, parse_site
 from agent.errors import SantiError
 from agent.observations import Observation
@@ -215,7 +216,7 @@ class BleCapture:
         self._pseudonymizer = Pseudonymizer(os.urandom(32), "calibration", 86400.0)
         self._names: dict[int, frozenset[str]] = {}
         self.source = BleSource(beacon.ble_config(adapter), "calibration", self._pseudonymizer, clock=clock,
-                                retry_base_s=0.5, retry_cap_s=2.0)
+                                retry=INTERACTIVE_RETRY)
         self._lock = threading.Lock()
         self._readings: list[tuple[float, float]] = []
         self._thread: threading.Thread | None = None

@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator
 import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from agent.backoff import BackoffPolicy
 from agent.config import BleConfig, ConfigError
 from agent.observations import AppBeacon, Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
-from agent.sources.ble import BleSource, describe, passive_patterns, retry_delay
+from agent.sources.ble import BleSource, describe, passive_patterns
 from tests.conftest import ROOT
 from tests.helpers.fake_bluez import FakeBluez, fake_bluez, release_bleak, wait_until
 
@@ -53,7 +52,7 @@ def make_source(scanning: str = "active", adapter: str = "hci0", **config: objec
     ble = BleConfig(adapter=adapter, scanning=scanning, ibeacon_uuids=[APP_UUID],
                     eddystone_namespaces=[TAG_NAMESPACE], **config)
     return BleSource(ble, "rx-pi", Pseudonymizer(b"s" * 32, "store-1", 86400.0), clock=lambda: NOW,
-                     retry_base_s=0.05, retry_cap_s=0.2, start_timeout_s=5.0)
+                     retry=BackoffPolicy(base_s=0.05, cap_s=0.2), start_timeout_s=5.0)
 
 
 @contextlib.asynccontextmanager
@@ -308,14 +307,6 @@ def test_tag_memory_expires() -> None:
 def test_bad_adapter_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"ble\.adapter"):
         make_source(adapter="hci0/../x")
-
-
-@settings(max_examples=200, derandomize=True)
-@given(st.integers(0, 100), st.floats(0.01, 5.0), st.floats(5.0, 120.0))
-def test_retry_delay_grows_to_its_cap(failures: int, base: float, cap: float) -> None:
-    delay = retry_delay(failures, base, cap)
-    assert base <= delay <= cap or delay == cap
-    assert retry_delay(failures + 1, base, cap) >= delay
 
 
 def test_describe_is_one_line_without_addresses() -> None:

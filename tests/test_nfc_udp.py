@@ -19,6 +19,7 @@ import ndef
 import nfc
 import pytest
 
+from agent.backoff import BackoffPolicy
 from agent.config import NfcReaderConfig
 from agent.localbroker import free_port
 from agent.observations import CardTap
@@ -152,7 +153,7 @@ def test_reader_unplugged_then_plugged_in_recovers() -> None:
         return frontend
 
     source = NfcSource(reader(port), PSEUDO, open_frontend=open_frontend, targets=("106A",),
-                       retry_base_s=0.05)
+                       retry=BackoffPolicy(base_s=0.05))
     states: list[tuple[str, Any]] = []
 
     def replug() -> None:

@@ -24,7 +24,6 @@ from agent.sources.wifi import (
     ProbeCounter,
     WifiCaptureError,
     WifiCaptureSource,
-    backoff_s,
     channel_of,
     is_randomised,
     parse_frame,
@@ -107,11 +106,6 @@ def test_randomised_bit_and_channels() -> None:
     assert is_randomised(bytes.fromhex("d6f6fba2c5ab"))
     assert not is_randomised(bytes.fromhex("68ecc5240344"))
     assert [channel_of(f) for f in (2412, 2472, 2484, 5180, 5825, 5955, 6115, 900)] == [1, 13, 14, 36, 165, 1, 33, None]
-
-
-def test_backoff_doubles_and_caps() -> None:
-    assert [backoff_s(n) for n in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
-    assert backoff_s(10_000) == 30.0
 
 
 @settings(derandomize=True, max_examples=500)

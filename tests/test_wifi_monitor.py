@@ -21,6 +21,7 @@ from pathlib import Path
 import dpkt
 import pytest
 
+from agent.backoff import BackoffPolicy
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
@@ -91,7 +92,7 @@ def beacon(frame: bytes) -> bytes:
 
 def test_probe_requests_from_a_monitor_interface(tap_name: str, real_frames: list[bytes]) -> None:
     pseudo = Pseudonymizer(b"m" * 32, "store", 86_400.0)
-    source = WifiMonitorSource(tap_name, "pi-wifi", pseudo, retry_base_s=0.05)
+    source = WifiMonitorSource(tap_name, "pi-wifi", pseudo, retry=BackoffPolicy(base_s=0.05))
     received: list[Record] = []
 
     async def main() -> None:

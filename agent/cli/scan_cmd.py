@@ -34,6 +34,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from agent.backoff import INTERACTIVE_RETRY
 from agent.cli.config_cmd import DEFAULT_SITE, load_or_fail
 from agent.cli.errors import CliError
 from agent.config import BleConfig, SiteConfig
@@ -233,7 +234,7 @@ class _ScanBle(BleSource):
 
     def __init__(self, config: BleConfig, table: ScanTable, clock: Clock) -> None:
         super().__init__(config, "scan", Pseudonymizer(os.urandom(32), "scan", 86400.0), clock=clock,
-                         retry_base_s=0.5, retry_cap_s=2.0, start_timeout_s=10.0)
+                         retry=INTERACTIVE_RETRY, start_timeout_s=10.0)
         self._table = table
 
     def detection_callback(self, sink: Sink) -> Callable[[BLEDevice, AdvertisementData], None]:
@@ -323,7 +324,7 @@ def build_sources(site: SiteConfig, table: ScanTable, *, ble: bool, adapter: str
         sources.append(_ScanBle(config, table, clock))
     if wifi is not None:
         monitor = WifiMonitorSource(wifi, "scan", Pseudonymizer(os.urandom(32), "scan", 86400.0), clock=clock,
-                                    retry_base_s=0.5)
+                                    retry=INTERACTIVE_RETRY)
         monitor.probes = _ProbeRows(table, monitor.stats)
         sources.append(monitor)
     return sources

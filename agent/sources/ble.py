@@ -37,6 +37,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusFastError
 from pydantic import ValidationError
 
+from agent.backoff import RADIO_RETRY, BackoffPolicy
 from agent.config import BleConfig, ConfigError
 from agent.errors import SantiError
 from agent.observations import AppBeacon, Observation, rssi_problem
@@ -72,11 +73,6 @@ _ADDRESS_LIKE = re.compile(r"([0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
 class BleUnavailable(SantiError):
     """BlueZ or the adapter is missing, off, or went away; the message is the line a technician reads."""
-
-
-def retry_delay(failures: int, base_s: float, cap_s: float) -> float:
-    """Seconds before the next attempt: ``base_s`` after a session that worked, doubling per failed start."""
-    return min(cap_s, base_s * 2.0 ** min(failures, 32))
 
 
 def passive_patterns(config: BleConfig) -> list[OrPattern]:
@@ -230,8 +226,7 @@ class BleSource:
         *,
         clock: Callable[[], float] = time.time,
         name: str = "ble",
-        retry_base_s: float = 1.0,
-        retry_cap_s: float = 60.0,
+        retry: BackoffPolicy = RADIO_RETRY,
         start_timeout_s: float = 15.0,
         tag_memory_s: float = 120.0,
         tag_memory_size: int = 4096,
@@ -244,7 +239,7 @@ class BleSource:
         self._pseudonymizer = pseudonymizer
         self._clock = clock
         self._allow = AllowList.from_config(config)
-        self._retry = (retry_base_s, retry_cap_s)
+        self._retry = retry
         self._start_timeout_s = start_timeout_s
         self._tag_memory_s = tag_memory_s
         self._tag_memory_size = tag_memory_size
@@ -372,7 +367,6 @@ class BleSource:
         """Scan until ``stop`` is set, through BlueZ restarts and adapters coming and going."""
         callback = self.detection_callback(sink)
         failures = 0
-        base_s, cap_s = self._retry
         try:
             while not stop.is_set():
                 came_up: list[bool] = []
@@ -384,7 +378,7 @@ class BleSource:
                 else:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), retry_delay(failures, base_s, cap_s))
+                    await asyncio.wait_for(stop.wait(), self._retry.wait_s(failures))
         finally:
             self.stats.state = "down"
 

@@ -38,12 +38,12 @@ import nfc
 import nfc.clf
 import nfc.tag
 
+from agent.backoff import RADIO_RETRY, BackoffPolicy
 from agent.config import NfcReaderConfig
 from agent.observations import CardTap
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Sink, SourceStats
 from agent.sources.ndef_loyalty import LoyaltyFormat, MalformedNdef, loyalty_id
-from agent.sources.wifi import backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class NfcSource:
         open_frontend: Callable[[str], Frontend] = open_nfcpy,
         targets: Sequence[str] = DEFAULT_TARGETS,
         debounce_s: float = DEBOUNCE_S,
-        retry_base_s: float = 1.0,
+        retry: BackoffPolicy = RADIO_RETRY,
         on_read: Callable[[CardRead], None] | None = None,
     ) -> None:
         self._reader = reader
@@ -150,7 +150,7 @@ class NfcSource:
         self._open_frontend = open_frontend
         self._targets = list(targets)
         self._debounce_s = debounce_s
-        self._retry_base_s = retry_base_s
+        self._retry = retry
         self._on_read = on_read
         self.stats = SourceStats(f"nfc:{reader.id}")
         self.taps: Counter[str] = Counter()
@@ -201,7 +201,7 @@ class NfcSource:
                 frontend = self._open_frontend(self._reader.device)
             except (OSError, ValueError) as exc:
                 self.stats.fail(describe_open_error(self._reader.device, exc))
-                self._halt.wait(backoff_s(attempt, self._retry_base_s))
+                self._halt.wait(self._retry.wait_s(attempt))
                 attempt += 1
                 continue
             attempt = 0
@@ -211,7 +211,7 @@ class NfcSource:
             except Exception as exc:  # a driver bug must cost one reopen, not the reader
                 log.exception("NFC reader loop failed; reopening", extra={"reader": self._reader.id})
                 self.stats.fail(f"reader {self._reader.device}: {type(exc).__name__}: {exc}")
-                self._halt.wait(backoff_s(0, self._retry_base_s))
+                self._halt.wait(self._retry.wait_s(0))
             finally:
                 frontend.close()
 
@@ -227,7 +227,7 @@ class NfcSource:
             result = frontend.connect(rdwr=options, terminate=self._halt.is_set)
             if result is False:
                 self.stats.fail(f"reader {self._reader.device} stopped answering (unplugged?)")
-                self._halt.wait(backoff_s(0, self._retry_base_s))
+                self._halt.wait(self._retry.wait_s(0))
                 return
             if result:
                 # the card left: remember when, and turn the field off so the

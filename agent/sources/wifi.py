@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 import dpkt
 
+from agent.backoff import RADIO_RETRY, BackoffPolicy
 from agent.errors import SantiError
 from agent.observations import Observation, ProbeFields, rssi_problem
 from agent.privacy import Pseudonymizer
@@ -61,11 +62,6 @@ ORDER_BIT = 0x80
 IE_SSID = 0
 IE_DS_PARAMETER = 3
 READ_BURST = 256
-
-
-def backoff_s(attempt: int, base_s: float = 1.0, cap_s: float = 30.0) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): doubling, capped."""
-    return min(cap_s, base_s * 2.0 ** min(attempt, 16))
 
 
 class FrameSkipped(SantiError):
@@ -326,10 +322,10 @@ class WifiMonitorSource:
     """
 
     def __init__(self, interface: str, receiver_id: str, pseudonymizer: Pseudonymizer, *,
-                 clock: Clock = time.time, name: str = "wifi", retry_base_s: float = 1.0) -> None:
+                 clock: Clock = time.time, name: str = "wifi", retry: BackoffPolicy = RADIO_RETRY) -> None:
         self._interface = interface
         self._clock = clock
-        self._retry_base_s = retry_base_s
+        self._retry = retry
         self.stats = SourceStats(name)
         self.probes = ProbeCounter(receiver_id, pseudonymizer, self.stats)
 
@@ -369,7 +365,7 @@ class WifiMonitorSource:
                     sock = self._open()
                 except WifiCaptureError as exc:
                     self.stats.fail(str(exc))
-                    await asyncio.wait({stopping}, timeout=backoff_s(attempt, self._retry_base_s))
+                    await asyncio.wait({stopping}, timeout=self._retry.wait_s(attempt))
                     attempt += 1
                     continue
                 attempt = 0
