@@ -36,6 +36,7 @@ from nfc.clf.device import usb_device_map
 
 from agent.checks import Check, Status, fail, ok, warn
 from agent.config import ConfigError, NfcReaderConfig, SiteConfig, load_site
+from agent.doctor_acl import check_broker_acl
 from agent.doctor_broker import check_broker, check_tls
 
 ARPHRD_IEEE80211_RADIOTAP = 803
@@ -502,6 +503,7 @@ def run_checks(config: Path, *, state_dir: Path | None = None, now: float, timeo
           for reader in site.nfc_readers],
         ("broker tls", lambda: check_tls(site.uplink, now=now, timeout=timeout)),
         ("broker", lambda: check_broker(site, timeout=timeout)),
+        ("broker acl", lambda: check_broker_acl(site, timeout=timeout)),
         ("ack mode", lambda: check_ack_mode(site)),
     ]
     checks = [config_check]

@@ -12,13 +12,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.events import ack_topic
-from agent.localbroker import Broker
+from agent.config import SiteConfig, load_site
+from agent.doctor_acl import PROBE_STORE, check_broker_acl
+from agent.events import ack_topic, status_topic
+from agent.localbroker import Broker, example_site_for
 from agent.messages import consent_topic, staff_topic
 from tests.helpers.wait import wait_until
 
 ACL = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "santi-hq.acl"
-USERS = {"store-a": "pw-a", "store-b": "pw-b", "santi-hq": "pw-hq", "santi-ciam": "pw-ciam"}
+USERS = {"store-a": "pw-a", "store-b": "pw-b", "santi-hq": "pw-hq", "santi-ciam": "pw-ciam",
+         "fishmonger-01": "pw-f"}
+"""fishmonger-01: the example site's store, whose agent ``santi doctor`` checks."""
 
 
 class Client:
@@ -69,18 +73,77 @@ class Client:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def acl_broker(tmp_path: Path) -> Iterator[Broker]:
+def _broker(tmp_path: Path, *, acl: bool) -> Iterator[Broker]:
+    """Logins for USERS; the ACL template, or none (every login reads and writes everything)."""
     passwords = tmp_path / "passwd"
     passwords.touch()
     for user, password in USERS.items():
         subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True, capture_output=True)
-    broker = Broker(tmp_path, extra_config=f"allow_anonymous false\npassword_file {passwords}\nacl_file {ACL}")
+    broker = Broker(tmp_path, extra_config=f"allow_anonymous false\npassword_file {passwords}"
+                                           + (f"\nacl_file {ACL}" if acl else ""))
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[Broker]:
+    yield from _broker(tmp_path, acl=True)
+
+
+@pytest.fixture
+def open_broker(tmp_path: Path) -> Iterator[Broker]:
+    yield from _broker(tmp_path, acl=False)
+
+
+def _agent_site(tmp_path: Path, broker: Broker) -> SiteConfig:
+    """The example store's agent, logging in as its store id."""
+    secret = tmp_path / "agent.password"
+    secret.write_text(USERS["fishmonger-01"], encoding="utf-8")
+    secret.chmod(0o600)
+    path = example_site_for(tmp_path, broker.port)
+    text = path.read_text(encoding="utf-8")
+    text = text.replace(f"port = {broker.port}\n",
+                        f'port = {broker.port}\nusername = "fishmonger-01"\npassword_file = "{secret}"\n', 1)
+    path.write_text(text, encoding="utf-8")
+    site = load_site(path)
+    assert site.uplink.username == "fishmonger-01"
+    return site
+
+
+def _retained_status(broker: Broker, store: str) -> None:
+    """Another store's agent online: its retained status, as every agent leaves on the broker."""
+    other = Client(broker, store)
+    try:
+        info = other.client.publish(status_topic(store, "pi-1"), b'{"online": true}', qos=1, retain=True)
+        assert wait_until(lambda: other.acks.get(info.mid), what="status PUBACK").value in (0, 0x10)  # 0x10: no subscriber yet
+    finally:
+        other.close()
+
+
+def test_doctor_is_quiet_under_the_acl_template(tmp_path: Path, acl_broker: Broker) -> None:
+    _retained_status(acl_broker, "store-b")
+    _retained_status(acl_broker, "fishmonger-01")  # its own status is its to read
+    check = check_broker_acl(_agent_site(tmp_path, acl_broker), timeout=3.0, listen_s=1.0)
+    assert check.status == "ok", check
+    assert "received nothing of other stores" in check.detail
+
+
+def test_doctor_warns_when_the_store_can_read_another_stores_topics(tmp_path: Path, open_broker: Broker) -> None:
+    _retained_status(open_broker, "store-b")
+    check = check_broker_acl(_agent_site(tmp_path, open_broker), timeout=3.0, listen_s=1.0)
+    assert check.status == "warn", check
+    assert status_topic("store-b", "pi-1") in check.detail
+    assert "santi-hq.acl" in check.fix
+    assert "\n" not in check.detail
+
+
+def test_doctor_warns_on_its_own_probe_when_no_other_store_is_there(tmp_path: Path, open_broker: Broker) -> None:
+    check = check_broker_acl(_agent_site(tmp_path, open_broker), timeout=3.0, listen_s=1.0)
+    assert check.status == "warn", check
+    assert check.detail.endswith(staff_topic(PROBE_STORE))
 
 
 def test_a_store_reads_only_its_own_staff_cards_and_publishes_only_as_itself(acl_broker: Broker) -> None:
