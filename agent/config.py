@@ -283,6 +283,9 @@ class TrackingConfig(_Model):
     phone_offset_db: float = Field(
         default=0.0, ge=0.0, le=20.0,
         description="Spread of phones' TX offsets the tracker estimates per track, dB (0: phones read as the model).")
+    body_loss_db: float = Field(
+        default=0.0, ge=0.0, le=20.0,
+        description="Loss a walking shopper's body puts towards receivers behind them, dB, eq. (20) (0: none).")
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
     fingerprint: Path | None = Field(

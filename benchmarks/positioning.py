@@ -7,8 +7,11 @@ noise. Measured on one core, as medians over windows and repeats:
 
 - observations per second through `Tracker.step`, through `Tracker.step`
   followed by `SectorTracker.step` on its snapshot, through the
-  `Tracker.step` of a tracker with a radio map (a calibration walk's), and
-  of one that estimates each phone's TX offset (eq. (16), 4 dB);
+  `Tracker.step` of a tracker with a radio map (a calibration walk's), of
+  one that estimates each phone's TX offset (eq. (16), 4 dB), and of
+  everything on: offset state, the body of eq. (20) (3 dB) and a radio map,
+  followed by a `SectorTracker.step` that fuses a sector fingerprint
+  (eqs. (18)-(19)) over the window's readings;
 - bytes per track: the bank's arrays (spare capacity included: it doubles),
   what tracemalloc sees held after the births (arrays, id map, id strings),
   and the tracemalloc peak of a steady-state window, each over the tracks;
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from positioning.fingerprint import Fingerprint, fit_fingerprint
 from positioning.multilaterate import fix
 from positioning.pathloss import rssi_at_distance, slant_distance
 from positioning.radiomap import RadioMap, fit_radio_map
@@ -111,6 +115,7 @@ def bench_tracker(
 ) -> dict[str, float]:
     """Median obs/s of Tracker.step (and + SectorTracker.step) after the births window."""
     track_rates, both_rates, map_rates, offset_rates, ms, obs, errors = [], [], [], [], [], [], []
+    full_rates = []
     model = sector_model()
     for _ in range(args.repeats):
         names, wins = make_windows(emitters, args.windows + 1, args.heard, rng)
@@ -121,6 +126,9 @@ def bench_tracker(
         offsets = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
                           TrackerConfig(offset_sigma_db=4.0))
         sectors = SectorTracker(model)
+        full = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
+                       TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0), radio_map=walk_map(rng))
+        full_sectors = SectorTracker(model, fingerprint=walk_fingerprint(rng, model.n_sectors), offset_sigma_db=4.0)
         for t, w in enumerate(wins):
             t0 = time.perf_counter()
             snap = tracker.step(float(t), w.ids, w.receiver_index, w.rssi)
@@ -131,8 +139,13 @@ def bench_tracker(
             t3 = time.perf_counter()
             offsets.step(float(t), w.ids, w.receiver_index, w.rssi)
             t4 = time.perf_counter()
+            out = full.step(float(t), w.ids, w.receiver_index, w.rssi)
+            full_sectors.step(float(t), out.emitter_ids, out.xy, out.cov,
+                              (out.reading_track, w.receiver_index, w.rssi))
+            t5 = time.perf_counter()
             if t == 0:  # births: not steady state
                 continue
+            full_rates.append(len(w.ids) / (t5 - t4))
             offset_rates.append(len(w.ids) / (t4 - t3))
             track_rates.append(len(w.ids) / (t1 - t0))
             both_rates.append(len(w.ids) / (t2 - t0))
@@ -149,8 +162,16 @@ def bench_tracker(
         "tracker_and_sectors_obs_per_s": float(np.median(both_rates)),
         "tracker_with_radio_map_obs_per_s": float(np.median(map_rates)),
         "tracker_with_phone_offsets_obs_per_s": float(np.median(offset_rates)),
+        "everything_on_obs_per_s": float(np.median(full_rates)),
         "median_error_m": float(np.median(errors)),
     }
+
+
+def walk_fingerprint(rng: np.random.Generator, sectors: int) -> Fingerprint:
+    """A sector fingerprint as a calibration walk would leave (its values do not matter for speed)."""
+    window = rng.integers(0, 600, 20_000)
+    return fit_fingerprint(window, rng.integers(0, len(RX_XYZ), 20_000), rng.normal(-70.0, 8.0, 20_000),
+                           rng.integers(0, sectors, 600), sectors, len(RX_XYZ))
 
 
 def walk_map(rng: np.random.Generator) -> RadioMap:
@@ -234,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.emitters:
         row = bench_tracker(k, args, rng) | bench_memory(k, args, rng)
         row["speedup_vs_naive"] = row["tracker_obs_per_s"] / naive["naive_obs_per_s"]
+        row["everything_on_vs_naive"] = row["everything_on_obs_per_s"] / naive["naive_obs_per_s"]
         rows.append(row)
     # CPU time over wall time: ~1.0 means the run used one core.
     cpu_per_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
@@ -254,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         ("map obs/s", "tracker_with_radio_map_obs_per_s", "{:>12,.0f}"),
         ("offset obs/s", "tracker_with_phone_offsets_obs_per_s", "{:>13,.0f}"),
         ("x naive", "speedup_vs_naive", "{:>8.0f}"),
+        ("all-on obs/s", "everything_on_obs_per_s", "{:>13,.0f}"),
+        ("all x naive", "everything_on_vs_naive", "{:>12.0f}"),
         ("bank B/trk", "bank_bytes_per_track", "{:>11.0f}"),
         ("held B/trk", "held_bytes_per_track", "{:>11.0f}"),
         ("peak B/trk", "peak_bytes_per_track", "{:>11.0f}"),

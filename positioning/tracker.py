@@ -78,6 +78,20 @@ and the prior keeps o near 0:
 
 (the clamp keeps o's spread within its prior after a silence, as it keeps
 position within the store).
+
+A shopper carries the phone in front of the body, facing the way they
+walk: a receiver behind them reads through the body, several dB low, and
+one ahead does not. Read as distance, that one-sided loss pushes the
+estimate away from the receivers behind. With `body_loss_db` B > 0 the
+measurement expects it, from the track's own velocity v:
+
+    h_i(x) -= B min(1, |v| / v_w) max(0, -cos(angle(v, p_r - q)))        (20)
+
+(v_w = `body_walk_speed`): full at walking speed, fading to nothing as the
+shopper stops, whose facing the velocity no longer tells (standing at a
+shelf, any receiver may be behind; a common loss is the offset's business).
+(20) shifts h_i but adds nothing to H_i: the heading is the velocity's,
+which the update leaves to the position's motion.
 """
 
 from __future__ import annotations
@@ -141,6 +155,10 @@ class TrackerConfig:
         were calibrated with (the real danis tracks) it costs accuracy
         (benchmarks/README.md has the figures).
     offset_drift_db: q_o of eq. (16), dB per sqrt(s): how fast a phone's offset may wander.
+    body_loss_db: B of eq. (20), the loss a walking carrier's body puts between
+        the phone and a receiver straight behind, dB; 0 (the default) leaves
+        it out. benchmarks/README.md has what it does where.
+    body_walk_speed: v_w of eq. (20), m/s: the speed at which the heading is trusted in full.
     birth_sigma_m, birth_sigma_v: initial position (m) and velocity (m/s) spread.
     birth_power_k: sharpness k of the birth centroid weights 10^(k rssi / 10).
     max_silence_s: a track unheard this long is dead.
@@ -156,6 +174,8 @@ class TrackerConfig:
     reading_correlation: float = 0.3
     offset_sigma_db: float = 0.0
     offset_drift_db: float = 0.05
+    body_loss_db: float = 0.0
+    body_walk_speed: float = 0.5
     birth_sigma_m: float = 5.0
     birth_sigma_v: float = 1.0
     birth_power_k: float = 1.0
@@ -177,12 +197,15 @@ class TrackerConfig:
             "birth_sigma_v",
             "birth_power_k",
             "max_silence_s",
+            "body_walk_speed",
         )
         for name in positive:
             if not getattr(self, name) > 0.0:
                 raise ValueError(
                     f"TrackerConfig.{name} must be positive, got {getattr(self, name)}"
                 )
+        if not self.body_loss_db >= 0.0:
+            raise ValueError(f"TrackerConfig.body_loss_db must be >= 0, got {self.body_loss_db}")
         if not (self.offset_sigma_db >= 0.0 and self.offset_drift_db >= 0.0):
             raise ValueError(
                 "TrackerConfig.offset_sigma_db and offset_drift_db must be >= 0, "
@@ -269,6 +292,7 @@ def update(
     weak_k: float = np.inf,
     iterations: int = 2,
     reading_correlation: float = 0.3,
+    body: tuple[float, float] = (0.0, 0.5),
 ) -> Update:
     """Fold N readings into k predicted tracks at once, eqs. (6)-(7).
 
@@ -279,6 +303,7 @@ def update(
         receiver_index: (N,) row of `receivers` that heard it.
         rssi: (N,) readings, dBm.
         weak_k: k of eq. (14); inf, the default here, is the plain EKF.
+        body: (B, v_w) of eq. (20); B = 0 leaves the body out.
 
     Tracks without an accepted reading come back unchanged.
     """
@@ -287,7 +312,7 @@ def update(
     e = len(sel)
     sigma2 = receivers.sigma_db[receiver_index] ** 2
     C = P[:, sel][:, :, sel]  # E P⁻ Eᵀ
-    h, H = _measured(x, track_index, receivers, receiver_index, emitter_z)
+    h, H = _measured(x, track_index, receivers, receiver_index, emitter_z, body)
     nu = rssi - h  # nu_i = z_i - h_i(x⁻)
     S = np.einsum("ni,nij,nj->n", H, C[track_index], H) + sigma2  # S = H P Hᵀ + R
     accepted = nu**2 <= gate**2 * S
@@ -311,7 +336,7 @@ def update(
     x_i, P_i = x, P
     for it in range(iterations):
         if it > 0:  # iterated EKF: nu_i = z_i - h_i(x_j) - H_i E (x⁻ - x_j)
-            h, H = _measured(x_i, track_index, receivers, receiver_index, emitter_z)
+            h, H = _measured(x_i, track_index, receivers, receiver_index, emitter_z, body)
             nu = rssi - h - np.einsum("ni,ni->n", H, (x - x_i)[track_index][:, sel])
         wnu = np.where(accepted, w * nu, 0.0)
         lam = np.empty((k, e, e))  # Lambda = sum H_iᵀ H_i / sigma_i²
@@ -329,13 +354,26 @@ def update(
 
 
 def _measured(
-    x: FloatArray, track_index: IndexArray, receivers: Receivers, receiver_index: IndexArray, emitter_z: float
+    x: FloatArray, track_index: IndexArray, receivers: Receivers, receiver_index: IndexArray, emitter_z: float,
+    body: tuple[float, float] = (0.0, 0.5),
 ) -> tuple[FloatArray, FloatArray]:
-    """h_i and H_i E at the tracks' states x (k, d): with the offset of eq. (16) when d = 5."""
+    """h_i and H_i E at the tracks' states x (k, d): with the offset of eq. (16) when d = 5, the body of (20)."""
     h, H = measure(x[track_index, :2], receivers, receiver_index, emitter_z)
+    if body[0] > 0.0:
+        h = h - body_loss(x[track_index], receivers.xyz[receiver_index, :2], *body)
     if x.shape[1] > 4:
         return h + x[track_index, 4], np.hstack([H, np.ones((H.shape[0], 1))])
     return h, H
+
+
+def body_loss(x: FloatArray, receiver_xy: FloatArray, loss_db: float, walk_speed: float) -> FloatArray:
+    """Eq. (20): the loss (N,) dB a carrier walking with state x (N, >= 4) puts towards receivers at (N, 2)."""
+    v = x[:, 2:4]
+    speed = np.hypot(v[:, 0], v[:, 1])
+    to_rx = receiver_xy - x[:, :2]
+    dist = np.hypot(to_rx[:, 0], to_rx[:, 1])
+    cos = np.einsum("ij,ij->i", v, to_rx) / np.maximum(speed * dist, 1e-12)
+    return np.asarray(loss_db * np.minimum(1.0, speed / walk_speed) * np.maximum(0.0, -cos), dtype=np.float64)
 
 
 def mode_transitions(dt: FloatArray, dwell_s: FloatArray) -> FloatArray:
@@ -632,6 +670,7 @@ class Tracker:
                 weak_k=cfg.weak_k,
                 iterations=cfg.iterations,
                 reading_correlation=cfg.reading_correlation,
+                body=(cfg.body_loss_db, cfg.body_walk_speed),
             )
             xm[:, b], Pm[:, b] = clamp(res.x, res.P, self.lo, self.hi, cfg.v_max, cfg.offset_sigma_db)
             loglik[:, b] = res.loglik

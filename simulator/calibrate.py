@@ -372,7 +372,8 @@ def _held_out_tracks(
                           [v["rssi_at_1m"] for v in models], [v["path_loss_exponent"] for v in models],
                           [v["noise_sigma_db"] for v in models], bbox,
                           TrackerConfig(emitter_z=site.tracking.emitter_height_m,
-                                        offset_sigma_db=site.tracking.phone_offset_db), radio_map)
+                                        offset_sigma_db=site.tracking.phone_offset_db,
+                                        body_loss_db=site.tracking.body_loss_db), radio_map)
         for w in np.unique(slot[held]):
             rows = held & (slot == w)
             b = int(block[rows][0])
