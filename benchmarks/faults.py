@@ -74,7 +74,8 @@ from agent.mqttclient import BrokerConfig  # noqa: E402
 from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from agent.sources.base import Record  # noqa: E402
-from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic  # noqa: E402
+from agent.sources.node_ingest import NodeIngest, encode_batch, santi_topic  # noqa: E402
+from agent.sources.node_subscriber import NodesSource  # noqa: E402
 from simulator.run import SimConfig, simulate  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "fishmonger.toml"

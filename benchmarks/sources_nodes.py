@@ -35,7 +35,8 @@ from agent.mqttclient import BrokerConfig  # noqa: E402
 from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from agent.sources.base import Record  # noqa: E402
-from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic  # noqa: E402
+from agent.sources.node_ingest import NodeIngest, encode_batch, santi_topic  # noqa: E402
+from agent.sources.node_subscriber import NodesSource  # noqa: E402
 
 TARGET_OBS_PER_S = 20_000
 STORE = "bench-store"

@@ -19,7 +19,7 @@ from agent.observations import RSSI_MAX_DBM, Observation, rssi_problem
 from agent.privacy import Pseudonymizer
 from agent.replayfile import RecordReader
 from agent.sources.base import Record, SourceStats
-from agent.sources.nodes import NodeIngest, santi_topic
+from agent.sources.node_ingest import NodeIngest, santi_topic
 from agent.sources.wifi import ProbeCounter
 from tests.conftest import EXAMPLE_SITE
 from tests.test_ble_source import APP_UUID, STRANGER, _adv, ibeacon, make_source

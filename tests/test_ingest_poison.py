@@ -29,7 +29,8 @@ from agent.privacy import Pseudonymizer
 from agent.service import Service
 from agent.sources.base import Record
 from agent.sources.nfc import NfcSource
-from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic
+from agent.sources.node_ingest import NodeIngest, encode_batch, santi_topic
+from agent.sources.node_subscriber import NodesSource
 from tests.test_nodes_mqtt import STORE, publisher, run_with_source, until
 
 PSEUDO = Pseudonymizer(b"k" * 32, STORE, 86_400.0)
@@ -209,7 +210,7 @@ def test_an_unforeseen_error_is_one_counted_drop_and_one_warning(
         raise KeyError("a bug nobody foresaw")
 
     monkeypatch.setattr(ingest, "_espresense", broken)
-    with caplog.at_level(logging.WARNING, logger="agent.sources.nodes"):
+    with caplog.at_level(logging.WARNING, logger="agent.sources.node_ingest"):
         for i in range(100):
             assert ingest.ingest(BEACON.format(i), b'{"rssi": -60}', 1_763_900_000.0) == []
     assert ingest.stats.dropped == {"internal_error": 100}

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agent.config import ReceiverConfig, load_site
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
-from agent.sources.nodes import NodeIngest, encode_batch, espresense_identity, santi_topic
+from agent.sources.node_ingest import NodeIngest, encode_batch, espresense_identity, santi_topic
 
 NOW = 1_760_000_000.0
 STORE = "fishmonger-01"
@@ -125,7 +125,7 @@ def test_bad_topic_shapes(ingest: NodeIngest) -> None:
 
 def test_unknown_nodes_are_counted_per_name_and_logged_once(ingest: NodeIngest,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.sources.nodes")
+    caplog.set_level(logging.WARNING, logger="agent.sources.node_ingest")
     for _ in range(3):
         assert es(ingest, "abc", "garage", {"rssi": -60}) == []
     assert es(ingest, "abc", "attic", {"rssi": -60}) == []

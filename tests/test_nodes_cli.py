@@ -17,7 +17,7 @@ from agent.localbroker import Broker, free_port
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.replayfile import write_records
-from agent.sources.nodes import NodeIngest, santi_topic
+from agent.sources.node_ingest import NodeIngest, santi_topic
 
 STORE = "fishmonger-01"
 

@@ -18,7 +18,8 @@ from agent.mqttclient import BrokerConfig
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
-from agent.sources.nodes import NodeIngest, NodesSource, encode_batch, santi_topic
+from agent.sources.node_ingest import NodeIngest, encode_batch, santi_topic
+from agent.sources.node_subscriber import NodesSource
 
 STORE = "fishmonger-01"
 

@@ -17,10 +17,10 @@ from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
 from agent.mqttclient import BrokerConfig
+from agent.node_publisher import NodePublisher
 from agent.privacy import Pseudonymizer, load_secret
 from agent.sources.base import Source
 from agent.sources.ble import BleSource
-from agent.sources.nodes import NodePublisher
 from agent.sources.replay import ReplaySource
 from agent.sources.wifi import WifiMonitorSource
 

@@ -11,7 +11,8 @@ from agent.sources.base import Source
 from agent.sources.ble import BleSource
 from agent.sources.ndef_loyalty import LoyaltyFormat
 from agent.sources.nfc import NfcSource
-from agent.sources.nodes import NodeIngest, NodesSource
+from agent.sources.node_ingest import NodeIngest
+from agent.sources.node_subscriber import NodesSource
 from agent.sources.replay import ReplaySource
 from agent.sources.wifi import WifiMonitorSource
 

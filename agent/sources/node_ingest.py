@@ -1,6 +1,6 @@
-"""Remote receivers on the store's local MQTT broker.
+"""Node messages in, observations out: the sans-I/O half of the store's receiver nodes.
 
-Two kinds of node publish RSSI there:
+Two kinds of node publish RSSI on the store's local broker:
 
 * ESPresense firmware on ESP32s: ``espresense/devices/<device id>/<room>``
   with a JSON object per sighting (``rssi``, ``rssi@1m``, ``distance``, ...).
@@ -8,7 +8,8 @@ Two kinds of node publish RSSI there:
   reference powers; both are tolerated and counted as quirks.
 * Santi itself in node role: ``santi/v1/<store>/nodes/<node id>/observations``
   with a JSON array (or JSON lines) of ``Observation``s whose emitter ids are
-  already pseudonymised with the store's shared secret.
+  already pseudonymised with the store's shared secret (``encode_batch``
+  writes that form, ``agent.node_publisher`` sends it).
 
 A node's name (the ESPresense room, the Santi node id) is looked up among the
 site's receivers of ``kind = "node"`` by ``node_name``; an unknown node is
@@ -20,37 +21,28 @@ emitter id from the Pi's own radio and from every node. Given the site's
 ``allow_all``, only iBeacons of the configured UUIDs are admitted (other
 ESPresense ids are dropped as ``not_allowed``).
 
-``NodeIngest`` is the sans-I/O core (topic + payload + time in, observations
-out); ``NodesSource`` runs paho on its thread and bridges into asyncio in one
-place, through a bounded queue that drops and counts when full.
-
-Anyone on the store's network can publish here, so a message is hostile
+Anyone who can publish on that broker is untrusted, so a message is hostile
 until parsed: its size is capped before parsing, and whatever parsing or
 validation raises (``RecursionError`` from ``[[[...]]]``, ``OverflowError``
 from a 400-digit number, bad UTF-8, wrong types, NaN) becomes a drop
-counted by reason, never an exception on paho's thread.
+counted by reason, never an exception.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import math
 import re
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
-from agent.config import BleConfig, ConfigError, ReceiverConfig
+from agent.config import BleConfig, ReceiverConfig
 from agent.errors import SantiError
-from agent.mqttclient import BrokerConfig, new_client
 from agent.observations import (
     NOT_PSEUDONYMISED,
     Observation,
@@ -60,7 +52,7 @@ from agent.observations import (
 )
 from agent.privacy import Pseudonymizer
 from agent.ratelimit import Throttle
-from agent.sources.base import Record, Sink, SourceStats
+from agent.sources.base import SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +64,6 @@ MAX_ESPRESENSE_BYTES = 4096
 MAX_NAMES_TRACKED = 1024
 """Distinct unknown node names remembered; garbage topics cannot exhaust memory."""
 
-DEFAULT_QUEUE = 20_000
 ID_CACHE_SIZE = 8192
 
 _IBEACON = re.compile(
@@ -127,7 +118,6 @@ def _number(value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError("not finite")
     return number
-
 
 class NodeIngest:
     """Turns node messages into observations; counts every drop and quirk.
@@ -316,246 +306,3 @@ def _loads(payload: bytes) -> Any:
 def encode_batch(observations: Iterable[Observation]) -> bytes:
     """The wire form of a Santi node batch: one JSON array."""
     return b"[" + b",".join(item.model_dump_json().encode() for item in observations) + b"]"
-
-
-class NodesSource:
-    """Subscribes to the local broker and hands node observations to the sink.
-
-    paho's network loop runs on a thread of this source; each message is
-    parsed there and its observations cross into asyncio through ``_offer``
-    (the only bridge): a bounded queue, drained on the loop after a
-    ``call_soon_threadsafe`` wake-up; what does not fit is counted as
-    ``queue_full``. paho reconnects by itself; the state follows it and is
-    ``up`` only once the subscriptions are acknowledged.
-
-    Should that thread (or the drain task) die anyway, the source is marked
-    crashed: ``down`` in status, with the cause, and the service stops
-    feeding the systemd watchdog so that the unit is restarted.
-    """
-
-    def __init__(
-        self,
-        ingest: NodeIngest,
-        broker: BrokerConfig,
-        *,
-        keepalive_s: int = 30,
-        queue_size: int = DEFAULT_QUEUE,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.ingest = ingest
-        self.stats = ingest.stats
-        self._broker = broker
-        self._host = broker.host
-        self._port = broker.port
-        self._keepalive_s = keepalive_s
-        self._clock = clock
-        self._capacity = queue_size
-        self._pending: deque[Observation] = deque()
-        self._wakeup_scheduled = False
-        self._ready = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def _new_client(self) -> mqtt.Client:
-        """Built at run time: a password file that cannot be read takes this source down, no other."""
-        client = new_client(self._broker)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        return client
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self.stats.fail(f"local broker {self._host}:{self._port} refused the connection: {reason}")
-            return
-        client.subscribe([(topic, 0) for topic in self.ingest.topics])
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        if any(reason.is_failure for reason in reasons):
-            self.stats.fail(f"local broker {self._host}:{self._port} refused the subscriptions: {reasons}")
-            return
-        self.stats.up()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not self._stopping:
-            self.stats.fail(f"lost the local broker {self._host}:{self._port}: {reason}")
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        observations = self.ingest.ingest(message.topic, bytes(message.payload), self._clock())
-        if observations:
-            self._offer(observations)
-
-    def _offer(self, observations: list[Observation]) -> None:
-        """The one bridge from paho's thread into asyncio: a bounded queue and a wake-up.
-
-        paho's thread is the only producer, so the room check cannot be
-        raced; the loop is woken once per burst, not once per message.
-        """
-        room = self._capacity - len(self._pending)
-        if room < len(observations):
-            for _ in range(len(observations) - max(room, 0)):
-                self.stats.drop("queue_full")
-            observations = observations[: max(room, 0)]
-        self._pending.extend(observations)
-        loop = self._loop
-        if observations and not self._wakeup_scheduled and loop is not None and not loop.is_closed():
-            self._wakeup_scheduled = True
-            loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        self._wakeup_scheduled = False
-        self._ready.set()
-
-    async def _drain(self, sink: Sink) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self._pending:
-                sink(self._pending.popleft())
-                self.stats.accepted += 1
-
-    def _network(self, client: mqtt.Client) -> None:
-        """paho's loop, on our thread so that its death is seen rather than silent."""
-        try:
-            client.loop_forever(retry_first_connection=True)
-        except BaseException as exc:  # noqa: BLE001 -- whatever kills the thread, say so in status
-            self.stats.crash(f"network thread died: {type(exc).__name__}: {str(exc)[:200]}")
-
-    async def run(self, sink: Sink, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = False
-        try:
-            client = self._new_client()
-        except (ConfigError, OSError) as exc:
-            self.stats.fail(f"node broker {self._host}:{self._port}: {str(exc).splitlines()[0]}")
-            log.error(self.stats.last_error)
-            await stop.wait()
-            self.stats.state = "down"
-            return
-        client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
-        self._thread = threading.Thread(target=self._network, args=(client,), name=f"nodes-{self._host}:{self._port}",
-                                        daemon=True)
-        self._thread.start()
-        drain = asyncio.create_task(self._drain(sink))
-        stopped = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({drain, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if drain.done() and not drain.cancelled() and drain.exception() is not None:
-                self.stats.crash(f"drain task died: {drain.exception()!r}")
-                await stop.wait()
-        finally:
-            self._stopping = True
-            drain.cancel()
-            stopped.cancel()
-            client.disconnect()
-            await asyncio.to_thread(self._thread.join, 5.0)
-            self._loop = None
-            self.stats.state = "down"
-
-
-class NodePublisher:
-    """Santi's node role: batches local observations onto the locator's broker.
-
-    ``add`` is the sink for the local sources. Every ``interval_s`` the
-    buffer goes out as JSON arrays of at most ``batch_max`` observations on
-    ``santi/v1/<store>/nodes/<node id>/observations`` (QoS 0: RSSI is
-    perishable, and the locator drops stale batches anyway). While the broker
-    is away nothing piles up beyond ``buffer_max``: the overflow is counted
-    as ``buffer_full`` and the unsent batches as ``broker_down``.
-    """
-
-    def __init__(
-        self,
-        store_id: str,
-        node_id: str,
-        broker: BrokerConfig,
-        *,
-        interval_s: float = 0.5,
-        batch_max: int = 500,
-        buffer_max: int = 10_000,
-        keepalive_s: int = 30,
-    ) -> None:
-        self.topic = santi_topic(store_id, node_id)
-        self.broker = broker.where
-        self.stats = SourceStats(f"node-publisher:{node_id}")
-        self.published = 0
-        self.batches = 0
-        self._host = broker.host
-        self._port = broker.port
-        self._interval_s = interval_s
-        self._batch_max = batch_max
-        self._buffer: deque[Observation] = deque()
-        self._buffer_max = buffer_max
-        self._keepalive_s = keepalive_s
-        self._client = new_client(broker)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._stopping = False
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self.stats.fail(f"locator broker {self._host}:{self._port} refused the connection: {reason}")
-        else:
-            self.stats.up()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not self._stopping:
-            self.stats.fail(f"lost the locator broker {self._host}:{self._port}: {reason}")
-
-    def add(self, record: Record) -> None:
-        """Sink for local sources; only observations are forwarded (taps and app sightings stay local)."""
-        if not isinstance(record, Observation):
-            self.stats.drop("not_an_observation")
-            return
-        if len(self._buffer) >= self._buffer_max:
-            self.stats.drop("buffer_full")
-            return
-        self._buffer.append(record)
-        self.stats.accepted += 1
-
-    def flush(self) -> int:
-        """Publish what is buffered now; returns how many observations went out."""
-        sent = 0
-        while self._buffer:
-            count = min(self._batch_max, len(self._buffer))
-            batch = [self._buffer.popleft() for _ in range(count)]
-            if self.stats.state != "up":
-                for _ in batch:
-                    self.stats.drop("broker_down")
-                continue
-            info = self._client.publish(self.topic, encode_batch(batch), qos=0)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                for _ in batch:
-                    self.stats.drop("broker_down")
-                continue
-            sent += count
-            self.batches += 1
-        self.published += sent
-        return sent
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Connect, then flush every ``interval_s`` until ``stop``; a last flush on the way out."""
-        self._stopping = False
-        self._client.connect_async(self._host, self._port, keepalive=self._keepalive_s)
-        self._client.loop_start()
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._interval_s)
-                self.flush()
-        finally:
-            self.flush()
-            self._stopping = True
-            self._client.disconnect()
-            await asyncio.to_thread(self._client.loop_stop)
-
-    async def wait_connected(self, timeout_s: float) -> bool:
-        """True once connected; lets a short run wait for the broker before it starts."""
-        deadline = time.monotonic() + timeout_s
-        while self.stats.state != "up" and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return self.stats.state == "up"
