@@ -17,7 +17,7 @@ from rich.console import Console
 
 from agent.cli.demo import DemoResult, ReceivedCard, _check_consent, run_demo
 from agent.config import load_site
-from agent.events import VisitEnded, parse_event
+from agent.events import AGGREGATE_TYPES, VisitEnded, parse_event
 from agent.localbroker import Broker
 from agent.messages import StaffCard
 from hq.consent import ConsentRecord, parse_import
@@ -110,6 +110,23 @@ def test_no_raw_identifier_leaves_the_store(run: tuple[DemoResult, list[bytes], 
     assert not leaks, f"raw identifiers published: {leaks[:5]}"
     loyalty = [parse_event(p) for p in payloads if b'"identity.linked"' in p]
     assert all(getattr(e, "loyalty_id", "").startswith("L-") for e in loyalty)
+
+
+def test_the_anonymous_counts_name_no_device(run: tuple[DemoResult, list[bytes], str]) -> None:
+    """occupancy.sampled and footfall.counted reach HQ, and carry no pseudonym of any phone, tag or card."""
+    result, payloads, output = run
+    counts = [p for p in payloads if b'"occupancy.sampled"' in p or b'"footfall.counted"' in p]
+    kinds = {parse_event(p).type for p in counts}
+    assert kinds == {"occupancy.sampled", "footfall.counted"}
+    pseudonyms = {e.emitter_id for e in result.truth.emitters.values()}
+    pseudonyms |= {e.subject for e in result.events if e.type not in AGGREGATE_TYPES}
+    assert len(pseudonyms) > 16
+    for payload in counts:
+        event = parse_event(payload)
+        assert event.subject == event.agent_id
+        assert not [key for key in pseudonyms if key.encode() in payload]
+    assert "People inside, counted from anonymous probes" in output
+    assert re.search(r"entries 0-\d+ min: counted \d+ ± \d+, truth \d+", output)
 
 
 def test_output_is_in_store_time_order_and_a_visit_starts_before_its_sectors(

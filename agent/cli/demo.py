@@ -35,7 +35,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from agent.config import ConsoleConfig, SiteConfig, UplinkConfig
+from agent.cli.footfall_report import print_beside_truth
+from agent.config import ConsoleConfig, FootfallConfig, SiteConfig, UplinkConfig
 from agent.events import Event, utc_from_epoch
 from agent.localbroker import Broker, free_port
 from agent.messages import StaffCard
@@ -88,6 +89,8 @@ class DemoResult:
     """Loyalty ids per rule that the rules give on the simulator's truth (consent applied)."""
     outbox_left: int = 0
     workdir: Path = Path()
+    start_ts: float = 0.0
+    """Store time of the recording's first observation: the demo's minute 0."""
 
     @property
     def consented(self) -> list[str]:
@@ -184,6 +187,11 @@ def _line(event: Event) -> str:
         "identity.linked": lambda: (f"[bold cyan]{who} is loyalty {getattr(event, 'loyalty_id', '')}[/] "
                                     f"({getattr(event, 'method', '')}, confidence {getattr(event, 'confidence', 0):.2f})"),
         "card.tapped": lambda: f"card tapped at {getattr(event, 'reader_id', '')}: {getattr(event, 'card', '')}",
+        "occupancy.sampled": lambda: (f"[blue]inside now[/] {getattr(event, 'count', 0):.1f} "
+                                      f"± {getattr(event, 'count_sd', 0):.1f} (anonymous count, app or not)"),
+        "footfall.counted": lambda: (f"[bold blue]entries[/] {getattr(event, 'entries', 0):.0f} "
+                                     f"± {getattr(event, 'entries_sd', 0):.0f} since "
+                                     f"{getattr(event, 'interval_start', event.ts):%H:%M} UTC"),
     }[event.type]()
 
 
@@ -253,11 +261,13 @@ def _run(site: SiteConfig, *, shoppers: int, minutes: float, seed: int, speed: f
         console.print(f"started a private mosquitto on {host}:{port}")
     else:
         host, port = broker
+    # The anonymous count is on in the demo, with the site's [footfall] or its defaults.
     site = site.model_copy(update={"uplink": UplinkConfig(host=host, port=port),
-                                   "console": _console(work, console, speed)})
+                                   "console": _console(work, console, speed),
+                                   "footfall": site.footfall or FootfallConfig()})
     first = first_timestamp(sim_dir / "observations.jsonl")
     printer = _Printer(console, first, quiet, site.tracking.visit_silence_s + REORDER_MARGIN_S)
-    result = DemoResult(workdir=work)
+    result = DemoResult(workdir=work, start_ts=first)
     store = open_store(f"sqlite:///{work / HQ_DB}")
     runner: ActivationRunner | None = None
     try:
@@ -432,9 +442,10 @@ def _check_consent(result: DemoResult) -> None:
 def _report(console: Console, result: DemoResult, subscriber: HqSubscriber, store: Store, rules: Rules) -> None:
     """The end of the demo, in this order: HQ against truth, then the activations, then one profile.
 
-    A further section about the whole run (e.g. footfall) goes between the summary and the activations.
+    Between the summary and the activations: the anonymous counts of everyone, app or not, beside the truth.
     """
     _summary(console, result, subscriber)
+    print_beside_truth(console, result.events, result.truth.people_inside, result.truth.entries, result.start_ts)
     _activations(console, result, rules)
     _profile(console, result, subscriber)
 
