@@ -34,6 +34,7 @@ from agent.fingerprint_file import FingerprintFileError, read_fingerprint
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import format_loc, located, read_text, syntax_error
 from positioning.fingerprint import Fingerprint
+from positioning.occupancy import EstimateConfig
 
 Loc = tuple[str | int, ...]
 XY = tuple[float, float]
@@ -293,6 +294,12 @@ class TrackingConfig(_Model):
                                   "sector probability (santi calibrate fit writes it).")
 
 
+_ESTIMATE = EstimateConfig()
+"""The estimator's own defaults: the one home of the [footfall] keys' defaults."""
+_DEFAULT_THRESHOLD_DBM = float(_ESTIMATE.min_rssi_dbm[0] if isinstance(_ESTIMATE.min_rssi_dbm, tuple)
+                               else _ESTIMATE.min_rssi_dbm)
+
+
 class FootfallConfig(_Model):
     """The occupancy and footfall count (``agent/footfall.py``): on when the site config has a ``[footfall]`` section.
 
@@ -305,19 +312,19 @@ class FootfallConfig(_Model):
     enabled: bool = Field(default=True, description="false keeps the section but counts nothing.")
     interval_s: float = Field(default=60.0, ge=10.0, le=3600.0,
                               description="Seconds between occupancy.sampled events.")
-    window_s: float = Field(default=7200.0, ge=600.0, le=86_400.0,
+    window_s: float = Field(default=_ESTIMATE.window_s, ge=600.0, le=86_400.0,
                             description="Probe history an estimate looks at (W): fixtures show by staying for hours.")
-    lead_s: float = Field(default=120.0, ge=0.0, le=1800.0,
+    lead_s: float = Field(default=_ESTIMATE.lead_s, ge=0.0, le=1800.0,
                           description="How far behind now a count is taken (L), so a device's next probe can vouch.")
     max_probes: int = Field(default=500_000, ge=1_000, le=5_000_000,
                             description="Probe receptions held at most (~40 bytes each); beyond it new ones are "
                                         "dropped and counted as window_full.")
-    min_rssi_dbm: float = Field(default=-85.0, ge=-130.0, le=0.0,
+    min_rssi_dbm: float = Field(default=_DEFAULT_THRESHOLD_DBM, ge=-130.0, le=0.0,
                                 description="Weakest median power of a stay still inside (the street reads weaker).")
-    people_per_device: float = Field(default=1.0, gt=0.0, le=10.0, description="alpha of eq. (34).")
-    people_offset: float = Field(default=0.0, ge=-1000.0, le=1000.0, description="beta of eq. (34), persons.")
-    residual_sd: float = Field(default=0.0, ge=0.0, le=1000.0, description="s of eq. (34), persons.")
-    people_per_entry: float = Field(default=1.0, gt=0.0, le=10.0,
+    people_per_device: float = Field(default=_ESTIMATE.people_per_device, gt=0.0, le=10.0, description="alpha of eq. (34).")
+    people_offset: float = Field(default=_ESTIMATE.people_offset, ge=-1000.0, le=1000.0, description="beta of eq. (34), persons.")
+    residual_sd: float = Field(default=_ESTIMATE.residual_sd, ge=0.0, le=1000.0, description="s of eq. (34), persons.")
+    people_per_entry: float = Field(default=_ESTIMATE.people_per_entry, gt=0.0, le=10.0,
                                     description="alpha_e of eq. (39): people per counted entering stay.")
 
     @model_validator(mode="after")
