@@ -17,7 +17,11 @@ calibrate fit` fits the receivers (and keeps a radio map if its check says
 so), and the shoppers are located again with the calibrated config. The
 uncalibrated and calibrated figures are reported side by side, each also
 with the tracker estimating every phone's TX offset (`[tracking]
-phone_offset_db = 4`, eq. (16) of positioning.tracker).
+phone_offset_db = 4`, eq. (16) of positioning.tracker), and calibrated once
+more with the carrier's body expected too (`body_loss_db = 3`, eq. (20)).
+`calibrate fit` writes the sector fingerprint (eq. (18) of
+positioning.fingerprint) with every calibrated config, so the calibrated
+rows fuse it in the sector filter.
 
     .venv/bin/python benchmarks/accuracy.py [--shoppers 200] [--minutes 30] [--channel store] [--out DIR] [--json]
 
@@ -72,11 +76,15 @@ def santi(*args: str) -> str:
 PHONE_OFFSET_DB = 4.0
 """`[tracking] phone_offset_db` of the rows that estimate each phone's offset: the store channel's spread."""
 
+BODY_LOSS_DB = 3.0
+"""`[tracking] body_loss_db` of the row that expects the carrier's body (eq. (20))."""
 
-def with_phone_offsets(out: Path) -> Path:
-    """The example site with the tracker estimating each phone's TX offset."""
-    path = out / "fishmonger-phone-offsets.toml"
-    path.write_text(SITE.read_text().replace("[tracking]\n", f"[tracking]\nphone_offset_db = {PHONE_OFFSET_DB}\n"))
+
+def with_phone_offsets(out: Path, body_loss_db: float = 0.0) -> Path:
+    """The example site with the tracker estimating each phone's TX offset (and expecting the body, if given)."""
+    body = f"body_loss_db = {body_loss_db}\n" if body_loss_db else ""
+    path = out / f"fishmonger-phone-offsets{'-body' if body else ''}.toml"
+    path.write_text(SITE.read_text().replace("[tracking]\n", f"[tracking]\nphone_offset_db = {PHONE_OFFSET_DB}\n{body}"))
     return path
 
 
@@ -132,7 +140,8 @@ def run(name: str, channel: ChannelConfig, shoppers: int, minutes: float, seed: 
     if name in CALIBRATED:
         offsets = with_phone_offsets(out)
         figures["phone_offsets"] = store_targets(scored(load_site(offsets), run_dir, "phone-offsets", seed, bound_sample))
-        for key, base in (("calibrated", SITE), ("calibrated_phone_offsets", offsets)):
+        for key, base in (("calibrated", SITE), ("calibrated_phone_offsets", offsets),
+                          ("calibrated_phone_offsets_body", with_phone_offsets(out, BODY_LOSS_DB))):
             calibrated, verdict = calibrate(name, base, walk_seed, out)
             figures[key] = store_targets(scored(load_site(calibrated), run_dir, key, seed, bound_sample))
             figures[key]["calibration"] = verdict
@@ -197,7 +206,8 @@ def main() -> None:
             _print("uncalibrated", r)
             if "phone_offsets" in r:
                 _print(f"uncalibrated, phone offsets estimated ({PHONE_OFFSET_DB:g} dB)", r["phone_offsets"])
-            for key, label in (("calibrated", "calibrated"), ("calibrated_phone_offsets", "calibrated, phone offsets")):
+            for key, label in (("calibrated", "calibrated"), ("calibrated_phone_offsets", "calibrated, phone offsets"),
+                               ("calibrated_phone_offsets_body", f"calibrated, phone offsets, body {BODY_LOSS_DB:g} dB")):
                 if key in r:
                     _print(f"{label} from a survey walk ({r[key]['calibration']})", r[key])
 

@@ -144,8 +144,9 @@ def main() -> None:
     if "castillo" in results:
         print("== castillo-cara-ble-esiiab: sector accuracy (per sample), ours vs published best")
         for row in results["castillo"]["rows"]:
-            print(f"floor {row['floor']:6s} tx {row['tx_dbm']:>3d} dBm: ours {row['accuracy']:.1%} "
-                  f"(mean centre error {row['mean_error_m']:.2f} m)  published {row['published_accuracy']:.1%}")
+            print(f"floor {row['floor']:2s} tx {row['tx_dbm']:>3d} dBm, {row['split']:6s} split: model {row['accuracy']:.1%} "
+                  f"(mean centre error {row['mean_error_m']:.2f} m), fingerprint {row['fingerprint_accuracy']:.1%}, "
+                  f"fused {row['fused_accuracy']:.1%}; published {row['published_accuracy']:.1%}")
     if "feng" in results:
         print("== feng-wifi-rss-rtt: Wi-Fi RSS positioning error on the test points")
         for row in results["feng"]["rooms"]:

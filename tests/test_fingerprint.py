@@ -20,6 +20,7 @@ from agent.site_arrays import make_sector_model, make_sector_tracker, site_array
 from positioning.fingerprint import Fingerprint, fit_fingerprint, fuse
 from simulator.calibrate import calibration_samples, walk_fingerprint
 from simulator.channel import CHANNELS
+from simulator.datasets.castillo import held_out
 from simulator.run import SURVEY_PHONES, SimConfig, simulate
 from simulator.store import Store
 from simulator.truth import read_truth
@@ -229,3 +230,13 @@ def test_a_broken_or_mismatched_fingerprint_is_a_one_line_error_naming_the_file(
     out.write_text("".join(line for line in out.read_text().splitlines(keepends=True)
                            if not line.startswith("fingerprint =")))
     assert site_arrays(load_site(out)).fingerprint is None
+
+
+def test_castillo_block_split_holds_out_whole_runs_of_consecutive_rows() -> None:
+    label = np.repeat(np.arange(3), 100)
+    random, blocks = held_out(label, 0), held_out(label, 0, block=10)
+    for test in (random, blocks):
+        np.testing.assert_array_equal(np.bincount(label[test]), [30, 30, 30])
+    runs = blocks.reshape(-1, 10)
+    assert np.all(runs.all(axis=1) | ~runs.any(axis=1))  # each block of ten is all in or all out
+    assert not np.all((r := random.reshape(-1, 10)).all(axis=1) | ~r.any(axis=1))
