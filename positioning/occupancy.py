@@ -224,6 +224,10 @@ def group_devices(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: 
     return labels
 
 
+_PAIRS_PER_BLOCK = 65_536
+"""Candidate pairs of eq. (30) checked at once (about 5 MB of temporaries)."""
+
+
 def _link_candidates(t: FloatArray, sig: NDArray[np.int64], seq: NDArray[np.int64], z: FloatArray,
                      rnd: BoolArray, first: IntArray, last: IntArray,
                      config: LinkConfig) -> tuple[IntArray, IntArray]:
@@ -251,15 +255,23 @@ def _link_candidates(t: FloatArray, sig: NDArray[np.int64], seq: NDArray[np.int6
     starts, start_sorted = usable[by_key], start_key[by_key]
     lo = np.searchsorted(start_sorted, end_key - margin, side="left")
     hi = np.searchsorted(start_sorted, end_key + config.gap_s + margin, side="right")
-    owner, within = _ragged(hi - lo)
-    a = usable[owner]
-    b = starts[lo[owner] + within]
-    dt = t[first[b]] - t[last[a]]
-    dq = (seq[first[b]] - seq[last[a]]) % SEQUENCE_MODULUS
-    ok = ((a != b) & (sig[last[a]] == sig[first[b]]) & (dt > 0.0) & (dt <= config.gap_s)
-          & (dq >= 1) & (dq <= config.seq_slack + config.seq_rate_per_s * dt)
-          & (np.abs(z[first[b]] - z[last[a]]) <= config.rssi_step_db))
-    return a[ok], b[ok]
+    # Pairs are checked a block of ends at a time, so memory stays bounded on a busy street.
+    bounds = np.searchsorted(np.cumsum(hi - lo), np.arange(_PAIRS_PER_BLOCK, int((hi - lo).sum()),
+                                                           _PAIRS_PER_BLOCK), side="left")
+    found_a: list[IntArray] = []
+    found_b: list[IntArray] = []
+    for block in np.split(np.arange(usable.size), bounds + 1):
+        owner, within = _ragged(hi[block] - lo[block])
+        a = usable[block[owner]]
+        b = starts[lo[block][owner] + within]
+        dt = t[first[b]] - t[last[a]]
+        dq = (seq[first[b]] - seq[last[a]]) % SEQUENCE_MODULUS
+        ok = ((a != b) & (sig[last[a]] == sig[first[b]]) & (dt > 0.0) & (dt <= config.gap_s)
+              & (dq >= 1) & (dq <= config.seq_slack + config.seq_rate_per_s * dt)
+              & (np.abs(z[first[b]] - z[last[a]]) <= config.rssi_step_db))
+        found_a.append(a[ok])
+        found_b.append(b[ok])
+    return np.concatenate(found_a).astype(np.intp), np.concatenate(found_b).astype(np.intp)
 
 
 def _ragged(count: IntArray) -> tuple[IntArray, IntArray]:

@@ -25,6 +25,7 @@ from agent.replayclock import ReplayClock
 from agent.replayfile import read_records, write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
+from positioning import occupancy
 from tests.helpers.hq_acks import AckingSubscriber
 
 HOUR = 1_764_925_200.0
@@ -240,3 +241,16 @@ def test_the_demo_prints_the_counts_beside_the_truth(site_path: Path, tmp_path: 
     empty = io.StringIO()
     print_beside_truth(Console(file=empty), [], inside_at, entries_in, START)
     assert "no occupancy or footfall counts" in empty.getvalue()
+
+
+def test_linking_in_blocks_of_one_pair_finds_the_same_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eq. (30)'s pairs are checked a block at a time to bound memory; the block size changes nothing."""
+    rec = recording(8)
+    rows = [(o.ts, hash(o.emitter_id), hash(o.probe.signature) if o.probe else -1,
+             o.probe.sequence if o.probe and o.probe.sequence is not None else -1, o.rssi_dbm,
+             bool(o.probe and o.probe.randomised)) for o in rec.observations]
+    t, mac, sig, seq, z, rnd = (np.array(column) for column in zip(*rows, strict=True))
+    whole = occupancy.group_devices(t, mac, sig, seq, z, rnd)
+    monkeypatch.setattr(occupancy, "_PAIRS_PER_BLOCK", 1)
+    assert np.array_equal(occupancy.group_devices(t, mac, sig, seq, z, rnd), whole)
+    assert whole.max() + 1 < len({o.emitter_id for o in rec.observations})  # some MACs were linked
