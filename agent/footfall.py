@@ -9,8 +9,9 @@ pseudonyms and numbers (`agent.probe_keys`); this stage keeps the last
 came in during it. Only those counts leave the store: the events carry no
 pseudonym, and the keys held here are process-local hashes that die with it.
 
-Memory is bounded by ``max_probes`` receptions (41 bytes each as held, plus
-the ones waiting for the next estimate): beyond it a new reception is
+Memory is bounded by ``max_probes`` receptions (41 bytes each, those
+waiting for the next estimate included), and an estimate's temporaries by
+what it holds (about 175 bytes a reception; benchmarks/README.md): beyond it a new reception is
 dropped and counted as ``window_full``, logged at the 1st, 10th, 100th...
 Receptions of receivers the site config does not name are dropped and
 counted as ``unknown_receiver``. Rows older than the window go at each
@@ -46,6 +47,9 @@ ROW = np.dtype([("t", "f8"), ("mac", "i8"), ("sig", "i8"), ("seq", "i2"), ("rnd"
                 ("rx", "i2")])
 """One held reception: time, MAC key, signature key (-1 unknown), sequence (-1 unknown), randomised, dBm, receiver."""
 
+PENDING_ROWS = 4096
+"""Receptions kept as tuples before they are packed into the array form (41 bytes each, not ~200)."""
+
 _KEY_MASK = (1 << 63) - 1
 """Keys as non-negative int64, so -1 keeps meaning 'no signature'."""
 
@@ -73,6 +77,9 @@ class FootfallStage:
     def __init__(self, site: SiteConfig, config: FootfallConfig) -> None:
         self.stats = FootfallStats()
         self._pending: list[Row] = []
+        self._packed: list[NDArray[np.void]] = []
+        self._waiting = 0
+        """Receptions in ``_pending`` and ``_packed``, not yet folded into ``_rows``."""
         self._rows: NDArray[np.void] = np.zeros(0, dtype=ROW)
         self._first_wall: float | None = None
         self._next_sample = math.inf
@@ -100,7 +107,7 @@ class FootfallStage:
         if receiver is None:
             self._drop("unknown_receiver")
             return
-        if self._rows.size + len(self._pending) >= self.config.max_probes:
+        if self._rows.size + self._waiting >= self.config.max_probes:
             self._drop("window_full")
             return
         probe = observation.probe
@@ -112,6 +119,10 @@ class FootfallStage:
             randomised = probe.randomised
         self._pending.append((observation.ts, hash(observation.emitter_id) & _KEY_MASK, signature, sequence,
                               randomised, observation.rssi_dbm, receiver))
+        self._waiting += 1
+        if len(self._pending) >= PENDING_ROWS:
+            self._packed.append(np.array(self._pending, dtype=ROW))
+            self._pending = []
         self.stats.accepted += 1
 
     def _drop(self, reason: str) -> None:
@@ -181,9 +192,9 @@ class FootfallStage:
 
     def _run(self, now: float, config: EstimateConfig) -> OccupancyEstimate:
         """Fold the waiting receptions in, forget what the window no longer covers, and estimate at ``now``."""
-        if self._pending:
-            self._rows = np.concatenate([self._rows, np.array(self._pending, dtype=ROW)])
-            self._pending = []
+        if self._waiting:
+            self._rows = np.concatenate([self._rows, *self._packed, np.array(self._pending, dtype=ROW)])
+            self._pending, self._packed, self._waiting = [], [], 0
         keep = self._rows["t"] >= now - self.config.window_s
         if not keep.all():
             self._rows = self._rows[keep]
@@ -209,7 +220,7 @@ class FootfallStage:
         """The stage's figures for ``santi status``: the last count, the window held, the CPU an estimate took."""
         last = self.stats.last
         return {
-            "held": self.stats.held + len(self._pending), "max_probes": self.config.max_probes,
+            "held": self.stats.held + self._waiting, "max_probes": self.config.max_probes,
             "window_s": self.config.window_s, "estimates": self.stats.estimates,
             "cpu_s_last": self.stats.cpu_s_last, "cpu_s_total": self.stats.cpu_s_total,
             "count": None if last is None else last.count, "count_sd": None if last is None else last.count_sd,

@@ -158,18 +158,21 @@ def test_no_device_identifier_leaves_in_the_events(site_path: Path, tmp_path: Pa
 
 
 def test_a_full_window_and_an_unknown_receiver_are_counted_drops(site_path: Path) -> None:
-    stage = FootfallStage(load_site(site_path), FootfallConfig(max_probes=1000))
+    stage = FootfallStage(load_site(site_path), FootfallConfig(max_probes=5000))
     probe = ProbeFields(sequence=1, signature=SIGNATURES[0], randomised=True)
-    for i in range(1200):
+    for i in range(6000):  # more than PENDING_ROWS: some wait packed, some as tuples
         stage.add(Observation(ts=START + i, receiver_id="pi-wifi", emitter_id=f"{i:024x}", tech="wifi",
                               rssi_dbm=-60.0, probe=probe))
     stage.add(Observation(ts=START, receiver_id="nowhere", emitter_id="f" * 24, tech="wifi", rssi_dbm=-60.0))
     stage.add(Observation(ts=START, receiver_id="pi-wifi", emitter_id="e" * 24, tech="ble", rssi_dbm=-60.0))
-    assert stage.stats.accepted == 1000
-    assert stage.stats.dropped == {"window_full": 200, "unknown_receiver": 1}
-    stage.step(START + 1200.0, 0.0)
-    stage.step(START + 1260.0, 0.0)  # the first sample: rows older than the window go, the rest are held
-    assert stage.status(0.0)["held"] == 1000
+    assert stage.stats.accepted == 5000
+    assert stage.stats.dropped == {"window_full": 1000, "unknown_receiver": 1}
+    assert stage.status(0.0)["held"] == 5000
+    stage.step(START + 6000.0, 0.0)
+    stage.step(START + 6060.0, 0.0)  # the first sample folds them in; none is older than the window yet
+    assert (stage.stats.held, stage.status(0.0)["held"]) == (5000, 5000)
+    stage.step(START + 7800.0, 0.0)  # rows older than the window (two hours) go
+    assert stage.stats.held == 5000 - 600
 
 
 def test_the_footfall_section_is_checked_like_the_others(tmp_path: Path) -> None:
