@@ -68,6 +68,8 @@ class NodesSource:
         self._ready = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._refused = False
+        """The broker refused the last CONNECT: its reason stays the source's reason, not the close after it."""
         self._thread: threading.Thread | None = None
 
     def _new_client(self) -> mqtt.Client:
@@ -81,8 +83,10 @@ class NodesSource:
         return client
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._refused = reason.is_failure
         if reason.is_failure:
-            self.stats.fail(f"local broker {self._host}:{self._port} refused the connection: {reason}")
+            self.stats.fail(f"local broker {self._host}:{self._port} refused the connection: {reason}"
+                            + (" — check [nodes] username and its password" if reason.value in (0x86, 0x87) else ""))
             return
         client.subscribe([(topic, 0) for topic in self.ingest.topics])
 
@@ -93,7 +97,7 @@ class NodesSource:
         self.stats.up()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not self._stopping:
+        if not self._stopping and not self._refused:
             self.stats.fail(f"lost the local broker {self._host}:{self._port}: {reason}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
