@@ -38,6 +38,7 @@ from agent.checks import Check, Status, fail, ok, warn
 from agent.config import ConfigError, NfcReaderConfig, SiteConfig, load_site
 from agent.doctor_acl import check_broker_acl
 from agent.doctor_broker import check_broker, check_tls
+from agent.text import plural
 
 ARPHRD_IEEE80211_RADIOTAP = 803
 """Link type of an interface in monitor mode that delivers radiotap headers."""
@@ -58,7 +59,7 @@ def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
     except ConfigError as exc:
         return fail("config", str(exc), f"edit {path} at the line named, then `santi config check {path}`"), None
     detail = (f"{path}: store {site.store.id}, agent {site.agent.id} ({site.agent.role}), "
-              f"{len(site.receivers)} receivers, {len(site.sectors)} sectors")
+              f"{plural(len(site.receivers), 'receiver')}, {plural(len(site.sectors), 'sector')}")
     return ok("config", detail), site
 
 

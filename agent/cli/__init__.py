@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
 
 import click
 
@@ -51,6 +52,25 @@ class SantiGroup(click.Group):
         except SantiError as exc:
             click.echo(f"santi: {exc.one_line()}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            _usage_error(exc)
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            _usage_error(exc)
+
+
+def _usage_error(exc: click.UsageError) -> NoReturn:
+    """A mistyped command line as one line, like every other failure: what is wrong and where the help is.
+
+    Click's own form is three lines (usage, a hint, the error); the README promises one.
+    """
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    click.echo(f"santi: {' '.join(exc.format_message().split())}{where}", err=True)
+    raise click.exceptions.Exit(exc.exit_code)
 
 
 class LazyGroup(SantiGroup):
@@ -96,4 +116,4 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(cli.main(standalone_mode=True))
+    sys.exit(cli.main(prog_name="santi", standalone_mode=True))

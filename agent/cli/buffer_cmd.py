@@ -41,6 +41,7 @@ from agent.outbox import (
     with_outbox_figures,
 )
 from agent.statusfile import read_status
+from agent.text import plural
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def export(site: Path, out: TextIO, after_seq: int) -> None:
     for row in export_rows(_outbox_path(site), after_seq):
         out.write(row.payload.decode("utf-8") + "\n")
         count += 1
-    click.echo(f"exported {count:,} events", err=True)
+    click.echo(f"exported {plural(count, 'event')}", err=True)
 
 
 def _running_agent(site: SiteConfig) -> int | None:
@@ -266,7 +267,7 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
     else:
         how = f" through the running agent (pid {pid})" if pid is not None else ""
         acked = "acknowledged by HQ" if config.uplink.ack == "hq" else "taken by the broker"
-        click.echo(f"sent {acknowledged + left.sent:,} events{how}: {acknowledged:,} {acked}, "
+        click.echo(f"sent {plural(acknowledged + left.sent, 'event')}{how}: {acknowledged:,} {acked}, "
                    f"{left.sent:,} waiting for HQ's acknowledgement; {left.total - left.sent:,} not sent")
         click.echo(f"stopped: {_why(left, reason, config.uplink.ack, error, storage)}", err=bool(left.total))
     if left.total:

@@ -44,6 +44,7 @@ from agent.replayclock import ReplayClock, first_timestamp
 from agent.service import Service
 from agent.sources.factory import replay_sources
 from agent.staffboard import StaffBoard
+from agent.text import plural
 from hq.activation import PastFiring, Trigger, evaluate
 from hq.backends import open_store
 from hq.consent import ConsentRecord, ConsentState
@@ -244,14 +245,14 @@ def _run(site: SiteConfig, *, shoppers: int, minutes: float, seed: int, speed: f
          consent: Sequence[ConsentRecord], quiet: bool) -> DemoResult:
     sim_dir = work / "sim"
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"simulating {shoppers} shoppers for {minutes:g} minutes", total=1.0)
+        task = progress.add_task(f"simulating {plural(shoppers, 'shopper')} for {minutes:g} minutes", total=1.0)
 
         def tick(done: float, total: float) -> None:
             progress.update(task, completed=done / max(total, 1e-9))
 
         summary = simulate(site, SimConfig(shoppers=shoppers, minutes=minutes, seed=seed), sim_dir, tick)
-    console.print(f"simulated {summary.shoppers} shoppers: {summary.observations:,} observations, "
-                  f"{summary.taps} card taps, {summary.duration_s / 60:.1f} store minutes → {sim_dir}")
+    console.print(f"simulated {plural(summary.shoppers, 'shopper')}: {plural(summary.observations, 'observation')}, "
+                  f"{plural(summary.taps, 'card tap')}, {summary.duration_s / 60:.1f} store minutes → {sim_dir}")
 
     private: Broker | None = None
     if broker is None:
@@ -466,7 +467,7 @@ def _activations(console: Console, result: DemoResult, rules: Rules) -> None:
     refused = sorted(lid for lid in holders
                      if not ((s := result.consent.get(lid)) is not None and s.allows("personalisation")))
     to_them = sum(1 for c in result.cards if c.card.loyalty_id in refused)
-    console.print(f"cards to the {len(refused)} card holders without consent to personalisation: {to_them}"
+    console.print(f"cards to the {plural(len(refused), 'card holder')} without consent to personalisation: {to_them}"
                   " (a card truth lacks: the agent linked the tap to the wrong phone or the dwell differs;"
                   " truth a card lacks: the tap was not linked, or the card came after the visit ended)")
 

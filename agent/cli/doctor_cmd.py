@@ -14,6 +14,7 @@ from rich.table import Table
 from agent.checks import Check
 from agent.cli.config_cmd import DEFAULT_SITE
 from agent.doctor import run_checks, worst
+from agent.text import plural
 
 EXIT_FAILED = 1
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -57,7 +58,7 @@ def doctor(config: Path, state_dir: Path | None, timeout: float, as_json: bool) 
         console.print(_table(checks))
         failed = sum(check.status == "fail" for check in checks)
         warned = sum(check.status == "warn" for check in checks)
-        console.print(f"[{STYLE[verdict]}]{failed} failed, {warned} warnings, "
+        console.print(f"[{STYLE[verdict]}]{failed} failed, {plural(warned, 'warning')}, "
                       f"{len(checks) - failed - warned} ok[/]")
     if verdict == "fail":
         raise SystemExit(EXIT_FAILED)

@@ -22,6 +22,7 @@ from agent.firmware import (
     tag_site_problems,
     write_node_files,
 )
+from agent.text import plural
 
 EXIT_NOT_ADMITTED = 1
 
@@ -100,7 +101,7 @@ def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_js
     console.print(table)
     include = nodes[0].settings["include"]
     console.print(f"include filter: {escape(include) if include else '(none: site allows all beacons)'}")
-    console.print(f"wrote {len(written)} files to {out}")
+    console.print(f"wrote {plural(len(written), 'file')} to {out}")
 
 
 @firmware.command("check-tag")

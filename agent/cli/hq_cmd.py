@@ -47,8 +47,9 @@ db_option = click.option(
 
 
 @contextmanager
-def _store(db_url: str) -> Iterator[Store]:
-    store = open_store(db_url)
+def _store(db_url: str, *, create: bool = False) -> Iterator[Store]:
+    """The database ``--db`` names; only commands that store something create it."""
+    store = open_store(db_url, create=create)
     try:
         yield store
     finally:
@@ -289,9 +290,9 @@ def erase(loyalty_id: str, db_url: str, yes: bool) -> None:
         click.confirm(f"Erase everything about {loyalty_id}? This cannot be undone", abort=True)
     with _store(db_url) as store:
         done = store.erase(loyalty_id)
-    click.echo(f"erased {loyalty_id}: {done.events_deleted} events in {done.visits} visits of "
-               f"{done.subjects} pseudonymous visitors, {done.dead_letters_deleted} dead letters, "
-               f"{done.consent_deleted} consent records, {done.activations_deleted} activations; "
+    click.echo(f"erased {loyalty_id}: {plural(done.events_deleted, 'event')} in {plural(done.visits, 'visit')} of "
+               f"{plural(done.subjects, 'pseudonymous visitor')}, {plural(done.dead_letters_deleted, 'dead letter')}, "
+               f"{plural(done.consent_deleted, 'consent record')}, {plural(done.activations_deleted, 'activation')}; "
                "tombstones recorded")
 
 
@@ -355,7 +356,7 @@ def import_(file: BinaryIO, db_url: str) -> None:
       santi hq import /media/usb/pi-1-events.jsonl --db sqlite:///hq.db
     """
     name = Path(file.name).name
-    with _store(db_url) as store:
+    with _store(db_url, create=True) as store:
         done = import_export(store, file, name, time.time())
         report = [g for g in store.gaps() if (g.store_id, g.agent_id, g.epoch) in done.epochs]
     result = done.ingest
@@ -487,7 +488,7 @@ def consent_set(loyalty_id: str, profiling: str | None, personalisation: str | N
                                  source=source) for purpose, value in given.items() if value is not None]
     except ValueError as exc:
         raise CliError(f"bad consent record: {str(exc).splitlines()[-1].strip()}") from None
-    with _store(db_url) as store:
+    with _store(db_url, create=True) as store:
         change = store.add_consent(records, time.time())
         now = store.consent_state(loyalty_id)
     click.echo(f"{loyalty_id}: {purposes_text(now.granted)}"
@@ -540,10 +541,11 @@ def consent_import(path: Path, source: str, db_url: str) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     records = parse_import(text, path, source=source)
-    with _store(db_url) as store:
+    with _store(db_url, create=True) as store:
         change = store.add_consent(records, time.time())
     customers = len({r.loyalty_id for r in records})
-    click.echo(f"imported {path}: {len(records)} records of {customers} customers, {change.stored} new"
+    click.echo(f"imported {path}: {plural(len(records), 'record')} of {plural(customers, 'customer')}, "
+               f"{change.stored} new"
                + (f", {change.unlinked} links deleted" if change.unlinked else "")
                + (f", {change.erased} of erased customers skipped" if change.erased else ""))
 

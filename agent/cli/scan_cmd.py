@@ -64,6 +64,7 @@ from agent.sources.wifi import (
     ProbeRequest,
     WifiMonitorSource,
 )
+from agent.text import plural
 
 EXIT_RADIO_FAILED = 1
 TICK_S = 0.1
@@ -384,7 +385,7 @@ def scan(config: Path, seconds: float | None, adapter: str | None, passive: bool
         if not console.is_terminal:
             console.print(_render(table, now, sources, None))
         allowed = sum(row.allowed for row in table.rows.values())
-        console.print(f"{len(table.rows)} emitters heard: {allowed} allowed, {len(table.rows) - allowed} ignored")
+        console.print(f"{plural(len(table.rows), 'emitter')} heard: {allowed} allowed, {len(table.rows) - allowed} ignored")
     failed = [s for s in sources if s.stats.name not in came_up]
     for source in failed:
         err.print(f"santi: {escape(source.stats.name)} never came up: {escape(source.stats.last_error or 'no reason given')}",

@@ -25,6 +25,7 @@ from agent.config import ConfigError, SiteConfig
 from agent.fingerprint_file import StoredFingerprint
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
+from agent.text import plural
 from simulator.anonymous import CrowdConfig
 from simulator.calibrate import (
     MAP_BANDWIDTHS_M,
@@ -154,9 +155,9 @@ def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, se
     except (SiteNotSimulable, OSError) as exc:
         raise CliError(str(exc)) from None
     if not quiet:
-        click.echo(f"{summary.shoppers} shoppers over {summary.duration_s / 60:.1f} min: "
-                   f"{summary.observations} observations from {summary.emitters} emitters, {summary.taps} card taps "
-                   f"-> {out_dir}")
+        click.echo(f"{plural(summary.shoppers, 'shopper')} over {summary.duration_s / 60:.1f} min: "
+                   f"{plural(summary.observations, 'observation')} from {plural(summary.emitters, 'emitter')}, "
+                   f"{plural(summary.taps, 'card tap')} -> {out_dir}")
 
 
 def _report_table(report: Report) -> Table:
@@ -219,7 +220,7 @@ def report_cmd(run_dir: Path, site: Path | None, tech: str, mode: str, bound_sam
     reader = RecordReader(estimates, Estimate)
     groups = group_estimates(reader)
     if reader.bad_total:
-        raise CliError(f"{estimates}: {reader.bad_total} bad lines (first: line {reader.report.bad[0].line}: "
+        raise CliError(f"{estimates}: {plural(reader.bad_total, 'bad line')} (first: line {reader.report.bad[0].line}: "
                        f"{reader.report.bad[0].reason})")
     report = build_report(config, truth, groups, tech=cast(Tech, tech),
                           observations=observations, bound_sample=bound_sample)

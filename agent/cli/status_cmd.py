@@ -13,6 +13,7 @@ from rich.table import Table
 
 from agent.cli.config_cmd import agent_state_dir, state_dir_options
 from agent.statusfile import STALE_AFTER_S, StatusReport, duration, read_status, utc_text
+from agent.text import plural
 
 EXIT_DEGRADED = 1
 EXIT_NOT_RUNNING = 3
@@ -52,11 +53,11 @@ def _summary(report: StatusReport, now: float) -> Table:
     if acknowledgement is not None:
         grid.add_row("acknowledgement", acknowledgement)
     if report.tracks is not None:
-        grid.add_row("tracking", f"{report.tracks} emitters, {report.visits or 0} open visits")
+        grid.add_row("tracking", f"{plural(report.tracks, 'emitter')}, {plural(report.visits or 0, 'open visit')}")
     if report.footfall is not None:
         grid.add_row("footfall", escape(report.footfall.text()))
     if report.queue_dropped:
-        grid.add_row("locator queue", f"[bold red]{report.queue_dropped} records dropped (queue full)[/]")
+        grid.add_row("locator queue", f"[bold red]{plural(report.queue_dropped, 'record')} dropped (queue full)[/]")
     return grid
 
 
