@@ -13,9 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli import cli
 from agent.config import load_site
-from agent.localbroker import Broker, free_port
+from agent.localbroker import Broker, example_site_for, free_port
 from agent.observations import Observation
-from agent.privacy import Pseudonymizer
+from agent.privacy import GENERATED_SECRET, Pseudonymizer
 from agent.replayfile import write_records
 from agent.sources.node_ingest import NodeIngest, santi_topic
 
@@ -87,3 +87,14 @@ def test_node_reports_an_unreachable_broker(example_site: Path, tmp_path: Path) 
                                       "--broker", f"127.0.0.1:{port}", "--connect-timeout", "1"])
     assert result.exit_code == 2
     assert result.output == f"santi: cannot reach the locator's broker at 127.0.0.1:{port} within 1 s\n"
+
+
+def test_node_refuses_to_scan_without_the_stores_secret(tmp_path: Path) -> None:
+    site = example_site_for(tmp_path, free_port())
+    result = CliRunner().invoke(cli, ["node", "--config", str(site), "--source", "ble",
+                                      "--broker", f"127.0.0.1:{free_port()}", "--connect-timeout", "0.5"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        (f"santi: {site}: santi node needs the store's secret — copy the locator's secret file here (owner santi, "
+        f"mode 0600) and set [privacy] secret_file to it (or secret_env)")]
+    assert not (tmp_path / "state" / GENERATED_SECRET).exists()

@@ -46,15 +46,19 @@ def _receiver(site: SiteConfig, kind: str) -> str:
     raise CliError(f"{site.path}: no receiver of kind {kind!r} for --source {kind}")
 
 
-def _pseudonymizer(site: SiteConfig, state_dir: Path) -> Pseudonymizer:
+def _pseudonymizer(site: SiteConfig) -> Pseudonymizer:
+    """The locator's pseudonyms: a secret of the node's own would give every phone another id here."""
+    if site.privacy.secret_file is None and site.privacy.secret_env is None:
+        raise CliError(f"{site.path}: santi node needs the store's secret — copy the locator's secret file here "
+                       f"(owner santi, mode 0600) and set [privacy] secret_file to it (or secret_env)")
     try:
-        secret = load_secret(site.privacy, state_dir)
+        secret = load_secret(site.privacy, site.agent.state_dir)  # configured: nothing is generated there
     except (ConfigError, OSError) as exc:
         raise CliError(str(exc)) from None
     return Pseudonymizer(secret, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
 
 
-def _sources(specs: tuple[str, ...], site: SiteConfig, state_dir: Path, speed: float) -> list[Source]:
+def _sources(specs: tuple[str, ...], site: SiteConfig, speed: float) -> list[Source]:
     sources: list[Source] = []
     for spec in specs:
         if spec.startswith("replay:"):
@@ -63,12 +67,12 @@ def _sources(specs: tuple[str, ...], site: SiteConfig, state_dir: Path, speed: f
                 raise CliError(f"--source {spec}: no such file")
             sources.append(ReplaySource(path, speed=speed, retime=True))
         elif spec == "ble":
-            sources.append(BleSource(site.ble, _receiver(site, "ble"), _pseudonymizer(site, state_dir)))
+            sources.append(BleSource(site.ble, _receiver(site, "ble"), _pseudonymizer(site)))
         elif spec == "wifi":
             if site.wifi.interface is None:
                 raise CliError(f"{site.path}: --source wifi needs wifi.interface (a monitor-mode interface)")
             sources.append(WifiMonitorSource(site.wifi.interface, _receiver(site, "wifi"),
-                                             _pseudonymizer(site, state_dir)))
+                                             _pseudonymizer(site)))
         else:
             raise CliError(f"--source {spec!r}: expected ble, wifi or replay:FILE")
     return sources
@@ -124,12 +128,10 @@ def _summary(sources: list[Source], publisher: NodePublisher) -> Table:
               help="Seconds between batches.")
 @click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="Replay speed for replay:FILE (recorded seconds per real second).")
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Where the store secret lives; overrides agent.state_dir.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
               help="Seconds to wait for the locator's broker before giving up.")
 def node(config_path: Path, specs: tuple[str, ...], broker: str | None, node_id: str | None,
-         interval: float, speed: float, state_dir: Path | None, connect_timeout: float) -> None:
+         interval: float, speed: float, connect_timeout: float) -> None:
     """Run as a remote receiver: scan here, forward RSSI to the store's locator.
 
     Observations are pseudonymised here with the store secret, which must be
@@ -145,7 +147,7 @@ def node(config_path: Path, specs: tuple[str, ...], broker: str | None, node_id:
     site = load_or_fail(config_path)
     name = node_id or site.agent.id
     target = _broker(broker, site, f"santi-node-{name}")
-    sources = _sources(specs, site, state_dir or site.agent.state_dir, speed)
+    sources = _sources(specs, site, speed)
     try:
         publisher = NodePublisher(site.store.id, name, target, interval_s=interval)
     except (ConfigError, OSError) as exc:
