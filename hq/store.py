@@ -54,6 +54,8 @@ from hq.schema import SCHEMA_VERSION, ddl, migration_v1
 log = logging.getLogger(__name__)
 
 CHUNK = 500
+FIRING_ROWS = 80
+"""Firings per INSERT: 880 parameters, under SQLite's oldest limit of 999."""
 CONTIGUITY_STEP = 1_000
 
 DEAD_LETTER_ROWS = 10_000
@@ -828,20 +830,27 @@ class Store(ABC):
         """Record firings with their pending deliveries in one transaction; per firing, whether it is new.
 
         The unique key decides across HQs: only the one whose insert went in
-        delivers. One commit per batch, not per firing: a commit is a disk flush.
+        (RETURNING names it) delivers. One commit per batch, not per firing (a
+        commit is a disk flush), and one statement per FIRING_ROWS firings.
         """
         if not firings:
             return []
-        new: list[bool] = []
+        inserted: set[str] = set()
         with self._write() as cur:
+            for start in range(0, len(firings), FIRING_ROWS):
+                part = [firing for firing, _ in firings[start:start + FIRING_ROWS]]
+                cur.execute("INSERT INTO activations (activation_id, rule_id, event_id, loyalty_id, store_id,"  # noqa: S608
+                            " agent_id, visit_id, sector_id, ts, fired_at, facts) VALUES "
+                            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+                            + " ON CONFLICT DO NOTHING RETURNING activation_id",
+                            [value for f in part for value in (f.activation_id, f.rule_id, f.event_id, f.loyalty_id,
+                                                               f.store_id, f.agent_id, f.visit_id, f.sector_id, f.ts,
+                                                               f.fired_at, f.facts)])
+                inserted.update(row[0] for row in cur.fetchall())
+            new: list[bool] = []
             for firing, _ in firings:
-                cur.execute("INSERT INTO activations (activation_id, rule_id, event_id, loyalty_id, store_id,"
-                            " agent_id, visit_id, sector_id, ts, fired_at, facts)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                            (firing.activation_id, firing.rule_id, firing.event_id, firing.loyalty_id,
-                             firing.store_id, firing.agent_id, firing.visit_id, firing.sector_id, firing.ts,
-                             firing.fired_at, firing.facts))
-                new.append(int(cur.rowcount) == 1)
+                new.append(firing.activation_id in inserted)
+                inserted.discard(firing.activation_id)  # the same firing twice in one call: the first is new
             rows = [(firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by, firing.fired_at,
                      firing.fired_at)
                     for (firing, deliveries), fresh in zip(firings, new, strict=True) if fresh for d in deliveries]

@@ -578,3 +578,14 @@ def test_rule_inputs_of_a_batch_are_the_per_customer_reads(store: Store) -> None
     keys = [(STORE, AGENT, v) for v in ("v1", "v2", "v3", "v4", "v5")]
     assert store.linked_visits(keys) == {keys[0]: "L1", keys[1]: "L2", keys[2]: "L2"}  # v2: the newest link wins
     assert store.rule_inputs([]) == {}
+
+
+def test_record_firings_tells_each_firing_new_once_across_statements(store: Store) -> None:
+    """More firings than one INSERT holds, one of them twice: each is new once, and never again."""
+    rows = [FiringRow(activation_id("r", f"e-{n}"), "r", f"e-{n}", "L1", STORE, AGENT, f"v{n}", None,
+                      T0.timestamp() + n, T0.timestamp(), "{}") for n in range(200)]
+    calls = [(row, [DeliveryRow(0, "staff", staff_topic(STORE), "{}", "hq")]) for row in rows]
+    assert store.record_firings([*calls[:150], calls[3]]) == [True] * 150 + [False]
+    assert store.record_firings(calls) == [False] * 150 + [True] * 50
+    assert len(store.activations(limit=1000)) == 200
+    assert all(len(view.deliveries) == 1 for view in store.activations(limit=1000))
