@@ -37,10 +37,10 @@ from agent.config import BleConfig, SiteConfig, parse_site
 from agent.errors import SantiError
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
+from agent.siteedit import fitted_values, set_receiver_values
 from agent.sources.base import Record
 from agent.sources.ble import BleSource
-from positioning.pathloss import Calibration, fit_calibration, rssi_at_distance
-from simulator.calibrate import MIN_DISTANCE_SPAN, ReceiverFit, rewrite_site_text
+from positioning.pathloss import MIN_DISTANCE_SPAN, Calibration, fit_calibration, rssi_at_distance
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,9 @@ def residual_db(step: Step, cal: Calibration) -> float:
     return step.median_dbm - model
 
 
-def proposed_text(text: str, site: SiteConfig, receiver_id: str, cal: Calibration, samples: int) -> str:
+def proposed_text(text: str, receiver_id: str, cal: Calibration) -> str:
     """The config text with this receiver's three calibration lines replaced (or added); all else kept."""
-    return rewrite_site_text(text, [ReceiverFit(receiver_id, samples, cal)], site)
+    return set_receiver_values(text, {receiver_id: fitted_values(cal)})
 
 
 def unified_diff(old: str, new: str, path: Path) -> str:

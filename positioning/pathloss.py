@@ -34,6 +34,9 @@ DEFAULT_EMITTER_Z = 1.2
 MAD_TO_SIGMA = 1.4826
 """Scale from median absolute deviation to the standard deviation of a Gaussian."""
 
+MIN_DISTANCE_SPAN = 2.0
+"""Readings must reach at least this ratio of far to near distance for the exponent n of (1) to be identifiable."""
+
 
 def rssi_at_distance(
     distance_m: ArrayLike, rssi_at_1m: ArrayLike, exponent: ArrayLike

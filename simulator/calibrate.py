@@ -11,10 +11,8 @@ validated before it is written.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,13 +21,13 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.config import ConfigError, SiteConfig, parse_site
+from agent.config import SiteConfig, parse_site
 from agent.fingerprint_file import StoredFingerprint, write_fingerprint
 from agent.observations import Observation
 from agent.radiomap_file import StoredRadioMap, write_radio_map
-from agent.tomllines import key_lines
+from agent.siteedit import drop_tracking_key, fitted_values, set_receiver_values, set_tracking_file
 from positioning.fingerprint import fit_fingerprint
-from positioning.pathloss import Calibration, fit_calibration, rssi_at_distance
+from positioning.pathloss import MIN_DISTANCE_SPAN, Calibration, fit_calibration, rssi_at_distance
 from positioning.radiomap import (
     DEFAULT_BANDWIDTH_M,
     DEFAULT_PRIOR_READINGS,
@@ -44,9 +42,6 @@ IndexArray = NDArray[np.intp]
 
 MIN_SAMPLES = 30
 """Fewer readings than this leave a receiver's old values alone."""
-
-MIN_DISTANCE_SPAN = 2.0
-"""The walk must reach at least this ratio of far to near distance for n to be identifiable."""
 
 
 MAP_MIN_GAIN = 0.05
@@ -163,27 +158,6 @@ def fit_receivers(
             continue
         fits.append(ReceiverFit(receiver.id, int(d.size), cal))
     return fits
-
-
-_VALUE = re.compile(r"^(?P<head>\s*(?P<key>[A-Za-z0-9_]+)\s*=\s*)(?P<value>[^#\r\n]*?)(?P<tail>\s*(#.*)?)$")
-
-
-def _set_value(line: str, value: str) -> str:
-    """The line with its value replaced; the key, spacing, trailing comment and line ending stay."""
-    body = line.rstrip("\r\n")
-    match = _VALUE.match(body)
-    if match is None:
-        raise ConfigError(f"cannot rewrite line {body.strip()!r}")
-    return f"{match.group('head')}{value}{match.group('tail')}{line[len(body):]}"
-
-
-def fitted_values(cal: Calibration) -> dict[str, float]:
-    """Config values of a fit, rounded as a technician would write them and kept within the config's bounds."""
-    return {
-        "rssi_at_1m": round(cal.rssi_at_1m, 1),
-        "path_loss_exponent": round(cal.path_loss_exponent, 2),
-        "noise_sigma_db": round(min(max(cal.sigma_db, 0.5), 20.0), 1),
-    }
 
 
 class WalkResiduals(NamedTuple):
@@ -424,56 +398,10 @@ def map_spread(stored: StoredRadioMap) -> dict[str, float]:
     return {r: round(float(v), 1) for r, v in zip(stored.receiver_ids, worst, strict=True)}
 
 
-def set_tracking_file(text: str, key: str, name: str) -> str:
-    """The config text with ``[tracking] key = name``: the value replaced, or the key or section added."""
-    lines = text.splitlines(keepends=True)
-    where = key_lines(text)
-    value = json.dumps(name)
-    line = where.get(("tracking", key))
-    if line is not None:
-        lines[line - 1] = _set_value(lines[line - 1], value)
-        return "".join(lines)
-    entry = f"{key} = {value}\n"
-    header = where.get(("tracking",))
-    if header is None:
-        body = "".join(lines)
-        return body + ("" if body.endswith("\n") or not body else "\n") + f"\n[tracking]\n{entry}"
-    lines[header:header] = [entry]
-    return "".join(lines)
-
-
-def drop_tracking_key(text: str, key: str) -> str:
-    """The config text without its ``[tracking] key`` line, if it has one."""
-    line = key_lines(text).get(("tracking", key))
-    if line is None:
-        return text
-    lines = text.splitlines(keepends=True)
-    del lines[line - 1]
-    return "".join(lines)
-
-
-def rewrite_site_text(text: str, fits: list[ReceiverFit], site: SiteConfig) -> str:
+def rewrite_site_text(text: str, fits: list[ReceiverFit]) -> str:
     """The config text with fitted receivers' values replaced (or added), comments and layout kept."""
-    lines = text.splitlines(keepends=True)
-    where = key_lines(text)
-    inserts: dict[int, list[str]] = {}
-    index = {r.id: i for i, r in enumerate(site.receivers)}
-    for result in fits:
-        if result.calibration is None:
-            continue
-        i = index[result.receiver_id]
-        block = [line for path, line in where.items() if path[:2] == ("receivers", i)]
-        for key, value in fitted_values(result.calibration).items():
-            line = where.get(("receivers", i, key))
-            if line is not None:
-                lines[line - 1] = _set_value(lines[line - 1], repr(value))
-            else:
-                inserts.setdefault(max(block), []).append(f"{key} = {value!r}\n")
-    for after in sorted(inserts, reverse=True):
-        if not lines[after - 1].endswith("\n"):
-            lines[after - 1] += "\n"
-        lines[after:after] = inserts[after]
-    return "".join(lines)
+    return set_receiver_values(text, {f.receiver_id: fitted_values(f.calibration)
+                                      for f in fits if f.calibration is not None})
 
 
 def radio_map_path(out: Path) -> Path:
@@ -497,7 +425,7 @@ def write_calibrated_site(site: SiteConfig, source: Path, fits: list[ReceiverFit
     map's residuals were taken against the old models, the fingerprint is of
     another walk.
     """
-    text = rewrite_site_text(source.read_text(encoding="utf-8"), fits, site)
+    text = rewrite_site_text(source.read_text(encoding="utf-8"), fits)
     if radio_map is not None:
         write_radio_map(radio_map_path(out), radio_map)
     if fingerprint is not None:

@@ -16,16 +16,15 @@ from agent.observations import Observation
 from agent.radiomap_file import write_radio_map
 from agent.replayfile import RecordReader
 from agent.site_arrays import site_arrays
+from agent.siteedit import drop_tracking_key, set_tracking_file
 from positioning.pathloss import Calibration
 from simulator.calibrate import (
     ReceiverFit,
     calibration_samples,
     chosen_radio_map,
-    drop_tracking_key,
     fit_receivers,
     judge_radio_map,
     rewrite_site_text,
-    set_tracking_file,
     walk_radio_map,
 )
 from simulator.channel import ChannelConfig
@@ -85,7 +84,7 @@ def test_rewrite_keeps_comments_and_layout_and_adds_missing_keys() -> None:
     fits = [ReceiverFit("pi-ble", 500, _cal(-61.23, 2.345, 3.21)),
             ReceiverFit("node-fish", 500, _cal(-57.0, 1.9, 4.4)),
             ReceiverFit("node-centre", 5, None, "only 5 readings")]
-    new = rewrite_site_text(text, fits, site)
+    new = rewrite_site_text(text, fits)
     old_lines, new_lines = text.splitlines(), new.splitlines()
     assert [line for line in old_lines if line.startswith("#")] == [line for line in new_lines if line.startswith("#")]
     assert len(new_lines) == len(old_lines) + 4  # pi-ble lacks noise_sigma_db; node-fish lacks all three
@@ -98,9 +97,8 @@ def test_rewrite_keeps_comments_and_layout_and_adds_missing_keys() -> None:
 
 
 def test_rewrite_keeps_a_trailing_comment_on_a_rewritten_line() -> None:
-    site = load_site(EXAMPLE)
     text = EXAMPLE.read_text().replace("rssi_at_1m = -59.0\n", "rssi_at_1m = -59.0  # from the datasheet\n", 1)
-    new = rewrite_site_text(text, [ReceiverFit("pi-ble", 500, _cal(-62.0, 2.1, 4.0))], site)
+    new = rewrite_site_text(text, [ReceiverFit("pi-ble", 500, _cal(-62.0, 2.1, 4.0))])
     assert "rssi_at_1m = -62.0  # from the datasheet\n" in new
 
 
@@ -223,7 +221,7 @@ def test_a_map_is_kept_only_if_held_out_positions_and_sectors_say_so(
 
 
 @pytest.mark.parametrize(("before", "after"), [
-    ("[tracking]\nwindow_s = 1.0\n", '[tracking]\nradio_map = "m.npz"\nwindow_s = 1.0\n'),
+    ("[tracking]\nwindow_s = 1.0\n", '[tracking]\nwindow_s = 1.0\nradio_map = "m.npz"\n'),
     ('[tracking]\nradio_map = "old.npz"  # walk of May\n', '[tracking]\nradio_map = "m.npz"  # walk of May\n'),
     ('[store]\nid = "x"', '[store]\nid = "x"\n\n[tracking]\nradio_map = "m.npz"\n'),
 ])

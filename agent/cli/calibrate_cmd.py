@@ -39,8 +39,8 @@ from agent.cli.errors import CliError
 from agent.cli.sim_cmd import calibrate
 from agent.config import ConfigError, ReceiverConfig, SiteConfig
 from agent.errors import SantiError
+from agent.siteedit import fitted_values
 from positioning.pathloss import Calibration
-from simulator.calibrate import fitted_values
 
 
 class CalibrationNotWritten(SantiError):
@@ -196,7 +196,7 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
         except WalkError as exc:
             raise CalibrationNotWritten(f"{exc}; nothing written") from None
         _report(steps, cal, target, console)
-        new_text = proposed_text(old_text, site, receiver_id, cal, sum(len(s.rssi_dbm) for s in steps))
+        new_text = proposed_text(old_text, receiver_id, cal)
         diff = unified_diff(old_text, new_text, config)
         written, backup = False, None
         if not diff:
