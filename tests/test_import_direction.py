@@ -82,7 +82,7 @@ IMPORTS = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
 def _part(module: str) -> str:
-    return "agent.cli" if module == "agent.cli" or module.startswith("agent.cli.") else module.split(".")[0]
+    return "agent.cli" if module == "agent.cli" or module.startswith("agent.cli.") else module.split(".", maxsplit=1)[0]
 
 
 def _allowed(importer: str, imported: str) -> bool:
