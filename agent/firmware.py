@@ -28,7 +28,7 @@ import re
 import shlex
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -44,6 +44,8 @@ RX_ADJ_RANGE = (-100, 100)
 MAX_DISTANCE_LIMIT = 100.0
 EDDYSTONE_0M_TO_1M = -41
 """Eddystone frames carry the power at 0 m; the RSSI at 1 m is 41 dB lower (Eddystone spec, ESPresense)."""
+NODE_SECRETS = PurePosixPath("/etc/santi/node-broker")
+"""Where the installer (``agent.install_site``) keeps each node-broker user's password, one file per user."""
 TOPIC_PREFIX = "espresense/rooms"
 
 
@@ -98,7 +100,11 @@ class NodeConfig:
         return json.dumps(document, indent=2) + "\n"
 
     def to_script(self, site_id: str) -> str:
-        """A POSIX shell script of mosquitto_pub calls; broker and credentials from the environment."""
+        """A POSIX shell script of mosquitto_pub calls, logged in as the node's broker user.
+
+        The environment overrides: SANTI_BROKER, SANTI_BROKER_PORT, MQTT_USER
+        (empty: no login), MQTT_PASS or MQTT_PASS_FILE.
+        """
         lines = [
             "#!/bin/sh",
             f"# ESPresense node {self.room!r} = Santi receiver {self.receiver_id!r} of store {site_id!r}.",
@@ -108,13 +114,21 @@ class NodeConfig:
             f'BROKER="${{SANTI_BROKER:-{self.network["mqtt_host"]}}}"',
             f'PORT="${{SANTI_BROKER_PORT:-{self.network["mqtt_port"]}}}"',
             'set -- -h "$BROKER" -p "$PORT" -q 1 -r',
-            'if [ -n "${MQTT_USER:-}" ]; then set -- "$@" -u "$MQTT_USER" -P "${MQTT_PASS:-}"; fi',
+            f'NODE_USER="${{MQTT_USER-{self.network["mqtt_user"]}}}"',
+            f'PASS_FILE="${{MQTT_PASS_FILE:-{self.network["mqtt_password_file"]}}}"',
+            'if [ -z "${MQTT_PASS:-}" ] && [ -r "$PASS_FILE" ]; then MQTT_PASS="$(cat "$PASS_FILE")"; fi',
+            'if [ -n "$NODE_USER" ]; then set -- "$@" -u "$NODE_USER" -P "${MQTT_PASS:-}"; fi',
         ]
         for topic, payload in self.messages():
             body = f"-m {shlex.quote(payload)}" if payload else "-n"
             lines.append(f'mosquitto_pub "$@" -t {shlex.quote(topic)} {body}')
         lines.append(f'echo "settings sent to espresense/rooms/{self.room} via $BROKER:$PORT"')
         return "\n".join(lines) + "\n"
+
+
+def node_user(room: str) -> str:
+    """The node broker's user for the node of ``room``: the installer creates it, the node logs in as it."""
+    return f"node-{room}"
 
 
 def _diagonal(site: SiteConfig) -> float:
@@ -161,12 +175,15 @@ def node_configs(site: SiteConfig, broker_host: str, broker_port: int, *,
             "max_distance": f"{max_distance:.1f}",
             "skip_ms": str(skip_ms),
         }
+        user = node_user(room)
         network = {
             "mqtt_host": broker_host,
             "mqtt_port": broker_port,
-            "mqtt_user": site.uplink.username,
-            "note": ("mqtt_host, mqtt_port, mqtt_user and the password are set on the node's own web page "
-                     "(Network); ESPresense cannot change them over MQTT and does not speak TLS"),
+            "mqtt_user": user,
+            "mqtt_password_file": str(NODE_SECRETS / f"{user}.password"),
+            "note": ("mqtt_host, mqtt_port, mqtt_user and the password (from mqtt_password_file on the store's Pi) "
+                     "are set on the node's own web page (Network); ESPresense cannot change them over MQTT "
+                     "and does not speak TLS"),
         }
         nodes.append(NodeConfig(rx.id, room, network, settings))
     return nodes

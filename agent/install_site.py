@@ -40,10 +40,10 @@ from pydantic import ValidationError
 
 from agent.config import NodesConfig, SiteConfig, room_slug
 from agent.errors import InputError
+from agent.firmware import NODE_SECRETS, node_user
 
 ETC = PurePosixPath("/etc/santi")
 SITE_PATH = ETC / "site.toml"
-NODE_SECRETS = ETC / "node-broker"
 MOSQUITTO_DIR = PurePosixPath("/etc/mosquitto/santi")
 PASSWD_PATH = MOSQUITTO_DIR / "passwd"
 ACL_PATH = MOSQUITTO_DIR / "acl"
@@ -127,7 +127,7 @@ def broker_users(site: SiteConfig) -> list[BrokerUser]:
         if receiver.kind != "node" or receiver.node_name is None:
             continue
         room = room_slug(receiver.node_name)
-        name = f"node-{room}"
+        name = node_user(room)
         users.append(BrokerUser(name, NODE_SECRETS / f"{name}.password", (
             ("write", f"{store}/nodes/{receiver.node_name}/observations"),
             ("write", f"espresense/devices/+/{room}"),

@@ -7,6 +7,7 @@ import re
 import subprocess
 import threading
 import uuid as uuidlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -27,6 +28,7 @@ from agent.firmware import (
 )
 from agent.localbroker import Broker
 from tests.conftest import EXAMPLE_SITE, ROOT
+from tests.helpers.node_broker import installed_node_broker
 
 TAGS = ROOT / "firmware_configs" / "tags"
 COMMITTED = ROOT / "firmware_configs" / "espresense" / "fishmonger-01"
@@ -74,17 +76,36 @@ def test_render_writes_one_settings_file_per_node_with_its_values(tmp_path: Path
                                                           "espresense/rooms/entrance/rx_adj_rssi/set"]
 
 
-def test_the_scripts_set_retained_settings_on_a_real_broker(tmp_path: Path, broker: Broker) -> None:
+@pytest.fixture
+def node_broker(tmp_path: Path) -> Iterator[Broker]:
+    """The store's node broker as installed: logins required, the installer's ACL for the example's nodes."""
+    broker = installed_node_broker(tmp_path / "node-broker", load_site(EXAMPLE_SITE),
+                                   {"node-fish": "fish pw", "santi-locator": "locator pw"})
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop(kill=True)
+
+
+def test_the_script_logs_in_as_its_node_and_sets_retained_settings(tmp_path: Path, node_broker: Broker) -> None:
     site = load_site(site_with(tmp_path, CALIBRATED))
     node = next(n for n in node_configs(site, "unused.example", 1) if n.room == "fish")
     script = tmp_path / "fish.sh"
     script.write_text(node.to_script(site.store.id))
+    password_file = tmp_path / "node-fish.password"
+    password_file.write_text("fish pw", encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "SANTI_BROKER": node_broker.host, "SANTI_BROKER_PORT": str(node_broker.port)}
+    refused = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=30, check=False, env=env)
+    assert refused.returncode != 0  # no password file at the installed path here: the broker says no
     done = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=30, check=False,
-                          env={"PATH": "/usr/bin:/bin", "SANTI_BROKER": broker.host, "SANTI_BROKER_PORT": str(broker.port)})
+                          env={**env, "MQTT_PASS_FILE": str(password_file)})
     assert done.returncode == 0, done.stderr
+    assert "fish pw" not in done.stdout + done.stderr
     received: dict[str, str] = {}
     all_in = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-firmware-reader")
+    client.username_pw_set("santi-locator", "locator pw")
 
     def on_message(_c: object, _u: object, message: mqtt.MQTTMessage) -> None:
         assert message.retain
@@ -94,7 +115,7 @@ def test_the_scripts_set_retained_settings_on_a_real_broker(tmp_path: Path, brok
 
     client.on_message = on_message
     client.on_connect = lambda c, *_: c.subscribe("espresense/rooms/fish/+/set", qos=1)
-    client.connect(broker.host, broker.port)
+    client.connect(node_broker.host, node_broker.port)
     client.loop_start()
     try:
         assert all_in.wait(10), received
@@ -102,6 +123,37 @@ def test_the_scripts_set_retained_settings_on_a_real_broker(tmp_path: Path, brok
         client.disconnect()
         client.loop_stop()
     assert received == dict(node.messages())
+
+
+def test_render_points_nodes_at_the_node_broker_with_their_own_login(tmp_path: Path) -> None:
+    site = site_with(tmp_path, ('[uplink]\nhost = "127.0.0.1"', '[uplink]\nhost = "hq.example.com"\nusername = "hq-store-a"'),
+                     ('[nodes]\n', '[nodes]\n# the Pi on the store LAN\n'),
+                     ('host = "127.0.0.1"\nport = 1883\n\n[buffer]', 'host = "192.168.1.20"\nport = 1884\n\n[buffer]'))
+    out = tmp_path / "nodes"
+    result = CliRunner().invoke(cli, ["firmware", "render", str(site), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    fish = json.loads((out / "fish.json").read_text())
+    assert {key: fish["network"][key] for key in ("mqtt_host", "mqtt_port", "mqtt_user", "mqtt_password_file")} == {
+        "mqtt_host": "192.168.1.20", "mqtt_port": 1884, "mqtt_user": "node-fish",
+        "mqtt_password_file": "/etc/santi/node-broker/node-fish.password"}
+    written = "".join(path.read_text() for path in out.iterdir())
+    assert "hq.example.com" not in written
+    assert "hq-store-a" not in written
+    moved = CliRunner().invoke(cli, ["firmware", "render", str(site), "--out", str(out), "--broker", "10.0.0.9"])
+    assert moved.exit_code == 0, moved.output
+    assert json.loads((out / "fish.json").read_text())["network"]["mqtt_port"] == 1884  # [nodes] port
+
+
+def test_render_refuses_a_site_without_a_node_broker(tmp_path: Path) -> None:
+    text = EXAMPLE_SITE.read_text()
+    text = re.sub(r"\[nodes\]\n(#[^\n]*\n)*(\w+ = [^\n]*\n)+", "", text)
+    site = tmp_path / "site.toml"
+    site.write_text(text.replace('kind = "node"', 'kind = "ble"'))  # a node receiver without [nodes] is refused earlier
+    result = CliRunner().invoke(cli, ["firmware", "render", str(site), "--out", str(tmp_path / "o"),
+                                      "--broker", "10.0.0.9"])
+    assert result.exit_code == 2
+    assert result.stderr == (f"santi: {site}: no [nodes] section — the nodes publish to the store's broker: add [nodes] "
+                             f"host and port (and pass --broker with the address nodes use for this box)\n")
 
 
 def test_the_committed_fishmonger_example_matches_a_fresh_render(tmp_path: Path) -> None:
@@ -117,7 +169,7 @@ def test_the_committed_fishmonger_example_matches_a_fresh_render(tmp_path: Path)
 def test_render_refuses_a_broker_nodes_cannot_reach(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["firmware", "render", str(EXAMPLE_SITE), "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert result.stderr.startswith("santi: uplink.host is 127.0.0.1")
+    assert result.stderr.startswith("santi: nodes.host is 127.0.0.1, which a node cannot reach")
     assert result.stderr.count("\n") == 1
 
 

@@ -21,7 +21,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, SiteConfig, load_site
-from agent.install_site import acl_text, broker_users
 from agent.localbroker import Broker, example_site_for
 from agent.mqttclient import BrokerConfig
 from agent.privacy import Pseudonymizer
@@ -29,7 +28,7 @@ from agent.sources.base import Record
 from agent.sources.factory import hardware_sources
 from agent.sources.node_ingest import NodeIngest
 from agent.sources.node_subscriber import NodesSource
-from tests.helpers.pki import password_settings
+from tests.helpers.node_broker import installed_node_broker
 from tests.helpers.wait import wait_until
 
 LOCATOR, LOCATOR_PW = "santi-locator", "locator pw 1"
@@ -57,13 +56,9 @@ def _nodes(port: int, *, login: bool = True, password_file: Path | None = None) 
 @pytest.fixture
 def node_broker(tmp_path: Path) -> Iterator[Broker]:
     """Anonymous access off, the installer's ACL for the example store's nodes."""
-    workdir = tmp_path / "node-broker"
-    workdir.mkdir()
     (tmp_path / "acl-site").mkdir()
     site = load_site(_site_text(tmp_path / "acl-site", 1883, _nodes(1883, login=False)))
-    (workdir / "acl").write_text(acl_text(site, broker_users(site)), encoding="utf-8")
-    settings = password_settings(workdir, {LOCATOR: LOCATOR_PW, FISH: FISH_PW})
-    broker = Broker(workdir, extra_config=f"{settings}\nacl_file {workdir / 'acl'}")
+    broker = installed_node_broker(tmp_path / "node-broker", site, {LOCATOR: LOCATOR_PW, FISH: FISH_PW})
     broker.start()
     try:
         yield broker

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
+from agent.config import SiteConfig
 from agent.firmware import (
     ESPRESENSE_REF_RSSI,
     FirmwareError,
@@ -27,23 +28,27 @@ from agent.text import plural
 EXIT_NOT_ADMITTED = 1
 
 
-def _broker(value: str | None, host: str, port: int, tls: bool) -> tuple[str, int]:
-    """The address ESP32 nodes use to reach the store broker (never a loopback address)."""
+def _broker(value: str | None, site: SiteConfig) -> tuple[str, int]:
+    """The address ESP32 nodes use to reach the store's node broker, ``[nodes]`` (never the HQ uplink)."""
+    nodes = site.nodes
+    if nodes is None:
+        raise CliError(f"{site.path}: no [nodes] section — the nodes publish to the store's broker: add [nodes] "
+                       f"host and port (and pass --broker with the address nodes use for this box)")
     if value is None:
-        if tls:
-            raise CliError("the uplink uses TLS, which ESPresense cannot; pass --broker HOST[:PORT] of the "
-                           "store's local broker")
+        if nodes.tls is not None:
+            raise CliError("[nodes] uses TLS, which ESPresense cannot; pass --broker HOST:PORT of the "
+                           "broker's plain LAN listener")
         try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            loopback = nodes.host == "localhost" or ipaddress.ip_address(nodes.host).is_loopback
         except ValueError:
             loopback = False
         if loopback:
-            raise CliError(f"uplink.host is {host}, which a node cannot reach; pass --broker with the address "
+            raise CliError(f"nodes.host is {nodes.host}, which a node cannot reach; pass --broker with the address "
                            "nodes use for this box, e.g. --broker 192.168.1.20")
-        return host, port
+        return nodes.host, nodes.port
     name, _, number = value.rpartition(":") if ":" in value else (value, "", "")
     if not number:
-        return value, 1883
+        return value, nodes.port
     if not number.isdigit() or not 1 <= int(number) <= 65535:
         raise CliError(f"--broker {value}: the port must be a number from 1 to 65535")
     return name, int(number)
@@ -59,7 +64,8 @@ def firmware() -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Directory for one <room>.json and <room>.sh per node.")
 @click.option("--broker", default=None, metavar="HOST[:PORT]",
-              help="Broker address as the nodes see it [default: [uplink] host and port if not loopback].")
+              help="The node broker's address as the nodes see it [default: [nodes] host if not loopback; "
+                   "port: [nodes] port].")
 @click.option("--reference-rssi", type=click.IntRange(-100, -20), default=ESPRESENSE_REF_RSSI, show_default=True,
               help="RSSI at 1 m your tags advertise (iBeacon measured power).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
@@ -67,8 +73,10 @@ def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_js
     """Write ESPresense settings for every node receiver of SITE into --out.
 
     Per node: <room>.json (settings, network page values, the MQTT messages)
-    and <room>.sh (the same messages as retained mosquitto_pub calls; set
-    SANTI_BROKER, SANTI_BROKER_PORT, MQTT_USER, MQTT_PASS to override).
+    and <room>.sh (the same messages as retained mosquitto_pub calls, logged
+    in as the node's broker user node-<room>; set SANTI_BROKER,
+    SANTI_BROKER_PORT, MQTT_USER, MQTT_PASS or MQTT_PASS_FILE to override).
+    Nodes talk to the store's broker ([nodes]), never to HQ's.
 
     \b
     Example:
@@ -76,7 +84,7 @@ def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_js
       sh nodes/entrance.sh
     """
     config = load_or_fail(site)
-    host, port = _broker(broker, config.uplink.host, config.uplink.port, config.uplink.tls is not None)
+    host, port = _broker(broker, config)
     try:
         nodes = node_configs(config, host, port, reference_rssi=reference_rssi)
     except FirmwareError as exc:

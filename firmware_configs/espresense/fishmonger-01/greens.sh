@@ -6,7 +6,10 @@ set -eu
 BROKER="${SANTI_BROKER:-santi-pi.local}"
 PORT="${SANTI_BROKER_PORT:-1883}"
 set -- -h "$BROKER" -p "$PORT" -q 1 -r
-if [ -n "${MQTT_USER:-}" ]; then set -- "$@" -u "$MQTT_USER" -P "${MQTT_PASS:-}"; fi
+NODE_USER="${MQTT_USER-node-greens}"
+PASS_FILE="${MQTT_PASS_FILE:-/etc/santi/node-broker/node-greens.password}"
+if [ -z "${MQTT_PASS:-}" ] && [ -r "$PASS_FILE" ]; then MQTT_PASS="$(cat "$PASS_FILE")"; fi
+if [ -n "$NODE_USER" ]; then set -- "$@" -u "$NODE_USER" -P "${MQTT_PASS:-}"; fi
 mosquitto_pub "$@" -t espresense/rooms/greens/absorption/set -m 2.00
 mosquitto_pub "$@" -t espresense/rooms/greens/rx_adj_rssi/set -m 0
 mosquitto_pub "$@" -t espresense/rooms/greens/include/set -m 'iBeacon:5a4e7469-0000-4000-8000-00000000f15c- eddy:5a4e5449000000000000c1- eddy:5a4e54490000000000c1-'
