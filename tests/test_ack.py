@@ -5,44 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.config import BufferConfig, UplinkConfig
+from agent.config import BufferConfig
 from agent.events import AgentStatus, utc_from_epoch, uuid7
 from agent.localbroker import Broker
 from agent.outbox import Outbox
 from agent.uplink import Uplink
 from tests.helpers.hq_acks import AckingSubscriber, ack_payload, publish_ack, publish_raw
-from tests.helpers.outbox_writer import AGENT, STORE
-from tests.test_uplink import FAST, Subscriber, fill, wait_depth
-
-
-@pytest.fixture
-def outbox(sqlite_path: Path) -> Iterator[Outbox]:
-    with Outbox.open(sqlite_path, BufferConfig()) as box:
-        yield box
-
-
-def make_uplink(broker: Broker, outbox: Outbox, **config: object) -> Uplink:
-    settings = UplinkConfig.model_validate({"host": broker.host, "port": broker.port, **config})
-    return Uplink(settings, outbox, store_id=STORE, agent_id=AGENT, policy=FAST, rng=random.Random(5),
-                  connect_timeout_s=3.0)
-
-
-def poll(condition: Callable[[], object], timeout: float = 10.0) -> bool:
-    """Poll ``condition()`` until true or the timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+from tests.helpers.outbox_writer import AGENT, STORE, fill
+from tests.helpers.uplink import Subscriber, make_uplink
+from tests.helpers.wait import wait_until
 
 
 @contextlib.contextmanager
@@ -50,10 +28,10 @@ def all_sent(broker: Broker, outbox: Outbox, n: int) -> Iterator[tuple[Subscribe
     """``n`` events stored, published and PUBACKed, with nobody acknowledging them yet."""
     sub = Subscriber(broker, acks=False)
     fill(outbox, n)
-    link = make_uplink(broker, outbox)
+    link = make_uplink(broker.port, outbox)
     link.start()
     try:
-        assert poll(lambda: outbox.ack_view().sent_unacked == n)
+        wait_until(lambda: outbox.ack_view().sent_unacked == n, 10.0, 'outbox.ack_view().sent_unacked == n')
         yield sub, link
     finally:
         link.stop(drain_deadline_s=1)
@@ -69,12 +47,12 @@ def test_rows_survive_the_puback_until_hq_acknowledges_them(broker: Broker, outb
         assert len({e["event_id"] for e in sub.events(50, timeout=10)}) == 50
         assert outbox.depth() == 50
         ack(broker, outbox.epoch, 30)
-        assert wait_depth(outbox, 20, timeout=10) == 20
+        wait_until(lambda: outbox.depth() == 20, 10, "20 rows left in the outbox")
         view = outbox.ack_view()
         assert (view.acked_seq, view.sent_unacked) == (30, 20)
         assert [row.seq for row in outbox.peek(0, 1)] == [31]
         ack(broker, outbox.epoch, 50)
-        assert wait_depth(outbox, 0, timeout=10) == 0
+        wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")
         assert link.stats.hq_acked_rows == 50
 
 
@@ -83,20 +61,20 @@ def test_acks_for_another_epoch_or_an_unassigned_seq_are_ignored_and_counted(
 ) -> None:
     with all_sent(broker, outbox, 20) as (_sub, link):
         ack(broker, "0123456789abcdef", 20)  # a reset outbox's old epoch
-        assert poll(lambda: outbox.acks_ignored.get("other_epoch") == 1)
+        wait_until(lambda: outbox.acks_ignored.get("other_epoch") == 1, 10.0, 'outbox.acks_ignored.get("other_epoch") == 1')
         ack(broker, outbox.epoch, 21)  # a seq this outbox never assigned
-        assert poll(lambda: outbox.acks_ignored.get("beyond_last_seq") == 1)
+        wait_until(lambda: outbox.acks_ignored.get("beyond_last_seq") == 1, 10.0, 'outbox.acks_ignored.get("beyond_last_seq") == 1')
         assert outbox.depth() == 20
         assert link.ack_status()["acks_ignored"] == {"other_epoch": 1, "beyond_last_seq": 1}
         ack(broker, outbox.epoch, 20)
-        assert wait_depth(outbox, 0, timeout=10) == 0
+        wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")
 
 
 def test_unacknowledged_rows_are_sent_again_after_the_timeout(broker: Broker, outbox: Outbox) -> None:
     """The lowest window (20) goes again after the timeout; HQ's ack moving sends the next overdue one at once."""
     sub = Subscriber(broker, acks=False)
     fill(outbox, 30)
-    link = make_uplink(broker, outbox, ack_timeout_s=1.0)
+    link = make_uplink(broker.port, outbox, ack_timeout_s=1.0)
     link.start()
     try:
         received = sub.events(30, timeout=10)
@@ -107,12 +85,12 @@ def test_unacknowledged_rows_are_sent_again_after_the_timeout(broker: Broker, ou
             again.extend(int(str(e["seq"])) for e in sub.events(30, timeout=0.2))
             return set(again) >= seqs
 
-        assert poll(lambda: seen_again(set(range(1, 21))), timeout=10)
+        wait_until(lambda: seen_again(set(range(1, 21))), 10, 'seen_again(set(range(1, 21)))')
         assert not set(again) & set(range(21, 31))  # not the blockers: they wait while 1-20 are unacknowledged
         ack(broker, outbox.epoch, 20)  # HQ has 1-20 now: the overdue 21-30 go without another timeout
-        assert poll(lambda: seen_again(set(range(21, 31))), timeout=5)
+        wait_until(lambda: seen_again(set(range(21, 31))), 5, 'seen_again(set(range(21, 31)))')
         ack(broker, outbox.epoch, 30)
-        assert wait_depth(outbox, 0, timeout=10) == 0
+        wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")
         settled = link.stats.resent
         time.sleep(2.5)  # two more timeouts: nothing is left to re-send
         assert link.stats.resent == settled
@@ -124,12 +102,12 @@ def test_unacknowledged_rows_are_sent_again_after_the_timeout(broker: Broker, ou
 def test_with_hq_away_the_resends_are_a_trickle_not_the_backlog_again(broker: Broker, outbox: Outbox) -> None:
     """One window (20) per ack_timeout_s while HQ's ack does not move: not all 200 rows every timeout."""
     fill(outbox, 200)
-    link = make_uplink(broker, outbox, ack_timeout_s=3.0)
+    link = make_uplink(broker.port, outbox, ack_timeout_s=3.0)
     link.start()
     try:
-        assert poll(lambda: link.stats.resent > 0, timeout=15)
+        wait_until(lambda: link.stats.resent > 0, 15, 'link.stats.resent > 0')
         first = time.monotonic()
-        assert poll(lambda: link.stats.resent >= 40, timeout=15)  # the second round: one timeout later
+        wait_until(lambda: link.stats.resent >= 40, 15, 'link.stats.resent >= 40')  # the second round: one timeout later
         assert time.monotonic() - first > 2.0
         assert link.stats.resent == 40
         assert outbox.depth() == 200
@@ -142,15 +120,15 @@ def test_a_broker_restart_that_loses_acknowledged_events_costs_a_resend_not_the_
 ) -> None:
     """The issue's loss: the broker PUBACKs with no subscriber, restarts without them; the agent sends again."""
     fill(outbox, 100)
-    link = make_uplink(broker, outbox, ack_timeout_s=2.0)
+    link = make_uplink(broker.port, outbox, ack_timeout_s=2.0)
     link.start()
     try:
-        assert poll(lambda: outbox.ack_view().sent_unacked == 100)  # PUBACKed to nobody: the broker drops them
+        wait_until(lambda: outbox.ack_view().sent_unacked == 100, 10.0, 'outbox.ack_view().sent_unacked == 100')  # PUBACKed to nobody: the broker drops them
         broker.restart()
         got: queue.Queue[tuple[str, bytes]] = queue.Queue()
         hq = AckingSubscriber(broker.host, broker.port, got)
         try:
-            assert wait_depth(outbox, 0, timeout=20) == 0
+            wait_until(lambda: outbox.depth() == 0, 20, "0 rows left in the outbox")
         finally:
             hq.close()
         assert link.stats.connections >= 2  # it subscribed again on the new connection
@@ -165,10 +143,10 @@ def test_the_retained_ack_deletes_what_hq_has_when_the_agent_comes_back(broker: 
         epoch = box.epoch
     ack(broker, epoch, 25)  # retained while the agent is away
     with Outbox.open(sqlite_path, BufferConfig()) as box:
-        link = make_uplink(broker, box)
+        link = make_uplink(broker.port, box)
         link.start()
         try:
-            assert wait_depth(box, 15, timeout=10) == 15
+            wait_until(lambda: box.depth() == 15, 10, "15 rows left in the outbox")
             assert box.ack_view().acked_seq == 25
         finally:
             link.stop(drain_deadline_s=1)
@@ -187,12 +165,12 @@ def test_garbage_on_the_ack_topic_is_counted_and_does_not_stop_the_uplink(
         ]
         for payload in poison:
             publish_raw(broker.host, broker.port, STORE, AGENT, payload)
-        assert poll(lambda: sum(link.stats.acks_dropped.values()) == len(poison))
+        wait_until(lambda: sum(link.stats.acks_dropped.values()) == len(poison), 10.0, 'sum(link.stats.acks_dropped.values()) == len(poison)')
         assert link.stats.acks_dropped == {"invalid": 5, "other_agent": 1, "too_large": 2}
         assert outbox.depth() == 10
         assert link.state == "online"
         ack(broker, outbox.epoch, 10)  # and the next real ack still works
-        assert wait_depth(outbox, 0, timeout=10) == 0
+        wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")
         fill(outbox, 5, start=10)
         assert {int(str(e["seq"])) for e in sub.events(15, timeout=10)} == set(range(1, 16))
     warnings = [r for r in caplog.records if r.getMessage() == "unusable message on the ack topic dropped"]
@@ -204,11 +182,11 @@ def test_ack_broker_keeps_the_old_behaviour_and_says_so(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent.uplink")
     fill(outbox, 25)
-    link = make_uplink(broker, outbox, ack="broker")
+    link = make_uplink(broker.port, outbox, ack="broker")
     assert any('ack = "broker"' in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     link.start()
     try:
-        assert wait_depth(outbox, 0, timeout=10) == 0  # deleted at PUBACK, nobody listening
+        wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")  # deleted at PUBACK, nobody listening
         status = outbox.append_status(lambda stats: _status(stats.depth))
         assert status.ack_mode == "broker"
         assert link.ack_status()["ack_mode"] == "broker"

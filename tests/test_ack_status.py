@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -14,23 +12,19 @@ from agent.cli import cli
 from agent.config import load_site
 from agent.doctor import check_ack_mode
 from agent.localbroker import Broker, example_site_for
+from tests.helpers.agent import santi_run, status_until
 from tests.helpers.hq_acks import publish_ack
-from tests.test_service import _recording
-from tests.test_status_cmd import SANTI, _until
+from tests.helpers.recording import recording
 
 
 def test_status_shows_what_waits_for_hq_and_what_hq_acknowledged(broker: Broker, tmp_path: Path) -> None:
     """A real agent, a real broker, no HQ: the broker takes everything, the outbox keeps it until HQ's ack."""
     site_path = example_site_for(tmp_path, broker.port)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [str(SANTI), "run", "--config", str(site_path), "--replay", str(obs_path), "--taps", str(taps_path),
-         "--speed", "1.5"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SOCKET": ""},
-    )
+    proc = santi_run(site_path, "--replay", str(obs_path), "--taps", str(taps_path), "--speed", "1.5")
     try:
-        _, waiting = _until(state, lambda c, r: r["outbox"] is not None and r["outbox"]["sent_unacked"] >= 3
+        _, waiting = status_until(state, lambda c, r: r["outbox"] is not None and r["outbox"]["sent_unacked"] >= 3
                             and r["ack"] is not None, 30, "events sent and waiting for HQ")
         box = waiting["outbox"]
         assert waiting["ack"]["mode"] == "hq"
@@ -42,13 +36,13 @@ def test_status_shows_what_waits_for_hq_and_what_hq_acknowledged(broker: Broker,
         assert "sent and waiting for HQ's ack" in text.output
         upto = box["sent_unacked"]
         publish_ack(broker.host, broker.port, "fishmonger-01", "pi-backoffice", box["epoch"], upto)
-        _, acked = _until(state, lambda c, r: r["outbox"]["acked_seq"] == upto, 20, "HQ's ack applied")
+        _, acked = status_until(state, lambda c, r: r["outbox"]["acked_seq"] == upto, 20, "HQ's ack applied")
         assert acked["outbox"]["epoch"] == box["epoch"]
         text = CliRunner().invoke(cli, ["status", "--state-dir", str(state)], env={"COLUMNS": "300"})
         assert f"HQ acknowledged through seq {upto}" in text.output
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=40)
+        proc.communicate(timeout=40)
     assert proc.returncode == 0
 
 

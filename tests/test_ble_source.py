@@ -10,49 +10,35 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 
-from agent.backoff import BackoffPolicy
 from agent.config import BleConfig, ConfigError
 from agent.observations import AppBeacon, Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
 from agent.sources.ble import BleSource, describe, passive_patterns
 from tests.conftest import ROOT
-from tests.helpers.fake_bluez import FakeBluez, fake_bluez, release_bleak, wait_until
+from tests.helpers.ble import (
+    APP_UUID,
+    ESTIMOTE_UID,
+    NOW,
+    STRANGER,
+    TAG_NAMESPACE,
+    TLM,
+    adv,
+    ibeacon,
+    make_source,
+)
+from tests.helpers.fake_bluez import FakeBluez, release_bleak
+from tests.helpers.wait import wait_until
 
-__all__ = ["fake_bluez"]  # the fixture, imported for pytest
-
-APP_UUID = "fda50693-a4e2-4fb1-afcf-c6eb07647825"
 OTHER_UUID = "2686f39c-bada-4658-854a-a62e7e5e8b8d"
-TAG_NAMESPACE = "edd1ebeac04e5defa017"
-NOW = 1_700_000_000.0
 PHONE_A = "7C:1E:52:0A:11:01"
 PHONE_B = "4F:9A:33:0B:22:02"
 TAG = "D0:2A:BB:0C:33:03"
-STRANGER = "6B:00:11:0D:44:04"
-
-
-def ibeacon(uuid: str, major: int, minor: int, power: int = -59) -> dict[int, bytes]:
-    return {0x004C: b"\x02\x15" + bytes.fromhex(uuid.replace("-", "")) + major.to_bytes(2, "big")
-            + minor.to_bytes(2, "big") + (power & 0xFF).to_bytes(1, "big")}
-
-
-# The Estimote tag's real UID frame (sandeepmistry/node-eddystone-beacon-scanner#13): tx -50 dBm at 0 m.
-ESTIMOTE_UID = bytes([0, 206, 237, 209, 235, 234, 192, 78, 93, 239, 160, 23, 244, 198, 131, 25, 143, 182])
-TLM = bytes.fromhex("2000" "0bb8" "1780" "00000064" "00000e10")
-
-
-def make_source(scanning: str = "active", adapter: str = "hci0", **config: object) -> BleSource:
-    ble = BleConfig(adapter=adapter, scanning=scanning, ibeacon_uuids=[APP_UUID],
-                    eddystone_namespaces=[TAG_NAMESPACE], **config)
-    return BleSource(ble, "rx-pi", Pseudonymizer(b"s" * 32, "store-1", 86400.0), clock=lambda: NOW,
-                     retry=BackoffPolicy(base_s=0.05, cap_s=0.2), start_timeout_s=5.0)
 
 
 @contextlib.asynccontextmanager
@@ -81,21 +67,21 @@ def test_active_scan_turns_adverts_and_rssi_updates_into_observations(
 
     async def main() -> list[Observation]:
         async with running(source) as records:
-            await wait_until(lambda: source.stats.state == "up", what="source up")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "source up")
             assert fake_bluez.discovering()
             assert fake_bluez.discovery_filter() == {"Transport": "le", "DuplicateData": False}
             assert fake_bluez.advertise(PHONE_A, -61, manufacturer_data=ibeacon(APP_UUID, 7, 42))
-            await wait_until(lambda: len(records) == 1, what="first observation")
+            await asyncio.to_thread(wait_until, lambda: len(records) == 1, 5.0, "first observation")
             assert fake_bluez.advertise(PHONE_A, -67)  # RSSI update only: PropertiesChanged
-            await wait_until(lambda: len(records) == 2, what="RSSI update")
+            await asyncio.to_thread(wait_until, lambda: len(records) == 2, 5.0, "RSSI update")
             # The phone rotates its address: same iBeacon, new Device1.
             assert fake_bluez.advertise(PHONE_B, -70, manufacturer_data=ibeacon(APP_UUID, 7, 42))
             assert fake_bluez.advertise(STRANGER, -50, manufacturer_data=ibeacon(OTHER_UUID, 1, 1))
             assert fake_bluez.advertise(TAG, -80, service_data={"feaa": ESTIMOTE_UID})
             assert fake_bluez.advertise(TAG, -82, service_data={"feaa": TLM})
-            await wait_until(lambda: len(records) == 5, what="rotation and tag observations")
-            await asyncio.sleep(0.1)
-            assert source.stats.dropped["not_allowed"] == 1
+            await asyncio.to_thread(wait_until, lambda: len(records) == 5, 5.0, "rotation and tag observations")
+            await asyncio.to_thread(wait_until, lambda: source.stats.dropped["not_allowed"] == 1, 5.0,
+                                    "the stranger's advert dropped")
             return observations(records)
 
     obs = asyncio.run(main())
@@ -120,15 +106,15 @@ def test_passive_scan_registers_our_patterns_and_hears_only_matches(fake_bluez: 
 
     async def main() -> tuple[list[Observation], list[list[tuple[int, int, bytes]]]]:
         async with running(source) as records:
-            await wait_until(lambda: source.stats.state == "up", what="source up")
-            await wait_until(lambda: bool(fake_bluez.monitor_patterns()), what="monitor activated")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "source up")
+            await asyncio.to_thread(wait_until, lambda: bool(fake_bluez.monitor_patterns()), 5.0, "monitor activated")
             assert not fake_bluez.discovering()  # passive: no discovery session, only a monitor
             assert fake_bluez.advertise(PHONE_A, -58, manufacturer_data=ibeacon(APP_UUID, 1, 2))
             assert fake_bluez.advertise(TAG, -75, service_data={"feaa": ESTIMOTE_UID})
             # Another company's beacon and Apple continuity data do not match the patterns.
             assert not fake_bluez.advertise(STRANGER, -50, manufacturer_data=ibeacon(OTHER_UUID, 1, 1))
             assert not fake_bluez.advertise(PHONE_B, -50, manufacturer_data={0x004C: bytes.fromhex("1005031c")})
-            await wait_until(lambda: len(records) == 2, what="two observations")
+            await asyncio.to_thread(wait_until, lambda: len(records) == 2, 5.0, "two observations")
             return observations(records), fake_bluez.monitor_patterns()
 
     obs, patterns = asyncio.run(main())
@@ -144,22 +130,22 @@ def test_recovers_when_bluez_vanishes_and_returns(fake_bluez: FakeBluez) -> None
 
     async def main() -> list[Observation]:
         async with running(source) as records:
-            await wait_until(lambda: source.stats.state == "up", what="source up")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "source up")
             assert fake_bluez.advertise(PHONE_A, -60, manufacturer_data=ibeacon(APP_UUID, 7, 42))
-            await wait_until(lambda: len(records) == 1, what="observation before the restart")
+            await asyncio.to_thread(wait_until, lambda: len(records) == 1, 5.0, "observation before the restart")
 
             fake_bluez.vanish()
-            await wait_until(lambda: source.stats.state == "down", what="source down")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "down", 5.0, "source down")
             assert "org.bluez" in (source.stats.last_error or "")
             await asyncio.sleep(0.5)  # several retries fail while bluetoothd is away
             assert source.stats.state == "down"
             assert not fake_bluez.advertise(PHONE_A, -60, manufacturer_data=ibeacon(APP_UUID, 7, 42))
 
             fake_bluez.appear()  # a fresh bluetoothd: nobody is discovering any more
-            await wait_until(lambda: source.stats.state == "up", what="source up again")
-            await wait_until(fake_bluez.discovering, what="discovery restarted")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "source up again")
+            await asyncio.to_thread(wait_until, fake_bluez.discovering, 5.0, "discovery restarted")
             assert fake_bluez.advertise(PHONE_A, -64, manufacturer_data=ibeacon(APP_UUID, 7, 42))
-            await wait_until(lambda: len(records) == 2, what="observation after the restart")
+            await asyncio.to_thread(wait_until, lambda: len(records) == 2, 5.0, "observation after the restart")
             await asyncio.sleep(0.1)
             return observations(records)
 
@@ -175,16 +161,16 @@ def test_recovers_when_the_system_bus_itself_restarts(fake_bluez: FakeBluez) -> 
 
     async def main() -> list[Observation]:
         async with running(source) as records:
-            await wait_until(lambda: source.stats.state == "up", what="source up")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "source up")
             daemon.stop()
-            await wait_until(lambda: source.stats.state == "down", what="down with the bus")
-            await wait_until(lambda: "system D-Bus" in (source.stats.last_error or ""), what="bus error")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "down", 5.0, "down with the bus")
+            await asyncio.to_thread(wait_until, lambda: "system D-Bus" in (source.stats.last_error or ""), 5.0, "bus error")
             daemon.start()
             fake_bluez.appear()
-            await wait_until(lambda: source.stats.state == "up", what="up on the new bus")
-            await wait_until(fake_bluez.discovering, what="discovering on the new bus")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "up on the new bus")
+            await asyncio.to_thread(wait_until, fake_bluez.discovering, 5.0, "discovering on the new bus")
             assert fake_bluez.advertise(PHONE_A, -66, manufacturer_data=ibeacon(APP_UUID, 7, 42))
-            await wait_until(lambda: len(records) == 1, what="observation on the new bus")
+            await asyncio.to_thread(wait_until, lambda: len(records) == 1, 5.0, "observation on the new bus")
             await asyncio.sleep(0.1)  # and only one: the old session's callback is gone
             return observations(records)
 
@@ -196,23 +182,23 @@ def test_recovers_when_the_adapter_is_unplugged_or_powered_off(fake_bluez: FakeB
 
     async def main() -> list[Observation]:
         async with running(source) as records:
-            await wait_until(lambda: source.stats.state == "up", what="source up")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "source up")
             fake_bluez.remove_adapter("hci0")
-            await wait_until(lambda: source.stats.state == "down", what="down after unplug")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "down", 5.0, "down after unplug")
             assert source.stats.last_error == "adapter hci0 was removed"
-            await wait_until(lambda: "not found" in (source.stats.last_error or ""), what="retry fails")
+            await asyncio.to_thread(wait_until, lambda: "not found" in (source.stats.last_error or ""), 5.0, "retry fails")
 
             fake_bluez.add_adapter("hci0")
-            await wait_until(lambda: source.stats.state == "up", what="up after replug")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "up after replug")
             fake_bluez.set_powered("hci0", False)
-            await wait_until(lambda: source.stats.state == "down", what="down after power off")
-            await wait_until(lambda: "powered off" in (source.stats.last_error or ""), what="power advice")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "down", 5.0, "down after power off")
+            await asyncio.to_thread(wait_until, lambda: "powered off" in (source.stats.last_error or ""), 5.0, "power advice")
 
             fake_bluez.set_powered("hci0", True)
-            await wait_until(lambda: source.stats.state == "up", what="up after power on")
-            await wait_until(fake_bluez.discovering, what="discovering again")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "up after power on")
+            await asyncio.to_thread(wait_until, fake_bluez.discovering, 5.0, "discovering again")
             assert fake_bluez.advertise(PHONE_A, -55, manufacturer_data=ibeacon(APP_UUID, 7, 42))
-            await wait_until(lambda: len(records) == 1, what="observation after recovery")
+            await asyncio.to_thread(wait_until, lambda: len(records) == 1, 5.0, "observation after recovery")
             return observations(records)
 
     assert [o.rssi_dbm for o in asyncio.run(main())] == [-55.0]
@@ -223,12 +209,12 @@ def test_missing_adapter_is_reported_then_picked_up(fake_bluez: FakeBluez) -> No
 
     async def main() -> None:
         async with running(source):
-            await wait_until(lambda: source.stats.last_error is not None, what="first failure")
+            await asyncio.to_thread(wait_until, lambda: source.stats.last_error is not None, 5.0, "first failure")
             assert source.stats.state == "down"
             assert source.stats.last_error == "adapter hci1 not found; check ble.adapter (bluetoothctl list)"
             fake_bluez.add_adapter("hci1")
-            await wait_until(lambda: source.stats.state == "up", what="source up on hci1")
-            await wait_until(lambda: fake_bluez.discovering("hci1"), what="discovering on hci1")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 5.0, "source up on hci1")
+            await asyncio.to_thread(wait_until, lambda: fake_bluez.discovering("hci1"), 5.0, "discovering on hci1")
             assert not fake_bluez.discovering("hci0")
 
     asyncio.run(main())
@@ -240,7 +226,7 @@ def test_no_system_bus_is_one_line_and_stop_still_works(monkeypatch: pytest.Monk
 
     async def main() -> None:
         async with running(source):
-            await wait_until(lambda: source.stats.last_error is not None, what="failure")
+            await asyncio.to_thread(wait_until, lambda: source.stats.last_error is not None, 5.0, "failure")
         assert source.stats.last_error is not None
         assert source.stats.last_error.startswith("cannot reach the system D-Bus")
         assert "\n" not in source.stats.last_error
@@ -250,21 +236,16 @@ def test_no_system_bus_is_one_line_and_stop_still_works(monkeypatch: pytest.Monk
 
 # The callback path on its own: bleak-shaped inputs, no bus.
 
-def _adv(rssi: int = -60, manufacturer: dict[int, bytes] | None = None,
-         service: dict[str, bytes] | None = None, tx_power: int | None = None) -> AdvertisementData:
-    return AdvertisementData(local_name=None, manufacturer_data=manufacturer or {}, service_data=service or {},
-                             service_uuids=[], tx_power=tx_power, rssi=rssi, platform_data=())
-
 
 def test_callback_counts_every_drop_by_reason() -> None:
     source = make_source()
     records: list[Record] = []
     callback = source.detection_callback(records.append)
     device = BLEDevice(STRANGER, None, None)
-    callback(device, _adv(rssi=-127, manufacturer=ibeacon(APP_UUID, 1, 1)))  # BlueZ's "no RSSI"
-    callback(device, _adv(manufacturer={0x004C: b"\x02\x15\x00"}))  # truncated iBeacon
-    callback(device, _adv(service={"0000feaa-0000-1000-8000-00805f9b34fb": b"\x55"}))
-    callback(device, _adv(manufacturer={0x0006: b"\x01\x09"}))
+    callback(device, adv(rssi=-127, manufacturer=ibeacon(APP_UUID, 1, 1)))  # BlueZ's "no RSSI"
+    callback(device, adv(manufacturer={0x004C: b"\x02\x15\x00"}))  # truncated iBeacon
+    callback(device, adv(service={"0000feaa-0000-1000-8000-00805f9b34fb": b"\x55"}))
+    callback(device, adv(manufacturer={0x0006: b"\x01\x09"}))
     assert records == []
     assert source.stats.dropped == {"no_rssi": 1, "corrupt_ibeacon_length": 1, "corrupt_eddystone_frame": 1,
                                     "not_allowed": 3}
@@ -272,7 +253,7 @@ def test_callback_counts_every_drop_by_reason() -> None:
     def full(_: Record) -> None:
         raise asyncio.QueueFull
 
-    source.detection_callback(full)(device, _adv(manufacturer=ibeacon(APP_UUID, 1, 1)))
+    source.detection_callback(full)(device, adv(manufacturer=ibeacon(APP_UUID, 1, 1)))
     assert source.stats.dropped["queue_full"] == 1
     assert source.stats.accepted == 0
 
@@ -281,7 +262,7 @@ def test_allow_all_reports_by_address_with_power_from_tx_power_level() -> None:
     source = make_source(allow_all=True)
     records: list[Record] = []
     source.detection_callback(records.append)(BLEDevice(STRANGER, None, None),
-                                              _adv(-70, manufacturer={0x0006: b"\x01"}, tx_power=0))
+                                              adv(-70, manufacturer={0x0006: b"\x01"}, tx_power=0))
     (obs,) = observations(records)
     assert obs.emitter_id == Pseudonymizer(b"s" * 32, "store-1", 86400.0).pseudonym("ble", STRANGER, NOW)
     assert obs.tx_power_dbm == -41.0
@@ -295,11 +276,11 @@ def test_tag_memory_expires() -> None:
     records: list[Record] = []
     callback = source.detection_callback(records.append)
     tag = BLEDevice(TAG, None, None)
-    callback(tag, _adv(service={"feaa": ESTIMOTE_UID}))
+    callback(tag, adv(service={"feaa": ESTIMOTE_UID}))
     clock[0] += 30.0
-    callback(tag, _adv(service={"feaa": TLM}))
+    callback(tag, adv(service={"feaa": TLM}))
     clock[0] += 61.0
-    callback(tag, _adv(service={"feaa": TLM}))
+    callback(tag, adv(service={"feaa": TLM}))
     assert len(records) == 2
     assert source.stats.dropped["not_allowed"] == 1
 
@@ -338,14 +319,15 @@ def test_bus_daemon_dies_with_its_parent() -> None:
     child.wait(timeout=5)
     child.stdout.close()
     shutil.rmtree(folder, ignore_errors=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    pytest.fail(f"dbus-daemon {pid} outlived its parent")
+            return True
+        return False
+
+    wait_until(gone, 5, f"dbus-daemon {pid} to die with its parent")
 
 
 def test_loyalty_app_announces_its_customer_once_per_pseudonym() -> None:
@@ -353,8 +335,8 @@ def test_loyalty_app_announces_its_customer_once_per_pseudonym() -> None:
     records: list[Record] = []
     callback = source.detection_callback(records.append)
     for address in (PHONE_A, PHONE_B, PHONE_A):
-        callback(BLEDevice(address, None, None), _adv(-60, manufacturer=ibeacon(APP_UUID, 1, 2)))
-    callback(BLEDevice(STRANGER, None, None), _adv(-60, manufacturer=ibeacon(OTHER_UUID, 1, 2)))
+        callback(BLEDevice(address, None, None), adv(-60, manufacturer=ibeacon(APP_UUID, 1, 2)))
+    callback(BLEDevice(STRANGER, None, None), adv(-60, manufacturer=ibeacon(OTHER_UUID, 1, 2)))
     apps = [r for r in records if isinstance(r, AppBeacon)]
     assert len(observations(records)) == 3
     assert len(apps) == 1
@@ -363,5 +345,5 @@ def test_loyalty_app_announces_its_customer_once_per_pseudonym() -> None:
     plain = make_source()
     plain_records: list[Record] = []
     plain.detection_callback(plain_records.append)(BLEDevice(PHONE_A, None, None),
-                                                   _adv(-60, manufacturer=ibeacon(APP_UUID, 1, 2)))
+                                                   adv(-60, manufacturer=ibeacon(APP_UUID, 1, 2)))
     assert not [r for r in plain_records if isinstance(r, AppBeacon)]

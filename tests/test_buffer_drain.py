@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -18,10 +16,11 @@ from agent.config import BufferConfig
 from agent.events import SectorEntered, parse_event
 from agent.localbroker import Broker, example_site_for
 from agent.outbox import OUTBOX_FILE, Outbox, summarize
+from tests.helpers.agent import SANTI, StderrLines, santi_run
 from tests.helpers.hq_acks import AckingSubscriber
-from tests.test_outbox import events as _events
-from tests.test_service import _recording
-from tests.test_service_signals import SANTI, _wait_for
+from tests.helpers.outbox_writer import events as _events
+from tests.helpers.recording import recording
+from tests.helpers.wait import wait_until
 
 
 def events(n: int) -> list[SectorEntered]:
@@ -50,11 +49,13 @@ def test_drain_without_an_agent_sends_everything(broker: Broker, tmp_path: Path)
         assert json.loads(result.output) == {
             "sent": 300, "acknowledged": 300, "awaiting_ack": 0, "not_sent": 0, "left": 0, "ack_mode": "hq",
             "stopped": "all acknowledged", "agent_pid": None, "uplink_error": None}
-        deadline = time.monotonic() + 5
         seqs: list[int] = []
-        while len(set(seqs)) < 301 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            seqs += _published(got)
+
+        def all_arrived() -> bool:
+            seqs.extend(_published(got))
+            return len(set(seqs)) >= 301
+
+        wait_until(all_arrived, 5, "the 301 seqs at the subscriber")
     finally:
         hq.close()
     # 300 events, then the agent.status the drain stores first so HQ learns where the outbox starts.
@@ -94,41 +95,22 @@ def test_drain_without_hq_says_the_broker_has_them_and_hq_has_not_acknowledged(
     assert summarize(tmp_path / "state" / OUTBOX_FILE).stats.depth == 40 + 1  # and the drain's agent.status
 
 
-def _pump(agent: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
-    """The agent's stderr, line by line as it comes, for a test to wait on."""
-    assert agent.stderr is not None
-    for line in agent.stderr:
-        lines.put(line)
-
-
 def test_drain_wakes_a_running_agent_out_of_its_backoff(broker: Broker, tmp_path: Path) -> None:
     """The agent has been offline long enough to wait 4-16 s between attempts; drain makes it send at once."""
     site = example_site_for(tmp_path, broker.port)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     state = tmp_path / "state"
     broker.stop()
-    agent = subprocess.Popen(
-        [str(SANTI), "-v", "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "NOTIFY_SOCKET": ""},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_pump, args=(agent, lines), daemon=True)
-    reader.start()
-    seen: list[str] = []
+    agent = santi_run(site, "--replay", str(obs_path), "--taps", str(taps_path), verbose=True)
+    stderr = StderrLines(agent)
     try:
-        _wait_for(state / "status.json", 20)
-        time.sleep(12)
-        assert summarize(state / OUTBOX_FILE).stats.depth > 0
-        # Start the broker just after a failed attempt: the agent's next one is then >= 4 s away,
+        wait_until((state / "status.json").exists, 20, "the agent's first status file")
+        wait_until(lambda: summarize(state / OUTBOX_FILE).stats.depth > 0, 20, "events waiting in the outbox")
+        # Four failed attempts in a row: the agent's next one is 4-8 s away (backoff base 1 s, doubling),
         # so only the drain's wake-up can explain a send within 4 s (else the test races the backoff).
-        while not lines.empty():
-            seen.append(lines.get())
-        deadline = time.monotonic() + 30
-        while True:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
-            seen.append(line)
-            if "uplink state" in line and "offline" in line:
-                break
+        for attempt in range(1, 5):
+            stderr.wait_for(lambda line: "uplink state" in line and "offline" in line, 30,
+                            f"failed connection attempt {attempt}")
         broker.start()
         hq = AckingSubscriber(broker.host, broker.port, queue.Queue())
         started = time.monotonic()
@@ -145,9 +127,6 @@ def test_drain_wakes_a_running_agent_out_of_its_backoff(broker: Broker, tmp_path
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=30)
-        reader.join(timeout=10)
-        if agent.stderr is not None:
-            agent.stderr.close()
-    stderr = "".join(seen) + "".join(lines.queue)
-    assert agent.returncode == 0, stderr[-2000:]
-    assert "uplink retry requested" in stderr
+    log = stderr.text()
+    assert agent.returncode == 0, log[-2000:]
+    assert "uplink retry requested" in log

@@ -38,10 +38,8 @@ from agent.cli import SantiGroup, cli
 from agent.cli.calibrate_cmd import receiver_command
 from agent.config import ConfigError, load_site
 from agent.localbroker import example_site_for
-from tests.helpers.fake_bluez import FakeBluez, fake_bluez
-from tests.test_ble_source import ibeacon
-
-__all__ = ["fake_bluez"]  # the fixture, imported for pytest
+from tests.helpers.ble import ibeacon
+from tests.helpers.fake_bluez import FakeBluez
 
 UUID = "5a4e7469-0000-4000-8000-00000000f15c"
 BEACON = f"{UUID}:100:7"

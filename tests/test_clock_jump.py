@@ -27,23 +27,24 @@ from agent.localbroker import Broker, example_site_for
 from agent.outbox import OUTBOX_FILE, Outbox
 from agent.presence import Located, Presence
 from agent.replayclock import TEST_WALL_CLOCK_ENV, SteadyClock
-from tests.test_outbox import FakeClock, events
-from tests.test_service import T0, _recording, _subscribe
-from tests.test_service_signals import SANTI
+from tests.helpers.agent import SANTI
+from tests.helpers.mqtt import subscribe
+from tests.helpers.outbox_writer import FakeClock, events
+from tests.helpers.recording import T0, recording
 
 SPEED = 4.0
 JUMP_AFTER_S = 20.0
 """Store seconds into the recording (about 5 s of real time at SPEED) when the wall clock jumps."""
 RECORDING_S = 120.0
-"""Longer than any visit in ``_recording``: a duration beyond it was invented."""
+"""Longer than any visit in ``recording``: a duration beyond it was invented."""
 
 
 def _run(broker: Broker, tmp_path: Path, wall_clock: str) -> tuple[int, str, list[Event], list[float]]:
     """One replay through ``santi run`` with an injected wall clock; returns code, stderr, events, watchdog pings."""
     site = example_site_for(tmp_path, broker.port)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscriber = _subscribe(broker, got)
+    subscriber = subscribe(broker, got)
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))

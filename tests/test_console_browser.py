@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from agent.localbroker import Broker
-from tests.test_console import (
+from tests.helpers.console import (
     SHOPPER,
     SILENCED,
     STAFF_TOKEN,

@@ -32,9 +32,7 @@ from agent.doctor import (
 from agent.doctor_broker import check_broker, check_tls
 from agent.localbroker import Broker, free_port
 from tests.conftest import EXAMPLE_SITE
-from tests.helpers.fake_bluez import FakeBluez, fake_bluez
-
-__all__ = ["fake_bluez"]
+from tests.helpers.fake_bluez import FakeBluez
 
 NOW = 1_760_000_000.0  # 2025-10-09
 

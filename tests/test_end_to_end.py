@@ -23,7 +23,7 @@ from agent.messages import StaffCard
 from hq.consent import ConsentRecord, parse_import
 from hq.consent import state as consent_state
 from hq.rules import load_rules
-from tests.test_service import _subscribe
+from tests.helpers.mqtt import subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fishmonger.toml"
@@ -37,7 +37,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, list[byte
     broker = Broker(work / "broker")
     broker.start()
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    spy = _subscribe(broker, got)
+    spy = subscribe(broker, got)
     out = io.StringIO()
     try:
         result = run_demo(load_site(EXAMPLE), shoppers=16, minutes=4, seed=7, speed=120,

@@ -22,11 +22,11 @@ from agent.config import BufferConfig
 from agent.events import parse_event
 from agent.localbroker import Broker, example_site_for
 from agent.outbox import OUTBOX_FILE, Outbox, free_bytes, summarize
+from tests.helpers.agent import SANTI, StderrLines, santi_run
 from tests.helpers.hq_acks import AckingSubscriber
-from tests.test_buffer_drain import _pump
-from tests.test_outbox import events
-from tests.test_service import _recording
-from tests.test_service_signals import SANTI, _wait_for
+from tests.helpers.outbox_writer import events
+from tests.helpers.recording import recording
+from tests.helpers.wait import wait_until
 
 RESERVE = 512 * 1024
 SMALL = BufferConfig(reserve_bytes=RESERVE)
@@ -132,39 +132,29 @@ def test_agent_survives_the_disk_filling_up_under_it(broker: Broker, tmp_path: P
     """Something else takes every free byte for a while: one-line errors, no crash, storing again after."""
     state = tmpfs / "state"
     site = site_on(tmp_path, broker.port, state)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
     subscriber = AckingSubscriber(broker.host, broker.port, got)  # HQ's part: its acks free the rows
-    agent = subprocess.Popen(
-        [str(SANTI), "-v", "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path),
-         "--speed", "6"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "NOTIFY_SOCKET": ""},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_pump, args=(agent, lines), daemon=True)
-    reader.start()
+    agent = santi_run(site, "--replay", str(obs_path), "--taps", str(taps_path), "--speed", "6", verbose=True)
+    lines = StderrLines(agent)
     stop = threading.Event()
     hog = threading.Thread(target=keep_full, args=(tmpfs, stop), daemon=True)
-    seen: list[str] = []
     try:
-        _wait_for(state / "status.json", 20)
+        wait_until((state / "status.json").exists, 20, "the agent's first status file")
         hog.start()
-        while not any("status file" in line and "not written" in line for line in seen):
-            seen.append(lines.get(timeout=30))
+        lines.wait_for(lambda line: "status file" in line and "not written" in line, 30,
+                       "the status file failing on the full disk")
         stop.set()
         hog.join(timeout=5)
         (tmpfs / "hog").unlink()
         agent.wait(timeout=60)
-        reader.join(timeout=10)
     finally:
         stop.set()
         if agent.poll() is None:
             agent.kill()
             agent.wait()
-        if agent.stderr is not None:
-            agent.stderr.close()
         subscriber.close()
-    stderr = "".join(seen) + "".join(lines.queue)
+    stderr = lines.text()
     assert agent.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
     failed = [line for line in stderr.splitlines() if "status file" in line and "not written" in line]
@@ -191,7 +181,7 @@ def test_restart_on_a_full_disk_comes_up_sends_and_frees_space(
     waiting = fill_outbox(state / OUTBOX_FILE)
     filler = fill(tmpfs)
     site = site_on(tmp_path, broker.port, state)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
     subscriber = AckingSubscriber(broker.host, broker.port, got)  # HQ's part: its acks free the rows
     try:

@@ -29,14 +29,11 @@ from hq.store import DeliveryRow, FiringRow, Store
 from hq.subscriber import HqSubscriber
 from hq.synthetic import synthetic_stream
 from hq.webhook import verify
+from tests.conftest import ROOT
 from tests.helpers.consent import SYNTHETIC_IDS, grant
+from tests.helpers.hq import START, decoded, pg_schema_url, publish, wire
 from tests.helpers.http import http_receiver
 from tests.helpers.wait import wait_until
-from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
-from tests.test_hq_store import wire as decoded
-from tests.test_hq_subscriber import ROOT, START, publish, wire
-
-__all__ = ["db_url", "pg_server", "store"]  # fixtures shared with tests/test_hq_store.py: SQLite, PostgreSQL
 
 STORE, AGENT = "s1", "a1"
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -445,28 +442,16 @@ timezone = "UTC"
 [[rule]]
 id = "linked"
 text = "A loyalty customer just tapped their card"
-
-[rule.trigger]
-event = "identity.linked"
-
-[rule.limits]
-once_per_visit = false
-
-[[rule.action]]
-kind = "staff"
+trigger = { event = "identity.linked" }
+limits = { once_per_visit = false }
+action = [{ kind = "staff" }]
 
 [[rule]]
 id = "tap"
 text = "Card tapped"
-
-[rule.trigger]
-event = "card.tapped"
-
-[rule.limits]
-once_per_visit = false
-
-[[rule.action]]
-kind = "mqtt"
+trigger = { event = "card.tapped" }
+limits = { once_per_visit = false }
+action = [{ kind = "mqtt" }]
 """
 
 

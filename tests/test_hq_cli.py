@@ -15,8 +15,7 @@ from agent.localbroker import Broker
 from hq.backends import open_store
 from hq.ingest import decode
 from tests.helpers.consent import grant, grant_url
-from tests.test_hq_profile import fixed_stream
-from tests.test_hq_subscriber import publish, wire
+from tests.helpers.hq import fixed_stream, publish, wire
 
 NOW = "2026-03-15T00:00:00Z"
 

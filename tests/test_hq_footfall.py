@@ -24,9 +24,9 @@ from hq.backends import open_store
 from hq.footfall import read_day
 from hq.ingest import decode
 from hq.subscriber import HqSubscriber
+from tests.helpers.footfall import START, recording
+from tests.helpers.hq import pg_schema_url
 from tests.helpers.wait import wait_until
-from tests.test_footfall import START, recording
-from tests.test_hq_store import pg_schema_url, pg_server  # noqa: F401 (the fixture)
 
 DAY = date(2026, 12, 5)
 NINE = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)

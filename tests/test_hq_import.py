@@ -24,10 +24,8 @@ from agent.outbox import Outbox
 from hq.backends import open_store
 from hq.ingest import decode
 from hq.store import AgentGaps, Store
+from tests.helpers.hq import pg_schema_url
 from tests.helpers.outbox_writer import AGENT, STORE, make_event
-from tests.test_hq_store import pg_schema_url, pg_server
-
-__all__ = ["pg_server"]  # a fixture
 
 LIVE, LOST, WAITING = 5, 4, 23
 """Seqs 1-5 reached HQ live; 6-9 the broker PUBACKed and lost; 10-32 wait in the outbox."""

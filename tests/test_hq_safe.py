@@ -49,10 +49,8 @@ from hq.sqlitestore import SqliteStore
 from hq.store import IngestResult, Store
 from hq.subscriber import HqSubscriber
 from tests.helpers.consent import grant
-from tests.test_hq_store import db_url, pg_schema_url, pg_server, store
-from tests.test_hq_subscriber import publish, wait_for
-
-__all__ = ["db_url", "pg_server", "store"]  # fixtures shared with tests/test_hq_store.py
+from tests.helpers.hq import pg_schema_url, publish
+from tests.helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -130,14 +128,14 @@ def test_poison_goes_to_dead_letters_and_100_events_after_it_are_stored_and_acke
         assert sub.wait_connected(10)
         publish(broker, [(topic_for(e), e.to_json()) for e in before] + [unchecked(**poison)]
                 + [(topic_for(e), e.to_json()) for e in after])
-        wait_for(lambda: sub.stats().received >= 151, timeout=30, what="151 messages")
+        wait_until(lambda: sub.stats().received >= 151, 30, "151 messages")
         stats = sub.stats()
         assert (stats.stored, stats.dead_letters, stats.failure) == (150, 1, None)
         (letter,) = sub.store.dead_letters()
         assert letter.reason.startswith("invalid event")
         # The poison's seq (51, when it names one a bigint holds) does not hold the ack back.
         expected = 151 if poison["seq"] == 51 else 50
-        wait_for(lambda: watcher.last_seq() == expected, timeout=10, what=f"ack {expected}")
+        wait_until(lambda: watcher.last_seq() == expected, 10, f"ack {expected}")
     watcher.close()
 
 
@@ -167,10 +165,10 @@ def test_shutdown_within_5_s_with_a_poison_event_queued(broker: Broker, pg_url: 
         proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: " connected " in log.read_text(), timeout=20, what="the subscriber")
+        wait_until(lambda: " connected " in log.read_text(), 20, "the subscriber")
         publish(broker, [unchecked(7, visit_id=LONG_ID), *[(topic_for(e), e.to_json())
                                                                  for e in map(event, range(1, 20))]])
-        wait_for(lambda: "received=20" in log.read_text(), timeout=20, what="the batch")
+        wait_until(lambda: "received=20" in log.read_text(), 20, "the batch")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -193,20 +191,20 @@ def test_acks_are_retained_contiguous_and_cross_dead_letters(broker: Broker, tmp
         invalid = unchecked(11, sector_id="not an id")
         publish(broker, [*[(topic_for(e), e.to_json()) for e in map(event, range(1, 11))], invalid,
                          *[(topic_for(e), e.to_json()) for e in map(event, [*range(12, 21), 22])]])
-        wait_for(lambda: sub.stats().received >= 21, what="21 messages")
+        wait_until(lambda: sub.stats().received >= 21, 60.0, "21 messages")
         watcher = AckWatcher(broker)
-        wait_for(lambda: watcher.last_seq() == 20, timeout=10, what="the ack of 20")
+        wait_until(lambda: watcher.last_seq() == 20, 10, "the ack of 20")
         later = AckWatcher(broker)  # connects after the ack: reads it retained
-        wait_for(lambda: later.last_seq() == 20, timeout=10, what="the retained ack of 20")
+        wait_until(lambda: later.last_seq() == 20, 10, "the retained ack of 20")
         assert later.retained == [True]
         later.close()
         assert watcher.acks[-1] == {**watcher.acks[-1], "store_id": "s1", "agent_id": "a1", "epoch": "e1"}
         late = event(21)
         publish(broker, [(topic_for(late), late.to_json())])
-        wait_for(lambda: watcher.last_seq() == 22, timeout=10, what="the ack of 22 once 21 came")
+        wait_until(lambda: watcher.last_seq() == 22, 10, "the ack of 22 once 21 came")
         acks = sub.stats().acks
         publish(broker, [(topic_for(late), late.to_json())])  # a re-send: the agent missed the ack
-        wait_for(lambda: sub.stats().acks == acks + 1, what="the ack sent again")
+        wait_until(lambda: sub.stats().acks == acks + 1, 60.0, "the ack sent again")
         watcher.close()
 
 
@@ -215,13 +213,13 @@ def test_hq_resubscribes_after_a_broker_restart(broker: Broker, tmp_path: Path) 
     with HqSubscriber(broker.host, broker.port, url, "hq", client_id="hq-restart-test") as sub:
         assert sub.wait_connected(10)
         publish(broker, [(topic_for(e), e.to_json()) for e in map(event, range(1, 6))])
-        wait_for(lambda: sub.stats().stored == 5, what="5 events")
+        wait_until(lambda: sub.stats().stored == 5, 60.0, "5 events")
         broker.stop(kill=True)
-        wait_for(lambda: not sub.stats().connected, what="the disconnect")
+        wait_until(lambda: not sub.stats().connected, 60.0, "the disconnect")
         broker.start()
         assert sub.wait_connected(20)
         publish(broker, [(topic_for(e), e.to_json()) for e in map(event, range(6, 106))])
-        wait_for(lambda: sub.stats().stored == 105, timeout=30, what="100 events after the restart")
+        wait_until(lambda: sub.stats().stored == 105, 30, "100 events after the restart")
         (gaps,) = sub.gaps()
         assert (gaps.acked, gaps.missing) == (105, 0)
 
@@ -584,7 +582,7 @@ def test_writer_keeps_going_after_a_hostile_burst(broker: Broker, tmp_path: Path
     with HqSubscriber(broker.host, broker.port, url, "hq") as sub:
         assert sub.wait_connected(10)
         publish(broker, [*hostile, *[(topic_for(e), e.to_json()) for e in map(event, range(1, 101))]])
-        wait_for(lambda: sub.stats().received >= 105, what="105 messages")
+        wait_until(lambda: sub.stats().received >= 105, 60.0, "105 messages")
         stats = sub.stats()
         assert (stats.stored, stats.dead_letters, stats.failure) == (100, 5, None)
 
@@ -604,7 +602,7 @@ def test_a_writer_that_dies_marks_hq_unhealthy(broker: Broker, tmp_path: Path) -
     try:
         assert sub.wait_connected(10)
         publish(broker, [(topic_for(e), e.to_json()) for e in map(event, range(1, 4))])
-        wait_for(lambda: sub.stats().failure is not None, what="the failure")
+        wait_until(lambda: sub.stats().failure is not None, 60.0, "the failure")
         stats = sub.stats()
         assert stats.failure == "the writer stopped: RuntimeError: a bug in the store"
         assert not stats.healthy

@@ -6,55 +6,24 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.events import Event, topic_for
+from agent.events import Event
 from agent.localbroker import Broker
 from hq.backends import open_store
 from hq.profile import Profile
 from hq.subscriber import HqSubscriber
 from hq.synthetic import synthetic_stream
 from tests.helpers.consent import SYNTHETIC_IDS, grant_url
-from tests.test_hq_store import pg_conninfo, pg_schema_url
+from tests.helpers.hq import START, pg_conninfo, pg_schema_url, publish, wire
+from tests.helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
-START = datetime(2026, 1, 5, tzinfo=UTC)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def publish(broker: Broker, messages: list[tuple[str, bytes | str]]) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.max_inflight_messages_set(500)
-    client.max_queued_messages_set(0)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(60)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def wire(events: list[Event]) -> list[tuple[str, bytes | str]]:
-    return [(topic_for(e), e.to_json()) for e in events]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -84,8 +53,7 @@ def test_shared_group_builds_the_single_subscriber_profile(broker: Broker, two_d
     try:
         assert all(sub.wait_connected(10) for sub in subs)
         publish(broker, wire(events))
-        wait_for(lambda: sum(s.stats().received for s in pair) >= 10_000 and solo.stats().received >= 10_000,
-                 what="10,000 events at both groups")
+        wait_until(lambda: sum(s.stats().received for s in pair) >= 10_000 and solo.stats().received >= 10_000, 60.0, "10,000 events at both groups")
         parts = [s.stats().received for s in pair]
         assert all(part >= 1_000 for part in parts), f"the shared group did not split the load: {parts}"
         assert sum(s.stats().stored for s in pair) == solo.stats().stored == 10_000
@@ -101,8 +69,7 @@ def test_shared_group_builds_the_single_subscriber_profile(broker: Broker, two_d
         assert all(g.missing == 0 for g in pair[0].gaps())
 
         publish(broker, wire(events) + wire(events))
-        wait_for(lambda: sum(s.stats().received for s in pair) >= 30_000 and solo.stats().received >= 30_000,
-                 what="the replays")
+        wait_until(lambda: sum(s.stats().received for s in pair) >= 30_000 and solo.stats().received >= 30_000, 60.0, "the replays")
         assert sum(s.stats().duplicates for s in pair) == solo.stats().duplicates == 20_000
         assert everything(pair[0]) == single
         assert everything(solo) == single
@@ -124,7 +91,7 @@ def test_bad_payloads_are_dead_lettered_and_counted(broker: Broker, tmp_path: Pa
             ("santi/v1/other/agent/events/visit.started", events[0].to_json()),
         ]
         publish(broker, wire(events[:25]) + bad + wire(events[25:]) + wire(events[:5]))
-        wait_for(lambda: sub.stats().received >= 58, what="58 messages")
+        wait_until(lambda: sub.stats().received >= 58, 60.0, "58 messages")
         stats = sub.stats()
         assert (stats.stored, stats.dead_letters, stats.duplicates) == (50, 3, 5)
         letters = sub.store.dead_letters()
@@ -145,7 +112,7 @@ def test_kill_9_mid_stream_loses_nothing(broker: Broker, tmp_path: Path) -> None
         log = tmp_path / "run.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: " connected " in log.read_text(), timeout=20, what="the subscriber")
+        wait_until(lambda: " connected " in log.read_text(), 20, "the subscriber")
         return proc
 
     def stored() -> int:
@@ -159,12 +126,12 @@ def test_kill_9_mid_stream_loses_nothing(broker: Broker, tmp_path: Path) -> None
     proc = launch()
     try:
         publish(broker, wire(events[:3_000]))
-        wait_for(lambda: stored() >= 500, what="some events stored")
+        wait_until(lambda: stored() >= 500, 60.0, "some events stored")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         publish(broker, wire(events[3_000:]))  # the broker keeps them for the stopped session
         proc = launch()
-        wait_for(lambda: stored() >= 6_000, what="all 6,000 events after the restart")
+        wait_until(lambda: stored() >= 6_000, 60.0, "all 6,000 events after the restart")
         assert stored() == 6_000
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -22,8 +22,8 @@ from agent.sources.base import Record, SourceStats
 from agent.sources.node_ingest import NodeIngest, santi_topic
 from agent.sources.wifi import ProbeCounter
 from tests.conftest import EXAMPLE_SITE
-from tests.test_ble_source import APP_UUID, STRANGER, _adv, ibeacon, make_source
-from tests.test_wifi import probe, radiotap
+from tests.helpers.ble import APP_UUID, STRANGER, adv, ibeacon, make_source
+from tests.helpers.wifi import probe, radiotap
 
 PSEUDO = Pseudonymizer(b"k" * 32, "fishmonger-01", 86_400.0)
 
@@ -40,8 +40,8 @@ def test_ble() -> None:
     source = make_source()
     records: list[Record] = []
     callback = source.detection_callback(records.append)
-    callback(BLEDevice(STRANGER, None, None), _adv(rssi=42, manufacturer=ibeacon(APP_UUID, 1, 1)))
-    callback(BLEDevice(STRANGER, None, None), _adv(rssi=-60, manufacturer=ibeacon(APP_UUID, 1, 1)))
+    callback(BLEDevice(STRANGER, None, None), adv(rssi=42, manufacturer=ibeacon(APP_UUID, 1, 1)))
+    callback(BLEDevice(STRANGER, None, None), adv(rssi=-60, manufacturer=ibeacon(APP_UUID, 1, 1)))
     assert source.stats.dropped == {"impossible_rssi": 1}
     assert [r.rssi_dbm for r in records if isinstance(r, Observation)] == [-60.0]
 

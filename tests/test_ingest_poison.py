@@ -13,7 +13,6 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,7 +30,9 @@ from agent.sources.base import Record
 from agent.sources.nfc import NfcSource
 from agent.sources.node_ingest import NodeIngest, encode_batch, santi_topic
 from agent.sources.node_subscriber import NodesSource
-from tests.test_nodes_mqtt import STORE, publisher, run_with_source, until
+from tests.helpers.mqtt import publisher
+from tests.helpers.nodes import STORE, run_with_source
+from tests.helpers.wait import wait_until
 
 PSEUDO = Pseudonymizer(b"k" * 32, STORE, 86_400.0)
 BEACON = "espresense/devices/iBeacon:2686f39c-bada-4658-854a-a62e7e5e8b8d-1-{}/fish"
@@ -61,7 +62,7 @@ def test_poison_messages_then_valid_ones_all_accepted(broker: Broker, example_si
             batch = [Observation(ts=now, receiver_id="x", emitter_id=PSEUDO.pseudonym("ble", f"p{i}", now),
                                  tech="ble", rssi_dbm=-60.0 - i) for i in range(10)]
             pub.publish(santi_topic(STORE, "greens"), encode_batch(batch))
-            await until(lambda: len(received) >= 20)
+            await asyncio.to_thread(wait_until, lambda: len(received) >= 20, 15.0, 'len(received) >= 20')
             await asyncio.sleep(0.2)
         finally:
             pub.disconnect()
@@ -100,10 +101,6 @@ def _pings(server: socket.socket) -> int:
         count += message.split(b"\n").count(b"WATCHDOG=1")
 
 
-async def _wait(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    await until(check, timeout)
-
-
 def test_dead_network_thread_marks_the_source_down_and_starves_the_watchdog(
     broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,13 +117,13 @@ def test_dead_network_thread_marks_the_source_down_and_starves_the_watchdog(
     async def main() -> None:
         task = asyncio.create_task(service.run())
         try:
-            await _wait(lambda: source.stats.state == "up")
-            await _wait(lambda: _pings(server) > 0, 5.0)
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 15.0, 'source.stats.state == "up"')
+            await asyncio.to_thread(wait_until, lambda: _pings(server) > 0, 5.0, '_pings(server) > 0')
             monkeypatch.setattr(ingest, "ingest", kill)
             pub = publisher(broker)
             try:
                 pub.publish(BEACON.format(1), json.dumps({"rssi": -60}))
-                await _wait(lambda: source.stats.crashed)
+                await asyncio.to_thread(wait_until, lambda: source.stats.crashed, 15.0, 'source.stats.crashed')
             finally:
                 pub.disconnect()
                 pub.loop_stop()
@@ -137,8 +134,8 @@ def test_dead_network_thread_marks_the_source_down_and_starves_the_watchdog(
             _pings(server)
             await asyncio.sleep(2.0)  # four watchdog intervals
             assert _pings(server) == 0
-            await _wait(lambda: status_file.is_file()
-                        and json.loads(status_file.read_text())["sources"]["nodes"]["state"] == "down", 10.0)
+            await asyncio.to_thread(wait_until, lambda: status_file.is_file()
+                        and json.loads(status_file.read_text())["sources"]["nodes"]["state"] == "down", 10.0, 'status_file.is_file() and json.loads(status_file.read_text())["sources"]["nodes"]["state"] == "down"')
         finally:
             service.stop.set()
             await asyncio.wait_for(task, 20)
@@ -190,7 +187,7 @@ def test_a_dead_nfc_reader_thread_marks_the_source_crashed() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(source.run(lambda _record: None, stop))
         try:
-            await until(lambda: source.stats.crashed, 5.0)
+            await asyncio.to_thread(wait_until, lambda: source.stats.crashed, 5.0, 'source.stats.crashed')
         finally:
             stop.set()
             await asyncio.wait_for(task, 20)

@@ -16,7 +16,6 @@ import shutil
 import stat
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -27,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.install_site import InstallError, broker_users, hash_matches, passwd_text, read_site
 from agent.localbroker import Broker, free_port
 from tests.conftest import EXAMPLE_SITE
+from tests.helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "install-pi.sh"
@@ -473,19 +473,20 @@ def test_install_in_a_debian_12_chroot(tmp_path: Path, bookworm: Path) -> None:
                                   stdout=output, stderr=subprocess.STDOUT)
     try:
         password = (bookworm / "etc/santi/node-broker/node-fish.password").read_text().strip()
-        code = None
-        for _ in range(100):
+
+        def answered() -> list[int] | None:
+            """The CONNACK code once the chrooted broker listens; None while it is starting."""
             try:
                 client, code = _connect(port, "node-fish", password)
             except OSError:
                 broker.poll()
                 assert broker.returncode is None, log.read_text()
-                time.sleep(0.1)
-                continue
+                return None
             client.loop_stop()
             client.disconnect()
-            break
-        assert code == 0
+            return [code]
+
+        assert wait_until(answered, 10, "the chrooted mosquitto accepting node-fish") == [0]
     finally:
         broker.kill()
         broker.wait(10)

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.config import load_site
 from agent.events import CardTapped, IdentityLinked, SectorEntered, VisitEnded, VisitStarted
 from agent.locator import Locator
-from agent.observations import CardTap, Observation
-
-SITE = load_site(Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml")
-
-
-def _readings(emitter: str, xy: tuple[float, float], t: float, rng: np.random.Generator) -> list[Observation]:
-    out = []
-    for rx in SITE.receivers:
-        if rx.kind == "wifi":
-            continue
-        d = float(np.sqrt((rx.x - xy[0]) ** 2 + (rx.y - xy[1]) ** 2 + (rx.z - 1.2) ** 2))
-        rssi = rx.rssi_at_1m - 10 * rx.path_loss_exponent * np.log10(d) + rng.normal(0, 2.0)
-        out.append(Observation(ts=t, receiver_id=rx.id, emitter_id=emitter, tech="ble", rssi_dbm=float(rssi)))
-    return out
+from agent.observations import CardTap
+from tests.helpers.recording import SITE, readings
 
 
 def _walk(locator: Locator, stops: list[tuple[str, tuple[float, float], float]], t0: float,
@@ -35,7 +21,7 @@ def _walk(locator: Locator, stops: list[tuple[str, tuple[float, float], float]],
         for _ in range(int(seconds)):
             t += 1.0
             tap = [taps[t]] if taps and t in taps else []
-            events += locator.window(t, _readings(emitter, xy, t, rng), tap)
+            events += locator.window(t, readings(emitter, xy, t, rng), tap)
     return events, t
 
 

@@ -28,6 +28,7 @@ from agent.sources.base import Record
 from agent.sources.ndef_loyalty import LoyaltyFormat, encode_loyalty
 from agent.sources.nfc import Frontend, NfcSource
 from tests.helpers.nfc_emulators import EmulatedCard
+from tests.helpers.wait import wait_until
 
 PSEUDO = Pseudonymizer(b"n" * 32, "fishmonger-01", 86_400.0)
 UID = bytes.fromhex("04a1b2c3d4e5f6")       # NXP manufacturer byte first, as on an NTAG213
@@ -157,9 +158,7 @@ def test_reader_unplugged_then_plugged_in_recovers() -> None:
     states: list[tuple[str, Any]] = []
 
     def replug() -> None:
-        deadline = time.monotonic() + 10
-        while source.open_attempts < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: source.open_attempts >= 3, 10, "three attempts to open the unplugged reader")
         states.append((source.stats.state, source.stats.last_error))
         path[0] = f"udp:127.0.0.1:{port}"
 

@@ -18,6 +18,7 @@ from agent.observations import Observation
 from agent.privacy import GENERATED_SECRET, Pseudonymizer
 from agent.replayfile import write_records
 from agent.sources.node_ingest import NodeIngest, santi_topic
+from tests.helpers.wait import wait_until
 
 STORE = "fishmonger-01"
 
@@ -49,9 +50,7 @@ def test_node_forwards_a_replay_in_batches(broker: Broker, example_site: Path, t
             "node", "--config", str(site_path), "--node-id", "greens", "--source", f"replay:{replay}",
             "--broker", f"{broker.host}:{broker.port}", "--speed", "2", "--interval", "0.2"])
         assert result.exit_code == 0, result.output
-        deadline = time.monotonic() + 10
-        while sum(len(json.loads(m[1])) for m in messages) < 30 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: sum(len(json.loads(m[1])) for m in messages) >= 30, 10, "30 observations at the broker")
     finally:
         listener.loop_stop()
         listener.disconnect()

@@ -5,65 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.config import load_site
 from agent.localbroker import Broker
-from agent.mqttclient import BrokerConfig
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
-from agent.sources.node_ingest import NodeIngest, encode_batch, santi_topic
+from agent.sources.node_ingest import encode_batch, santi_topic
 from agent.sources.node_subscriber import NodesSource
-
-STORE = "fishmonger-01"
-
-
-def publisher(broker: Broker) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    return client
-
-
-async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def run_with_source(broker: Broker, example_site: Path,
-                    body: Callable[[NodesSource, list[Record]], Awaitable[None]],
-                    queue_size: int = 1000, sink_delay_s: float = 0.0) -> NodesSource:
-    site = load_site(example_site)
-    ingest = NodeIngest(site.receivers, Pseudonymizer(b"k" * 32, STORE, 86_400.0), STORE)
-    source = NodesSource(ingest, BrokerConfig(broker.host, broker.port), queue_size=queue_size)
-    received: list[Record] = []
-
-    def sink(record: Record) -> None:
-        if sink_delay_s and not received:
-            time.sleep(sink_delay_s)  # a stalled consumer, to fill the bridge queue
-        received.append(record)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(source.run(sink, stop))
-        try:
-            await until(lambda: source.stats.state == "up")
-            await body(source, received)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
-
-    asyncio.run(main())
-    return source
+from tests.helpers.mqtt import publisher
+from tests.helpers.nodes import STORE, run_with_source
+from tests.helpers.wait import wait_until
 
 
 def test_espresense_and_santi_messages_arrive(broker: Broker, example_site: Path) -> None:
@@ -80,7 +36,7 @@ def test_espresense_and_santi_messages_arrive(broker: Broker, example_site: Path
             batch = [Observation(ts=now, receiver_id="x", emitter_id=pseudo.pseudonym("ble", "aa", now),
                                  tech="ble", rssi_dbm=-55.0)]
             pub.publish(santi_topic(STORE, "greens"), encode_batch(batch))
-            await until(lambda: len(received) == 2 and sum(source.stats.dropped.values()) == 2)
+            await asyncio.to_thread(wait_until, lambda: len(received) == 2 and sum(source.stats.dropped.values()) == 2, 15.0, 'len(received) == 2 and sum(source.stats.dropped.values()) == 2')
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -97,15 +53,15 @@ def test_espresense_and_santi_messages_arrive(broker: Broker, example_site: Path
 def test_broker_outage_is_survived(broker: Broker, example_site: Path) -> None:
     async def body(source: NodesSource, received: list[Record]) -> None:
         broker.stop(kill=True)
-        await until(lambda: source.stats.state == "down")
+        await asyncio.to_thread(wait_until, lambda: source.stats.state == "down", 15.0, 'source.stats.state == "down"')
         assert source.stats.last_error is not None
         assert "lost the local broker" in source.stats.last_error
         broker.start()
-        await until(lambda: source.stats.state == "up", timeout=40.0)
+        await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 40.0, 'source.stats.state == "up"')
         pub = publisher(broker)
         try:
             pub.publish("espresense/devices/abc/checkout", json.dumps({"rssi": -66}))
-            await until(lambda: len(received) == 1)
+            await asyncio.to_thread(wait_until, lambda: len(received) == 1, 15.0, 'len(received) == 1')
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -122,7 +78,7 @@ def test_full_bridge_queue_drops_and_counts(broker: Broker, example_site: Path) 
             # the consumer stalls on the first record while the rest arrive
             for index in range(sent):
                 pub.publish(f"espresense/devices/d{index}/fish", json.dumps({"rssi": -60}))
-            await until(lambda: len(received) + source.stats.dropped["queue_full"] == sent)
+            await asyncio.to_thread(wait_until, lambda: len(received) + source.stats.dropped["queue_full"] == sent, 15.0, 'len(received) + source.stats.dropped["queue_full"] == sent')
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -141,7 +97,7 @@ def test_payloads_from_any_protocol_version(broker: Broker, example_site: Path,
         pub.loop_start()
         try:
             pub.publish("espresense/devices/abc/aisle1", json.dumps({"rssi": "-62"}))
-            await until(lambda: len(received) == 1)
+            await asyncio.to_thread(wait_until, lambda: len(received) == 1, 15.0, 'len(received) == 1')
         finally:
             pub.loop_stop()
             pub.disconnect()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import tempfile
 from datetime import UTC, datetime
@@ -16,24 +15,11 @@ from hypothesis import strategies as st
 
 from agent.cli import cli
 from agent.config import BufferConfig
-from agent.events import AgentStatus, SectorEntered, parse_event, topic_for, utc_from_epoch, uuid7
+from agent.events import AgentStatus, parse_event, topic_for, utc_from_epoch, uuid7
 from agent.outbox import OUTBOX_FILE, Outbox, OutboxError, OutboxFull, OutboxStats
-from tests.helpers.outbox_writer import AGENT, STORE, make_event
+from tests.helpers.outbox_writer import AGENT, STORE, FakeClock, events
 
 BIG = BufferConfig()
-
-
-def events(n: int, start: int = 0, seed: int = 1) -> list[SectorEntered]:
-    rng = random.Random(seed)
-    return [make_event(start + i, rng) for i in range(n)]
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_760_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def status(stats: OutboxStats) -> AgentStatus:

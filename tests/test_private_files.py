@@ -10,8 +10,8 @@ from pathlib import Path
 from agent.config import load_site
 from agent.doctor import check_permissions
 from agent.localbroker import Broker, example_site_for
-from tests.test_service import _recording
-from tests.test_service_signals import SANTI
+from tests.helpers.agent import SANTI
+from tests.helpers.recording import recording
 
 
 def _mode(path: Path) -> int:
@@ -33,7 +33,7 @@ def test_state_is_private_under_a_shell_umask_and_a_readable_password_is_warned(
     broker: Broker, tmp_path: Path
 ) -> None:
     site = _site_with_password(tmp_path, broker.port, 0o644)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     state = tmp_path / "state"
     result = subprocess.run(
         [str(SANTI), "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path),

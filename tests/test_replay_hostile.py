@@ -14,7 +14,6 @@ import logging
 import os
 import queue
 import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
@@ -27,9 +26,10 @@ from agent.cli import cli
 from agent.localbroker import Broker, example_site_for
 from agent.observations import Observation
 from agent.replayfile import MAX_JUMP_S, MAX_LINE_BYTES, RecordReader, skip_time_jumps
-from tests.test_service import SHOPPER_A, T0, _recording, _subscribe
+from tests.helpers.agent import SANTI
+from tests.helpers.mqtt import subscribe
+from tests.helpers.recording import SHOPPER_A, T0, recording
 
-SANTI = Path(sys.executable).parent / "santi"
 RAW_MAC = "AA:BB:CC:DD:EE:FF"
 YEAR_S = 365 * 86_400.0
 
@@ -39,7 +39,7 @@ def _line(ts: float, emitter: str = SHOPPER_A, receiver: str = "node-fish", rssi
 
 
 def _hostile_recording(tmp_path: Path) -> tuple[Path, Path]:
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     lines = obs_path.read_text(encoding="utf-8").splitlines()
     middle = len(lines) // 2
     hostile = (
@@ -59,7 +59,7 @@ def test_santi_run_replays_a_hostile_file_without_waiting_or_leaking(broker: Bro
     obs_path, taps_path = _hostile_recording(tmp_path)
     state = tmp_path / "state"
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscriber = _subscribe(broker, got)
+    subscriber = subscribe(broker, got)
     try:
         proc = subprocess.run(
             [str(SANTI), "run", "--config", str(site_path), "--state-dir", str(state),

@@ -1,91 +1,84 @@
 """`santi run` on the store's own radios: ESPresense nodes over a real broker become presence events.
 
-This machine has no Bluetooth adapter and no NFC reader: those sources must
-report themselves down (and keep retrying) without stopping the agent.
+The Bluetooth adapter is the fake BlueZ's ``hci0`` on a private D-Bus, so the
+test controls its state whatever radios this machine has: powered off, the
+BLE source reports itself down (and keeps retrying) without stopping the
+agent, while the nodes drive it; powered on, the source comes up.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
+from typing import Any
 
 from agent.config import load_site
-from agent.events import parse_event
+from agent.events import Event
 from agent.localbroker import Broker, example_site_for
-from tests.test_service import _subscribe
+from tests.helpers.agent import StderrLines, santi_run
+from tests.helpers.fake_bluez import FakeBluez
+from tests.helpers.mqtt import events_in, publisher, subscribe
+from tests.helpers.wait import wait_until
 
-SANTI = Path(sys.executable).parent / "santi"
 APP_UUID = "5a4e7469-0000-4000-8000-00000000f15c"
 
 
-def _wait_status(path: Path, check: str, timeout: float) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            data = json.loads(path.read_text())
-            if check in json.dumps(data):
-                return data  # type: ignore[no-any-return]
-        time.sleep(0.2)
-    raise AssertionError(f"status never showed {check!r}")
+def _ble_source(state: Path, want: str) -> dict[str, Any] | None:
+    """The BLE source's entry in the agent's status file once its state is ``want``, else None."""
+    path = state / "status.json"
+    if not path.exists():
+        return None
+    ble = json.loads(path.read_text(encoding="utf-8"))["sources"].get("ble")
+    return ble if ble is not None and ble["state"] == want else None
 
 
-def test_nodes_drive_the_agent_while_missing_hardware_is_reported(broker: Broker, tmp_path: Path) -> None:
+def test_nodes_drive_the_agent_while_missing_hardware_is_reported(
+    broker: Broker, tmp_path: Path, fake_bluez: FakeBluez
+) -> None:
+    fake_bluez.set_powered("hci0", False)
     extra = f"\n[nodes]\nhost = \"127.0.0.1\"\nport = {broker.port}\n"
     site_path = example_site_for(tmp_path, broker.port, extra=extra)
     site = load_site(site_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    subscriber = _subscribe(broker, got)
+    subscriber = subscribe(broker, got)
     state = tmp_path / "state"
-    proc = subprocess.Popen([str(SANTI), "run", "--config", str(site_path), "--state-dir", str(state)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NOTIFY_SOCKET": ""})
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    publisher.connect(broker.host, broker.port)
-    publisher.loop_start()
+    proc = santi_run(site_path, "--state-dir", str(state))  # its system bus is the fake BlueZ's
+    stderr = StderrLines(proc)
+    nodes = publisher(broker)
+    shopper = (6.0, 16.0)
+    receivers = [r for r in site.receivers if r.kind == "node"]
+    published: list[Event] = []
+
+    def at_the_fish_counter() -> bool:
+        """One round of node readings of the shopper at the fish counter; True once the agent says 'fish'."""
+        for rx in receivers:
+            d = math.dist((rx.x, rx.y, rx.z), (*shopper, 1.2))
+            rssi = -59.0 - 20.0 * math.log10(d)
+            nodes.publish(f"espresense/devices/iBeacon:{APP_UUID}-7-42/{rx.node_name}",
+                          json.dumps({"id": f"iBeacon:{APP_UUID}-7-42", "rssi": round(rssi, 1),
+                                      "rssi@1m": -59, "distance": round(d, 2)}))
+        return any(getattr(e, "sector_id", None) == "fish" for e in events_in(got, published)
+                   if e.type == "sector.entered")
+
     try:
-        status = _wait_status(state / "status.json", '"up"', 20)
-        sources = status["sources"]
-        assert isinstance(sources, dict)
-        assert sources["ble"]["state"] == "down"
-        assert sources["ble"]["last_error"]
-        shopper = (6.0, 16.0)
-        nodes = [r for r in site.receivers if r.kind == "node"]
-        for _ in range(12):
-            for rx in nodes:
-                d = math.dist((rx.x, rx.y, rx.z), (*shopper, 1.2))
-                rssi = -59.0 - 20.0 * math.log10(d)
-                publisher.publish(f"espresense/devices/iBeacon:{APP_UUID}-7-42/{rx.node_name}",
-                                  json.dumps({"id": f"iBeacon:{APP_UUID}-7-42", "rssi": round(rssi, 1),
-                                              "rssi@1m": -59, "distance": round(d, 2)}))
-            time.sleep(0.5)
-        deadline = time.monotonic() + 15
-        entered: list[str] = []
-        while time.monotonic() < deadline and "fish" not in entered:
-            try:
-                topic, payload = got.get(timeout=1)
-            except queue.Empty:
-                continue
-            if topic.endswith("/sector.entered"):
-                entered.append(getattr(parse_event(payload), "sector_id", ""))
-        assert "fish" in entered
+        down = wait_until(lambda: _ble_source(state, "down"), 20, "the BLE source reported down")
+        assert "powered off" in down["last_error"]
+        fake_bluez.set_powered("hci0", True)  # the source's retries pick it up while the nodes go on
+        wait_until(at_the_fish_counter, 30, "the nodes' shopper entering 'fish'", interval=0.5)
+        wait_until(lambda: _ble_source(state, "up"), 30, "the BLE source up once the adapter is on")
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 0, stderr[-1500:]
-        assert APP_UUID not in stderr
+        proc.wait(timeout=30)
     finally:
-        publisher.loop_stop()
-        publisher.disconnect()
+        nodes.loop_stop()
+        nodes.disconnect()
         subscriber.loop_stop()
         subscriber.disconnect()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    log = stderr.text()
+    assert proc.returncode == 0, log[-1500:]
+    assert APP_UUID not in log

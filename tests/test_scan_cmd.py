@@ -21,12 +21,9 @@ from agent.config import BleConfig
 from agent.localbroker import example_site_for
 from agent.sources.adverts import AllowList
 from agent.sources.wifi import parse_frame
-from tests.helpers.fake_bluez import FakeBluez, fake_bluez
-from tests.test_ble_source import ESTIMOTE_UID, TLM, ibeacon
-from tests.test_wifi import probe, radiotap
-from tests.test_wifi_monitor import Tap, tap_name
-
-__all__ = ["fake_bluez", "tap_name"]  # fixtures, imported for pytest
+from tests.helpers.ble import ESTIMOTE_UID, TLM, ibeacon
+from tests.helpers.fake_bluez import FakeBluez
+from tests.helpers.wifi import Tap, probe, radiotap
 
 APP_UUID = "5a4e7469-0000-4000-8000-00000000f15c"  # in the example store's ble.ibeacon_uuids
 CART_NAMESPACE = "5a4e54490000000000c1"  # in its ble.eddystone_namespaces

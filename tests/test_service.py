@@ -5,66 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import threading
 from pathlib import Path
-
-import numpy as np
-import paho.mqtt.client as mqtt
 
 from agent.config import load_site
 from agent.events import parse_event
 from agent.localbroker import Broker, example_site_for
-from agent.observations import CardTap, Observation
 from agent.replayclock import ReplayClock
-from agent.replayfile import write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
 from tests.helpers.hq_acks import AckingSubscriber
-from tests.test_locator import _readings
-
-T0 = 1_763_900_000.0
-SHOPPER_A, SHOPPER_B = "a" * 24, "b" * 24
-"""Pseudonyms, as a recording carries them (a replay drops anything else)."""
-
-
-def _recording(tmp_path: Path) -> tuple[Path, Path]:
-    """Two shoppers: one walks in, to the fish counter, and out; one goes to the till and taps."""
-    rng = np.random.default_rng(11)
-    plans = {
-        SHOPPER_A: [((15.0, 2.0), 8), ((5.0, 16.0), 30), ((15.0, 2.0), 8), ((15.0, -3.0), 6)],
-        SHOPPER_B: [((15.0, 2.0), 6), ((24.0, 2.3), 30), ((15.0, 2.0), 6), ((15.0, -3.0), 6)],
-    }
-    observations: list[Observation] = []
-    for emitter, plan in plans.items():
-        t = T0
-        for xy, seconds in plan:
-            for _ in range(seconds):
-                t += 1.0
-                if xy[1] >= 0:
-                    observations.extend(_readings(emitter, xy, t, rng))
-    observations.sort(key=lambda o: o.ts)
-    obs_path, taps_path = tmp_path / "observations.jsonl", tmp_path / "taps.jsonl"
-    write_records(obs_path, observations)
-    write_records(taps_path, [CardTap(ts=T0 + 25, reader_id="till-1", card="L-000123")])
-    return obs_path, taps_path
-
-
-def _subscribe(broker: Broker, got: queue.Queue[tuple[str, bytes]]) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload))
-    subscribed = threading.Event()
-    client.on_subscribe = lambda *_args: subscribed.set()
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    client.subscribe("santi/v1/#", qos=1)
-    assert subscribed.wait(5), "no SUBACK from the test broker"
-    return client
+from tests.helpers.recording import SHOPPER_A, SHOPPER_B, T0, recording
 
 
 def test_replay_through_the_service_reaches_the_broker(broker: Broker, tmp_path: Path) -> None:
     site_path = example_site_for(tmp_path, broker.port)
     site = load_site(site_path)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
     hq = AckingSubscriber(broker.host, broker.port, got)  # HQ's part: its acks let the outbox empty
     speed = 25.0

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,41 +18,18 @@ from hypothesis import strategies as st
 from agent.cli import cli
 from agent.localbroker import Broker, example_site_for
 from agent.statusfile import classify, duration, event_line, read_status
-from tests.test_service import _recording
-
-SANTI = Path(sys.executable).parent / "santi"
-
-
-def _status(state: Path) -> tuple[int, dict[str, Any]]:
-    result = CliRunner().invoke(cli, ["status", "--state-dir", str(state), "--json"])
-    assert result.exit_code in (0, 1, 3), result.output
-    return result.exit_code, json.loads(result.stdout)
-
-
-def _until(state: Path, check: Any, timeout: float, what: str) -> tuple[int, dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    code: int = -1
-    report: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        if (state / "status.json").exists():
-            code, report = _status(state)
-            if check(code, report):
-                return code, report
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last status: {code} {report}")
+from tests.helpers.agent import santi_run, status, status_until
+from tests.helpers.recording import recording
 
 
 def test_status_of_a_running_agent_through_an_outage_and_after_it_stops(broker: Broker, tmp_path: Path) -> None:
     site_path = example_site_for(tmp_path, broker.port)
-    obs_path, taps_path = _recording(tmp_path)
+    obs_path, taps_path = recording(tmp_path)
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [str(SANTI), "run", "--config", str(site_path), "--state-dir", str(state),
-         "--replay", str(obs_path), "--taps", str(taps_path), "--speed", "1.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NOTIFY_SOCKET": ""},
-    )
+    proc = santi_run(site_path, "--state-dir", str(state), "--replay", str(obs_path), "--taps", str(taps_path),
+                     "--speed", "1.5")
     try:
-        code, online = _until(state, lambda c, r: r["uplink"]["state"] == "online", 20, "uplink online")
+        code, online = status_until(state, lambda c, r: r["uplink"]["state"] == "online", 20, "uplink online")
         assert code == 0
         assert online["state"] == "online"
         assert online["running"]
@@ -70,7 +45,7 @@ def test_status_of_a_running_agent_through_an_outage_and_after_it_stops(broker: 
         assert "replay" in text.output
 
         broker.stop()  # the store's uplink goes down: events pile up in the outbox
-        code, offline = _until(state, lambda c, r: r["uplink"]["state"] == "offline"
+        code, offline = status_until(state, lambda c, r: r["uplink"]["state"] == "offline"
                                and r["outbox"]["depth"] > 0 and r["outbox"]["newest"], 25, "events waiting")
         assert code == 1
         assert offline["state"] == "degraded"
@@ -97,7 +72,7 @@ def test_status_of_a_running_agent_through_an_outage_and_after_it_stops(broker: 
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
-    code, stopped = _status(state)
+    code, stopped = status(state)
     assert code == 3
     assert stopped["state"] == "stopped"
     assert not stopped["running"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.agent import SANTI
+
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
-SANTI = Path(sys.executable).parent / "santi"
 
 needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed on this machine")

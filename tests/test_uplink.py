@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import queue
 import random
 import signal
 import socket
@@ -15,102 +13,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent.backoff import BackoffPolicy, describe_connack, describe_exception, describe_lost
-from agent.config import BufferConfig, UplinkConfig
-from agent.events import Ack, ack_topic, status_topic
 from agent.localbroker import Broker, free_port
 from agent.outbox import Outbox
-from agent.uplink import Uplink
-from tests.helpers.hq_acks import ContiguousAcks
-from tests.helpers.outbox_writer import AGENT, STORE, make_event
+from tests.helpers.outbox_writer import fill
+from tests.helpers.uplink import Subscriber, make_uplink
+from tests.helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = BackoffPolicy(base_s=0.2, cap_s=1.0, long_s=600.0)
-STATUS = status_topic(STORE, AGENT)
-
-
-class Subscriber:
-    """A QoS 1 HQ stand-in with a persistent MQTT 5 session, so the broker queues while it is away.
-
-    With ``acks`` (the default) it also plays HQ's acknowledgement: the
-    highest contiguous seq received, retained on the agent's ack topic.
-    """
-
-    def __init__(self, broker: Broker, *, tls_ca: Path | None = None, acks: bool = True) -> None:
-        self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
-        self.acks = ContiguousAcks() if acks else None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hq-{os.getpid()}-{id(self)}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(1, 1)
-        if tls_ca is not None:
-            self.client.tls_set(ca_certs=str(tls_ca))
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe("santi/#", qos=1)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
-        self.client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-        self.messages.put((message.topic, message.payload, message.retain))
-        if self.acks is None or "/events/" not in message.topic:
-            return
-        moved = self.acks.saw(message.payload)
-        if moved is not None:
-            ack = Ack(store_id=STORE, agent_id=AGENT, epoch=moved[0], seq=moved[1], ts=datetime.now(UTC))
-            client.publish(ack_topic(STORE, AGENT), ack.to_json(), qos=1, retain=True)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def events(self, want: int, timeout: float) -> list[dict[str, object]]:
-        """Event payloads received (duplicates included) until ``want`` distinct ids or the timeout."""
-        got: list[dict[str, object]] = []
-        ids: set[str] = set()
-        deadline = time.monotonic() + timeout
-        while len(ids) < want and time.monotonic() < deadline:
-            try:
-                topic, payload, _ = self.messages.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if "/events/" in topic:
-                event = json.loads(payload)
-                got.append(event)
-                ids.add(str(event["event_id"]))
-        return got
-
-    def status(self, value: bytes, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                topic, payload, _ = self.messages.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if topic == STATUS and payload == value:
-                return True
-        return False
-
-
-@pytest.fixture
-def outbox(sqlite_path: Path) -> Iterator[Outbox]:
-    with Outbox.open(sqlite_path, BufferConfig()) as box:
-        yield box
-
-
-def fill(outbox: Outbox, n: int, start: int = 0, seed: int = 3) -> None:
-    rng = random.Random(seed + start)
-    for offset in range(0, n, 1000):
-        outbox.append_many([make_event(start + i, rng) for i in range(offset, min(n, offset + 1000))])
 
 
 def assert_complete_in_order(received: list[dict[str, object]], n: int, first: int = 1) -> None:
@@ -127,20 +41,6 @@ def assert_complete_in_order(received: list[dict[str, object]], n: int, first: i
     assert first_seqs == list(range(first, n + 1))
 
 
-def wait_depth(outbox: Outbox, depth: int, timeout: float) -> int:
-    """Poll until the outbox holds ``depth`` rows (HQ's acks applied) or the timeout; returns the depth."""
-    deadline = time.monotonic() + timeout
-    while outbox.depth() != depth and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return outbox.depth()
-
-
-def make_uplink(broker_port: int, outbox: Outbox, **config: object) -> Uplink:
-    settings = UplinkConfig.model_validate({"host": "127.0.0.1", "port": broker_port, **config})
-    return Uplink(settings, outbox, store_id=STORE, agent_id=AGENT, policy=FAST, rng=random.Random(5),
-                  connect_timeout_s=3.0)
-
-
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_delivers_in_order_acks_and_says_online_then_offline(
     broker: Broker, outbox: Outbox, protocol: str
@@ -154,7 +54,7 @@ def test_delivers_in_order_acks_and_says_online_then_offline(
         assert_complete_in_order(sub.events(1500, timeout=20), 1500)
         fill(outbox, 10, start=1500)  # appended while online: the outbox wakes the uplink
         assert_complete_in_order(sub.events(10, timeout=10), 1510, first=1501)
-        assert wait_depth(outbox, 0, timeout=5) == 0
+        wait_until(lambda: outbox.depth() == 0, 5, "0 rows left in the outbox")
         assert link.stats.acked == 1510
         assert link.last_error is None
     finally:
@@ -172,7 +72,7 @@ def test_delivers_in_order_acks_and_says_online_then_offline(
 def test_stream_survives_three_broker_restarts(broker: Broker, outbox: Outbox) -> None:
     """10,000 events while the broker is stopped and started three times: all arrive, in order."""
     sub = Subscriber(broker)
-    time.sleep(1.2)  # let mosquitto autosave the subscriber's session
+    sub.saved_by(broker)
     link = make_uplink(broker.port, outbox)
     link.start()
     total = 10_000
@@ -182,15 +82,17 @@ def test_stream_survives_three_broker_restarts(broker: Broker, outbox: Outbox) -
     producer.start()
     try:
         for _ in range(3):
-            time.sleep(0.6)
+            acked = link.stats.hq_acked_rows
+            wait_until(lambda acked=acked: link.state == "online" and link.stats.hq_acked_rows > acked, 20,
+                       "HQ acknowledging events again since the last restart")
             broker.stop()  # SIGTERM: mosquitto saves what it acknowledged
-            time.sleep(0.4)
+            wait_until(lambda: link.state != "online", 5, "the uplink noticing the broker gone")
             broker.start()
         producer.join()
         received = sub.events(total, timeout=60)
         assert_complete_in_order(received, total)
         assert link.stats.connections >= 4
-        assert wait_depth(outbox, 0, timeout=10) == 0
+        wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")
     finally:
         producer.join()
         link.stop(drain_deadline_s=2)
@@ -204,18 +106,17 @@ def test_broker_sigkilled_while_events_wait_in_the_outbox(broker: Broker, outbox
     agent cannot know, HQ sees the seq gap; see agent/outbox.py.)
     """
     sub = Subscriber(broker)
-    time.sleep(1.2)
+    sub.saved_by(broker)
     link = make_uplink(broker.port, outbox)
     link.start()
     try:
         assert link.wait_for("online", timeout=5)
         broker.stop(kill=True)
-        deadline = time.monotonic() + 5
-        while "connection refused" not in (link.last_error or "") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "connection refused" in (link.last_error or "")
+        wait_until(lambda: "connection refused" in (link.last_error or ""), 5, "the refused connection noticed")
+        attempts = link.stats.connect_attempts
         fill(outbox, 500)
-        time.sleep(0.5)
+        wait_until(lambda: link.stats.connect_attempts > attempts and link.state == "offline", 5,
+                   "a connection attempt refused after the events were stored")
         assert outbox.depth() == 500
         broker.start()
         assert link.wait_for("online", timeout=10), link.last_error
@@ -260,7 +161,7 @@ def test_refused_connection_backs_off_without_spinning_then_recovers(
         later.start()
         try:
             assert link.wait_for("online", timeout=5)
-            assert wait_depth(outbox, 0, timeout=10) == 0
+            wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")
         finally:
             link.stop(drain_deadline_s=1)
             later.stop()

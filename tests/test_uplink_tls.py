@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from agent.outbox import Outbox
 from agent.uplink import Uplink, UplinkState
 from tests.helpers.outbox_writer import AGENT, STORE, make_event
 from tests.helpers.pki import Pki, make_pki, tls_broker
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
 
@@ -43,52 +44,42 @@ def _run(broker: Broker, outbox: Outbox, tls: TlsConfig | None, *, until: Uplink
     return link
 
 
-def _drained(outbox: Outbox, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while outbox.depth() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return outbox.depth() == 0
-
-
-def test_tls_with_the_right_ca_delivers(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = tls_broker(tmp_path, pki, cert=pki.server_cert)
+@contextlib.contextmanager
+def _linked(tmp_path: Path, pki: Pki, outbox: Outbox, tls: TlsConfig | None, *, until: UplinkState,
+            cert: Path | None = None, drain_s: float = 0.0) -> Iterator[tuple[Broker, Uplink]]:
+    """A TLS broker serving ``cert`` (the good one unless told), an uplink run until ``until``; both stopped after."""
+    broker = tls_broker(tmp_path, pki, cert=cert or pki.server_cert)
     broker.start()
-    link = _run(broker, outbox, TlsConfig(ca_file=pki.ca), until="online")
+    link = _run(broker, outbox, tls, until=until)
     try:
-        assert link.state == "online", link.last_error
-        assert _drained(outbox)
+        yield broker, link
     finally:
-        link.stop(drain_deadline_s=2)
+        link.stop(drain_deadline_s=drain_s)
         broker.stop()
 
 
+def test_tls_with_the_right_ca_delivers(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
+    with _linked(tmp_path, pki, outbox, TlsConfig(ca_file=pki.ca), until="online", drain_s=2) as (_, link):
+        assert link.state == "online", link.last_error
+        wait_until(lambda: outbox.depth() == 0, 10, "the outbox drained")
+
+
 def test_wrong_ca_is_one_clear_line(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = tls_broker(tmp_path, pki, cert=pki.server_cert)
-    broker.start()
-    link = _run(broker, outbox, TlsConfig(ca_file=pki.other_ca), until="offline")
-    try:
+    with _linked(tmp_path, pki, outbox, TlsConfig(ca_file=pki.other_ca), until="offline") as (broker, link):
         assert link.last_error == (
             f"TLS: certificate verify failed for broker 127.0.0.1:{broker.port}: wrong CA file "
             f"{pki.other_ca}? (self-signed certificate in certificate chain)"
         )
         assert outbox.depth() == 50
-    finally:
-        link.stop(drain_deadline_s=0)
-        broker.stop()
 
 
 def test_expired_server_certificate_is_named(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = tls_broker(tmp_path, pki, cert=pki.expired_cert)
-    broker.start()
-    link = _run(broker, outbox, TlsConfig(ca_file=pki.ca), until="offline")
-    try:
+    with _linked(tmp_path, pki, outbox, TlsConfig(ca_file=pki.ca), until="offline",
+                 cert=pki.expired_cert) as (broker, link):
         assert link.last_error == (
             f"TLS: the certificate of broker 127.0.0.1:{broker.port} has expired — renew it on the broker "
             f"(or check this device's clock)"
         )
-    finally:
-        link.stop(drain_deadline_s=0)
-        broker.stop()
 
 
 def test_client_certificate_required_and_given(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
@@ -113,7 +104,7 @@ def test_client_certificate_required_and_given(tmp_path: Path, pki: Pki, outbox:
         link = _run(broker, outbox, tls, until="online")
         try:
             assert link.state == "online", link.last_error
-            assert _drained(outbox)
+            wait_until(lambda: outbox.depth() == 0, 10, "the outbox drained")
         finally:
             link.stop(drain_deadline_s=2)
     finally:
@@ -121,16 +112,10 @@ def test_client_certificate_required_and_given(tmp_path: Path, pki: Pki, outbox:
 
 
 def test_plain_client_on_a_tls_port_gets_advice(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
-    broker = tls_broker(tmp_path, pki, cert=pki.server_cert)
-    broker.start()
-    link = _run(broker, outbox, None, until="offline")
-    try:
+    with _linked(tmp_path, pki, outbox, None, until="offline") as (broker, link):
         assert (link.last_error or "").startswith(
             f"broker 127.0.0.1:{broker.port} closed the connection before accepting it")
         assert "TLS port without [uplink.tls]" in (link.last_error or "")
-    finally:
-        link.stop(drain_deadline_s=0)
-        broker.stop()
 
 
 def test_missing_ca_file_is_a_config_error(tmp_path: Path, outbox: Outbox) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import csv
 import json
-import struct
 from collections import Counter
 from pathlib import Path
 
@@ -29,38 +28,11 @@ from agent.sources.wifi import (
     parse_frame,
     read_capture,
 )
+from tests.helpers.wifi import probe, radiotap
 
 CAPTURE = Path("fryza-wifi-probe-requests") / "position_1_2024-02-08_anonymized.pcap"
 CSV_EXPORT = Path("fryza-wifi-probe-requests") / "position_1_2024-02-08_ver-99.csv"
 PSEUDO = Pseudonymizer(b"w" * 32, "store", 86_400.0)
-
-
-def radiotap(*, signal: int | None = -61, freq: int | None = 2437, flags: int | None = None,
-             tsft: bool = False) -> bytes:
-    """A radiotap header with the chosen fields, aligned as the spec requires."""
-    present = 0
-    body = b""
-    offset = 8
-    if tsft:
-        present |= 1 << 0
-        body += b"\x00" * ((-offset) % 8) + struct.pack("<Q", 123456)
-    if flags is not None:
-        present |= 1 << 1
-        body += bytes([flags])
-    if freq is not None:
-        present |= 1 << 3
-        pad = (-(offset + len(body))) % 2
-        body += b"\x00" * pad + struct.pack("<HH", freq, 0x00A0)
-    if signal is not None:
-        present |= 1 << 5
-        body += struct.pack("<b", signal)
-    return struct.pack("<BBHI", 0, 0, 8 + len(body), present) + body
-
-
-def probe(src: bytes = bytes.fromhex("68ecc5240344"), ssid: bytes = b"", subtype_fc: int = 0x40,
-          extra_ies: bytes = b"\x01\x04\x02\x04\x0b\x16") -> bytes:
-    header = bytes([subtype_fc, 0]) + b"\x00\x00" + b"\xff" * 6 + src + b"\xff" * 6 + b"\x10\x00"
-    return header + b"\x00" + bytes([len(ssid)]) + ssid + extra_ies
 
 
 def test_a_built_probe_request_parses() -> None:

@@ -10,12 +10,6 @@ address and no traffic leaves the machine.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import socket
-import struct
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import dpkt
@@ -26,63 +20,16 @@ from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.base import Record
 from agent.sources.wifi import WifiMonitorSource
+from tests.helpers.wait import wait_until
+from tests.helpers.wifi import Tap
 
-TUNSETIFF = 0x400454CA
-TUNSETLINK = 0x400454CD
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
 CAPTURE = Path("fryza-wifi-probe-requests") / "position_1_2024-02-08_anonymized.pcap"
-
-
-class Tap:
-    """A TAP interface that lives as long as its file descriptor."""
-
-    def __init__(self, name: str, link_type: int | None = 803) -> None:
-        self.fd = os.open("/dev/net/tun", os.O_RDWR)
-        fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
-        if link_type is not None:
-            fcntl.ioctl(self.fd, TUNSETLINK, link_type)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            request = struct.pack("16sH", name.encode(), 0)
-            flags = struct.unpack("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request)[:18])[1]
-            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", name.encode(), flags | IFF_UP))
-
-    def send(self, frame: bytes) -> None:
-        os.write(self.fd, frame)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-@pytest.fixture
-def tap_name() -> str:
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("no /dev/net/tun on this machine")
-    name = f"stm{os.getpid() % 100000}"
-    try:
-        Tap(name).close()
-    except PermissionError:
-        pytest.skip("creating a TAP interface needs CAP_NET_ADMIN")
-    return name
 
 
 @pytest.fixture
 def real_frames(shared_data: Path) -> list[bytes]:
     with (shared_data / CAPTURE).open("rb") as handle:
         return [bytes(frame) for (_, frame), _ in zip(dpkt.pcap.Reader(handle), range(40), strict=False)]
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def beacon(frame: bytes) -> bytes:
@@ -100,22 +47,22 @@ def test_probe_requests_from_a_monitor_interface(tap_name: str, real_frames: lis
         stop = asyncio.Event()
         task = asyncio.create_task(source.run(received.append, stop))
         try:
-            await until(lambda: source.stats.state == "up")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 10.0, 'source.stats.state == "up"')
             for frame in real_frames[:20]:
                 tap.send(beacon(frame))  # the kernel filter keeps these out
                 tap.send(frame)
-            await until(lambda: len(received) == 20)
+            await asyncio.to_thread(wait_until, lambda: len(received) == 20, 10.0, 'len(received) == 20')
 
             tap.close()  # the adapter is pulled out
-            await until(lambda: source.stats.state == "down")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "down", 10.0, 'source.stats.state == "down"')
             assert source.stats.last_error is not None
             assert tap_name in source.stats.last_error
 
             tap = Tap(tap_name)  # and plugged back in
-            await until(lambda: source.stats.state == "up")
+            await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 10.0, 'source.stats.state == "up"')
             for frame in real_frames[20:]:
                 tap.send(frame)
-            await until(lambda: len(received) == len(real_frames))
+            await asyncio.to_thread(wait_until, lambda: len(received) == len(real_frames), 10.0, 'len(received) == len(real_frames)')
         finally:
             stop.set()
             await asyncio.wait_for(task, 5)
@@ -132,7 +79,7 @@ def run_briefly(source: WifiMonitorSource) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(source.run(lambda record: None, stop))
-        await until(lambda: source.stats.last_error is not None)
+        await asyncio.to_thread(wait_until, lambda: source.stats.last_error is not None, 10.0, 'source.stats.last_error is not None')
         stop.set()
         await asyncio.wait_for(task, 5)
 

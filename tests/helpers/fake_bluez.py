@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
@@ -557,29 +556,6 @@ def serve_fake_bluez(adapters: tuple[str, ...] = ("hci0",)) -> Iterator[FakeBlue
     finally:
         fake.close()
         daemon.close()
-
-
-@pytest.fixture
-def fake_bluez(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBluez]:
-    """The fake BlueZ with one powered adapter ``hci0``; the system bus of this test is its private bus.
-
-    Import it into a test module (``from tests.helpers.fake_bluez import fake_bluez``).
-    bleak keeps one BlueZ connection per event loop, so start each test's
-    scanners in a fresh loop (``asyncio.run``) after this fixture is set up.
-    """
-    with serve_fake_bluez() as fake:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", fake.bus_address)
-        monkeypatch.delenv("BLEAK_DBUS_AUTH_UID", raising=False)
-        yield fake
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` without blocking the loop; fail the test with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def release_bleak() -> None:

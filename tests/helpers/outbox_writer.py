@@ -9,6 +9,9 @@ commit and the print is a legitimate moment too). The parent SIGKILLs it at a ra
 
 ``python -m tests.helpers.outbox_writer uplink PATH HOST PORT`` runs an uplink over the
 outbox and prints ``online`` once connected, for the last-will test.
+
+Imported, it gives the outbox tests their events (``make_event``, ``events``,
+``fill``) and a clock they set by hand (``FakeClock``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,29 @@ def uplink(path: Path, host: str, port: int) -> None:
         sys.stdout.flush()
         while True:
             time.sleep(1)
+
+
+def events(n: int, start: int = 0, seed: int = 1) -> list[SectorEntered]:
+    """``n`` seeded events numbered from ``start``, not stored."""
+    rng = random.Random(seed)
+    return [make_event(start + i, rng) for i in range(n)]
+
+
+class FakeClock:
+    """A clock that says ``now`` until the test moves it."""
+
+    def __init__(self, now: float = 1_760_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fill(outbox: Outbox, n: int, start: int = 0, seed: int = 3) -> None:
+    """Store ``n`` seeded events numbered from ``start``, a thousand to a transaction."""
+    rng = random.Random(seed + start)
+    for offset in range(0, n, 1000):
+        outbox.append_many([make_event(start + i, rng) for i in range(offset, min(n, offset + 1000))])
 
 
 if __name__ == "__main__":
