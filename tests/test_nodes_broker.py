@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -94,13 +93,6 @@ def _run(source: NodesSource, body: Callable[[list[Record]], Awaitable[None]]) -
     asyncio.run(main())
 
 
-async def _until(check: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 def _node_client(broker: Broker, acks: dict[int, ReasonCode]) -> mqtt.Client:
     """node-fish over MQTT 5, so that the broker's ACL answers each QoS 1 publish with a reason."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fish-node", protocol=mqtt.MQTTv5)
@@ -118,13 +110,13 @@ def test_locator_logs_in_and_a_node_publishes_only_its_own_room(tmp_path: Path, 
     source = _source(site)
 
     async def body(received: list[Record]) -> None:
-        await _until(lambda: source.stats.state == "up")
+        await asyncio.to_thread(wait_until, lambda: source.stats.state == "up", 15.0, 'source.stats.state == "up"')
         acks: dict[int, ReasonCode] = {}
         node = _node_client(node_broker, acks)
         try:
             other_room = node.publish(f"espresense/devices/{DEVICE}/greens", json.dumps({"rssi": -60}), qos=1)
             own_room = node.publish(f"espresense/devices/{DEVICE}/fish", json.dumps({"rssi": -70}), qos=1)
-            await _until(lambda: len(acks) == 2 and len(received) >= 1)
+            await asyncio.to_thread(wait_until, lambda: len(acks) == 2 and len(received) >= 1, 15.0, 'len(acks) == 2 and len(received) >= 1')
         finally:
             node.loop_stop()
             node.disconnect()
@@ -142,7 +134,7 @@ def test_a_refused_login_is_the_sources_reason(tmp_path: Path, node_broker: Brok
     source = _source(load_site(_site_text(tmp_path, 1, nodes)))
 
     async def body(received: list[Record]) -> None:
-        await _until(lambda: source.stats.last_error is not None)
+        await asyncio.to_thread(wait_until, lambda: source.stats.last_error is not None, 15.0, 'source.stats.last_error is not None')
 
     _run(source, body)
     assert source.stats.last_error == (f"local broker 127.0.0.1:{node_broker.port} refused the connection: "
@@ -162,7 +154,7 @@ def test_an_unreadable_password_file_takes_down_this_source_only(tmp_path: Path,
     caplog.set_level(logging.ERROR)
 
     async def body(received: list[Record]) -> None:
-        await _until(lambda: nodes[0].stats.last_error is not None)
+        await asyncio.to_thread(wait_until, lambda: nodes[0].stats.last_error is not None, 15.0, 'nodes[0].stats.last_error is not None')
 
     _run(nodes[0], body)
     expected = (f"node broker 127.0.0.1:{node_broker.port}: nodes.password_file {password_file}: cannot read it "
