@@ -35,6 +35,8 @@ from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import format_loc, located, read_text, syntax_error
 from positioning.fingerprint import Fingerprint
 from positioning.occupancy import EstimateConfig
+from positioning.sectors import SECTOR_HOLD_S, SECTOR_THRESHOLD
+from positioning.tracker import TrackerConfig
 
 Loc = tuple[str | int, ...]
 XY = tuple[float, float]
@@ -271,21 +273,25 @@ benchmarks/README.md (``benchmarks/flood.py``).
 """
 
 
+_TRACKER = TrackerConfig()
+"""The tracker's own defaults: the one home of the [tracking] keys that configure it."""
+
+
 class TrackingConfig(_Model):
     window_s: float = Field(default=1.0, gt=0.0, le=10.0)
-    track_silence_s: float = Field(default=30.0, gt=0.0)
+    track_silence_s: float = Field(default=_TRACKER.max_silence_s, gt=0.0)
     max_emitters: int = Field(
         default=DEFAULT_MAX_EMITTERS, ge=1, le=1_000_000,
         description="Emitters tracked at once; readings of new ones beyond it are dropped as emitter_cap.")
     visit_silence_s: float = Field(default=120.0, gt=0.0)
-    emitter_height_m: float = Field(default=1.2, ge=0.0, le=3.0)
-    hysteresis_s: float = Field(default=3.0, ge=0.0, le=60.0)
-    sector_threshold: float = Field(default=0.8, gt=0.5, lt=1.0)
+    emitter_height_m: float = Field(default=_TRACKER.emitter_z, ge=0.0, le=3.0)
+    hysteresis_s: float = Field(default=SECTOR_HOLD_S, ge=0.0, le=60.0)
+    sector_threshold: float = Field(default=SECTOR_THRESHOLD, gt=0.5, lt=1.0)
     phone_offset_db: float = Field(
-        default=0.0, ge=0.0, le=20.0,
+        default=_TRACKER.offset_sigma_db, ge=0.0, le=20.0,
         description="Spread of phones' TX offsets the tracker estimates per track, dB (0: phones read as the model).")
     body_loss_db: float = Field(
-        default=0.0, ge=0.0, le=20.0,
+        default=_TRACKER.body_loss_db, ge=0.0, le=20.0,
         description="Loss a walking shopper's body puts towards receivers behind them, dB, eq. (20) (0: none).")
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")

@@ -15,8 +15,8 @@ Three stages, each batched across tracks:
     beyond a wall counts as in the nearest sector, and as outside only
     beyond an entrance sector: shoppers leave by the door, and tracks are
     clamped onto the walls, so an estimate at a wall has half its mass
-    beyond it (fishmonger simulation: shoppers browsing at a wall went
-    outside through the entrance; 50 -> 46 false sector changes).
+    beyond it; counted as outside, shoppers browsing at a wall would leave
+    the store through it.
 
 (b) A hidden Markov model over the adjacency graph (outside is adjacent to the
     entrance sectors). A shopper stays put with probability exp(-dt / tau)
@@ -47,11 +47,8 @@ Three stages, each batched across tracks:
     from then on, the windows favour s over every other sector without
     interruption. The HMM posterior would date it late: (10) needs several
     windows of evidence to reach any level, and a low level is crossed by
-    noise. Fishmonger simulation, seeds 1 and 2: the posterior's last rise
-    above 0.2 dated entries 0.79 and 0.69 s late (median), the change point
-    0.12 and 0.01 s; entries dated more than 5 s off the truth, which count
-    as false sector changes, fall with it (false changes 16 -> 15 and
-    34 -> 24; sector accuracy 96.4 -> 96.9 % and 95.6 -> 96.5 %).
+    noise. The figures of both choices, (a)'s wall rule and (d)'s dating,
+    are in benchmarks/README.md ("Tuning evidence").
 
 Where a calibration walk learnt each sector's RSSI signature
 (`positioning.fingerprint`), its likelihood (18) multiplies (8) before
@@ -87,9 +84,19 @@ HOLD_SLACK_S = 0.05
 """How much earlier than ``hold_s`` a hold may complete.
 
 Windows close on the agent's clock, each a few milliseconds late: without
-slack, a 3 s hold measured between two closes came to 2.998 s and waited a
-whole window more in half of the entries (benchmarks/agent.py, 500
-shoppers: 401 of 797 holds lasted 4 s)."""
+slack, a hold measured between two closes comes out a hair short and waits
+a whole window more (benchmarks/README.md, "Tuning evidence")."""
+
+SECTOR_THRESHOLD = 0.8
+"""Posterior a new sector must keep before it is reported: the one home of this default
+(`SectorTracker` and ``[tracking] sector_threshold`` take it from here)."""
+
+SECTOR_HOLD_S = 3.0
+"""Seconds the new sector must keep `SECTOR_THRESHOLD` (stage (c)): the one home of this default
+(`SectorTracker` and ``[tracking] hysteresis_s`` take it from here)."""
+
+SECTOR_MARGIN_M = 1.5
+"""Spatial hysteresis of stage (c): how far inside the new sector the estimate must be, m."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,8 +358,8 @@ def hysteresis(
     entered_at = np.where(switch, np.maximum(crossed, previous), state.entered_at)
     candidate = np.where(strong & ~switch, best, -1)
     probability = np.where(reported >= 0, posterior[rows, np.maximum(reported, 0)], 0.0)
-    # After a switch every run of evidence starts afresh: what came before dated the previous entry
-    # (without this reset, fishmonger false sector changes 15 -> 31).
+    # After a switch every run of evidence starts afresh: what came before dated the previous entry,
+    # and kept, it dates the next one too early (false sector changes double without the reset).
     evidence = np.where(switch[:, None], 0.0, evidence)
     evidence_since = np.where(switch[:, None], t, evidence_since)
     new_state = HmmState(
@@ -376,16 +383,17 @@ def hmm_step(
     cov: ArrayLike,
     t: float,
     *,
-    threshold: float = 0.6,
-    hold_s: float = 2.0,
-    margin_m: float = 0.0,
+    threshold: float,
+    hold_s: float,
+    margin_m: float,
     fingerprint_loglik: FloatArray | None = None,
     fingerprint_weight: float = 1.0,
 ) -> tuple[HmmState, SectorUpdate]:
     """One forward step, eqs. (8)-(10), then hysteresis and dating (11), for the k tracks of `state`.
 
     xy (k, 2) and cov (k, 2, 2) are the tracks' estimates at time t;
-    margin_m is the spatial hysteresis of stage (c), 0 for none;
+    threshold, hold_s and margin_m (0 for no spatial hysteresis) are stage
+    (c)'s, passed by the caller: `SectorTracker` holds their defaults;
     fingerprint_loglik (k, S), ln L(s) of eq. (18), is fused into (8) by
     eq. (19) with `fingerprint_weight`.
     """
@@ -408,13 +416,10 @@ class SectorTracker:
     """Sector filter states keyed by emitter id; a thin wrapper over `hmm_step`.
 
     Feed it each window's `TrackSnapshot` fields; call `forget` with the ids
-    the tracker expired. margin_m is the spatial hysteresis of stage (c):
-    on the fishmonger simulation (threshold 0.6, hold 3 s) 1 m halves the
-    false sector changes of shoppers browsing near borders, and 1.5 m with
-    threshold 0.8 cuts the rest from 2.5 to 1.4 per shopper-hour (before the
-    IMM tracker and the dating of (11) took it to 0.9); the price
-    is entries missed on walks through a sector in under 10 s (recall 0.81
-    -> 0.76) and a later decision (p90 7.2 -> 8.3 s after the crossing).
+    the tracker expired. margin_m is the spatial hysteresis of stage (c): it
+    cuts the false sector changes of shoppers browsing near a border, at the
+    price of entries missed on quick walks through a sector and a later
+    decision (benchmarks/README.md, "Tuning evidence", has the figures).
 
     With a `fingerprint`, each step also takes the window's readings and
     fuses their likelihood (18), phones' offsets of spread `offset_sigma_db`
@@ -425,9 +430,9 @@ class SectorTracker:
         self,
         model: SectorModel,
         *,
-        threshold: float = 0.8,
-        hold_s: float = 2.0,
-        margin_m: float = 1.5,
+        threshold: float = SECTOR_THRESHOLD,
+        hold_s: float = SECTOR_HOLD_S,
+        margin_m: float = SECTOR_MARGIN_M,
         fingerprint: Fingerprint | None = None,
         offset_sigma_db: float = 0.0,
         fingerprint_weight: float = 1.0,

@@ -116,33 +116,22 @@ class TrackerConfig:
 
     sigma_a: white-acceleration spread of each IMM model, m/s², eq. (12):
         a standing shopper (0.05: sways, shuffles along a shelf) and a
-        walking one (0.5: starts, stops, turns). Against the single 0.25
-        model it replaced: fishmonger median error 1.07 -> 0.98 m; real
-        danis tracks (leave-one-track-out) lower on five of six, e.g.
-        rectangle 2.27 -> 2.14 m, straight_03 1.83 -> 1.65 m (straight_04
-        1.42 -> 1.47 m). A quicker walking model (1.0) does as well in the
-        simulator but lags the real rectangle's corners (2.95 m).
+        walking one (0.5: starts, stops, turns); a quicker walking model
+        lags a real walk's corners.
     mode_dwell_s: tau of each model, s: how long a shopper keeps standing or
         walking before switching (same length as sigma_a).
     v_max: walking speed cap, m/s.
     gate: normalised innovation beyond which a reading is dropped (3.5 keeps
         99.95 % of honest Gaussian readings and drops deep fades).
     weak_k: k of eq. (14), normalised innovation below which a weaker-than-
-        predicted reading is down-weighted (inf: never). 1.5 against none:
-        real danis tracks (leave-one-track-out) lower on all six, e.g.
-        straight_04 1.47 -> 1.35 m, zigzag 1.74 -> 1.65 m; fishmonger
-        simulation with body loss ("impaired") 2.36 -> 2.28 m, p90 5.68 ->
-        5.23 m; with symmetric shadowing alone 0.98 -> 0.97 m, sector
-        figures unchanged. k = 1 does better on danis (mean of the six
-        1.66 -> 1.47 m) but costs the symmetric simulation (seed 2: false
-        sector changes 1.16 -> 1.50 per shopper-hour).
+        predicted reading is down-weighted (inf: never, the plain EKF). A
+        body or a shelf in the way only ever takes power away, so a far
+        weaker reading is trusted less; a smaller k helps real walks and
+        costs a simulation with symmetric shadowing.
     iterations: linearisations per update. h is steep near a receiver, so
-        the prior is a poor linearisation point after a birth or a turn: 2
-        against 1 (4 dB walk) p90 error 5.7 -> 4.7 m; 3 against 2, real
-        danis tracks lower on all six (e.g. rectangle 2.13 -> 2.03 m,
-        straight_03 1.59 -> 1.41 m), fishmonger simulation 0.970 -> 0.966 m
-        with fewer false sector changes (seed 1: 0.90 -> 0.78 per
-        shopper-hour); throughput at 1,000 emitters 565k -> 457k obs/s.
+        the prior is a poor linearisation point after a birth or a turn;
+        each iteration costs throughput.
+    (benchmarks/README.md, "Tuning evidence", has the figures behind these defaults.)
     reading_correlation: correlation rho of repeated readings of one
         (track, receiver) pair in a window. Shadowing is shared by all of
         them, so c readings carry the information of 1 / (rho + (1-rho)/c),
@@ -287,12 +276,12 @@ def update(
     rssi: FloatArray,
     receivers: Receivers,
     *,
-    emitter_z: float = DEFAULT_EMITTER_Z,
-    gate: float = 3.5,
-    weak_k: float = np.inf,
-    iterations: int = 2,
-    reading_correlation: float = 0.3,
-    body: tuple[float, float] = (0.0, 0.5),
+    emitter_z: float = TrackerConfig.emitter_z,
+    gate: float = TrackerConfig.gate,
+    weak_k: float = TrackerConfig.weak_k,
+    iterations: int = TrackerConfig.iterations,
+    reading_correlation: float = TrackerConfig.reading_correlation,
+    body: tuple[float, float] = (TrackerConfig.body_loss_db, TrackerConfig.body_walk_speed),
 ) -> Update:
     """Fold N readings into k predicted tracks at once, eqs. (6)-(7).
 
@@ -302,7 +291,8 @@ def update(
         track_index: (N,) row of x each reading belongs to.
         receiver_index: (N,) row of `receivers` that heard it.
         rssi: (N,) readings, dBm.
-        weak_k: k of eq. (14); inf, the default here, is the plain EKF.
+        gate, weak_k, iterations, reading_correlation: as in `TrackerConfig`,
+            whose values are the defaults; weak_k = inf is the plain EKF.
         body: (B, v_w) of eq. (20); B = 0 leaves the body out.
 
     Tracks without an accepted reading come back unchanged.

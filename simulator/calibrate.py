@@ -47,16 +47,14 @@ MIN_SAMPLES = 30
 MAP_MIN_GAIN = 0.05
 """A radio map is kept only if it tracks held-out walk segments with a median error this much lower than
 the plain models (see `judge_radio_map`). Where shadowing is independent per packet a map learns noise and
-costs (benchmarks/radio_map.py, map forced, seeds 3 / 4 / 5: median error 1.24 -> 1.30, 1.45 -> 1.54,
-1.35 -> 1.52 m; false sector changes 2.7 -> 3.8, 3.5 -> 5.4, 5.4 -> 6.7 per shopper-hour); the held-out
-squared-error ratio alone (0.55-0.65 in stores with lasting shadows, 0.88-0.92 on danis, 1.01-1.02 with
-none) also passed maps that made sectors worse."""
+costs; the held-out squared-error ratio alone also passed maps that made sectors worse
+(benchmarks/README.md, "Tuning evidence")."""
 
 MAP_SECTOR_SLACK = 0.01
 """A map may cost this share of held-out windows in the right sector (one window in a hundred) and still be kept.
 
-Strictly no loss dropped maps on the real danis lab that took held-out median error 1.47 -> 1.29 m for
-one window of 237 on the wrong side of a border; the map the issue reports (sectors 71 -> 54 %) is far beyond it."""
+Strictly no loss dropped maps on a real lab that lowered the held-out error for a single window on the wrong
+side of a border; a map that really costs sectors is far beyond it (benchmarks/README.md, "Tuning evidence")."""
 
 MAP_BLOCK_S = 10.0
 """The walk is cut into blocks this long, alternately held out, so no reading is scored by its own neighbours."""

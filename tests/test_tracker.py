@@ -91,7 +91,7 @@ def test_a_weak_reading_weighs_as_if_noisier_and_a_strong_one_as_usual(offset: f
     r = offset / np.sqrt(H[0] @ P[0, :2, :2] @ H[0] + SIGMA**2)
     scale = np.sqrt(-r / k) if r < -k else 1.0
     noisier = Receivers.of(RX_XYZ, A, N, SIGMA * scale)
-    want = update(x, P, np.zeros(1, np.intp), ri, z, noisier, emitter_z=Z, gate=1e9, iterations=1)
+    want = update(x, P, np.zeros(1, np.intp), ri, z, noisier, emitter_z=Z, gate=1e9, weak_k=np.inf, iterations=1)
     np.testing.assert_allclose(got.x, want.x, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(got.P, want.P, rtol=1e-9, atol=1e-12)
 

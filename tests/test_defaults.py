@@ -1,0 +1,42 @@
+"""One home per default: the sector filter's and the tracker's defaults are read from one place each."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
+
+from agent.config import TrackingConfig
+from positioning.sectors import (
+    SECTOR_HOLD_S,
+    SECTOR_MARGIN_M,
+    SECTOR_THRESHOLD,
+    SectorTracker,
+    hmm_step,
+)
+from positioning.tracker import TrackerConfig, update
+
+
+def _defaults(function: Callable[..., object]) -> dict[str, object]:
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()}
+
+
+def test_the_sector_filter_and_the_site_config_take_the_sector_defaults_from_one_place() -> None:
+    tracker = _defaults(SectorTracker)
+    assert (tracker["threshold"], tracker["hold_s"], tracker["margin_m"]) == (
+        SECTOR_THRESHOLD, SECTOR_HOLD_S, SECTOR_MARGIN_M)
+    config = TrackingConfig()
+    assert (config.sector_threshold, config.hysteresis_s) == (SECTOR_THRESHOLD, SECTOR_HOLD_S)
+    step = _defaults(hmm_step)
+    assert all(step[name] is inspect.Parameter.empty for name in ("threshold", "hold_s", "margin_m"))
+
+
+def test_update_and_the_site_config_take_the_tracker_defaults_from_its_config() -> None:
+    own = {f.name: f.default for f in fields(TrackerConfig)}
+    given = _defaults(update)
+    for name in ("emitter_z", "gate", "weak_k", "iterations", "reading_correlation"):
+        assert given[name] == own[name], name
+    assert given["body"] == (own["body_loss_db"], own["body_walk_speed"])
+    config = TrackingConfig()
+    assert (config.emitter_height_m, config.track_silence_s, config.phone_offset_db, config.body_loss_db) == (
+        own["emitter_z"], own["max_silence_s"], own["offset_sigma_db"], own["body_loss_db"])
