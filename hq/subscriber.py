@@ -56,7 +56,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from agent.config import TlsConfig
-from agent.errors import EXIT_BAD_INPUT, SantiError
+from agent.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SantiError
 from agent.events import Ack, Event, ack_topic
 from agent.messages import CONSENT_PREFIX, ConsentUpdate
 from agent.mqttclient import BrokerConfig, new_client
@@ -85,6 +85,12 @@ class BrokerError(SantiError):
     """
 
     exit_code = EXIT_BAD_INPUT
+
+
+class BrokerUnreachable(BrokerError):
+    """No broker answered (refused TCP, no such host, no CONNACK, lost and not back): exit 1, a run-time failure."""
+
+    exit_code = EXIT_FAILURE
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,8 @@ class Stats:
     activation_errors: int = 0
     failure: str | None = None
     """Why the writer stopped, if it did: nothing more is stored (HQ is unhealthy)."""
+    broker_problem: str | None = None
+    """While not subscribed: why (the broker's refusal, or how the connection ended)."""
 
     @property
     def healthy(self) -> bool:
@@ -186,6 +194,8 @@ class HqSubscriber:
         self._failure: str | None = None
         self.refused: str | None = None
         """The broker's reason when it refused the last connection attempt."""
+        self.lost: str | None = None
+        """How the last connection ended, when it did (paho's reason)."""
         self._writer: threading.Thread | None = None
         persistent = client_id is not None
         self.client_id = client_id or f"santi-hq-{group}-{socket.gethostname()}-{os.getpid()}-{id(self):x}"
@@ -215,8 +225,8 @@ class HqSubscriber:
     def start(self) -> None:
         """Open the store, start the writer, connect, then keep reconnecting in the background.
 
-        Raises BrokerError when the first connection fails (unreachable broker,
-        TLS refused), HqStoreError when the database cannot be opened.
+        Raises BrokerUnreachable when the first connection fails (unreachable
+        broker, TLS handshake refused), HqStoreError when the database cannot be opened.
         """
         if self._store is None:
             self._store = open_store(self._db_url)
@@ -227,8 +237,8 @@ class HqSubscriber:
             if self._owns_store:
                 self._store.close()
                 self._store = None
-            raise BrokerError(f"cannot connect to the broker at {self.broker_host}:{self.port}: "
-                              f"{_one_line(exc)}") from None
+            raise BrokerUnreachable(f"cannot connect to the broker at {self.broker_host}:{self.port}: "
+                                    f"{_one_line(exc)}") from None
         self._writer = threading.Thread(target=self._write_loop, name="hq-writer", daemon=True)
         self._writer.start()
         self._client.loop_start()
@@ -236,6 +246,14 @@ class HqSubscriber:
     def wait_connected(self, timeout: float = 10.0) -> bool:
         """True once subscribed on the broker."""
         return self._connected.wait(timeout)
+
+    def broker_problem(self) -> str | None:
+        """Why we are not subscribed, as far as the broker or the socket said (None: nothing said yet)."""
+        if self.refused is not None:
+            return f"broker {self.broker_host}:{self.port} refused HQ: {self.refused}"
+        if self.lost is not None:
+            return f"lost the broker {self.broker_host}:{self.port}: {self.lost}"
+        return None
 
     def stop(self, timeout: float = STOP_BUDGET_S) -> None:
         """Disconnect, commit what was received within ``timeout``, close the store if we opened it.
@@ -269,8 +287,9 @@ class HqSubscriber:
     def stats(self) -> Stats:
         with self._count_lock:
             counts = dict(self._counts)
-        return Stats(**counts, queued=self._queue.qsize(), connected=self._connected.is_set(),
-                     failure=self._failure)
+        connected = self._connected.is_set()
+        return Stats(**counts, queued=self._queue.qsize(), connected=connected, failure=self._failure,
+                     broker_problem=None if connected else self.broker_problem())
 
     def profile(self, loyalty_id: str, now: float | None = None) -> Profile:
         return loyalty_profile(self.store, loyalty_id, self._clock() if now is None else now)
@@ -293,6 +312,7 @@ class HqSubscriber:
             log.warning("broker refused connection", extra={"reason": str(reason), "broker": self.broker_host})
             return
         self.refused = None
+        self.lost = None
         with self._ack_lock:
             self._generation += 1
         # Every connect, session or not: a restarted mosquitto 2.0.11 forgets shared subscriptions.
@@ -317,6 +337,7 @@ class HqSubscriber:
         with self._ack_lock:
             self._generation += 1
         if reason.is_failure:
+            self.lost = str(reason)
             log.warning("disconnected from broker; reconnecting", extra={"reason": str(reason)})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

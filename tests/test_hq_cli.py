@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from agent.cli import cli
 from agent.events import topic_for
-from agent.localbroker import Broker
+from agent.localbroker import Broker, free_port
 from hq.backends import open_store
 from hq.ingest import decode
 from tests.helpers.consent import grant, grant_url
@@ -114,3 +114,25 @@ def test_run_stores_and_reports(broker: Broker, tmp_path: Path) -> None:
         assert store.counts()["events"] == len(events)
     finally:
         store.close()
+
+
+def test_run_against_an_unreachable_broker_exits_1_with_the_reason(tmp_path: Path) -> None:
+    port = free_port()
+    code, out = run("run", "--broker", f"mqtt://127.0.0.1:{port}", "--db", f"sqlite:///{tmp_path}/hq.sqlite",
+                    "--connect-timeout", "2")
+    assert (code, out) == (1, (f"santi: cannot connect to the broker at 127.0.0.1:{port}: [Errno 111] "
+                              f"Connection refused\n"))
+
+
+def test_run_that_loses_its_broker_says_why_and_exits_1(broker: Broker, tmp_path: Path) -> None:
+    killer = threading.Timer(1.0, broker.stop, kwargs={"kill": True})
+    killer.start()
+    code, out = run("run", "--broker", f"mqtt://{broker.host}:{broker.port}", "--db",
+                    f"sqlite:///{tmp_path}/hq.sqlite", "--report-s", "0.5", "--max-seconds", "3")
+    killer.join()
+    lines = out.splitlines()
+    assert code == 1, out
+    assert any(" DISCONNECTED received=0 " in line and f"(lost the broker {broker.host}:{broker.port}: " in line
+               for line in lines), out
+    assert lines[-1].startswith(f"santi: lost the broker {broker.host}:{broker.port}: ")
+    assert "stopped: received=0" in lines[-2]

@@ -35,7 +35,7 @@ from hq.render import print_profile
 from hq.rules import load_rules
 from hq.runner import ActivationRunner
 from hq.store import DEAD_LETTER_BYTES, DEAD_LETTER_ROWS, AgentGaps, HqStoreError, Store
-from hq.subscriber import BrokerError, HqSubscriber, Stats
+from hq.subscriber import BrokerError, BrokerUnreachable, HqSubscriber, Stats
 from hq.views import loyalty_profile, visitor_profile
 
 DEFAULT_DB = "sqlite:///santi-hq.sqlite"
@@ -151,14 +151,19 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
         if runner is not None:
             runner.stop()
         store.close()
+        if isinstance(exc, BrokerError):
+            raise  # its own exit code: 1 when no broker answered, 2 when it refused what we gave
         raise CliError(str(exc)) from None
     if not sub.wait_connected(connect_timeout_s):
         sub.stop()
         if runner is not None:
             runner.stop()
         store.close()
-        raise CliError(f"broker {host}:{port} refused HQ: {sub.refused}" if sub.refused else
-                       f"no subscription on {host}:{port} within {connect_timeout_s:g} s")
+        problem = sub.broker_problem()
+        if sub.refused is not None and problem is not None:
+            raise BrokerError(problem)
+        raise BrokerUnreachable(f"no subscription on {host}:{port} within {connect_timeout_s:g} s"
+                                + (f" ({problem})" if problem else ""))
     stop = threading.Event()
 
     def _signal(signum: int, frame: FrameType | None) -> None:
@@ -188,6 +193,7 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        at_end = sub.stats()
         sub.stop()
         if runner is not None:
             runner.stop()
@@ -198,6 +204,9 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
                + ("" if runner is None else f" fired={runner.stats.fired}"))
     if final.failure is not None:
         raise CliError(final.failure)
+    if not at_end.connected and not stop.is_set():
+        # The run's time is up while the broker is gone: that is a failed run, not a quiet one.
+        raise BrokerUnreachable(at_end.broker_problem or f"not connected to the broker at {host}:{port}")
 
 
 def _safe_gaps(sub: HqSubscriber) -> list[AgentGaps] | None:
@@ -217,7 +226,8 @@ def _progress(current: Stats, last: Stats, dt: float, gaps: list[AgentGaps] | No
             f"conflicts={current.conflicts} suppressed={current.suppressed} acks={current.acks} "
             f"rate={rate:.0f}/s queued={current.queued} missing_seqs={missing}"
             + (f" TWO-LIVE-EPOCHS={','.join(twins)}" if twins else "")
-            + (f" ({current.failure})" if current.failure else ""))
+            + (f" ({current.failure})" if current.failure else "")
+            + (f" ({current.broker_problem})" if not current.connected and current.broker_problem else ""))
 
 
 @hq.command("profile")
