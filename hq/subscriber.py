@@ -40,6 +40,7 @@ import logging
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -226,7 +227,7 @@ class HqSubscriber:
         """Open the store, start the writer, connect, then keep reconnecting in the background.
 
         Raises BrokerUnreachable when the first connection fails (unreachable
-        broker, TLS handshake refused), HqStoreError when the database cannot be opened.
+        broker), BrokerError when its TLS handshake fails, HqStoreError when the database cannot be opened.
         """
         if self._store is None:
             self._store = open_store(self._db_url)
@@ -237,8 +238,10 @@ class HqSubscriber:
             if self._owns_store:
                 self._store.close()
                 self._store = None
-            raise BrokerUnreachable(f"cannot connect to the broker at {self.broker_host}:{self.port}: "
-                                    f"{_one_line(exc)}") from None
+            # A TLS handshake that fails is the CA or certificate given: exit 2; no answer at all: exit 1.
+            error = BrokerError if isinstance(exc, ssl.SSLError) else BrokerUnreachable
+            raise error(f"cannot connect to the broker at {self.broker_host}:{self.port}: "
+                        f"{_one_line(exc)}") from None
         self._writer = threading.Thread(target=self._write_loop, name="hq-writer", daemon=True)
         self._writer.start()
         self._client.loop_start()

@@ -16,6 +16,7 @@ from hq.backends import open_store
 from hq.ingest import decode
 from tests.helpers.consent import grant, grant_url
 from tests.helpers.hq import fixed_stream, publish, wire
+from tests.helpers.pki import make_pki, tls_broker
 
 NOW = "2026-03-15T00:00:00Z"
 
@@ -136,3 +137,19 @@ def test_run_that_loses_its_broker_says_why_and_exits_1(broker: Broker, tmp_path
                for line in lines), out
     assert lines[-1].startswith(f"santi: lost the broker {broker.host}:{broker.port}: ")
     assert "stopped: received=0" in lines[-2]
+
+
+def test_run_with_the_wrong_ca_exits_2_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    broker = tls_broker(tmp_path, pki, cert=pki.server_cert)
+    broker.start()
+    try:
+        code, out = run("run", "--broker", f"mqtts://127.0.0.1:{broker.port}", "--ca-file", str(pki.other_ca),
+                        "--db", f"sqlite:///{tmp_path}/hq.sqlite", "--connect-timeout", "2")
+    finally:
+        broker.stop(kill=True)
+    assert code == 2, out
+    assert out.startswith(f"santi: cannot connect to the broker at 127.0.0.1:{broker.port}: [SSL: "
+                          f"CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    assert out.count("\n") == 1
