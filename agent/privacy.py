@@ -79,8 +79,19 @@ def load_secret(privacy: PrivacyConfig, state_dir: Path) -> bytes:
     """The store secret: from the configured file or variable, else generated once in ``state_dir``.
 
     A generated secret is written with mode 0600 and reused on every start,
-    so pseudonyms survive restarts within a salt period.
+    so pseudonyms survive restarts within a salt period. A file that cannot
+    be read or made is a `ConfigError` naming it.
     """
+    try:
+        data = _secret_bytes(privacy, state_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the store secret: {exc.strerror or exc}: {exc.filename}") from exc
+    if len(data) < 16:
+        raise ConfigError("privacy: the store secret is shorter than 16 bytes; use at least 32 random bytes")
+    return data
+
+
+def _secret_bytes(privacy: PrivacyConfig, state_dir: Path) -> bytes:
     if privacy.secret_file is not None:
         data = privacy.secret_file.read_bytes().strip()
     elif privacy.secret_env is not None:
@@ -98,6 +109,4 @@ def load_secret(privacy: PrivacyConfig, state_dir: Path) -> bytes:
                 handle.flush()
                 os.fsync(handle.fileno())
         data = path.read_bytes().strip()
-    if len(data) < 16:
-        raise ConfigError("privacy: the store secret is shorter than 16 bytes; use at least 32 random bytes")
     return data

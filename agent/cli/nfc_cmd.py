@@ -82,8 +82,6 @@ def store_secret(site: SiteConfig, state_dir: Path) -> Secret:
             return Secret(Pseudonymizer(load_secret(privacy, state_dir), site.store.id, rotation_s), store=True)
         except ConfigError as exc:
             why = str(exc)
-        except OSError as exc:
-            why = f"cannot read the store secret: {exc.strerror or exc}: {exc.filename}"
     return Secret(Pseudonymizer(os.urandom(32), site.store.id, rotation_s), store=False, why_not=why)
 
 

@@ -51,10 +51,7 @@ def _pseudonymizer(site: SiteConfig) -> Pseudonymizer:
     if site.privacy.secret_file is None and site.privacy.secret_env is None:
         raise CliError(f"{site.path}: santi node needs the store's secret — copy the locator's secret file here "
                        f"(owner santi, mode 0600) and set [privacy] secret_file to it (or secret_env)")
-    try:
-        secret = load_secret(site.privacy, site.agent.state_dir)  # configured: nothing is generated there
-    except (ConfigError, OSError) as exc:
-        raise CliError(str(exc)) from None
+    secret = load_secret(site.privacy, site.agent.state_dir)  # configured: nothing is generated there
     return Pseudonymizer(secret, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
 
 

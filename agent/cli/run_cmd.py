@@ -11,7 +11,6 @@ import click
 from agent import logs
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
-from agent.config import ConfigError
 from agent.privacy import Pseudonymizer, load_secret
 from agent.replayclock import ReplayClock, first_timestamp
 from agent.service import Service
@@ -46,10 +45,7 @@ def run(config_path: Path, state_dir: Path | None, replay: Path | None, taps: Pa
     site = load_or_fail(config_path)
     state = state_dir or site.agent.state_dir
     if replay is None:
-        try:
-            secret = load_secret(site.privacy, state)
-        except (ConfigError, OSError) as exc:
-            raise CliError(str(exc)) from None
+        secret = load_secret(site.privacy, state)
         pseudonymizer = Pseudonymizer(secret, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
         service = Service(site, hardware_sources(site, pseudonymizer), state_dir=state)
     else:

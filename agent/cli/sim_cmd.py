@@ -46,7 +46,6 @@ from simulator.channel import CHANNELS
 from simulator.locate import Estimate, LocateStats, Mode, locate_file
 from simulator.report import Report, build_report, group_estimates
 from simulator.run import SURVEY_PHONES, PhoneConfig, SimConfig, simulate
-from simulator.store import SiteNotSimulable
 from simulator.truth import read_truth
 
 ESTIMATES = "estimates.jsonl"
@@ -152,7 +151,7 @@ def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, se
     try:
         with _progress("simulating", quiet) as update:
             summary = simulate(config, sim_config, out_dir, update, survey=survey)
-    except (SiteNotSimulable, OSError) as exc:
+    except OSError as exc:
         raise CliError(str(exc)) from None
     if not quiet:
         click.echo(f"{plural(summary.shoppers, 'shopper')} over {summary.duration_s / 60:.1f} min: "
