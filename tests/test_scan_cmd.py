@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +221,17 @@ def test_short_address_keeps_only_the_last_two_octets(raw: bytes) -> None:
     short = short_address(text)
     assert short == short_address(raw) == "…:" + text[-5:]
     assert text[:8] not in short
+
+
+def test_open_ended_scan_with_bluetooth_off_ends_with_one_line(fake_bluez: FakeBluez, tmp_path: Path) -> None:
+    fake_bluez.set_powered("hci0", False)
+    site = example_site_for(tmp_path, 1)
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": fake_bluez.bus_address}
+    done = subprocess.run([sys.executable, "-c", "from agent.cli import main; main()", "scan", "--config", str(site)],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 emitters heard: 0 allowed, 0 ignored"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("santi: ble never came up: ")
+    assert "hci0" in lines[0]

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,8 +287,26 @@ def _render(table: ScanTable, now: float, sources: Sequence[Source], footer: str
     return Group(grid, "  ".join(lines) + f"   {footer}")
 
 
+@contextlib.contextmanager
+def _source_warnings_quiet() -> Iterator[None]:
+    """The table and the closing line say when a radio is down; without -v its log line would say it twice."""
+    base = logging.getLogger("agent.sources.base")
+    previous = base.level
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        base.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        base.setLevel(previous)
+
+
+def _all_failed(sources: Sequence[Source], came_up: set[str]) -> bool:
+    """Every radio has failed and none ever came up: an open-ended scan has nothing left to wait for."""
+    return not came_up and all(s.stats.state != "up" and s.stats.last_error is not None for s in sources)
+
+
 async def _scan(sources: Sequence[Source], seconds: float | None, on_tick: Callable[[float], None]) -> set[str]:
-    """Run the sources for ``seconds`` (or until Ctrl-C); returns the names of those that came up."""
+    """Run the sources for ``seconds`` (or until Ctrl-C, or until every radio failed); returns those that came up."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -306,6 +325,8 @@ async def _scan(sources: Sequence[Source], seconds: float | None, on_tick: Calla
             on_tick(elapsed)
             if seconds is not None and elapsed >= seconds:
                 break
+            if seconds is None and _all_failed(sources, came_up):
+                break  # Bluetooth off, no such interface: say so now rather than wait for Ctrl-C
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
     finally:
@@ -353,7 +374,8 @@ def scan(config: Path, seconds: float | None, adapter: str | None, passive: bool
     their address. Nothing is logged or sent anywhere.
 
     Exit code 0 after a scan, 1 when a requested radio never came up (its
-    error is printed), 2 on bad input.
+    error is printed, in one line); without --seconds the scan ends as soon
+    as every radio has failed. 2 on bad input.
 
     \b
     Example:
@@ -369,10 +391,11 @@ def scan(config: Path, seconds: float | None, adapter: str | None, passive: bool
     sources = build_sources(site, table, ble=use_ble, adapter=adapter, passive=passive, wifi=wifi, clock=time.time)
     err = Console(stderr=True)
     console = Console()
-    if as_json or not console.is_terminal:
-        came_up = _scan_quietly(sources, seconds, err)
-    else:
-        came_up = _scan_live(table, sources, seconds, console)
+    with _source_warnings_quiet():
+        if as_json or not console.is_terminal:
+            came_up = _scan_quietly(sources, seconds, err)
+        else:
+            came_up = _scan_live(table, sources, seconds, console)
     now = time.time()
     if as_json:
         click.echo(json.dumps({
@@ -387,10 +410,9 @@ def scan(config: Path, seconds: float | None, adapter: str | None, passive: bool
         allowed = sum(row.allowed for row in table.rows.values())
         console.print(f"{plural(len(table.rows), 'emitter')} heard: {allowed} allowed, {len(table.rows) - allowed} ignored")
     failed = [s for s in sources if s.stats.name not in came_up]
-    for source in failed:
-        err.print(f"santi: {escape(source.stats.name)} never came up: {escape(source.stats.last_error or 'no reason given')}",
-                  highlight=False, soft_wrap=True)
     if failed:
+        reasons = "; ".join(f"{s.stats.name} never came up: {s.stats.last_error or 'no reason given'}" for s in failed)
+        err.print(f"santi: {escape(reasons)}", highlight=False, soft_wrap=True)
         raise SystemExit(EXIT_RADIO_FAILED)
 
 
