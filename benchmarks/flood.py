@@ -93,7 +93,7 @@ def per_track_bytes(emitters: int = 5000) -> float:
 
 
 def site_file(workdir: Path, port: int, max_emitters: int | None) -> Path:
-    path = example_site_for(workdir, port, extra=f'\n[nodes]\nhost = "127.0.0.1"\nport = {port}\n')
+    path = example_site_for(workdir, port, nodes_port=port)
     text = path.read_text(encoding="utf-8")
     if max_emitters is not None:
         text = re.sub(r"\[tracking\]\n", f"[tracking]\nmax_emitters = {max_emitters}\n", text)

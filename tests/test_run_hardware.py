@@ -39,8 +39,7 @@ def test_nodes_drive_the_agent_while_missing_hardware_is_reported(
     broker: Broker, tmp_path: Path, fake_bluez: FakeBluez
 ) -> None:
     fake_bluez.set_powered("hci0", False)
-    extra = f"\n[nodes]\nhost = \"127.0.0.1\"\nport = {broker.port}\n"
-    site_path = example_site_for(tmp_path, broker.port, extra=extra)
+    site_path = example_site_for(tmp_path, broker.port, nodes_port=broker.port)
     site = load_site(site_path)
     got: queue.Queue[tuple[str, bytes]] = queue.Queue()
     subscriber = subscribe(broker, got)
