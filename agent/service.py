@@ -428,7 +428,7 @@ class Service:
             "sources": ",".join(source.stats.name for source in self.sources) or "none",
             "receivers": ",".join(receiver.id for receiver in site.receivers),
             "radio_map": str(site.tracking.radio_map or "none"),
-            "broker": f"{'mqtts' if uplink.tls is not None else 'mqtt'}://{uplink.host}:{uplink.port}",
+            "broker": f"{uplink.host}:{uplink.port}", "tls": "yes" if uplink.tls is not None else "no",
             "state_dir": str(self.state_dir),
         }
         if site.nodes is not None:

@@ -6,8 +6,8 @@ import math
 from datetime import datetime
 
 from rich.console import Console
-from rich.table import Table
 
+from agent.text import Table
 from hq.profile import Profile
 
 

@@ -92,7 +92,7 @@ def test_erase_asks_then_erases(db: str) -> None:
 
 def test_run_bad_broker_url() -> None:
     code, out = run("run", "--broker", "http://x", "--db", "sqlite:///unused.db")
-    assert (code, out) == (2, "santi: bad broker URL 'http://x': use mqtt://host:1883 or mqtts://host:8883\n")
+    assert (code, out) == (2, "santi: --broker 'http://x': give HOST:PORT, e.g. 127.0.0.1:1883\n")
     code, out = run("run", "--broker", "mqtts://x", "--db", "sqlite:///unused.db")
     assert code == 2
     assert "--ca-file" in out

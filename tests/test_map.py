@@ -47,7 +47,8 @@ def clustered_site(receivers: list[tuple[float, float, str]]) -> str:
         extra = f'node_name = "n{index}"\n' if kind == "node" else ""
         blocks.append(f'[[receivers]]\nid = "rx{index}"\nkind = "{kind}"\n{extra}x = {x}\ny = {y}\nz = 2.5\n')
     wifi = '\n[wifi]\ninterface = "wlan1mon"\n' if any(kind == "wifi" for _, _, kind in receivers) else ""
-    return CLUSTERED.format(receivers="\n".join(blocks)) + wifi
+    nodes = '\n[nodes]\nhost = "127.0.0.1"\n' if any(kind == "node" for _, _, kind in receivers) else ""
+    return CLUSTERED.format(receivers="\n".join(blocks)) + wifi + nodes
 
 
 WEST_CLUSTER = [(2.0, 2.0, "node"), (8.0, 3.0, "node"), (3.0, 17.0, "node"), (9.0, 18.0, "node"),
@@ -104,7 +105,7 @@ def test_another_receiver_never_makes_the_bound_worse(placed: list[tuple[float, 
 
 def test_one_receiver_gives_no_fix_and_the_summary_says_so(tmp_path: Path) -> None:
     # One sector: config check accepts a lone receiver only where there is no sector to choose.
-    one_sector = clustered_site([(5.0, 5.0, "node")]).replace('adjacent = ["east"]\n', "").split('\n[[sectors]]\nid = "east"')[0]
+    one_sector = clustered_site([(5.0, 5.0, "node")]).replace('adjacent = ["east"]\n', "").split('\n[[sectors]]\nid = "east"')[0] + '\n[nodes]\nhost = "127.0.0.1"\n'
     emap = error_map(parse_site(one_sector, tmp_path / "s.toml"), cell=1.0)
     summary = summarise(emap)
     assert summary["no_fix_share"] == 1.0

@@ -150,7 +150,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["sim", "--shoppers", "3"])
     assert result.exit_code == 2
-    assert "needs --site and --out" in result.stderr
+    assert "needs --config and --out" in result.stderr
     result = runner.invoke(cli, ["sim", "report", str(tmp_path)])
     assert result.exit_code == 2
     assert "truth.jsonl: no such file" in result.stderr

@@ -151,7 +151,7 @@ def test_status_follows_sources_and_uplink_and_a_healthy_start_logs_one_line(
         line = journal.lines[0]
         assert line.startswith('level=info logger=agent.service msg="agent ready" store=corner-shop agent=pi-1 '
                                "sources=nodes receivers=node-0,node-1,node-2,node-3 radio_map=none "
-                               f"broker=mqtt://127.0.0.1:{uplink.port} "), line
+                               f"broker=127.0.0.1:{uplink.port} tls=no "), line
         assert line.endswith(f" nodes_broker=127.0.0.1:{nodes.port}"), line
         assert PASSWORD not in line
 

@@ -19,16 +19,14 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
+from agent.cli.config_cmd import load_or_fail, site_option
 from agent.cli.errors import CliError
-from agent.config import SiteConfig
 from agent.events import AgentStatus, utc_from_epoch, uuid7
 from agent.outbox import (
     OUTBOX_FILE,
@@ -41,7 +39,7 @@ from agent.outbox import (
     with_outbox_figures,
 )
 from agent.statusfile import read_status
-from agent.text import plural
+from agent.text import Table, plural
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -51,8 +49,13 @@ EXIT_LEFT = 1
 POLL_S = 0.25
 
 
-def _outbox_path(site_file: Path) -> Path:
-    return load_or_fail(site_file).agent.state_dir / OUTBOX_FILE
+def _outbox_path(site_file: Path, state_dir: Path | None) -> Path:
+    """The outbox of the agent ``--state-dir`` names, else of the one ``--config``'s [agent] state_dir names."""
+    return (state_dir or load_or_fail(site_file).agent.state_dir) / OUTBOX_FILE
+
+
+state_dir_option = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                                help="The agent's state directory (overrides the config's [agent] state_dir).")
 
 
 @click.group()
@@ -61,18 +64,20 @@ def buffer() -> None:
 
 
 @buffer.command("status")
-@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@site_option("site", positional=True)
+@state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def status(site: Path, as_json: bool) -> None:
-    """Show how many events wait in the outbox of SITE's agent, and what was evicted.
+def status(site: Path, state_dir: Path | None, as_json: bool) -> None:
+    """Show how many events wait in the agent's outbox, and what was evicted.
 
     Reads the file without changing it, so it is safe while the agent runs.
 
     \b
     Example:
-      santi buffer status /etc/santi/site.toml
+      santi buffer status --config /etc/santi/site.toml
+      santi buffer status --state-dir /var/lib/santi --json
     """
-    summary = summarize(_outbox_path(site))
+    summary = summarize(_outbox_path(site, state_dir))
     oldest = summary.stats.oldest_ts
     oldest_text = None if oldest is None else utc_from_epoch(oldest).isoformat()
     figures = {
@@ -99,10 +104,11 @@ def status(site: Path, as_json: bool) -> None:
 
 
 @buffer.command("export")
-@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("out", type=click.File("w", encoding="utf-8"))
+@site_option("site")
+@state_dir_option
+@click.argument("paths", nargs=-1, metavar="OUT", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
 @click.option("--after-seq", type=int, default=0, show_default=True, help="Only events with a higher seq.")
-def export(site: Path, out: TextIO, after_seq: int) -> None:
+def export(site: Path, state_dir: Path | None, paths: tuple[Path, ...], after_seq: int) -> None:
     """Write every waiting event to OUT as JSON Lines (the wire form), in seq order; '-' is stdout.
 
     For when the uplink stays down for days: HQ imports the file
@@ -111,18 +117,30 @@ def export(site: Path, out: TextIO, after_seq: int) -> None:
 
     \b
     Example:
-      santi buffer export /etc/santi/site.toml /media/usb/pi-1-events.jsonl
+      santi buffer export --config /etc/santi/site.toml /media/usb/pi-1-events.jsonl
     """
-    count = 0
-    for row in export_rows(_outbox_path(site), after_seq):
-        out.write(row.payload.decode("utf-8") + "\n")
-        count += 1
+    if len(paths) == 2:  # the earlier spelling, SITE OUT
+        site, paths = paths[0], paths[1:]
+    if len(paths) != 1:
+        raise click.UsageError("give one OUT file ('-' for stdout)", ctx=click.get_current_context())
+    outbox = _outbox_path(site, state_dir)
+    with click.open_file(str(paths[0]), "w", encoding="utf-8") as out:
+        count = _export(outbox, out, after_seq)
     click.echo(f"exported {plural(count, 'event')}", err=True)
 
 
-def _running_agent(site: SiteConfig) -> int | None:
+def _export(outbox: Path, out: IO[str], after_seq: int) -> int:
+    """Write the waiting rows' payloads to ``out``, one a line; how many."""
+    count = 0
+    for row in export_rows(outbox, after_seq):
+        out.write(row.payload.decode("utf-8") + "\n")
+        count += 1
+    return count
+
+
+def _running_agent(state_dir: Path) -> int | None:
     """The pid of the agent serving this state directory, if one is alive."""
-    report = read_status(site.agent.state_dir, time.time())
+    report = read_status(state_dir, time.time())
     if not report.running or report.pid is None:
         return None
     try:
@@ -194,12 +212,13 @@ def _store_draining_status(outbox: Outbox, store_id: str, agent_id: str) -> None
 
 
 @buffer.command("drain")
-@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@site_option("site", positional=True)
+@state_dir_option
 @click.option("--timeout", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
               help="Seconds to keep sending before giving up.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
-def drain(site: Path, timeout: float, as_json: bool) -> None:
-    """Send what waits in SITE's outbox to the broker now, showing progress.
+def drain(site: Path, state_dir: Path | None, timeout: float, as_json: bool) -> None:
+    """Send what waits in the agent's outbox to the broker now, showing progress.
 
     With the agent running, it is asked (SIGUSR1) to reconnect at once rather
     than at the end of its backoff wait; with no agent running, this command
@@ -211,13 +230,14 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
 
     \b
     Example:
-      santi buffer drain /etc/santi/site.toml --timeout 120
+      santi buffer drain --config /etc/santi/site.toml --timeout 120
     """
     config = load_or_fail(site)
-    path = config.agent.state_dir / OUTBOX_FILE
+    state = state_dir or config.agent.state_dir
+    path = state / OUTBOX_FILE
     summary = summarize(path)
     start, through_seq = summary.stats.depth, summary.last_seq
-    pid = _running_agent(config)
+    pid = _running_agent(state)
     error: str | None = None
     storage: str | None = None
     left, reason = Waiting(0, 0), "nothing waiting"
@@ -233,12 +253,12 @@ def drain(site: Path, timeout: float, as_json: bool) -> None:
             raise CliError(f"the agent (pid {pid}) exited; run the command again") from None
 
         def agent_uplink() -> str | None:
-            return read_status(config.agent.state_dir, time.time()).uplink_state
+            return read_status(state, time.time()).uplink_state
 
         left, reason = _watch(path, through_seq, start, timeout, agent_uplink, as_json)
         if left.total:
-            error = read_status(config.agent.state_dir, time.time()).uplink_error
-            storage = _agent_outbox_error(config.agent.state_dir)
+            error = read_status(state, time.time()).uplink_error
+            storage = _agent_outbox_error(state)
     else:
         outbox = Outbox.open(path, config.buffer)
         # The outcome line below carries the uplink's last error; its log line would say it twice.

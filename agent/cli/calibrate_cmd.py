@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.syntax import Syntax
-from rich.table import Table
 
 from agent.calibration_walk import (
     DEFAULT_DISTANCES,
@@ -40,6 +39,7 @@ from agent.cli.sim_cmd import calibrate
 from agent.config import ConfigError, ReceiverConfig, SiteConfig
 from agent.errors import SantiError
 from agent.siteedit import fitted_values
+from agent.text import Table
 from positioning.pathloss import Calibration
 
 

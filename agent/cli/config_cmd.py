@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from agent.cli.errors import CliError
 from agent.config import SiteConfig, load_site, site_warnings
+from agent.text import Table
 
 
 def load_or_fail(path: Path) -> SiteConfig:
@@ -23,6 +24,53 @@ def load_or_fail(path: Path) -> SiteConfig:
 DEFAULT_SITE = Path("/etc/santi/site.toml")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+SITE_FILE = click.Path(path_type=Path, dir_okay=False)
+
+
+class _HiddenArgument(click.Argument):
+    """A positional kept for old command lines: parsed, never shown in the usage line."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return []
+
+
+def site_option(dest: str = "config", *, default: Path | None = DEFAULT_SITE, required: bool = False,
+                positional: bool = False, help_text: str = "Site config (TOML)") -> Callable[[F], F]:
+    """``--config FILE``: the one spelling of the site file, passed to the command as ``dest``.
+
+    The spellings of earlier releases still work for one more, hidden from
+    the help: ``--site FILE``, and, with ``positional``, the file as the
+    command's first argument. Two different files in two spellings is an
+    error, not a guess.
+    """
+    shown_default = f" [default: {default}]" if default is not None else ""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = [kwargs.pop(name) for name in ("site_config", "site_option_alias", "site_argument_alias")
+                     if name in kwargs]
+            paths = list(dict.fromkeys(path for path in given if path is not None))
+            if len(paths) > 1:
+                raise CliError(f"two site configs given ({paths[0]} and {paths[1]}): give one, with --config")
+            path = paths[0] if paths else default
+            if path is None and required:
+                raise click.UsageError("Missing option '--config'.", ctx=click.get_current_context())
+            kwargs[dest] = path
+            return command(*args, **kwargs)
+
+        decorated: Any = wrapper
+        if positional:
+            decorated = click.argument("site_argument_alias", required=False, type=SITE_FILE,
+                                       cls=_HiddenArgument)(decorated)
+        decorated = click.option("--site", "site_option_alias", type=SITE_FILE, default=None, hidden=True)(decorated)
+        decorated = click.option("--config", "site_config", type=SITE_FILE, default=None, metavar="FILE",
+                                 help=f"{help_text}{shown_default}.")(decorated)
+        return cast(F, decorated)
+
+    return decorate
 
 
 def state_dir_options(command: F) -> F:
@@ -48,11 +96,11 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@site_option("file", positional=True, help_text="Site config to check")
 @click.option("--json", "as_json", is_flag=True, help="Print the validated config as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 def check(file: Path, as_json: bool, quiet: bool) -> None:
-    """Validate FILE; exit 0 if it is good, 2 with a one-line error if not.
+    """Validate the site config; exit 0 if it is good, 2 with a one-line error if not.
 
     A config the agent can run with but that works worse than it could (two
     receivers hearing BLE, say) is good: each such warning is one line on
@@ -60,7 +108,7 @@ def check(file: Path, as_json: bool, quiet: bool) -> None:
 
     \b
     Example:
-      santi config check examples/fishmonger.toml
+      santi config check --config examples/fishmonger.toml
     """
     site = load_or_fail(file)
     for warning in site_warnings(site):

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 from agent.cli.footfall_report import print_beside_truth
 from agent.config import ConsoleConfig, FootfallConfig, SiteConfig, UplinkConfig
@@ -44,7 +43,7 @@ from agent.replayclock import ReplayClock, first_timestamp
 from agent.service import Service
 from agent.sources.factory import replay_sources
 from agent.staffboard import StaffBoard
-from agent.text import plural
+from agent.text import Table, plural
 from hq.activation import PastFiring, Trigger, evaluate
 from hq.backends import open_store
 from hq.consent import ConsentRecord, ConsentState

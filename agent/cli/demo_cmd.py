@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from agent.cli.config_cmd import load_or_fail
+from agent.cli.broker_arg import parse_broker
+from agent.cli.config_cmd import load_or_fail, site_option
 from agent.cli.demo import run_demo
 from agent.cli.errors import CliError
 from hq.consent import ConsentRecord, parse_import
@@ -19,13 +20,9 @@ EXAMPLE_RULES = EXAMPLES / "rules.toml"
 EXAMPLE_CONSENT = EXAMPLES / "consent.csv"
 
 
-def _broker(text: str | None) -> tuple[str, int] | None:
-    if text is None:
-        return None
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise CliError(f"--broker {text!r} must be HOST:PORT, e.g. 127.0.0.1:1883")
-    return host, int(port)
+def _host_port(text: str) -> tuple[str, int]:
+    address = parse_broker(text)
+    return address.host, address.port
 
 
 def _consent(path: Path) -> list[ConsentRecord]:
@@ -39,8 +36,7 @@ def _consent(path: Path) -> list[ConsentRecord]:
 
 
 @click.command()
-@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), default=EXAMPLE_SITE,
-              show_default=True, help="Site config of the store to simulate.")
+@site_option("site", default=EXAMPLE_SITE, help_text="Site config of the store to simulate")
 @click.option("--shoppers", type=click.IntRange(1, 2000), default=40, show_default=True,
               help="Shoppers who come in during the run.")
 @click.option("--minutes", type=click.FloatRange(1.0, 600.0), default=10.0, show_default=True,
@@ -76,7 +72,7 @@ def demo(site: Path, shoppers: int, minutes: float, seed: int, speed: float, bro
     config = load_or_fail(site)
     rules, consent = load_rules(rules_path), _consent(consent_path)
     try:
-        run_demo(config, shoppers=shoppers, minutes=minutes, seed=seed, speed=speed, broker=_broker(broker),
+        run_demo(config, shoppers=shoppers, minutes=minutes, seed=seed, speed=speed, broker=None if broker is None else _host_port(broker),
                  workdir=workdir, console=Console(), rules=rules, consent=consent, quiet=quiet)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None

@@ -9,12 +9,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from agent.checks import Check
 from agent.cli.config_cmd import DEFAULT_SITE
 from agent.doctor import run_checks, worst
-from agent.text import plural
+from agent.text import Table, plural
 
 EXIT_FAILED = 1
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}

@@ -10,9 +10,8 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
+from agent.cli.config_cmd import load_or_fail, site_option
 from agent.cli.errors import CliError
 from agent.config import SiteConfig
 from agent.firmware import (
@@ -23,7 +22,7 @@ from agent.firmware import (
     tag_site_problems,
     write_node_files,
 )
-from agent.text import plural
+from agent.text import Table, plural
 
 EXIT_NOT_ADMITTED = 1
 
@@ -60,17 +59,17 @@ def firmware() -> None:
 
 
 @firmware.command("render")
-@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@site_option("site", positional=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Directory for one <room>.json and <room>.sh per node.")
-@click.option("--broker", default=None, metavar="HOST[:PORT]",
+@click.option("--broker", default=None, metavar="HOST:PORT",
               help="The node broker's address as the nodes see it [default: [nodes] host if not loopback; "
                    "port: [nodes] port].")
 @click.option("--reference-rssi", type=click.IntRange(-100, -20), default=ESPRESENSE_REF_RSSI, show_default=True,
               help="RSSI at 1 m your tags advertise (iBeacon measured power).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_json: bool) -> None:
-    """Write ESPresense settings for every node receiver of SITE into --out.
+    """Write ESPresense settings for every node receiver of the site config into --out.
 
     Per node: <room>.json (settings, network page values, the MQTT messages)
     and <room>.sh (the same messages as retained mosquitto_pub calls, logged
@@ -80,7 +79,7 @@ def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_js
 
     \b
     Example:
-      santi firmware render examples/fishmonger.toml --out nodes/ --broker 192.168.1.20
+      santi firmware render --config examples/fishmonger.toml --out nodes/ --broker 192.168.1.20
       sh nodes/entrance.sh
     """
     config = load_or_fail(site)
@@ -114,19 +113,18 @@ def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_js
 
 @firmware.command("check-tag")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also check that this store's nodes would report the tag.")
+@site_option("site", default=None, help_text="Also check that this store's nodes would report the tag")
 @click.option("--json", "as_json", is_flag=True, help="Print each profile with its advertisement bytes as JSON.")
 def check_tag(files: tuple[Path, ...], site: Path | None, as_json: bool) -> None:
     """Validate beacon tag profiles (TOML or JSON); show the bytes each tag must advertise.
 
-    Exit 0 when all are valid (and fit --site), 2 for a bad profile, 1 when a
-    valid tag would be dropped by the --site store's nodes or advertise too
+    Exit 0 when all are valid (and fit --config), 2 for a bad profile, 1 when a
+    valid tag would be dropped by the --config store's nodes or advertise too
     rarely for its tracking window.
 
     \b
     Example:
-      santi firmware check-tag firmware_configs/tags/*.toml --site examples/fishmonger.toml
+      santi firmware check-tag firmware_configs/tags/*.toml --config examples/fishmonger.toml
     """
     config = load_or_fail(site) if site is not None else None
     report: list[dict[str, Any]] = []

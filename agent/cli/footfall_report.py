@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from rich.console import Console
-from rich.table import Table
 
 from agent.events import Event, FootfallCounted, OccupancySampled
+from agent.text import Table
 
 TruthAt = Callable[[ArrayLike], NDArray[np.float64]]
 SHOWN_SAMPLES = 8

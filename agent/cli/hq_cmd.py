@@ -15,17 +15,16 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from agent.cli.broker_arg import parse_broker
 from agent.cli.errors import CliError
 from agent.config import ConfigError
 from agent.events import utc_from_epoch
 from agent.messages import PURPOSES
-from agent.text import plural
+from agent.text import Table, plural
 from hq.backends import open_store
 from hq.consent import ConsentRecord, parse_import, purposes_text
 from hq.consent import state as consent_state
@@ -56,27 +55,14 @@ def _store(db_url: str, *, create: bool = False) -> Iterator[Store]:
         store.close()
 
 
-def parse_broker(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` → (host, port, tls)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise CliError(f"bad broker URL {url!r}: use mqtt://host:1883 or mqtts://host:8883")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise CliError(f"bad broker URL {url!r}: the port is not a number 1-65535") from None
-    return parts.hostname, port, tls
-
-
 @click.group()
 def hq() -> None:
     """HQ: subscribe to every store's events and keep one profile per customer."""
 
 
 @hq.command("run")
-@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True,
-              help="Broker URL, mqtt://host:port or mqtts://host:port (TLS).")
+@click.option("--broker", default="127.0.0.1:1883", show_default=True, metavar="HOST:PORT",
+              help="The broker the stores publish to (TLS with --ca-file).")
 @click.option("--group", default="hq", show_default=True, help="Shared-subscription group of the HQ instances.")
 @db_option
 @click.option("--client-id", default=None,
@@ -127,10 +113,11 @@ def run(broker: str, group: str, db_url: str, client_id: str | None, session_exp
 
     \b
     Example:
-      santi hq run --broker mqtt://127.0.0.1:1883 --group hq --db sqlite:///hq.db --rules rules.toml
+      santi hq run --broker 127.0.0.1:1883 --group hq --db sqlite:///hq.db --rules rules.toml
     """
-    host, port, tls = parse_broker(broker)
-    if tls and ca_file is None:
+    address = parse_broker(broker)
+    host, port = address.host, address.port
+    if address.tls and ca_file is None:
         raise CliError("mqtts:// needs --ca-file (the CA that signed the broker's certificate)")
     rules = load_rules(rules_path) if rules_path is not None else None
     store = open_store(db_url, dead_letter_rows=dead_letter_rows, dead_letter_bytes=dead_letter_mb * 2**20)

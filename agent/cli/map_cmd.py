@@ -8,15 +8,15 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
+from agent.cli.config_cmd import load_or_fail, site_option
 from agent.cli.errors import CliError
 from agent.sitemap import MapError, error_map, render_png, summarise
+from agent.text import Table
 
 
 @click.command("map")
-@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@site_option("site", positional=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="PNG to write [default: <store id>-map.png in the current directory].")
 @click.option("--cell", type=click.FloatRange(0.05, 2.0), default=0.25, show_default=True,
@@ -24,7 +24,7 @@ from agent.sitemap import MapError, error_map, render_png, summarise
 @click.option("--json", "as_json", is_flag=True, help="Print the summary figures as JSON (the PNG is still written).")
 @click.option("--no-png", is_flag=True, help="Only compute the figures; write no PNG.")
 def map_(site: Path, out: Path | None, cell: float, as_json: bool, no_png: bool) -> None:
-    """Draw SITE's floor with the expected position error (Cramér-Rao bound) as a heatmap.
+    """Draw the store's floor with the expected position error (Cramér-Rao bound) as a heatmap.
 
     Uses the BLE-hearing receivers (kind ble and node) with their calibration,
     noise and heights, and the tag at [tracking] emitter_height_m. A bright
@@ -36,8 +36,8 @@ def map_(site: Path, out: Path | None, cell: float, as_json: bool, no_png: bool)
 
     \b
     Example:
-      santi map examples/fishmonger.toml --out fishmonger-map.png
-      santi map examples/fishmonger.toml --json --no-png
+      santi map --config examples/fishmonger.toml --out fishmonger-map.png
+      santi map --config examples/fishmonger.toml --json --no-png
     """
     config = load_or_fail(site)
     err = Console(stderr=True)

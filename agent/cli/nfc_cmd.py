@@ -27,9 +27,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
-from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
+from agent.cli.config_cmd import load_or_fail, site_option
 from agent.cli.errors import CliError
 from agent.config import ConfigError, NfcReaderConfig, SiteConfig
 from agent.errors import SantiError
@@ -46,6 +45,7 @@ from agent.sources.nfc import (
     describe_open_error,
     open_nfcpy,
 )
+from agent.text import Table
 
 EXIT_NO_CARD = 1
 TICK_S = 0.1
@@ -295,12 +295,12 @@ def nfc() -> None:
 
     \b
     Example:
-      santi nfc test /etc/santi/site.toml
+      santi nfc test --config /etc/santi/site.toml
     """
 
 
 @nfc.command("test")
-@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@site_option("site", positional=True)
 @click.option("--reader", "reader_id", help="Reader id from nfc_readers (needed when the site has several).")
 @click.option("--device", help="Use this nfcpy device instead of the reader's: usb, usb:BUS:DEV, tty:..., "
                                "udp:HOST:PORT.")
@@ -325,9 +325,9 @@ def nfc_test(site: Path, reader_id: str | None, device: str | None, timeout_s: f
 
     \b
     Example:
-      santi nfc test /etc/santi/site.toml
-      santi nfc test examples/fishmonger.toml --reader till-1 --count 3
-      santi nfc test site.toml --device udp:127.0.0.1:54321 --timeout 10 --json
+      santi nfc test --config /etc/santi/site.toml
+      santi nfc test --config examples/fishmonger.toml --reader till-1 --count 3
+      santi nfc test --config site.toml --device udp:127.0.0.1:54321 --timeout 10 --json
     """
     config = load_or_fail(site)
     reader = pick_reader(config, reader_id, device)

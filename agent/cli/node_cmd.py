@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
@@ -23,6 +22,7 @@ from agent.sources.base import Source
 from agent.sources.ble import BleSource
 from agent.sources.replay import ReplaySource
 from agent.sources.wifi import WifiMonitorSource
+from agent.text import Table
 
 
 def _broker(value: str | None, site: SiteConfig, client_id: str) -> BrokerConfig:
@@ -118,7 +118,7 @@ def _summary(sources: list[Source], publisher: NodePublisher) -> Table:
               help="Site config (TOML) of the store this node serves.")
 @click.option("--source", "specs", multiple=True, default=("ble",), show_default=True,
               help="What to scan: ble, wifi, or replay:FILE (observations.jsonl); repeatable.")
-@click.option("--broker", help="The locator's MQTT broker as HOST:PORT [default: nodes.host:nodes.port].")
+@click.option("--broker", metavar="HOST:PORT", help="The locator's MQTT broker [default: nodes.host:nodes.port].")
 @click.option("--node-id", help="Name this node publishes under; the locator's receivers[].node_name "
                                 "[default: agent.id].")
 @click.option("--interval", type=click.FloatRange(min=0.05, max=10.0), default=0.5, show_default=True,

@@ -33,7 +33,6 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from agent.backoff import INTERACTIVE_RETRY
 from agent.cli.config_cmd import DEFAULT_SITE, load_or_fail
@@ -65,7 +64,7 @@ from agent.sources.wifi import (
     ProbeRequest,
     WifiMonitorSource,
 )
-from agent.text import plural
+from agent.text import Table, plural
 
 EXIT_RADIO_FAILED = 1
 TICK_S = 0.1

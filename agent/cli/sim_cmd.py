@@ -17,15 +17,14 @@ from typing import Any, cast
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from agent.cli.config_cmd import load_or_fail
+from agent.cli.config_cmd import load_or_fail, site_option
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
 from agent.fingerprint_file import StoredFingerprint
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
-from agent.text import plural
+from agent.text import Table, plural
 from simulator.anonymous import CrowdConfig
 from simulator.calibrate import (
     MAP_BANDWIDTHS_M,
@@ -80,7 +79,7 @@ def _locate(site: SiteConfig, observations: Path, out: Path, mode: Mode, quiet: 
 
 
 @click.group(invoke_without_command=True)
-@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), help="Site config of the store.")
+@site_option("site", default=None, help_text="Site config of the store")
 @click.option("--shoppers", type=click.IntRange(min=1), default=50, show_default=True,
               help="Shoppers arriving during the first MINUTES.")
 @click.option("--minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
@@ -124,16 +123,16 @@ def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, se
 
     \b
     Example:
-      santi sim --site examples/fishmonger.toml --shoppers 200 --minutes 30 --seed 1 --out run1
+      santi sim --config examples/fishmonger.toml --shoppers 200 --minutes 30 --seed 1 --out run1
       santi sim report run1
-      santi sim --site examples/fishmonger.toml --channel store --survey --out walk
-      santi sim --site examples/fishmonger.toml --shoppers 200 --minutes 120 --app-share 0.5 \\
+      santi sim --config examples/fishmonger.toml --channel store --survey --out walk
+      santi sim --config examples/fishmonger.toml --shoppers 200 --minutes 120 --app-share 0.5 \\
           --anon-ble-share 0.5 --passers 600 --fixtures 4 --out crowd
     """
     if ctx.invoked_subcommand is not None:
         return
     if site is None or out_dir is None:
-        raise CliError("santi sim needs --site and --out (see santi sim --help)")
+        raise CliError("santi sim needs --config and --out (see santi sim --help)")
     config = load_or_fail(site)
     given = {"sigma_db": sigma, "correlation_m": correlation_m, "body_loss_db": body_loss,
              "receiver_bias_db": receiver_bias, "device_offset_db": device_offset, "packet_loss": packet_loss}
@@ -179,8 +178,7 @@ def _report_table(report: Report) -> Table:
 
 @sim.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--site", type=click.Path(path_type=Path, dir_okay=False),
-              help="Site config (default: the one named in truth.jsonl).")
+@site_option("site", default=None, help_text="Site config [default: the one named in truth.jsonl]")
 @click.option("--tech", type=click.Choice(["ble", "wifi"]), default="ble", show_default=True,
               help="Which emitters to score.")
 @click.option("--mode", type=click.Choice(["track", "snapshot"]), default="track", show_default=True,
@@ -208,7 +206,7 @@ def report_cmd(run_dir: Path, site: Path | None, tech: str, mode: str, bound_sam
     truth = read_truth(truth_path)
     site_path = site or (Path(truth.run.site) if truth.run is not None and truth.run.site else None)
     if site_path is None:
-        raise CliError(f"{truth_path} names no site config; pass --site")
+        raise CliError(f"{truth_path} names no site config; pass --config")
     config = load_or_fail(site_path)
     estimates = run_dir / ESTIMATES
     stats: dict[str, Any] = {}
@@ -235,7 +233,7 @@ def report_cmd(run_dir: Path, site: Path | None, tech: str, mode: str, bound_sam
 
 
 @click.command("locate")
-@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Site config.")
+@site_option("site", default=None, required=True)
 @click.option("--observations", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Replay file of observations (JSON Lines, time order).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Estimates file to write.")
@@ -249,7 +247,7 @@ def locate_cmd(site: Path, observations: Path, out: Path, mode: str, quiet: bool
 
     \b
     Example:
-      santi locate --site examples/fishmonger.toml --observations run1/observations.jsonl --out run1/estimates.jsonl
+      santi locate --config examples/fishmonger.toml --observations run1/observations.jsonl --out run1/estimates.jsonl
     """
     config = load_or_fail(site)
     stats = _locate(config, observations, out, cast(Mode, mode), quiet)
@@ -268,7 +266,7 @@ def calibrate() -> None:
 
 
 @calibrate.command("fit")
-@click.option("--site", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Site config to start from.")
+@site_option("site", default=None, required=True, help_text="Site config to start from")
 @click.option("--observations", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Observations recorded during the walk.")
 @click.option("--truth", "truth_path", type=click.Path(path_type=Path, dir_okay=False), required=True,
@@ -303,8 +301,8 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
 
     \b
     Example:
-      santi sim --site examples/fishmonger.toml --survey --out walk
-      santi calibrate fit --site examples/fishmonger.toml --observations walk/observations.jsonl \\
+      santi sim --config examples/fishmonger.toml --survey --out walk
+      santi calibrate fit --config examples/fishmonger.toml --observations walk/observations.jsonl \\
           --truth walk/truth.jsonl --out fishmonger-calibrated.toml
     """
     config = load_or_fail(site)

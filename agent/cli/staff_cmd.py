@@ -11,11 +11,11 @@ import click
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
 
 from agent.cli.config_cmd import agent_state_dir, state_dir_options
 from agent.staffboard import BoardView, read_board
 from agent.statusfile import duration
+from agent.text import Table
 
 
 def _table(view: BoardView, now: float) -> Table:

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import click
+import rich.table
 from rich.console import Console, Group
 from rich.markup import escape
-from rich.table import Table
 
 from agent.cli.config_cmd import agent_state_dir, state_dir_options
 from agent.statusfile import STALE_AFTER_S, StatusReport, duration, read_status, utc_text
-from agent.text import plural
+from agent.text import Table, plural
 
 EXIT_DEGRADED = 1
 EXIT_NOT_RUNNING = 3
@@ -24,7 +24,7 @@ UPLINK_STYLE = {"online": "green", "connecting": "yellow", "offline": "red", "au
 SOURCE_STYLE = {"up": "green", "degraded": "yellow", "down": "red"}
 
 
-def _summary(report: StatusReport, now: float) -> Table:
+def _summary(report: StatusReport, now: float) -> rich.table.Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -148,7 +148,7 @@ def status(config: Path | None, state_dir: Path | None, as_json: bool) -> None:
         if report.store_id:
             title += f" — {report.store_id} / {report.agent_id}"
         console.print(f"[bold]{escape(title)}[/]")
-        parts: list[Table] = [_summary(report, now)]
+        parts: list[rich.table.Table] = [_summary(report, now)]
         if report.sources:
             parts.append(_sources(report))
         events = _events(report)
