@@ -71,10 +71,12 @@ GRID: dict[str, tuple[Any, ...]] = {
     "still_sd_db": (2.8, 3.2, 3.6),
     "min_span_s": (0.0, 60.0),
     "hold_s": (30.0, 60.0, 90.0),
+    "still_s": (300.0, 600.0),
 }
 """The thresholds of eq. (38) and the reach h of (37) the fit on seed 0 chooses from."""
-LINK_GRID: tuple[LinkConfig, ...] = (LinkConfig(), LinkConfig(seq_slack=32, seq_rate_per_s=1.0),
-                                     LinkConfig(seq_slack=32, seq_rate_per_s=0.25))
+LINK_GRID: tuple[LinkConfig, ...] = tuple(
+    LinkConfig(gap_s=gap, seq_slack=slack, seq_rate_per_s=rate, rssi_step_db=step)
+    for gap in (120.0, 180.0) for slack, rate in ((64, 4.0), (32, 0.5)) for step in (15.0, 25.0))
 """Eq. (30)'s sequence bounds the fit chooses from next, with the thresholds it chose."""
 BASE = EstimateConfig(window_s=7200.0, lead_s=120.0, interval_s=3600.0, gap_s=300.0, still_s=600.0,
                       fixture_s=2700.0, visit_s=120.0)

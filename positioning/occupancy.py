@@ -107,10 +107,14 @@ still turns and steps, so a long stay whose power barely varies is a
 device. The count and the entries of the last interval I are
 
     n(x) = #{j kept: a_j - p_j <= x < b_j + p_j},
-    e(x) = #{j kept: x - I <= a_j - p_j < x, b_j - a_j + 2 p_j >= D}            (39)
+    e(x) = #{j kept, arriving: x - I <= a_j - p_j < x, b_j - a_j + 2 p_j >= D}   (39)
 
-and people follow from (34), alpha n + beta, entries as alpha_e e (a visit
-split in two stays, or never heard, scales otherwise than a device). If
+where a stay is arriving if it is its device's first in the window (a later
+one is the visit split by a silence longer than G) and its first address
+satisfies (30) with no other address at all (one that could continue a
+look-alike's is a phone (30) left unjoined, not a new arrival); people follow from (34), alpha n +
+beta, entries as alpha_e e (a visit split between two devices, or never
+heard, scales otherwise than a device). If
 each person carries a counted device with chance p = 1/alpha, the people
 behind n devices exceed n by a negative binomial, so the spreads are
 
@@ -201,15 +205,9 @@ def group_devices(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: 
         raise ValueError("probe arrays differ in length")
     if n == 0:
         return np.zeros(0, dtype=np.intp)
-    # A canonical order that depends on the probes only, so arrival order cannot matter.
-    order = np.lexsort((z_, seq_, sig_, mac_, t_))
-    macs, node = np.unique(mac_, return_inverse=True)
+    order, node, first, last = _mac_ends(t_, mac_, sig_, seq_, z_)
     node_sorted = node[order]
-    m = macs.size
-    _, first_at = np.unique(node_sorted, return_index=True)
-    _, last_from_end = np.unique(node_sorted[::-1], return_index=True)
-    first = order[first_at]
-    last = order[node_sorted.size - 1 - last_from_end]
+    m = first.size
     a_idx, b_idx = _link_candidates(t_, sig_, seq_, z_, rnd_, first, last, config)
     links = _one_to_one(a_idx, b_idx, (seq_[first[b_idx]] - seq_[last[a_idx]]) % SEQUENCE_MODULUS,
                         t_[first[b_idx]] - t_[last[a_idx]])
@@ -222,6 +220,42 @@ def group_devices(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: 
     rank[np.argsort(first_pos, kind="stable")] = np.arange(first_pos.size)
     labels: IntArray = rank[np.unique(seen_order, return_inverse=True)[1]][np.argsort(order)]
     return labels
+
+
+def _mac_ends(t: FloatArray, mac: NDArray[np.int64], sig: NDArray[np.int64], seq: NDArray[np.int64],
+              z: FloatArray) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """A canonical order of the probes (N,) that depends on the probes only, so arrival order cannot
+    matter; the MAC table index of each probe (N,); the first and last probe of each MAC (M,)."""
+    order = np.lexsort((z, seq, sig, mac, t)).astype(np.intp)
+    _, node = np.unique(mac, return_inverse=True)
+    node_sorted = node[order]
+    _, first_at = np.unique(node_sorted, return_index=True)
+    _, last_from_end = np.unique(node_sorted[::-1], return_index=True)
+    return order, node.astype(np.intp), order[first_at], order[node_sorted.size - 1 - last_from_end]
+
+
+def continues(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike, rssi_dbm: ArrayLike,
+              randomised: ArrayLike, config: LinkConfig = LinkConfig()) -> BoolArray:
+    """Probes (N,) whose MAC could continue another one by eq. (30), chosen as its successor or not.
+
+    The one-to-one choice of (30) leaves a phone's new address unjoined
+    when a look-alike took its place; such an address is still no new
+    arrival, which is what the entries of (39) need to know.
+    """
+    t_ = np.asarray(_as(t, float), dtype=np.float64)
+    mac_, sig_, seq_ = (np.asarray(_as(v, np.int64)) for v in (mac, signature, sequence))
+    z_ = np.asarray(_as(rssi_dbm, float), dtype=np.float64)
+    rnd_ = np.asarray(_as(randomised, bool))
+    if not all(a.size == t_.size for a in (mac_, sig_, seq_, z_, rnd_)):
+        raise ValueError("probe arrays differ in length")
+    if t_.size == 0:
+        return np.zeros(0, dtype=bool)
+    _, node, first, last = _mac_ends(t_, mac_, sig_, seq_, z_)
+    _, b_idx = _link_candidates(t_, sig_, seq_, z_, rnd_, first, last, config)
+    successor = np.zeros(first.size, dtype=bool)
+    successor[b_idx] = True
+    result: BoolArray = successor[node]
+    return result
 
 
 _PAIRS_PER_BLOCK = 65_536
@@ -550,7 +584,8 @@ class StayVerdicts:
     device (N,) of each reception row kept in the window (``rows``, indexes
     into the caller's arrays); found, the stays (31) reaching p_j either side (37); bursts (J,) u_j;
     inside (J,) heard at or above a receiver's threshold; fixed (D,) the
-    stationary devices; keep (J,) the people-stays.
+    stationary devices; keep (J,) the people-stays; arrival (J,) the stays
+    that may be an entry of (39).
     """
 
     rows: IntArray
@@ -560,6 +595,7 @@ class StayVerdicts:
     inside: BoolArray
     fixed: BoolArray
     keep: BoolArray
+    arrival: BoolArray
 
 
 def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
@@ -583,12 +619,15 @@ def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence:
     count_j = heard.device.size
     if count_j == 0:
         none = np.zeros(0, dtype=bool)
-        return StayVerdicts(rows, device, heard, np.zeros(0, dtype=np.intp), none, none, none)
+        return StayVerdicts(rows, device, heard, np.zeros(0, dtype=np.intp), none, none, none, none)
     # u_j: bursts of each stay, transmissions more than burst_s apart.
     order = np.lexsort((t_, stay))
     ts, ss = t_[order], stay[order]
     new_burst = np.r_[True, (ss[1:] != ss[:-1]) | (np.diff(ts) > config.burst_s)]
     bursts = np.bincount(ss[new_burst], minlength=count_j).astype(np.intp)
+    opening_row = order[np.r_[True, ss[1:] != ss[:-1]]]
+    arrival = (np.r_[True, heard.device[1:] != heard.device[:-1]]
+               & ~continues(t_, mac_, sig_, seq_, z_, rnd_, config.link)[opening_row])
     span = heard.end - heard.start
     pad = np.minimum(0.5 * span / np.maximum(bursts - 1, 1), config.hold_s)
     pad[bursts < 2] = config.hold_s
@@ -614,7 +653,7 @@ def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence:
     present = np.bincount(found.device, weights=found.end - found.start)
     fixed = (present >= config.fixture_s) | (np.bincount(found.device, weights=still) > 0)
     keep = (bursts >= config.min_bursts) & (span >= config.min_span_s) & inside & ~fixed[found.device]
-    return StayVerdicts(rows, device, found, bursts, inside, fixed, keep)
+    return StayVerdicts(rows, device, found, bursts, inside, fixed, keep, arrival)
 
 
 def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
@@ -633,7 +672,8 @@ def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, seque
     at = float(now) - config.lead_s
     open_at = (found.start <= at) & (at < found.end)
     duration = found.end - found.start
-    entered = keep & (found.start >= at - config.interval_s) & (found.start < at) & (duration >= config.visit_s)
+    entered = (keep & verdict.arrival & (found.start >= at - config.interval_s) & (found.start < at)
+               & (duration >= config.visit_s))
     n, e = float((keep & open_at).sum()), float(entered.sum())
     alpha = config.people_per_device
     count = max(0.0, alpha * n + config.people_offset)

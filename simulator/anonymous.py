@@ -102,7 +102,8 @@ class CrowdConfig:
     from an address replaced every ``ble_rotation_s``, at ``anon_ble_hz``.
     passers: people walking past on the pavement during the arrival window;
     passer_probe_share of them probe over Wi-Fi (their BLE follows
-    anon_ble_share). fixtures: fixed devices inside, on from the start.
+    anon_ble_share). fixtures: fixed devices inside, switched on
+    ``fixtures_on_s`` before the run's start (opening time).
     wall_loss_db: the shop front's loss between the pavement and the receivers.
     """
 
@@ -118,6 +119,7 @@ class CrowdConfig:
     pavement_m: tuple[float, float] = (1.5, 5.0)
     street_reach_m: float = 40.0
     fixtures: int = 0
+    fixtures_on_s: float = 1800.0
     wall_loss_db: float = 8.0
 
     def __post_init__(self) -> None:
@@ -132,8 +134,8 @@ class CrowdConfig:
                 raise ValueError(f"{name} must be a range 0 < low <= high, got ({low}, {high})")
         if not 0 <= self.seq_skip[0] <= self.seq_skip[1]:
             raise ValueError(f"seq_skip must be a range 0 <= low <= high, got {self.seq_skip}")
-        if not self.wall_loss_db >= 0.0 or not self.street_reach_m > 0.0:
-            raise ValueError("wall_loss_db must be >= 0 and street_reach_m positive")
+        if not self.wall_loss_db >= 0.0 or not self.street_reach_m > 0.0 or not self.fixtures_on_s >= 0.0:
+            raise ValueError("wall_loss_db and fixtures_on_s must be >= 0 and street_reach_m positive")
 
 
 @dataclass
@@ -259,13 +261,17 @@ def passer_paths(store: Store, rng: np.random.Generator, count: int, within_s: f
     return paths
 
 
-def fixture_paths(store: Store, rng: np.random.Generator, count: int, end: float) -> tuple[list[Path], list[int]]:
-    """Fixed devices standing in random sectors from 0 to ``end``, and the model number of each (PC, printer, till, PC, ...)."""
+def fixture_paths(store: Store, rng: np.random.Generator, count: int, start: float,
+                  end: float) -> tuple[list[Path], list[int]]:
+    """Fixed devices standing in random sectors from ``start`` to ``end``, and the model number of each.
+
+    Models go PC, printer, till, PC, ...
+    """
     paths, models = [], []
     kinds = len(FIXED_MODELS)
     for k in range(count):
         sector = int(rng.integers(0, len(store.sector_ids)))
-        builder = PathBuilder(0.0, store.sample_point(rng, sector), 1.0, float(rng.uniform(-math.pi, math.pi)))
+        builder = PathBuilder(start, store.sample_point(rng, sector), 1.0, float(rng.uniform(-math.pi, math.pi)))
         builder.until(end)
         paths.append(builder.path())
         models.append(len(PHONE_MODELS) + k % kinds)

@@ -348,10 +348,12 @@ def simulate(
     signatures: dict[tuple[int, int], str] = {}
     written = 0
     with (out_dir / "observations.jsonl").open("wb") as handle:
-        bounds = np.searchsorted(ts, np.arange(0.0, end + TICK_S, TICK_S))
+        # Fixed devices are on before opening (time 0); everything else starts at it.
+        begin = min(0.0, math.floor(float(ts[0]))) if ts.size else 0.0
+        bounds = np.searchsorted(ts, np.arange(begin, end + TICK_S, TICK_S))
         for tick, (lo, hi) in enumerate(itertools.pairwise(bounds)):
             if progress is not None and tick % 30 == 0:
-                progress(tick * TICK_S, end)
+                progress(max(begin + tick * TICK_S, 0.0), end)
             if lo == hi:
                 continue
             t, who, raw = ts[lo:hi], owner[lo:hi], raw_of[lo:hi]
@@ -455,7 +457,7 @@ def _crowd(store: Store, config: SimConfig, shoppers: int, end: float, seed: np.
     crowd, phones = config.crowd, config.phones
     rng = np.random.default_rng(seed)
     passers = passer_paths(store, rng, crowd.passers, config.minutes * 60.0, crowd)
-    fixed, models = fixture_paths(store, rng, crowd.fixtures, end)
+    fixed, models = fixture_paths(store, rng, crowd.fixtures, -crowd.fixtures_on_s, end)
     devices = [device_for(shoppers + k, walk.start, walk.end, rng, crowd, app=False, ble_hz=phones.ble_hz,
                           wifi_share=crowd.passer_probe_share, fixed_mac_share=phones.fixed_mac_share)
                for k, walk in enumerate(passers)]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from positioning.occupancy import EstimateConfig, OccupancyEstimate, estimate_occupancy
+from positioning.occupancy import EstimateConfig, OccupancyEstimate, continues, estimate_occupancy
 
 Row = tuple[float, int, int, int, bool, float, int]
 """t, MAC key, signature key, sequence, randomised, RSSI, receiver code."""
@@ -124,3 +124,26 @@ def test_two_phones_whose_keys_differ_are_counted_twice(data: st.DataObject) -> 
     b = phone(start + 0.5, start + 900.5, every, mac=500, sig=2, seq=seq + 1, new_mac_every=rotate)
     result = estimate(a + b, now=start + 450.0, config=LEAD)
     assert (result.count, result.devices) == (2.0, 2)
+
+
+def test_a_visit_split_by_a_long_silence_is_one_entry_and_short_stays_none() -> None:
+    visit = phone(0.0, 600.0, 30.0, mac=1, sig=5) + phone(1000.0, 1600.0, 30.0, mac=1, sig=5, seq=300)
+    glimpse = phone(500.0, 560.0, 30.0, mac=7, sig=6)  # 60 s heard: shorter than D = 120 s
+    result = estimate(visit + glimpse, now=1700.0)
+    assert result.entries == 1.0
+    assert estimate(visit + glimpse, now=1190.0).count == 1.0
+
+
+def test_an_address_a_look_alike_could_have_continued_is_no_entry() -> None:
+    """Two phones of one model drop their MACs at once; (30) joins one pair, the other new MAC is no arrival."""
+    a = phone(0.0, 300.0, 30.0, mac=1, sig=5, seq=100) + phone(330.0, 900.0, 30.0, mac=2, sig=5, seq=130)
+    b = phone(1.0, 301.0, 30.0, mac=10, sig=5, seq=110) + phone(331.0, 901.0, 30.0, mac=11, sig=5, seq=140)
+    newcomer = phone(335.0, 900.0, 30.0, mac=20, sig=5, seq=3000)
+    rows = a + b + newcomer
+    t, mac, sig, seq, rnd, z, _ = (list(column) for column in zip(*rows, strict=True))
+    flagged = {m for m, hit in zip(mac, continues(t, mac, sig, seq, z, rnd), strict=True) if hit}
+    assert flagged == {2, 11}
+    # Three people, of whom three arrived in the last hour: the continuing addresses add none.
+    result = estimate(rows, now=1000.0)
+    assert (result.count, result.entries) == (0.0, 3.0)
+    assert estimate(rows, now=660.0, config=LEAD).count == 3.0

@@ -141,8 +141,10 @@ def test_fixed_devices_probe_from_the_start_with_burnt_in_macs(run: tuple[Path, 
     assert {e.shopper_id for e in fixed} == set(truth.fixtures)
     assert all(not int(e.raw_id[:2], 16) & 0x02 for e in fixed)
     first_shopper = min(s.enter_ts for s in truth.shoppers.values())
-    assert min(e.first_ts for e in fixed) - truth.run.start_ts <= 240.0
-    assert all(f.on_ts <= first_shopper for f in truth.fixtures.values())
+    # On half an hour before opening (the run's start), heard from then on.
+    assert all(f.on_ts == truth.run.start_ts - CROWD.fixtures_on_s for f in truth.fixtures.values())
+    assert min(e.first_ts for e in fixed) - (truth.run.start_ts - CROWD.fixtures_on_s) <= 240.0
+    assert all(f.on_ts < first_shopper for f in truth.fixtures.values())
     assert all(e.last_ts >= truth.run.end_ts - 300.0 for e in fixed)
     assert all(store_inside(f.x, f.y) for f in truth.fixtures.values())
 
