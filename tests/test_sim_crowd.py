@@ -165,7 +165,7 @@ def test_santi_sim_takes_the_crowd_options_and_refuses_them_on_a_survey(tmp_path
 
     from agent.cli import cli  # noqa: PLC0415
 
-    result = CliRunner().invoke(cli, ["sim", "--site", str(SITE), "--shoppers", "4", "--minutes", "1",
+    result = CliRunner().invoke(cli, ["sim", "--config", str(SITE), "--shoppers", "4", "--minutes", "1",
                                       "--app-share", "0.25", "--anon-ble-share", "0.5", "--passers", "7",
                                       "--passer-probe-share", "0.4", "--fixtures", "2", "--out", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
@@ -175,6 +175,6 @@ def test_santi_sim_takes_the_crowd_options_and_refuses_them_on_a_survey(tmp_path
     crowd = truth.run.settings["crowd"]
     assert (crowd["anon_ble_share"], crowd["passers"], crowd["passer_probe_share"], crowd["fixtures"]) == (0.5, 7, 0.4, 2)
     assert (len(truth.passers), len(truth.fixtures)) == (7, 2)
-    bad = CliRunner().invoke(cli, ["sim", "--site", str(SITE), "--survey", "--passers", "3", "--out", str(tmp_path)])
+    bad = CliRunner().invoke(cli, ["sim", "--config", str(SITE), "--survey", "--passers", "3", "--out", str(tmp_path)])
     assert bad.exit_code != 0
     assert "--survey simulates one technician" in bad.output
