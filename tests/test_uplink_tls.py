@@ -16,7 +16,7 @@ from agent.localbroker import Broker
 from agent.outbox import Outbox
 from agent.uplink import Uplink, UplinkState
 from tests.helpers.outbox_writer import AGENT, STORE, make_event
-from tests.helpers.pki import Pki, make_pki, tls_broker
+from tests.helpers.pki import Pki, make_pki, password_settings, tls_broker
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
@@ -128,3 +128,28 @@ def test_missing_ca_file_is_a_config_error(tmp_path: Path, outbox: Outbox) -> No
         assert link.stats.connect_attempts == 1
     finally:
         link.stop(drain_deadline_s=0)
+
+
+def test_a_missing_password_file_is_named_as_such_not_as_tls_files(tmp_path: Path, pki: Pki, outbox: Outbox) -> None:
+    broker = tls_broker(tmp_path, pki, cert=pki.server_cert, extra=password_settings(tmp_path, {"pi-1": "pw-1"}))
+    broker.start()
+    secret = tmp_path / "uplink.password"
+    config = UplinkConfig(host=broker.host, port=broker.port, tls=TlsConfig(ca_file=pki.ca), ack="broker",
+                          username="pi-1", password_file=secret)
+    try:
+        for password, state in ((None, "offline"), ("pw-1", "online")):
+            if password is not None:
+                secret.write_text(password + "\n", encoding="utf-8")
+            link = Uplink(config, outbox, store_id=STORE, agent_id=AGENT, policy=BackoffPolicy(base_s=0.2, cap_s=1.0),
+                          rng=random.Random(1), connect_timeout_s=3.0)
+            link.start()
+            try:
+                assert link.wait_for(state, timeout=8), link.last_error
+                if password is None:
+                    assert link.last_error == (
+                        f"cannot load uplink credentials: uplink.password_file {secret}: cannot read it (No such "
+                        f"file or directory) — check the path and that the agent's user may read it")
+            finally:
+                link.stop(drain_deadline_s=0)
+    finally:
+        broker.stop(kill=True)
