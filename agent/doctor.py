@@ -37,7 +37,7 @@ from nfc.clf.device import usb_device_map
 from agent.checks import Check, Status, fail, ok, warn
 from agent.config import ConfigError, NfcReaderConfig, SiteConfig, load_site
 from agent.doctor_acl import check_broker_acl
-from agent.doctor_broker import check_broker, check_tls
+from agent.doctor_broker import check_broker, check_node_broker, check_tls
 from agent.text import plural
 
 ARPHRD_IEEE80211_RADIOTAP = 803
@@ -505,6 +505,7 @@ def run_checks(config: Path, *, state_dir: Path | None = None, now: float, timeo
         ("broker tls", lambda: check_tls(site.uplink, now=now, timeout=timeout)),
         ("broker", lambda: check_broker(site, timeout=timeout)),
         ("broker acl", lambda: check_broker_acl(site, timeout=timeout)),
+        ("node broker", lambda: check_node_broker(site, timeout=timeout)),
         ("ack mode", lambda: check_ack_mode(site)),
     ]
     checks = [config_check]

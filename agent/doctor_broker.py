@@ -77,25 +77,38 @@ def check_tls(uplink: UplinkConfig, *, now: float, timeout: float = 3.0) -> Chec
 
 
 def check_broker(site: SiteConfig, *, timeout: float = 3.0) -> Check:
-    """TCP, then a real MQTT CONNECT with the configured credentials; CONNACK's reason is the verdict."""
-    name = "broker"
+    """The uplink's broker: TCP, then a real MQTT CONNECT as the agent makes it; CONNACK's reason is the verdict."""
     uplink = site.uplink
-    where = f"{uplink.host}:{uplink.port}"
-    fix = f"start the broker (`systemctl start mosquitto`) or correct [uplink] host and port ({where})"
+    # Never the agent's own client id: the broker would disconnect the running agent.
+    cfg = BrokerConfig.of(uplink, f"{site.agent.id}-doctor-{os.getpid()}", uplink.protocol)
+    return _check_connect("broker", cfg, keepalive_s=uplink.keepalive_s, timeout=timeout)
+
+
+def check_node_broker(site: SiteConfig, *, timeout: float = 3.0) -> Check:
+    """The ``[nodes]`` broker, logged in as the nodes source does; nothing to check without the section."""
+    if site.nodes is None:
+        return ok("node broker", "no [nodes] section: nothing subscribes to a node broker")
+    cfg = BrokerConfig.of(site.nodes, f"santi-{site.store.id}-{site.agent.id}-nodes-doctor-{os.getpid()}")
+    return _check_connect("node broker", cfg, keepalive_s=30, timeout=timeout)
+
+
+def _check_connect(name: str, cfg: BrokerConfig, *, keepalive_s: int, timeout: float) -> Check:
+    """The agent's very client (same login, TLS, protocol) connects once; each failure with its fix."""
+    where = cfg.where
+    section = cfg.section
+    fix = f"start the broker (`systemctl start mosquitto`) or correct [{section}] host and port ({where})"
     try:
-        socket.create_connection((uplink.host, uplink.port), timeout=timeout).close()
+        socket.create_connection((cfg.host, cfg.port), timeout=timeout).close()
     except OSError as exc:
         return fail(name, f"{where}: {_tcp_reason(exc)}", fix)
-    # Never the agent's own client id: the broker would disconnect the running agent.
-    # Otherwise the agent's very client: same login, same TLS, same protocol.
-    cfg = BrokerConfig.of(uplink, f"{site.agent.id}-doctor-{os.getpid()}", uplink.protocol)
     try:
-        context = None if uplink.tls is None else tls_context(uplink.tls)
+        context = None if cfg.tls is None else tls_context(cfg.tls)
         client = new_client(cfg, context=context)
     except ConfigError as exc:
-        return fail(name, f"cannot read the broker password: {exc}", "set uplink.password_file or the environment variable")
+        return fail(name, f"cannot read the broker password: {exc}",
+                    f"set {section}.password_file or the environment variable")
     except (OSError, ssl.SSLError) as exc:
-        return fail(name, f"cannot load the TLS files: {exc}", "see the broker tls check")
+        return fail(name, f"cannot load the TLS files: {exc}", f"check [{section}.tls] ca_file, cert_file and key_file")
     client.connect_timeout = timeout
     answer: list[str] = []
     done = threading.Event()
@@ -106,7 +119,7 @@ def check_broker(site: SiteConfig, *, timeout: float = 3.0) -> Check:
 
     client.on_connect = on_connect
     try:
-        client.connect(uplink.host, uplink.port, keepalive=max(uplink.keepalive_s, 5))
+        client.connect(cfg.host, cfg.port, keepalive=max(keepalive_s, 5))
     except (OSError, ssl.SSLError) as exc:
         if context is not None:
             context.close_wrapped()
@@ -119,8 +132,8 @@ def check_broker(site: SiteConfig, *, timeout: float = 3.0) -> Check:
         client.loop_stop()
     if not answer:
         return fail(name, f"{where}: TCP open but no MQTT CONNACK within {timeout:g} s",
-                    "is that port an MQTT listener (TLS listeners need [uplink.tls])?")
+                    f"is that port an MQTT listener (TLS listeners need [{section}.tls])?")
     if answer[0]:
         return fail(name, f"{where}: broker refused the connection: {answer[0]}",
-                    "check uplink.username and the password file against the broker's ACL")
-    return ok(name, f"{where}: MQTT {uplink.protocol} CONNECT accepted")
+                    f"check {section}.username and the password file against the broker's ACL")
+    return ok(name, f"{where}: MQTT {cfg.protocol} CONNECT accepted")

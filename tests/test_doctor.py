@@ -42,6 +42,7 @@ def write_site(tmp_path: Path, host: str, port: int, extra: str = "", replace: d
     text = EXAMPLE_SITE.read_text()
     text = text.replace('state_dir = "/var/lib/santi"', f'state_dir = "{tmp_path / "state"}"')
     text = re.sub(r"\[uplink\]\nhost = \"[^\"]*\"\nport = \d+", f'[uplink]\nhost = "{host}"\nport = {port}', text)
+    text = re.sub(r'(\[nodes\]\n(?:#[^\n]*\n)*host = )"[^"]*"\nport = \d+', f'\\g<1>"{host}"\nport = {port}', text)
     for old, new in (replace or {}).items():
         assert old in text
         text = text.replace(old, new)
@@ -69,6 +70,7 @@ def test_doctor_on_this_machine_reports_each_missing_part_with_its_fix(tmp_path:
     assert checks["config"]["status"] == "ok"
     assert checks["broker"]["status"] == "ok", checks["broker"]
     assert checks["broker"]["detail"] == f"127.0.0.1:{broker.port}: MQTT 5 CONNECT accepted"
+    assert checks["node broker"]["detail"] == f"127.0.0.1:{broker.port}: MQTT 5 CONNECT accepted"
     for name, fix_mentions in (("bluetooth", "systemctl enable --now"), ("wifi monitor", "type monitor"),
                                ("nfc till-1", "")):
         assert checks[name]["status"] == "fail", checks[name]

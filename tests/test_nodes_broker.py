@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, SiteConfig, load_site
+from agent.doctor_broker import check_node_broker
 from agent.localbroker import Broker, example_site_for
 from agent.mqttclient import BrokerConfig
 from agent.privacy import Pseudonymizer
@@ -186,3 +187,23 @@ def test_a_node_receiver_without_nodes_section_is_a_config_error(tmp_path: Path)
         rf"{re.escape(str(path))}:\d+: receivers\[\d+\]\.kind: receiver 'node-\w+' is a node but there is no "
         r'\[nodes\] section — add \[nodes\] host = "127\.0\.0\.1" \(the store broker its node publishes to\)',
         message), message
+
+
+@pytest.mark.parametrize(("login", "password", "works"), [(True, LOCATOR_PW, True), (True, "not it", False),
+                                                           (False, "", False)],
+                         ids=["right-login", "wrong-password", "no-login"])
+def test_doctor_judges_the_node_broker_as_the_nodes_source_fares(tmp_path: Path, node_broker: Broker, login: bool,
+                                                               password: str, works: bool) -> None:
+    nodes = _nodes(node_broker.port, login=login, password_file=_password_file(tmp_path, password))
+    site = load_site(_site_text(tmp_path, 1, nodes))
+    check = check_node_broker(site, timeout=3.0)
+    source = _source(site)
+
+    async def body(received: list[Record]) -> None:
+        await asyncio.to_thread(wait_until, lambda: source.stats.state == "up" or source.stats.last_error is not None,
+                                15.0, "the nodes source up or failed")
+
+    _run(source, body)
+    assert (check.status == "ok") is works, check
+    assert (source.stats.last_error is None) is works, source.stats.last_error
+    assert LOCATOR_PW not in check.detail + check.fix
