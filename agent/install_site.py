@@ -107,6 +107,8 @@ def facts(site: SiteConfig) -> dict[str, str]:
         "SITE_WIFI_INTERFACE": (site.wifi.interface or "") if "wifi" in kinds else "",
         "SITE_NODE_RECEIVERS": " ".join(r.node_name or "" for r in site.receivers if r.kind == "node"),
         "SITE_NODES_PORT": "" if site.nodes is None else str(site.nodes.port),
+        "SITE_NODES_USERNAME": "" if site.nodes is None else site.nodes.username or "",
+        "SITE_NODES_PASSWORD_FILE": "" if site.nodes is None else _target(site.nodes.password_file),
         "SITE_SECRET_FILE": _target(site.privacy.secret_file),
         "SITE_SECRET_ENV": site.privacy.secret_env or "",
         "SITE_UPLINK_PASSWORD_FILE": _target(site.uplink.password_file),

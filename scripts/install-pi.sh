@@ -7,7 +7,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/install-pi.sh [--site FILE] [--dry-run] [--root DIR] [--skip apt,venv]
+Usage: scripts/install-pi.sh [--config FILE] [--dry-run] [--root DIR] [--skip apt,venv]
 
 Install Santi as a service on this Raspberry Pi (Debian 12 bookworm): apt packages,
 the santi user and its groups, the NFC udev rule and kernel-driver blacklist, the
@@ -15,7 +15,8 @@ Wi-Fi monitor-interface unit, a production venv in /opt/santi/.venv with `santi`
 PATH, /etc/santi and its secrets (0600, owner santi), the node broker's per-node
 users and ACL, and the systemd units, enabled for the site's role.
 
-  --site FILE   install FILE as /etc/santi/site.toml (else the one there is used)
+  --config FILE install FILE as /etc/santi/site.toml (else the one there is used;
+                --site FILE, the earlier spelling, still works)
   --dry-run     print every step it would take; change nothing
   --root DIR    install into DIR (a chroot or a staging tree) instead of /;
                 nothing is started there, units are enabled by their symlinks
@@ -25,7 +26,7 @@ users and ACL, and the systemd units, enabled for the site's role.
 Each step prints one line: "changed:", "ok:" (already so), "would:" (dry run),
 "skip:" or "todo:" (for you to do by hand). Exit 0 when done, 2 on bad input.
 Example:
-  sudo scripts/install-pi.sh --site examples/fishmonger.toml --dry-run
+  sudo scripts/install-pi.sh --config examples/fishmonger.toml --dry-run
 EOF
 }
 
@@ -38,8 +39,8 @@ DRY_RUN=0
 SKIP=","
 while [ $# -gt 0 ]; do
     case "$1" in
-        --site) [ $# -ge 2 ] || die "--site needs a FILE"; SITE="$2"; shift 2 ;;
-        --site=*) SITE="${1#--site=}"; shift ;;
+        --config|--site) [ $# -ge 2 ] || die "$1 needs a FILE"; SITE="$2"; shift 2 ;;
+        --config=*|--site=*) SITE="${1#*=}"; shift ;;
         --root) [ $# -ge 2 ] || die "--root needs a DIR"; ROOT="$2"; shift 2 ;;
         --root=*) ROOT="${1#--root=}"; shift ;;
         --skip) [ $# -ge 2 ] || die "--skip needs a LIST"; SKIP=",$2,"; shift 2 ;;
@@ -52,7 +53,7 @@ done
 for step in ${SKIP//,/ }; do
     case "$step" in apt|venv) ;; *) die "--skip: unknown step '$step' (apt, venv)" ;; esac
 done
-[ -z "$SITE" ] || [ -f "$SITE" ] || die "--site $SITE: no such file"
+[ -z "$SITE" ] || [ -f "$SITE" ] || die "--config $SITE: no such file"
 [ -d "$ROOT" ] || die "--root $ROOT: no such directory"
 ROOT="$(cd "$ROOT" && pwd)"
 if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
@@ -202,7 +203,7 @@ find_python() {
 read_site_facts() {
     if [ -n "$SITE" ]; then SITE_READABLE="$SITE"; elif [ -f "$(at $SITE_PATH)" ]; then SITE_READABLE="$(at $SITE_PATH)"; fi
     if [ -z "$SITE_READABLE" ]; then
-        todo "no site config: install one with --site FILE (units are installed, not enabled)"
+        todo "no site config: install one with --config FILE (units are installed, not enabled)"
         return
     fi
     find_python
@@ -370,6 +371,13 @@ step_node_broker() {
     if [[ "$out" == *"changed: "* ]] && [ "$SYSTEMD_RUNNING" -eq 1 ]; then
         systemctl restart mosquitto
         changed "restarted mosquitto (new node broker settings)"
+    fi
+    # The broker now refuses anonymous clients: the locator logs in like every node.
+    local login="$ETC/node-broker/santi-locator.password"
+    if [ "$SITE_NODES_USERNAME" = santi-locator ] && [ "$SITE_NODES_PASSWORD_FILE" = "$login" ]; then
+        ok "[nodes] logs in to the node broker as santi-locator"
+    else
+        todo "set [nodes] username = \"santi-locator\" and password_file = \"$login\" in the site config and rerun: the node broker refuses anonymous clients"
     fi
 }
 

@@ -43,9 +43,14 @@ ACCOUNTS = {
 }
 
 
-def _site(tmp_path: Path, *, wifi: bool = True, secret: bool = True) -> Path:
-    """The example store (its monitor interface dropped unless ``wifi``), with a shared store secret named."""
+def _site(tmp_path: Path, *, wifi: bool = True, secret: bool = True, login: bool = True) -> Path:
+    """The example store (its monitor interface dropped unless ``wifi``), with a shared store secret named
+    and the locator's node-broker login uncommented (unless ``login``)."""
     text = EXAMPLE_SITE.read_text()
+    if login:
+        for key in ("username", "password_file"):
+            text, found = re.subn(rf"^# ({key} = )", r"\1", text, flags=re.MULTILINE)
+            assert found == 1, key
     if secret:
         text = text.replace("salt_rotation_hours = 24", 'secret_file = "/etc/santi/store.secret"\nsalt_rotation_hours = 24')
     if not wifi:
@@ -102,18 +107,19 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int, bytes | str]]:
 def test_help_and_bad_options() -> None:
     result = _install("--help")
     assert result.returncode == 0
-    for option in ("--site FILE", "--dry-run", "--root DIR", "--skip"):
+    for option in ("--config FILE", "--dry-run", "--root DIR", "--skip"):
         assert option in result.stdout
     bad = _install("--frobnicate")
     assert bad.returncode == 2
     assert bad.stderr == "install-pi: unknown option --frobnicate (see --help)\n"
-    missing = _install("--dry-run", "--site", "/nonexistent/site.toml")
-    assert (missing.returncode, missing.stderr) == (2, "install-pi: --site /nonexistent/site.toml: no such file\n")
+    for spelling in ("--config", "--site"):  # santi's one spelling, and the installer's earlier one
+        missing = _install("--dry-run", spelling, "/nonexistent/site.toml")
+        assert (missing.returncode, missing.stderr) == (2, "install-pi: --config /nonexistent/site.toml: no such file\n")
 
 
 def test_dry_run_lists_every_step_and_changes_nothing(tmp_path: Path, staging: Path) -> None:
     before = _tree(staging)
-    lines = _ok("--dry-run", "--site", _site(tmp_path), "--root", staging)
+    lines = _ok("--dry-run", "--config", _site(tmp_path), "--root", staging)
     assert _tree(staging) == before
     assert not [line for line in lines if line.startswith("changed:")]
     would = "\n".join(line for line in lines if line.startswith("would: "))
@@ -253,10 +259,16 @@ def test_a_secret_with_a_loose_mode_is_tightened_not_replaced(tmp_path: Path, st
 
 def test_what_is_left_to_do_is_said(tmp_path: Path, staging: Path) -> None:
     """The shipped example has a wifi receiver without an interface and no shared secret file."""
-    lines = _ok("--site", _site(tmp_path, wifi=False, secret=False), "--root", staging)
+    lines = _ok("--site", _site(tmp_path, wifi=False, secret=False, login=False), "--root", staging)
     todo = [line for line in lines if line.startswith("todo:")]
     assert any('receiver pi-wifi is kind = "wifi" but [wifi] interface is unset' in line for line in todo)
     assert any("privacy.secret_file is unset" in line for line in todo)
+    assert ('todo: set [nodes] username = "santi-locator" and password_file = '
+            '"/etc/santi/node-broker/santi-locator.password" in the site config and rerun: '
+            "the node broker refuses anonymous clients") in todo
+    logged_in = _ok("--site", _site(tmp_path), "--root", staging)
+    assert "ok: [nodes] logs in to the node broker as santi-locator" in logged_in
+    assert not [line for line in logged_in if line.startswith("todo:")]
     assert not (staging / "etc/systemd/system/multi-user.target.wants/santi-wifi-monitor@wlan1.service").exists()
 
 
