@@ -57,7 +57,7 @@ def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
     try:
         site = load_site(path)
     except ConfigError as exc:
-        return fail("config", str(exc), f"edit {path} at the line named, then `santi config check {path}`"), None
+        return fail("config", str(exc), f"edit {path} at the line named, then `santi config check --config {path}`"), None
     detail = (f"{path}: store {site.store.id}, agent {site.agent.id} ({site.agent.role}), "
               f"{plural(len(site.receivers), 'receiver')}, {plural(len(site.sectors), 'sector')}")
     return ok("config", detail), site

@@ -109,7 +109,7 @@ def cli(verbose: int) -> None:
 
     \b
     Example:
-      santi config check examples/fishmonger.toml
+      santi config check --config examples/fishmonger.toml
     """
     logs.setup(verbose)
 
