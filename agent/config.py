@@ -323,8 +323,8 @@ class FootfallConfig(_Model):
     lead_s: float = Field(default=_ESTIMATE.lead_s, ge=0.0, le=1800.0,
                           description="How far behind now a count is taken (L), so a device's next probe can vouch.")
     max_probes: int = Field(default=500_000, ge=1_000, le=5_000_000,
-                            description="Probe receptions held at most (~40 bytes each); beyond it new ones are "
-                                        "dropped and counted as window_full.")
+                            description="Probe receptions held at most (41 bytes each, an estimate's temporaries "
+                                        "~175); beyond it the oldest go, counted as window_full.")
     min_rssi_dbm: float = Field(default=_DEFAULT_THRESHOLD_DBM, ge=-130.0, le=0.0,
                                 description="Weakest median power of a stay still inside (the street reads weaker).")
     people_per_device: float = Field(default=_ESTIMATE.people_per_device, gt=0.0, le=10.0, description="alpha of eq. (34).")

@@ -9,10 +9,12 @@ pseudonyms and numbers (`agent.probe_keys`); this stage keeps the last
 came in during it. Only those counts leave the store: the events carry no
 pseudonym, and the keys held here are process-local hashes that die with it.
 
-Memory is bounded by ``max_probes`` receptions (41 bytes each, those
-waiting for the next estimate included), and an estimate's temporaries by
-what it holds (about 175 bytes a reception; benchmarks/README.md): beyond it a new reception is
-dropped and counted as ``window_full``, logged at the 1st, 10th, 100th...
+Memory is bounded by ``max_probes`` receptions (41 bytes each; up to
+``PENDING_ROWS`` more wait for the next fold), and an estimate's temporaries
+by what it holds (about 175 bytes a reception; benchmarks/README.md).
+Beyond it the oldest receptions go, counted as ``window_full`` and logged
+at the 1st, 10th, 100th...: in a crowd the window shortens (fixtures, found
+by hours of presence, show less) rather than going blind to what is heard now.
 Receptions of receivers the site config does not name are dropped and
 counted as ``unknown_receiver``. Rows older than the window go at each
 estimate. BLE readings are not this stage's input (an app phone's adverts
@@ -107,9 +109,6 @@ class FootfallStage:
         if receiver is None:
             self._drop("unknown_receiver")
             return
-        if self._rows.size + self._waiting >= self.config.max_probes:
-            self._drop("window_full")
-            return
         probe = observation.probe
         if probe is None:
             signature, sequence, randomised = -1, -1, False
@@ -123,13 +122,26 @@ class FootfallStage:
         if len(self._pending) >= PENDING_ROWS:
             self._packed.append(np.array(self._pending, dtype=ROW))
             self._pending = []
+            if self._rows.size + self._waiting > self.config.max_probes:
+                self._fold()
         self.stats.accepted += 1
 
-    def _drop(self, reason: str) -> None:
-        self.stats.dropped[reason] += 1
-        count = self.stats.dropped[reason]
-        if math.log10(count).is_integer():
-            log.warning("footfall: probe receptions dropped", extra={"reason": reason, "dropped": count})
+    def _fold(self) -> None:
+        """The waiting receptions join the held ones; beyond ``max_probes`` the oldest go, counted."""
+        if self._waiting:
+            self._rows = np.concatenate([self._rows, *self._packed, np.array(self._pending, dtype=ROW)])
+            self._pending, self._packed, self._waiting = [], [], 0
+        excess = self._rows.size - self.config.max_probes
+        if excess > 0:
+            newest = np.sort(np.argsort(self._rows["t"], kind="stable")[excess:])
+            self._rows = self._rows[newest]
+            self._drop("window_full", excess)
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        before = self.stats.dropped[reason]
+        self.stats.dropped[reason] = before + count
+        if len(str(before)) < len(str(before + count)) or before == 0:
+            log.warning("footfall: probe receptions dropped", extra={"reason": reason, "dropped": before + count})
 
     # -- counts out --------------------------------------------------------------
 
@@ -192,9 +204,7 @@ class FootfallStage:
 
     def _run(self, now: float, config: EstimateConfig) -> OccupancyEstimate:
         """Fold the waiting receptions in, forget what the window no longer covers, and estimate at ``now``."""
-        if self._waiting:
-            self._rows = np.concatenate([self._rows, *self._packed, np.array(self._pending, dtype=ROW)])
-            self._pending, self._packed, self._waiting = [], [], 0
+        self._fold()
         keep = self._rows["t"] >= now - self.config.window_s
         if not keep.all():
             self._rows = self._rows[keep]

@@ -17,7 +17,7 @@ from rich.console import Console
 from agent.cli.footfall_report import SHOWN_SAMPLES, print_beside_truth
 from agent.config import ConfigError, FootfallConfig, load_site
 from agent.events import Event, FootfallCounted, OccupancySampled
-from agent.footfall import FootfallStage
+from agent.footfall import PENDING_ROWS, FootfallStage
 from agent.localbroker import Broker, example_site_for
 from agent.observations import Observation, ProbeFields
 from agent.replayclock import ReplayClock
@@ -93,7 +93,7 @@ def test_no_device_identifier_leaves_in_the_events(site_path: Path, tmp_path: Pa
         assert event.subject == event.agent_id == "pi-backoffice"
 
 
-def test_a_full_window_and_an_unknown_receiver_are_counted_drops(site_path: Path) -> None:
+def test_a_full_window_evicts_the_oldest_and_an_unknown_receiver_is_a_counted_drop(site_path: Path) -> None:
     stage = FootfallStage(load_site(site_path), FootfallConfig(max_probes=5000))
     probe = ProbeFields(sequence=1, signature=SIGNATURES[0], randomised=True)
     for i in range(6000):  # more than PENDING_ROWS: some wait packed, some as tuples
@@ -101,14 +101,21 @@ def test_a_full_window_and_an_unknown_receiver_are_counted_drops(site_path: Path
                               rssi_dbm=-60.0, probe=probe))
     stage.add(Observation(ts=START, receiver_id="nowhere", emitter_id="f" * 24, tech="wifi", rssi_dbm=-60.0))
     stage.add(Observation(ts=START, receiver_id="pi-wifi", emitter_id="e" * 24, tech="ble", rssi_dbm=-60.0))
-    assert stage.stats.accepted == 5000
-    assert stage.stats.dropped == {"window_full": 1000, "unknown_receiver": 1}
-    assert stage.status(0.0)["held"] == 5000
+    assert stage.stats.accepted == 6000
+    assert stage.stats.dropped == {"unknown_receiver": 1}
+    assert stage.status(0.0)["held"] == 6000  # at most PENDING_ROWS beyond the bound until the next fold
     stage.step(START + 6000.0, 0.0)
-    stage.step(START + 6060.0, 0.0)  # the first sample folds them in; none is older than the window yet
+    stage.step(START + 6060.0, 0.0)  # the first sample folds them in: the oldest 1,000 go
+    assert stage.stats.dropped == {"unknown_receiver": 1, "window_full": 1000}
     assert (stage.stats.held, stage.status(0.0)["held"]) == (5000, 5000)
-    stage.step(START + 7800.0, 0.0)  # rows older than the window (two hours) go
-    assert stage.stats.held == 5000 - 600
+    stage.step(START + 8300.0, 0.0)  # receptions older than the window (two hours) go too
+    assert stage.stats.held == 5000 - 100
+    flood = FootfallStage(load_site(site_path), FootfallConfig(max_probes=1000))
+    for i in range(3 * PENDING_ROWS):
+        flood.add(Observation(ts=START + i, receiver_id="pi-wifi", emitter_id=f"{i:024x}", tech="wifi",
+                              rssi_dbm=-60.0, probe=probe))
+    assert flood.status(0.0)["held"] <= 1000 + PENDING_ROWS  # folded as it came, the newest kept
+    assert flood.stats.dropped["window_full"] >= 2 * PENDING_ROWS - 1000
 
 
 def test_the_footfall_section_is_checked_like_the_others(tmp_path: Path) -> None:
