@@ -452,10 +452,10 @@ def check_permissions(site: SiteConfig, state_dir: Path) -> Check:
     first used from a shell, or a password file copied with ``cp``, is not.
     """
     name = "permissions"
-    problem = site.uplink.password_file_problem()
-    if problem is not None:
-        assert site.uplink.password_file is not None
-        return fail(name, problem, f"`chmod 600 {site.uplink.password_file}`")
+    for broker in (site.uplink, site.nodes):
+        problem = None if broker is None else broker.password_file_problem()
+        if broker is not None and problem is not None:
+            return fail(name, problem, f"`chmod 600 {broker.password_file}`")
     loose: list[str] = []
     if state_dir.is_dir():
         entries = [state_dir, *(entry for entry in state_dir.iterdir() if entry.is_file())]

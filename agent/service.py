@@ -181,9 +181,10 @@ class Service:
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self) -> int:
-        exposed = self.site.uplink.password_file_problem()
-        if exposed is not None:
-            log.warning(exposed)
+        for broker in (self.site.uplink, self.site.nodes):
+            exposed = None if broker is None else broker.password_file_problem()
+            if exposed is not None:
+                log.warning(exposed)
         for warning in site_warnings(self.site):
             log.warning(warning)
         if self.site.console is not None:

@@ -68,3 +68,18 @@ def test_doctor_fails_a_readable_password_file_and_warns_about_loose_state(tmp_p
     assert loose.status == "warn"
     assert "status.json 0644" in loose.detail
     assert "\n" not in loose.detail
+
+
+def test_doctor_fails_a_readable_node_broker_password_file(tmp_path: Path) -> None:
+    password = tmp_path / "locator.password"
+    password.write_text("s3cret\n", encoding="utf-8")
+    password.chmod(0o644)
+    site_path = example_site_for(tmp_path, 1)
+    text = site_path.read_text(encoding="utf-8").replace(
+        "[nodes]\n", f'[nodes]\nusername = "santi-locator"\npassword_file = "{password}"\n', 1)
+    site_path.write_text(text, encoding="utf-8")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    check = check_permissions(load_site(site_path), state)
+    assert (check.status, check.fix) == ("fail", f"`chmod 600 {password}`")
+    assert check.detail.startswith(f"nodes.password_file {password} is readable by other users (mode 0644)")
