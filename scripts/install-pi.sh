@@ -466,7 +466,7 @@ step_check() {
     fi
     local why
     # As the service user: a secret it cannot read fails here, not at the first start.
-    if why="$(in_target runuser -u $USER_NAME -- "$VENV/bin/santi" config check --quiet $SITE_PATH 2>&1)"; then
+    if why="$(in_target runuser -u $USER_NAME -- "$VENV/bin/santi" config check --quiet --config $SITE_PATH 2>&1)"; then
         ok "santi config check $SITE_PATH passes as $USER_NAME"
     else
         todo "santi config check $SITE_PATH: $why"

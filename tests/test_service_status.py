@@ -164,6 +164,16 @@ def test_status_follows_sources_and_uplink_and_a_healthy_start_logs_one_line(
         assert down in ("STATUS=1 source up, uplink offline", "STATUS=1 source up, uplink connecting")
         uplink.start()
         notify.until(_status("1 source up, uplink online"))
+        # A refused reload stays in the status until a good one (systemctl reload santi-agent).
+        good = site.read_text()
+        site.write_text(good.replace('id = "front"', 'id = "front door"'))
+        agent.send_signal(signal.SIGHUP)
+        refused = notify.until(lambda m: "reload refused" in m)
+        assert refused.startswith("READY=1\nSTATUS=1 source up, uplink online; reload refused: "), refused
+        assert "sectors[0].id" in refused
+        site.write_text(good)
+        agent.send_signal(signal.SIGHUP)
+        notify.until(lambda m: m == "READY=1\nSTATUS=1 source up, uplink online")
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0
         notify.until(lambda message: message == "STOPPING=1")
