@@ -69,6 +69,8 @@ class FootfallStats:
     """CPU seconds the last estimate took (process time)."""
     cpu_s_total: float = 0.0
     held: int = 0
+    span_s: float = 0.0
+    """How far back the held receptions reach at the last estimate: ``window_s``, or less when max_probes bit."""
     last: OccupancyEstimate | None = None
     """The last occupancy sample's estimate."""
 
@@ -217,6 +219,7 @@ class FootfallStage:
         self.stats.cpu_s_last = spent
         self.stats.cpu_s_total += spent
         self.stats.held = int(self._rows.size)
+        self.stats.span_s = float(now - rows["t"].min()) if rows.size else 0.0
         return estimate
 
     # -- status ------------------------------------------------------------------
@@ -231,7 +234,7 @@ class FootfallStage:
         last = self.stats.last
         return {
             "held": self.stats.held + self._waiting, "max_probes": self.config.max_probes,
-            "window_s": self.config.window_s, "estimates": self.stats.estimates,
+            "window_s": self.config.window_s, "span_s": self.stats.span_s, "estimates": self.stats.estimates,
             "cpu_s_last": self.stats.cpu_s_last, "cpu_s_total": self.stats.cpu_s_total,
             "count": None if last is None else last.count, "count_sd": None if last is None else last.count_sd,
             "at": None if last is None else last.at + wall_offset,
