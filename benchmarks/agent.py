@@ -835,7 +835,7 @@ def footfall_table(figures: dict[str, Any]) -> Table:
                     f"{footfall['cpu_off_median']:.1%} / {footfall['cpu_on_median']:.1%}", "", "")
         out.add_row("added by the counting stage, same run", f"{footfall['added']:+.1%}",
                     f"≤ {FOOTFALL_TARGET:.0%}", _met(footfall["added"] <= FOOTFALL_TARGET))
-    for steady in figures["steady"]:
+    for steady in figures.get("steady", []):
         name = f"full, {steady['inside_median']:.0f} inside"
         out.add_row(f"{name}: receptions held (max_probes) / window covers / evicted",
                     f"{steady['held_at_end']:,} ({steady['max_probes']:,}) / {steady['window_covers_min']:.0f} min / "
@@ -869,9 +869,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="simulator seed (1)")
     parser.add_argument("--workdir", type=Path, help="keep recordings, logs and outboxes here")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--footfall", choices=["on", "off", "only", "steady"], default="on",
-                        help="the counting stage's CPU (runs without and with it) and its steady state: "
-                             "after the other figures (on), not at all (off), alone (only), the steady state alone")
+    parser.add_argument("--footfall", choices=["on", "off", "only", "pairs", "steady"], default="on",
+                        help="the counting stage's CPU (runs without and with it) and its steady state: after "
+                             "the other figures (on), not at all (off), alone (only), one of the two alone")
     args = parser.parse_args()
     if args.shoppers < 1 or args.minutes <= 0 or args.emitters_for_memory < 0:
         parser.error("--shoppers must be >= 1, --minutes > 0 and --emitters-for-memory >= 0")
@@ -882,9 +882,9 @@ def main() -> int:
             figures["load"] = load_run(work / "load", args.shoppers, args.minutes, args.seed)
             if args.emitters_for_memory:
                 figures["memory"] = memory_run(work / "memory", args.emitters_for_memory, args.seed)
-        if args.footfall in ("on", "only"):
+        if args.footfall in ("on", "only", "pairs"):
             figures["footfall"] = footfall_pairs(work / "footfall", args.shoppers, args.minutes, args.seed)
-        if args.footfall != "off":
+        if args.footfall in ("on", "only", "steady"):
             figures["steady"] = [steady_state(work / f"steady-{inside}", inside, minutes, args.seed)
                                  for inside, minutes in ((args.shoppers, STEADY_BUSY_MIN),
                                                          (args.shoppers // 10, STEADY_MIN))]
@@ -893,7 +893,7 @@ def main() -> int:
         return 0
     if "load" in figures:
         Console().print(table(figures))
-    if "steady" in figures:
+    if "steady" in figures or "footfall" in figures:
         Console().print(footfall_table(figures))
     return 0
 
