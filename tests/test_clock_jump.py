@@ -22,15 +22,16 @@ from pathlib import Path
 import pytest
 
 from agent.config import BufferConfig
-from agent.events import AgentStatus, Event, VisitEnded, parse_event
+from agent.events import AgentStatus, Event, VisitEnded
 from agent.localbroker import Broker, example_site_for
 from agent.outbox import OUTBOX_FILE, Outbox
 from agent.presence import Located, Presence
 from agent.replayclock import TEST_WALL_CLOCK_ENV, SteadyClock
 from tests.helpers.agent import SANTI
-from tests.helpers.mqtt import subscribe
+from tests.helpers.mqtt import events_in, subscribe
 from tests.helpers.outbox_writer import FakeClock, events
 from tests.helpers.recording import T0, recording
+from tests.helpers.wait import wait_until
 
 SPEED = 4.0
 JUMP_AFTER_S = 20.0
@@ -66,21 +67,23 @@ def _run(broker: Broker, tmp_path: Path, wall_clock: str) -> tuple[int, str, lis
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000",
            TEST_WALL_CLOCK_ENV: wall_clock}
     env.pop("WATCHDOG_PID", None)
+    published: list[Event] = []
     try:
         result = subprocess.run(
             [str(SANTI), "-v", "run", "--config", str(site), "--replay", str(obs_path), "--taps", str(taps_path),
              "--speed", str(SPEED)],
             capture_output=True, text=True, timeout=90, env=env, check=False,
         )
+        if result.returncode == 0:  # its last event, the draining status, is the last to reach the subscriber
+            wait_until(lambda: any(isinstance(e, AgentStatus) and e.state == "draining"
+                                   for e in events_in(got, published)), 10, "the agent's draining status")
     finally:
         done.set()
         listener.join(timeout=5)
         notify.close()
-        time.sleep(0.5)  # the last PUBACKed messages reach the subscriber
         subscriber.disconnect()
         subscriber.loop_stop()
-    published = [parse_event(payload) for topic, payload in list(got.queue) if "/events/" in topic]
-    return result.returncode, result.stderr, published, pings
+    return result.returncode, result.stderr, events_in(got, published), pings
 
 
 def _jumps(stderr: str) -> list[float]:
