@@ -62,9 +62,9 @@ ACTIVATIONS_PREFIX = "santi/v1/hq/activations/"
 LEASE_S = 30.0
 """An open delivery whose HQ has not renewed it for this long is taken over by another."""
 SWEEP_S = 5.0
-MARK_S = 0.2
+MARK_S = 1.0
 """How often what the broker acknowledged is recorded: one transaction for all of it (a commit is a
-disk flush taken under the store's lock, which ingest waits for)."""
+disk flush taken under the store's lock, which ingest waits for; the lease is what bounds a resend)."""
 
 TriggerEvent = VisitStarted | SectorEntered | IdentityLinked | CardTapped
 
