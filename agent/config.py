@@ -546,6 +546,13 @@ def site_warnings(site: SiteConfig) -> list[str]:
         warnings.append((("receivers",),
                          (f"only {hearing[0]!r} and {hearing[1]!r} hear BLE: with two distances a position and its "
                          "mirror image across the line between them look alike; add a third receiver")))
+    for kind, what in (("ble", "Bluetooth adapter ([ble] adapter)"), ("wifi", "monitor interface ([wifi] interface)")):
+        local = [(index, receiver.id) for index, receiver in enumerate(site.receivers) if receiver.kind == kind]
+        for index, receiver_id in local[1:]:
+            warnings.append((("receivers", index, "kind"),
+                             (f'receiver {receiver_id!r} is a second kind = "{kind}" receiver: the agent listens with '
+                             f"one {what} and feeds {local[0][1]!r} only, so a replay alone feeds this one; "
+                             'a remote receiver is kind = "node"')))
     if site.path is None:
         return [f"{format_loc(loc)}: {message}" for loc, message in warnings]
     text = read_text(site.path, ConfigError)

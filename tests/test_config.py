@@ -194,3 +194,15 @@ def test_key_lines_tracks_arrays_of_tables() -> None:
     assert lines[("store", "id")] == 2
     assert lines[("sectors", 0, "polygon")] == 5
     assert lines[("sectors", 1, "id")] == 9
+
+
+def test_a_second_local_receiver_of_a_kind_is_a_warning(tmp_path: Path) -> None:
+    """The agent has one Bluetooth adapter: a second kind = "ble" receiver is fed only by a replay (exit 0, stated)."""
+    path = _variant(tmp_path, 'id = "node-centre"\nkind = "node"\nnode_name = "centre"', 'id = "pi-ble-2"\nkind = "ble"')
+    result = CliRunner().invoke(cli, ["config", "check", "--quiet", "--config", str(path)])
+    assert result.exit_code == 0
+    line = _line_of(path, 'id = "pi-ble-2"') + 1
+    assert result.stderr == (f"santi: warning: {path}:{line}: receivers[7].kind: "
+                             "receiver 'pi-ble-2' is a second kind = \"ble\" receiver: the agent listens with one "
+                             "Bluetooth adapter ([ble] adapter) and feeds 'pi-ble' only, so a replay alone feeds this "
+                             'one; a remote receiver is kind = "node"\n')
