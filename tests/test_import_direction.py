@@ -41,6 +41,7 @@ CONTRACT = frozenset({
     "agent.replayfile",        # the JSON Lines replay format
     "agent.site_arrays",       # a site config as the arrays positioning takes
     "agent.siteedit",          # comment-keeping edits of a site config's text
+    "agent.text",              # counts that agree with their nouns, tables that fold instead of cutting
     "agent.tomllines",         # TOML file reading and line numbers for one-line errors
 })
 """The part of `agent` that `simulator` and `hq` may import; docs/architecture.md lists it too."""
