@@ -91,7 +91,7 @@ def status_until(state: Path, check: Callable[[int, dict[str, Any]], bool], time
         last[:] = [status(state)]
         return last[0] if check(*last[0]) else None
 
-    try:
-        return wait_until(probe, timeout, what)
+    try:  # every 0.2 s: each look runs ``santi status``, whose CPU the agent under test needs more
+        return wait_until(probe, timeout, what, interval=0.2)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last status: {last}") from None
