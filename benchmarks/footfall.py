@@ -24,7 +24,7 @@ counted visit; seeds 1-3 are scored with them:
 - time per estimate call (median, ms) at 200 and at 500 shoppers (1,500
   passers-by), the two-hour window the agent keeps.
 
-    .venv/bin/python benchmarks/footfall.py [--json] [--tech wifi|wifi+ble] [--work DIR]
+    .venv/bin/python benchmarks/footfall.py [--json] [--tech wifi|wifi+ble] [--work DIR] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
@@ -265,14 +265,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tech", choices=["wifi", "wifi+ble"], default="wifi")
     parser.add_argument("--work", type=Path, help="Keep the simulated days here (default: a temporary directory).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SCORE_SEEDS),
+                        help=f"Seeds to score (never {FIT_SEED}, the one fitted on).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if FIT_SEED in args.seeds:
+        parser.error(f"seed {FIT_SEED} is the one the parameters are fitted on; score others")
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         with_ble = args.tech == "wifi+ble"
         config, fitted = fit(load_run(work, SHOPPERS, FIT_SEED, with_ble))
-        seeds = {seed: score(load_run(work, SHOPPERS, seed, with_ble), config) for seed in SCORE_SEEDS}
-        timing = {n: call_time_ms(load_run(work, n, SCORE_SEEDS[0], with_ble), config)
+        seeds = {seed: score(load_run(work, SHOPPERS, seed, with_ble), config) for seed in args.seeds}
+        timing = {n: call_time_ms(load_run(work, n, args.seeds[0], with_ble), config)
                   for n in (SHOPPERS, TIMING_SHOPPERS)}
     result = {
         "scenario": f"{SITE.name}, store channel, {SHOPPERS} shoppers over {ARRIVAL_MIN:g} min, half with the app, "
