@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.cli.demo import DemoResult, ReceivedCard, _check_consent, run_demo
+from agent.cli.demo import DemoResult, ReceivedCard, _check_consent, activation_truth, run_demo
 from agent.config import load_site
 from agent.events import AGGREGATE_TYPES, VisitEnded, parse_event
 from agent.localbroker import Broker
@@ -23,6 +23,7 @@ from agent.messages import StaffCard
 from hq.consent import ConsentRecord, parse_import
 from hq.consent import state as consent_state
 from hq.rules import load_rules
+from simulator.truth import ShopperTruth, TapTruth, Truth, VisitTruth
 from tests.helpers.mqtt import subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,3 +193,30 @@ def test_a_card_for_a_customer_without_consent_stops_the_demo() -> None:
     with pytest.raises(RuntimeError, match="L-2"):
         _check_consent(DemoResult(consent=consent, cards=[ReceivedCard(card.model_copy(update={"loyalty_id": "L-2"}),
                                                                       0.0, True)]))
+
+
+def test_activation_truth_is_the_rules_on_the_true_visit_up_to_the_tap() -> None:
+    """Who the example rules should reach: consent, the app, the tap, and the fish share before the tap."""
+    site = load_site(EXAMPLE)
+    t0 = datetime(2026, 3, 3, 10, 0, tzinfo=UTC).timestamp()  # 11:00 in Madrid: outside the quiet hours
+    truth = Truth()
+    consent = {}
+    for n, (lid, app, fish_s, purposes) in enumerate((
+            ("L-1", True, 300.0, ("profiling", "personalisation")),  # 300 of 500 s at the fish: both rules
+            ("L-2", True, 60.0, ("profiling", "personalisation")),  # 60 of 500 s: only the welcome
+            ("L-3", True, 300.0, ("profiling",)),  # no consent to personalisation: nothing
+            ("L-4", False, 300.0, ("profiling", "personalisation")))):  # no app: the tap links to no visit
+        sid = f"S-{n}"
+        truth.shoppers[sid] = ShopperTruth(shopper_id=sid, enter_ts=t0, leave_ts=t0 + 900, has_app=app,
+                                           loyalty_id=lid)
+        truth.visits[sid] = [VisitTruth(shopper_id=sid, sector="fish", enter_ts=t0, exit_ts=t0 + fish_s),
+                             VisitTruth(shopper_id=sid, sector="aisle-1", enter_ts=t0 + fish_s, exit_ts=t0 + 500),
+                             # after the tap: must not count in the share at the tap
+                             VisitTruth(shopper_id=sid, sector="fish", enter_ts=t0 + 600, exit_ts=t0 + 900)]
+        truth.taps.append(TapTruth(ts=t0 + 500, shopper_id=sid, reader_id="till-1", card_uid=f"uid-{n}",
+                                   loyalty_id=lid, known=True))
+        consent[lid] = consent_state(lid, [ConsentRecord(loyalty_id=lid, purpose=p, granted=p in purposes,
+                                                         ts=datetime(2026, 1, 1, tzinfo=UTC), source="t")
+                                           for p in ("profiling", "personalisation")])
+    wanted = activation_truth(load_rules(ROOT / "examples" / "rules.toml"), truth, consent, site)
+    assert wanted == {"cod-regular": set(), "welcome": {"L-1", "L-2"}, "fish-counter": {"L-1"}}

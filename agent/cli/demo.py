@@ -298,7 +298,7 @@ def _run(site: SiteConfig, *, shoppers: int, minutes: float, seed: int, speed: f
             result.truth = read_truth(sim_dir / "truth.jsonl")
             result.fired = _fired(store)
             result.should_fire = activation_truth(rules, result.truth, result.consent, site)
-            _report(console, result, subscriber, store, rules)
+            _report(console, result, subscriber, rules)
     finally:
         if runner is not None:
             runner.stop()
@@ -439,7 +439,7 @@ def _check_consent(result: DemoResult) -> None:
                            f"{', '.join(unwanted)}")
 
 
-def _report(console: Console, result: DemoResult, subscriber: HqSubscriber, store: Store, rules: Rules) -> None:
+def _report(console: Console, result: DemoResult, subscriber: HqSubscriber, rules: Rules) -> None:
     """The end of the demo, in this order: HQ against truth, then the activations, then one profile.
 
     Between the summary and the activations: the anonymous counts of everyone, app or not, beside the truth.
