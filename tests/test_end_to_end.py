@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 
+from agent.cli import cli
 from agent.cli.demo import DemoResult, ReceivedCard, _check_consent, activation_truth, run_demo
 from agent.config import load_site
 from agent.events import AGGREGATE_TYPES, VisitEnded, parse_event
@@ -220,3 +222,18 @@ def test_activation_truth_is_the_rules_on_the_true_visit_up_to_the_tap() -> None
                                            for p in ("profiling", "personalisation")])
     wanted = activation_truth(load_rules(ROOT / "examples" / "rules.toml"), truth, consent, site)
     assert wanted == {"cod-regular": set(), "welcome": {"L-1", "L-2"}, "fish-counter": {"L-1"}}
+
+
+def test_a_bad_consent_export_or_rules_file_is_one_line_before_anything_runs(tmp_path: Path) -> None:
+    bad_csv = tmp_path / "consent.csv"
+    bad_csv.write_text("loyalty_id,purpose,granted,ts\nL1,profiling,perhaps,2026-01-01T00:00:00Z\n", encoding="utf-8")
+    bad_rules = tmp_path / "rules.toml"
+    bad_rules.write_text('[[rule]]\nid = "x"\n', encoding="utf-8")
+    for args, line in ((["--consent", str(bad_csv)], f"{bad_csv}:2: granted must be true or false"),
+                       (["--rules", str(bad_rules)], f"{bad_rules}:1: rule[0].text"),
+                       (["--consent", str(tmp_path / "none.csv")], "none.csv: No such file or directory")):
+        result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path / "work"), *args])
+        assert result.exit_code == 2, result.output
+        assert line in result.output
+        assert result.output.count("\n") == 1, result.output
+        assert not (tmp_path / "work").exists(), "nothing simulated"
