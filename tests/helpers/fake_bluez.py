@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -46,6 +44,8 @@ from typing import Any, TypeVar
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+
+from agent.localbroker import die_with_parent
 
 T = TypeVar("T")
 
@@ -73,14 +73,6 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configura
 </busconfig>
 """
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: a killed test run must not leave a dbus-daemon behind."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 class BusDaemon:
     """A private ``dbus-daemon`` with a system-type config, at a fixed short socket path."""
@@ -98,7 +90,7 @@ class BusDaemon:
             self.socket.unlink()
         proc = subprocess.Popen(
             ["dbus-daemon", f"--config-file={self._config}", "--nofork", "--print-address=1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent,  # noqa: PLW1509
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()

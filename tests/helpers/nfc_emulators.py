@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import queue
 import signal
@@ -38,8 +37,9 @@ from typing import Any
 
 import nfc
 
+from agent.localbroker import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
-PR_SET_PDEATHSIG = 1
 
 NTAG213_VERSION = bytes.fromhex("0004040201000f03")
 NTAG213_PAGES = 45
@@ -206,10 +206,6 @@ def run_type3(port: int, idm: bytes, ndef_message: bytes, taps: int, hold: float
     emit("done")
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class EmulatedCard:
     """An emulator process, its events, and its end at teardown."""
 
@@ -223,7 +219,7 @@ class EmulatedCard:
              id_flag, card_id.hex(), "--ndef", ndef_message.hex(),
              "--taps", str(taps), "--hold", str(hold), "--gap", str(gap)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
