@@ -24,6 +24,7 @@ from agent.mqttclient import BrokerConfig, new_client, tls_context
 from agent.outbox import Outbox
 from agent.uplink import Uplink
 from tests.helpers.pki import Pki, make_pki, password_settings, tls_broker
+from tests.helpers.wait import wait_until
 
 USER, PASSWORD = "store-a", "right horse battery"
 
@@ -113,10 +114,7 @@ def test_password_is_read_when_the_client_is_built_and_never_logged(tmp_path: Pa
     assert client.connect(cfg.host, cfg.port) == 0
     client.loop_start()
     try:
-        deadline = time.monotonic() + 10
-        while not client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert client.is_connected()
+        wait_until(client.is_connected, 10, "the login over TLS")
     finally:
         client.disconnect()
         client.loop_stop()
