@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from positioning.occupancy import EstimateConfig, OccupancyEstimate, continues, estimate_occupancy
+from positioning.occupancy import EstimateConfig, LinkConfig, OccupancyEstimate, continues, estimate_occupancy
 
 Row = tuple[float, int, int, int, bool, float, int]
 """t, MAC key, signature key, sequence, randomised, RSSI, receiver code."""
 
-CONFIG = EstimateConfig(lead_s=0.0, window_s=7200.0, gap_s=300.0, hold_s=60.0, min_bursts=2,
-                        min_rssi_dbm=-80.0, fixture_s=2700.0, still_s=900.0, still_sd_db=1.0, visit_s=120.0,
-                        interval_s=3600.0)
+CONFIG = EstimateConfig(link=LinkConfig(), lead_s=0.0, window_s=7200.0, gap_s=300.0, hold_s=60.0, min_bursts=2,
+                        min_span_s=0.0, min_rssi_dbm=-80.0, fixture_s=2700.0, still_s=900.0, still_sd_db=1.0,
+                        visit_s=120.0, interval_s=3600.0)
 LEAD = EstimateConfig(**{**CONFIG.__dict__, "lead_s": 60.0})
 """Counting a minute back: the probes after that minute say who was still there."""
 
