@@ -153,6 +153,9 @@ def test_two_different_site_files_are_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["config", "check", "--config", str(EXAMPLE), str(other)])
     assert result.exit_code == 2
     assert result.stderr == f"santi: two site configs given ({EXAMPLE} and {other}): give one, with --config\n"
+    export = CliRunner().invoke(cli, ["buffer", "export", "--config", str(EXAMPLE), str(other), "-"])
+    assert (export.exit_code, export.stdout) == (2, "")
+    assert export.stderr == f"santi: two site configs given ({EXAMPLE} and {other}): give one, with --config\n"
 
 
 def test_buffer_drain_takes_a_state_dir(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent.cli.config_cmd import load_or_fail, site_option
+from agent.cli.config_cmd import DEFAULT_SITE, load_or_fail, site_option
 from agent.cli.errors import CliError
 from agent.events import AgentStatus, utc_from_epoch, uuid7
 from agent.outbox import (
@@ -120,6 +120,8 @@ def export(site: Path, state_dir: Path | None, paths: tuple[Path, ...], after_se
       santi buffer export --config /etc/santi/site.toml /media/usb/pi-1-events.jsonl
     """
     if len(paths) == 2:  # the earlier spelling, SITE OUT
+        if site not in (DEFAULT_SITE, paths[0]):
+            raise CliError(f"two site configs given ({site} and {paths[0]}): give one, with --config")
         site, paths = paths[0], paths[1:]
     if len(paths) != 1:
         raise click.UsageError("give one OUT file ('-' for stdout)", ctx=click.get_current_context())
