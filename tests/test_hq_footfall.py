@@ -136,6 +136,7 @@ def test_the_command_json_and_png(db: str, tmp_path: Path) -> None:
 def test_one_line_errors(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run("--db", db, "--day", "5/12/2026") == (2, "santi: --day '5/12/2026' is not a day like 2026-12-05\n")
     empty = f"sqlite:///{tmp_path}/empty.sqlite"
+    open_store(empty).close()  # a reading command refuses a database that does not exist; this one is empty
     assert run("--db", empty) == (2, "santi: no store has sent counts yet\n")
     code, out = run("--db", db, "--store", "shop-9", "--day", "2026-12-05")
     assert code == 0
