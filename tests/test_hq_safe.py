@@ -231,14 +231,16 @@ def test_hq_run_says_why_it_cannot_connect(broker: Broker, tmp_path: Path) -> No
     db = f"sqlite:///{tmp_path}/hq.sqlite"
     result = runner.invoke(cli, ["hq", "run", "--broker", f"mqtt://127.0.0.1:{free}", "--db", db,
                                  "--max-seconds", "2", "--report-s", "0.5"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # unreachable is a run-time failure; a refusal is exit 2
     assert result.output.startswith(f"santi: cannot connect to the broker at 127.0.0.1:{free}: ")
     assert "refused" in result.output.lower()
-    # TLS to a plain listener: the handshake fails, and the reason is printed.
+    # TLS to a plain listener: the broker drops the handshake (an EOF, exit 2, or a reset, which looks
+    # like a network fault, exit 1, depending on timing), and the reason is printed. A certificate that
+    # does not verify is always exit 2: test_hq_cli's wrong-CA test.
     ca = _self_signed_ca(tmp_path)
     result = runner.invoke(cli, ["hq", "run", "--broker", f"mqtts://{broker.host}:{broker.port}", "--ca-file",
                                  str(ca), "--db", db, "--max-seconds", "2", "--report-s", "0.5"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code in (1, 2), result.output
     assert result.output.count("\n") == 1
     assert "cannot connect to the broker" in result.output
     del result

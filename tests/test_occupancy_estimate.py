@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from positioning.occupancy import EstimateConfig, LinkConfig, OccupancyEstimate, continues, estimate_occupancy
+from positioning.occupancy import (
+    EstimateConfig,
+    LinkConfig,
+    OccupancyEstimate,
+    continues,
+    estimate_occupancy,
+)
 
 Row = tuple[float, int, int, int, bool, float, int]
 """t, MAC key, signature key, sequence, randomised, RSSI, receiver code."""
