@@ -185,6 +185,22 @@ def test_a_bad_broker_names_the_form(text: str) -> None:
     assert str(info.value) == f"--broker {text!r}: give HOST:PORT, e.g. 127.0.0.1:1883"
 
 
+def test_a_bare_host_takes_the_callers_default_port() -> None:
+    assert parse_broker("10.0.0.9", default_port=1884) == BrokerAddress("10.0.0.9", 1884)
+    assert parse_broker("10.0.0.9:1999", default_port=1884) == BrokerAddress("10.0.0.9", 1999)
+    assert parse_broker("mqtt://10.0.0.9", default_port=1884) == BrokerAddress("10.0.0.9", 1883)
+
+
+@pytest.mark.parametrize("command", [["node", "--source", "replay:x.jsonl"], ["firmware", "render", "--out", "o"]],
+                         ids=["node", "firmware render"])
+def test_the_node_broker_commands_use_the_one_broker_parser(command: list[str], tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(EXAMPLE.read_text())
+    result = CliRunner().invoke(cli, [*command, "--config", str(site), "--broker", "host:port"], prog_name="santi")
+    assert result.exit_code == 2
+    assert result.stderr == "santi: --broker 'host:port': give HOST:PORT, e.g. 127.0.0.1:1883\n"
+
+
 # -- tables at 80 columns -----------------------------------------------------------------------------------------
 
 

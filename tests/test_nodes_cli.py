@@ -70,9 +70,9 @@ def test_node_without_a_broker_is_one_line(example_site: Path, tmp_path: Path) -
     replay = tmp_path / "o.jsonl"
     write_records(replay, [Observation(ts=1.0, receiver_id="r", emitter_id="a" * 24, tech="ble", rssi_dbm=-50)])
     result = CliRunner().invoke(cli, ["node", "--config", str(example_site), "--source", f"replay:{replay}",
-                                      "--broker", "nonsense"])
+                                      "--broker", "nonsense:port"])
     assert result.exit_code == 2
-    assert "expected HOST:PORT" in result.output
+    assert result.output == "santi: --broker 'nonsense:port': give HOST:PORT, e.g. 127.0.0.1:1883\n"
     result = CliRunner().invoke(cli, ["node", "--config", str(example_site), "--source", "radio"])
     assert result.exit_code == 2
     assert "expected ble, wifi or replay:FILE" in result.output
@@ -86,6 +86,20 @@ def test_node_reports_an_unreachable_broker(example_site: Path, tmp_path: Path) 
                                       "--broker", f"127.0.0.1:{port}", "--connect-timeout", "1"])
     assert result.exit_code == 2
     assert result.output == f"santi: cannot reach the locator's broker at 127.0.0.1:{port} within 1 s\n"
+
+
+def test_node_moved_to_a_bare_host_keeps_the_nodes_port(example_site: Path, tmp_path: Path) -> None:
+    replay = tmp_path / "o.jsonl"
+    write_records(replay, [Observation(ts=1.0, receiver_id="r", emitter_id="a" * 24, tech="ble", rssi_dbm=-50)])
+    port = free_port()
+    nodes = '# password_file = "/etc/santi/node-broker/santi-locator.password"\nhost = "127.0.0.1"\nport = 1883'
+    assert nodes in example_site.read_text()
+    site = tmp_path / "site.toml"
+    site.write_text(example_site.read_text().replace(nodes, nodes.replace("1883", str(port))))
+    result = CliRunner().invoke(cli, ["node", "--config", str(site), "--source", f"replay:{replay}",
+                                      "--broker", "localhost", "--connect-timeout", "0.5"])
+    assert result.exit_code == 2
+    assert result.output == f"santi: cannot reach the locator's broker at localhost:{port} within 0.5 s\n"
 
 
 def test_node_refuses_to_scan_without_the_stores_secret(tmp_path: Path) -> None:

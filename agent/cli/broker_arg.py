@@ -2,8 +2,11 @@
 
 Earlier releases also took a URL (``mqtt://host:1883``, ``mqtts://host:8883``,
 ``santi hq run``) and a bare host (``santi firmware render``); both still
-parse, for one more release, and are no longer shown in any help. TLS is
-asked for by ``--ca-file`` (or the old ``mqtts://``), not by the address.
+parse, for one more release, and are no longer shown in any help. A bare
+host takes ``default_port``: 1883, or the ``[nodes]`` port for the commands
+that address the store's node broker (``santi node``, ``santi firmware
+render``). TLS is asked for by ``--ca-file`` (or the old ``mqtts://``), not
+by the address.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ class BrokerAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_broker(text: str) -> BrokerAddress:
-    """``HOST:PORT`` (``[v6]:PORT``), or a hidden old form; one line naming the right form otherwise."""
+def parse_broker(text: str, default_port: int = MQTT_PORT) -> BrokerAddress:
+    """``HOST:PORT`` (``[v6]:PORT``), or a hidden old form; one line naming the right form otherwise.
+
+    ``default_port`` is the port of a bare host, so that a command whose broker
+    already has a configured port can be moved to another host alone.
+    """
     wrong = CliError(f"--broker {text!r}: give HOST:PORT, e.g. 127.0.0.1:1883")
     if "://" in text:
         parts = urlsplit(text)
@@ -43,7 +50,7 @@ def parse_broker(text: str) -> BrokerAddress:
         return BrokerAddress(parts.hostname, port, tls)
     host, sep, port_text = text.rpartition(":")
     if not sep or (":" in host and not host.startswith("[")):
-        host, port_text = text, str(MQTT_PORT)  # a bare host (or a bare IPv6 address)
+        host, port_text = text, str(default_port)  # a bare host (or a bare IPv6 address)
     host = host.removeprefix("[").removesuffix("]")
     if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535 or any(c in host for c in "/ "):
         raise wrong

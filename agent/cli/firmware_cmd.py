@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from agent.cli.broker_arg import parse_broker
 from agent.cli.config_cmd import load_or_fail, site_option
 from agent.cli.errors import CliError
 from agent.config import SiteConfig
@@ -45,12 +46,10 @@ def _broker(value: str | None, site: SiteConfig) -> tuple[str, int]:
             raise CliError(f"nodes.host is {nodes.host}, which a node cannot reach; pass --broker with the address "
                            "nodes use for this box, e.g. --broker 192.168.1.20")
         return nodes.host, nodes.port
-    name, _, number = value.rpartition(":") if ":" in value else (value, "", "")
-    if not number:
-        return value, nodes.port
-    if not number.isdigit() or not 1 <= int(number) <= 65535:
-        raise CliError(f"--broker {value}: the port must be a number from 1 to 65535")
-    return name, int(number)
+    address = parse_broker(value, default_port=nodes.port)
+    if address.tls:
+        raise CliError(f"--broker {value}: ESPresense cannot use TLS; give HOST:PORT of the broker's plain LAN listener")
+    return address.host, address.port
 
 
 @click.group()

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from agent.cli.broker_arg import parse_broker
 from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.config import ConfigError, SiteConfig
@@ -33,10 +34,10 @@ def _broker(value: str | None, site: SiteConfig, client_id: str) -> BrokerConfig
     broker = BrokerConfig.of(site.nodes, client_id)
     if value is None:
         return broker
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CliError(f"--broker {value!r}: expected HOST:PORT, e.g. 192.168.1.10:1883")
-    return dataclasses.replace(broker, host=host, port=int(port))
+    address = parse_broker(value, default_port=broker.port)
+    if address.tls and broker.tls is None:
+        raise CliError(f"--broker {value}: TLS to the node broker is set by nodes.tls.ca_file, not by the address")
+    return dataclasses.replace(broker, host=address.host, port=address.port)
 
 
 def _receiver(site: SiteConfig, kind: str) -> str:
@@ -118,7 +119,8 @@ def _summary(sources: list[Source], publisher: NodePublisher) -> Table:
               help="Site config (TOML) of the store this node serves.")
 @click.option("--source", "specs", multiple=True, default=("ble",), show_default=True,
               help="What to scan: ble, wifi, or replay:FILE (observations.jsonl); repeatable.")
-@click.option("--broker", metavar="HOST:PORT", help="The locator's MQTT broker [default: nodes.host:nodes.port].")
+@click.option("--broker", metavar="HOST:PORT",
+              help="The locator's MQTT broker [default: nodes.host:nodes.port; a bare HOST keeps nodes.port].")
 @click.option("--node-id", help="Name this node publishes under; the locator's receivers[].node_name "
                                 "[default: agent.id].")
 @click.option("--interval", type=click.FloatRange(min=0.05, max=10.0), default=0.5, show_default=True,
