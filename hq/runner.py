@@ -1,15 +1,17 @@
 """The activation runner inside ``santi hq run --rules FILE``: evaluate, record once, deliver.
 
-After each committed batch (before its acknowledgements) the subscriber hands
-over the batch's events, redelivered ones included. For each trigger event
-of a customer known by loyalty id, the runner builds the profile at the
-event's time, asks the pure evaluator (hq/activation.py), and records each
-firing with its deliveries as ``pending`` in one transaction. The firing's
-unique key (rule, triggering event) decides who delivers: an insert that
-finds the row already there (a redelivery, a restart, another HQ of the
-group) delivers nothing. Evaluating before the acknowledgement is what makes
-a crash between commit and evaluation harmless: the unacknowledged batch
-comes back and is evaluated then.
+Inside each batch's ingest transaction (``Store.ingest_then``, before its
+acknowledgements) the subscriber hands over the batch's events, redelivered
+ones included. For each trigger event of a customer known by loyalty id, the
+runner builds the profile at the event's time, asks the pure evaluator
+(hq/activation.py), and records each firing with its deliveries as
+``pending``: the batch's events and its firings commit together, one commit
+per batch. The firing's unique key (rule, triggering event) decides who
+delivers: an insert that finds the row already there (a redelivery, a
+restart, another HQ of the group) delivers nothing. Delivery starts only
+once that commit is done, so a batch rolled back and retried sends nothing
+twice; a crash before the commit brings the unacknowledged batch back, to be
+evaluated then.
 
 Who the customer is:
 
@@ -163,19 +165,20 @@ class ActivationRunner:
         self._mark_published()
 
     # --- evaluation (the subscriber's writer thread) --------------------
-    def on_batch(self, events: Sequence[Event]) -> None:
-        """Evaluate every trigger event of a committed batch; raises HqStoreError when the store fails.
+    def on_batch(self, events: Sequence[Event]) -> Callable[[], None]:
+        """Evaluate and record a batch's trigger events; returns the step that delivers, to run once committed.
 
-        What the batch reads of a customer (consent, stored events, firings) is
-        read once per batch: the batch's consent records were stored before
-        its events, so a withdrawal still holds from the next event on. The
-        firings are recorded in one transaction, then delivered.
+        Raises HqStoreError when the store fails. What the batch reads of a
+        customer (consent, stored events, firings) is read once per batch: the
+        batch's consent records were stored before its events, so a withdrawal
+        still holds from the next event on. The firings are recorded in one
+        transaction (the batch's own when called inside ``Store.ingest_then``).
         """
         rules = self._rules
         wanted = {r.trigger.event for r in rules.rules}
         triggers = [e for e in events if isinstance(e, TriggerEvent) and e.type in wanted]
         if not triggers:
-            return
+            return _nothing
         keys = [_visit_key(e) for e in triggers if not isinstance(e, CardTapped)]
         linked = self._store.linked_visits(keys) if keys else {}
         whose: list[tuple[TriggerEvent, str]] = []
@@ -195,7 +198,7 @@ class ActivationRunner:
             fired = self._evaluate(rules, event, loyalty_id, customer)
             customer.history.extend(PastFiring(f.rule.id, f.trigger.ts, f.visit) for f in fired)
             firings.extend(fired)
-        self._record_and_deliver(firings)
+        return self._record(firings)
 
     def _customers(self, loyalty_ids: set[str]) -> dict[str, _Customer | None]:
         """What the rules read of each customer, in one read; None without consent to personalisation."""
@@ -221,9 +224,9 @@ class ActivationRunner:
             customer.profile = build_profile("loyalty", loyalty_id, customer.visits, customer.taps, event.ts)
         return evaluate(rules, trigger, customer.profile, customer.history, personalisation=True)
 
-    def _record_and_deliver(self, firings: list[Firing]) -> None:
+    def _record(self, firings: list[Firing]) -> Callable[[], None]:
         if not firings:
-            return
+            return _nothing
         now = self._clock()
         rows: list[tuple[FiringRow, list[DeliveryRow]]] = []
         for firing in firings:
@@ -233,15 +236,19 @@ class ActivationRunner:
                             t.sector_id, t.ts.timestamp(), now, json.dumps(firing.facts, allow_nan=False))
             rows.append((row, [DeliveryRow(no, kind, target, body, self.instance, aid, firing.rule.id)
                                for no, (kind, target, body) in enumerate(self._bodies(firing, aid, now))]))
-        with self._lock:
-            new = self._store.record_firings(rows)
-            sent = [deliveries for (_, deliveries), fresh in zip(rows, new, strict=True) if fresh]
-            self.stats.fired += len(sent)
-            self.stats.duplicates += len(rows) - len(sent)
-            self._held.update((d.activation_id, d.action_no) for deliveries in sent for d in deliveries)
-        for deliveries in sent:
-            for delivery in deliveries:
-                self._send(delivery)
+        new = self._store.record_firings(rows)
+        sent = [deliveries for (_, deliveries), fresh in zip(rows, new, strict=True) if fresh]
+
+        def deliver() -> None:
+            with self._lock:
+                self.stats.fired += len(sent)
+                self.stats.duplicates += len(rows) - len(sent)
+                self._held.update((d.activation_id, d.action_no) for deliveries in sent for d in deliveries)
+            for deliveries in sent:
+                for delivery in deliveries:
+                    self._send(delivery)
+
+        return deliver
 
     def _bodies(self, firing: Firing, aid: str, now: float) -> list[tuple[str, str, str]]:
         """(kind, target, body) per action: topics and URLs with the exact bytes to send."""
@@ -372,6 +379,10 @@ class ActivationRunner:
             except HqStoreError as exc:
                 self.stats.errors += 1
                 log.warning("activation sweep failed; retrying", extra={"error": str(exc)})
+
+
+def _nothing() -> None:
+    """The delivery step of a batch that fired nothing."""
 
 
 def _outcome(info: Published) -> str | None:

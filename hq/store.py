@@ -27,10 +27,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -69,6 +69,7 @@ POISON_ERRORS = (OverflowError, ValueError, TypeError, RecursionError, Arithmeti
 """What Python raises on a value no column holds (2^70 into an INTEGER, text SQLite cannot encode)."""
 
 Lock = Literal["schema", "ingest", "erase"]
+T = TypeVar("T")
 
 EpochKey = tuple[str, str, str]
 """(store_id, agent_id, epoch): where a seq is unique."""
@@ -85,6 +86,10 @@ class HqStoreError(SantiError):
 
 class Unstorable(HqStoreError):
     """The database refused the data itself (not the connection): the event is at fault, not the store."""
+
+
+class _Separately(Exception):
+    """Raised inside :meth:`Store.ingest_then`'s transaction for work that needs its own: it is redone apart."""
 
 
 class Cursor(Protocol):
@@ -260,6 +265,7 @@ class Store(ABC):
     def __init__(self, *, dead_letter_rows: int = DEAD_LETTER_ROWS,
                  dead_letter_bytes: int = DEAD_LETTER_BYTES) -> None:
         self._lock = threading.RLock()
+        self._unit: Cursor | None = None
         self._tombstones: set[str] = set()
         self._tombstone_count = -1
         self.dead_letter_rows = dead_letter_rows
@@ -306,8 +312,14 @@ class Store(ABC):
 
     @contextmanager
     def _write(self, lock: Lock = "ingest") -> Iterator[Cursor]:
-        with self._lock, self._errors(), self._transaction(lock) as cur:
-            yield cur
+        with self._lock, self._errors():
+            if self._unit is None:
+                with self._transaction(lock) as cur:
+                    yield cur
+            elif lock != "ingest":
+                raise _Separately(f"a {lock} lock inside a batch's transaction")
+            else:
+                yield self._unit  # the lock is held by the thread inside ingest_then: no other sees _unit
 
     @contextmanager
     def _read(self) -> Iterator[Cursor]:
@@ -347,6 +359,30 @@ class Store(ABC):
                                     received_at, want_events)
             result.add(part)
         return result
+
+    def ingest_then(self, batch: Sequence[Accepted | Rejected], received_at: float, then: Callable[[], T], *,
+                    want_events: bool = True) -> tuple[IngestResult, T]:
+        """``ingest`` and ``then()`` (which may read and write this store) in one transaction: one commit.
+
+        ``then`` sees the batch's events uncommitted; what it writes commits with
+        them or not at all. A batch that needs more than one transaction (one
+        the database refuses, which is stored event by event; one that brings
+        an erased person back, which erases again) is stored by ``ingest``
+        alone and ``then()`` runs after it, in transactions of its own.
+        HqStoreError: nothing of either is stored.
+        """
+        try:
+            with self._write() as cur:
+                self._unit = cur
+                try:
+                    result = self._ingest(batch, received_at, want_events)
+                    after = then()
+                finally:
+                    self._unit = None
+            return result, after
+        except (_Separately, Unstorable) as exc:
+            log.debug("batch stored in separate transactions", extra={"reason": str(exc)})
+        return self.ingest(batch, received_at, want_events=want_events), then()
 
     def _ingest(self, batch: Sequence[Accepted | Rejected], received_at: float,
                 want_events: bool) -> IngestResult:
@@ -424,6 +460,8 @@ class Store(ABC):
             log.warning("event ids reused with different content; dead-lettered as conflicts",
                         extra={"count": result.conflicts})
         if follow_up:
+            if self._unit is not None:
+                raise _Separately("an erased person's new visit")
             # A tombstoned loyalty id linked to a new visit: that visit is the person's too.
             self._erase(loyalty_ids=[], visits=[k for k, _ in follow_up],
                         subjects=[s for _, s in follow_up])

@@ -26,8 +26,10 @@ topic names is dead-lettered with the reason; an empty one (a retained
 message cleared) is counted and dropped: it withdraws nothing.
 
 ``on_batch`` (the activation runner) sees the accepted events of every
-committed batch, redelivered ones included, before the batch is
-acknowledged: a crash before it ran brings the batch back.
+batch, redelivered ones included, inside the batch's ingest transaction
+(what it records commits with the events) and before the batch is
+acknowledged: a crash before the commit brings the batch back. The step it
+returns (the deliveries) runs once the commit is done.
 
 Nothing a payload contains stops the writer: the store dead-letters what it
 cannot hold. A writer that dies anyway (a bug) marks the subscriber unhealthy
@@ -151,7 +153,7 @@ class HqSubscriber:
         group: str = "hq",
         *,
         on_event: Callable[[Event], None] | None = None,
-        on_batch: Callable[[list[Event]], None] | None = None,
+        on_batch: Callable[[list[Event]], Callable[[], None]] | None = None,
         consent: bool = True,
         client_id: str | None = None,
         session_expiry_s: int = 86_400,
@@ -400,13 +402,18 @@ class HqSubscriber:
             else:
                 items.append(decode(m.topic, m.payload))
         rejected_consent = cleared + sum(1 for i in items if isinstance(i, Rejected) and i.topic.startswith(CONSENT_PREFIX))
+        accepted = [i.event for i in items if isinstance(i, Accepted)]
         backoff = 0.5
         while True:
             try:
                 change = self.store.add_consent(records, self._clock()) if records else None
-                result = self.store.ingest(items, self._clock(), want_events=self._on_event is not None)
-                if self._on_batch is not None:
-                    self._run_batch([i.event for i in items if isinstance(i, Accepted)])
+                want_events = self._on_event is not None
+                if self._on_batch is None:
+                    result, deliver = self.store.ingest(items, self._clock(), want_events=want_events), None
+                else:
+                    result, deliver = self.store.ingest_then(items, self._clock(),
+                                                             lambda: self._run_batch(accepted),
+                                                             want_events=want_events)
                 break
             except HqStoreError as exc:
                 self._count("store_errors", 1)
@@ -416,6 +423,8 @@ class HqSubscriber:
                               extra={"size": len(batch)})
                     return
                 backoff = min(2 * backoff, MAX_BACKOFF_S)
+        if deliver is not None:
+            deliver()
         with self._ack_lock:
             for m in batch:
                 if m.qos > 0 and m.generation == self._generation:
@@ -444,16 +453,17 @@ class HqSubscriber:
                 except Exception:  # a consumer's callback must not stop ingestion
                     log.exception("on_event callback failed", extra={"event_id": str(event.event_id)})
 
-    def _run_batch(self, events: list[Event]) -> None:
+    def _run_batch(self, events: list[Event]) -> Callable[[], None] | None:
         """The activation runner; a store failure retries the whole batch (nothing is acked meanwhile)."""
         assert self._on_batch is not None
         try:
-            self._on_batch(events)
+            return self._on_batch(events)
         except HqStoreError:
             raise
         except Exception:  # a bug in a rule's evaluation must not stop ingestion
             self._count("activation_errors", 1)
             log.exception("activation runner failed on a batch; its events are stored and acknowledged")
+            return None
 
     def _acknowledge(self, result: IngestResult) -> None:
         """Tell each agent what HQ has committed: retained, so an agent that reconnects reads it."""

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -25,7 +26,7 @@ from agent.localbroker import Broker
 from agent.messages import ConsentUpdate, StaffCard, consent_topic, staff_topic
 from hq.backends import open_store
 from hq.runner import ActivationRunner, activation_id
-from hq.store import DeliveryRow, FiringRow, Store
+from hq.store import DeliveryRow, FiringRow, HqStoreError, Store
 from hq.subscriber import HqSubscriber
 from hq.synthetic import synthetic_stream
 from hq.webhook import verify
@@ -229,7 +230,7 @@ def test_the_same_event_never_fires_twice(broker: Broker, store: Store, tmp_path
         wait_until(lambda: central.sub.stats().duplicates == 3, what="the replay")
         other = ActivationRunner(central.store, rules_file(tmp_path), central.sub.publish, instance="other")
         try:
-            other.on_batch(events)
+            other.on_batch(events)()
         finally:
             other.stop()
         assert other.stats.fired == 0
@@ -574,3 +575,49 @@ def test_record_firings_tells_each_firing_new_once_across_statements(store: Stor
     assert store.record_firings(calls) == [False] * 150 + [True] * 50
     assert len(store.activations(limit=1000)) == 200
     assert all(len(view.deliveries) == 1 for view in store.activations(limit=1000))
+
+
+@dataclass
+class Sent:
+    """What a publish the broker acknowledged at once returns."""
+
+    rc: int = 0
+
+    def is_published(self) -> bool:
+        return True
+
+
+def test_a_batch_and_its_firings_commit_together_and_deliver_after(store: Store, tmp_path: Path) -> None:
+    """One transaction: a batch that fails after its firings were recorded leaves neither, and sends nothing."""
+    grant(store, ["L1"])
+    sent: list[str] = []
+
+    def publish(topic: str, body: str) -> Sent:
+        sent.append(topic)
+        return Sent()
+
+    runner = ActivationRunner(store, rules_file(tmp_path), publish, instance="one")
+    events = visit(Seq(), "v1", "L1")
+
+    def fails_after_recording() -> None:
+        runner.on_batch(events)
+        assert len(store.activations()) == 1, "the firing is visible inside the batch's transaction"
+        raise HqStoreError("connection lost before the commit")
+
+    try:
+        with pytest.raises(HqStoreError, match="connection lost"):
+            store.ingest_then(decoded(events), T0.timestamp(), fails_after_recording)
+        assert store.counts()["events"] == 0
+        assert store.activations() == []
+        assert sent == []
+        result, deliver = store.ingest_then(decoded(events), T0.timestamp(), lambda: runner.on_batch(events))
+        assert (result.stored, sent) == (3, [])
+        assert [a.event_id for a in store.activations()] == [str(events[2].event_id)]
+        deliver()
+        assert sent == [staff_topic(STORE), "santi/v1/hq/activations/greet"]
+        result, deliver = store.ingest_then(decoded(events), T0.timestamp(), lambda: runner.on_batch(events))
+        deliver()
+        assert (result.stored, result.duplicates, len(sent)) == (0, 3, 2)
+        assert (runner.stats.fired, runner.stats.duplicates) == (1, 1)
+    finally:
+        runner.stop()
