@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from agent.errors import SantiError
+
 PR_SET_PDEATHSIG = 1
 EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 
@@ -38,12 +40,16 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class LocalBrokerError(SantiError):
+    """The private mosquitto cannot run here (not installed, or it did not start): a run-time failure, exit 1."""
+
+
 def mosquitto_path() -> str:
     for candidate in ("mosquitto", "/usr/sbin/mosquitto"):
         found = shutil.which(candidate)
         if found:
             return found
-    raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (bash .ci/run does it)")
+    raise LocalBrokerError("mosquitto is not installed: apt-get install mosquitto (bash .ci/run does it)")
 
 
 class Broker:
@@ -88,23 +94,23 @@ class Broker:
         if self.running:
             return
         self.write_config()
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(  # noqa: S603 (our own binary and config)
-            [mosquitto_path(), "-c", str(self.config_path)],
-            stdout=log,
-            stderr=log,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
-        )
-        log.close()
+        binary = mosquitto_path()
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(  # noqa: S603 (our own binary and config)
+                [binary, "-c", str(self.config_path)],
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited at start: {self.log_path.read_text()[-500:]}")
+                raise LocalBrokerError(f"mosquitto exited at start: {self.log_path.read_text()[-500:]}")
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
                 return
             time.sleep(0.02)
         self.stop(kill=True)
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+        raise LocalBrokerError(f"mosquitto did not listen on {self.port} within {timeout} s")
 
     def stop(self, *, kill: bool = False) -> None:
         proc = self._proc

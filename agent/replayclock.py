@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.observations import Observation
-from agent.replayfile import RecordReader, skip_time_jumps
+from agent.replayfile import RecordReader, ReplayFileError, skip_time_jumps
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,17 @@ class ReplayClock:
 
 
 def first_timestamp(path: Path) -> float:
-    """Time of the first good observation in a replay file (clock jumps skipped, as the replay skips them)."""
-    for record in skip_time_jumps(RecordReader(path, Observation), lambda _record, _median: None):
-        return record.ts
-    raise ValueError(f"{path}: no observation in the file")
+    """Time of the first good observation in a replay file (clock jumps skipped, as the replay skips them).
+
+    `ReplayFileError` (exit 2, the file and its first bad line) when the file has none.
+    """
+    reader = RecordReader(path, Observation)
+    try:
+        for record in skip_time_jumps(reader, lambda _record, _median: None):
+            return record.ts
+    except OSError as exc:
+        raise ReplayFileError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    raise reader.nothing_to_replay("observation")
 
 
 class SteadyClock:

@@ -26,6 +26,7 @@ from typing import IO, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from agent.errors import InputError
 from agent.observations import IMPOSSIBLE_RSSI
 from agent.ratelimit import Throttle
 
@@ -144,6 +145,10 @@ def _key(exc: ValidationError) -> str:
     return "invalid_record"
 
 
+class ReplayFileError(InputError):
+    """A replay file with nothing to replay (unreadable, empty, or not one good record): exit 2."""
+
+
 class RecordReader(Generic[RecordT]):
     """Stream records of one model out of a JSON Lines file.
 
@@ -195,6 +200,15 @@ class RecordReader(Generic[RecordT]):
             log.warning("replay file read with bad lines", extra={
                 "file": str(self._source) if isinstance(self._source, Path) else "stream",
                 "good": self.report.good, "bad": dict(self.bad_by_key)})
+
+    def nothing_to_replay(self, what: str) -> ReplayFileError:
+        """The error for a file read to its end without one good record: the file and its first bad line."""
+        where = self._source if isinstance(self._source, Path) else "stream"
+        if not self.report.bad:
+            return ReplayFileError(f"{where}: no {what} in the file (it is empty)")
+        first = self.report.bad[0]
+        return ReplayFileError(f"{where}: no {what} in the file; line {first.line}: {first.reason} "
+                               f"(bad lines: {self._bad_total})")
 
     def _bad(self, number: int, key: str, reason: str) -> None:
         self._bad_total += 1

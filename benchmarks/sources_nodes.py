@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.config import ReceiverConfig  # noqa: E402
-from agent.localbroker import Broker, mosquitto_path  # noqa: E402
+from agent.localbroker import Broker, LocalBrokerError, mosquitto_path  # noqa: E402
 from agent.mqttclient import BrokerConfig  # noqa: E402
 from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
@@ -106,7 +106,7 @@ def bench_santi_batches(count: int, rounds: int, batch: int = 50) -> dict[str, f
 def bench_broker(messages: list[tuple[str, bytes]]) -> dict[str, float] | None:
     try:
         mosquitto_path()
-    except RuntimeError:
+    except LocalBrokerError:
         return None
     with tempfile.TemporaryDirectory() as folder:
         broker = Broker(Path(folder))

@@ -16,8 +16,16 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from agent import localbroker
 from agent.cli import cli
-from agent.cli.demo import DemoResult, ReceivedCard, _check_consent, activation_truth, run_demo
+from agent.cli.demo import (
+    DemoFailed,
+    DemoResult,
+    ReceivedCard,
+    _check_consent,
+    activation_truth,
+    run_demo,
+)
 from agent.config import load_site
 from agent.events import AGGREGATE_TYPES, VisitEnded, parse_event
 from agent.localbroker import Broker
@@ -190,11 +198,20 @@ def test_a_card_for_a_customer_without_consent_stops_the_demo() -> None:
                                                           ts=at, source="t") for p in ("profiling", "personalisation")])}
     card = StaffCard(card_id="c1", store_id="s", visit_id="v", loyalty_id="L-1", rule_id="r", text="hi", ts=at)
     _check_consent(DemoResult(consent=consent))
-    with pytest.raises(RuntimeError, match="without consent to personalisation: L-1"):
+    assert DemoFailed.exit_code == 1  # the demo ran and failed: not the person's input
+    with pytest.raises(DemoFailed, match="without consent to personalisation: L-1"):
         _check_consent(DemoResult(consent=consent, cards=[ReceivedCard(card, 0.0, True)]))
-    with pytest.raises(RuntimeError, match="L-2"):
+    with pytest.raises(DemoFailed, match="L-2"):
         _check_consent(DemoResult(consent=consent, cards=[ReceivedCard(card.model_copy(update={"loyalty_id": "L-2"}),
                                                                       0.0, True)]))
+
+
+def test_a_demo_that_cannot_start_its_broker_is_a_run_time_failure(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(localbroker.shutil, "which", lambda _name: None)
+    result = CliRunner().invoke(cli, ["demo", "--shoppers", "1", "--minutes", "1", "--workdir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "santi: mosquitto is not installed: apt-get install mosquitto (bash .ci/run does it)\n"
 
 
 def test_activation_truth_is_the_rules_on_the_true_visit_up_to_the_tap() -> None:

@@ -143,3 +143,18 @@ def test_a_file_whose_clock_runs_steadily_loses_nothing(steps: list[float], star
     jumps: list[float] = []
     assert list(skip_time_jumps(records, lambda record, _median: jumps.append(record.ts))) == records
     assert jumps == []
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("", "no observation in the file (it is empty)"),
+    ('{"ts": 1}\nnot json\n', "no observation in the file; "),
+])
+def test_a_replay_with_nothing_to_replay_is_one_line_and_exit_2(tmp_path: Path, text: str, reason: str) -> None:
+    replay = tmp_path / "o.jsonl"
+    replay.write_text(text)
+    site = example_site_for(tmp_path, 1)
+    result = CliRunner().invoke(cli, ["run", "--config", str(site), "--replay", str(replay)])
+    assert result.exit_code == 2, result.output
+    last = result.stderr.splitlines()[-1]  # the lines before are the reader's logged drops
+    assert last.startswith(f"santi: {replay}: {reason}")
+    assert text == "" or last.endswith("line 1: receiver_id: Field required (bad lines: 2)")

@@ -25,8 +25,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent.cli.config_cmd import DEFAULT_SITE, load_or_fail, site_option
+from agent.cli.config_cmd import DEFAULT_SITE, site_option
 from agent.cli.errors import CliError
+from agent.config import load_site
 from agent.events import AgentStatus, utc_from_epoch, uuid7
 from agent.outbox import (
     OUTBOX_FILE,
@@ -51,7 +52,7 @@ POLL_S = 0.25
 
 def _outbox_path(site_file: Path, state_dir: Path | None) -> Path:
     """The outbox of the agent ``--state-dir`` names, else of the one ``--config``'s [agent] state_dir names."""
-    return (state_dir or load_or_fail(site_file).agent.state_dir) / OUTBOX_FILE
+    return (state_dir or load_site(site_file).agent.state_dir) / OUTBOX_FILE
 
 
 state_dir_option = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -234,7 +235,7 @@ def drain(site: Path, state_dir: Path | None, timeout: float, as_json: bool) -> 
     Example:
       santi buffer drain --config /etc/santi/site.toml --timeout 120
     """
-    config = load_or_fail(site)
+    config = load_site(site)
     state = state_dir or config.agent.state_dir
     path = state / OUTBOX_FILE
     summary = summarize(path)

@@ -33,10 +33,9 @@ from agent.calibration_walk import (
     residual_db,
     unified_diff,
 )
-from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
 from agent.cli.sim_cmd import calibrate
-from agent.config import ConfigError, ReceiverConfig, SiteConfig
+from agent.config import ConfigError, ReceiverConfig, SiteConfig, load_site
 from agent.errors import SantiError
 from agent.siteedit import fitted_values
 from agent.text import Table
@@ -181,7 +180,7 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
           santi calibrate receiver pi-ble --config site.toml --beacon 5a4e54490000000000c1:0000000000a1 \\
               --distances 1,2,3,5,8 --seconds 20
         """
-        site = load_or_fail(config)
+        site = load_site(config)
         target = _receiver(site, receiver_id)
         try:
             old_text = config.read_text(encoding="utf-8")

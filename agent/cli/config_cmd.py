@@ -12,14 +12,8 @@ import click
 from rich.console import Console
 
 from agent.cli.errors import CliError
-from agent.config import SiteConfig, load_site, site_warnings
+from agent.config import load_site, site_warnings
 from agent.text import Table
-
-
-def load_or_fail(path: Path) -> SiteConfig:
-    """Load a site config; a broken one raises `ConfigError`, which the CLI's root shows as one line, exit 2."""
-    return load_site(path)
-
 
 DEFAULT_SITE = Path("/etc/santi/site.toml")
 
@@ -84,7 +78,7 @@ def state_dir_options(command: F) -> F:
 def agent_state_dir(config: Path | None, state_dir: Path | None) -> Path:
     """The state folder those options name; exit 2 with one line when it does not exist."""
     if state_dir is None:
-        state_dir = load_or_fail(config or DEFAULT_SITE).agent.state_dir
+        state_dir = load_site(config or DEFAULT_SITE).agent.state_dir
     if not state_dir.is_dir():
         raise CliError(f"state directory {state_dir} does not exist (wrong --state-dir, or the agent never ran here)")
     return state_dir
@@ -110,7 +104,7 @@ def check(file: Path, as_json: bool, quiet: bool) -> None:
     Example:
       santi config check --config examples/fishmonger.toml
     """
-    site = load_or_fail(file)
+    site = load_site(file)
     for warning in site_warnings(site):
         click.echo(f"santi: warning: {warning}", err=True)
     if quiet:

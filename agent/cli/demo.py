@@ -36,6 +36,7 @@ from rich.progress import Progress
 
 from agent.cli.footfall_report import print_beside_truth
 from agent.config import ConsoleConfig, FootfallConfig, SiteConfig, UplinkConfig
+from agent.errors import SantiError
 from agent.events import Event, utc_from_epoch
 from agent.localbroker import Broker, free_port
 from agent.messages import StaffCard
@@ -61,6 +62,10 @@ HQ_DB = "hq.sqlite"
 """What a run in a temp folder keeps: the recording and the outbox are tens of MB."""
 REORDER_MARGIN_S = 60.0
 """Store seconds beyond the agent's visit silence that a line waits for earlier events to arrive."""
+
+
+class DemoFailed(SantiError):
+    """The demo ran and a part of it failed (HQ, the agent, consent): a run-time failure, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -226,8 +231,8 @@ def run_demo(
     """Simulate, run the agent and HQ with ``rules`` and ``consent``, and return what came of it beside the truth.
 
     Without ``workdir`` the run happens in a temp folder of which only HQ's
-    database is kept. Raises RuntimeError when a card reached a customer
-    without consent to personalisation.
+    database is kept. Raises DemoFailed when a part of it failed or a card
+    reached a customer without consent to personalisation.
     """
     work = workdir or Path(tempfile.mkdtemp(prefix="santi-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -278,7 +283,7 @@ def _run(site: SiteConfig, *, shoppers: int, minutes: float, seed: int, speed: f
                                   client_id=f"santi-demo-hq-{port}")
         with subscriber:
             if not subscriber.wait_connected(10.0):
-                raise RuntimeError(f"the HQ subscriber could not connect to {host}:{port}")
+                raise DemoFailed(f"the HQ subscriber could not connect to {host}:{port}")
             states = result.consent.values()
             console.print(
                 f"consent imported for {len(result.consent)} loyalty customers: "
@@ -356,7 +361,7 @@ def _run_agent(site: SiteConfig, sim_dir: Path, state_dir: Path, speed: float, b
     clock.start()
     code = asyncio.run(service.run())
     if code:
-        raise RuntimeError(f"the agent stopped with exit code {code}; see its log above")
+        raise DemoFailed(f"the agent stopped with exit code {code}; see its log above")
     return service.outbox_left
 
 
@@ -435,7 +440,7 @@ def _check_consent(result: DemoResult) -> None:
     unwanted = sorted({c.card.loyalty_id for c in result.cards
                        if not (s := result.consent.get(c.card.loyalty_id)) or not s.allows("personalisation")})
     if unwanted:
-        raise RuntimeError(f"staff cards reached {len(unwanted)} customers without consent to personalisation: "
+        raise DemoFailed(f"staff cards reached {len(unwanted)} customers without consent to personalisation: "
                            f"{', '.join(unwanted)}")
 
 

@@ -8,9 +8,10 @@ import click
 from rich.console import Console
 
 from agent.cli.broker_arg import parse_broker
-from agent.cli.config_cmd import load_or_fail, site_option
+from agent.cli.config_cmd import site_option
 from agent.cli.demo import run_demo
 from agent.cli.errors import CliError
+from agent.config import load_site
 from hq.consent import ConsentRecord, parse_import
 from hq.rules import load_rules
 
@@ -69,10 +70,8 @@ def demo(site: Path, shoppers: int, minutes: float, seed: int, speed: float, bro
       santi demo
       santi demo --shoppers 200 --minutes 30 --speed 120 --quiet
     """
-    config = load_or_fail(site)
+    config = load_site(site)
     rules, consent = load_rules(rules_path), _consent(consent_path)
-    try:
-        run_demo(config, shoppers=shoppers, minutes=minutes, seed=seed, speed=speed, broker=None if broker is None else _host_port(broker),
-                 workdir=workdir, console=Console(), rules=rules, consent=consent, quiet=quiet)
-    except RuntimeError as exc:
-        raise CliError(str(exc)) from None
+    run_demo(config, shoppers=shoppers, minutes=minutes, seed=seed, speed=speed,
+             broker=None if broker is None else _host_port(broker),
+             workdir=workdir, console=Console(), rules=rules, consent=consent, quiet=quiet)

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.cli.broker_arg import parse_broker
-from agent.cli.config_cmd import load_or_fail, site_option
+from agent.cli.config_cmd import site_option
 from agent.cli.errors import CliError
-from agent.config import SiteConfig
+from agent.config import SiteConfig, load_site
 from agent.firmware import (
     ESPRESENSE_REF_RSSI,
     FirmwareError,
@@ -81,7 +81,7 @@ def render(site: Path, out: Path, broker: str | None, reference_rssi: int, as_js
       santi firmware render --config examples/fishmonger.toml --out nodes/ --broker 192.168.1.20
       sh nodes/entrance.sh
     """
-    config = load_or_fail(site)
+    config = load_site(site)
     host, port = _broker(broker, config)
     try:
         nodes = node_configs(config, host, port, reference_rssi=reference_rssi)
@@ -125,7 +125,7 @@ def check_tag(files: tuple[Path, ...], site: Path | None, as_json: bool) -> None
     Example:
       santi firmware check-tag firmware_configs/tags/*.toml --config examples/fishmonger.toml
     """
-    config = load_or_fail(site) if site is not None else None
+    config = load_site(site) if site is not None else None
     report: list[dict[str, Any]] = []
     for path in files:
         tag = load_tag(path)

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from agent.cli.config_cmd import load_or_fail, site_option
+from agent.cli.config_cmd import site_option
 from agent.cli.errors import CliError
+from agent.config import load_site
 from agent.sitemap import MapError, error_map, render_png, summarise
 from agent.text import Table
 
@@ -39,7 +40,7 @@ def map_(site: Path, out: Path | None, cell: float, as_json: bool, no_png: bool)
       santi map --config examples/fishmonger.toml --out fishmonger-map.png
       santi map --config examples/fishmonger.toml --json --no-png
     """
-    config = load_or_fail(site)
+    config = load_site(site)
     err = Console(stderr=True)
     try:
         with err.status("computing the error map…"):

@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 
-from agent.cli.config_cmd import load_or_fail, site_option
+from agent.cli.config_cmd import site_option
 from agent.cli.errors import CliError
-from agent.config import ConfigError, NfcReaderConfig, SiteConfig
+from agent.config import ConfigError, NfcReaderConfig, SiteConfig, load_site
 from agent.errors import SantiError
 from agent.events import CardTapped, topic_for, utc_from_epoch
 from agent.locator import Locator
@@ -329,7 +329,7 @@ def nfc_test(site: Path, reader_id: str | None, device: str | None, timeout_s: f
       santi nfc test --config examples/fishmonger.toml --reader till-1 --count 3
       santi nfc test --config site.toml --device udp:127.0.0.1:54321 --timeout 10 --json
     """
-    config = load_or_fail(site)
+    config = load_site(site)
     reader = pick_reader(config, reader_id, device)
     secret = store_secret(config, state_dir or config.agent.state_dir)
     loyalty = LoyaltyFormat(config.nfc.text_prefix, tuple(config.nfc.uri_prefixes))

@@ -13,9 +13,8 @@ import click
 from rich.console import Console
 
 from agent.cli.broker_arg import parse_broker
-from agent.cli.config_cmd import load_or_fail
 from agent.cli.errors import CliError
-from agent.config import ConfigError, SiteConfig
+from agent.config import ConfigError, SiteConfig, load_site
 from agent.mqttclient import BrokerConfig
 from agent.node_publisher import NodePublisher
 from agent.privacy import Pseudonymizer, load_secret
@@ -143,7 +142,7 @@ def node(config_path: Path, specs: tuple[str, ...], broker: str | None, node_id:
       santi node --config examples/fishmonger.toml --node-id greens \\
                  --source replay:out/observations.jsonl --broker 127.0.0.1:1883
     """
-    site = load_or_fail(config_path)
+    site = load_site(config_path)
     name = node_id or site.agent.id
     target = _broker(broker, site, f"santi-node-{name}")
     sources = _sources(specs, site, speed)

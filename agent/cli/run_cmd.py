@@ -9,8 +9,7 @@ from pathlib import Path
 import click
 
 from agent import logs
-from agent.cli.config_cmd import load_or_fail
-from agent.cli.errors import CliError
+from agent.config import load_site
 from agent.privacy import Pseudonymizer, load_secret
 from agent.replayclock import ReplayClock, first_timestamp
 from agent.service import Service
@@ -42,17 +41,14 @@ def run(config_path: Path, state_dir: Path | None, replay: Path | None, taps: Pa
                 --replay out/observations.jsonl --taps out/taps.jsonl --speed 10
     """
     logs.daemon()
-    site = load_or_fail(config_path)
+    site = load_site(config_path)
     state = state_dir or site.agent.state_dir
     if replay is None:
         secret = load_secret(site.privacy, state)
         pseudonymizer = Pseudonymizer(secret, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
         service = Service(site, hardware_sources(site, pseudonymizer), state_dir=state)
     else:
-        try:
-            clock = ReplayClock(first_timestamp(replay), speed)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+        clock = ReplayClock(first_timestamp(replay), speed)
         service = Service(site, replay_sources(replay, taps, speed), state_dir=state, clock=clock,
                           time_scale=speed, stop_when_sources_finish=True)
     code = asyncio.run(service.run())

@@ -35,9 +35,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from agent.backoff import INTERACTIVE_RETRY
-from agent.cli.config_cmd import DEFAULT_SITE, load_or_fail
+from agent.cli.config_cmd import DEFAULT_SITE
 from agent.cli.errors import CliError
-from agent.config import BleConfig, SiteConfig
+from agent.config import BleConfig, SiteConfig, load_site
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.sources.adverts import (
@@ -382,7 +382,7 @@ def scan(config: Path, seconds: float | None, adapter: str | None, passive: bool
       santi scan --config examples/fishmonger.toml --seconds 10 --json
       santi scan --wifi wlan1mon --seconds 30
     """
-    site = load_or_fail(config)
+    site = load_site(config)
     if not use_ble and wifi is None:
         raise CliError("nothing to scan: --no-ble needs --wifi IFACE")
     table = ScanTable(allow=AllowList.from_config(site.ble),

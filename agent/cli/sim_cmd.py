@@ -18,9 +18,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from agent.cli.config_cmd import load_or_fail, site_option
+from agent.cli.config_cmd import site_option
 from agent.cli.errors import CliError
-from agent.config import ConfigError, SiteConfig
+from agent.config import ConfigError, SiteConfig, load_site
 from agent.fingerprint_file import StoredFingerprint
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
@@ -133,7 +133,7 @@ def sim(ctx: click.Context, site: Path | None, shoppers: int, minutes: float, se
         return
     if site is None or out_dir is None:
         raise CliError("santi sim needs --config and --out (see santi sim --help)")
-    config = load_or_fail(site)
+    config = load_site(site)
     given = {"sigma_db": sigma, "correlation_m": correlation_m, "body_loss_db": body_loss,
              "receiver_bias_db": receiver_bias, "device_offset_db": device_offset, "packet_loss": packet_loss}
     channel = replace(CHANNELS[channel_name], **{k: v for k, v in given.items() if v is not None})
@@ -207,7 +207,7 @@ def report_cmd(run_dir: Path, site: Path | None, tech: str, mode: str, bound_sam
     site_path = site or (Path(truth.run.site) if truth.run is not None and truth.run.site else None)
     if site_path is None:
         raise CliError(f"{truth_path} names no site config; pass --config")
-    config = load_or_fail(site_path)
+    config = load_site(site_path)
     estimates = run_dir / ESTIMATES
     stats: dict[str, Any] = {}
     if not estimates.is_file():
@@ -249,7 +249,7 @@ def locate_cmd(site: Path, observations: Path, out: Path, mode: str, quiet: bool
     Example:
       santi locate --config examples/fishmonger.toml --observations run1/observations.jsonl --out run1/estimates.jsonl
     """
-    config = load_or_fail(site)
+    config = load_site(site)
     stats = _locate(config, observations, out, cast(Mode, mode), quiet)
     if not quiet:
         click.echo(f"{stats.estimates} estimates in {stats.windows} windows from {stats.observations} observations "
@@ -305,7 +305,7 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
       santi calibrate fit --config examples/fishmonger.toml --observations walk/observations.jsonl \\
           --truth walk/truth.jsonl --out fishmonger-calibrated.toml
     """
-    config = load_or_fail(site)
+    config = load_site(site)
     for needed in (observations, truth_path):
         if not needed.is_file():
             raise CliError(f"{needed}: no such file")
