@@ -168,7 +168,7 @@ FOOTFALL_TARGET = 0.10
 FOOTFALL_SECTION = "[footfall]\n"
 STEADY_MIN = 150.0
 """Simulated minutes of the small store's steady state: the 2 h window full, then half an hour more."""
-STEADY_BUSY_MIN = 30.0
+STEADY_BUSY_MIN = 45.0
 """Simulated minutes at the full crowd: its probes reach ``max_probes`` long before 2 h (measured: a 2 h
 simulation of 500 inside wrote over 1 GB of probes and took 8 GB to simulate, so this one stops early)."""
 MEAN_STAY_MIN = 8.5
@@ -652,7 +652,6 @@ def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[
             simulate(site, config, recording)
     truth = read_truth(recording / "truth.jsonl")
     stage = FootfallStage(site, site.footfall)
-    end = config.start_ts + minutes * 60.0
     full_at: float | None = None
     per_estimate: list[float] = []
     spent_full = 0.0
@@ -684,11 +683,10 @@ def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[
 
     with err.status("feeding the counting stage …"):
         for observation in RecordReader(recording / "observations.jsonl", Observation):
-            if observation.ts >= end:
-                break
             feed(observation.ts)
             batch.append(observation)
-        feed(end)
+        end = t
+        feed(end + 1.0)
     if full_at is None or not per_estimate:
         raise RuntimeError("the stage never filled: simulate longer")
     at = np.array([e.interval_end.timestamp() for e in samples])
