@@ -322,7 +322,7 @@ class FootfallConfig(_Model):
                             description="Probe history an estimate looks at (W): fixtures show by staying for hours.")
     lead_s: float = Field(default=_ESTIMATE.lead_s, ge=0.0, le=1800.0,
                           description="How far behind now a count is taken (L), so a device's next probe can vouch.")
-    max_probes: int = Field(default=500_000, ge=1_000, le=5_000_000,
+    max_probes: int = Field(default=250_000, ge=1_000, le=5_000_000,
                             description="Probe receptions held at most (41 bytes each, an estimate's temporaries "
                                         "~175); beyond it the oldest go, counted as window_full.")
     min_rssi_dbm: float = Field(default=_DEFAULT_THRESHOLD_DBM, ge=-130.0, le=0.0,
