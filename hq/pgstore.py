@@ -26,7 +26,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hq.store import EVENT_COLUMNS, POISON_ERRORS, Cursor, HqStoreError, Lock, Store, Unstorable
+from hq.store import (
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    FIRING_COLUMNS,
+    POISON_ERRORS,
+    Cursor,
+    HqStoreError,
+    Lock,
+    Store,
+    Unstorable,
+)
 
 _LOCKS: dict[Lock, str] = {
     # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
@@ -39,6 +49,9 @@ _LOCKS: dict[Lock, str] = {
 
 _EVENT_TYPES = ("text", "text", "text", "bigint", "text", "float8", "text", "text", "text", "text", "float8", "text")
 
+_FIRING_TYPES = ("text",) * 8 + ("float8", "float8", "text")
+_DELIVERY_TYPES = ("text", "int4", "text", "text", "text", "text", "float8", "float8")
+
 _DATA_CLASSES = ("22", "23", "54")
 """SQLSTATE classes that blame the data: data exception, integrity, program limit exceeded."""
 
@@ -46,6 +59,16 @@ _DATA_CLASSES = ("22", "23", "54")
 @lru_cache(maxsize=256)
 def _pg(query: str) -> str:
     return query.replace("?", "%s")
+
+
+def _unnest(cur: Cursor, table: str, columns: Sequence[str], kinds: Sequence[str], rows: list[tuple[Any, ...]],
+            tail: str, *constants: str) -> None:
+    """One INSERT over column arrays, sent in binary: a round trip per call, not per row, and one
+    statement text whatever the number of rows (psycopg prepares it once)."""
+    assert isinstance(cur, _PgCursor)
+    arrays = ", ".join(f"?::{kind}[]" for kind in kinds)
+    cur.execute_binary(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(['*', *constants])}"  # noqa: S608
+                       f" FROM unnest({arrays}){tail}", [list(column) for column in zip(*rows, strict=True)])
 
 
 class _PgCursor:
@@ -107,14 +130,15 @@ class PostgresStore(Store):
         return _PgCursor(self._connection().cursor())
 
     def _insert_events(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
-        # One statement over column arrays: a round trip per batch, not per row.
-        columns = list(zip(*rows, strict=True))
-        arrays = ", ".join(f"?::{kind}[]" for kind in _EVENT_TYPES)
-        assert isinstance(cur, _PgCursor)
-        cur.execute_binary(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest({arrays})"  # noqa: S608
-                           " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                           [list(column) for column in columns])
+        _unnest(cur, "events", EVENT_COLUMNS, _EVENT_TYPES, rows, " ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
         return {row[0] for row in cur.fetchall()}
+
+    def _insert_firings(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
+        _unnest(cur, "activations", FIRING_COLUMNS, _FIRING_TYPES, rows, " ON CONFLICT DO NOTHING RETURNING activation_id")
+        return {row[0] for row in cur.fetchall()}
+
+    def _insert_deliveries(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
+        _unnest(cur, "deliveries", (*DELIVERY_COLUMNS, "state"), _DELIVERY_TYPES, rows, "", "'pending'")
 
     def _contains(self, column: str) -> str:
         return f"strpos({column}, ?) > 0"

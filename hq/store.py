@@ -65,6 +65,11 @@ DEAD_LETTER_BYTES = 32 * 1024 * 1024
 EVENT_COLUMNS = ("event_id", "store_id", "agent_id", "seq", "type", "ts", "subject", "visit_id",
                  "loyalty_id", "payload", "received_at", "epoch")
 
+FIRING_COLUMNS = ("activation_id", "rule_id", "event_id", "loyalty_id", "store_id", "agent_id", "visit_id",
+                  "sector_id", "ts", "fired_at", "facts")
+DELIVERY_COLUMNS = ("activation_id", "action_no", "kind", "target", "body", "claimed_by", "claimed_at",
+                    "updated_at")
+
 POISON_ERRORS = (OverflowError, ValueError, TypeError, RecursionError, ArithmeticError)
 """What Python raises on a value no column holds (2^70 into an INTEGER, text SQLite cannot encode)."""
 
@@ -306,6 +311,23 @@ class Store(ABC):
                   f" ({', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
         cur.executemany(insert, rows)
         return {row[0] for row in rows}
+
+    def _insert_firings(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
+        """Insert activations (FIRING_COLUMNS order) and return the ids that were not there before."""
+        inserted: set[str] = set()
+        marks = f"({', '.join('?' * len(FIRING_COLUMNS))})"
+        for start in range(0, len(rows), FIRING_ROWS):
+            part = rows[start:start + FIRING_ROWS]
+            cur.execute(f"INSERT INTO activations ({', '.join(FIRING_COLUMNS)}) VALUES "  # noqa: S608
+                        + ", ".join([marks] * len(part)) + " ON CONFLICT DO NOTHING RETURNING activation_id",
+                        [value for row in part for value in row])
+            inserted.update(row[0] for row in cur.fetchall())
+        return inserted
+
+    def _insert_deliveries(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
+        """Insert pending deliveries (DELIVERY_COLUMNS order)."""
+        cur.executemany(f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}, state) VALUES"  # noqa: S608
+                        f" ({', '.join('?' * len(DELIVERY_COLUMNS))}, 'pending')", rows)
 
     def _octets(self, column: str) -> str:
         return f"length(CAST({column} AS BLOB))"
@@ -869,33 +891,25 @@ class Store(ABC):
 
         The unique key decides across HQs: only the one whose insert went in
         (RETURNING names it) delivers. One commit per batch, not per firing (a
-        commit is a disk flush), and one statement per FIRING_ROWS firings.
+        commit is a disk flush); inserted in activation_id order, so that two
+        HQs recording overlapping firings take their row locks in one order.
         """
         if not firings:
             return []
-        inserted: set[str] = set()
+        ordered = sorted({f.activation_id: f for f, _ in reversed(firings)}.values(), key=lambda f: f.activation_id)
         with self._write() as cur:
-            for start in range(0, len(firings), FIRING_ROWS):
-                part = [firing for firing, _ in firings[start:start + FIRING_ROWS]]
-                cur.execute("INSERT INTO activations (activation_id, rule_id, event_id, loyalty_id, store_id,"  # noqa: S608
-                            " agent_id, visit_id, sector_id, ts, fired_at, facts) VALUES "
-                            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
-                            + " ON CONFLICT DO NOTHING RETURNING activation_id",
-                            [value for f in part for value in (f.activation_id, f.rule_id, f.event_id, f.loyalty_id,
-                                                               f.store_id, f.agent_id, f.visit_id, f.sector_id, f.ts,
-                                                               f.fired_at, f.facts)])
-                inserted.update(row[0] for row in cur.fetchall())
+            inserted = self._insert_firings(cur, [
+                (f.activation_id, f.rule_id, f.event_id, f.loyalty_id, f.store_id, f.agent_id, f.visit_id,
+                 f.sector_id, f.ts, f.fired_at, f.facts) for f in ordered])
             new: list[bool] = []
             for firing, _ in firings:
                 new.append(firing.activation_id in inserted)
                 inserted.discard(firing.activation_id)  # the same firing twice in one call: the first is new
-            rows = [(firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by, firing.fired_at,
-                     firing.fired_at)
-                    for (firing, deliveries), fresh in zip(firings, new, strict=True) if fresh for d in deliveries]
+            rows = sorted((firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by, firing.fired_at,
+                           firing.fired_at)
+                          for (firing, deliveries), fresh in zip(firings, new, strict=True) if fresh for d in deliveries)
             if rows:
-                cur.executemany("INSERT INTO deliveries (activation_id, action_no, kind, target, body, state,"
-                                " claimed_by, claimed_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                                rows)
+                self._insert_deliveries(cur, rows)
         return new
 
     def set_deliveries(self, changes: Sequence[tuple[str, int, str, str | None, int]], now: float) -> None:
