@@ -46,6 +46,8 @@ class RunTruth(_Truth):
 
 
 class ShopperTruth(_Truth):
+    """One shopper: when they came and left, and whether their phone and loyalty card can be recognised."""
+
     kind: Literal["shopper"] = "shopper"
     shopper_id: str
     enter_ts: float
@@ -67,6 +69,8 @@ class EmitterTruth(_Truth):
 
 
 class PositionTruth(_Truth):
+    """Where a shopper really was at ``ts``: the reference the locator's positions are scored against."""
+
     kind: Literal["position"] = "position"
     ts: float
     shopper_id: str
@@ -87,6 +91,8 @@ class VisitTruth(_Truth):
 
 
 class TapTruth(_Truth):
+    """A card tapped on an NFC reader; ``known`` says whether the card belongs to a loyalty customer."""
+
     kind: Literal["tap"] = "tap"
     ts: float
     shopper_id: str
@@ -103,7 +109,7 @@ class PasserTruth(_Truth):
     passer_id: str
     start_ts: float
     end_ts: float
-    transmits: bool
+    transmits: bool = Field(description="Whether the passer's phone sent anything the receivers could hear.")
 
 
 class FixtureTruth(_Truth):
@@ -111,10 +117,10 @@ class FixtureTruth(_Truth):
 
     kind: Literal["fixture"] = "fixture"
     fixture_id: str
-    model: str
+    model: str = Field(description="Its device model in simulator.anonymous.MODELS, which sets what it transmits.")
     x: float
     y: float
-    on_ts: float
+    on_ts: float = Field(description="When it started transmitting.")
 
 
 TruthUnion = Annotated[

@@ -15,40 +15,21 @@ from agent.cli import cli
 from agent.config import load_site, parse_site
 from agent.sitemap import error_map, summarise
 from positioning.bounds import crlb_rmse
-
-CLUSTERED = """
-[store]
-id = "clustered"
-name = "Receivers on one side"
-outline = [[0, 0], [40, 0], [40, 20], [0, 20]]
-
-[agent]
-id = "pi"
-
-{receivers}
-
-[[sectors]]
-id = "west"
-name = "West"
-polygon = [[0, 0], [20, 0], [20, 20], [0, 20]]
-adjacent = ["east"]
-entrance = true
-
-[[sectors]]
-id = "east"
-name = "East"
-polygon = [[20, 0], [40, 0], [40, 20], [20, 20]]
-"""
+from tests.helpers.sites import rectangle_site
 
 
-def clustered_site(receivers: list[tuple[float, float, str]]) -> str:
+def clustered_site(receivers: list[tuple[float, float, str]], *, one_sector: bool = False) -> str:
+    """40 × 20 m, west and east halves (or one sector, the whole floor), these receivers at z = 2.5 m."""
     blocks = []
     for index, (x, y, kind) in enumerate(receivers):
         extra = f'node_name = "n{index}"\n' if kind == "node" else ""
         blocks.append(f'[[receivers]]\nid = "rx{index}"\nkind = "{kind}"\n{extra}x = {x}\ny = {y}\nz = 2.5\n')
     wifi = '\n[wifi]\ninterface = "wlan1mon"\n' if any(kind == "wifi" for _, _, kind in receivers) else ""
     nodes = '\n[nodes]\nhost = "127.0.0.1"\n' if any(kind == "node" for _, _, kind in receivers) else ""
-    return CLUSTERED.format(receivers="\n".join(blocks)) + wifi + nodes
+    sectors = (("west", "West"),) if one_sector else (("west", "West"), ("east", "East"))
+    site = rectangle_site(store_id="clustered", name="Receivers on one side", width=40, depth=20,
+                          receivers="\n".join(blocks), sectors=sectors)
+    return site + wifi + nodes
 
 
 WEST_CLUSTER = [(2.0, 2.0, "node"), (8.0, 3.0, "node"), (3.0, 17.0, "node"), (9.0, 18.0, "node"),
@@ -105,7 +86,7 @@ def test_another_receiver_never_makes_the_bound_worse(placed: list[tuple[float, 
 
 def test_one_receiver_gives_no_fix_and_the_summary_says_so(tmp_path: Path) -> None:
     # One sector: config check accepts a lone receiver only where there is no sector to choose.
-    one_sector = clustered_site([(5.0, 5.0, "node")]).replace('adjacent = ["east"]\n', "").split('\n[[sectors]]\nid = "east"')[0] + '\n[nodes]\nhost = "127.0.0.1"\n'
+    one_sector = clustered_site([(5.0, 5.0, "node")], one_sector=True)
     emap = error_map(parse_site(one_sector, tmp_path / "s.toml"), cell=1.0)
     summary = summarise(emap)
     assert summary["no_fix_share"] == 1.0

@@ -25,31 +25,9 @@ import pytest
 from agent.localbroker import Broker
 from agent.service import status_text
 from agent.sources.base import SourceStats
+from tests.helpers.sites import rectangle_site
 
-SITE = """
-[store]
-id = "corner-shop"
-name = "Corner shop"
-outline = [[0, 0], [20, 0], [20, 10], [0, 10]]
-
-[agent]
-id = "pi-1"
-state_dir = "{state}"
-
-{receivers}
-
-[[sectors]]
-id = "front"
-name = "Front"
-polygon = [[0, 0], [20, 0], [20, 5], [0, 5]]
-adjacent = ["back"]
-entrance = true
-
-[[sectors]]
-id = "back"
-name = "Back"
-polygon = [[0, 5], [20, 5], [20, 10], [0, 10]]
-
+UPLINK_AND_NODES = """
 [uplink]
 host = "127.0.0.1"
 port = {uplink_port}
@@ -131,8 +109,10 @@ def test_status_follows_sources_and_uplink_and_a_healthy_start_logs_one_line(
     receivers = "\n".join(f'[[receivers]]\nid = "node-{i}"\nkind = "node"\nnode_name = "n{i}"\nx = {x}\ny = {y}\n'
                           for i, (x, y) in enumerate(CORNERS))
     site = tmp_path / "site.toml"
-    site.write_text(SITE.format(state=tmp_path / "state", receivers=receivers, uplink_port=uplink.port,
-                                nodes_port=nodes.port))
+    site.write_text(rectangle_site(store_id="corner-shop", name="Corner shop", width=20, depth=10, receivers=receivers,
+                                   sectors=(("front", "Front"), ("back", "Back")), split="y",
+                                   agent=f'id = "pi-1"\nstate_dir = "{tmp_path / "state"}"')
+                    + UPLINK_AND_NODES.format(uplink_port=uplink.port, nodes_port=nodes.port))
     (tmp_path / "uplink.password").write_text(PASSWORD + "\n")
     (tmp_path / "uplink.password").chmod(0o600)
     notify = Notifications(tmp_path / "notify")
