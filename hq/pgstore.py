@@ -140,6 +140,10 @@ class PostgresStore(Store):
     def _insert_deliveries(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
         _unnest(cur, "deliveries", (*DELIVERY_COLUMNS, "state"), _DELIVERY_TYPES, rows, "", "'pending'")
 
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        # One array parameter: one statement text whatever the list's length (parsed and prepared once).
+        return f"{column} = ANY(?)", [list(values)]
+
     def _contains(self, column: str) -> str:
         return f"strpos({column}, ?) > 0"
 

@@ -332,6 +332,10 @@ class Store(ABC):
     def _octets(self, column: str) -> str:
         return f"length(CAST({column} AS BLOB))"
 
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``values``: the condition and its parameters (callers keep lists to CHUNK)."""
+        return f"{column} IN ({', '.join('?' * len(values))})", list(values)
+
     @contextmanager
     def _write(self, lock: Lock = "ingest") -> Iterator[Cursor]:
         with self._lock, self._errors():
@@ -517,8 +521,8 @@ class Store(ABC):
         found: dict[str, str] = {}
         for start in range(0, len(ids), CHUNK):
             part = ids[start:start + CHUNK]
-            cur.execute(f"SELECT event_id, payload FROM events WHERE event_id IN ({', '.join('?' * len(part))})",  # noqa: S608
-                        part)
+            where, params = self._in("event_id", part)
+            cur.execute(f"SELECT event_id, payload FROM events WHERE {where}", params)  # noqa: S608
             found.update((row[0], row[1]) for row in cur.fetchall())
         return found
 
@@ -816,9 +820,9 @@ class Store(ABC):
             for (store_id, agent_id), visits in by_agent.items():
                 for start in range(0, len(visits), CHUNK):
                     part = visits[start:start + CHUNK]
+                    where, params = self._in("visit_id", part)
                     cur.execute("SELECT visit_id, ts, loyalty_id, type FROM events WHERE store_id = ? AND agent_id = ?"  # noqa: S608
-                                f" AND visit_id IN ({', '.join('?' * len(part))}) AND loyalty_id IS NOT NULL",
-                                (store_id, agent_id, *part))
+                                f" AND {where} AND loyalty_id IS NOT NULL", (store_id, agent_id, *params))
                     for visit_id, ts, loyalty_id, kind in cur.fetchall():
                         if kind != "identity.linked":
                             continue
@@ -843,25 +847,24 @@ class Store(ABC):
         with self._read() as cur:
             for start in range(0, len(ids), CHUNK):
                 part = ids[start:start + CHUNK]
-                marks = ", ".join("?" * len(part))
-                cur.execute(f"SELECT loyalty_id, purpose, ts, id, granted FROM consent WHERE loyalty_id IN ({marks})",  # noqa: S608
-                            part)
+                where, params = self._in("loyalty_id", part)
+                cur.execute(f"SELECT loyalty_id, purpose, ts, id, granted FROM consent WHERE {where}", params)  # noqa: S608
                 for lid, purpose, ts, row_id, granted in cur.fetchall():
                     newest = (float(ts), int(row_id), bool(granted))
                     if (lid, purpose) not in consent or newest[:2] > consent[(lid, purpose)][:2]:
                         consent[(lid, purpose)] = newest
                 profiling = [lid for lid in part if consent.get((lid, "profiling"), (0, 0, False))[2]]
                 if profiling:
+                    linked, linked_params = self._in("loyalty_id", profiling)
                     cur.execute("SELECT loyalty_id, type, store_id, agent_id, visit_id, payload FROM events"  # noqa: S608
-                                f" WHERE loyalty_id IN ({', '.join('?' * len(profiling))})"
-                                " AND type IN ('identity.linked', 'card.tapped')", profiling)
+                                f" WHERE {linked} AND type IN ('identity.linked', 'card.tapped')", linked_params)
                     for lid, kind, store_id, agent_id, visit_id, payload in cur.fetchall():
                         if kind == "card.tapped":
                             taps[lid].append(payload)
                         elif visit_id is not None:
                             links[lid].add((store_id, agent_id, visit_id))
                 cur.execute("SELECT loyalty_id, rule_id, ts, store_id, agent_id, visit_id FROM activations"  # noqa: S608
-                            f" WHERE loyalty_id IN ({marks}) ORDER BY ts", part)
+                            f" WHERE {where} ORDER BY ts", params)
                 for lid, *row in cur.fetchall():
                     history[lid].append(cast(tuple[str, float, str, str, str | None], tuple(row)))
             wanted = sorted({key for keys in links.values() for key in keys})
@@ -871,8 +874,9 @@ class Store(ABC):
             for (store_id, agent_id), visits in by_agent.items():
                 for start in range(0, len(visits), CHUNK):
                     part = visits[start:start + CHUNK]
+                    where, params = self._in("visit_id", part)
                     cur.execute("SELECT visit_id, payload FROM events WHERE store_id = ? AND agent_id = ?"  # noqa: S608
-                                f" AND visit_id IN ({', '.join('?' * len(part))})", (store_id, agent_id, *part))
+                                f" AND {where}", (store_id, agent_id, *params))
                     for visit_id, payload in cur.fetchall():
                         visit_payloads.setdefault((store_id, agent_id, visit_id), []).append(payload)
         out: dict[str, RuleInputs] = {}
