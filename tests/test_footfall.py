@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.typing import ArrayLike
 from rich.console import Console
 
@@ -200,3 +202,25 @@ def test_linking_in_blocks_of_one_pair_finds_the_same_devices(monkeypatch: pytes
     monkeypatch.setattr(occupancy, "_PAIRS_PER_BLOCK", 1)
     assert np.array_equal(occupancy.group_devices(t, mac, sig, seq, z, rnd), whole)
     assert whole.max() + 1 < len({o.emitter_id for o in rec.observations})  # some MACs were linked
+
+
+def _greedy(a: np.ndarray, b: np.ndarray, dq: np.ndarray, dt: np.ndarray) -> list[tuple[int, int]]:
+    """The one-to-one choice as a plain pass over the pairs in order: the reference."""
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    chosen = []
+    for i in np.lexsort((b, a, dt, dq)):
+        if int(a[i]) not in used_a and int(b[i]) not in used_b:
+            used_a.add(int(a[i]))
+            used_b.add(int(b[i]))
+            chosen.append((int(a[i]), int(b[i])))
+    return chosen
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(1, 4), st.integers(1, 3)),
+                max_size=60, unique_by=lambda p: (p[0], p[1])))
+def test_the_one_to_one_choice_in_rounds_is_the_greedy_pass(pairs: list[tuple[int, int, int, int]]) -> None:
+    a, b, dq, dt = (np.array([p[k] for p in pairs], dtype=dtype)
+                    for k, dtype in enumerate((np.intp, np.intp, np.int64, np.float64)))
+    assert [tuple(link) for link in occupancy._one_to_one(a, b, dq, dt).tolist()] == _greedy(a, b, dq, dt)
