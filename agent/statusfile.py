@@ -96,6 +96,8 @@ class FootfallLine:
     max_probes: int
     estimates: int
     cpu_s_last: float | None
+    span_s: float | None = None
+    """How far back the held receptions reached at the last estimate (less than the window when max_probes bit)."""
 
     @classmethod
     def of(cls, data: Any) -> FootfallLine | None:
@@ -104,14 +106,15 @@ class FootfallLine:
         return cls(count=_number(data.get("count")), count_sd=_number(data.get("count_sd")),
                    at=_number(data.get("at")), held=_count(data.get("held")),
                    max_probes=_count(data.get("max_probes")), estimates=_count(data.get("estimates")),
-                   cpu_s_last=_number(data.get("cpu_s_last")))
+                   cpu_s_last=_number(data.get("cpu_s_last")), span_s=_number(data.get("span_s")))
 
     def text(self) -> str:
         """One line: ``12.3 ± 1.8 inside at 09:14:00 UTC; 41,200 of 500,000 probes held; last estimate 45 ms CPU``."""
         count = ("no count yet" if self.count is None or self.at is None else
                  f"{self.count:.1f} ± {self.count_sd or 0.0:.1f} inside at {utc_text(self.at)}")
         cpu = "" if self.cpu_s_last is None else f"; last estimate {self.cpu_s_last * 1000:.0f} ms CPU"
-        return f"{count}; {self.held:,} of {self.max_probes:,} probes held{cpu}"
+        reach = "" if not self.span_s else f" (reaching back {duration(self.span_s)})"
+        return f"{count}; {self.held:,} of {self.max_probes:,} probes held{reach}{cpu}"
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ class StatusReport:
             "footfall": None if self.footfall is None else {
                 "count": self.footfall.count, "count_sd": self.footfall.count_sd, "at": self.footfall.at,
                 "held": self.footfall.held, "max_probes": self.footfall.max_probes,
-                "estimates": self.footfall.estimates, "cpu_s_last": self.footfall.cpu_s_last},
+                "estimates": self.footfall.estimates, "cpu_s_last": self.footfall.cpu_s_last,
+                "span_s": self.footfall.span_s},
             "recent_events": [_event_dict(e) for e in self.recent_events],
         }
 

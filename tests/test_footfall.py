@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import queue
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from agent.replayclock import ReplayClock
 from agent.replayfile import read_records, write_records
 from agent.service import Service
 from agent.sources.replay import ReplaySource
+from agent.statusfile import read_status
 from positioning import occupancy
 from tests.helpers.footfall import END, HOUR, SIGNATURES, START, Recording, recording
 from tests.helpers.hq_acks import AckingSubscriber
@@ -163,6 +165,11 @@ def test_the_running_agent_emits_the_counts_and_reports_the_stage(broker: Broker
     assert state["footfall"]["held"] == service.footfall.stats.accepted == sum(  # type: ignore[union-attr]
         1 for o in first if o.tech == "wifi")
     assert state["sources"]["footfall"]["dropped"] == {}
+    line = read_status(tmp_path / "state", time.time()).footfall
+    assert line is not None
+    assert line.held == state["footfall"]["held"]
+    assert f"{line.held:,} of 250,000 probes held (reaching back " in line.text()
+    assert " inside at " in line.text()
 
 
 def test_the_demo_prints_the_counts_beside_the_truth(site_path: Path, tmp_path: Path) -> None:
