@@ -294,14 +294,20 @@ def _link_candidates(t: FloatArray, sig: NDArray[np.int64], seq: NDArray[np.int6
                                                            _PAIRS_PER_BLOCK), side="left")
     found_a: list[IntArray] = []
     found_b: list[IntArray] = []
+    # Per MAC, its first and last probe's fields; the sequence test first, which few pairs pass
+    # (it implies dq <= q0 + rho g), then the rest on those.
+    q_first, q_last, t_first_all, t_last_all = seq[first], seq[last], t[first], t[last]
+    most = config.seq_slack + max(config.seq_rate_per_s * config.gap_s, 0.0)
     for block in np.split(np.arange(usable.size), bounds + 1):
         owner, within = _ragged(hi[block] - lo[block])
         a = usable[block[owner]]
         b = starts[lo[block][owner] + within]
-        dt = t[first[b]] - t[last[a]]
-        dq = (seq[first[b]] - seq[last[a]]) % SEQUENCE_MODULUS
+        dq = (q_first[b] - q_last[a]) % SEQUENCE_MODULUS
+        near = (dq >= 1) & (dq <= most)
+        a, b, dq = a[near], b[near], dq[near]
+        dt = t_first_all[b] - t_last_all[a]
         ok = ((a != b) & (sig[last[a]] == sig[first[b]]) & (dt > 0.0) & (dt <= config.gap_s)
-              & (dq >= 1) & (dq <= config.seq_slack + config.seq_rate_per_s * dt)
+              & (dq <= config.seq_slack + config.seq_rate_per_s * dt)
               & (np.abs(z[first[b]] - z[last[a]]) <= config.rssi_step_db))
         found_a.append(a[ok])
         found_b.append(b[ok])
