@@ -222,6 +222,15 @@ class FootfallStage:
         self.stats.span_s = float(now - rows["t"].min()) if rows.size else 0.0
         return estimate
 
+    def held_rows(self) -> NDArray[np.void]:
+        """The receptions held after the last estimate's fold, oldest first as they came (benchmarks time on them)."""
+        return self._rows
+
+    @property
+    def estimate_config(self) -> EstimateConfig:
+        """The estimator's parameters this stage's config gives."""
+        return self._estimate
+
     # -- status ------------------------------------------------------------------
 
     def status_line(self) -> dict[str, object]:

@@ -74,14 +74,14 @@ twice more at 1×, without and with the stage, alternately twice (off, on,
 on, off), each run's CPU over the same window; the added CPU is the ratio
 of the medians of the same run. A replay of minutes holds minutes of
 probes, while a store's agent holds ``window_s`` (2 h) of them and the
-estimate's cost grows with what it holds, so a steady-state figure beside
-it: the simulator's crowd (shoppers without the app, passers-by 3 times
-the shoppers, fixed devices) for ``STEADY_MIN`` minutes at about the same
-number inside, fed to ``agent.footfall.FootfallStage`` as the service
-feeds it (every reception, a step a store second), CPU of the stage's
-calls once the window is full: per estimate (median), and as a share of
-one core over the last hour (estimates, the hourly count, taking receptions
-in). It is not scored against the truth (benchmarks/footfall.py does that).
+estimate's cost grows with what it holds (up to ``max_probes``), so a
+steady-state figure beside it: the simulator's crowd (shoppers without the
+app, passers-by 3 times the shoppers, fixed devices) at about the same
+number inside for ``STEADY_BUSY_MIN`` minutes, read into
+``agent.footfall.FootfallStage`` as the service hands it receptions, and
+one estimate timed over the newest 100,000, 250,000 and 500,000 of them
+(median of 3, process CPU), with how far back they reach. It is not scored
+against the truth (benchmarks/footfall.py does that).
 
     .venv/bin/python benchmarks/agent.py                       # a table, about 5 minutes
     .venv/bin/python benchmarks/agent.py --minutes 10 --json   # a longer window, JSON
@@ -122,12 +122,12 @@ from rich.table import Table  # noqa: E402
 
 from agent.config import SiteConfig, load_site  # noqa: E402
 from agent.errors import SantiError  # noqa: E402
-from agent.events import FootfallCounted, OccupancySampled  # noqa: E402
 from agent.footfall import FootfallStage  # noqa: E402
 from agent.localbroker import Broker, example_site_for  # noqa: E402
 from agent.observations import Observation  # noqa: E402
 from agent.privacy import Pseudonymizer  # noqa: E402
 from agent.replayfile import RecordReader  # noqa: E402
+from positioning.occupancy import estimate_occupancy  # noqa: E402
 from simulator.anonymous import CrowdConfig  # noqa: E402
 from simulator.run import SIM_SECRET, PhoneConfig, SimConfig, phone_for, simulate  # noqa: E402
 from simulator.shoppers import plan_shoppers  # noqa: E402
@@ -165,11 +165,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 FOOTFALL_TARGET = 0.10
 """The counting stage adds at most this to the agent's CPU (issue 19)."""
 FOOTFALL_SECTION = "[footfall]\n"
-STEADY_MIN = 150.0
-"""Simulated minutes of the small store's steady state: the 2 h window full, then half an hour more."""
 STEADY_BUSY_MIN = 45.0
-"""Simulated minutes at the full crowd: its probes reach ``max_probes`` long before 2 h (measured: a 2 h
-simulation of 500 inside wrote over 1 GB of probes and took 8 GB to simulate, so this one stops early)."""
+"""Simulated minutes of arrivals at the full crowd: its probes pass 500,000 receptions well before 2 h
+(a 2 h simulation of 500 inside wrote over 1 GB of probes and took 8 GB of memory to simulate)."""
 MEAN_STAY_MIN = 8.5
 """Arrivals to simulate per minute for each person wanted inside (Little's law with the simulated crowd's
 effective stay; measured: 545 arrivals over 150 min kept a median of 31 inside once the window was full)."""
@@ -636,9 +634,13 @@ def footfall_pairs(workdir: Path, shoppers: int, minutes: float, seed: int) -> d
             "cpu_s_per_estimate": [e["cpu_s_total"] / e["estimates"] for e in estimates if e.get("estimates")]}
 
 
+STEADY_HELD = (100_000, 250_000, 500_000)
+"""Receptions held by the stage when an estimate is timed: the new default max_probes and either side."""
+
+
 def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[str, Any]:
-    """The stage once full (its window of ``window_s``, or ``max_probes`` receptions): a simulated crowd of
-    about ``inside`` people for ``minutes``; CPU per estimate and as a share of a core from then on."""
+    """What one estimate costs once the stage is full: the newest N receptions of a simulated crowd of about
+    ``inside`` people (``minutes`` of arrivals), held as the stage holds them, timed (median of 3, process CPU)."""
     workdir.mkdir(parents=True, exist_ok=True)
     site = load_site(example_site_for(workdir, 1883, extra=FOOTFALL_SECTION))
     assert site.footfall is not None
@@ -646,61 +648,34 @@ def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[
     config = SimConfig(shoppers=shoppers, minutes=minutes, seed=seed, phones=PhoneConfig(app_share=0.0),
                        crowd=CrowdConfig(passers=3 * shoppers, fixtures=4))
     recording = workdir / "steady"
-    if not (recording / "truth.jsonl").is_file():  # a kept --workdir reuses its recording
+    if not (recording / "observations.jsonl").is_file():  # a kept --workdir reuses its recording
         with err.status(f"simulating {shoppers} shoppers over {minutes:g} min, {3 * shoppers} passers-by …"):
             simulate(site, config, recording)
-    stage = FootfallStage(site, site.footfall)
-    full_at: float | None = None
-    per_estimate: list[float] = []
-    spent_full = 0.0
-    samples: list[OccupancySampled] = []
-    counted: list[FootfallCounted] = []
-    span: list[float] = []
-    t = config.start_ts
-    batch: list[Observation] = []
-
-    def feed(until: float) -> None:
-        nonlocal t, spent_full, batch, full_at
-        while t < until:
-            before, made = time.process_time(), stage.stats.estimates
-            for observation in batch:
-                stage.add(observation)
-            events = stage.step(t, 0.0)
-            spent = time.process_time() - before
-            batch = []
-            if full_at is None and (t >= config.start_ts + site.footfall.window_s or stage.stats.dropped):
-                full_at = t
-            if full_at is not None:
-                spent_full += spent
-                if stage.stats.estimates > made:
-                    per_estimate.append(stage.stats.cpu_s_last)
-                    span.append(stage.stats.span_s)
-            samples.extend(e for e in events if isinstance(e, OccupancySampled))
-            counted.extend(e for e in events if isinstance(e, FootfallCounted))
-            t += 1.0
-
-    with err.status("feeding the counting stage …"):
+    stage = FootfallStage(site, site.footfall.model_copy(update={"max_probes": max(STEADY_HELD)}))
+    last = config.start_ts
+    with err.status("reading the recording as the stage holds it …"):
         for observation in RecordReader(recording / "observations.jsonl", Observation):
-            feed(observation.ts)
-            batch.append(observation)
-        end = t
-        feed(end + 1.0)
-    if full_at is None or not per_estimate:
-        raise RuntimeError("the stage never filled: simulate longer")
-    # Not scored against the truth here: reading a crowd's truth file (GBs at 1 Hz per person) takes
-    # more memory than the machine has; benchmarks/footfall.py scores the estimator.
-    counts = [e.count for e in samples if e.interval_end.timestamp() >= full_at]
-    return {
-        "inside_wanted": inside, "shoppers": shoppers, "passers": 3 * shoppers, "fixtures": 4, "minutes": minutes,
-        "observations": stage.stats.accepted, "held_at_end": stage.stats.held,
-        "max_probes": site.footfall.max_probes, "dropped": dict(stage.stats.dropped),
-        "full_after_min": (full_at - config.start_ts) / 60.0, "window_covers_min": statistics.median(span) / 60.0,
-        "count_median": statistics.median(counts),
-        "cpu_s_per_estimate_median": statistics.median(per_estimate),
-        "cpu_s_per_estimate_max": max(per_estimate),
-        "core_share_full": spent_full / max(end - full_at, 1.0),
-        "entries_per_hour": [e.entries for e in counted],
-    }
+            stage.add(observation)
+            last = max(last, observation.ts)
+    stage.step(config.start_ts, 0.0)
+    stage.step(last + 60.0, 0.0)  # the first estimate folds in what it holds, the newest max_probes
+    rows = stage.held_rows()
+    figures = []
+    for held in STEADY_HELD:
+        part = rows[-held:]
+        now = float(part["t"].max())
+        spent = []
+        for _ in range(3):
+            before = time.process_time()
+            estimate = estimate_occupancy(part["t"], part["mac"], part["sig"], part["seq"], part["rnd"], part["z"],
+                                          part["rx"], now, config=stage.estimate_config)
+            spent.append(time.process_time() - before)
+        figures.append({"held": int(part.size), "reaches_back_min": (now - float(part["t"].min())) / 60.0,
+                        "cpu_s_per_estimate": statistics.median(spent),
+                        "core_share_at_one_a_minute": statistics.median(spent) / 60.0,
+                        "devices": estimate.devices, "count": estimate.count})
+    return {"inside_wanted": inside, "shoppers": shoppers, "passers": 3 * shoppers, "fixtures": 4,
+            "minutes": minutes, "receptions": int(rows.size), "held": figures}
 
 
 def load_run(workdir: Path, shoppers: int, minutes: float, seed: int) -> dict[str, Any]:
@@ -826,14 +801,11 @@ def footfall_table(figures: dict[str, Any]) -> Table:
         out.add_row("added by the counting stage, same run", f"{footfall['added']:+.1%}",
                     f"≤ {FOOTFALL_TARGET:.0%}", _met(footfall["added"] <= FOOTFALL_TARGET))
     for steady in figures.get("steady", []):
-        name = f"{steady['inside_wanted']} inside (counted {steady['count_median']:.0f})"
-        out.add_row(f"{name}: receptions held (max_probes) / window covers / evicted",
-                    f"{steady['held_at_end']:,} ({steady['max_probes']:,}) / {steady['window_covers_min']:.0f} min / "
-                    f"{steady['dropped'].get('window_full', 0):,}", "", "")
-        out.add_row(f"{name}: CPU per estimate, median / max",
-                    f"{steady['cpu_s_per_estimate_median'] * 1000:.0f} / "
-                    f"{steady['cpu_s_per_estimate_max'] * 1000:.0f} ms", "", "")
-        out.add_row(f"{name}: share of one core once full", f"{steady['core_share_full']:.2%}", "", "")
+        for part in steady["held"]:
+            out.add_row(f"{steady['inside_wanted']} inside: estimate over {part['held']:,} receptions "
+                        f"({part['reaches_back_min']:.0f} min)",
+                        f"{part['cpu_s_per_estimate']:.2f} s, {part['core_share_at_one_a_minute']:.1%} of a core",
+                        "", "")
     return out
 
 
@@ -873,9 +845,7 @@ def main() -> int:
         if args.footfall in ("on", "only", "pairs"):
             figures["footfall"] = footfall_pairs(work / "footfall", args.shoppers, args.minutes, args.seed)
         if args.footfall in ("on", "only", "steady"):
-            figures["steady"] = [steady_state(work / f"steady-{inside}", inside, minutes, args.seed)
-                                 for inside, minutes in ((args.shoppers, STEADY_BUSY_MIN),
-                                                         (args.shoppers // 10, STEADY_MIN))]
+            figures["steady"] = [steady_state(work / "steady-crowd", args.shoppers, STEADY_BUSY_MIN, args.seed)]
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
