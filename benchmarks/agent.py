@@ -634,6 +634,8 @@ def footfall_pairs(workdir: Path, shoppers: int, minutes: float, seed: int) -> d
             "cpu_s_per_estimate": [e["cpu_s_total"] / e["estimates"] for e in estimates if e.get("estimates")]}
 
 
+STEADY_READ = 700_000
+"""Receptions of the crowd's recording read (its first; the crowd is still building up at the end of them)."""
 STEADY_HELD = (100_000, 250_000, 500_000)
 """Receptions held by the stage when an estimate is timed: the new default max_probes and either side."""
 
@@ -655,10 +657,12 @@ def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[
     last = config.start_ts
     with err.status("reading the recording as the stage holds it …"):
         for observation in RecordReader(recording / "observations.jsonl", Observation):
+            if stage.stats.accepted >= STEADY_READ:
+                break
             stage.add(observation)
-            last = max(last, observation.ts)
+            last = observation.ts
     stage.step(config.start_ts, 0.0)
-    stage.step(last + 60.0, 0.0)  # the first estimate folds in what it holds, the newest max_probes
+    stage.step(last, 0.0)  # the first estimate folds in what it holds, the newest max_probes
     rows = stage.held_rows()
     figures = []
     for held in STEADY_HELD:
