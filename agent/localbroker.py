@@ -138,15 +138,16 @@ def example_site_for(workdir: Path, port: int, *, host: str = "127.0.0.1", extra
     """A copy of the example store whose uplink goes to ``host:port`` and state to ``workdir/state``.
 
     Status every 5 s rather than 60, so a run of a minute shows it changing.
-    ``nodes_port`` moves its ``[nodes]`` broker (on 127.0.0.1) to that port;
+    Its ``[nodes]`` broker (on 127.0.0.1) moves to ``nodes_port``, by default the uplink's
+    ``port``: a copy never listens to whatever broker the machine runs on 1883.
     ``extra`` is TOML appended as is.
     """
     text = EXAMPLE_SITE.read_text(encoding="utf-8")
     text = re.sub(r'(\[uplink\]\nhost = )"[^"]*"\nport = \d+', f'\\1"{host}"\nport = {port}', text)
-    if nodes_port is not None:
-        text, count = re.subn(r'(\[nodes\]\n(?:#[^\n]*\n)*host = "127\.0\.0\.1"\nport = )\d+', f"\\g<1>{nodes_port}", text)
-        if count != 1:
-            raise ValueError("the example site has no [nodes] host = \"127.0.0.1\" and port to move")
+    text, count = re.subn(r'(\[nodes\]\n(?:#[^\n]*\n)*host = "127\.0\.0\.1"\nport = )\d+',
+                          f"\\g<1>{port if nodes_port is None else nodes_port}", text)
+    if count != 1:
+        raise ValueError("the example site has no [nodes] host = \"127.0.0.1\" and port to move")
     text = text.replace('state_dir = "/var/lib/santi"', f'state_dir = "{workdir / "state"}"')
     text = text.replace("status_interval_s = 60", "status_interval_s = 5")
     path = workdir / "site.toml"
