@@ -93,7 +93,7 @@ class Unstorable(HqStoreError):
     """The database refused the data itself (not the connection): the event is at fault, not the store."""
 
 
-class _Separately(Exception):
+class _Separately(HqStoreError):
     """Raised inside :meth:`Store.ingest_then`'s transaction for work that needs its own: it is redone apart."""
 
 
