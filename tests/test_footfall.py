@@ -193,6 +193,9 @@ def test_the_demo_prints_the_counts_beside_the_truth(site_path: Path, tmp_path: 
     assert (f"entries 10-70 min: counted {hour.entries:.0f} ± {hour.entries_sd:.0f}, "
             f"truth {rec.entries(HOUR, HOUR + 3600.0)}") in text
     assert text.count("\n│") <= SHOWN_SAMPLES + 1
+    assert all(e.count_sd == 0 for e in samples)  # FootfallConfig() is uncalibrated: no spread is known
+    assert "± 0.0" not in text
+    assert "no spread given: the count is uncalibrated" in text
     empty = io.StringIO()
     print_beside_truth(Console(file=empty), [], inside_at, entries_in, START)
     assert "no occupancy or footfall counts" in empty.getvalue()

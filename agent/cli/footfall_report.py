@@ -39,9 +39,12 @@ def print_beside_truth(console: Console, events: Sequence[Event], inside_at: Tru
         shown = np.unique(np.linspace(0, len(samples) - 1, min(SHOWN_SAMPLES, len(samples))).round().astype(int))
         for index in shown:
             event = samples[index]
-            table.add_row(f"{(at[index] - start_ts) / 60:.1f}", f"{event.count:.1f} ± {event.count_sd:.1f}",
+            table.add_row(f"{(at[index] - start_ts) / 60:.1f}", _spread(event.count, event.count_sd, ".1f"),
                           f"{truth[index]:.0f}")
         console.print(table)
+        if not any(e.count_sd for e in samples):
+            console.print("no spread given: the count is uncalibrated ([footfall] people_per_device, "
+                          "people_offset and residual_sd not fitted for this store)")
         error = np.abs(np.array([e.count for e in samples]) - truth)
         console.print(f"occupancy over {len(samples)} samples: mean absolute error {error.mean():.1f} persons, "
                       f"mean inside {truth.mean():.1f}")
@@ -49,4 +52,9 @@ def print_beside_truth(console: Console, events: Sequence[Event], inside_at: Tru
         start, end = event.interval_start.timestamp(), event.interval_end.timestamp()
         real = float(entries_in(np.array([start, end]))[0])
         console.print(f"entries {(start - start_ts) / 60:.0f}-{(end - start_ts) / 60:.0f} min: "
-                      f"counted {event.entries:.0f} ± {event.entries_sd:.0f}, truth {real:.0f}")
+                      f"counted {_spread(event.entries, event.entries_sd, '.0f')}, truth {real:.0f}")
+
+
+def _spread(value: float, sd: float, form: str) -> str:
+    """``value ± sd``, or the value alone when no spread is known (an sd of 0 would claim certainty)."""
+    return f"{value:{form}} ± {sd:{form}}" if sd else f"{value:{form}}"
