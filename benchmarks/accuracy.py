@@ -17,7 +17,7 @@ calibrate fit` fits the receivers (and keeps a radio map if its check says
 so), and the shoppers are located again with the calibrated config. The
 uncalibrated and calibrated figures are reported side by side, each also
 with the tracker estimating every phone's TX offset (`[tracking]
-phone_offset_db = 4`, eq. (16) of positioning.tracker), and calibrated once
+phone_offset_db = 4`, eq. (16) of positioning.ekf), and calibrated once
 more with the carrier's body expected too (`body_loss_db = 3`, eq. (20)).
 `calibrate fit` writes the sector fingerprint (eq. (18) of
 positioning.fingerprint) with every calibrated config, so the calibrated

@@ -68,7 +68,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from positioning.fingerprint import Fingerprint, fuse
 from positioning.geometry import LabelRaster, nearest_cells
-from positioning.tracker import IdRows
+from positioning.rows import IdRows
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import fields
 
 from agent.config import TrackingConfig
+from positioning.ekf import update
 from positioning.sectors import (
     SECTOR_HOLD_S,
     SECTOR_MARGIN_M,
@@ -14,7 +15,7 @@ from positioning.sectors import (
     SectorTracker,
     hmm_step,
 )
-from positioning.tracker import TrackerConfig, update
+from positioning.tracker import TrackerConfig
 
 
 def _defaults(function: Callable[..., object]) -> dict[str, object]:

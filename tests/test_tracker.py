@@ -7,22 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from positioning.multilaterate import fix
-from positioning.pathloss import Receivers, rssi_at_distance, slant_distance
-from positioning.tracker import (
-    Tracker,
-    TrackerConfig,
+from positioning.ekf import (
     birth_covariance,
     birth_positions,
     body_loss,
     clamp,
-    combine,
     measure,
-    mix,
-    mode_transitions,
     predict,
     update,
 )
+from positioning.imm import combine, mix, mode_transitions
+from positioning.multilaterate import fix
+from positioning.pathloss import Receivers, rssi_at_distance, slant_distance
+from positioning.tracker import Tracker, TrackerConfig
 
 XY = np.array([[0, 0], [20, 0], [20, 20], [0, 20], [10, 0], [20, 10], [10, 20], [0, 10]], float)
 RX_XYZ = np.column_stack([XY, np.full(len(XY), 2.8)])
