@@ -36,8 +36,8 @@ the wait for the window to close, locator, outbox and uplink. Its two parts
 are shown beside it: the hold, and decided -> broker.
 
 Against ground truth, a second figure adds how long the positioning takes
-to put the estimate in the new sector. The shoppers' true paths are
-re-planned from the simulator's seed streams, which gives each app phone's
+to put the estimate in the new sector. ``simulator.run.planned_truth``
+draws the shoppers as the simulation does, which gives each app phone's
 pseudonym and the times its carrier stepped into each sector. Each
 ``sector.entered`` of an app phone is matched to that carrier's true entry
 into that sector nearest the time the agent dates the entry to (within
@@ -125,13 +125,11 @@ from agent.errors import SantiError  # noqa: E402
 from agent.footfall import FootfallStage  # noqa: E402
 from agent.localbroker import Broker, example_site_for  # noqa: E402
 from agent.observations import Observation  # noqa: E402
-from agent.privacy import Pseudonymizer  # noqa: E402
 from agent.replayfile import RecordReader  # noqa: E402
 from positioning.occupancy import estimate_occupancy  # noqa: E402
 from simulator.anonymous import CrowdConfig  # noqa: E402
-from simulator.run import SIM_SECRET, PhoneConfig, SimConfig, phone_for, simulate  # noqa: E402
-from simulator.shoppers import plan_shoppers  # noqa: E402
-from simulator.store import Store  # noqa: E402
+from simulator.run import PhoneConfig, SimConfig, planned_truth, simulate  # noqa: E402
+from simulator.truth import PlannedTruth  # noqa: E402
 
 RAMP_S = 30.0
 """Every shopper arrives within this many seconds of the start."""
@@ -155,7 +153,6 @@ MATCH_S = 20.0
 TIMELINE_MATCH_S = 0.002
 """Largest gap between an event's ts and the crossing in its ``sector decided`` line (ms rounding)."""
 
-TRUTH_STEP_S = 0.1
 SAMPLE_EVERY_S = 0.5
 CPU_SLICE_S = 10.0
 LATENCY_BUDGET_S = 2.0
@@ -196,58 +193,6 @@ def simulate_prefix(site: SiteConfig, config: SimConfig, out_dir: Path, seconds:
     with contextlib.suppress(_Enough):
         simulate(site, config, out_dir, enough)
     return out_dir / "observations.jsonl"
-
-
-@dataclass
-class PlannedTruth:
-    """What the simulated shoppers did, in store time (epoch seconds).
-
-    entries: app-phone pseudonym -> (time, sector id) of each step into a
-    sector, the first being the arrival; enter, leave (n,) of every shopper.
-    """
-
-    entries: dict[str, list[tuple[float, str]]]
-    enter: np.ndarray
-    leave: np.ndarray
-
-    def inside(self, at: np.ndarray) -> np.ndarray:
-        """Shoppers in the store at each time of ``at``."""
-        inside: np.ndarray = ((self.enter[None, :] <= at[:, None]) & (self.leave[None, :] > at[:, None])).sum(axis=1)
-        return inside
-
-
-def ground_truth(site: SiteConfig, config: SimConfig) -> PlannedTruth:
-    """Re-plan the shoppers and their phones from the seed streams ``simulate`` draws them from.
-
-    ``simulate`` gives mobility the first and phones the second of four
-    children of the seed, and draws every phone in shopper order; the
-    caller checks the pseudonyms against the recording, so a change there
-    fails loudly instead of skewing the figures.
-    """
-    store = Store.of(site)
-    mobility_seed, phone_seed, _, _ = np.random.SeedSequence(config.seed).spawn(4)
-    plans = plan_shoppers(store, config.mobility, config.shoppers, config.minutes * 60.0, mobility_seed)
-    phone_rng = np.random.default_rng(phone_seed)
-    has_app = phone_rng.random(len(plans)) < config.phones.app_share
-    pseudo = Pseudonymizer(SIM_SECRET, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
-    t0 = config.start_ts
-    entries: dict[str, list[tuple[float, str]]] = {}
-    enter, leave = [], []
-    for plan, app in zip(plans, has_app, strict=True):
-        phone = phone_for(plan, bool(app), config.phones, phone_rng)
-        path = plan.path
-        assert path is not None
-        enter.append(t0 + path.start)
-        leave.append(t0 + path.end)
-        if not app:
-            continue
-        times = np.append(np.arange(path.start, path.end, TRUTH_STEP_S), path.end)
-        labels = store.label(path.at(times))
-        steps = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1])
-        emitter = pseudo.pseudonym("ble", phone.raw[0], t0 + path.start)
-        entries[emitter] = [(t0 + float(times[i]), store.sector_ids[labels[i]])
-                            for i in steps if labels[i] < len(store.sector_ids)]
-    return PlannedTruth(entries, np.array(enter), np.array(leave))
 
 
 def observation_times(path: Path, emitters: set[str]) -> dict[str, list[float]]:
@@ -505,7 +450,7 @@ def latency_figures(run: AgentRun, truth: PlannedTruth, observations: Path, t0: 
     ble_subjects = {e["subject"] for e in entered if e["visit_id"] not in wifi}
     if ble_subjects and len(known) < 0.95 * len(ble_subjects):
         raise RuntimeError(f"only {len(known)} of {len(ble_subjects)} visitors are simulated app phones: "
-                           "ground_truth() no longer draws phones as simulator.run.simulate does")
+                           "planned_truth() no longer names the app phones as the recording does")
     heard = observation_times(observations, known)
     k = agent_clock_origin(run.samples, t0)
     used: set[tuple[str, float]] = set()
@@ -694,7 +639,7 @@ def load_run(workdir: Path, shoppers: int, minutes: float, seed: int) -> dict[st
         config = SimConfig(shoppers=shoppers, minutes=RAMP_S / 60.0, seed=seed)
         with err.status(f"simulating {shoppers} shoppers …"):
             observations = simulate_prefix(site, config, workdir / "sim", WARMUP_S + measure_s + TAIL_S)
-            truth = ground_truth(site, config)
+            truth = planned_truth(site, config)
         run = run_agent(site_path, observations, workdir, broker, f"agent, {shoppers} shoppers",
                         WARMUP_S + measure_s + TAIL_S, debug=True)
     finally:

@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +52,7 @@ from simulator.truth import (
     EmitterTruth,
     FixtureTruth,
     PasserTruth,
+    PlannedTruth,
     PositionTruth,
     RunTruth,
     ShopperTruth,
@@ -250,8 +252,8 @@ def _signature(cache: dict[tuple[int, int], str], model: int, period: int, ts: f
     return cache[key]
 
 
-def _visits(store: Store, plan: ShopperPlan, shopper_id: str, t0: float) -> Iterator[VisitTruth]:
-    """Sector stretches of a path, from its position every 0.1 s."""
+def _stretches(store: Store, plan: ShopperPlan, t0: float) -> Iterator[tuple[str, float, float]]:
+    """Sector stretches (sector id, enter, exit; store time) of a path, from its position every 0.1 s."""
     assert plan.path is not None
     times = np.arange(plan.path.start, plan.path.end, 0.1)
     times = np.append(times, plan.path.end)
@@ -262,8 +264,83 @@ def _visits(store: Store, plan: ShopperPlan, shopper_id: str, t0: float) -> Iter
     for a, b in zip(starts, ends, strict=True):
         sector = int(labels[a])
         if sector < len(store.sector_ids):
-            yield VisitTruth(shopper_id=shopper_id, sector=store.sector_ids[sector],
-                             enter_ts=round(t0 + times[a], 3), exit_ts=round(t0 + times[b], 3))
+            yield store.sector_ids[sector], t0 + float(times[a]), t0 + float(times[b])
+
+
+def _visits(store: Store, plan: ShopperPlan, shopper_id: str, t0: float) -> Iterator[VisitTruth]:
+    for sector, enter, leave in _stretches(store, plan, t0):
+        yield VisitTruth(shopper_id=shopper_id, sector=sector, enter_ts=round(enter, 3), exit_ts=round(leave, 3))
+
+
+class Seeds(NamedTuple):
+    """The run's independent random streams: children of `SimConfig.seed`, spawned in this order.
+
+    The order is part of the output: a stream added at the end leaves every
+    earlier one, and so the shoppers and their phones, as they were.
+    """
+
+    mobility: np.random.SeedSequence
+    phone: np.random.SeedSequence
+    channel: np.random.SeedSequence
+    card: np.random.SeedSequence
+    posture: np.random.SeedSequence
+    crowd: np.random.SeedSequence
+
+    @classmethod
+    def of(cls, seed: int) -> Seeds:
+        return cls(*np.random.SeedSequence(seed).spawn(len(cls._fields)))
+
+
+@dataclass(frozen=True)
+class Cast:
+    """A run's shoppers and what they carry: plans, who has the app, their phones, the phones' heights (m)."""
+
+    plans: list[ShopperPlan]
+    has_app: NDArray[np.bool_]
+    phones: list[Phone]
+    heights: FloatArray
+
+
+def cast(store: Store, config: SimConfig, seeds: Seeds, height: float, *, survey: bool = False) -> Cast:
+    """Draw the shoppers and their phones, for `simulate` and for `planned_truth` alike.
+
+    One home for the draws, so the planned truth a benchmark matches the
+    agent's events against is the recording's by construction.
+    """
+    if survey:
+        plans = [survey_plan(store)]
+    else:
+        plans = plan_shoppers(store, config.mobility, config.shoppers, config.minutes * 60.0, seeds.mobility)
+    phone_rng = np.random.default_rng(seeds.phone)
+    has_app = phone_rng.random(len(plans)) < config.phones.app_share
+    phones = [phone_for(plan, bool(app), config.phones, phone_rng, config.crowd)
+              for plan, app in zip(plans, has_app, strict=True)]
+    heights = np.clip(height + config.phones.phone_height_sigma_m * phone_rng.normal(size=len(plans)), 0.2, 2.5)
+    return Cast(plans, has_app, phones, heights)
+
+
+def _pseudonymizer(site: SiteConfig) -> Pseudonymizer:
+    return Pseudonymizer(SIM_SECRET, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
+
+
+def planned_truth(site: SiteConfig, config: SimConfig) -> PlannedTruth:
+    """What `simulate` would record of the shoppers (truth.jsonl), without simulating the radio.
+
+    Each app phone is keyed by the pseudonym of its BLE address at the
+    shopper's arrival, as the recording names it then; its entries are the
+    enter times of the sector visits truth.jsonl holds, unrounded.
+    """
+    store = Store.of(site)
+    shoppers = cast(store, config, Seeds.of(config.seed), site.tracking.emitter_height_m)
+    pseudo = _pseudonymizer(site)
+    t0 = config.start_ts
+    entries: dict[str, list[tuple[float, str]]] = {}
+    spans = np.array([_span(plan) for plan in shoppers.plans]).reshape(-1, 2)
+    for plan, app, phone in zip(shoppers.plans, shoppers.has_app, shoppers.phones, strict=True):
+        if app:
+            emitter = pseudo.pseudonym("ble", phone.raw[0], t0 + _span(plan)[0])
+            entries[emitter] = [(enter, sector) for sector, enter, _ in _stretches(store, plan, t0)]
+    return PlannedTruth(entries, t0 + spans[:, 0], t0 + spans[:, 1])
 
 
 SURVEY_PHONES = PhoneConfig(app_share=1.0, card_share=0.0, foreign_card_share=0.0, wifi_share=1.0,
@@ -282,27 +359,20 @@ def simulate(
     """
     store = Store.of(site)
     arrays = site_arrays(site)
-    mobility_seed, phone_seed, channel_seed, card_seed, posture_seed, crowd_seed = (
-        np.random.SeedSequence(config.seed).spawn(6))
+    seeds = Seeds.of(config.seed)
     static_seed = store_seed(site.store.id) if config.store_seed is None else config.store_seed
-    if survey:
-        plans = [survey_plan(store)]
-    else:
-        plans = plan_shoppers(store, config.mobility, config.shoppers, config.minutes * 60.0, mobility_seed)
-    pseudo = Pseudonymizer(SIM_SECRET, site.store.id, site.privacy.salt_rotation_hours * 3600.0)
-    t0 = config.start_ts
-    phone_rng = np.random.default_rng(phone_seed)
-    card_rng = np.random.default_rng(card_seed)
-    channel = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox, config.channel,
-                      np.random.default_rng(channel_seed), np.random.default_rng(static_seed))
     height = site.tracking.emitter_height_m
+    shoppers = cast(store, config, seeds, height, survey=survey)
+    plans, has_app, heights = shoppers.plans, shoppers.has_app, shoppers.heights
+    phones = list(shoppers.phones)
+    pseudo = _pseudonymizer(site)
+    t0 = config.start_ts
+    card_rng = np.random.default_rng(seeds.card)
+    channel = Channel(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.bbox, config.channel,
+                      np.random.default_rng(seeds.channel), np.random.default_rng(static_seed))
 
-    has_app = phone_rng.random(len(plans)) < config.phones.app_share
-    phones = [phone_for(plan, bool(app), config.phones, phone_rng, config.crowd)
-              for plan, app in zip(plans, has_app, strict=True)]
-    heights = np.clip(height + config.phones.phone_height_sigma_m * phone_rng.normal(size=len(plans)), 0.2, 2.5)
     walks: list[Walk] = [plan.path for plan in plans if plan.path is not None]
-    extras = _crowd(store, config, len(plans), max(walk.end for walk in walks), crowd_seed)
+    extras = _crowd(store, config, len(plans), max(walk.end for walk in walks), seeds.crowd)
     phones += extras.phones
     walks += extras.walks
     end = max(walk.end for walk in walks)
@@ -337,7 +407,7 @@ def simulate(
     # One offset per device (BLE and every probe MAC alike); the technician's reference tag is the one
     # the receivers' models are stated for, so it has none.
     offsets = np.zeros(len(walks)) if survey else channel.device_offsets(len(walks))
-    posture_rng = np.random.default_rng(posture_seed)
+    posture_rng = np.random.default_rng(seeds.posture)
     turning = [turns(posture_rng, *_span(plan), config.channel.turn_interval_s, config.channel.turn_sigma_rad)
                for plan in plans] + [(np.empty(0), np.empty(0))] * len(extras.walks)
     listens = np.array([[kind in ("ble", "node"), kind == "wifi"] for kind in arrays.kinds]).T  # (2, m)

@@ -179,6 +179,24 @@ class Truth:
         return counts.astype(np.float64)
 
 
+@dataclass
+class PlannedTruth:
+    """What the shoppers of a run will do, in store time (epoch seconds), from `simulator.run.planned_truth`.
+
+    entries: app-phone pseudonym -> (time, sector id) of each step into a
+    sector, the first being the arrival; enter, leave (n,) of every shopper.
+    """
+
+    entries: dict[str, list[tuple[float, str]]]
+    enter: FloatArray
+    leave: FloatArray
+
+    def inside(self, at: FloatArray) -> NDArray[np.intp]:
+        """Shoppers in the store at each time of ``at``."""
+        inside: NDArray[np.intp] = ((self.enter[None, :] <= at[:, None]) & (self.leave[None, :] > at[:, None])).sum(axis=1)
+        return inside
+
+
 def gather(records: Iterable[TruthRecord]) -> Truth:
     """Group truth records by kind; positions become per-shopper arrays sorted by time."""
     truth = Truth()

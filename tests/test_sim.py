@@ -18,8 +18,9 @@ from agent.observations import CardTap, Observation
 from agent.replayfile import read_records
 from agent.site_arrays import site_arrays
 from positioning.pathloss import rssi_at_distance, slant_distance
+from simulator.anonymous import CrowdConfig
 from simulator.channel import CHANNELS, Channel, ChannelConfig, store_seed, turns
-from simulator.run import SimConfig, loyalty_id, observation_line, simulate
+from simulator.run import SimConfig, loyalty_id, observation_line, planned_truth, simulate
 from simulator.shoppers import MobilityConfig
 from simulator.store import Store
 from simulator.truth import PositionTruth, TruthRecord, read_truth
@@ -214,6 +215,25 @@ def test_any_seed_gives_complete_visits(seed: int, shoppers: int) -> None:
         assert list(ends) == [store.entrance, store.entrance]
         inside = store.label(plan.path.at(np.linspace(plan.path.start, plan.path.end, 400)))
         assert np.all(inside < len(store.sectors))  # never through a wall
+
+
+@pytest.mark.parametrize("crowd", [CrowdConfig(), CrowdConfig(anon_ble_share=0.6, passers=20, fixtures=2)],
+                         ids=["shoppers", "with-crowd"])
+def test_planned_truth_is_what_simulate_records(tmp_path: Path, site: object, crowd: CrowdConfig) -> None:
+    """The benchmark's truth without the radio: same shoppers, app phones' pseudonyms and sector entries."""
+    config = SimConfig(shoppers=10, minutes=3, seed=7, mobility=SHORT, crowd=crowd)
+    simulate(site, config, tmp_path)  # type: ignore[arg-type]
+    planned = planned_truth(site, config)  # type: ignore[arg-type]
+    truth = read_truth(tmp_path / "truth.jsonl")
+    shoppers = sorted(truth.shoppers.values(), key=lambda s: s.shopper_id)
+    assert [round(float(t), 3) for t in planned.enter] == [s.enter_ts for s in shoppers]
+    assert [round(float(t), 3) for t in planned.leave] == [s.leave_ts for s in shoppers]
+    owners = {emitter: truth.shopper_of(emitter) or "unheard" for emitter in planned.entries}
+    assert sorted(owners.values()) == [s.shopper_id for s in shoppers if s.has_app]
+    for emitter, entries in planned.entries.items():
+        visits = truth.visits[owners[emitter]]
+        assert [(round(t, 3), sector) for t, sector in entries] == [(v.enter_ts, v.sector) for v in visits]
+    assert sum(map(len, planned.entries.values())) >= 3 * len(planned.entries) > 0
 
 
 def test_truth_header_records_the_channel(run_dir: Path) -> None:
