@@ -23,6 +23,15 @@ would count it twice).
 Time: the service steps the stage with its steady store time ``t`` (the
 locator's time base, which observations are dated in) and the wall offset;
 hours are whole hours of the wall clock, so HQ can add stores up.
+
+Threads: an estimate over a full window takes a second or more of CPU
+(benchmarks/README.md), too long for the agent's event loop, which would
+stop ingesting, uplinking and stepping sectors meanwhile. So the stage's
+work comes in three parts: `FootfallStage.due` (on the loop: what is due,
+with a read-only snapshot of the receptions it needs), `EstimateJob.run`
+(anywhere, touching nothing shared: the service runs it in a worker thread)
+and `FootfallStage.finish` (on the loop: the events and the figures).
+`FootfallStage.step` does all three in one call for callers without a loop.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,6 +69,50 @@ _KEY_MASK = (1 << 63) - 1
 Row = tuple[float, int, int, int, bool, float, int]
 
 
+@dataclass(frozen=True)
+class EstimateJob:
+    """One estimate the stage wants, with everything it reads: running it touches nothing the loop holds.
+
+    ``rows`` is the held window at the time it was asked for, read-only (the
+    stage never writes into its arrays in place; it replaces them), so new
+    receptions and folds on the loop meanwhile do not reach it.
+    """
+
+    kind: Literal["sample", "hour"]
+    now: float
+    """Store time the estimate is taken at (eq. 39 counts at now - L)."""
+    rows: NDArray[np.void]
+    config: EstimateConfig
+    t: float
+    """Store time of the step that asked for it: the event's ``ts``."""
+    wall_offset: float
+    start_wall: float = math.nan
+    """For an hour: the wall time its interval starts."""
+    end_wall: float = math.nan
+
+    def run(self) -> EstimateResult:
+        """The pure estimate of eqs. (37)-(40) on the snapshot, and the CPU it took in this thread."""
+        rows = self.rows
+        started = time.thread_time()
+        estimate = estimate_occupancy(rows["t"], rows["mac"], rows["sig"], rows["seq"], rows["rnd"],
+                                      rows["z"], rows["rx"], self.now, config=self.config)
+        return EstimateResult(self, estimate, time.thread_time() - started)
+
+
+@dataclass(frozen=True)
+class EstimateResult:
+    """An estimate done, for `FootfallStage.finish`."""
+
+    job: EstimateJob
+    estimate: OccupancyEstimate
+    cpu_s: float
+
+
+def run_jobs(jobs: Sequence[EstimateJob]) -> list[EstimateResult]:
+    """The jobs one after the other (in a worker thread: the service hands this to ``asyncio.to_thread``)."""
+    return [job.run() for job in jobs]
+
+
 @dataclass
 class FootfallStats:
     """What ``agent.status`` and ``santi status`` say about the stage."""
@@ -66,13 +121,15 @@ class FootfallStats:
     dropped: Counter[str] = field(default_factory=Counter)
     estimates: int = 0
     cpu_s_last: float = 0.0
-    """CPU seconds the last estimate took (process time)."""
+    """CPU seconds the last estimate took (its thread's time)."""
     cpu_s_total: float = 0.0
     held: int = 0
     span_s: float = 0.0
     """How far back the held receptions reach at the last estimate: ``window_s``, or less when max_probes bit."""
     last: OccupancyEstimate | None = None
     """The last occupancy sample's estimate."""
+    last_error: str | None = None
+    """Why the last estimate that failed did (the service logs it; its counts are missing)."""
 
 
 class FootfallStage:
@@ -148,49 +205,73 @@ class FootfallStage:
     # -- counts out --------------------------------------------------------------
 
     def step(self, t: float, wall_offset: float) -> list[Event]:
-        """The events due at store time ``t``: a sample every ``interval_s``, a count after every whole hour."""
+        """The events due at store time ``t``, estimated here and now (`due`, `EstimateJob.run`, `finish`)."""
+        return self.finish(run_jobs(self.due(t, wall_offset)))
+
+    def due(self, t: float, wall_offset: float) -> list[EstimateJob]:
+        """The estimates due at store time ``t``: a sample every ``interval_s``, a count after every whole hour.
+
+        Each is scheduled once: a step that comes late (the service asks only
+        when no estimate is running) is answered for its own time, not for the
+        times it missed.
+        """
         wall = t + wall_offset
         if self._first_wall is None:
             self._first_wall = wall
             self._next_sample = self._after(t, self.config.interval_s)
             self._hour_end = self._after(wall, HOUR_S)
-        events: list[Event] = []
+        jobs: list[EstimateJob] = []
         if t >= self._next_sample:
             self._next_sample = self._after(t, self.config.interval_s)
-            estimate = self._run(t, self._estimate)
-            self.stats.last = estimate
-            events.append(self._occupancy(estimate, t, wall_offset))
+            jobs.append(EstimateJob("sample", t, self._snapshot(t), self._estimate, t, wall_offset))
         if wall - self.config.lead_s >= self._hour_end:
             end = self._hour_end
             self._hour_end = self._after(wall - self.config.lead_s, HOUR_S)
-            counted = self._footfall(end, t, wall_offset)
-            if counted is not None:
-                events.append(counted)
-        return events
+            jobs.extend(self._hour_job(end, t, wall_offset))
+        return jobs
 
     def close(self, t: float, wall_offset: float) -> list[Event]:
         """At shutdown, the hour so far (interval_end says where it stops), so a short run still reports entries."""
-        end = t + wall_offset - self.config.lead_s
-        counted = self._footfall(end, t, wall_offset) if self._first_wall is not None else None
-        return [] if counted is None else [counted]
+        return self.finish(run_jobs(self.closing(t, wall_offset)))
+
+    def closing(self, t: float, wall_offset: float) -> list[EstimateJob]:
+        """The estimate `close` makes: the hour up to ``t`` less the lead, if the stage has stepped in it."""
+        if self._first_wall is None:
+            return []
+        return self._hour_job(t + wall_offset - self.config.lead_s, t, wall_offset)
+
+    def finish(self, results: Sequence[EstimateResult]) -> list[Event]:
+        """The events of estimates done (in the order they were asked for), and the stage's figures from them."""
+        events: list[Event] = []
+        for result in results:
+            job, estimate = result.job, result.estimate
+            self.stats.estimates += 1
+            self.stats.cpu_s_last = result.cpu_s
+            self.stats.cpu_s_total += result.cpu_s
+            if job.kind == "sample":
+                self.stats.last = estimate
+                events.append(self._occupancy(estimate, job.t, job.wall_offset))
+            else:
+                events.append(FootfallCounted(
+                    **self._envelope(job.t + job.wall_offset), interval_start=utc_from_epoch(job.start_wall),
+                    interval_end=utc_from_epoch(job.end_wall), method="probe_stays",
+                    entries=estimate.entries, entries_sd=estimate.entries_sd))
+        return events
 
     @staticmethod
     def _after(x: float, period: float) -> float:
         """The first multiple of ``period`` after ``x``."""
         return (math.floor(x / period) + 1.0) * period
 
-    def _footfall(self, end_wall: float, t: float, wall_offset: float) -> FootfallCounted | None:
+    def _hour_job(self, end_wall: float, t: float, wall_offset: float) -> list[EstimateJob]:
         """Entries over [max(hour start, first step), end_wall): the whole hour, or what the stage saw of it."""
         assert self._first_wall is not None
         start_wall = max(math.floor(math.nextafter(end_wall, -math.inf) / HOUR_S) * HOUR_S, self._first_wall)
         if end_wall <= start_wall:
-            return None
+            return []
+        now = end_wall - wall_offset + self.config.lead_s
         config = replace(self._estimate, interval_s=end_wall - start_wall)
-        estimate = self._run(end_wall - wall_offset + self.config.lead_s, config)
-        return FootfallCounted(
-            **self._envelope(t + wall_offset), interval_start=utc_from_epoch(start_wall),
-            interval_end=utc_from_epoch(end_wall), method="probe_stays",
-            entries=estimate.entries, entries_sd=estimate.entries_sd)
+        return [EstimateJob("hour", now, self._snapshot(now), config, t, wall_offset, start_wall, end_wall)]
 
     def _occupancy(self, estimate: OccupancyEstimate, t: float, wall_offset: float) -> OccupancySampled:
         end = estimate.at + wall_offset
@@ -204,23 +285,21 @@ class FootfallStage:
         return {"event_id": uuid7(int(wall * 1000)), "store_id": self.site.store.id, "agent_id": agent_id,
                 "ts": utc_from_epoch(wall), "subject": agent_id}
 
-    def _run(self, now: float, config: EstimateConfig) -> OccupancyEstimate:
-        """Fold the waiting receptions in, forget what the window no longer covers, and estimate at ``now``."""
+    def _snapshot(self, now: float) -> NDArray[np.void]:
+        """Fold the waiting receptions in, forget what the window no longer covers: the rows an estimate at ``now`` reads.
+
+        The array is made read-only and never written again: a fold or a trim
+        replaces ``_rows``, so a job holding it sees the window as it was.
+        """
         self._fold()
         keep = self._rows["t"] >= now - self.config.window_s
         if not keep.all():
             self._rows = self._rows[keep]
         rows = self._rows
-        started = time.process_time()
-        estimate = estimate_occupancy(rows["t"], rows["mac"], rows["sig"], rows["seq"], rows["rnd"],
-                                      rows["z"], rows["rx"], now, config=config)
-        spent = time.process_time() - started
-        self.stats.estimates += 1
-        self.stats.cpu_s_last = spent
-        self.stats.cpu_s_total += spent
-        self.stats.held = int(self._rows.size)
+        rows.flags.writeable = False
+        self.stats.held = int(rows.size)
         self.stats.span_s = float(now - rows["t"].min()) if rows.size else 0.0
-        return estimate
+        return rows
 
     def held_rows(self) -> NDArray[np.void]:
         """The receptions held after the last estimate's fold, oldest first as they came (benchmarks time on them)."""
@@ -236,7 +315,7 @@ class FootfallStage:
     def status_line(self) -> dict[str, object]:
         """The stage as a line of the status file's sources: what it took, what it dropped."""
         return {"state": "up", "accepted": self.stats.accepted, "rate_per_s": None,
-                "dropped": dict(self.stats.dropped), "last_error": None}
+                "dropped": dict(self.stats.dropped), "last_error": self.stats.last_error}
 
     def status(self, wall_offset: float) -> dict[str, object]:
         """The stage's figures for ``santi status``: the last count, the window held, the CPU an estimate took."""

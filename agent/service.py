@@ -20,6 +20,11 @@ durations and the outbox's age bound run on ``self.clock``, a
 ``SteadyClock`` that advances with the monotonic clock (an injected clock,
 a replay's, is taken as already steady); the wall clock only dates events,
 so a jump forward or back is logged once and changes nothing else.
+
+The counting stage's estimates (``[footfall]``) run in a worker thread, one
+batch at a time: a window starts the batch that is due when none is
+running and stores the events of the one that finished. Shutdown waits for
+a running batch and then counts the hour so far, so no count is lost.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from agent.config import ConfigError, SiteConfig, load_site, site_warnings
 from agent.events import AgentStatus, Event, SourceStatus, utc_from_epoch, uuid7
-from agent.footfall import FootfallStage
+from agent.footfall import EstimateJob, FootfallStage, run_jobs
 from agent.locator import Locator
 from agent.observations import AppBeacon, CardTap, Observation, Reading
 from agent.outbox import Outbox, OutboxError, OutboxFull, with_outbox_figures
@@ -120,6 +125,8 @@ class Service:
         self.locator = Locator(site)
         self.footfall = _footfall_stage(site)
         """The occupancy and footfall count, when ``[footfall]`` is configured and enabled."""
+        self.counting: asyncio.Task[list[Event]] | None = None
+        """The counting stage's estimates running in a worker thread, if any (its events are stored when done)."""
         self.stats = ServiceStats()
         self.stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -276,9 +283,7 @@ class Service:
         offset = self.clock.offset
         if offset and taps:  # a tap is dated by the wall clock; the locator's time is steady
             taps = [tap.model_copy(update={"ts": tap.ts - offset}) for tap in taps]
-        events = self.locator.window(t, observations, taps, wall_offset=offset)
-        if self.footfall is not None:
-            events = [*events, *self.footfall.step(t, offset)]
+        events = [*self.locator.window(t, observations, taps, wall_offset=offset), *self._counts(t, offset)]
         self.stats.windows += 1
         if events:
             self._store(events)
@@ -299,6 +304,46 @@ class Service:
         if time.monotonic() - self._status_written >= STATUS_FILE_EVERY_S:
             self._write_status_file()
         self._notify_status()
+
+    def _counts(self, t: float, offset: float) -> list[Event]:
+        """The events of the estimates that finished since the last window; the ones due now, started if none runs."""
+        events: list[Event] = []
+        if self.counting is not None and self.counting.done():
+            events = self._counted()
+        if self.footfall is not None and self.counting is None:
+            jobs = self.footfall.due(t, offset)
+            if jobs:
+                self.counting = asyncio.get_running_loop().create_task(
+                    self._estimate(self.footfall, jobs), name="footfall-estimate")
+        return events
+
+    @staticmethod
+    async def _estimate(stage: FootfallStage, jobs: Sequence[EstimateJob]) -> list[Event]:
+        """The jobs in a worker thread (they read only their snapshots), then their events from the stage."""
+        return stage.finish(await asyncio.to_thread(run_jobs, jobs))
+
+    def _counted(self) -> list[Event]:
+        """The finished estimate task's events; a failure is logged and its counts are missing, not the agent."""
+        task, self.counting = self.counting, None
+        assert task is not None
+        try:
+            return task.result()
+        except Exception as exc:  # a bug in the estimator must not stop the visits and uplink
+            log.exception("footfall estimate failed; its counts are missing")
+            if self.footfall is not None:
+                self.footfall.stats.last_error = f"estimate failed: {exc!r}"
+            return []
+
+    async def _final_counts(self, t: float) -> list[Event]:
+        """At shutdown: the running estimate's events, then the hour so far, both awaited (no count is lost)."""
+        events: list[Event] = []
+        if self.counting is not None:
+            await asyncio.wait([self.counting])
+            events = self._counted()
+        if self.footfall is not None:
+            stage = self.footfall
+            events.extend(stage.finish(await asyncio.to_thread(run_jobs, stage.closing(t, self.clock.offset))))
+        return events
 
     def _store(self, events: Sequence[Event] | AgentStatus) -> None:
         """Append to the outbox; a disk still full after evicting loses these events, logged, and the agent goes on."""
@@ -340,9 +385,7 @@ class Service:
         if self.outbox is not None:
             try:
                 self._step(t)
-                closing = self.locator.close(t)
-                if self.footfall is not None:
-                    closing = [*closing, *self.footfall.close(t, self.clock.offset)]
+                closing = [*self.locator.close(t), *(await self._final_counts(t))]
                 if closing:
                     self._store(closing)
                 self._store(self._status(t, state="draining"))

@@ -81,7 +81,11 @@ number inside for ``STEADY_BUSY_MIN`` minutes, read into
 ``agent.footfall.FootfallStage`` as the service hands it receptions, and
 one estimate timed over the newest 100,000, 250,000 and 500,000 of them
 (median of 3, process CPU), with how far back they reach. It is not scored
-against the truth (benchmarks/footfall.py does that).
+against the truth (benchmarks/footfall.py does that). And the loop's stall
+(``--footfall stall``): an in-process service whose stage holds a full
+window of that crowd, replaying what came next at 1×, with a 5 ms heartbeat
+in its event loop, same run with the stage off, estimating in the loop (as
+before 2026-12-05) and in a worker thread; how late the heartbeat wakes.
 
     .venv/bin/python benchmarks/agent.py                       # a table, about 5 minutes
     .venv/bin/python benchmarks/agent.py --minutes 10 --json   # a longer window, JSON
@@ -90,6 +94,7 @@ against the truth (benchmarks/footfall.py does that).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import bisect
 import contextlib
 import json
@@ -122,10 +127,14 @@ from rich.table import Table  # noqa: E402
 
 from agent.config import SiteConfig, load_site  # noqa: E402
 from agent.errors import SantiError  # noqa: E402
+from agent.events import Event  # noqa: E402
 from agent.footfall import FootfallStage  # noqa: E402
 from agent.localbroker import Broker, example_site_for  # noqa: E402
 from agent.observations import Observation  # noqa: E402
-from agent.replayfile import RecordReader  # noqa: E402
+from agent.replayclock import ReplayClock  # noqa: E402
+from agent.replayfile import RecordReader, write_records  # noqa: E402
+from agent.service import Service  # noqa: E402
+from agent.sources.replay import ReplaySource  # noqa: E402
 from positioning.occupancy import estimate_occupancy  # noqa: E402
 from simulator.anonymous import CrowdConfig  # noqa: E402
 from simulator.run import PhoneConfig, SimConfig, planned_truth, simulate  # noqa: E402
@@ -585,12 +594,12 @@ STEADY_HELD = (100_000, 250_000, 500_000)
 """Receptions held by the stage when an estimate is timed: the new default max_probes and either side."""
 
 
-def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[str, Any]:
-    """What one estimate costs once the stage is full: the newest N receptions of a simulated crowd of about
-    ``inside`` people (``minutes`` of arrivals), held as the stage holds them, timed (median of 3, process CPU)."""
+def steady_recording(workdir: Path, inside: int, minutes: float, seed: int) -> tuple[SiteConfig, SimConfig, Path]:
+    """The simulated crowd of about ``inside`` people (``minutes`` of arrivals, no app phones, passers-by three
+    times the shoppers, 4 fixed devices), simulated once per workdir: its site (with ``[footfall]``), config and
+    recording directory."""
     workdir.mkdir(parents=True, exist_ok=True)
     site = load_site(example_site_for(workdir, 1883, extra=FOOTFALL_SECTION))
-    assert site.footfall is not None
     shoppers = round(inside * minutes / MEAN_STAY_MIN)
     config = SimConfig(shoppers=shoppers, minutes=minutes, seed=seed, phones=PhoneConfig(app_share=0.0),
                        crowd=CrowdConfig(passers=3 * shoppers, fixtures=4))
@@ -598,6 +607,15 @@ def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[
     if not (recording / "observations.jsonl").is_file():  # a kept --workdir reuses its recording
         with err.status(f"simulating {shoppers} shoppers over {minutes:g} min, {3 * shoppers} passers-by …"):
             simulate(site, config, recording)
+    return site, config, recording
+
+
+def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[str, Any]:
+    """What one estimate costs once the stage is full: the newest N receptions of a simulated crowd of about
+    ``inside`` people (``minutes`` of arrivals), held as the stage holds them, timed (median of 3, process CPU)."""
+    site, config, recording = steady_recording(workdir, inside, minutes, seed)
+    assert site.footfall is not None
+    shoppers = config.shoppers
     stage = FootfallStage(site, site.footfall.model_copy(update={"max_probes": max(STEADY_HELD)}))
     last = config.start_ts
     with err.status("reading the recording as the stage holds it …"):
@@ -625,6 +643,88 @@ def steady_state(workdir: Path, inside: int, minutes: float, seed: int) -> dict[
                         "devices": estimate.devices, "count": estimate.count})
     return {"inside_wanted": inside, "shoppers": shoppers, "passers": 3 * shoppers, "fixtures": 4,
             "minutes": minutes, "receptions": int(rows.size), "held": figures}
+
+
+STALL_HELD = 250_000
+"""Receptions the stage holds when the stall is measured: the ``max_probes`` default, a full window."""
+STALL_REPLAY_S = 150.0
+"""Store seconds of the crowd replayed at 1× after them: two estimates at one a minute."""
+STALL_BEAT_S = 0.005
+"""The heartbeat's period in the agent's loop."""
+
+
+class InlineCounting(Service):
+    """The service as it was before 2026-12-05: the counting stage estimates in the loop (the "before" figure)."""
+
+    def _counts(self, t: float, offset: float) -> list[Event]:
+        return [] if self.footfall is None else self.footfall.step(t, offset)
+
+
+def loop_stall(workdir: Path, inside: int, seed: int) -> dict[str, Any]:
+    """How long the agent's event loop stops while the counting stage estimates, same run: off, in the loop, in a
+    worker thread.
+
+    An in-process `Service` whose stage first holds ``STALL_HELD`` receptions of the steady crowd, replaying the
+    next ``STALL_REPLAY_S`` of it at 1× (ingest, locator, outbox, uplink to a local broker); a task in its loop
+    wakes every ``STALL_BEAT_S`` and notes how late each wake-up is. What waits that long: the records the sources
+    hand in, the uplink's acknowledgements, the next window.
+    """
+    _, _, recording = steady_recording(workdir / "steady-crowd", inside, STEADY_BUSY_MIN, seed)
+    held: list[Observation] = []
+    after: list[Observation] = []
+    with err.status(f"reading {STALL_HELD:,} receptions and the {STALL_REPLAY_S:g} s after them …"):
+        for observation in RecordReader(recording / "observations.jsonl", Observation):
+            if len(held) < STALL_HELD:
+                if observation.tech == "wifi":
+                    held.append(observation)
+                continue
+            if observation.ts >= held[-1].ts + STALL_REPLAY_S:
+                break
+            after.append(observation)
+    replay = workdir / "stall"
+    replay.mkdir(parents=True, exist_ok=True)
+    write_records(replay / "observations.jsonl", after)
+    write_records(replay / "taps.jsonl", [])
+    broker = Broker(replay / "broker")
+    broker.start()
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        for mode in ("off", "loop", "thread"):
+            site = load_site(example_site_for(replay, broker.port, extra="" if mode == "off" else FOOTFALL_SECTION))
+            clock = ReplayClock(after[0].ts, 1.0)
+            kind = InlineCounting if mode == "loop" else Service
+            service = kind(site, [ReplaySource(replay / "observations.jsonl", replay / "taps.jsonl")],
+                           state_dir=replay / f"state-{mode}", clock=clock, stop_when_sources_finish=True)
+            if service.footfall is not None:
+                for observation in held:
+                    service.footfall.add(observation)
+            late: list[float] = []
+
+            async def beat(service: Service = service, late: list[float] = late) -> int:
+                run = asyncio.create_task(service.run())
+                while not run.done():
+                    before = time.monotonic()
+                    await asyncio.sleep(STALL_BEAT_S)
+                    late.append(time.monotonic() - before - STALL_BEAT_S)
+                return await run
+
+            clock.start()
+            with err.status(f"replaying {STALL_REPLAY_S:g} s at 1×, counting stage {mode} …"):
+                asyncio.run(beat())
+            stats = service.footfall.stats if service.footfall is not None else None
+            lateness = np.asarray(late)
+            runs[mode] = {
+                "beats": int(lateness.size), "late_max_s": float(lateness.max()),
+                "late_p99_s": float(np.quantile(lateness, 0.99)), "late_median_s": float(np.median(lateness)),
+                "beats_over_100ms": int((lateness > 0.1).sum()), "windows": service.stats.windows,
+                "estimates": None if stats is None else stats.estimates,
+                "cpu_s_per_estimate": None if stats is None or not stats.estimates else
+                stats.cpu_s_total / stats.estimates,
+                "held": None if stats is None else stats.held}
+    finally:
+        broker.stop()
+    return {"inside_wanted": inside, "held": STALL_HELD, "replay_s": STALL_REPLAY_S, "receptions": len(after),
+            "runs": runs}
 
 
 def load_run(workdir: Path, shoppers: int, minutes: float, seed: int) -> dict[str, Any]:
@@ -749,6 +849,14 @@ def footfall_table(figures: dict[str, Any]) -> Table:
                     f"{footfall['cpu_off_median']:.1%} / {footfall['cpu_on_median']:.1%}", "", "")
         out.add_row("added by the counting stage, same run", f"{footfall['added']:+.1%}",
                     f"≤ {FOOTFALL_TARGET:.0%}", _met(footfall["added"] <= FOOTFALL_TARGET))
+    stall = figures.get("stall")
+    if stall is not None:
+        for mode, run in stall["runs"].items():
+            per = ("" if run["cpu_s_per_estimate"] is None
+                   else f", {run['estimates']} estimates of {run['cpu_s_per_estimate']:.2f} s CPU")
+            out.add_row(f"loop stall, counting stage {mode} ({stall['held']:,} held{per})",
+                        f"max {run['late_max_s'] * 1000:.0f} ms, p99 {run['late_p99_s'] * 1000:.0f} ms, "
+                        f"{run['beats_over_100ms']} beats > 100 ms", "", "")
     for steady in figures.get("steady", []):
         for part in steady["held"]:
             out.add_row(f"{steady['inside_wanted']} inside: estimate over {part['held']:,} receptions "
@@ -778,9 +886,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="simulator seed (1)")
     parser.add_argument("--workdir", type=Path, help="keep recordings, logs and outboxes here")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--footfall", choices=["on", "off", "only", "pairs", "steady"], default="on",
-                        help="the counting stage's CPU (runs without and with it) and its steady state: after "
-                             "the other figures (on), not at all (off), alone (only), one of the two alone")
+    parser.add_argument("--footfall", choices=["on", "off", "only", "pairs", "steady", "stall"], default="on",
+                        help="the counting stage's CPU (runs without and with it), its steady state and the loop's "
+                             "stall while it estimates: after the other figures (on), not at all (off), alone "
+                             "(only), one of the three alone")
     args = parser.parse_args()
     if args.shoppers < 1 or args.minutes <= 0 or args.emitters_for_memory < 0:
         parser.error("--shoppers must be >= 1, --minutes > 0 and --emitters-for-memory >= 0")
@@ -795,12 +904,14 @@ def main() -> int:
             figures["footfall"] = footfall_pairs(work / "footfall", args.shoppers, args.minutes, args.seed)
         if args.footfall in ("on", "only", "steady"):
             figures["steady"] = [steady_state(work / "steady-crowd", args.shoppers, STEADY_BUSY_MIN, args.seed)]
+        if args.footfall in ("on", "only", "stall"):
+            figures["stall"] = loop_stall(work, args.shoppers, args.seed)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
     if "load" in figures:
         Console().print(table(figures))
-    if "steady" in figures or "footfall" in figures:
+    if "steady" in figures or "footfall" in figures or "stall" in figures:
         Console().print(footfall_table(figures))
     return 0
 

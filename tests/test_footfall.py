@@ -234,3 +234,72 @@ def test_the_one_to_one_choice_in_rounds_is_the_greedy_pass(pairs: list[tuple[in
     a, b, dq, dt = (np.array([p[k] for p in pairs], dtype=dtype)
                     for k, dtype in enumerate((np.intp, np.intp, np.int64, np.float64)))
     assert [tuple(link) for link in occupancy._one_to_one(a, b, dq, dt).tolist()] == _greedy(a, b, dq, dt)
+
+
+def test_estimates_run_off_the_loop_and_shutdown_keeps_the_one_running(broker: Broker, tmp_path: Path) -> None:
+    """A window of a crowd's receptions takes the estimate most of a second: the loop keeps stepping meanwhile,
+    and a stop while an estimate runs still stores its count."""
+    rec = recording(6)
+    site_path = example_site_for(tmp_path, broker.port, extra="[footfall]\ninterval_s = 10\nlead_s = 0\n")
+    obs_path, taps_path = tmp_path / "obs.jsonl", tmp_path / "taps.jsonl"
+    write_records(obs_path, [o for o in rec.observations if o.ts < START + 240.0])
+    write_records(taps_path, [])
+    got: list[Event] = []
+    speed = 60.0
+    clock = ReplayClock(START, speed)
+    service = Service(load_site(site_path), [ReplaySource(obs_path, taps_path, speed=speed)],
+                      state_dir=tmp_path / "state", clock=clock, stop_when_sources_finish=True, time_scale=speed,
+                      on_events=got.extend)
+    stage = service.footfall
+    assert stage is not None
+    rng = np.random.default_rng(6)
+    held = 100_000  # the hour before the replay: a crowd whose phones draw a new address every few bursts
+    for ts, mac, sequence in zip(np.sort(rng.uniform(START - 3600.0, START, held)), rng.integers(0, held // 3, held),
+                                 rng.integers(0, 4096, held), strict=True):
+        stage.add(Observation(ts=float(ts), receiver_id="pi-wifi", emitter_id=f"{mac:024x}", tech="wifi",
+                              rssi_dbm=float(rng.uniform(-90.0, -50.0)),
+                              probe=ProbeFields(sequence=int(sequence), signature=SIGNATURES[mac % 3], randomised=True)))
+    gaps: list[float] = []
+    """Seconds between the heartbeat's wake-ups while an estimate ran."""
+    windows_meanwhile: list[int] = []
+    stopped_during: list[asyncio.Task[list[Event]]] = []
+
+    async def heartbeat(run: asyncio.Task[int]) -> None:
+        """Wakes every 5 ms; while an estimate runs, notes how long each wait really took and the windows stepped."""
+        last, running, windows = time.monotonic(), None, 0
+        while not run.done():
+            await asyncio.sleep(0.005)
+            now, task = time.monotonic(), service.counting
+            if task is not None and task is running:
+                gaps.append(now - last)
+                windows_meanwhile[-1] = service.stats.windows - windows
+            elif task is not None:
+                running, windows = task, service.stats.windows
+                windows_meanwhile.append(0)
+                if len(windows_meanwhile) == 2:  # stop in the middle of the second estimate
+                    stopped_during.append(task)
+                    service.stop.set()
+            last = now
+
+    async def main() -> int:
+        run = asyncio.create_task(service.run())
+        await heartbeat(run)
+        return await run
+
+    clock.start()
+    assert asyncio.run(main()) == 0
+    assert stage.stats.cpu_s_last > 0.1, stage.stats.cpu_s_last  # each estimate is long enough to stall a loop
+    assert len(windows_meanwhile) == 2
+    assert windows_meanwhile[0] >= 2, windows_meanwhile  # the loop went on stepping windows meanwhile
+    assert max(gaps) < 0.5 * stage.stats.cpu_s_last, (max(gaps), stage.stats.cpu_s_last)
+    # The estimate running at the stop finished and its sample was stored; then the hour so far.
+    (cut,) = stopped_during
+    assert cut.done() and not cut.cancelled()
+    stored = {e.event_id for e in got}
+    assert cut.result() and all(e.event_id in stored for e in cut.result())
+    samples = [e for e in got if isinstance(e, OccupancySampled)]
+    hours = [e for e in got if isinstance(e, FootfallCounted)]
+    assert len(samples) == 2
+    assert len(hours) == 1
+    assert len(samples) + len(hours) == stage.stats.estimates
+    assert service.counting is None
