@@ -34,7 +34,7 @@ from agent.fingerprint_file import FingerprintFileError, read_fingerprint
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import format_loc, located, read_text, syntax_error
 from positioning.fingerprint import Fingerprint
-from positioning.occupancy import EstimateConfig
+from positioning.occupancy import WALL_LOSS_DB, EstimateConfig
 from positioning.sectors import SECTOR_HOLD_S, SECTOR_THRESHOLD
 from positioning.tracker import TrackerConfig
 
@@ -332,6 +332,9 @@ class FootfallConfig(_Model):
     residual_sd: float = Field(default=_ESTIMATE.residual_sd, ge=0.0, le=1000.0, description="s of eq. (34), persons.")
     people_per_entry: float = Field(default=_ESTIMATE.people_per_entry, gt=0.0, le=10.0,
                                     description="alpha_e of eq. (39): people per counted entering stay.")
+    wall_loss_db: float = Field(default=WALL_LOSS_DB, ge=0.0, le=60.0,
+                                description="What the outer wall takes from the street, dB: eq. (41) places a "
+                                            "device heard by two or more receivers inside or outside with it.")
 
     @model_validator(mode="after")
     def _lead_within_window(self) -> FootfallConfig:

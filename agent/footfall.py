@@ -17,7 +17,9 @@ at the 1st, 10th, 100th...: in a crowd the window shortens (fixtures, found
 by hours of presence, show less) rather than going blind to what is heard now.
 Receptions of receivers the site config does not name are dropped and
 counted as ``unknown_receiver``. Rows older than the window go at each
-estimate. BLE readings are not this stage's input (an app phone's adverts
+estimate. A device that two or more receivers hear is placed inside or
+outside the store's outline by eq. (41) (receiver codes are the site's
+receiver rows); one that a single receiver hears, by its power threshold. BLE readings are not this stage's input (an app phone's adverts
 would count it twice).
 
 Time: the service steps the stage with its steady store time ``t`` (the
@@ -50,6 +52,7 @@ from numpy.typing import NDArray
 from agent.config import FootfallConfig, SiteConfig
 from agent.events import Event, FootfallCounted, OccupancySampled, utc_from_epoch, uuid7
 from agent.observations import Observation
+from agent.site_arrays import occupancy_outline
 from positioning.occupancy import EstimateConfig, OccupancyEstimate, estimate_occupancy
 
 log = logging.getLogger(__name__)
@@ -156,7 +159,8 @@ class FootfallStage:
         self._estimate = EstimateConfig(
             window_s=config.window_s, lead_s=config.lead_s, min_rssi_dbm=config.min_rssi_dbm,
             people_per_device=config.people_per_device, people_offset=config.people_offset,
-            residual_sd=config.residual_sd, people_per_entry=config.people_per_entry)
+            residual_sd=config.residual_sd, people_per_entry=config.people_per_entry,
+            outline=occupancy_outline(site, config.wall_loss_db))
 
     # -- receptions in -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from agent.config import ConfigError, SiteConfig, site_fingerprint
 from agent.fingerprint_file import FingerprintFileError
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from positioning.fingerprint import Fingerprint
+from positioning.occupancy import Outline
 from positioning.radiomap import RadioMap
 from positioning.sectors import SectorModel, SectorTracker
 from positioning.tracker import Tracker, TrackerConfig
@@ -90,6 +91,14 @@ def site_arrays(site: SiteConfig) -> SiteArrays:
         radio_map=_radio_map(site),
         fingerprint=_fingerprint(site),
     )
+
+
+def occupancy_outline(site: SiteConfig, wall_loss_db: float) -> Outline:
+    """The counting stage's grid of eq. (41): receivers in site order (the stage's receiver codes), the outline, the
+    sectors, and what the outer wall takes from the street."""
+    arrays = site_arrays(site)
+    return Outline.of(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, site.store.outline,
+                      arrays.polygons, wall_loss_db=wall_loss_db)
 
 
 def _fingerprint(site: SiteConfig) -> Fingerprint | None:

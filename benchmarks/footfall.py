@@ -45,10 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import load_site  # noqa: E402
+from agent.site_arrays import occupancy_outline  # noqa: E402
 from positioning.occupancy import (  # noqa: E402
     EstimateConfig,
     LinkConfig,
     OccupancyEstimate,
+    Outline,
     StayVerdicts,
     classify_stays,
     estimate_occupancy,
@@ -78,6 +80,8 @@ LINK_GRID: tuple[LinkConfig, ...] = tuple(
     LinkConfig(gap_s=gap, seq_slack=slack, seq_rate_per_s=rate, rssi_step_db=step)
     for gap in (120.0, 180.0) for slack, rate in ((64, 4.0), (32, 0.5)) for step in (15.0, 25.0))
 """Eq. (30)'s sequence bounds the fit chooses from next, with the thresholds it chose."""
+WALL_GRID = (0.0, 4.0, 8.0, 12.0, 16.0)
+"""The outer wall's loss in eq. (41)'s model the fit chooses from last (with ``--outline on``)."""
 BASE = EstimateConfig(window_s=7200.0, lead_s=120.0, interval_s=3600.0, gap_s=300.0, still_s=600.0,
                       fixture_s=2700.0, visit_s=120.0)
 
@@ -121,8 +125,11 @@ class Receptions:
 
 
 def receptions(out: Path, truth: Truth, with_ble: bool) -> Receptions:
-    """Read observations.jsonl: Wi-Fi probes all, BLE (when asked) one row per address, receiver and bucket."""
-    codes: dict[str, dict[str, int]] = {"mac": {}, "sig": {}, "rx": {}}
+    """Read observations.jsonl: Wi-Fi probes all, BLE (when asked) one row per address, receiver and bucket.
+
+    Receivers are coded by their row in the site, as the agent's stage codes them (eq. 41's grid needs it)."""
+    rx_codes = {receiver.id: code for code, receiver in enumerate(load_site(SITE).receivers)}
+    codes: dict[str, dict[str, int]] = {"mac": {}, "sig": {}, "rx": rx_codes}
     rows: list[tuple[float, int, int, int, bool, float, int, str]] = []
     seen_ble: set[tuple[str, str, int]] = set()
     with (out / "observations.jsonl").open(encoding="utf-8") as handle:
@@ -141,7 +148,7 @@ def receptions(out: Path, truth: Truth, with_ble: bool) -> Receptions:
                          -1 if probe is None else codes["sig"].setdefault(probe["signature"], len(codes["sig"])),
                          -1 if probe is None or probe["sequence"] is None else probe["sequence"],
                          True if probe is None else probe["randomised"], o["rssi_dbm"],
-                         codes["rx"].setdefault(o["receiver_id"], len(codes["rx"])),
+                         codes["rx"][o["receiver_id"]],
                          truth.emitters[o["emitter_id"]].shopper_id))
     t, mac, sig, seq, rnd, z, rx, owner = (np.array(c) for c in zip(*rows, strict=True))
     return Receptions(t.astype(float), mac.astype(np.int64), sig.astype(np.int64), seq.astype(np.int64),
@@ -165,10 +172,11 @@ def load_run(work: Path, shoppers: int, seed: int, with_ble: bool) -> Run:
     return Run(truth, receptions(out, truth, with_ble), truth.run.start_ts, truth.run.end_ts)
 
 
-def device_counts(run: Run, config: EstimateConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sample times at (K,), devices counted (K,) with alpha = 1, beta = 0, and their true occupancy (K,)."""
+def device_counts(run: Run, config: EstimateConfig, every_s: float = SAMPLE_S
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample times at (K,) ``every_s`` apart, devices counted (K,) with alpha = 1, beta = 0, their true occupancy."""
     raw = replace(config, people_per_device=1.0, people_offset=0.0, residual_sd=0.0)
-    nows = np.arange(run.start + config.lead_s, run.end + config.lead_s, SAMPLE_S)
+    nows = np.arange(run.start + config.lead_s, run.end + config.lead_s, every_s)
     counts = np.array([run.data.estimate(now, raw).count for now in nows])
     at = nows - config.lead_s
     return at, counts, run.truth.people_inside(at)
@@ -186,11 +194,11 @@ def counted_visits(run: Run, config: EstimateConfig) -> tuple[np.ndarray, np.nda
     return estimated, run.truth.entries(edges)
 
 
-def _best(run: Run, candidates: list[EstimateConfig]) -> tuple[float, EstimateConfig]:
-    """The candidate whose counts, through the least-squares line (34), come closest to the truth."""
+def _best(run: Run, candidates: list[EstimateConfig], every_s: float) -> tuple[float, EstimateConfig]:
+    """The candidate whose counts (every ``every_s``), through the least-squares line (34), come closest to the truth."""
     best: tuple[float, EstimateConfig] | None = None
     for config in candidates:
-        _, counts, truth = device_counts(run, config)
+        _, counts, truth = device_counts(run, config, every_s)
         line = fit_occupancy(counts, truth)
         mae = float(np.abs(np.maximum(0.0, line.alpha * counts + line.beta) - truth).mean())
         if best is None or mae < best[0]:
@@ -199,15 +207,32 @@ def _best(run: Run, candidates: list[EstimateConfig]) -> tuple[float, EstimateCo
     return best
 
 
-def fit(run: Run) -> tuple[EstimateConfig, dict[str, Any]]:
-    """Eq. (38)'s thresholds by grid, then (30)'s sequence bounds, (34) and alpha_e, all on the fitting seed's day."""
-    _, chosen = _best(run, [replace(BASE, **dict(zip(GRID, values, strict=True)))
-                            for values in itertools.product(*GRID.values())])
-    best = _best(run, [replace(chosen, link=link) for link in LINK_GRID])
+def fit(run: Run, geometry: bool, every_s: float) -> tuple[EstimateConfig, dict[str, Any]]:
+    """Eq. (38)'s thresholds by grid, then (30)'s sequence bounds, (41)'s wall loss (with an outline), then (34) and
+    alpha_e, all on the fitting seed's day; the grids compare counts ``every_s`` apart, (34) and alpha_e all."""
+    base = replace(BASE, outline=outline_for(WALL_GRID[0]) if geometry else None)
+    _, chosen = _best(run, [replace(base, **dict(zip(GRID, values, strict=True)))
+                            for values in itertools.product(*GRID.values())], every_s)
+    _, chosen = _best(run, [replace(chosen, link=link) for link in LINK_GRID], every_s)
+    wall = None
+    if geometry:
+        _, chosen = _best(run, [replace(chosen, outline=outline_for(loss)) for loss in WALL_GRID], every_s)
+        wall = next(loss for loss in WALL_GRID if outline_for(loss) is chosen.outline)
+    best = _best(run, [chosen], SAMPLE_S)
     config = best[1]
     counted, true = counted_visits(run, replace(config, people_per_entry=1.0))
     config = replace(config, people_per_entry=float(true.sum() / max(counted.sum(), 1.0)))
-    return config, {"fit_mae_persons": round(best[0], 3)}
+    return config, {"fit_mae_persons": round(best[0], 3), "wall_loss_db": wall}
+
+
+_OUTLINES: dict[float, Outline] = {}
+
+
+def outline_for(wall_loss_db: float) -> Outline:
+    """Eq. (41)'s grid for the benchmark's site with that wall loss (built once each)."""
+    if wall_loss_db not in _OUTLINES:
+        _OUTLINES[wall_loss_db] = occupancy_outline(load_site(SITE), wall_loss_db)
+    return _OUTLINES[wall_loss_db]
 
 
 def passers_counted(run: Run, config: EstimateConfig, nows: np.ndarray) -> tuple[float, float]:
@@ -264,6 +289,10 @@ def call_time_ms(run: Run, config: EstimateConfig) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tech", choices=["wifi", "wifi+ble"], default="wifi")
+    parser.add_argument("--outline", choices=["on", "off"], default="on",
+                        help="place stays heard by two or more receivers against the outline, eq. (41) (on)")
+    parser.add_argument("--fit-every", type=float, default=SAMPLE_S,
+                        help=f"seconds between the samples the grids compare ({SAMPLE_S:g}; more is faster)")
     parser.add_argument("--work", type=Path, help="Keep the simulated days here (default: a temporary directory).")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SCORE_SEEDS),
                         help=f"Seeds to score (never {FIT_SEED}, the one fitted on).")
@@ -274,14 +303,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         with_ble = args.tech == "wifi+ble"
-        config, fitted = fit(load_run(work, SHOPPERS, FIT_SEED, with_ble))
+        config, fitted = fit(load_run(work, SHOPPERS, FIT_SEED, with_ble), args.outline == "on", args.fit_every)
         seeds = {seed: score(load_run(work, SHOPPERS, seed, with_ble), config) for seed in args.seeds}
         timing = {n: call_time_ms(load_run(work, n, args.seeds[0], with_ble), config)
                   for n in (SHOPPERS, TIMING_SHOPPERS)}
     result = {
         "scenario": f"{SITE.name}, store channel, {SHOPPERS} shoppers over {ARRIVAL_MIN:g} min, half with the app, "
                     f"{3 * SHOPPERS} passers-by, 4 fixed devices; fitted on seed {FIT_SEED}",
-        "tech": args.tech, "config": asdict(config), **fitted,
+        "tech": args.tech, "outline": args.outline, "fit_every_s": args.fit_every,
+        "config": {k: v for k, v in asdict(replace(config, outline=None)).items() if k != "outline"}, **fitted,
         "seeds": seeds, "call_time": timing,
         "targets": {
             "occupancy_mae_le_10pct": all(s["occupancy_mae_pct"] <= 10.0 for s in seeds.values()),
@@ -293,7 +323,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"== {result['scenario']} ({args.tech})")
+    print(f"== {result['scenario']} ({args.tech}, outline {args.outline}, wall loss {fitted['wall_loss_db']} dB)")
     print(f"fitted: {json.dumps(result['config'])}")
     for seed, row in seeds.items():
         print(f"seed {seed}: occupancy MAE {row['occupancy_mae_persons']:.2f} persons = {row['occupancy_mae_pct']:.1f} % "

@@ -40,8 +40,7 @@ stable within a salt period).
 
 (d) Outside. With one receiver the only cue is power: a stay whose median
 RSSI is below a threshold theta is outside or far (the street, the next
-room). With several receivers, geometry against the store outline would do
-better; this module has no geometry.
+room). A stay that two or more receivers hear is placed instead, by (41).
 
 (e) Count. The mean number of people-stays inside over window [e_k, e_k+1)
 is the integral of the step count divided by the width; with stays sorted,
@@ -123,6 +122,22 @@ behind n devices exceed n by a negative binomial, so the spreads are
 s the residual spread of (34); the second term of sigma_e stands for stays
 split or merged at the interval's edges. All of (37)-(40) depend on the set
 of receptions only, not on their order.
+
+(i) Outside by geometry. A stay j heard by two or more receivers R_j has a
+median power z~_jr at each; over a grid of points g covering the store's
+outline and a margin around it (the street), model (1) of
+`positioning.pathloss` predicts mu_gr, and the stay is where
+
+    g_j = argmin_g sum_{r in R_j} (z~_jr - mu_gr)^2 / sigma_r^2,   inside_j <=> g_j in the outline   (41)
+
+which replaces the power threshold of (38) for it: a passer-by heard by the
+entrance node and, faintly, by one further in is placed on the street
+however loud the entrance node hears them, and a shopper at the back, faint
+everywhere, inside. The nominal power of (1) is assumed (no per-phone
+offset: two receivers could not tell it from distance). g_j also names a
+sector (the grid point's), which the per-sector count (39) uses for stays
+heard by at least ``min_sector_receivers``, placed by the medians of their
+last ``sector_recent_s`` only: where the phone is now, not where it was.
 """
 
 from __future__ import annotations
@@ -134,11 +149,17 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from positioning.geometry import points_in_polygon
+from positioning.pathloss import DEFAULT_EMITTER_Z, rssi_at_distance, slant_distance
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
 BoolArray = NDArray[np.bool_]
 
 SEQUENCE_MODULUS = 4096
+
+WALL_LOSS_DB = 8.0
+"""The outer wall's loss in (41) when a store has not measured its own (benchmarks/README.md, 2026-12-05)."""
 
 
 @dataclass(frozen=True)
@@ -503,6 +524,84 @@ def predict_occupancy(fit: OccupancyFit, devices: ArrayLike) -> tuple[FloatArray
     return mean, sigma
 
 
+@dataclass(frozen=True, eq=False)
+class Outline:
+    """The grid of (41): model (1)'s power at each point for each receiver, and where each point is.
+
+    predicted (G, m) dBm, weight (m,) 1/sigma_r^2, inside (G,) in the store's
+    outline, sector (G,) the sector polygon holding each point (the number of
+    polygons for none). Built once per site by `Outline.of`; receiver r is
+    the receiver code r of the rows `estimate_occupancy` takes.
+    """
+
+    predicted: FloatArray
+    weight: FloatArray
+    inside: BoolArray
+    sector: IntArray
+    sectors: int
+
+    @classmethod
+    def of(cls, receivers_xyz: ArrayLike, rssi_at_1m: ArrayLike, exponent: ArrayLike, sigma_db: ArrayLike,
+           outline: ArrayLike, polygons: tuple[ArrayLike, ...] = (), *, cell_m: float = 1.0,
+           margin_m: float = 10.0, emitter_z: float = DEFAULT_EMITTER_Z, wall_loss_db: float = WALL_LOSS_DB) -> Outline:
+        """The grid over the outline's box grown by ``margin_m`` (the street must be on it), ``cell_m`` apart.
+
+        ``wall_loss_db``: what the outer wall takes from a point outside to every receiver (all are inside).
+        """
+        if not (cell_m > 0.0 and margin_m >= 0.0 and wall_loss_db >= 0.0):
+            raise ValueError("the grid's cell must be positive, its margin and the wall's loss not negative")
+        xyz = np.asarray(receivers_xyz, dtype=np.float64).reshape(-1, 3)
+        m = xyz.shape[0]
+        a, n, sd = (np.broadcast_to(np.asarray(v, dtype=np.float64), (m,)) for v in (rssi_at_1m, exponent, sigma_db))
+        if m == 0 or not (np.all(np.isfinite(xyz)) and np.all(n > 0.0) and np.all(sd > 0.0)):
+            raise ValueError("receivers need finite positions, positive exponents and positive sigma")
+        shape = np.asarray(outline, dtype=np.float64).reshape(-1, 2)
+        lo, hi = shape.min(axis=0) - margin_m, shape.max(axis=0) + margin_m
+        xs = np.arange(lo[0] + cell_m / 2.0, hi[0], cell_m)
+        ys = np.arange(lo[1] + cell_m / 2.0, hi[1], cell_m)
+        grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+        inside = points_in_polygon(grid, shape)
+        predicted = rssi_at_distance(slant_distance(grid, xyz, emitter_z), a, n) - np.where(
+            inside, 0.0, wall_loss_db)[:, None]
+        sector = np.full(grid.shape[0], len(polygons), dtype=np.intp)
+        for index, polygon in reversed(list(enumerate(polygons))):  # the first listed wins an overlap
+            sector[points_in_polygon(grid, polygon)] = index
+        for array in (predicted, sector):
+            array.flags.writeable = False
+        weight = 1.0 / sd ** 2
+        weight.flags.writeable = False
+        inside.flags.writeable = False
+        return cls(predicted, weight, inside, sector, len(polygons))
+
+    def place(self, cell_stay: IntArray, cell_rx: IntArray, median: FloatArray, stays_n: int) -> IntArray:
+        """Eq. (41): the grid point (J,) of each stay from its (stay, receiver) medians; -1 if under two receivers."""
+        m = self.weight.size
+        if cell_rx.size and cell_rx.max() >= m:
+            raise ValueError(f"receiver code outside the {m} receivers of the outline's grid")
+        heard_by = np.bincount(cell_stay, minlength=stays_n)
+        placed = np.flatnonzero(heard_by >= 2)
+        where = np.full(stays_n, -1, dtype=np.intp)
+        if placed.size == 0:
+            return where
+        row = np.full(stays_n, -1, dtype=np.intp)
+        row[placed] = np.arange(placed.size)
+        use = row[cell_stay] >= 0
+        heard = np.zeros((placed.size, m))
+        level = np.zeros((placed.size, m))
+        heard[row[cell_stay[use]], cell_rx[use]] = self.weight[cell_rx[use]]
+        level[row[cell_stay[use]], cell_rx[use]] = median[use]
+        # sum_r w (z - mu)^2 = sum_r w z^2 - 2 (w z) . mu + w . mu^2, in blocks of stays to bound the (block, G) cost.
+        mu, mu2 = self.predicted.T, (self.predicted ** 2).T
+        block = max(1, (1 << 22) // max(self.predicted.shape[0], 1))
+        best = np.empty(placed.size, dtype=np.intp)
+        for lo in range(0, placed.size, block):
+            h, z = heard[lo:lo + block], level[lo:lo + block]
+            cost = ((h * z * z).sum(axis=1)[:, None] - 2.0 * (h * z) @ mu + h @ mu2)
+            best[lo:lo + block] = np.argmin(cost, axis=1)
+        where[placed] = best
+        return where
+
+
 @dataclass(frozen=True)
 class EstimateConfig:
     """Parameters of eqs. (37)-(40); the benchmark fits them on one simulated day (benchmarks/footfall.py).
@@ -518,6 +617,8 @@ class EstimateConfig:
     visit_s: D of (39).
     people_per_device, people_offset, residual_sd: alpha, beta and s of (34), (40).
     people_per_entry: alpha_e of (39)-(40).
+    outline: the grid of (41), or None for the power threshold alone.
+    min_sector_receivers, sector_recent_s: who is counted per sector in (41), and by which receptions.
     """
 
     link: LinkConfig = LinkConfig()
@@ -538,6 +639,9 @@ class EstimateConfig:
     people_offset: float = 0.0
     residual_sd: float = 0.0
     people_per_entry: float = 1.0
+    outline: Outline | None = None
+    min_sector_receivers: int = 3
+    sector_recent_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("window_s", "gap_s", "interval_s", "fixture_s", "still_s", "people_per_device",
@@ -602,9 +706,11 @@ class StayVerdicts:
 
     device (N,) of each reception row kept in the window (``rows``, indexes
     into the caller's arrays); found, the stays (31) reaching p_j either side (37); bursts (J,) u_j;
-    inside (J,) heard at or above a receiver's threshold; fixed (D,) the
-    stationary devices; keep (J,) the people-stays; arrival (J,) the stays
-    that may be an entry of (39).
+    inside (J,) placed in the outline by (41), or where it is not placed
+    heard at or above a receiver's threshold; fixed (D,) the stationary
+    devices; keep (J,) the people-stays; arrival (J,) the stays that may be
+    an entry of (39); placed (J,) the grid point of (41), -1 for a stay not
+    placed (one receiver, or no outline).
     """
 
     rows: IntArray
@@ -615,6 +721,7 @@ class StayVerdicts:
     fixed: BoolArray
     keep: BoolArray
     arrival: BoolArray
+    placed: IntArray
 
 
 def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,
@@ -638,7 +745,8 @@ def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence:
     count_j = heard.device.size
     if count_j == 0:
         none = np.zeros(0, dtype=bool)
-        return StayVerdicts(rows, device, heard, np.zeros(0, dtype=np.intp), none, none, none, none)
+        nowhere = np.zeros(0, dtype=np.intp)
+        return StayVerdicts(rows, device, heard, nowhere, none, none, none, none, nowhere)
     # u_j: bursts of each stay, transmissions more than burst_s apart.
     order = np.lexsort((t_, stay))
     ts, ss = t_[order], stay[order]
@@ -664,6 +772,10 @@ def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence:
     margin = median - config.threshold((cells % m).astype(np.intp))
     inside = np.zeros(count_j, dtype=bool)
     inside[cell_stay[margin >= 0.0]] = True
+    placed = np.full(count_j, -1, dtype=np.intp)
+    if config.outline is not None:
+        placed = config.outline.place(cell_stay, (cells % m).astype(np.intp), median, count_j)
+        inside = np.where(placed >= 0, config.outline.inside[np.maximum(placed, 0)], inside)
     by_margin = np.lexsort((margin, cell_stay))
     last = np.r_[np.flatnonzero(cell_stay[by_margin][1:] != cell_stay[by_margin][:-1]), by_margin.size - 1]
     loudest = np.empty(count_j, dtype=np.intp)
@@ -672,7 +784,7 @@ def classify_stays(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence:
     present = np.bincount(found.device, weights=found.end - found.start)
     fixed = (present >= config.fixture_s) | (np.bincount(found.device, weights=still) > 0)
     keep = (bursts >= config.min_bursts) & (span >= config.min_span_s) & inside & ~fixed[found.device]
-    return StayVerdicts(rows, device, found, bursts, inside, fixed, keep, arrival)
+    return StayVerdicts(rows, device, found, bursts, inside, fixed, keep, arrival, placed)
 
 
 def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, sequence: ArrayLike,

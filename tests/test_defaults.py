@@ -6,8 +6,9 @@ import inspect
 from collections.abc import Callable
 from dataclasses import fields
 
-from agent.config import TrackingConfig
+from agent.config import FootfallConfig, TrackingConfig
 from positioning.ekf import update
+from positioning.occupancy import WALL_LOSS_DB, Outline
 from positioning.sectors import (
     SECTOR_HOLD_S,
     SECTOR_MARGIN_M,
@@ -41,3 +42,7 @@ def test_update_and_the_site_config_take_the_tracker_defaults_from_its_config() 
     config = TrackingConfig()
     assert (config.emitter_height_m, config.track_silence_s, config.phone_offset_db, config.body_loss_db) == (
         own["emitter_z"], own["max_silence_s"], own["offset_sigma_db"], own["body_loss_db"])
+
+
+def test_the_counting_stage_and_its_grid_take_the_wall_loss_from_one_place() -> None:
+    assert FootfallConfig().wall_loss_db == _defaults(Outline.of)["wall_loss_db"] == WALL_LOSS_DB

@@ -294,9 +294,11 @@ def test_estimates_run_off_the_loop_and_shutdown_keeps_the_one_running(broker: B
     assert max(gaps) < 0.5 * stage.stats.cpu_s_last, (max(gaps), stage.stats.cpu_s_last)
     # The estimate running at the stop finished and its sample was stored; then the hour so far.
     (cut,) = stopped_during
-    assert cut.done() and not cut.cancelled()
+    assert cut.done()
+    assert not cut.cancelled()
     stored = {e.event_id for e in got}
-    assert cut.result() and all(e.event_id in stored for e in cut.result())
+    assert cut.result()
+    assert all(e.event_id in stored for e in cut.result())
     samples = [e for e in got if isinstance(e, OccupancySampled)]
     hours = [e for e in got if isinstance(e, FootfallCounted)]
     assert len(samples) == 2
