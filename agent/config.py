@@ -35,7 +35,7 @@ from agent.radiomap_file import RadioMapFileError, read_radio_map
 from agent.tomllines import format_loc, located, read_text, syntax_error
 from positioning.fingerprint import Fingerprint
 from positioning.occupancy import WALL_LOSS_DB, EstimateConfig
-from positioning.sectors import SECTOR_HOLD_S, SECTOR_THRESHOLD
+from positioning.sectors import SECTOR_HOLD_S, SECTOR_THRESHOLD, SECTOR_WALK_M
 from positioning.tracker import TrackerConfig
 
 Loc = tuple[str | int, ...]
@@ -287,6 +287,10 @@ class TrackingConfig(_Model):
     emitter_height_m: float = Field(default=_TRACKER.emitter_z, ge=0.0, le=3.0)
     hysteresis_s: float = Field(default=SECTOR_HOLD_S, ge=0.0, le=60.0)
     sector_threshold: float = Field(default=SECTOR_THRESHOLD, gt=0.5, lt=1.0)
+    sector_walk_m: float = Field(
+        default=SECTOR_WALK_M, ge=0.0, le=20.0,
+        description="How far a track's estimate must have moved from its recent position to change sector, m, "
+                    "eq. (26) (0: no walk test; 4 where still shoppers' bodies drag their estimates about).")
     phone_offset_db: float = Field(
         default=_TRACKER.offset_sigma_db, ge=0.0, le=20.0,
         description="Spread of phones' TX offsets the tracker estimates per track, dB (0: phones read as the model).")

@@ -140,4 +140,4 @@ def make_sector_tracker(site: SiteConfig, arrays: SiteArrays, model: SectorModel
     The fingerprint forgives phones' offsets as the tracker does, by ``[tracking] phone_offset_db``.
     """
     return SectorTracker(model, threshold=site.tracking.sector_threshold, hold_s=site.tracking.hysteresis_s,
-                         fingerprint=arrays.fingerprint, offset_sigma_db=site.tracking.phone_offset_db)
+                         walk_m=site.tracking.sector_walk_m, fingerprint=arrays.fingerprint, offset_sigma_db=site.tracking.phone_offset_db)

@@ -37,6 +37,27 @@ Three stages, each batched across tracks:
     The margin of a sector is capped at half its largest depth, so a narrow
     sector can still be entered.
 
+    A shopper standing at a shelf does not change sector, yet their
+    estimate may: a body turned towards the shelf takes up to 8 dB from
+    the receivers behind it, and the estimate drifts metres away for tens
+    of seconds, into the next sector, deep enough for the margin. So a
+    change also needs the estimate to have walked there. Each track keeps
+    its recent position, the estimate smoothed over `settle_s`,
+
+        a_k(t) = a_k(t - dt) + (1 - e^(-dt / settle_s)) (xy_k(t) - a_k(t - dt))   (25)
+
+    and a change to sector s, once its hold is over, is reported at once only if
+
+        |xy_k - a_k| >= walk_m   or   a_k lies margin deep inside s              (26)
+
+    (with a_k before this window's update): the mean has just moved
+    walk_m away from where the track had been (a shopper walking at
+    1 m/s is about v settle_s ahead of their smoothed position), or it has
+    been in s long enough for the smoothed position to follow. A change
+    that fails (26) waits a longer hold, `still_hold_s`, so that a track
+    held in a wrong sector is not stuck there. Outside and a track's first
+    sector are exempt, as from the margin.
+
 (d) The entry is stamped with when the shopper crossed, not the later moment
     the hysteresis confirmed it: the change point of Page's CUSUM on each
     sector's likelihood (8) against the best of the others,
@@ -60,7 +81,7 @@ Sector ids are indices here (outside = S); names are the caller's business.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -98,6 +119,20 @@ SECTOR_HOLD_S = 3.0
 SECTOR_MARGIN_M = 1.5
 """Spatial hysteresis of stage (c): how far inside the new sector the estimate must be, m."""
 
+SECTOR_WALK_M = 0.0
+"""walk_m of eq. (26): how far the estimate must have moved from the track's recent position for a change, m;
+0, the default, is no walk test. The one home of this default (``[tracking] sector_walk_m`` takes it from
+here). Off by default: it delays entries whose estimate creeps in (a shopper who walks up to a counter and
+stops at its edge), which costs the lognormal channel, with no bodies, more than it saves there; 4 m where
+still shoppers' bodies drag their estimates about (benchmarks/README.md, 2026-12-05, "The walk test")."""
+
+SECTOR_SETTLE_S = 10.0
+"""settle_s of eq. (25): the time over which a track's recent position is smoothed, s."""
+
+SECTOR_STILL_HOLD_S = 20.0
+"""Hold of a change that fails the walk test (26): a sector that keeps the threshold and margin this long is
+reported all the same, so that a track the walk test holds in a wrong sector is not stuck there."""
+
 
 @dataclass(frozen=True, eq=False)
 class HmmState:
@@ -108,7 +143,8 @@ class HmmState:
     sector waiting out its hold time, -1 if none; candidate_since (k,) when
     it first crossed the threshold; evidence (k, S+1) W of eq. (11) and
     evidence_since (k, S+1) the last step at which it was 0; entered_at (k,)
-    entry time of the reported sector, NaN before the first.
+    entry time of the reported sector, NaN before the first; anchor (k, 2)
+    the recent position a of eq. (25), NaN before the first estimate.
     """
 
     posterior: FloatArray
@@ -119,6 +155,7 @@ class HmmState:
     evidence: FloatArray
     evidence_since: FloatArray
     entered_at: FloatArray
+    anchor: FloatArray
 
     def take(self, rows: IntArray) -> HmmState:
         """The rows given, as a new state (copies)."""
@@ -298,6 +335,7 @@ class SectorModel:
             np.zeros((k, n)),
             np.full((k, n), float(t)),
             np.full(k, np.nan),
+            np.full((k, 2), np.nan),
         )
 
 
@@ -329,13 +367,17 @@ def hysteresis(
     label: IntArray | None = None,
     depth: FloatArray | None = None,
     margin: FloatArray | None = None,
+    walked: NDArray[np.bool_] | None = None,
+    still_hold_s: float = np.inf,
 ) -> tuple[HmmState, SectorUpdate]:
     """Stages (c) and (d): switch the reported sector only after `hold_s` above
     `threshold`, and date the entry by the change point of eq. (11).
 
     With `label` and `depth` (k,) of the estimate's mean and `margin` (S+1,)
-    per sector, the mean must also lie `margin` deep inside the new sector
-    (outside and a track's first sector are exempt).
+    per sector, the mean must also lie `margin` deep inside the new sector;
+    with `walked` (k,), whether eq. (26) holds for the most probable sector,
+    a change that fails it waits `still_hold_s` instead of `hold_s`
+    (outside and a track's first sector are exempt from both).
     """
     k = posterior.shape[0]
     rows = np.arange(k)
@@ -345,9 +387,13 @@ def hysteresis(
     strong = (best != state.reported) & (p_best >= threshold)
     if label is not None and depth is not None and margin is not None:
         exempt = (state.reported < 0) | (best == posterior.shape[1] - 1)
-        strong &= exempt | ((label == best) & (depth >= margin[best]))
+        deep = (label == best) & (depth >= margin[best])
+        strong &= exempt | deep
     since = np.where(strong & (best != state.candidate), t, state.candidate_since)
     switch = strong & (t - since >= hold_s - HOLD_SLACK_S)
+    if walked is not None:
+        unchecked = (state.reported < 0) | (best == posterior.shape[1] - 1)
+        switch &= unchecked | walked | (t - since >= still_hold_s - HOLD_SLACK_S)
     entered = np.where(switch, best, -1)
     exited = np.where(switch & (state.reported >= 0), state.reported, -1)
     reported = np.where(switch, best, state.reported)
@@ -371,6 +417,7 @@ def hysteresis(
         evidence,
         evidence_since,
         entered_at,
+        state.anchor,
     )
     qualified_at = np.where(switch, since, np.nan)
     return new_state, SectorUpdate(reported, probability, entered, exited, entered_at.copy(), qualified_at)
@@ -386,13 +433,17 @@ def hmm_step(
     threshold: float,
     hold_s: float,
     margin_m: float,
+    walk_m: float,
+    settle_s: float,
+    still_hold_s: float,
     fingerprint_loglik: FloatArray | None = None,
     fingerprint_weight: float = 1.0,
 ) -> tuple[HmmState, SectorUpdate]:
     """One forward step, eqs. (8)-(10), then hysteresis and dating (11), for the k tracks of `state`.
 
     xy (k, 2) and cov (k, 2, 2) are the tracks' estimates at time t;
-    threshold, hold_s and margin_m (0 for no spatial hysteresis) are stage
+    threshold, hold_s, margin_m (0 for no spatial hysteresis), walk_m (0 for
+    no walk test), settle_s of eqs. (25)-(26) and still_hold_s are stage
     (c)'s, passed by the caller: `SectorTracker` holds their defaults;
     fingerprint_loglik (k, S), ln L(s) of eq. (18), is fused into (8) by
     eq. (19) with `fingerprint_weight`.
@@ -403,12 +454,23 @@ def hmm_step(
     predicted = model.predict(state.posterior, t - state.t)
     joint = p * predicted  # p * (prior T(dt))
     posterior = joint / joint.sum(axis=1, keepdims=True)
-    if margin_m <= 0.0:
+    mean = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    anchor = np.where(np.isnan(state.anchor), mean, state.anchor)  # a track's first estimate is its anchor
+    smoothing = 1.0 - np.exp(-np.maximum(t - state.t, 0.0) / settle_s)
+    state = replace(state, anchor=anchor + smoothing[:, None] * (mean - anchor))  # eq. (25)
+    if margin_m <= 0.0 and walk_m <= 0.0:
         return hysteresis(state, posterior, p, t, threshold, hold_s)
-    label, depth = model.depth_at(xy)
+    label, depth = model.depth_at(mean)
     margin = np.minimum(margin_m, 0.5 * model.max_depth)
+    walked = None
+    if walk_m > 0.0:  # eq. (26), against the anchor before this window
+        best = np.argmax(posterior, axis=1)
+        anchor_label, anchor_depth = model.depth_at(anchor)
+        settled = (anchor_label == best) & (anchor_depth >= margin[best])
+        walked = settled | (np.hypot(*(mean - anchor).T) >= walk_m)
     return hysteresis(
-        state, posterior, p, t, threshold, hold_s, label=label, depth=depth, margin=margin
+        state, posterior, p, t, threshold, hold_s, label=label, depth=depth, margin=margin, walked=walked,
+        still_hold_s=still_hold_s,
     )
 
 
@@ -420,6 +482,9 @@ class SectorTracker:
     cuts the false sector changes of shoppers browsing near a border, at the
     price of entries missed on quick walks through a sector and a later
     decision (benchmarks/README.md, "Tuning evidence", has the figures).
+    walk_m and settle_s are the walk test of eqs. (25)-(26): it cuts the
+    false changes of still shoppers whose estimate drifts behind their body
+    (benchmarks/README.md, 2026-12-05, "The walk test").
 
     With a `fingerprint`, each step also takes the window's readings and
     fuses their likelihood (18), phones' offsets of spread `offset_sigma_db`
@@ -433,13 +498,18 @@ class SectorTracker:
         threshold: float = SECTOR_THRESHOLD,
         hold_s: float = SECTOR_HOLD_S,
         margin_m: float = SECTOR_MARGIN_M,
+        walk_m: float = SECTOR_WALK_M,
+        settle_s: float = SECTOR_SETTLE_S,
+        still_hold_s: float = SECTOR_STILL_HOLD_S,
         fingerprint: Fingerprint | None = None,
         offset_sigma_db: float = 0.0,
         fingerprint_weight: float = 1.0,
     ) -> None:
-        if not 0.5 < threshold <= 1.0 or hold_s < 0.0 or margin_m < 0.0:
+        if not 0.5 < threshold <= 1.0 or hold_s < 0.0 or margin_m < 0.0 or walk_m < 0.0 or settle_s <= 0.0 \
+                or still_hold_s < hold_s:
             raise ValueError(
-                "threshold must be in (0.5, 1] (one sector at a time), hold_s >= 0 and margin_m >= 0"
+                "threshold must be in (0.5, 1] (one sector at a time), hold_s, margin_m and walk_m >= 0, "
+                "settle_s > 0, still_hold_s >= hold_s"
             )
         if fingerprint is not None and fingerprint.n_sectors != model.n_sectors:
             raise ValueError(
@@ -454,6 +524,9 @@ class SectorTracker:
         self.threshold = threshold
         self.hold_s = hold_s
         self.margin_m = margin_m
+        self.walk_m = walk_m
+        self.settle_s = settle_s
+        self.still_hold_s = still_hold_s
         self._rows = IdRows()
         self._state = model.initial(0, 0.0)
 
@@ -489,6 +562,9 @@ class SectorTracker:
             threshold=self.threshold,
             hold_s=self.hold_s,
             margin_m=self.margin_m,
+            walk_m=self.walk_m,
+            settle_s=self.settle_s,
+            still_hold_s=self.still_hold_s,
             fingerprint_loglik=None if self.fingerprint is None or readings is None else self.fingerprint.loglik(
                 *readings, len(ids), self.offset_sigma_db),
             fingerprint_weight=self.fingerprint_weight,

@@ -12,7 +12,10 @@ from positioning.occupancy import WALL_LOSS_DB, Outline
 from positioning.sectors import (
     SECTOR_HOLD_S,
     SECTOR_MARGIN_M,
+    SECTOR_SETTLE_S,
+    SECTOR_STILL_HOLD_S,
     SECTOR_THRESHOLD,
+    SECTOR_WALK_M,
     SectorTracker,
     hmm_step,
 )
@@ -25,12 +28,14 @@ def _defaults(function: Callable[..., object]) -> dict[str, object]:
 
 def test_the_sector_filter_and_the_site_config_take_the_sector_defaults_from_one_place() -> None:
     tracker = _defaults(SectorTracker)
-    assert (tracker["threshold"], tracker["hold_s"], tracker["margin_m"]) == (
-        SECTOR_THRESHOLD, SECTOR_HOLD_S, SECTOR_MARGIN_M)
+    assert tuple(tracker[name] for name in ("threshold", "hold_s", "margin_m", "walk_m", "settle_s", "still_hold_s")) == (
+        SECTOR_THRESHOLD, SECTOR_HOLD_S, SECTOR_MARGIN_M, SECTOR_WALK_M, SECTOR_SETTLE_S, SECTOR_STILL_HOLD_S)
     config = TrackingConfig()
-    assert (config.sector_threshold, config.hysteresis_s) == (SECTOR_THRESHOLD, SECTOR_HOLD_S)
+    assert (config.sector_threshold, config.hysteresis_s, config.sector_walk_m) == (
+        SECTOR_THRESHOLD, SECTOR_HOLD_S, SECTOR_WALK_M)
     step = _defaults(hmm_step)
-    assert all(step[name] is inspect.Parameter.empty for name in ("threshold", "hold_s", "margin_m"))
+    assert all(step[name] is inspect.Parameter.empty
+               for name in ("threshold", "hold_s", "margin_m", "walk_m", "settle_s", "still_hold_s"))
 
 
 def test_update_and_the_site_config_take_the_tracker_defaults_from_its_config() -> None:

@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 from scipy.ndimage import distance_transform_edt
 
 from positioning.geometry import LabelRaster, nearest_cells, points_in_polygon
-from positioning.sectors import SectorModel, SectorTracker, hmm_step
+from positioning.sectors import (
+    SECTOR_SETTLE_S,
+    SECTOR_STILL_HOLD_S,
+    SectorModel,
+    SectorTracker,
+    hmm_step,
+)
 
 # Three 10 m x 10 m sectors in a row, A | B | C; shoppers come in through A.
 A_, B_, C_ = (
@@ -122,14 +128,14 @@ def test_a_shopper_on_a_border_does_not_flap() -> None:
     xs = np.r_[np.full(8, 5.0), np.tile([9.6, 10.4], 30)]  # settle in A, then straddle A|B
     with_hysteresis = walk_through(SectorTracker(model(), threshold=0.6, hold_s=3.0), xs)
     assert with_hysteresis == [(-1, 0)]
-    # Without hold time, HMM memory or margin, the same track flaps at every step.
+    # Without hold time, HMM memory, margin or walk test (26), the same track flaps at every step.
     flapping = walk_through(
-        SectorTracker(model(mean_dwell_s=1e-9), threshold=0.55, hold_s=0.0, margin_m=0.0), xs
+        SectorTracker(model(mean_dwell_s=1e-9), threshold=0.55, hold_s=0.0, margin_m=0.0, walk_m=0.0), xs
     )
     assert len(flapping) > 20
     # The spatial margin alone stops it: the mean never gets 1 m into B.
     margin_only = walk_through(
-        SectorTracker(model(mean_dwell_s=1e-9), threshold=0.55, hold_s=0.0, margin_m=1.0), xs
+        SectorTracker(model(mean_dwell_s=1e-9), threshold=0.55, hold_s=0.0, margin_m=1.0, walk_m=0.0), xs
     )
     assert margin_only == [(-1, 0)]
 
@@ -192,9 +198,40 @@ def test_the_reported_sector_waits_out_the_hold_time() -> None:
     assert set(reported[3:first_b]) == {0}
 
 
+WALK = 4.0
+"""walk_m of eq. (26) where the store's bodies call for it (the default is no walk test)."""
+
+
+def drift(tracker: SectorTracker, xs: np.ndarray) -> list[int]:
+    """The sector reported at each second as one shopper's estimate goes through the given x (y = 5)."""
+    return [int(tracker.step(float(t), ["s"], np.array([[x, 5.0]]), TIGHT[None]).sector[0]) for t, x in enumerate(xs)]
+
+
+def test_an_estimate_that_drifts_off_a_still_shopper_is_no_walk_but_a_walk_is() -> None:
+    # Standing in A at x = 5; then the estimate creeps at 0.2 m/s to x = 12.2, 2.2 m into B, for 4 s and back:
+    # a body turned to the shelf, not a step. Eq. (26): 0.2 m/s leaves the mean 2 m from the smoothed position.
+    creep = np.r_[np.full(20, 5.0), np.arange(5.0, 12.2, 0.2), np.full(4, 12.2), np.arange(12.2, 5.0, -0.2)]
+    assert set(drift(SectorTracker(model()), creep)[20:]) == {0, 1}  # the margin alone (the default) lets it in
+    assert set(drift(SectorTracker(model(), walk_m=WALK), creep)[20:]) == {0}
+    # The same way at 1 m/s is a walk: 4 m from the smoothed position before the mean is 1.5 m inside B.
+    walk = np.r_[np.full(20, 5.0), np.arange(5.0, 15.0, 1.0), np.full(10, 15.0)]
+    reported = drift(SectorTracker(model(), walk_m=WALK), walk)
+    assert reported[-1] == 1
+    assert reported.index(1) <= 20 + 7 + 3 + 1  # 1.5 m deep at t = 27, then the hold
+    # An estimate that stays in B long enough has settled there (its smoothed position is inside): B at last.
+    stays = np.r_[np.full(20, 5.0), np.arange(5.0, 13.0, 0.2), np.full(60, 13.0)]
+    assert drift(SectorTracker(model(), walk_m=WALK), stays)[-1] == 1
+    # A jump of 6.5 m to 1.5 m inside B, under a walk test of 8 m: no walk, and the anchor takes about 25 s to be
+    # 1 m deep in B (settled); the longer hold reports B after 20 s of it first, and settling does before 50 s.
+    jump = np.r_[np.full(20, 5.0), np.full(80, 11.5)]
+    assert drift(SectorTracker(model(), margin_m=1.0, walk_m=8.0), jump).index(1) == 20 + SECTOR_STILL_HOLD_S
+    settled = drift(SectorTracker(model(), margin_m=1.0, walk_m=8.0, still_hold_s=50.0), jump).index(1)
+    assert 20 + SECTOR_STILL_HOLD_S < settled < 20 + 50
+
+
 def test_functional_form_equals_the_wrapper() -> None:
     m = model()
-    wrapper = SectorTracker(m, threshold=0.6, hold_s=1.0)
+    wrapper = SectorTracker(m, threshold=0.6, hold_s=1.0, walk_m=WALK)
     rng = np.random.default_rng(12)
     states = {}
     for t in range(12):
@@ -207,7 +244,8 @@ def test_functional_form_equals_the_wrapper() -> None:
                 states[e] = m.initial(1, float(t))
             states[e], out = hmm_step(
                 m, states[e], xy[i : i + 1], cov[i : i + 1], float(t),
-                threshold=0.6, hold_s=1.0, margin_m=1.0,
+                threshold=0.6, hold_s=1.0, margin_m=1.0, walk_m=WALK, settle_s=SECTOR_SETTLE_S,
+                still_hold_s=SECTOR_STILL_HOLD_S,
             )
             assert out.sector[0] == got.sector[i]
             assert out.probability[0] == pytest.approx(got.probability[i], rel=1e-12)
@@ -231,6 +269,10 @@ def test_forget_drops_state_and_inputs_are_checked() -> None:
         SectorModel([A_, B_], ADJACENCY, ENTRANCES)
     with pytest.raises(ValueError, match="threshold"):
         SectorTracker(model(), threshold=0.4)
+    with pytest.raises(ValueError, match="settle_s"):
+        SectorTracker(model(), settle_s=0.0)
+    with pytest.raises(ValueError, match="still_hold_s"):
+        SectorTracker(model(), hold_s=30.0)
 
 
 @settings(max_examples=60, deadline=None)
