@@ -71,6 +71,21 @@ shopper stops, whose facing the velocity no longer tells (standing at a
 shelf, any receiver may be behind; a common loss is the offset's business).
 (20) shifts h_i but adds nothing to H_i: the heading is the velocity's,
 which the update leaves to the position's motion.
+
+(20) is silent where most of the loss is: a shopper stops at a shelf for
+minutes, and the receivers behind read low all along. Who stops keeps,
+for a while, the way they were walking (they walked up to the shelf), so
+a track remembers its carrier's facing f (|f| <= 1, how sure) from the
+velocity of its walking and lets it fade while standing:
+
+    f = s v / |v| + (1 - s) exp(-dt / tau_h) f_prev,   s = min(1, |v| / v_w)
+    h_i(x) -= B max(0, -f . (p_r - q) / |p_r - q|)                          (21)
+
+(tau_h = `body_hold_s`, dt since the track's last window, f_prev its
+facing then). At walking speed f is the heading and (21) is (20); with
+tau_h = 0 it is (20) at every speed. The held part is the previous
+window's, an input to the update like the receivers' positions: only the
+velocity's part moves with the iterations.
 """
 
 from __future__ import annotations
@@ -97,6 +112,8 @@ BODY_LOSS_DB = 0.0
 """B of eq. (20), dB; 0 leaves the body out (`TrackerConfig.body_loss_db`)."""
 BODY_WALK_SPEED = 0.5
 """v_w of eq. (20), m/s (`TrackerConfig.body_walk_speed`)."""
+BODY_HOLD_S = 0.0
+"""tau_h of eq. (21), s; 0 holds nothing, (20) (`TrackerConfig.body_hold_s`)."""
 
 
 class Update(NamedTuple):
@@ -173,6 +190,7 @@ def update(
     iterations: int = ITERATIONS,
     reading_correlation: float = READING_CORRELATION,
     body: tuple[float, float] = (BODY_LOSS_DB, BODY_WALK_SPEED),
+    held: FloatArray | None = None,
 ) -> Update:
     """Fold N readings into k predicted tracks at once, eqs. (6)-(7).
 
@@ -186,6 +204,8 @@ def update(
             `positioning.tracker.TrackerConfig`, which takes its defaults from
             this module's constants; weak_k = inf is the plain EKF.
         body: (B, v_w) of eq. (20); B = 0 leaves the body out.
+        held: (k, 2) the held part exp(-dt / tau_h) f_prev of each track's
+            facing, eq. (21); None is (20) (nothing held).
 
     Tracks without an accepted reading come back unchanged.
     """
@@ -194,7 +214,7 @@ def update(
     e = len(sel)
     sigma2 = receivers.sigma_db[receiver_index] ** 2
     C = P[:, sel][:, :, sel]  # E P⁻ Eᵀ
-    h, H = _measured(x, track_index, receivers, receiver_index, emitter_z, body)
+    h, H = _measured(x, track_index, receivers, receiver_index, emitter_z, body, held)
     nu = rssi - h  # nu_i = z_i - h_i(x⁻)
     S = np.einsum("ni,nij,nj->n", H, C[track_index], H) + sigma2  # S = H P Hᵀ + R
     accepted = nu**2 <= gate**2 * S
@@ -218,7 +238,7 @@ def update(
     x_i, P_i = x, P
     for it in range(iterations):
         if it > 0:  # iterated EKF: nu_i = z_i - h_i(x_j) - H_i E (x⁻ - x_j)
-            h, H = _measured(x_i, track_index, receivers, receiver_index, emitter_z, body)
+            h, H = _measured(x_i, track_index, receivers, receiver_index, emitter_z, body, held)
             nu = rssi - h - np.einsum("ni,ni->n", H, (x - x_i)[track_index][:, sel])
         wnu = np.where(accepted, w * nu, 0.0)
         lam = np.empty((k, e, e))  # Lambda = sum H_iᵀ H_i / sigma_i²
@@ -237,25 +257,37 @@ def update(
 
 def _measured(
     x: FloatArray, track_index: IndexArray, receivers: Receivers, receiver_index: IndexArray, emitter_z: float,
-    body: tuple[float, float] = (0.0, 0.5),
+    body: tuple[float, float] = (0.0, 0.5), held: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """h_i and H_i E at the tracks' states x (k, d): with the offset of eq. (16) when d = 5, the body of (20)."""
+    """h_i and H_i E at the tracks' states x (k, d): with the offset of eq. (16) when d = 5, the body of (20)-(21)."""
     h, H = measure(x[track_index, :2], receivers, receiver_index, emitter_z)
     if body[0] > 0.0:
-        h = h - body_loss(x[track_index], receivers.xyz[receiver_index, :2], *body)
+        kept = None if held is None else held[track_index]
+        h = h - body_loss(x[track_index], receivers.xyz[receiver_index, :2], *body, kept)
     if x.shape[1] > 4:
         return h + x[track_index, 4], np.hstack([H, np.ones((H.shape[0], 1))])
     return h, H
 
 
-def body_loss(x: FloatArray, receiver_xy: FloatArray, loss_db: float, walk_speed: float) -> FloatArray:
-    """Eq. (20): the loss (N,) dB a carrier walking with state x (N, >= 4) puts towards receivers at (N, 2)."""
+def facing(x: FloatArray, walk_speed: float, held: FloatArray | None = None) -> FloatArray:
+    """f of eq. (21), (N, 2), from states x (N, >= 4) and the held part of the previous facing (N, 2) or None."""
     v = x[:, 2:4]
     speed = np.hypot(v[:, 0], v[:, 1])
+    f = v / np.maximum(speed, walk_speed)[:, None]  # s v / |v|
+    if held is not None:
+        f = f + (1.0 - np.minimum(1.0, speed / walk_speed))[:, None] * held
+    return np.asarray(f, dtype=np.float64)
+
+
+def body_loss(
+    x: FloatArray, receiver_xy: FloatArray, loss_db: float, walk_speed: float, held: FloatArray | None = None
+) -> FloatArray:
+    """Eqs. (20)-(21): the loss (N,) dB a carrier with state x (N, >= 4) puts towards receivers at (N, 2)."""
+    f = facing(x, walk_speed, held)
     to_rx = receiver_xy - x[:, :2]
     dist = np.hypot(to_rx[:, 0], to_rx[:, 1])
-    cos = np.einsum("ij,ij->i", v, to_rx) / np.maximum(speed * dist, 1e-12)
-    return np.asarray(loss_db * np.minimum(1.0, speed / walk_speed) * np.maximum(0.0, -cos), dtype=np.float64)
+    cos = np.einsum("ij,ij->i", f, to_rx) / np.maximum(dist, 1e-12)
+    return np.asarray(loss_db * np.maximum(0.0, -cos), dtype=np.float64)
 
 
 def clamp(

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from positioning.ekf import (
+    BODY_HOLD_S,
     BODY_LOSS_DB,
     BODY_WALK_SPEED,
     GATE,
@@ -26,6 +27,7 @@ from positioning.ekf import (
     birth_covariance,
     birth_positions,
     clamp,
+    facing,
     predict,
     update,
 )
@@ -76,6 +78,8 @@ class TrackerConfig:
         the phone and a receiver straight behind, dB; 0 (the default) leaves
         it out. benchmarks/README.md has what it does where.
     body_walk_speed: v_w of eq. (20), m/s: the speed at which the heading is trusted in full.
+    body_hold_s: tau_h of eq. (21), s: how long a stopped carrier's facing is
+        remembered (it fades as exp(-t / tau_h)); 0 forgets it as they stop, (20).
     birth_sigma_m, birth_sigma_v: initial position (m) and velocity (m/s) spread.
     birth_power_k: sharpness k of the birth centroid weights 10^(k rssi / 10).
     max_silence_s: a track unheard this long is dead.
@@ -93,6 +97,7 @@ class TrackerConfig:
     offset_drift_db: float = 0.05
     body_loss_db: float = BODY_LOSS_DB
     body_walk_speed: float = BODY_WALK_SPEED
+    body_hold_s: float = BODY_HOLD_S
     birth_sigma_m: float = 5.0
     birth_sigma_v: float = 1.0
     birth_power_k: float = 1.0
@@ -121,8 +126,9 @@ class TrackerConfig:
                 raise ValueError(
                     f"TrackerConfig.{name} must be positive, got {getattr(self, name)}"
                 )
-        if not self.body_loss_db >= 0.0:
-            raise ValueError(f"TrackerConfig.body_loss_db must be >= 0, got {self.body_loss_db}")
+        for name in ("body_loss_db", "body_hold_s"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"TrackerConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.offset_sigma_db >= 0.0 and self.offset_drift_db >= 0.0):
             raise ValueError(
                 "TrackerConfig.offset_sigma_db and offset_drift_db must be >= 0, "
@@ -189,6 +195,7 @@ class Tracker:
         self._Pm = np.empty((0, m, d, d))
         self._mu = np.empty((0, m))
         self._t = np.empty(0)  # time of each track's state
+        self._facing = np.empty((0, 2))  # f of eq. (21) as of each track's state
         self._last_seen = np.empty(0)
 
     def __len__(self) -> int:
@@ -203,7 +210,7 @@ class Tracker:
         return sum(bank.nbytes for bank in self._banks())
 
     def _banks(self) -> tuple[FloatArray, ...]:
-        return (self._xm, self._Pm, self._mu, self._t, self._last_seen)
+        return (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing)
 
     def step(
         self,
@@ -234,6 +241,7 @@ class Tracker:
             rows[new] = self._birth(t, [ids[i] for i in np.flatnonzero(new)], new, code, ri, z)
         k, m, d = len(ids), self._sigma_a.shape[0], self._xm.shape[2]
         dt = np.maximum(t - self._t[rows], 0.0)
+        held = self._held(rows, dt)
         x0, P0, c = mix(
             self._xm[rows], self._Pm[rows], self._mu[rows], mode_transitions(dt, self._dwell)
         )
@@ -257,15 +265,25 @@ class Tracker:
                 iterations=cfg.iterations,
                 reading_correlation=cfg.reading_correlation,
                 body=(cfg.body_loss_db, cfg.body_walk_speed),
+                held=held,
             )
             xm[:, b], Pm[:, b] = clamp(res.x, res.P, self.lo, self.hi, cfg.v_max, cfg.offset_sigma_db)
             loglik[:, b] = res.loglik
         mu, x, P = combine(xm, Pm, loglik, c)
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
+        if held is not None:
+            self._facing[rows] = facing(x, cfg.body_walk_speed, held)
         self._t[rows], self._last_seen[rows] = t, t
         return TrackSnapshot(
             tuple(ids), x[:, :2].copy(), P[:, :2, :2].copy(), np.full(len(ids), float(t)), code
         )
+
+    def _held(self, rows: IndexArray, dt: FloatArray) -> FloatArray | None:
+        """The held part exp(-dt / tau_h) f_prev of eq. (21) for the tracks at `rows`; None where (20) holds."""
+        cfg = self.config
+        if cfg.body_loss_db <= 0.0 or cfg.body_hold_s <= 0.0:
+            return None
+        return np.asarray(np.exp(-dt / cfg.body_hold_s)[:, None] * self._facing[rows], dtype=np.float64)
 
     def _birth(
         self,
@@ -285,10 +303,11 @@ class Tracker:
         )
         rows = self._rows.add(new_ids)
         n = len(self._rows)
-        self._xm, self._Pm, self._mu, self._t, self._last_seen = [
+        self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing = [
             grown(bank, n) for bank in self._banks()
         ]
         self._xm[rows] = 0.0
+        self._facing[rows] = 0.0
         self._xm[rows, :, :2] = xy[:, None, :]
         self._Pm[rows] = birth_covariance(
             len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v, cfg.offset_sigma_db
@@ -309,7 +328,7 @@ class Tracker:
         for bank in self._banks():
             bank[:m] = bank[:n][keep]
         if self._t.shape[0] > 4 * max(m, MIN_CAPACITY):  # after a crowd (or a flood): give the memory back
-            self._xm, self._Pm, self._mu, self._t, self._last_seen = [
+            self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing = [
                 bank[: 2 * max(m, MIN_CAPACITY)].copy() for bank in self._banks()
             ]
         return self._rows.drop(dead)
