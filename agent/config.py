@@ -297,6 +297,9 @@ class TrackingConfig(_Model):
     body_loss_db: float = Field(
         default=_TRACKER.body_loss_db, ge=0.0, le=20.0,
         description="Loss a walking shopper's body puts towards receivers behind them, dB, eq. (20) (0: none).")
+    body_hold_s: float = Field(
+        default=_TRACKER.body_hold_s, ge=0.0, le=3600.0,
+        description="How long a stopped shopper's facing is remembered from their walk, s, eq. (21) (0: not at all).")
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
     fingerprint: Path | None = Field(

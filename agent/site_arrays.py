@@ -124,6 +124,7 @@ def make_tracker(site: SiteConfig, arrays: SiteArrays, config: TrackerConfig | N
         config = TrackerConfig(
             emitter_z=site.tracking.emitter_height_m, max_silence_s=site.tracking.track_silence_s,
             offset_sigma_db=site.tracking.phone_offset_db, body_loss_db=site.tracking.body_loss_db,
+            body_hold_s=site.tracking.body_hold_s,
         )
     return Tracker(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.bbox, config,
                    arrays.radio_map)

@@ -108,7 +108,7 @@ ITERATIONS = 3
 """Linearisations per `update` (`TrackerConfig.iterations`)."""
 READING_CORRELATION = 0.3
 """Correlation of repeated readings of one (track, receiver) pair (`TrackerConfig.reading_correlation`)."""
-BODY_LOSS_DB = 0.0
+BODY_LOSS_DB = 0.5
 """B of eq. (20), dB; 0 leaves the body out (`TrackerConfig.body_loss_db`)."""
 BODY_WALK_SPEED = 0.5
 """v_w of eq. (20), m/s (`TrackerConfig.body_walk_speed`)."""

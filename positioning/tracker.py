@@ -75,8 +75,12 @@ class TrackerConfig:
         (benchmarks/README.md has the figures).
     offset_drift_db: q_o of eq. (16), dB per sqrt(s): how fast a phone's offset may wander.
     body_loss_db: B of eq. (20), the loss a walking carrier's body puts between
-        the phone and a receiver straight behind, dB; 0 (the default) leaves
-        it out. benchmarks/README.md has what it does where.
+        the phone and a receiver straight behind, dB; 0 leaves it out. The
+        default 0.5 is below any real body's: it also takes back part of the
+        lag of a track behind its walker, and larger values cost where no
+        body is (the log-normal channel) and a real track (danis). A site
+        with shoppers walking among receivers sets more; benchmarks/README.md
+        has what it does where.
     body_walk_speed: v_w of eq. (20), m/s: the speed at which the heading is trusted in full.
     body_hold_s: tau_h of eq. (21), s: how long a stopped carrier's facing is
         remembered (it fades as exp(-t / tau_h)); 0 forgets it as they stop, (20).

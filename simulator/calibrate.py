@@ -345,7 +345,8 @@ def _held_out_tracks(
                           [v["noise_sigma_db"] for v in models], bbox,
                           TrackerConfig(emitter_z=site.tracking.emitter_height_m,
                                         offset_sigma_db=site.tracking.phone_offset_db,
-                                        body_loss_db=site.tracking.body_loss_db), radio_map)
+                                        body_loss_db=site.tracking.body_loss_db,
+                                        body_hold_s=site.tracking.body_hold_s), radio_map)
         for w in np.unique(slot[held]):
             rows = held & (slot == w)
             b = int(block[rows][0])

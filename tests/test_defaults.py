@@ -45,8 +45,9 @@ def test_update_and_the_site_config_take_the_tracker_defaults_from_its_config() 
         assert given[name] == own[name], name
     assert given["body"] == (own["body_loss_db"], own["body_walk_speed"])
     config = TrackingConfig()
-    assert (config.emitter_height_m, config.track_silence_s, config.phone_offset_db, config.body_loss_db) == (
-        own["emitter_z"], own["max_silence_s"], own["offset_sigma_db"], own["body_loss_db"])
+    assert (config.emitter_height_m, config.track_silence_s, config.phone_offset_db, config.body_loss_db,
+            config.body_hold_s) == (
+        own["emitter_z"], own["max_silence_s"], own["offset_sigma_db"], own["body_loss_db"], own["body_hold_s"])
 
 
 def test_the_counting_stage_and_its_grid_take_the_wall_loss_from_one_place() -> None:
