@@ -18,8 +18,9 @@ so), and the shoppers are located again with the calibrated config. The
 uncalibrated and calibrated figures are reported side by side, each also
 with the tracker estimating every phone's TX offset (`[tracking]
 phone_offset_db = 4`, eq. (16) of positioning.ekf), and calibrated once
-more with the carrier's body expected too (`body_loss_db = 3`, eq. (20)), and once
-more with the sector filter's walk test on (`sector_walk_m = 4`, eq. (26) of
+more with the carrier's body expected too (`body_loss_db = 3`, held while
+standing: `body_hold_s = 300`, eqs. (20)-(21)), and once more with the
+sector filter's walk test on (`sector_walk_m = 4`, eq. (26) of
 positioning.sectors) and its hold at `hysteresis_s = 2`.
 `calibrate fit` writes the sector fingerprint (eq. (18) of
 positioning.fingerprint) with every calibrated config, so the calibrated
@@ -81,6 +82,9 @@ PHONE_OFFSET_DB = 4.0
 BODY_LOSS_DB = 3.0
 """`[tracking] body_loss_db` of the rows that expect the carrier's body (eq. (20))."""
 
+BODY_HOLD_S = 300.0
+"""`[tracking] body_hold_s` of those rows: a stopped shopper's facing held from their walk (eq. (21))."""
+
 SECTOR_WALK_M = 4.0
 """`[tracking] sector_walk_m` of the row with the sector filter's walk test (eq. (26) of positioning.sectors)."""
 
@@ -91,7 +95,7 @@ WALK_HOLD_S = 2.0
 def with_phone_offsets(out: Path, body_loss_db: float = 0.0, walk: bool = False) -> Path:
     """The example site with the tracker estimating each phone's TX offset (and expecting the body, if given;
     and with the sector filter's walk test and its shorter hold, if `walk`)."""
-    body = f"body_loss_db = {body_loss_db}\n" if body_loss_db else ""
+    body = f"body_loss_db = {body_loss_db}\nbody_hold_s = {BODY_HOLD_S}\n" if body_loss_db else ""
     text = SITE.read_text().replace("[tracking]\n", f"[tracking]\nphone_offset_db = {PHONE_OFFSET_DB}\n{body}")
     if walk:
         text = text.replace("hysteresis_s = 3.0\n", f"hysteresis_s = {WALK_HOLD_S}\nsector_walk_m = {SECTOR_WALK_M}\n")
@@ -220,9 +224,9 @@ def main() -> None:
             if "phone_offsets" in r:
                 _print(f"uncalibrated, phone offsets estimated ({PHONE_OFFSET_DB:g} dB)", r["phone_offsets"])
             for key, label in (("calibrated", "calibrated"), ("calibrated_phone_offsets", "calibrated, phone offsets"),
-                               ("calibrated_phone_offsets_body", f"calibrated, phone offsets, body {BODY_LOSS_DB:g} dB"),
+                               ("calibrated_phone_offsets_body", f"calibrated, phone offsets, body {BODY_LOSS_DB:g} dB held {BODY_HOLD_S:g} s"),
                                ("calibrated_phone_offsets_body_walk", (f"calibrated, phone offsets, body {BODY_LOSS_DB:g} "
-                                f"dB, walk test {SECTOR_WALK_M:g} m, hold {WALK_HOLD_S:g} s"))):
+                                f"dB held {BODY_HOLD_S:g} s, walk test {SECTOR_WALK_M:g} m, hold {WALK_HOLD_S:g} s"))):
                 if key in r:
                     _print(f"{label} from a survey walk ({r[key]['calibration']})", r[key])
 

@@ -9,8 +9,9 @@ noise. Measured on one core, as medians over windows and repeats:
   followed by `SectorTracker.step` on its snapshot, through the
   `Tracker.step` of a tracker with a radio map (a calibration walk's), of
   one that estimates each phone's TX offset (eq. (16), 4 dB), and of
-  everything on: offset state, the body of eq. (20) (3 dB) and a radio map,
-  followed by a `SectorTracker.step` that fuses a sector fingerprint
+  everything on: offset state, the body of eqs. (20)-(21) (3 dB, held
+  300 s) and a radio map, followed by a `SectorTracker.step` that fuses a
+  sector fingerprint
   (eqs. (18)-(19)) over the window's readings;
 - bytes per track: the bank's arrays (spare capacity included: it doubles),
   what tracemalloc sees held after the births (arrays, id map, id strings),
@@ -132,7 +133,8 @@ def bench_tracker(
                           TrackerConfig(offset_sigma_db=4.0))
         sectors = SectorTracker(model)
         full = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
-                       TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0), radio_map=walk_map(rng))
+                       TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0, body_hold_s=300.0),
+                       radio_map=walk_map(rng))
         full_sectors = SectorTracker(model, fingerprint=walk_fingerprint(rng, model.n_sectors), offset_sigma_db=4.0)
         for t, w in enumerate(wins):
             t0 = time.perf_counter()
