@@ -310,8 +310,9 @@ class AgentStatus(BaseEvent):
     clock_offset_s: float | None = Field(default=None, description="Clock offset to a reference, if known.")
 
 
-CountMethod = Literal["probe_stays"]
-"""How a count was made: ``probe_stays``, eqs. (37)-(39) of positioning/occupancy.py over anonymous Wi-Fi probes."""
+CountMethod = Literal["probe_stays", "probe_places"]
+"""How a count was made: ``probe_stays``, eqs. (37)-(39) of positioning/occupancy.py over anonymous Wi-Fi probes;
+``probe_places``, a sector's share of that count by where eq. (41) places the devices two or more receivers hear (42)."""
 
 Estimate = Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)]
 """An estimated number of people: finite, not negative (a fraction is an expectation)."""
@@ -328,7 +329,8 @@ class _AggregateEvent(BaseEvent):
     interval_end: UtcTime = Field(description="End of the interval the figures are about.")
     method: CountMethod = Field(
         description="How the figures were estimated: 'probe_stays', anonymous Wi-Fi probe requests grouped into "
-                    "stays, fixtures and passers-by set aside (positioning/occupancy.py, eqs. 37-39).")
+                    "stays, fixtures and passers-by set aside (positioning/occupancy.py, eqs. 37-39); 'probe_places', "
+                    "a sector's share of that count, by where the devices two or more receivers hear are (eqs. 41-42).")
 
     @field_validator("interval_start", "interval_end")
     @classmethod

@@ -255,6 +255,7 @@ class FootfallStage:
             if job.kind == "sample":
                 self.stats.last = estimate
                 events.append(self._occupancy(estimate, job.t, job.wall_offset))
+                events.extend(self._sectors(estimate, job.t, job.wall_offset))
             else:
                 events.append(FootfallCounted(
                     **self._envelope(job.t + job.wall_offset), interval_start=utc_from_epoch(job.start_wall),
@@ -283,6 +284,26 @@ class FootfallStage:
             **self._envelope(t + wall_offset), interval_start=utc_from_epoch(end - self.config.interval_s),
             interval_end=utc_from_epoch(end), method="probe_stays",
             count=estimate.count, count_sd=estimate.count_sd)
+
+    def _sectors(self, estimate: OccupancyEstimate, t: float, wall_offset: float) -> list[OccupancySampled]:
+        """Eq. (42)'s people per sector, where the receivers placed a counted device at all; none otherwise.
+
+        The spread of a sector's figure: the store count's, scaled by the
+        share, and the split's own as a multinomial of the count over the
+        shares (placement errors beyond that are not in it).
+        """
+        if estimate.sectors is None or estimate.count <= 0.0:
+            return []
+        end = estimate.at + wall_offset
+        out = []
+        for sector, people in zip(self.site.sectors, estimate.sectors, strict=True):
+            share = people / estimate.count
+            sd = math.sqrt((share * estimate.count_sd) ** 2 + estimate.count * share * (1.0 - share))
+            out.append(OccupancySampled(
+                **self._envelope(t + wall_offset), interval_start=utc_from_epoch(end - self.config.interval_s),
+                interval_end=utc_from_epoch(end), method="probe_places", sector_id=sector.id, count=people,
+                count_sd=sd))
+        return out
 
     def _envelope(self, wall: float) -> dict[str, object]:
         agent_id = self.site.agent.id

@@ -80,6 +80,8 @@ LINK_GRID: tuple[LinkConfig, ...] = tuple(
     LinkConfig(gap_s=gap, seq_slack=slack, seq_rate_per_s=rate, rssi_step_db=step)
     for gap in (120.0, 180.0) for slack, rate in ((64, 4.0), (32, 0.5)) for step in (15.0, 25.0))
 """Eq. (30)'s sequence bounds the fit chooses from next, with the thresholds it chose."""
+SECTOR_PRIOR_GRID = (0.0, 5.0, 10.0, 20.0, 50.0)
+"""lambda of eq. (42) the fit chooses from (with ``--outline on``), by the sector MAE."""
 WALL_GRID = (0.0, 4.0, 8.0, 12.0, 16.0)
 """The outer wall's loss in eq. (41)'s model the fit chooses from last (with ``--outline on``)."""
 BASE = EstimateConfig(window_s=7200.0, lead_s=120.0, interval_s=3600.0, gap_s=300.0, still_s=600.0,
@@ -222,6 +224,15 @@ def fit(run: Run, geometry: bool, every_s: float) -> tuple[EstimateConfig, dict[
     config = best[1]
     counted, true = counted_visits(run, replace(config, people_per_entry=1.0))
     config = replace(config, people_per_entry=float(true.sum() / max(counted.sum(), 1.0)))
+    if geometry:
+        nows = np.arange(run.start + config.lead_s, run.end + config.lead_s, every_s)
+        by_prior = {}
+        for prior in SECTOR_PRIOR_GRID:
+            candidate = replace(config, sector_prior_devices=prior)
+            scored = sector_scores(run, candidate, [run.data.estimate(now, candidate) for now in nows],
+                                   nows - config.lead_s)
+            by_prior[prior] = scored["sector_mae_persons"] if scored and scored.get("samples_with_sectors") else np.inf
+        config = replace(config, sector_prior_devices=min(by_prior, key=lambda prior: by_prior[prior]))
     return config, {"fit_mae_persons": round(best[0], 3), "wall_loss_db": wall}
 
 
@@ -250,6 +261,44 @@ def passers_counted(run: Run, config: EstimateConfig, nows: np.ndarray) -> tuple
     return len(passers) / max(len(run.truth.passers), 1), fixtures / max(nows.size, 1)
 
 
+def sector_truth(run: Run, at: np.ndarray, sector_ids: tuple[str, ...]) -> np.ndarray:
+    """Shoppers (K, S) in each sector at each time, by the sector of their last true position before it."""
+    index = {sector: k for k, sector in enumerate(sector_ids)}
+    out = np.zeros((at.size, len(sector_ids)))
+    for sid, track in run.truth.tracks.items():
+        shopper = run.truth.shoppers[sid]
+        inside = (shopper.enter_ts <= at) & (at < shopper.leave_ts)
+        last = np.searchsorted(track.ts, at, side="right") - 1
+        for k in np.flatnonzero(inside & (last >= 0)):
+            sector = index.get(track.sector[last[k]] or "")
+            if sector is not None:
+                out[k, sector] += 1.0
+    return out
+
+
+def sector_scores(run: Run, config: EstimateConfig, estimates: list[OccupancyEstimate], at: np.ndarray
+                  ) -> dict[str, Any] | None:
+    """Per-sector people (the store count split as the placed devices are) against the truth per sector, beside the
+    store count split by floor area; over the samples that have sector figures."""
+    outline = config.outline
+    if outline is None or not outline.sectors:
+        return None
+    with_sectors = [k for k, e in enumerate(estimates) if e.sectors is not None]
+    if not with_sectors:
+        return {"samples_with_sectors": 0}
+    ids = tuple(sector.id for sector in load_site(SITE).sectors)
+    truth = sector_truth(run, at[with_sectors], ids)
+    ours = np.array([estimates[k].sectors for k in with_sectors])
+    area = np.bincount(outline.sector[outline.inside], minlength=outline.sectors + 1)[:outline.sectors].astype(float)
+    by_area = np.array([estimates[k].count for k in with_sectors])[:, None] * (area / area.sum())[None, :]
+    located = [estimates[k].located for k in with_sectors]
+    return {"samples_with_sectors": len(with_sectors), "located_median": float(np.median(located)),
+            "sector_mae_persons": round(float(np.abs(ours - truth).mean()), 3),
+            "by_area_mae_persons": round(float(np.abs(by_area - truth).mean()), 3),
+            "mean_per_sector": round(float(truth.mean()), 3),
+            "per_sector_mae": dict(zip(ids, np.round(np.abs(ours - truth).mean(axis=0), 3).tolist(), strict=True))}
+
+
 def score(run: Run, config: EstimateConfig) -> dict[str, Any]:
     nows = np.arange(run.start + config.lead_s, run.end + config.lead_s, SAMPLE_S)
     estimates = [run.data.estimate(now, config) for now in nows]
@@ -269,6 +318,7 @@ def score(run: Run, config: EstimateConfig) -> dict[str, Any]:
                                         for e, t in zip(estimated, true, strict=True)],
         "footfall_error_pct_total": round(100.0 * (float(estimated.sum()) / float(true.sum()) - 1.0), 2),
         "passers_counted_pct": round(100.0 * passers, 2), "fixtures_counted_per_sample": round(fixtures, 3),
+        "sectors": sector_scores(run, config, estimates, at),
     }
 
 
@@ -330,6 +380,10 @@ def main() -> None:
               f"of {row['mean_occupancy']:.1f}; footfall per hour {row['footfall_error_pct_per_hour']} % "
               f"(total {row['footfall_error_pct_total']:+.1f} %); passers counted {row['passers_counted_pct']:.1f} %; "
               f"fixtures counted {row['fixtures_counted_per_sample']:.2f} per sample; 95 % coverage {row['coverage_95']:.0%}")
+        if row["sectors"] and row["sectors"].get("samples_with_sectors"):
+            print(f"  per sector: MAE {row['sectors']['sector_mae_persons']:.2f} persons against "
+                  f"{row['sectors']['by_area_mae_persons']:.2f} by floor area (mean {row['sectors']['mean_per_sector']:.2f}"
+                  f" per sector, {row['sectors']['samples_with_sectors']} samples)")
     for n, row in timing.items():
         print(f"{n} shoppers: estimate call median {row['median_ms']:.1f} ms, p90 {row['p90_ms']:.1f} ms "
               f"({row['rows_median']} rows)")

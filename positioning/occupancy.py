@@ -135,9 +135,15 @@ entrance node and, faintly, by one further in is placed on the street
 however loud the entrance node hears them, and a shopper at the back, faint
 everywhere, inside. The nominal power of (1) is assumed (no per-phone
 offset: two receivers could not tell it from distance). g_j also names a
-sector (the grid point's), which the per-sector count (39) uses for stays
-heard by at least ``min_sector_receivers``, placed by the medians of their
-last ``sector_recent_s`` only: where the phone is now, not where it was.
+sector. Per sector, the counted stays open at x are placed again by (41)
+from their receptions within sector_recent_s / 2 of x (where the phone is
+then, not where it went during the stay), and the store's count is split
+as they fall, shrunk towards the sectors' floor areas A_k (shares of the
+outline) by lambda devices' worth:
+
+    people_k(x) = count(x) (l_k + lambda A_k) / (l + lambda),   l_k placed in sector k, l = sum_k l_k   (42)
+
+reported only where l > 0: where the receivers place someone at all.
 """
 
 from __future__ import annotations
@@ -530,7 +536,8 @@ class Outline:
 
     predicted (G, m) dBm, weight (m,) 1/sigma_r^2, inside (G,) in the store's
     outline, sector (G,) the sector polygon holding each point (the number of
-    polygons for none). Built once per site by `Outline.of`; receiver r is
+    polygons for none), area (S,) each sector's share of the points in
+    sectors (A_k of 42). Built once per site by `Outline.of`; receiver r is
     the receiver code r of the rows `estimate_occupancy` takes.
     """
 
@@ -539,6 +546,7 @@ class Outline:
     inside: BoolArray
     sector: IntArray
     sectors: int
+    area: FloatArray
 
     @classmethod
     def of(cls, receivers_xyz: ArrayLike, rssi_at_1m: ArrayLike, exponent: ArrayLike, sigma_db: ArrayLike,
@@ -571,7 +579,10 @@ class Outline:
         weight = 1.0 / sd ** 2
         weight.flags.writeable = False
         inside.flags.writeable = False
-        return cls(predicted, weight, inside, sector, len(polygons))
+        cells = np.bincount(sector, minlength=len(polygons) + 1)[:len(polygons)].astype(np.float64)
+        area = cells / max(cells.sum(), 1.0)
+        area.flags.writeable = False
+        return cls(predicted, weight, inside, sector, len(polygons), area)
 
     def place(self, cell_stay: IntArray, cell_rx: IntArray, median: FloatArray, stays_n: int) -> IntArray:
         """Eq. (41): the grid point (J,) of each stay from its (stay, receiver) medians; -1 if under two receivers."""
@@ -618,7 +629,7 @@ class EstimateConfig:
     people_per_device, people_offset, residual_sd: alpha, beta and s of (34), (40).
     people_per_entry: alpha_e of (39)-(40).
     outline: the grid of (41), or None for the power threshold alone.
-    min_sector_receivers, sector_recent_s: who is counted per sector in (41), and by which receptions.
+    sector_recent_s, sector_prior_devices: the receptions (42) places a stay by, and lambda.
     """
 
     link: LinkConfig = LinkConfig()
@@ -640,15 +651,16 @@ class EstimateConfig:
     residual_sd: float = 0.0
     people_per_entry: float = 1.0
     outline: Outline | None = None
-    min_sector_receivers: int = 3
     sector_recent_s: float = 60.0
+    sector_prior_devices: float = 20.0
 
     def __post_init__(self) -> None:
         for name in ("window_s", "gap_s", "interval_s", "fixture_s", "still_s", "people_per_device",
                      "people_per_entry"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lead_s", "hold_s", "still_sd_db", "visit_s", "residual_sd", "burst_s", "min_span_s"):
+        for name in ("lead_s", "hold_s", "still_sd_db", "visit_s", "residual_sd", "burst_s", "min_span_s",
+                     "sector_recent_s", "sector_prior_devices"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lead_s >= self.window_s:
@@ -681,6 +693,30 @@ class OccupancyEstimate:
     devices: int
     stationary: int
     outside: int
+    sectors: tuple[float, ...] | None = None
+    """People per sector of (42) (the outline's polygons' order), or None where no counted device was placed."""
+    located: int = 0
+    """l of (42): counted devices placed in a sector from their receptions around ``at``."""
+
+
+def placed_per_sector(outline: Outline, stay: IntArray, t: FloatArray, rssi_dbm: FloatArray, receiver: IntArray,
+                      at: float, recent_s: float) -> IntArray:
+    """l_k of (42), (S,): the given rows of counted stays within ``recent_s`` / 2 of ``at``, placed by (41) from
+    their medians there where two or more receivers heard them."""
+    near = np.abs(t - at) <= recent_s / 2.0
+    stay, z, rx = stay[near], rssi_dbm[near], receiver[near]
+    if stay.size == 0:
+        return np.zeros(outline.sectors, dtype=np.intp)
+    m = int(outline.weight.size)
+    cell = stay.astype(np.int64) * m + rx
+    _, begin, z_sorted = _group_sorted(cell, z)
+    cells = np.unique(cell)
+    median = _quantile_in_runs(z_sorted, begin, 0.5)
+    cell_stay = (cells // m).astype(np.intp)
+    _, code = np.unique(cell_stay, return_inverse=True)
+    placed = outline.place(code.astype(np.intp), (cells % m).astype(np.intp), median, int(code.max()) + 1)
+    sector = outline.sector[placed[placed >= 0]]
+    return np.bincount(sector[sector < outline.sectors], minlength=outline.sectors).astype(np.intp)
 
 
 def _group_sorted(keys: NDArray[np.int64], values: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
@@ -815,5 +851,20 @@ def estimate_occupancy(t: ArrayLike, mac: ArrayLike, signature: ArrayLike, seque
     fixed_stay = verdict.fixed[found.device]
     outside = np.unique(found.device[heard & ~verdict.inside & ~fixed_stay & open_at])
     devices = int(verdict.device.max()) + 1 if verdict.device.size else 0
+    sectors, located = None, 0
+    outline = config.outline
+    if outline is not None and outline.sectors and verdict.rows.size:
+        rows = verdict.rows
+        stay = found.of_probe
+        counted = (keep & open_at)[stay]
+        per_sector = placed_per_sector(
+            outline, stay[counted], np.asarray(_as(t, float), dtype=np.float64)[rows][counted],
+            np.asarray(_as(rssi_dbm, float), dtype=np.float64)[rows][counted],
+            np.asarray(_as(receiver, np.int64))[rows][counted], at, config.sector_recent_s)
+        located = int(per_sector.sum())
+        if located:
+            prior = config.sector_prior_devices
+            sectors = tuple(float(v) for v in count * (per_sector + prior * outline.area) / (located + prior))
     return OccupancyEstimate(at=at, count=count, count_sd=count_sd, entries=alpha_e * e, entries_sd=entries_sd,
-                             devices=devices, stationary=int(verdict.fixed.sum()), outside=int(outside.size))
+                             devices=devices, stationary=int(verdict.fixed.sum()), outside=int(outside.size),
+                             sectors=sectors, located=located)

@@ -26,9 +26,12 @@ from agent.observations import Observation, ProbeFields
 from agent.replayclock import ReplayClock
 from agent.replayfile import read_records, write_records
 from agent.service import Service
+from agent.site_arrays import occupancy_outline, site_arrays
 from agent.sources.replay import ReplaySource
 from agent.statusfile import read_status
 from positioning import occupancy
+from positioning.occupancy import WALL_LOSS_DB
+from positioning.pathloss import rssi_at_distance, slant_distance
 from tests.helpers.footfall import END, HOUR, SIGNATURES, START, Recording, recording
 from tests.helpers.hq_acks import AckingSubscriber
 
@@ -305,3 +308,70 @@ def test_estimates_run_off_the_loop_and_shutdown_keeps_the_one_running(broker: B
     assert len(hours) == 1
     assert len(samples) + len(hours) == stage.stats.estimates
     assert service.counting is None
+
+
+WIFI_RECEIVERS = """
+[[receivers]]
+id = "wifi-front"
+kind = "wifi"
+x = 2.0
+y = 1.0
+z = 2.6
+rssi_at_1m = -40.0
+path_loss_exponent = 2.2
+
+[[receivers]]
+id = "wifi-back"
+kind = "wifi"
+x = 28.0
+y = 18.0
+z = 2.6
+rssi_at_1m = -40.0
+path_loss_exponent = 2.2
+"""
+
+
+def test_where_receivers_allow_the_stage_counts_per_sector_and_places_passers_outside(tmp_path: Path) -> None:
+    """Three Wi-Fi receivers: phones standing in aisle 1 and the greengrocer's, a passer-by heard loud through the
+    front; the sector samples split the store's count as the phones stand, and the passer is not in it."""
+    site = load_site(example_site_for(tmp_path, 1883, extra="[footfall]\nlead_s = 0\n" + WIFI_RECEIVERS))
+    assert site.footfall is not None
+    stage = FootfallStage(site, site.footfall)
+    arrays = site_arrays(site)
+    rng = np.random.default_rng(3)
+    spots = {"aisle-1": [(4.0, 6.0), (7.0, 9.0), (3.0, 3.0)], "greengrocer": [(26.0, 16.0)], "street": [(15.0, -3.0)]}
+    wifi = [row for row, kind in enumerate(arrays.kinds) if kind == "wifi"]
+    observations = []
+    for n, (where, xy) in enumerate((w, p) for w, points in spots.items() for p in points):
+        power = rssi_at_distance(slant_distance(np.array(xy), arrays.xyz[wifi], 1.2), arrays.rssi_at_1m[wifi],
+                                 arrays.exponent[wifi]) - (WALL_LOSS_DB if where == "street" else 0.0)
+        for t in np.arange(START, START + 600.0, 30.0):  # shorter than a fixture shows by (still_s)
+            for row, level in zip(wifi, power, strict=True):
+                observations.append(Observation(
+                    ts=float(t), receiver_id=arrays.receiver_ids[row], emitter_id=f"{n:024x}", tech="wifi",
+                    rssi_dbm=float(level + rng.normal(0.0, 1.0)),
+                    probe=ProbeFields(sequence=int(t) % 4096, signature=SIGNATURES[0], randomised=False)))
+    observations.sort(key=lambda o: o.ts)
+    events: list[Event] = []
+    t = START
+    for observation in observations:
+        while t < observation.ts:
+            events.extend(stage.step(t, 0.0))
+            t += 10.0
+        stage.add(observation)
+    events.extend(stage.step(START + 590.0, 0.0))
+    store = [e for e in events if isinstance(e, OccupancySampled) and e.sector_id is None]
+    sectors = [e for e in events if isinstance(e, OccupancySampled) and e.sector_id is not None]
+    assert store
+    assert store[-1].count == 4.0  # the four phones inside, not the passer-by
+    last = {e.sector_id: e for e in sectors if e.interval_end == store[-1].interval_end}
+    assert set(last) == {sector.id for sector in site.sectors}
+    assert all(e.method == "probe_places" for e in last.values())
+    assert sum(e.count for e in last.values()) == pytest.approx(store[-1].count)
+    # Eq. (42): three phones placed in aisle 1, one at the greengrocer's, shrunk towards the floor areas.
+    placed = np.array([3.0 if s.id == "aisle-1" else 1.0 if s.id == "greengrocer" else 0.0 for s in site.sectors])
+    prior, area = stage.estimate_config.sector_prior_devices, occupancy_outline(site, WALL_LOSS_DB).area
+    expected = 4.0 * (placed + prior * area) / (4.0 + prior)
+    assert [last[s.id].count for s in site.sectors] == pytest.approx(expected.tolist())
+    keys = {o.emitter_id for o in observations}
+    assert not any(key in e.to_json() for e in events for key in keys)
