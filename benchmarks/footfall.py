@@ -21,10 +21,18 @@ counted visit; seeds 1-3 are scored with them:
 - passers-by counted inside: the share of passers-by any of whose stays
   the estimate counted as a person at any sample (target <= 5 %), from
   the simulator's truth of who sent what;
+- people per sector (eq. 42, where eq. 41 places counted devices: with BLE
+  rows), MAE per sector against the simulator's shoppers per sector, beside
+  the store's count split by floor area;
 - time per estimate call (median, ms) at 200 and at 500 shoppers (1,500
   passers-by), the two-hour window the agent keeps.
 
-    .venv/bin/python benchmarks/footfall.py [--json] [--tech wifi|wifi+ble] [--work DIR] [--seeds 1 2 3]
+``--outline on`` (the default) places stays heard by two or more receivers
+against the outline (eq. 41) and fits its wall loss and (42)'s lambda on
+seed 0 as well; ``--fit-every`` spaces the samples the grids compare.
+
+    .venv/bin/python benchmarks/footfall.py [--json] [--tech wifi|wifi+ble] [--outline on|off] [--fit-every S]
+                                            [--work DIR] [--seeds 1 2 3]
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ BoolArray = NDArray[np.bool_]
 
 SEQUENCE_MODULUS = 4096
 
-WALL_LOSS_DB = 8.0
+WALL_LOSS_DB = 16.0
 """The outer wall's loss in (41) when a store has not measured its own (benchmarks/README.md, 2026-12-05)."""
 
 
@@ -652,7 +652,7 @@ class EstimateConfig:
     people_per_entry: float = 1.0
     outline: Outline | None = None
     sector_recent_s: float = 60.0
-    sector_prior_devices: float = 20.0
+    sector_prior_devices: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("window_s", "gap_s", "interval_s", "fixture_s", "still_s", "people_per_device",
