@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hq.profile import VisitKey
 from hq.store import (
     DELIVERY_COLUMNS,
     EVENT_COLUMNS,
@@ -143,6 +144,22 @@ class PostgresStore(Store):
     def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         # One array parameter: one statement text whatever the list's length (parsed and prepared once).
         return f"{column} = ANY(?)", [list(values)]
+
+    def _visit_rows(self, cur: Cursor, keys: Iterable[VisitKey], columns: Sequence[str],
+                    condition: str = "") -> list[Any]:
+        # One query for all agents, joined to the keys' arrays: a nested loop of exact probes of
+        # events_visit whatever the statistics say. With "store_id = ? AND visit_id = ANY(?)" per
+        # agent, a store that is new since the last ANALYZE is estimated at one row and walked
+        # whole by (store_id, type, ts), a scan that grows with every batch.
+        assert isinstance(cur, _PgCursor)
+        wanted = sorted(set(keys))
+        if not wanted:
+            return []
+        cur.execute_binary(f"SELECT k.store_id, k.agent_id, k.visit_id, {', '.join(columns)}"  # noqa: S608
+                           " FROM unnest(?::text[], ?::text[], ?::text[]) AS k(store_id, agent_id, visit_id)"
+                           " JOIN events AS e ON e.store_id = k.store_id AND e.agent_id = k.agent_id"
+                           f" AND e.visit_id = k.visit_id{condition}", [list(c) for c in zip(*wanted, strict=True)])
+        return cur.fetchall()
 
     def _contains(self, column: str) -> str:
         return f"strpos({column}, ?) > 0"

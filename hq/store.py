@@ -806,7 +806,21 @@ class Store(ABC):
 
     # --- activations ---------------------------------------------------
     def linked_visits(self, keys: Iterable[VisitKey]) -> dict[VisitKey, str]:
-        """For each visit, the loyalty id an identity.linked joined it to (the newest link wins).
+        """For each visit, the loyalty id an identity.linked joined it to (the newest link wins)."""
+        newest: dict[VisitKey, tuple[float, str]] = {}
+        with self._read() as cur:
+            rows = self._visit_rows(cur, keys, ("ts", "loyalty_id", "type"), " AND loyalty_id IS NOT NULL")
+            for store_id, agent_id, visit_id, ts, loyalty_id, kind in rows:
+                if kind != "identity.linked":
+                    continue
+                key = (store_id, agent_id, visit_id)
+                if key not in newest or (float(ts), loyalty_id) > newest[key]:
+                    newest[key] = (float(ts), loyalty_id)
+        return {key: loyalty_id for key, (_, loyalty_id) in newest.items()}
+
+    def _visit_rows(self, cur: Cursor, keys: Iterable[VisitKey], columns: Sequence[str],
+                    condition: str = "") -> list[Any]:
+        """(store_id, agent_id, visit_id, *columns) of the events of these visits, ``condition`` (`` AND …``) holding.
 
         One query per agent and chunk of visits, on the visit index: naming the
         type or ordering by ts in SQL lets SQLite's planner walk all of a
@@ -815,21 +829,15 @@ class Store(ABC):
         by_agent: dict[tuple[str, str], list[str]] = defaultdict(list)
         for store_id, agent_id, visit_id in sorted(set(keys)):
             by_agent[(store_id, agent_id)].append(visit_id)
-        newest: dict[VisitKey, tuple[float, str]] = {}
-        with self._read() as cur:
-            for (store_id, agent_id), visits in by_agent.items():
-                for start in range(0, len(visits), CHUNK):
-                    part = visits[start:start + CHUNK]
-                    where, params = self._in("visit_id", part)
-                    cur.execute("SELECT visit_id, ts, loyalty_id, type FROM events WHERE store_id = ? AND agent_id = ?"  # noqa: S608
-                                f" AND {where} AND loyalty_id IS NOT NULL", (store_id, agent_id, *params))
-                    for visit_id, ts, loyalty_id, kind in cur.fetchall():
-                        if kind != "identity.linked":
-                            continue
-                        key = (store_id, agent_id, visit_id)
-                        if key not in newest or (float(ts), loyalty_id) > newest[key]:
-                            newest[key] = (float(ts), loyalty_id)
-        return {key: loyalty_id for key, (_, loyalty_id) in newest.items()}
+        rows: list[Any] = []
+        for (store_id, agent_id), visits in by_agent.items():
+            for start in range(0, len(visits), CHUNK):
+                where, params = self._in("visit_id", visits[start:start + CHUNK])
+                cur.execute(f"SELECT store_id, agent_id, visit_id, {', '.join(columns)} FROM events"  # noqa: S608
+                            f" WHERE store_id = ? AND agent_id = ? AND {where}{condition}",
+                            (store_id, agent_id, *params))
+                rows.extend(cur.fetchall())
+        return rows
 
     def rule_inputs(self, loyalty_ids: Iterable[str]) -> dict[str, RuleInputs]:
         """What activation rules read of each customer, in a few queries for all of them.
@@ -867,18 +875,9 @@ class Store(ABC):
                             f" WHERE {where} ORDER BY ts", params)
                 for lid, *row in cur.fetchall():
                     history[lid].append(cast(tuple[str, float, str, str, str | None], tuple(row)))
-            wanted = sorted({key for keys in links.values() for key in keys})
-            by_agent: dict[tuple[str, str], list[str]] = defaultdict(list)
-            for store_id, agent_id, visit_id in wanted:
-                by_agent[(store_id, agent_id)].append(visit_id)
-            for (store_id, agent_id), visits in by_agent.items():
-                for start in range(0, len(visits), CHUNK):
-                    part = visits[start:start + CHUNK]
-                    where, params = self._in("visit_id", part)
-                    cur.execute("SELECT visit_id, payload FROM events WHERE store_id = ? AND agent_id = ?"  # noqa: S608
-                                f" AND {where}", (store_id, agent_id, *params))
-                    for visit_id, payload in cur.fetchall():
-                        visit_payloads.setdefault((store_id, agent_id, visit_id), []).append(payload)
+            for store_id, agent_id, visit_id, payload in self._visit_rows(
+                    cur, {key for keys in links.values() for key in keys}, ("payload",)):
+                visit_payloads.setdefault((store_id, agent_id, visit_id), []).append(payload)
         out: dict[str, RuleInputs] = {}
         for lid in ids:
             granted = {purpose: consent.get((lid, purpose), (0, 0, False))[2] for purpose in PURPOSES}

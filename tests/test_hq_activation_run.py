@@ -566,6 +566,23 @@ def test_rule_inputs_of_a_batch_are_the_per_customer_reads(store: Store) -> None
     assert store.rule_inputs([]) == {}
 
 
+def test_visit_reads_keep_agents_and_stores_apart(store: Store) -> None:
+    """One visit id at two agents of a store and at another store: each link and each visit's events stay its own."""
+    grant(store, ["L2", "L3"])
+    seq = Seq()
+    placed = [("s1", "a1", "L1"), ("s1", "a2", "L2"), ("s2", "a1", "L3")]
+    events = [e.model_copy(update={"store_id": store_id, "agent_id": agent_id})
+              for store_id, agent_id, lid in placed for e in visit(seq, "v1", lid)]
+    store.ingest(decoded(events), T0.timestamp(), want_events=False)
+    keys = [(store_id, agent_id, "v1") for store_id, agent_id, _ in placed]
+    assert store.linked_visits([*keys, ("s2", "a2", "v1"), keys[0]]) == {
+        key: lid for key, (_, _, lid) in zip(keys, placed, strict=True)}
+    batch = store.rule_inputs(["L1", "L2", "L3"])
+    for key, (_, _, lid) in zip(keys, placed, strict=True):
+        assert [(e.store_id, e.agent_id, e.visit_id) for e in batch[lid].events] == [key] * 3, lid
+    assert store.linked_visits([]) == {}
+
+
 def test_record_firings_tells_each_firing_new_once_across_statements(store: Store) -> None:
     """More firings than one INSERT holds, one of them twice: each is new once, and never again."""
     rows = [FiringRow(activation_id("r", f"e-{n}"), "r", f"e-{n}", "L1", STORE, AGENT, f"v{n}", None,
