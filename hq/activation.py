@@ -81,11 +81,17 @@ def _earlier_visits(profile: Profile, trigger: Trigger) -> list[Visit]:
     return [v for v in profile.visit_list if v is not current and v.started < cutoff]
 
 
-def facts(profile: Profile, trigger: Trigger, conditions: Conditions, names: Iterable[FactName]) -> dict[str, Fact]:
-    """The profile facts at the trigger's time, for the conditions and the names a rule shows."""
+def facts(profile: Profile, trigger: Trigger, conditions: Conditions, names: Iterable[FactName],
+          earlier: Sequence[Visit] | None = None) -> dict[str, Fact]:
+    """The profile facts at the trigger's time, for the conditions and the names a rule shows.
+
+    ``earlier``: the visits before the triggering one, when the caller has them already (the
+    same for every rule a trigger matches).
+    """
     wanted = set(names) | {n for n in conditions.model_fields_set if getattr(conditions, n) is not None}
     out: dict[str, Fact] = {}
-    earlier = _earlier_visits(profile, trigger)
+    if earlier is None:
+        earlier = _earlier_visits(profile, trigger)
     if "visits_in_days" in wanted:
         days = conditions.visits_in_days.days if conditions.visits_in_days is not None else 30
         since = trigger.ts - timedelta(days=days)
@@ -178,10 +184,12 @@ def evaluate(
     used_today = sum(1 for f in history if f.ts.astimezone(zone).date() == today)
     if cap is not None and used_today >= cap:
         return fired  # the customer's day is full: no rule's facts need computing
-    for rule in rules.rules:
+    candidates = rules.triggered_by(trigger.type)
+    earlier = _earlier_visits(profile, trigger) if candidates else []
+    for rule in candidates:
         if not _matches(rule, trigger):
             continue
-        values = facts(profile, trigger, rule.when, rule.facts)
+        values = facts(profile, trigger, rule.when, rule.facts, earlier)
         if not conditions_hold(rule.when, values):
             continue
         if not _allowed_by_limits(rule, trigger, history, rules):

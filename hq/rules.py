@@ -216,10 +216,16 @@ class Rules:
         self._zones = dict(zones)
         self._default_zone = zoneinfo.ZoneInfo(spec.timezone)
         self.sectors = dict(sectors)
+        self._by_event: dict[str, tuple[Rule, ...]] = {
+            event: tuple(r for r in spec.rule if r.trigger.event == event) for event in TRIGGER_EVENTS}
 
     @property
     def rules(self) -> Sequence[Rule]:
         return self.spec.rule
+
+    def triggered_by(self, event_type: str) -> Sequence[Rule]:
+        """The rules an event of this type may fire, in the file's order (looked up once per file, not per event)."""
+        return self._by_event.get(event_type, ())
 
     def zone(self, store_id: str) -> zoneinfo.ZoneInfo:
         """The store's time zone: its own, else the file's."""
