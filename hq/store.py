@@ -69,6 +69,8 @@ FIRING_COLUMNS = ("activation_id", "rule_id", "event_id", "loyalty_id", "store_i
                   "sector_id", "ts", "fired_at", "facts")
 DELIVERY_COLUMNS = ("activation_id", "action_no", "kind", "target", "body", "claimed_by", "claimed_at",
                     "updated_at")
+FINAL_STATES = frozenset({"delivered", "dead"})
+"""Delivery states never changed back."""
 
 POISON_ERRORS = (OverflowError, ValueError, TypeError, RecursionError, ArithmeticError)
 """What Python raises on a value no column holds (2^70 into an INTEGER, text SQLite cannot encode)."""
@@ -918,13 +920,29 @@ class Store(ABC):
     def set_deliveries(self, changes: Sequence[tuple[str, int, str, str | None, int]], now: float) -> None:
         """New states of deliveries (activation_id, action_no, state, detail, attempts).
 
-        A final state (delivered, dead) is never changed back.
+        A final state (delivered, dead) is never changed back: of one delivery's
+        changes in one call, the first final one holds, else the last.
         """
+        merged: dict[tuple[str, int], tuple[str, str | None, int]] = {}
+        for aid, no, state, detail, attempts in changes:
+            held = merged.get((aid, no))
+            if held is None or held[0] not in FINAL_STATES:
+                merged[(aid, no)] = (state, None if detail is None else detail[:500], attempts)
+        if not merged:
+            return
         with self._write() as cur:
-            cur.executemany("UPDATE deliveries SET state = ?, detail = ?, attempts = ?, updated_at = ?"
-                            " WHERE activation_id = ? AND action_no = ? AND state NOT IN ('delivered', 'dead')",
-                            [(state, None if detail is None else detail[:500], attempts, now, aid, no)
-                             for aid, no, state, detail, attempts in changes])
+            self._update_deliveries(cur, [(state, detail, attempts, now, aid, no)
+                                          for (aid, no), (state, detail, attempts) in sorted(merged.items())])
+
+    def _update_deliveries(self, cur: Cursor, rows: list[tuple[str, str | None, int, float, str, int]]) -> None:
+        """(state, detail, attempts, updated_at, activation_id, action_no) per delivery not final yet."""
+        cur.executemany("UPDATE deliveries SET state = ?, detail = ?, attempts = ?, updated_at = ?"
+                        " WHERE activation_id = ? AND action_no = ? AND state NOT IN ('delivered', 'dead')", rows)
+
+    def _renew_leases(self, cur: Cursor, me: str, now: float, held: list[tuple[str, int]]) -> None:
+        """claimed_at = now for the deliveries ``me`` holds (activation_id, action_no)."""
+        cur.executemany("UPDATE deliveries SET claimed_at = ? WHERE activation_id = ? AND action_no = ?"
+                        " AND claimed_by = ?", [(now, a, n, me) for a, n in held])
 
     def claim_deliveries(self, me: str, now: float, lease_s: float, held: Iterable[tuple[str, int]],
                          limit: int = 500) -> list[DeliveryRow]:
@@ -935,8 +953,7 @@ class Store(ABC):
         HQs never both take one delivery.
         """
         with self._write() as cur:
-            cur.executemany("UPDATE deliveries SET claimed_at = ? WHERE activation_id = ? AND action_no = ?"
-                            " AND claimed_by = ?", [(now, a, n, me) for a, n in held])
+            self._renew_leases(cur, me, now, sorted(held))
             cur.execute("SELECT activation_id, action_no FROM deliveries WHERE state IN ('pending', 'retrying')"
                         " AND claimed_at < ? ORDER BY claimed_at LIMIT ?", (now - lease_s, limit))
             stale = [tuple(row) for row in cur.fetchall()]

@@ -583,6 +583,30 @@ def test_visit_reads_keep_agents_and_stores_apart(store: Store) -> None:
     assert store.linked_visits([]) == {}
 
 
+def test_delivery_states_and_leases_are_updated_together(store: Store) -> None:
+    """One call's changes: the first final state holds; a lease is renewed only by the HQ holding it."""
+    ids = [activation_id("greet", f"e-{n}") for n in range(3)]
+    for n, aid in enumerate(ids):
+        row = FiringRow(aid, "greet", f"e-{n}", "L1", STORE, AGENT, "v1", "fish", 1.0, 1.0, "{}")
+        assert store.record_firing(row, [DeliveryRow(0, "staff", staff_topic(STORE), "{}", "hq-a"),
+                                         DeliveryRow(1, "mqtt", "t", "{}", "hq-a")])
+    store.set_deliveries([(ids[0], 0, "retrying", "refused", 1), (ids[0], 0, "delivered", None, 2),
+                          (ids[0], 0, "retrying", "late", 3), (ids[0], 1, "retrying", "refused", 1),
+                          (ids[0], 1, "retrying", "timeout", 2), (ids[1], 0, "dead", "HTTP 410 Gone", 1)], 5.0)
+    store.set_deliveries([(ids[1], 0, "retrying", "late", 2)], 6.0)  # a final state stays
+    states = {v.activation_id: [(d["state"], d["detail"]) for d in v.deliveries] for v in store.activations(10)}
+    assert states[ids[0]] == [("delivered", None), ("retrying", "timeout")]
+    assert states[ids[1]] == [("dead", "HTTP 410 Gone"), ("pending", None)]
+    assert states[ids[2]] == [("pending", None), ("pending", None)]
+    def claim(me: str, now: float, held: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return sorted((d.activation_id, d.action_no) for d in store.claim_deliveries(me, now, 30.0, held))
+
+    open_ = sorted([(ids[0], 1), (ids[1], 1), (ids[2], 0), (ids[2], 1)])
+    assert claim("hq-a", 90.0, [(ids[2], 0)]) == [k for k in open_ if k != (ids[2], 0)]  # renewed, not stale
+    assert claim("hq-b", 95.0, [(ids[2], 0)]) == []  # not hq-b's to renew: its lease stays at 90
+    assert claim("hq-b", 125.0, []) == open_
+
+
 def test_record_firings_tells_each_firing_new_once_across_statements(store: Store) -> None:
     """More firings than one INSERT holds, one of them twice: each is new once, and never again."""
     rows = [FiringRow(activation_id("r", f"e-{n}"), "r", f"e-{n}", "L1", STORE, AGENT, f"v{n}", None,
