@@ -72,6 +72,11 @@ def _unnest(cur: Cursor, table: str, columns: Sequence[str], kinds: Sequence[str
                        f" FROM unnest({arrays}){tail}", [list(column) for column in zip(*rows, strict=True)])
 
 
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as column lists (``width`` empty ones for no rows), for ``unnest``."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
 class _PgCursor:
     """Translates the shared ``?`` placeholders."""
 
@@ -134,12 +139,21 @@ class PostgresStore(Store):
         _unnest(cur, "events", EVENT_COLUMNS, _EVENT_TYPES, rows, " ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
         return {row[0] for row in cur.fetchall()}
 
-    def _insert_firings(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
-        _unnest(cur, "activations", FIRING_COLUMNS, _FIRING_TYPES, rows, " ON CONFLICT DO NOTHING RETURNING activation_id")
+    def _insert_recorded(self, cur: Cursor, firings: list[tuple[Any, ...]], deliveries: list[tuple[Any, ...]]
+                         ) -> set[str]:
+        # One statement, one round trip: the deliveries insert reads the firings insert's RETURNING.
+        assert isinstance(cur, _PgCursor)
+        fired = ", ".join(f"?::{kind}[]" for kind in _FIRING_TYPES)
+        sent = ", ".join(f"?::{kind}[]" for kind in _DELIVERY_TYPES)
+        cur.execute_binary(
+            f"WITH fired AS (INSERT INTO activations ({', '.join(FIRING_COLUMNS)}) SELECT * FROM unnest({fired})"  # noqa: S608
+            " ON CONFLICT DO NOTHING RETURNING activation_id),"
+            f" sent AS (INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}, state) SELECT d.*, 'pending'"
+            f" FROM unnest({sent}) AS d({', '.join(DELIVERY_COLUMNS)})"
+            " WHERE d.activation_id IN (SELECT activation_id FROM fired))"
+            " SELECT activation_id FROM fired",
+            [*_columns(firings, len(_FIRING_TYPES)), *_columns(deliveries, len(_DELIVERY_TYPES))])
         return {row[0] for row in cur.fetchall()}
-
-    def _insert_deliveries(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
-        _unnest(cur, "deliveries", (*DELIVERY_COLUMNS, "state"), _DELIVERY_TYPES, rows, "", "'pending'")
 
     def _update_deliveries(self, cur: Cursor, rows: list[tuple[str, str | None, int, float, str, int]]) -> None:
         # One UPDATE joined to the changes' arrays: executemany ran one statement per delivery, a
@@ -162,6 +176,16 @@ class PostgresStore(Store):
     def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         # One array parameter: one statement text whatever the list's length (parsed and prepared once).
         return f"{column} = ANY(?)", [list(values)]
+
+    def _fetch_each(self, cur: Cursor, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        # Pipeline mode: all the statements go out before the first result is awaited, one round
+        # trip instead of one each (on a busy HQ each wait also costs the writer the GIL back).
+        conn = self._connection()
+        with conn.pipeline():
+            cursors = [conn.cursor() for _ in statements]
+            for raw, (query, params) in zip(cursors, statements, strict=True):
+                raw.execute(_pg(query), params)
+            return [raw.fetchall() for raw in cursors]
 
     def _visit_rows(self, cur: Cursor, keys: Iterable[VisitKey], columns: Sequence[str],
                     condition: str = "") -> list[Any]:

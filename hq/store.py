@@ -820,6 +820,15 @@ class Store(ABC):
                     newest[key] = (float(ts), loyalty_id)
         return {key: loyalty_id for key, (_, loyalty_id) in newest.items()}
 
+    def _fetch_each(self, cur: Cursor, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each statement, in order: statements that do not depend on each other, which
+        a backend may send together."""
+        out: list[list[Any]] = []
+        for query, params in statements:
+            cur.execute(query, params)
+            out.append(cur.fetchall())
+        return out
+
     def _visit_rows(self, cur: Cursor, keys: Iterable[VisitKey], columns: Sequence[str],
                     condition: str = "") -> list[Any]:
         """(store_id, agent_id, visit_id, *columns) of the events of these visits, ``condition`` (`` AND …``) holding.
@@ -856,26 +865,25 @@ class Store(ABC):
         visit_payloads: dict[tuple[str, str, str], list[str]] = {}
         with self._read() as cur:
             for start in range(0, len(ids), CHUNK):
-                part = ids[start:start + CHUNK]
-                where, params = self._in("loyalty_id", part)
-                cur.execute(f"SELECT loyalty_id, purpose, ts, id, granted FROM consent WHERE {where}", params)  # noqa: S608
-                for lid, purpose, ts, row_id, granted in cur.fetchall():
+                where, params = self._in("loyalty_id", ids[start:start + CHUNK])
+                granted_rows, linked_rows, fired_rows = self._fetch_each(cur, [
+                    (f"SELECT loyalty_id, purpose, ts, id, granted FROM consent WHERE {where}", params),  # noqa: S608
+                    (("SELECT loyalty_id, type, store_id, agent_id, visit_id, payload FROM events"  # noqa: S608
+                     f" WHERE {where} AND type IN ('identity.linked', 'card.tapped')"), params),
+                    (("SELECT loyalty_id, rule_id, ts, store_id, agent_id, visit_id FROM activations"  # noqa: S608
+                     f" WHERE {where} ORDER BY ts"), params)])
+                for lid, purpose, ts, row_id, granted in granted_rows:
                     newest = (float(ts), int(row_id), bool(granted))
                     if (lid, purpose) not in consent or newest[:2] > consent[(lid, purpose)][:2]:
                         consent[(lid, purpose)] = newest
-                profiling = [lid for lid in part if consent.get((lid, "profiling"), (0, 0, False))[2]]
-                if profiling:
-                    linked, linked_params = self._in("loyalty_id", profiling)
-                    cur.execute("SELECT loyalty_id, type, store_id, agent_id, visit_id, payload FROM events"  # noqa: S608
-                                f" WHERE {linked} AND type IN ('identity.linked', 'card.tapped')", linked_params)
-                    for lid, kind, store_id, agent_id, visit_id, payload in cur.fetchall():
-                        if kind == "card.tapped":
-                            taps[lid].append(payload)
-                        elif visit_id is not None:
-                            links[lid].add((store_id, agent_id, visit_id))
-                cur.execute("SELECT loyalty_id, rule_id, ts, store_id, agent_id, visit_id FROM activations"  # noqa: S608
-                            f" WHERE {where} ORDER BY ts", params)
-                for lid, *row in cur.fetchall():
+                for lid, kind, store_id, agent_id, visit_id, payload in linked_rows:
+                    if not consent.get((lid, "profiling"), (0, 0, False))[2]:
+                        continue  # read with the consent, used only with profiling
+                    if kind == "card.tapped":
+                        taps[lid].append(payload)
+                    elif visit_id is not None:
+                        links[lid].add((store_id, agent_id, visit_id))
+                for lid, *row in fired_rows:
                     history[lid].append(cast(tuple[str, float, str, str, str | None], tuple(row)))
             for store_id, agent_id, visit_id, payload in self._visit_rows(
                     cur, {key for keys in links.values() for key in keys}, ("payload",)):
@@ -901,21 +909,29 @@ class Store(ABC):
         """
         if not firings:
             return []
-        ordered = sorted({f.activation_id: f for f, _ in reversed(firings)}.values(), key=lambda f: f.activation_id)
+        first = {f.activation_id: (f, deliveries) for f, deliveries in reversed(firings)}
+        ordered = sorted(first.items())
         with self._write() as cur:
-            inserted = self._insert_firings(cur, [
+            inserted = self._insert_recorded(cur, [
                 (f.activation_id, f.rule_id, f.event_id, f.loyalty_id, f.store_id, f.agent_id, f.visit_id,
-                 f.sector_id, f.ts, f.fired_at, f.facts) for f in ordered])
-            new: list[bool] = []
-            for firing, _ in firings:
-                new.append(firing.activation_id in inserted)
-                inserted.discard(firing.activation_id)  # the same firing twice in one call: the first is new
-            rows = sorted((firing.activation_id, d.action_no, d.kind, d.target, d.body, d.claimed_by, firing.fired_at,
-                           firing.fired_at)
-                          for (firing, deliveries), fresh in zip(firings, new, strict=True) if fresh for d in deliveries)
-            if rows:
-                self._insert_deliveries(cur, rows)
+                 f.sector_id, f.ts, f.fired_at, f.facts) for _, (f, _) in ordered],
+                sorted((aid, d.action_no, d.kind, d.target, d.body, d.claimed_by, f.fired_at, f.fired_at)
+                       for aid, (f, deliveries) in ordered for d in deliveries))
+        new: list[bool] = []
+        for firing, _ in firings:
+            new.append(firing.activation_id in inserted)
+            inserted.discard(firing.activation_id)  # the same firing twice in one call: the first is new
         return new
+
+    def _insert_recorded(self, cur: Cursor, firings: list[tuple[Any, ...]], deliveries: list[tuple[Any, ...]]
+                         ) -> set[str]:
+        """Insert firings (FIRING_COLUMNS order) and, of those that went in, their deliveries
+        (DELIVERY_COLUMNS order, state pending); return the ids that went in."""
+        inserted = self._insert_firings(cur, firings)
+        rows = [row for row in deliveries if row[0] in inserted]
+        if rows:
+            self._insert_deliveries(cur, rows)
+        return inserted
 
     def set_deliveries(self, changes: Sequence[tuple[str, int, str, str | None, int]], now: float) -> None:
         """New states of deliveries (activation_id, action_no, state, detail, attempts).
