@@ -504,7 +504,7 @@ class Store(ABC):
         links = {i.loyalty_id for i in items if i.event.type == "identity.linked" and i.loyalty_id is not None}
         if not links:
             return items, []
-        allowed = {lid for lid in links if self._granted(cur, lid, "profiling")}
+        allowed = self._granted_to(cur, links, "profiling")
         keep: list[Accepted] = []
         drop: list[Accepted] = []
         for item in items:
@@ -518,6 +518,20 @@ class Store(ABC):
                     " ORDER BY ts DESC, id DESC LIMIT 1", (loyalty_id, purpose))
         row = cur.fetchone()
         return row is not None and bool(row[0])
+
+    def _granted_to(self, cur: Cursor, loyalty_ids: Iterable[str], purpose: str) -> set[str]:
+        """Of these customers, those ``_granted`` the purpose: one query for a batch's links, not one each."""
+        ids = sorted(set(loyalty_ids))
+        newest: dict[str, tuple[float, int, bool]] = {}
+        for start in range(0, len(ids), CHUNK):
+            where, params = self._in("loyalty_id", ids[start:start + CHUNK])
+            cur.execute(f"SELECT loyalty_id, ts, id, granted FROM consent WHERE {where} AND purpose = ?",  # noqa: S608
+                        (*params, purpose))
+            for lid, ts, row_id, granted in cur.fetchall():
+                record = (float(ts), int(row_id), bool(granted))
+                if lid not in newest or record[:2] > newest[lid][:2]:
+                    newest[lid] = record
+        return {lid for lid, (_, _, granted) in newest.items() if granted}
 
     def _stored_payloads(self, cur: Cursor, ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}

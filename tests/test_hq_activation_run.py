@@ -607,6 +607,22 @@ def test_delivery_states_and_leases_are_updated_together(store: Store) -> None:
     assert claim("hq-b", 125.0, []) == open_
 
 
+def test_one_batch_stores_only_the_links_of_customers_consenting_to_profiling(store: Store) -> None:
+    """A batch's links are checked together: the newest record decides, at a tie the one stored last."""
+    grant(store, ["L2"], ["profiling"], at=T0 - timedelta(days=2))
+    grant(store, ["L2"], ["profiling"], granted=False, at=T0 - timedelta(days=1))
+    grant(store, ["L3"], ["profiling"], at=T0 - timedelta(days=1))
+    grant(store, ["L3"], ["profiling"], granted=False, at=T0 - timedelta(days=1))
+    grant(store, ["L5"], ["profiling"], granted=False, at=T0 - timedelta(days=2))
+    grant(store, ["L5"], ["profiling"], at=T0 - timedelta(days=1))
+    seq = Seq()
+    events = [e for n, lid in enumerate(["L1", "L2", "L3", "L4", "L5"]) for e in visit(seq, f"v{n}", lid, f"p{n}")]
+    result = store.ingest(decoded(events), T0.timestamp(), want_events=False)
+    assert (result.stored, result.unlinked) == (len(events) - 3, 3)
+    keys = [(STORE, AGENT, f"v{n}") for n in range(5)]
+    assert store.linked_visits(keys) == {keys[0]: "L1", keys[4]: "L5"}
+
+
 def test_record_firings_tells_each_firing_new_once_across_statements(store: Store) -> None:
     """More firings than one INSERT holds, one of them twice: each is new once, and never again."""
     rows = [FiringRow(activation_id("r", f"e-{n}"), "r", f"e-{n}", "L1", STORE, AGENT, f"v{n}", None,
