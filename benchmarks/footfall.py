@@ -90,7 +90,7 @@ LINK_GRID: tuple[LinkConfig, ...] = tuple(
 """Eq. (30)'s sequence bounds the fit chooses from next, with the thresholds it chose."""
 SECTOR_PRIOR_GRID = (0.0, 5.0, 10.0, 20.0, 50.0)
 """lambda of eq. (42) the fit chooses from (with ``--outline on``), by the sector MAE."""
-WALL_GRID = (0.0, 4.0, 8.0, 12.0, 16.0)
+WALL_GRID = (0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0)
 """The outer wall's loss in eq. (41)'s model the fit chooses from last (with ``--outline on``)."""
 BASE = EstimateConfig(window_s=7200.0, lead_s=120.0, interval_s=3600.0, gap_s=300.0, still_s=600.0,
                       fixture_s=2700.0, visit_s=120.0)
