@@ -92,7 +92,7 @@ def test_stream_survives_three_broker_restarts(broker: Broker, outbox: Outbox) -
         received = sub.events(total, timeout=60)
         assert_complete_in_order(received, total)
         assert link.stats.connections >= 4
-        wait_until(lambda: outbox.depth() == 0, 10, "0 rows left in the outbox")
+        wait_until(lambda: outbox.depth() == 0, 30, "0 rows left in the outbox")
     finally:
         producer.join()
         link.stop(drain_deadline_s=2)
