@@ -19,8 +19,9 @@ Receptions of receivers the site config does not name are dropped and
 counted as ``unknown_receiver``. Rows older than the window go at each
 estimate. A device that two or more receivers hear is placed inside or
 outside the store's outline by eq. (41) (receiver codes are the site's
-receiver rows); one that a single receiver hears, by its power threshold. BLE readings are not this stage's input (an app phone's adverts
-would count it twice).
+receiver rows); one that a single receiver hears, by its power threshold.
+BLE readings are not this stage's input (an app phone's adverts would count
+it twice).
 
 Time: the service steps the stage with its steady store time ``t`` (the
 locator's time base, which observations are dated in) and the wall offset;

@@ -341,8 +341,7 @@ class Service:
             await asyncio.wait([self.counting])
             events = self._counted()
         if self.footfall is not None:
-            stage = self.footfall
-            events.extend(stage.finish(await asyncio.to_thread(run_jobs, stage.closing(t, self.clock.offset))))
+            events.extend(await self._estimate(self.footfall, self.footfall.closing(t, self.clock.offset)))
         return events
 
     def _store(self, events: Sequence[Event] | AgentStatus) -> None:
