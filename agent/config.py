@@ -300,6 +300,10 @@ class TrackingConfig(_Model):
     body_hold_s: float = Field(
         default=_TRACKER.body_hold_s, ge=0.0, le=3600.0,
         description="How long a stopped shopper's facing is remembered from their walk, s, eq. (21) (0: not at all).")
+    still_grid_s: float = Field(
+        default=_TRACKER.still_grid_s, ge=0.0, le=600.0,
+        description="How long a track must have been still before a grid of the store places it, s, eqs. (43)-(46) "
+                    "(0: never; the filter alone).")
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
     fingerprint: Path | None = Field(

@@ -18,9 +18,12 @@ from agent.config import ConfigError, SiteConfig, site_fingerprint
 from agent.fingerprint_file import FingerprintFileError
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from positioning.fingerprint import Fingerprint
+from positioning.geometry import LabelRaster
 from positioning.occupancy import Outline
+from positioning.pathloss import Receivers
 from positioning.radiomap import RadioMap
 from positioning.sectors import SectorModel, SectorTracker
+from positioning.stillgrid import STILL_GRID_CELL_M, StillGrid, cell_centres
 from positioning.tracker import Tracker, TrackerConfig
 
 FloatArray = NDArray[np.float64]
@@ -124,10 +127,26 @@ def make_tracker(site: SiteConfig, arrays: SiteArrays, config: TrackerConfig | N
         config = TrackerConfig(
             emitter_z=site.tracking.emitter_height_m, max_silence_s=site.tracking.track_silence_s,
             offset_sigma_db=site.tracking.phone_offset_db, body_loss_db=site.tracking.body_loss_db,
-            body_hold_s=site.tracking.body_hold_s,
+            body_hold_s=site.tracking.body_hold_s, still_grid_s=site.tracking.still_grid_s,
         )
     return Tracker(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.bbox, config,
-                   arrays.radio_map)
+                   arrays.radio_map, still_grid(arrays, config))
+
+
+def still_grid(arrays: SiteArrays, config: TrackerConfig) -> StillGrid | None:
+    """The grid of eqs. (43)-(47) over the site's sectors, with its fingerprint if it has one; None where it is off.
+
+    Its facings expect the tracker's body loss, and its offsets the tracker's spread of phones.
+    """
+    if config.still_grid_s <= 0.0:
+        return None
+    receivers = Receivers.of(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.radio_map)
+    raster = LabelRaster.build(arrays.polygons, STILL_GRID_CELL_M / 2.0, 0.0)
+    sector = raster.lookup(cell_centres(arrays.bbox, STILL_GRID_CELL_M))
+    return StillGrid.of(receivers, arrays.bbox, cell_m=STILL_GRID_CELL_M, body_loss_db=config.body_loss_db,
+                        offset_sigma_db=config.offset_sigma_db, emitter_z=config.emitter_z,
+                        inside=np.where(sector < raster.outside, sector, -1),
+                        fingerprint=arrays.fingerprint)
 
 
 def make_sector_model(arrays: SiteArrays, *, mean_dwell_s: float = 10.0) -> SectorModel:

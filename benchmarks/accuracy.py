@@ -21,7 +21,9 @@ phone_offset_db = 4`, eq. (16) of positioning.ekf), and calibrated once
 more with the carrier's body expected too (`body_loss_db = 3`, held while
 standing: `body_hold_s = 300`, eqs. (20)-(21)), and once more with the
 sector filter's walk test on (`sector_walk_m = 4`, eq. (26) of
-positioning.sectors) and its hold at `hysteresis_s = 2`.
+positioning.sectors) and its hold at `hysteresis_s = 2`, and once more with
+still tracks placed on a grid of the store (`still_grid_s = 5`, eqs.
+(43)-(47) of positioning.stillgrid).
 `calibrate fit` writes the sector fingerprint (eq. (18) of
 positioning.fingerprint) with every calibrated config, so the calibrated
 rows fuse it in the sector filter.
@@ -92,14 +94,21 @@ WALK_HOLD_S = 2.0
 """`[tracking] hysteresis_s` of that row: with the walk test against drifting estimates, a shorter hold."""
 
 
-def with_phone_offsets(out: Path, body_loss_db: float = 0.0, walk: bool = False) -> Path:
+STILL_GRID_S = 5.0
+"""`[tracking] still_grid_s` of the row whose still tracks a grid of the store places (eqs. (43)-(47) of
+positioning.stillgrid)."""
+
+
+def with_phone_offsets(out: Path, body_loss_db: float = 0.0, walk: bool = False, grid: bool = False) -> Path:
     """The example site with the tracker estimating each phone's TX offset (and expecting the body, if given;
-    and with the sector filter's walk test and its shorter hold, if `walk`)."""
+    with the sector filter's walk test and its shorter hold, if `walk`; with the still grid, if `grid`)."""
     body = f"body_loss_db = {body_loss_db}\nbody_hold_s = {BODY_HOLD_S}\n" if body_loss_db else ""
     text = SITE.read_text().replace("[tracking]\n", f"[tracking]\nphone_offset_db = {PHONE_OFFSET_DB}\n{body}")
     if walk:
         text = text.replace("hysteresis_s = 3.0\n", f"hysteresis_s = {WALK_HOLD_S}\nsector_walk_m = {SECTOR_WALK_M}\n")
-    path = out / f"fishmonger-phone-offsets{'-body' if body else ''}{'-walk' if walk else ''}.toml"
+    if grid:
+        text = text.replace("[tracking]\n", f"[tracking]\nstill_grid_s = {STILL_GRID_S}\n")
+    path = out / f"fishmonger-phone-offsets{'-body' if body else ''}{'-walk' if walk else ''}{'-grid' if grid else ''}.toml"
     path.write_text(text)
     return path
 
@@ -158,7 +167,9 @@ def run(name: str, channel: ChannelConfig, shoppers: int, minutes: float, seed: 
         figures["phone_offsets"] = store_targets(scored(load_site(offsets), run_dir, "phone-offsets", seed, bound_sample))
         for key, base in (("calibrated", SITE), ("calibrated_phone_offsets", offsets),
                           ("calibrated_phone_offsets_body", with_phone_offsets(out, BODY_LOSS_DB)),
-                          ("calibrated_phone_offsets_body_walk", with_phone_offsets(out, BODY_LOSS_DB, walk=True))):
+                          ("calibrated_phone_offsets_body_walk", with_phone_offsets(out, BODY_LOSS_DB, walk=True)),
+                          ("calibrated_phone_offsets_body_walk_grid",
+                           with_phone_offsets(out, BODY_LOSS_DB, walk=True, grid=True))):
             calibrated, verdict = calibrate(name, base, walk_seed, out)
             figures[key] = store_targets(scored(load_site(calibrated), run_dir, key, seed, bound_sample))
             figures[key]["calibration"] = verdict
@@ -226,7 +237,9 @@ def main() -> None:
             for key, label in (("calibrated", "calibrated"), ("calibrated_phone_offsets", "calibrated, phone offsets"),
                                ("calibrated_phone_offsets_body", f"calibrated, phone offsets, body {BODY_LOSS_DB:g} dB held {BODY_HOLD_S:g} s"),
                                ("calibrated_phone_offsets_body_walk", (f"calibrated, phone offsets, body {BODY_LOSS_DB:g} "
-                                f"dB held {BODY_HOLD_S:g} s, walk test {SECTOR_WALK_M:g} m, hold {WALK_HOLD_S:g} s"))):
+                                f"dB held {BODY_HOLD_S:g} s, walk test {SECTOR_WALK_M:g} m, hold {WALK_HOLD_S:g} s")),
+                               ("calibrated_phone_offsets_body_walk_grid", (f"the same, still tracks on the grid after "
+                                f"{STILL_GRID_S:g} s"))):
                 if key in r:
                     _print(f"{label} from a survey walk ({r[key]['calibration']})", r[key])
 

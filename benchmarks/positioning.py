@@ -10,9 +10,12 @@ noise. Measured on one core, as medians over windows and repeats:
   `Tracker.step` of a tracker with a radio map (a calibration walk's), of
   one that estimates each phone's TX offset (eq. (16), 4 dB), and of
   everything on: offset state, the body of eqs. (20)-(21) (3 dB, held
-  300 s) and a radio map, followed by a `SectorTracker.step` that fuses a
-  sector fingerprint
-  (eqs. (18)-(19)) over the window's readings;
+  300 s), a radio map and the still grid of eqs. (43)-(47) (5 s, with the
+  fingerprint), followed by a `SectorTracker.step` that fuses a sector
+  fingerprint (eqs. (18)-(19)) over the window's readings; and the same
+  with every track counted as still (`still_speed` above any walk), the
+  grid's worst case: a store where every shopper stands, each weighed
+  against every cell in every window;
 - bytes per track: the bank's arrays (spare capacity included: it doubles),
   what tracemalloc sees held after the births (arrays, id map, id strings),
   and the tracemalloc peak of a steady-state window, each over the tracks;
@@ -42,16 +45,17 @@ import argparse
 import json
 import time
 import tracemalloc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from positioning.fingerprint import Fingerprint, fit_fingerprint
 from positioning.multilaterate import fix
-from positioning.pathloss import rssi_at_distance, slant_distance
+from positioning.pathloss import Receivers, rssi_at_distance, slant_distance
 from positioning.radiomap import RadioMap, fit_radio_map
 from positioning.sectors import SectorModel, SectorTracker
+from positioning.stillgrid import STILL_GRID_CELL_M, StillGrid, cell_centres
 from positioning.tracker import Tracker, TrackerConfig
 
 WIDTH, DEPTH = 40.0, 30.0
@@ -121,7 +125,7 @@ def bench_tracker(
 ) -> dict[str, float]:
     """Median obs/s of Tracker.step (and + SectorTracker.step) after the births window."""
     track_rates, both_rates, map_rates, offset_rates, ms, obs, errors = [], [], [], [], [], [], []
-    full_rates, full_cpu_rates = [], []
+    full_rates, full_cpu_rates, still_cpu_rates = [], [], []
     model = sector_model()
     for _ in range(args.repeats):
         names, wins = make_windows(emitters, args.windows + 1, args.heard, rng)
@@ -132,10 +136,14 @@ def bench_tracker(
         offsets = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
                           TrackerConfig(offset_sigma_db=4.0))
         sectors = SectorTracker(model)
-        full = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
-                       TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0, body_hold_s=300.0),
-                       radio_map=walk_map(rng))
-        full_sectors = SectorTracker(model, fingerprint=walk_fingerprint(rng, model.n_sectors), offset_sigma_db=4.0)
+        fingerprint, radio_map = walk_fingerprint(rng, model.n_sectors), walk_map(rng)
+        everything = TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0, body_hold_s=300.0, still_grid_s=5.0)
+        grid = still_grid(model, radio_map, fingerprint, everything)
+        full = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)), everything,
+                       radio_map=radio_map, still_grid=grid)
+        full_sectors = SectorTracker(model, fingerprint=fingerprint, offset_sigma_db=4.0)
+        standing = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
+                           replace(everything, still_speed=10.0), radio_map=radio_map, still_grid=grid)
         for t, w in enumerate(wins):
             t0 = time.perf_counter()
             snap = tracker.step(float(t), w.ids, w.receiver_index, w.rssi)
@@ -152,8 +160,11 @@ def bench_tracker(
                               (out.reading_track, w.receiver_index, w.rssi))
             t5 = time.perf_counter()
             c5 = time.process_time()
+            standing.step(float(t), w.ids, w.receiver_index, w.rssi)
+            c6 = time.process_time()
             if t == 0:  # births: not steady state
                 continue
+            still_cpu_rates.append(len(w.ids) / max(c6 - c5, 1e-9))
             full_rates.append(len(w.ids) / (t5 - t4))
             full_cpu_rates.append(len(w.ids) / max(c5 - c4, 1e-9))
             offset_rates.append(len(w.ids) / (t4 - t3))
@@ -174,8 +185,18 @@ def bench_tracker(
         "tracker_with_phone_offsets_obs_per_s": float(np.median(offset_rates)),
         "everything_on_obs_per_s": float(np.median(full_rates)),
         "everything_on_cpu_obs_per_s": float(np.median(full_cpu_rates)),
+        "tracker_all_still_cpu_obs_per_s": float(np.median(still_cpu_rates)),
         "median_error_m": float(np.median(errors)),
     }
+
+
+def still_grid(model: SectorModel, radio_map: RadioMap, fingerprint: Fingerprint, config: TrackerConfig) -> StillGrid:
+    """The still grid of eqs. (43)-(47) over the store's sectors, as `agent.site_arrays.still_grid` builds it."""
+    receivers = Receivers.of(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, radio_map)
+    box = ((0.0, 0.0), (WIDTH, DEPTH))
+    sector = model.label(cell_centres(box, STILL_GRID_CELL_M))
+    return StillGrid.of(receivers, box, body_loss_db=config.body_loss_db, offset_sigma_db=config.offset_sigma_db,
+                        inside=np.where(sector < model.n_sectors, sector, -1), fingerprint=fingerprint)
 
 
 def walk_fingerprint(rng: np.random.Generator, sectors: int) -> Fingerprint:
@@ -270,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         row["speedup_vs_naive"] = row["tracker_obs_per_s"] / naive["naive_obs_per_s"]
         row["everything_on_vs_naive"] = row["everything_on_obs_per_s"] / naive["naive_obs_per_s"]
         row["everything_on_cpu_vs_naive"] = row["everything_on_cpu_obs_per_s"] / naive["naive_cpu_obs_per_s"]
+        row["all_still_cpu_vs_naive"] = row["tracker_all_still_cpu_obs_per_s"] / naive["naive_cpu_obs_per_s"]
         rows.append(row)
     # CPU time over wall time: ~1.0 means the run used one core.
     cpu_per_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
@@ -293,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         ("all-on obs/s", "everything_on_obs_per_s", "{:>13,.0f}"),
         ("all x naive", "everything_on_vs_naive", "{:>12.0f}"),
         ("all CPU x naive", "everything_on_cpu_vs_naive", "{:>16.0f}"),
+        ("still CPU obs/s", "tracker_all_still_cpu_obs_per_s", "{:>16,.0f}"),
+        ("still CPU x naive", "all_still_cpu_vs_naive", "{:>18.0f}"),
         ("bank B/trk", "bank_bytes_per_track", "{:>11.0f}"),
         ("held B/trk", "held_bytes_per_track", "{:>11.0f}"),
         ("peak B/trk", "peak_bytes_per_track", "{:>11.0f}"),

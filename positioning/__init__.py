@@ -8,6 +8,7 @@ Every function takes the time it needs as an argument.
 - `fingerprint`: each sector's RSSI signature, learnt from a calibration walk.
 - `multilaterate`: a snapshot fix from one set of readings (and the baseline).
 - `tracker`: a batched constant-velocity EKF per emitter fed RSSI directly.
+- `stillgrid`: where a still emitter stands, weighed against every cell of the store.
 - `sectors`: sector probabilities, an HMM over the adjacency graph, hysteresis.
 - `bounds`: the Cramér-Rao lower bound of a receiver layout.
 

@@ -5,7 +5,10 @@ track runs the interacting multiple model filter of `positioning.imm`
 (eqs. (12)-(13)), whose models are constant-velocity extended Kalman
 filters fed the RSSI readings themselves (`positioning.ekf`, eqs. (6)-(7),
 (14), (16)-(17), (20)); `positioning.rows` keeps the emitter ids' rows of
-the stacked arrays.
+the stacked arrays. A track that stands still is also weighed against every
+cell of the store (`positioning.stillgrid`, eqs. (43)-(47)) where the site
+turns that on, and moved where its still segment puts it if the filter has
+settled somewhere that segment rejects.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from positioning.imm import combine, mix, mixture, mode_transitions
 from positioning.pathloss import DEFAULT_EMITTER_Z, Receivers
 from positioning.radiomap import RadioMap
 from positioning.rows import MIN_CAPACITY, IdRows, grown
+from positioning.stillgrid import StillGrid
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
@@ -84,6 +88,21 @@ class TrackerConfig:
     body_walk_speed: v_w of eq. (20), m/s: the speed at which the heading is trusted in full.
     body_hold_s: tau_h of eq. (21), s: how long a stopped carrier's facing is
         remembered (it fades as exp(-t / tau_h)); 0 forgets it as they stop, (20).
+    still_grid_s: how long a track must have been still before the grid of
+        eqs. (43)-(47) may place it instead of the filter, s; 0, the default,
+        leaves the grid out. Only a tracker given a `StillGrid` uses it. Off
+        by default: it helps where a calibration walk's map and bodies
+        drag still shoppers' estimates about (the calibrated store), changes
+        nothing measurable on the impaired and log-normal channels, and
+        costs a grid evaluation per still track per window
+        (benchmarks/README.md, 2026-12-05, "Still shoppers on a grid").
+    still_speed: the speed below which a track counts as still, m/s.
+    still_memory_s: tau_s of eq. (43), s: how fast a still segment's readings fade.
+    still_gate: how many nats the grid's best cell must beat the cell under
+        the filter's estimate by before the grid places the track (47): a
+        static shadow fools a global estimate about as often as a body
+        fools the filter, so the grid speaks only where the filter has
+        settled somewhere its own segment of readings rejects.
     birth_sigma_m, birth_sigma_v: initial position (m) and velocity (m/s) spread.
     birth_power_k: sharpness k of the birth centroid weights 10^(k rssi / 10).
     max_silence_s: a track unheard this long is dead.
@@ -102,6 +121,10 @@ class TrackerConfig:
     body_loss_db: float = BODY_LOSS_DB
     body_walk_speed: float = BODY_WALK_SPEED
     body_hold_s: float = BODY_HOLD_S
+    still_grid_s: float = 0.0
+    still_speed: float = 0.3
+    still_memory_s: float = 60.0
+    still_gate: float = 12.0
     birth_sigma_m: float = 5.0
     birth_sigma_v: float = 1.0
     birth_power_k: float = 1.0
@@ -124,13 +147,15 @@ class TrackerConfig:
             "birth_power_k",
             "max_silence_s",
             "body_walk_speed",
+            "still_speed",
+            "still_memory_s",
         )
         for name in positive:
             if not getattr(self, name) > 0.0:
                 raise ValueError(
                     f"TrackerConfig.{name} must be positive, got {getattr(self, name)}"
                 )
-        for name in ("body_loss_db", "body_hold_s"):
+        for name in ("body_loss_db", "body_hold_s", "still_grid_s", "still_gate"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"TrackerConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.offset_sigma_db >= 0.0 and self.offset_drift_db >= 0.0):
@@ -170,6 +195,8 @@ class Tracker:
         rssi_at_1m, exponent, sigma_db: (m,) calibration of each receiver.
         bbox: ((x_min, y_min), (x_max, y_max)) of the store outline, metres.
         radio_map: residual fields from a calibration walk, one per receiver, or None.
+        still_grid: the grid of eqs. (43)-(46) over the same receivers, or None;
+            used where `config.still_grid_s` > 0.
     """
 
     def __init__(
@@ -181,6 +208,7 @@ class Tracker:
         bbox: ArrayLike,
         config: TrackerConfig | None = None,
         radio_map: RadioMap | None = None,
+        still_grid: StillGrid | None = None,
     ) -> None:
         self.receivers = Receivers.of(receivers_xyz, rssi_at_1m, exponent, sigma_db, radio_map)
         box = np.asarray(bbox, dtype=np.float64)
@@ -201,6 +229,11 @@ class Tracker:
         self._t = np.empty(0)  # time of each track's state
         self._facing = np.empty((0, 2))  # f of eq. (21) as of each track's state
         self._last_seen = np.empty(0)
+        self._grid = still_grid if self.config.still_grid_s > 0.0 else None
+        n_rx = len(self.receivers)
+        self._still_since = np.empty(0)  # when each track last started being still, eq. (43)
+        self._still_count = np.empty((0, n_rx))  # its still segment's faded reading counts per receiver
+        self._still_sum = np.empty((0, n_rx))  # and their faded sums, dBm
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -214,7 +247,8 @@ class Tracker:
         return sum(bank.nbytes for bank in self._banks())
 
     def _banks(self) -> tuple[FloatArray, ...]:
-        return (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing)
+        return (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
+                self._still_count, self._still_sum)
 
     def step(
         self,
@@ -274,13 +308,45 @@ class Tracker:
             xm[:, b], Pm[:, b] = clamp(res.x, res.P, self.lo, self.hi, cfg.v_max, cfg.offset_sigma_db)
             loglik[:, b] = res.loglik
         mu, x, P = combine(xm, Pm, loglik, c)
+        xy, cov = x[:, :2].copy(), P[:, :2, :2].copy()
+        if self._grid is not None:
+            placed, grid_xy, grid_cov = self._still(t, rows, dt, x, code, ri, z)
+            xy[placed], cov[placed] = grid_xy, grid_cov
+            # The filter starts again from the grid's estimate: left where it had settled, it reports the
+            # grid's place only while the grid speaks, and walks away from the wrong one.
+            xm[placed, :, :2] = grid_xy[:, None]
+            Pm[placed, :, :, :2] = Pm[placed, :, :2, :] = 0.0
+            Pm[placed, :, :2, :2] = grid_cov[:, None]
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
         if held is not None:
             self._facing[rows] = facing(x, cfg.body_walk_speed, held)
         self._t[rows], self._last_seen[rows] = t, t
-        return TrackSnapshot(
-            tuple(ids), x[:, :2].copy(), P[:, :2, :2].copy(), np.full(len(ids), float(t)), code
-        )
+        return TrackSnapshot(tuple(ids), xy, cov, np.full(len(ids), float(t)), code)
+
+    def _still(
+        self, t: float, rows: IndexArray, dt: FloatArray, x: FloatArray, code: IndexArray, ri: IndexArray,
+        z: FloatArray,
+    ) -> tuple[NDArray[np.bool_], FloatArray, FloatArray]:
+        """Fold the window into each still track's segment (43); which tracks the grid places, and where (46)."""
+        assert self._grid is not None
+        cfg, m = self.config, len(self.receivers)
+        still = np.hypot(x[:, 2], x[:, 3]) < cfg.still_speed
+        fade = np.where(still, np.exp(-dt / cfg.still_memory_s), 0.0)[:, None]
+        k = rows.shape[0]
+        cell = code * m + ri
+        count = np.bincount(cell, minlength=k * m).reshape(k, m) * still[:, None]
+        total = np.bincount(cell, z, minlength=k * m).reshape(k, m) * still[:, None]
+        self._still_count[rows] = fade * self._still_count[rows] + count
+        self._still_sum[rows] = fade * self._still_sum[rows] + total
+        self._still_since[rows] = np.where(still, self._still_since[rows], t)
+        placed = still & (t - self._still_since[rows] >= cfg.still_grid_s)
+        if not placed.any():
+            return placed, np.empty((0, 2)), np.empty((0, 2, 2))
+        at = rows[placed]
+        grid_xy, grid_cov, rejected = self._grid.estimate(self._still_count[at], self._still_sum[at], x[placed, :2])
+        moved = rejected > cfg.still_gate  # eq. (47)
+        placed[placed] = moved
+        return placed, grid_xy[moved], grid_cov[moved]
 
     def _held(self, rows: IndexArray, dt: FloatArray) -> FloatArray | None:
         """The held part exp(-dt / tau_h) f_prev of eq. (21) for the tracks at `rows`; None where (20) holds."""
@@ -307,11 +373,12 @@ class Tracker:
         )
         rows = self._rows.add(new_ids)
         n = len(self._rows)
-        self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing = [
-            grown(bank, n) for bank in self._banks()
-        ]
+        (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
+         self._still_count, self._still_sum) = [grown(bank, n) for bank in self._banks()]
         self._xm[rows] = 0.0
         self._facing[rows] = 0.0
+        self._still_since[rows] = t
+        self._still_count[rows] = self._still_sum[rows] = 0.0
         self._xm[rows, :, :2] = xy[:, None, :]
         self._Pm[rows] = birth_covariance(
             len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v, cfg.offset_sigma_db
@@ -332,9 +399,8 @@ class Tracker:
         for bank in self._banks():
             bank[:m] = bank[:n][keep]
         if self._t.shape[0] > 4 * max(m, MIN_CAPACITY):  # after a crowd (or a flood): give the memory back
-            self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing = [
-                bank[: 2 * max(m, MIN_CAPACITY)].copy() for bank in self._banks()
-            ]
+            (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
+             self._still_count, self._still_sum) = [bank[: 2 * max(m, MIN_CAPACITY)].copy() for bank in self._banks()]
         return self._rows.drop(dead)
 
     def snapshot(self) -> TrackSnapshot:
