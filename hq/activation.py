@@ -20,9 +20,11 @@ order: an earlier rule wins a slot).
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from hq.profile import DAY_S, Profile, Visit
 from hq.rules import Conditions, FactName, Rule, Rules
@@ -137,6 +139,13 @@ def conditions_hold(conditions: Conditions, values: dict[str, Fact]) -> bool:
     return conditions.first_visit is None or values.get("first_visit") is conditions.first_visit
 
 
+@functools.lru_cache(maxsize=65_536)
+def _local_date(ts: datetime, zone: zoneinfo.ZoneInfo) -> date:
+    """The calendar day of ``ts`` in ``zone``: remembered, as every evaluation counts a customer's
+    earlier firings by day again (the same few timestamps for each of a visit's events)."""
+    return ts.astimezone(zone).date()
+
+
 def _matches(rule: Rule, trigger: Trigger) -> bool:
     spec = rule.trigger
     if spec.event != trigger.type:
@@ -146,10 +155,10 @@ def _matches(rule: Rule, trigger: Trigger) -> bool:
     return spec.sectors is None or trigger.sector_id in spec.sectors
 
 
-def _allowed_by_limits(rule: Rule, trigger: Trigger, history: Sequence[PastFiring], rules: Rules) -> bool:
+def _allowed_by_limits(rule: Rule, trigger: Trigger, history: Sequence[PastFiring], zone: zoneinfo.ZoneInfo,
+                       local: datetime) -> bool:
+    """``local``: the trigger's time in the store's ``zone``."""
     limits = rule.limits
-    zone = rules.zone(trigger.store_id)
-    local = trigger.ts.astimezone(zone)
     if limits.quiet_hours is not None and limits.quiet_hours.covers(local.time().replace(tzinfo=None)):
         return False
     mine = [f for f in history if f.rule_id == rule.id]
@@ -161,7 +170,7 @@ def _allowed_by_limits(rule: Rule, trigger: Trigger, history: Sequence[PastFirin
         return False
     if limits.max_per_day is not None:
         today = local.date()
-        if sum(1 for f in mine if f.ts.astimezone(zone).date() == today) >= limits.max_per_day:
+        if sum(1 for f in mine if _local_date(f.ts, zone) == today) >= limits.max_per_day:
             return False
     return True
 
@@ -180,8 +189,9 @@ def evaluate(
     fired: list[Firing] = []
     cap = rules.spec.max_per_customer_per_day
     zone = rules.zone(trigger.store_id)
-    today = trigger.ts.astimezone(zone).date()
-    used_today = sum(1 for f in history if f.ts.astimezone(zone).date() == today)
+    local = trigger.ts.astimezone(zone)
+    today = local.date()
+    used_today = sum(1 for f in history if _local_date(f.ts, zone) == today)
     if cap is not None and used_today >= cap:
         return fired  # the customer's day is full: no rule's facts need computing
     candidates = rules.triggered_by(trigger.type)
@@ -192,7 +202,7 @@ def evaluate(
         values = facts(profile, trigger, rule.when, rule.facts, earlier)
         if not conditions_hold(rule.when, values):
             continue
-        if not _allowed_by_limits(rule, trigger, history, rules):
+        if not _allowed_by_limits(rule, trigger, history, zone, local):
             continue
         shown = {k: v for k, v in values.items() if k in rule.facts or (k == "dwell_share_sector" and "dwell_share" in rule.facts)}
         fired.append(Firing(rule, trigger, shown))

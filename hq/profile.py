@@ -36,6 +36,8 @@ VisitKey = tuple[str, str, str]
 """(store_id, agent_id, visit_id): visit ids are only unique per agent."""
 
 VisitEvent = VisitStarted | SectorEntered | SectorExited | VisitEnded | IdentityLinked
+_NOT_VISIT = (CardTapped, AgentStatus, OccupancySampled, FootfallCounted)
+"""Event types that belong to no visit (a tuple: the faster ``isinstance`` test, once per event)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def visits_from_events(events: Iterable[Event]) -> list[Visit]:
     """
     grouped: dict[VisitKey, dict[str, VisitEvent]] = defaultdict(dict)
     for event in events:
-        if isinstance(event, CardTapped | AgentStatus | OccupancySampled | FootfallCounted):
+        if isinstance(event, _NOT_VISIT):
             continue
         grouped[(event.store_id, event.agent_id, event.visit_id)][str(event.event_id)] = event
     visits = [_visit(key, list(by_id.values())) for key, by_id in grouped.items()]
@@ -137,8 +139,13 @@ def _visit(key: VisitKey, events: list[VisitEvent]) -> Visit:
     starts = [e for e in events if isinstance(e, VisitStarted)]
     ends = [e for e in events if isinstance(e, VisitEnded)]
     started = starts[0].ts if starts else events[0].ts
-    subjects = Counter(e.subject for e in events if not isinstance(e, IdentityLinked))
-    subject = subjects.most_common(1)[0][0] if subjects else events[0].subject
+    subjects = [e.subject for e in events if not isinstance(e, IdentityLinked)]
+    if not subjects:
+        subject = events[0].subject
+    elif subjects.count(subjects[0]) == len(subjects):
+        subject = subjects[0]  # one device, the usual visit: no count needed
+    else:
+        subject = Counter(subjects).most_common(1)[0][0]
     exited: dict[str, float] = defaultdict(float)
     for e in events:
         if isinstance(e, SectorExited):

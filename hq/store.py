@@ -21,13 +21,14 @@ the subscriber retries the batch and acknowledges nothing meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeVar, cast
@@ -57,6 +58,10 @@ CHUNK = 500
 FIRING_ROWS = 80
 """Firings per INSERT: 880 parameters, under SQLite's oldest limit of 999."""
 CONTIGUITY_STEP = 1_000
+
+RECENT_PARSED = 10_000
+"""Events ``ingest_then`` keeps parsed, by payload: ``rule_inputs`` reads a batch's visits back (most of
+what it reads was in that batch or the last few), and finds them without parsing their payloads again."""
 
 DEAD_LETTER_ROWS = 10_000
 DEAD_LETTER_BYTES = 32 * 1024 * 1024
@@ -275,6 +280,8 @@ class Store(ABC):
         self._unit: Cursor | None = None
         self._tombstones: set[str] = set()
         self._tombstone_count = -1
+        self._recent: dict[str, Event] = {}
+        """Payload → event of the last RECENT_PARSED events given to ``ingest_then`` (oldest first)."""
         self.dead_letter_rows = dead_letter_rows
         self.dead_letter_bytes = dead_letter_bytes
         with self._write(lock="schema") as cur:
@@ -402,6 +409,7 @@ class Store(ABC):
         try:
             with self._write() as cur:
                 self._unit = cur
+                self._remember(batch)
                 try:
                     result = self._ingest(batch, received_at, want_events)
                     after = then()
@@ -411,6 +419,22 @@ class Store(ABC):
         except (_Separately, Unstorable) as exc:
             log.debug("batch stored in separate transactions", extra={"reason": str(exc)})
         return self.ingest(batch, received_at, want_events=want_events), then()
+
+    def _remember(self, batch: Sequence[Accepted | Rejected]) -> None:
+        """Keep the batch's events by payload (see RECENT_PARSED), dropping the oldest beyond the bound.
+
+        Keyed by the exact payload, not the event id: a stored row is only ever
+        read back as the event parsed from its own bytes, whether or not this
+        copy was the one stored.
+        """
+        recent = self._recent
+        for item in batch:
+            if isinstance(item, Accepted):
+                recent[item.payload] = item.event
+        excess = len(recent) - RECENT_PARSED
+        if excess > 0:
+            for payload in list(itertools.islice(recent, excess)):
+                del recent[payload]
 
     def _ingest(self, batch: Sequence[Accepted | Rejected], received_at: float,
                 want_events: bool) -> IngestResult:
@@ -906,7 +930,8 @@ class Store(ABC):
         for lid in ids:
             granted = {purpose: consent.get((lid, purpose), (0, 0, False))[2] for purpose in PURPOSES}
             payloads = [p for key in sorted(links.get(lid, ())) for p in visit_payloads.get(key, ())]
-            out[lid] = RuleInputs(granted, _parsed(payloads), _parsed(taps.get(lid, ())), history.get(lid, []))
+            out[lid] = RuleInputs(granted, _parsed(payloads, self._recent), _parsed(taps.get(lid, ()), self._recent),
+                                  history.get(lid, []))
         return out
 
     def record_firing(self, firing: FiringRow, deliveries: Sequence[DeliveryRow]) -> bool:
@@ -1168,15 +1193,20 @@ def _conflict(item: Accepted) -> Rejected:
     return replace(letter, origin=None)
 
 
-def _parsed(payloads: Iterable[str]) -> list[Event]:
+def _parsed(payloads: Iterable[str], known: Mapping[str, Event] | None = None) -> list[Event]:
     """Stored payloads as events, skipping (and logging) rows the current schema refuses.
 
     Rows stored before the schema's bounds (an Infinity duration, a 1 MB id)
-    must not stop a profile from being shown.
+    must not stop a profile from being shown. ``known``: payloads parsed
+    already (``Store._recent``), taken as they are.
     """
     events: list[Event] = []
     skipped = 0
     for payload in payloads:
+        event = None if known is None else known.get(payload)
+        if event is not None:
+            events.append(event)
+            continue
         try:
             events.append(parse_event(payload))
         except ValidationError:

@@ -25,6 +25,7 @@ from agent.events import CardTapped, Event, IdentityLinked, SectorEntered, Visit
 from agent.localbroker import Broker
 from agent.messages import ConsentUpdate, StaffCard, consent_topic, staff_topic
 from hq.backends import open_store
+from hq.ingest import Accepted
 from hq.runner import ActivationRunner, activation_id
 from hq.store import DeliveryRow, FiringRow, HqStoreError, Store
 from hq.subscriber import HqSubscriber
@@ -564,6 +565,30 @@ def test_rule_inputs_of_a_batch_are_the_per_customer_reads(store: Store) -> None
     keys = [(STORE, AGENT, v) for v in ("v1", "v2", "v3", "v4", "v5")]
     assert store.linked_visits(keys) == {keys[0]: "L1", keys[1]: "L2", keys[2]: "L2"}  # v2: the newest link wins
     assert store.rule_inputs([]) == {}
+
+
+def test_rule_inputs_take_the_batch_events_parsed_at_ingest(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``ingest_then`` was given is read back without parsing; a conflicting copy never stands in for
+    what is stored; the memo keeps the newest RECENT_PARSED events."""
+    monkeypatch.setattr("hq.store.RECENT_PARSED", 4)
+    seq = Seq()
+    first = visit(seq, "v1", "L1")
+    items = decoded(first)
+    store.ingest_then(items, T0.timestamp(), lambda: None, want_events=False)
+    read = store.rule_inputs(["L1"])["L1"].events
+    assert sorted(map(id, read)) == sorted(id(i.event) for i in items if isinstance(i, Accepted))  # not parsed again
+    linked, _ = store.loyalty_events("L1")  # parsed from the stored payloads
+    assert sorted(read, key=lambda e: e.seq) == sorted(linked, key=lambda e: e.seq)
+    forged = first[2].model_copy(update={"sector_id": "deli"})  # same event_id, other content: a conflict
+    result, _ = store.ingest_then(decoded([forged]), T0.timestamp(), lambda: None, want_events=False)
+    assert result.conflicts == 1
+    again = {e.event_id: e for e in store.rule_inputs(["L1"])["L1"].events}
+    assert again[first[2].event_id].sector_id == "fish"  # type: ignore[attr-defined]
+    later = visit(seq, "v2", "L1")
+    store.ingest_then(decoded(later), T0.timestamp(), lambda: None, want_events=False)
+    assert len(store._recent) == 4  # bounded: the oldest went first
+    events = store.rule_inputs(["L1"])["L1"].events
+    assert sorted(e.seq for e in events) == [e.seq for e in first + later]
 
 
 def test_visit_reads_keep_agents_and_stores_apart(store: Store) -> None:
