@@ -188,11 +188,12 @@ class PostgresStore(Store):
             return [raw.fetchall() for raw in cursors]
 
     def _visit_rows(self, cur: Cursor, keys: Iterable[VisitKey], columns: Sequence[str],
-                    condition: str = "") -> list[Any]:
+                    condition: str = "", *, text: bool = False) -> list[Any]:
         # One query for all agents, joined to the keys' arrays: a nested loop of exact probes of
         # events_visit whatever the statistics say. With "store_id = ? AND visit_id = ANY(?)" per
         # agent, a store that is new since the last ANALYZE is estimated at one row and walked
-        # whole by (store_id, type, ts), a scan that grows with every batch.
+        # whole by (store_id, type, ts), a scan that grows with every batch. ``text`` changes nothing
+        # here: psycopg fetches a result whole.
         assert isinstance(cur, _PgCursor)
         wanted = sorted(set(keys))
         if not wanted:

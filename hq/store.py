@@ -55,8 +55,8 @@ from hq.schema import SCHEMA_VERSION, ddl, migration_v1
 log = logging.getLogger(__name__)
 
 CHUNK = 500
-FIRING_ROWS = 80
-"""Firings per INSERT: 880 parameters, under SQLite's oldest limit of 999."""
+SQLITE_PARAMETERS = 999
+"""Parameters per statement at most: SQLite's oldest limit (``SQLITE_MAX_VARIABLE_NUMBER`` before 3.32)."""
 CONTIGUITY_STEP = 1_000
 
 RECENT_PARSED = 10_000
@@ -322,21 +322,38 @@ class Store(ABC):
         return {row[0] for row in rows}
 
     def _insert_firings(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> set[str]:
-        """Insert activations (FIRING_COLUMNS order) and return the ids that were not there before."""
-        inserted: set[str] = set()
-        marks = f"({', '.join('?' * len(FIRING_COLUMNS))})"
-        for start in range(0, len(rows), FIRING_ROWS):
-            part = rows[start:start + FIRING_ROWS]
-            cur.execute(f"INSERT INTO activations ({', '.join(FIRING_COLUMNS)}) VALUES "  # noqa: S608
-                        + ", ".join([marks] * len(part)) + " ON CONFLICT DO NOTHING RETURNING activation_id",
-                        [value for row in part for value in row])
-            inserted.update(row[0] for row in cur.fetchall())
-        return inserted
+        """Insert activations (FIRING_COLUMNS order, distinct ids) and return the ids that were not there before.
+
+        Which were there is read first (none, unless redelivered), and the rest go in by multi-row INSERTs:
+        SQLite holds the write lock from the read to here. A RETURNING would hand back each
+        row by a step of its own, and the sqlite3 module releases the GIL for every step: a
+        thread hand-off per firing while the subscriber's network thread is busy.
+        """
+        there: set[str] = set()
+        for start in range(0, len(rows), CHUNK):
+            where, params = self._in("activation_id", [row[0] for row in rows[start:start + CHUNK]])
+            cur.execute(f"SELECT activation_id FROM activations WHERE {where}", params)  # noqa: S608
+            there.update(row[0] for row in cur.fetchall())
+        fresh = [row for row in rows if row[0] not in there]
+        self._insert_rows(cur, f"activations ({', '.join(FIRING_COLUMNS)})", len(FIRING_COLUMNS), fresh,
+                          " ON CONFLICT DO NOTHING")
+        return {row[0] for row in fresh}
 
     def _insert_deliveries(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
         """Insert pending deliveries (DELIVERY_COLUMNS order)."""
-        cur.executemany(f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}, state) VALUES"  # noqa: S608
-                        f" ({', '.join('?' * len(DELIVERY_COLUMNS))}, 'pending')", rows)
+        self._insert_rows(cur, f"deliveries ({', '.join(DELIVERY_COLUMNS)}, state)", len(DELIVERY_COLUMNS), rows,
+                          "", extra="'pending'")
+
+    def _insert_rows(self, cur: Cursor, into: str, width: int, rows: list[tuple[Any, ...]], tail: str,
+                     extra: str = "") -> None:
+        """``INSERT INTO {into} VALUES (...), (...){tail}``, up to 999 parameters a statement (SQLite's
+        oldest limit): one step per statement, where ``executemany`` takes one per row."""
+        marks = f"({', '.join('?' * width)}{', ' + extra if extra else ''})"
+        per = SQLITE_PARAMETERS // width
+        for start in range(0, len(rows), per):
+            part = rows[start:start + per]
+            cur.execute(f"INSERT INTO {into} VALUES " + ", ".join([marks] * len(part)) + tail,  # noqa: S608
+                        [value for row in part for value in row])
 
     def _octets(self, column: str) -> str:
         return f"length(CAST({column} AS BLOB))"
@@ -868,12 +885,15 @@ class Store(ABC):
         return out
 
     def _visit_rows(self, cur: Cursor, keys: Iterable[VisitKey], columns: Sequence[str],
-                    condition: str = "") -> list[Any]:
+                    condition: str = "", *, text: bool = False) -> list[Any]:
         """(store_id, agent_id, visit_id, *columns) of the events of these visits, ``condition`` (`` AND …``) holding.
 
         One query per agent and chunk of visits, on the visit index: naming the
         type or ordering by ts in SQL lets SQLite's planner walk all of a
         store's links by (store_id, type, ts) instead, one scan per visit.
+        ``text``: the columns are TEXT, and each query's rows come back as one
+        JSON array (``json_group_array``): one step instead of one per event, as
+        the sqlite3 module releases and takes back the GIL for every step.
         """
         by_agent: dict[tuple[str, str], list[str]] = defaultdict(list)
         for store_id, agent_id, visit_id in sorted(set(keys)):
@@ -882,6 +902,12 @@ class Store(ABC):
         for (store_id, agent_id), visits in by_agent.items():
             for start in range(0, len(visits), CHUNK):
                 where, params = self._in("visit_id", visits[start:start + CHUNK])
+                if text:
+                    cur.execute(f"SELECT json_group_array(json_array(visit_id, {', '.join(columns)})) FROM events"  # noqa: S608
+                                f" WHERE store_id = ? AND agent_id = ? AND {where}{condition}",
+                                (store_id, agent_id, *params))
+                    rows.extend((store_id, agent_id, *row) for row in json.loads(cur.fetchone()[0]))
+                    continue
                 cur.execute(f"SELECT store_id, agent_id, visit_id, {', '.join(columns)} FROM events"  # noqa: S608
                             f" WHERE store_id = ? AND agent_id = ? AND {where}{condition}",
                             (store_id, agent_id, *params))
@@ -924,7 +950,7 @@ class Store(ABC):
                 for lid, *row in fired_rows:
                     history[lid].append(cast(tuple[str, float, str, str, str | None], tuple(row)))
             for store_id, agent_id, visit_id, payload in self._visit_rows(
-                    cur, {key for keys in links.values() for key in keys}, ("payload",)):
+                    cur, {key for keys in links.values() for key in keys}, ("payload",), text=True):
                 visit_payloads.setdefault((store_id, agent_id, visit_id), []).append(payload)
         out: dict[str, RuleInputs] = {}
         for lid in ids:

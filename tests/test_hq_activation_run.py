@@ -591,6 +591,21 @@ def test_rule_inputs_take_the_batch_events_parsed_at_ingest(store: Store, monkey
     assert sorted(e.seq for e in events) == [e.seq for e in first + later]
 
 
+def test_many_firings_in_one_call_go_in_once(store: Store) -> None:
+    """More firings and deliveries than one statement holds: each recorded once, those seen before not new."""
+    def firing(n: int) -> tuple[FiringRow, list[DeliveryRow]]:
+        aid = activation_id("greet", f"e-{n}")
+        return (FiringRow(aid, "greet", f"e-{n}", "L1", STORE, AGENT, "v1", "fish", float(n), 1.0, "{}"),
+                [DeliveryRow(0, "staff", staff_topic(STORE), "{}", "hq"), DeliveryRow(1, "mqtt", "t", "{}", "hq")])
+
+    assert store.record_firings([firing(n) for n in range(0, 300, 2)]) == [True] * 150
+    again = store.record_firings([firing(n) for n in range(300)])
+    assert again == [n % 2 == 1 for n in range(300)]
+    views = store.activations(limit=1000)
+    assert len(views) == 300
+    assert all(len(v.deliveries) == 2 and {d["state"] for d in v.deliveries} == {"pending"} for v in views)
+
+
 def test_visit_reads_keep_agents_and_stores_apart(store: Store) -> None:
     """One visit id at two agents of a store and at another store: each link and each visit's events stay its own."""
     grant(store, ["L2", "L3"])
