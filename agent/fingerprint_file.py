@@ -1,8 +1,9 @@
 """The sector fingerprint file: `santi calibrate fit` writes it beside the site config, ``[tracking] fingerprint``
 names it.
 
-A NumPy ``.npz`` (no pickles) holding eq. (18)'s Gaussians of
-``positioning.fingerprint`` keyed by sector id and receiver id. A receiver
+A NumPy ``.npz`` (no pickles) holding eq. (18a)'s densities of
+``positioning.fingerprint`` on their dB grid, with each pair's mean and
+spread, keyed by sector id and receiver id. A receiver
 the walk did not hear is left out of the likelihood; a receiver the site no
 longer has is ignored. The sectors must be the site's, all of them: a
 fingerprint of other sectors would weigh evidence for the wrong places.
@@ -20,7 +21,8 @@ from agent.errors import InputError
 from agent.npzfile import file_version, load_arrays, write_arrays
 from positioning.fingerprint import Fingerprint
 
-FORMAT = "santi.fingerprint/1"
+FORMAT = "santi.fingerprint/2"
+"""Version 2: kernel densities (18a) on a dB grid; version 1 held one Gaussian per pair (refit it)."""
 
 
 class FingerprintFileError(InputError):
@@ -54,11 +56,13 @@ class StoredFingerprint:
         stored = self.fingerprint
         mean = np.full((len(sector_ids), len(receiver_ids)), np.nan)
         sd = np.full_like(mean, np.nan)
+        logpdf = np.full((*mean.shape, stored.grid_db.size), np.nan)
         for j, receiver in enumerate(receiver_ids):
             if receiver in column:
                 mean[:, j] = stored.mean[rows, column[receiver]]
                 sd[:, j] = stored.sd[rows, column[receiver]]
-        return Fingerprint(mean, sd, stored.windows[rows])
+                logpdf[:, j] = stored.logpdf[rows, column[receiver]]
+        return Fingerprint(mean, sd, stored.windows[rows], stored.grid_db, logpdf, stored.bandwidth_db)
 
 
 def write_fingerprint(path: Path, stored: StoredFingerprint) -> None:
@@ -69,6 +73,9 @@ def write_fingerprint(path: Path, stored: StoredFingerprint) -> None:
         "mean": stored.fingerprint.mean.astype(np.float32),
         "sd": stored.fingerprint.sd.astype(np.float32),
         "windows": stored.fingerprint.windows,
+        "grid_db": stored.fingerprint.grid_db,
+        "logpdf": stored.fingerprint.logpdf.astype(np.float32),
+        "bandwidth_db": np.array(stored.fingerprint.bandwidth_db),
     })
 
 
@@ -81,7 +88,8 @@ def read_fingerprint(path: Path) -> StoredFingerprint:
 def _read(path: Path, inode: int, mtime_ns: int, size: int) -> StoredFingerprint:
     """`read_fingerprint` for one version of the file (the key's inode, time and size name it)."""
     arrays = load_arrays(path, FingerprintFileError, "fingerprint", FORMAT,
-                         ("sector_ids", "receiver_ids", "mean", "sd", "windows"))
+                         ("sector_ids", "receiver_ids", "mean", "sd", "windows", "grid_db", "logpdf",
+                          "bandwidth_db"))
     sectors = tuple(str(s) for s in arrays["sector_ids"].ravel())
     receivers = tuple(str(r) for r in arrays["receiver_ids"].ravel())
     shape = (len(sectors), len(receivers))
@@ -92,7 +100,10 @@ def _read(path: Path, inode: int, mtime_ns: int, size: int) -> StoredFingerprint
     try:
         fingerprint = Fingerprint(np.asarray(arrays["mean"], dtype=np.float64),
                                   np.asarray(arrays["sd"], dtype=np.float64),
-                                  np.asarray(arrays["windows"]).astype(np.int64).ravel())
+                                  np.asarray(arrays["windows"]).astype(np.int64).ravel(),
+                                  np.asarray(arrays["grid_db"], dtype=np.float64).ravel(),
+                                  np.asarray(arrays["logpdf"], dtype=np.float64),
+                                  float(np.asarray(arrays["bandwidth_db"], dtype=np.float64)))
     except (TypeError, ValueError) as exc:
         raise FingerprintFileError(f"{path}: {exc}") from None
     return StoredFingerprint(sectors, receivers, fingerprint)

@@ -13,7 +13,6 @@ from agent.config import load_site
 from agent.observations import Observation
 from agent.replayfile import RecordReader
 from agent.site_arrays import make_tracker, site_arrays
-from positioning.fingerprint import Fingerprint
 from positioning.pathloss import Receivers
 from positioning.stillgrid import StillGrid, cell_centres
 from positioning.tracker import Tracker, TrackerConfig
@@ -22,6 +21,7 @@ from simulator.locate import locate
 from simulator.report import build_report, group_estimates
 from simulator.run import SURVEY_PHONES, SimConfig, simulate
 from simulator.truth import read_truth
+from tests.helpers.fingerprints import gaussian_fingerprint
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 BOX = ((0.0, 0.0), (30.0, 20.0))
@@ -96,7 +96,8 @@ def test_facings_are_marginalised_with_a_uniform_prior() -> None:
 def test_the_fingerprint_adds_its_sector_likelihood_to_every_cell_of_the_sector() -> None:
     centres = cell_centres(BOX, 0.5)
     sector = (centres[:, 0] >= 15.0).astype(np.intp)  # west half sector 0, east half sector 1
-    fingerprint = Fingerprint(np.array([[-60.0] * 6, [-90.0] * 6]), np.full((2, 6), 3.0), np.array([10, 10]))
+    fingerprint = gaussian_fingerprint(np.array([[-60.0] * 6, [-90.0] * 6]), np.full((2, 6), 3.0),
+                                       np.array([10, 10]))
     plain = StillGrid.of(RECEIVERS, BOX, inside=sector)
     fused = StillGrid.of(RECEIVERS, BOX, inside=sector, fingerprint=fingerprint)
     assert plain.fingerprint is None

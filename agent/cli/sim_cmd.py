@@ -358,7 +358,8 @@ def _fingerprint_note(signature: StoredFingerprint | None, asked: bool, out: Pat
         return "sector fingerprint: not written, the walk heard no receiver"
     windows = signature.fingerprint.windows
     unwalked = [s for s, n in zip(signature.sector_ids, windows.tolist(), strict=True) if n == 0]
-    return (f"sector fingerprint -> {fingerprint_path(out)} ({int(windows.sum())} walk windows"
+    return (f"sector fingerprint -> {fingerprint_path(out)} ({int(windows.sum())} walk windows, kernel "
+            f"{signature.fingerprint.bandwidth_db:g} dB"
             + (f"; sectors not walked, judged by position alone: {', '.join(unwalked)})" if unwalked else ")"))
 
 

@@ -143,18 +143,31 @@ def evaluate(layout: Layout, rssi: FloatArray, label: NDArray[np.intp], floor: s
             "rssi_at_1m": np.round(a, 1).tolist()}
 
 
-def benchmark(root: Path) -> dict[str, Any]:
+SEEDS = (0, 1, 2, 3, 4)
+"""Seeds of the held-out draw the benchmark averages over: one draw of 30 rows a sector moves a row's accuracy
+by a few points, more than the gaps to the published figures."""
+
+
+def benchmark(root: Path, seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
+    """Every floor, TX power and split, each averaged over `seeds` held-out draws (per-seed figures kept)."""
     layout = read_layout(root)
     rows = []
     for floor in ("A", "B"):
         for tx in (0, -4, -8):
             rssi, label = read_rows(root, floor, tx)
             for split, block in (("random", 1), ("blocks", BLOCK_ROWS)):
-                result = evaluate(layout, rssi, label, floor, block=block)
-                rows.append({"floor": floor, "tx_dbm": tx, "split": split, **result,
-                             "published_accuracy": PUBLISHED[(floor, tx)]})
+                runs = [evaluate(layout, rssi, label, floor, seed=seed, block=block) for seed in seeds]
+                mean = {key: float(np.mean([r[key] for r in runs]))
+                        for key in ("accuracy", "mean_error_m", "fingerprint_accuracy", "fused_accuracy")}
+                spread = [r["fingerprint_accuracy"] for r in runs]
+                rows.append({"floor": floor, "tx_dbm": tx, "split": split, **mean,
+                             "fingerprint_range": [float(min(spread)), float(max(spread))],
+                             "test_rows": runs[0]["test_rows"], "seeds": list(seeds), "per_seed": runs,
+                             "published_accuracy": PUBLISHED[(floor, tx)],
+                             "fingerprint_at_or_above_published": mean["fingerprint_accuracy"] >= PUBLISHED[(floor, tx)]})
     return {"dataset": "castillo-cara-ble-esiiab", "rows": rows,
-            "note": "published figures: ML fingerprinting on a random split; ours: path-loss model on digitised "
-                    "coordinates, the sector fingerprint (18) fitted on the training rows' labels, and both fused (19); "
-                    f"split 'random': seeded 30 % of each sector's rows held out, 'blocks': whole runs of {BLOCK_ROWS} "
-                    "consecutive rows held out"}
+            "note": "published figures: ML fingerprinting (best of RF / ET / GBM), split not stated; ours: path-loss "
+                    "model on digitised coordinates, the sector fingerprint (18) fitted on the training rows' labels, "
+                    "and both fused (19), each the mean over held-out draws with seeds "
+                    f"{', '.join(map(str, seeds))}; split 'random': a seeded 30 % of each sector's rows held out, "
+                    f"'blocks': whole runs of {BLOCK_ROWS} consecutive rows held out"}
