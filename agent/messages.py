@@ -81,7 +81,7 @@ class StaffCard(_Message):
     store_id: Identifier = Field(description="The store the customer is in.")
     visit_id: str = Field(min_length=1, max_length=128, description="The visit the card is about; the agent drops the card at its visit.ended.")
     loyalty_id: LoyaltyId = Field(description="The customer.")
-    sector_id: str | None = Field(default=None, max_length=64, description="Where the customer was when the rule fired.")
+    sector_id: Identifier | None = Field(default=None, description="Where the customer was when the rule fired.")
     rule_id: Identifier = Field(description="The rule that fired.")
     text: str = Field(min_length=1, max_length=500, description="The rule's text, for the staff to read.")
     facts: dict[str, Fact] = Field(

@@ -219,6 +219,20 @@ def test_no_card_without_personalisation(broker: Broker, store: Store, tmp_path:
         assert [d["kind"] for d in central.store.activations()[0].deliveries] == ["staff", "mqtt"]
 
 
+def test_a_card_names_a_sector_with_the_longest_id_an_event_may_carry(broker: Broker, store: Store,
+                                                                     tmp_path: Path) -> None:
+    # A staff card once allowed 64 characters where events allow 128: the card failed to build inside the
+    # runner and the batch's firings were lost.
+    seq = Seq()
+    sector = "s" + "e" * 127
+    with listening(broker) as store_side, hq(broker, store, rules_file(tmp_path)) as central:
+        grant(central.store, ["N3"], ["profiling", "personalisation"])
+        publish(broker, wire([*visit(seq, "v3", "N3", "p3")[:2], enter(seq, "v3", sector, "p3")]))
+        wait_until(lambda: store_side.cards, what="N3's card")
+        assert [(c.loyalty_id, c.sector_id) for c in store_side.cards] == [("N3", sector)]
+        assert [a.loyalty_id for a in central.store.activations()] == ["N3"]
+
+
 def test_the_same_event_never_fires_twice(broker: Broker, store: Store, tmp_path: Path) -> None:
     """Redelivery, a replayed batch, a second runner on the same database: one firing per (rule, event)."""
     seq = Seq()
