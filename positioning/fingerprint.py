@@ -245,15 +245,15 @@ def fit_fingerprint(
     sd = np.where(n > 0, sd, np.tile(rx_sd, n_sectors)).reshape(n_sectors, m)
     mean[:, ~heard] = np.nan
     sd[:, ~heard] = np.nan
-    h = _loo_bandwidth(zbar, cell, p_rx, n, rx_mean, rx_sd, prior_windows, bandwidths_db)
+    order = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[order], np.arange(size + 1))
+    groups = {int(c): zbar[order[bounds[c]:bounds[c + 1]]] for c in np.flatnonzero(n)}  # each pair's window means
+    h = _loo_bandwidth(groups, rx_mean, rx_sd, m, prior_windows, bandwidths_db)
     lo = np.floor((zbar.min() if zbar.size else -100.0) - GRID_MARGIN_DB)
     hi = np.ceil((zbar.max() if zbar.size else -40.0) + GRID_MARGIN_DB)
     grid = np.arange(lo, hi + GRID_STEP_DB / 2.0, GRID_STEP_DB)
     kernel_sum = np.zeros((size, grid.size))
-    order = np.argsort(cell, kind="stable")
-    bounds = np.searchsorted(cell[order], np.arange(size + 1))
-    for c in np.flatnonzero(n):
-        values = zbar[order[bounds[c]:bounds[c + 1]]]
+    for c, values in groups.items():
         kernel_sum[c] = _gauss(grid[:, None], values[None, :], np.array(h)).sum(axis=1)
     prior = _gauss(grid[None, :], np.tile(rx_mean, n_sectors)[:, None], np.tile(rx_sd, n_sectors)[:, None])
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -264,28 +264,28 @@ def fit_fingerprint(
     return Fingerprint(mean, sd, windows[:n_sectors], grid, logpdf, h)
 
 
-def _loo_bandwidth(zbar: FloatArray, cell: IndexArray, p_rx: IndexArray, n: FloatArray, rx_mean: FloatArray,
-                   rx_sd: FloatArray, prior_windows: float, bandwidths_db: tuple[float, ...]) -> float:
-    """Eq. (18b): the bandwidth whose (18a), each window left out of its own kernel sum, best predicts the walk."""
+def _loo_bandwidth(groups: dict[int, FloatArray], rx_mean: FloatArray, rx_sd: FloatArray, m: int,
+                   prior_windows: float, bandwidths_db: tuple[float, ...]) -> float:
+    """Eq. (18b): the bandwidth whose (18a), each window left out of its own kernel sum, best predicts the walk.
+
+    groups: per sector x receiver cell (index s * m + r) the walk's window means there.
+    """
     if not bandwidths_db or any(h <= 0.0 for h in bandwidths_db):
         raise ValueError(f"bandwidths must be positive, got {bandwidths_db}")
-    if zbar.size == 0:
+    if not groups:
         return float(bandwidths_db[0])
-    order = np.argsort(cell, kind="stable")
-    z, c = zbar[order], cell[order]
-    bounds = np.searchsorted(c, np.arange(n.size + 1))
-    prior = prior_windows * _gauss(z, rx_mean[p_rx[order]], rx_sd[p_rx[order]])
+    weight = {c: values.size - 1.0 + prior_windows for c, values in groups.items()}
+    # A lone window with no prior has nothing left to predict it.
+    scored = {c: values for c, values in groups.items() if weight[c] > 0.0}
+    prior = {c: prior_windows * _gauss(values, rx_mean[c % m], rx_sd[c % m]) for c, values in scored.items()}
     scores = []
     for h in bandwidths_db:
-        others = np.empty_like(z)
-        for cc in np.flatnonzero(n):
-            values = z[bounds[cc]:bounds[cc + 1]]
+        total = 0.0
+        for c, values in scored.items():
             block = _gauss(values[:, None], values[None, :], np.array(h))
-            others[bounds[cc]:bounds[cc + 1]] = block.sum(axis=1) - block.diagonal()
-        weight = n[c] - 1.0 + prior_windows
-        scored = weight > 0.0  # a lone window with no prior has nothing left to predict it
-        density = (others[scored] + prior[scored]) / weight[scored]
-        scores.append(float(np.log(np.maximum(density, np.finfo(np.float64).tiny)).sum()))
+            others = block.sum(axis=1) - block.diagonal()
+            total += float(np.log(np.maximum((others + prior[c]) / weight[c], np.finfo(np.float64).tiny)).sum())
+        scores.append(total)
     return float(bandwidths_db[int(np.argmax(scores))])
 
 
