@@ -42,7 +42,7 @@ gives the still track's position as its mean and spread,
 
 (the last term the spread of a point within its cell). (44) is three
 matrix products over (receivers) x (facings x cells) for all still tracks
-of a window at once.
+of a window at once, in single precision about the grid's mean level.
 
 A global estimate is fooled too: the shadowing that stays put over metres
 (and a survey's radio map that missed it) makes some far cell fit a
@@ -59,7 +59,7 @@ they stood, not from where the filter had settled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -94,6 +94,18 @@ class StillGrid:
     offset_sigma_db: float
     sector: IndexArray
     fingerprint: Fingerprint | None
+    _ref_db: float = field(init=False, repr=False)
+    _mu32: NDArray[np.float32] = field(init=False, repr=False)
+    _mu2_32: NDArray[np.float32] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # (44)'s sums in single precision, about the grid's mean level: a window of still tracks spends its time in
+        # these (tracks, facings x cells) products, and centred dB values keep their rounding under 1e-3 nats.
+        ref = float(self.mu.mean())
+        centred = (self.mu - ref).T
+        object.__setattr__(self, "_ref_db", ref)
+        object.__setattr__(self, "_mu32", np.ascontiguousarray(centred, dtype=np.float32))
+        object.__setattr__(self, "_mu2_32", np.ascontiguousarray(centred**2, dtype=np.float32))
 
     @classmethod
     def of(
@@ -162,18 +174,19 @@ class StillGrid:
         zbar = np.where(heard, total / np.maximum(count, 1e-12), 0.0)
         rho = self.segment_correlation
         w = np.where(heard, 1.0 / (self.sigma2 * (rho + (1.0 - rho) / np.maximum(count, 1e-12))), 0.0)  # (43)
+        zc = np.where(heard, zbar - self._ref_db, 0.0)
         g, hh = self.centres.shape[0], self.headings
         out = np.empty((k, g))
-        mu, mu2 = self.mu.T, (self.mu**2).T  # (m, H G)
         for lo in range(0, k, CHUNK):
             part = slice(lo, lo + CHUNK)
-            wk, wz = w[part], w[part] * zbar[part]
-            wmu = wk @ mu  # sum_r w_r mu_r, (c, H G)
-            q = (wz * zbar[part]).sum(axis=1)[:, None] - 2.0 * (wz @ mu) + wk @ mu2  # sum w d²
+            wk, wz = w[part].astype(np.float32), (w[part] * zc[part]).astype(np.float32)
+            wmu = wk @ self._mu32  # sum_r w_r mu_r, (c, H G)
+            q = (w[part] * zc[part] ** 2).sum(axis=1).astype(np.float32)[:, None] - 2.0 * (wz @ self._mu32) \
+                + wk @ self._mu2_32  # sum w d²
             ll = -0.5 * q
             if self.offset_sigma_db > 0.0:  # eq. (44): the offset integrated out
                 b = wz.sum(axis=1)[:, None] - wmu  # sum w d
-                ll += 0.5 * b * b / (wk.sum(axis=1)[:, None] + 1.0 / self.offset_sigma_db**2)
+                ll += 0.5 * b * b / (wk.sum(axis=1)[:, None] + np.float32(1.0 / self.offset_sigma_db**2))
             ll = ll.reshape(-1, hh, g)
             top = ll.max(axis=1)
             out[part] = top + np.log(np.exp(ll - top[:, None, :]).mean(axis=1))  # facing marginalised, (45)

@@ -43,6 +43,11 @@ from positioning.stillgrid import StillGrid
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
 
+STILL_EVERY_SLACK_S = 0.05
+"""How much earlier than `TrackerConfig.still_every_s` a segment may be weighed again: live windows close a few
+milliseconds late, and without slack an interval measured between two closes comes out a hair short and waits a
+whole window more."""
+
 
 @dataclass(frozen=True)
 class TrackerConfig:
@@ -98,6 +103,11 @@ class TrackerConfig:
         (benchmarks/README.md, 2026-12-05, "Still shoppers on a grid").
     still_speed: the speed below which a track counts as still, m/s.
     still_memory_s: tau_s of eq. (43), s: how fast a still segment's readings fade.
+    still_every_s: how often a still track's segment is weighed on the grid, s:
+        a segment of tens of seconds changes little from one window to the
+        next, and a track the grid placed restarts where (46) put it, so
+        weighing it every window buys nothing for the cost that dominates a
+        window where many shoppers stand.
     still_gate: how many nats the grid's best cell must beat the cell under
         the filter's estimate by before the grid places the track (47): a
         static shadow fools a global estimate about as often as a body
@@ -124,6 +134,7 @@ class TrackerConfig:
     still_grid_s: float = 0.0
     still_speed: float = 0.3
     still_memory_s: float = 60.0
+    still_every_s: float = 3.0
     still_gate: float = 12.0
     birth_sigma_m: float = 5.0
     birth_sigma_v: float = 1.0
@@ -149,6 +160,7 @@ class TrackerConfig:
             "body_walk_speed",
             "still_speed",
             "still_memory_s",
+            "still_every_s",
         )
         for name in positive:
             if not getattr(self, name) > 0.0:
@@ -234,6 +246,7 @@ class Tracker:
         self._still_since = np.empty(0)  # when each track last started being still, eq. (43)
         self._still_count = np.empty((0, n_rx))  # its still segment's faded reading counts per receiver
         self._still_sum = np.empty((0, n_rx))  # and their faded sums, dBm
+        self._grid_at = np.empty(0)  # when each track's segment was last weighed on the grid
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -248,7 +261,7 @@ class Tracker:
 
     def _banks(self) -> tuple[FloatArray, ...]:
         return (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
-                self._still_count, self._still_sum)
+                self._still_count, self._still_sum, self._grid_at)
 
     def step(
         self,
@@ -327,7 +340,10 @@ class Tracker:
         self, t: float, rows: IndexArray, dt: FloatArray, x: FloatArray, code: IndexArray, ri: IndexArray,
         z: FloatArray,
     ) -> tuple[NDArray[np.bool_], FloatArray, FloatArray]:
-        """Fold the window into each still track's segment (43); which tracks the grid places, and where (46)."""
+        """Fold the window into each still track's segment (43); which tracks the grid places, and where (46).
+
+        A segment is weighed once every `still_every_s` per track, not every window.
+        """
         assert self._grid is not None
         cfg, m = self.config, len(self.receivers)
         still = np.hypot(x[:, 2], x[:, 3]) < cfg.still_speed
@@ -339,10 +355,12 @@ class Tracker:
         self._still_count[rows] = fade * self._still_count[rows] + count
         self._still_sum[rows] = fade * self._still_sum[rows] + total
         self._still_since[rows] = np.where(still, self._still_since[rows], t)
-        placed = still & (t - self._still_since[rows] >= cfg.still_grid_s)
+        due = t - self._grid_at[rows] >= cfg.still_every_s - STILL_EVERY_SLACK_S
+        placed = still & due & (t - self._still_since[rows] >= cfg.still_grid_s)
         if not placed.any():
             return placed, np.empty((0, 2)), np.empty((0, 2, 2))
         at = rows[placed]
+        self._grid_at[at] = t
         grid_xy, grid_cov, rejected = self._grid.estimate(self._still_count[at], self._still_sum[at], x[placed, :2])
         moved = rejected > cfg.still_gate  # eq. (47)
         placed[placed] = moved
@@ -374,10 +392,11 @@ class Tracker:
         rows = self._rows.add(new_ids)
         n = len(self._rows)
         (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
-         self._still_count, self._still_sum) = [grown(bank, n) for bank in self._banks()]
+         self._still_count, self._still_sum, self._grid_at) = [grown(bank, n) for bank in self._banks()]
         self._xm[rows] = 0.0
         self._facing[rows] = 0.0
         self._still_since[rows] = t
+        self._grid_at[rows] = -np.inf
         self._still_count[rows] = self._still_sum[rows] = 0.0
         self._xm[rows, :, :2] = xy[:, None, :]
         self._Pm[rows] = birth_covariance(
@@ -400,7 +419,8 @@ class Tracker:
             bank[:m] = bank[:n][keep]
         if self._t.shape[0] > 4 * max(m, MIN_CAPACITY):  # after a crowd (or a flood): give the memory back
             (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
-             self._still_count, self._still_sum) = [bank[: 2 * max(m, MIN_CAPACITY)].copy() for bank in self._banks()]
+             self._still_count, self._still_sum, self._grid_at) = [
+                bank[: 2 * max(m, MIN_CAPACITY)].copy() for bank in self._banks()]
         return self._rows.drop(dead)
 
     def snapshot(self) -> TrackSnapshot:

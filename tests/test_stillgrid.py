@@ -14,7 +14,7 @@ from agent.observations import Observation
 from agent.replayfile import RecordReader
 from agent.site_arrays import make_tracker, site_arrays
 from positioning.pathloss import Receivers
-from positioning.stillgrid import StillGrid, cell_centres
+from positioning.stillgrid import FloatArray, StillGrid, cell_centres
 from positioning.tracker import Tracker, TrackerConfig
 from simulator.channel import CHANNELS
 from simulator.locate import locate
@@ -73,7 +73,8 @@ def test_eq_44_integrates_the_offset_out_and_without_it_reads_an_offset_as_dista
     w = 1.0 / (16.0 * (0.5 + 0.5 / np.array([4.0, 1.0])))  # eq. (43)
     d = np.array([-70.0, -80.0])[None, :] - grid.mu[:, :2]
     ll = -0.5 * ((w * d * d).sum(1) - (w * d).sum(1) ** 2 / (w.sum() + 0.25))
-    np.testing.assert_allclose(grid.loglik(count, total)[0], ll - ll.max(), atol=1e-9)
+    # (44) runs in single precision about the grid's mean level: within 1e-4 nats of the double sum here.
+    np.testing.assert_allclose(grid.loglik(count, total)[0], ll - ll.max(), atol=1e-4)
 
 
 def test_facings_are_marginalised_with_a_uniform_prior() -> None:
@@ -89,7 +90,7 @@ def test_facings_are_marginalised_with_a_uniform_prior() -> None:
     lj = np.stack([-0.5 * (w * (zbar - mu) ** 2).sum(1) for mu in raw])
     top = lj.max()
     expected = np.log(np.exp(lj - top).mean(0)) + top
-    np.testing.assert_allclose(grid.loglik(count, total)[0], expected - expected.max(), atol=1e-9)
+    np.testing.assert_allclose(grid.loglik(count, total)[0], expected - expected.max(), atol=1e-4)  # single precision
     assert per.shape == (4, g)
 
 
@@ -178,3 +179,32 @@ def test_in_the_store_channel_the_grid_cuts_the_error_of_still_shoppers_and_fals
     assert after["position"]["p90_m"] < before["position"]["p90_m"]
     assert after["sectors"]["accuracy"] > before["sectors"]["accuracy"] + 0.01
     assert after["sectors"]["recall"] >= before["sectors"]["recall"]
+
+
+class _CountingGrid(StillGrid):
+    """The real grid, recording how many segments each call weighed (one list per grid)."""
+
+    def estimate(self, count: FloatArray, total: FloatArray, xy: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        self.__dict__.setdefault("calls", []).append(count.shape[0])
+        return super().estimate(count, total, xy)
+
+
+def test_a_still_segment_is_weighed_once_every_still_every_s() -> None:
+    """Two still phones, born a window apart: each is weighed from still_grid_s on, then once every
+    still_every_s, also when the windows close a few milliseconds early."""
+    grid = _CountingGrid.of(RECEIVERS, BOX)
+    config = TrackerConfig(still_grid_s=2.0, still_every_s=3.0, still_speed=10.0)
+    tracker = Tracker(RECEIVERS.xyz, -59.0, 2.0, 4.0, BOX, config, still_grid=grid)
+    rx = np.arange(len(RECEIVERS))
+    weighed = []
+    for k in range(11):
+        t = float(k) - (0.003 if k % 2 else 0.0)  # live windows close a hair off the second
+        ids = ["a"] * len(rx) + (["b"] * len(rx) if k >= 1 else [])
+        before = len(grid.__dict__.get("calls", []))
+        tracker.step(t, ids, np.tile(rx, len(ids) // len(rx)), np.full(len(ids), -70.0))
+        calls = grid.__dict__.get("calls", [])
+        weighed.append(calls[-1] if len(calls) > before else 0)
+    # a: still since 0, weighed at 2, 5, 8; b: still since 1 (its birth), weighed at 3, 6, 9.
+    assert weighed == [0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0]
+    with pytest.raises(ValueError, match="still_every_s"):
+        TrackerConfig(still_every_s=0.0)
