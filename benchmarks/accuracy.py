@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,14 @@ STORE_TARGETS = {"median_m": 2.0, "sector_accuracy": 0.92, "false_changes_per_ho
                  "recall": 0.8, "latency_p50_s": 4.0, "latency_p90_s": 10.0}
 CALIBRATED = ("store",)
 """Channels also calibrated from a survey walk, as a technician would."""
+
+
+def environment() -> dict[str, str]:
+    """The versions a run's figures depend on: NumPy does not promise its random streams across versions, and the
+    simulated store's walks and shadowing come from NumPy, SciPy and Shapely, so the same seed on another install
+    can be another day in the store."""
+    return {"python": platform.python_version(),
+            **{name: metadata.version(name) for name in ("numpy", "scipy", "shapely")}}
 
 
 def santi(*args: str) -> str:
@@ -224,9 +234,13 @@ def main() -> None:
         out = args.out or Path(tmp)
         results = [run(n, CHANNELS[n], args.shoppers, args.minutes, args.seed, args.walk_seed, out, args.bound_sample)
                    for n in names]
+        versions = environment()
+        for r in results:
+            r["environment"] = versions
         if args.json:
             print(json.dumps(results, indent=2))
             return
+        print("simulated with " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         for r in results:
             print(f"== channel {r['channel']}: {r['tracked_shoppers']} tracked shoppers, {r['observations']} "
                   f"observations, {r['simulated_minutes']} simulated min (simulate {r['seconds']['simulate']} s, "
