@@ -99,7 +99,7 @@ class TrackerConfig:
         by default: it helps where a calibration walk's map and bodies
         drag still shoppers' estimates about (the calibrated store), changes
         nothing measurable on the impaired and log-normal channels, and
-        costs a grid evaluation per still track per window
+        costs a grid evaluation per still track every `still_every_s`
         (benchmarks/README.md, 2026-12-05, "Still shoppers on a grid").
     still_speed: the speed below which a track counts as still, m/s.
     still_memory_s: tau_s of eq. (43), s: how fast a still segment's readings fade.
