@@ -73,9 +73,9 @@ CALIBRATED = ("store",)
 
 
 def environment() -> dict[str, str]:
-    """The versions a run's figures depend on: NumPy does not promise its random streams across versions, and the
-    simulated store's walks and shadowing come from NumPy, SciPy and Shapely, so the same seed on another install
-    can be another day in the store."""
+    """The versions a run's figures depend on: NumPy, SciPy and Shapely make the simulated store, its calibration and
+    the tracking, and a fresh install has moved a calibrated row by points on the same seed (benchmarks/README.md,
+    2026-12-05, night)."""
     return {"python": platform.python_version(),
             **{name: metadata.version(name) for name in ("numpy", "scipy", "shapely")}}
 

@@ -2,7 +2,8 @@
 
 The tracker and the sector filter keep one row per emitter in arrays that
 batched math indexes directly; this module maps emitter ids to those rows
-and grows the arrays.
+and grows the arrays. Both also time per-row intervals between windows,
+with the slack below.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 IndexArray = NDArray[np.intp]
+
+WINDOW_SLACK_S = 0.05
+"""How much earlier than its length an interval measured between two window closes may count as complete (a
+sector's hold, a still segment's next weighing on the grid).
+
+Windows close on the agent's clock, each a few milliseconds late: without
+slack, an interval measured between two closes comes out a hair short and
+waits a whole window more (benchmarks/README.md, "Tuning evidence")."""
 
 
 class IdRows:

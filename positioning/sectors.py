@@ -89,7 +89,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from positioning.fingerprint import Fingerprint, fuse
 from positioning.geometry import LabelRaster, nearest_cells
-from positioning.rows import IdRows
+from positioning.rows import WINDOW_SLACK_S, IdRows
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
@@ -100,13 +100,6 @@ EVIDENCE_CLIP = 3.0
 The floor of (8) makes a single window's ratio as large as ln(1/floor) ~ 7;
 clipped, one wild estimate cannot wipe out or fake a run of evidence."""
 
-
-HOLD_SLACK_S = 0.05
-"""How much earlier than ``hold_s`` a hold may complete.
-
-Windows close on the agent's clock, each a few milliseconds late: without
-slack, a hold measured between two closes comes out a hair short and waits
-a whole window more (benchmarks/README.md, "Tuning evidence")."""
 
 SECTOR_THRESHOLD = 0.8
 """Posterior a new sector must keep before it is reported: the one home of this default
@@ -390,10 +383,10 @@ def hysteresis(
         deep = (label == best) & (depth >= margin[best])
         strong &= exempt | deep
     since = np.where(strong & (best != state.candidate), t, state.candidate_since)
-    switch = strong & (t - since >= hold_s - HOLD_SLACK_S)
+    switch = strong & (t - since >= hold_s - WINDOW_SLACK_S)
     if walked is not None:
         unchecked = (state.reported < 0) | (best == posterior.shape[1] - 1)
-        switch &= unchecked | walked | (t - since >= still_hold_s - HOLD_SLACK_S)
+        switch &= unchecked | walked | (t - since >= still_hold_s - WINDOW_SLACK_S)
     entered = np.where(switch, best, -1)
     exited = np.where(switch & (state.reported >= 0), state.reported, -1)
     reported = np.where(switch, best, state.reported)

@@ -37,16 +37,11 @@ from positioning.ekf import (
 from positioning.imm import combine, mix, mixture, mode_transitions
 from positioning.pathloss import DEFAULT_EMITTER_Z, Receivers
 from positioning.radiomap import RadioMap
-from positioning.rows import MIN_CAPACITY, IdRows, grown
+from positioning.rows import MIN_CAPACITY, WINDOW_SLACK_S, IdRows, grown
 from positioning.stillgrid import StillGrid
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
-
-STILL_EVERY_SLACK_S = 0.05
-"""How much earlier than `TrackerConfig.still_every_s` a segment may be weighed again: live windows close a few
-milliseconds late, and without slack an interval measured between two closes comes out a hair short and waits a
-whole window more."""
 
 
 @dataclass(frozen=True)
@@ -355,7 +350,7 @@ class Tracker:
         self._still_count[rows] = fade * self._still_count[rows] + count
         self._still_sum[rows] = fade * self._still_sum[rows] + total
         self._still_since[rows] = np.where(still, self._still_since[rows], t)
-        due = t - self._grid_at[rows] >= cfg.still_every_s - STILL_EVERY_SLACK_S
+        due = t - self._grid_at[rows] >= cfg.still_every_s - WINDOW_SLACK_S
         placed = still & due & (t - self._still_since[rows] >= cfg.still_grid_s)
         if not placed.any():
             return placed, np.empty((0, 2)), np.empty((0, 2, 2))

@@ -181,18 +181,20 @@ def test_in_the_store_channel_the_grid_cuts_the_error_of_still_shoppers_and_fals
     assert after["sectors"]["recall"] >= before["sectors"]["recall"]
 
 
-class _CountingGrid(StillGrid):
-    """The real grid, recording how many segments each call weighed (one list per grid)."""
-
-    def estimate(self, count: FloatArray, total: FloatArray, xy: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        self.__dict__.setdefault("calls", []).append(count.shape[0])
-        return super().estimate(count, total, xy)
-
-
 def test_a_still_segment_is_weighed_once_every_still_every_s() -> None:
     """Two still phones, born a window apart: each is weighed from still_grid_s on, then once every
     still_every_s, also when the windows close a few milliseconds early."""
-    grid = _CountingGrid.of(RECEIVERS, BOX)
+    calls: list[int] = []
+
+    class CountingGrid(StillGrid):
+        """The real grid, recording how many segments each call weighed."""
+
+        def estimate(self, count: FloatArray, total: FloatArray,
+                     xy: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+            calls.append(count.shape[0])
+            return super().estimate(count, total, xy)
+
+    grid = CountingGrid.of(RECEIVERS, BOX)
     config = TrackerConfig(still_grid_s=2.0, still_every_s=3.0, still_speed=10.0)
     tracker = Tracker(RECEIVERS.xyz, -59.0, 2.0, 4.0, BOX, config, still_grid=grid)
     rx = np.arange(len(RECEIVERS))
@@ -200,9 +202,8 @@ def test_a_still_segment_is_weighed_once_every_still_every_s() -> None:
     for k in range(11):
         t = float(k) - (0.003 if k % 2 else 0.0)  # live windows close a hair off the second
         ids = ["a"] * len(rx) + (["b"] * len(rx) if k >= 1 else [])
-        before = len(grid.__dict__.get("calls", []))
+        before = len(calls)
         tracker.step(t, ids, np.tile(rx, len(ids) // len(rx)), np.full(len(ids), -70.0))
-        calls = grid.__dict__.get("calls", [])
         weighed.append(calls[-1] if len(calls) > before else 0)
     # a: still since 0, weighed at 2, 5, 8; b: still since 1 (its birth), weighed at 3, 6, 9.
     assert weighed == [0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0]
