@@ -23,7 +23,9 @@ standing: `body_hold_s = 300`, eqs. (20)-(21)), and once more with the
 sector filter's walk test on (`sector_walk_m = 4`, eq. (26) of
 positioning.sectors) and its hold at `hysteresis_s = 2`, and once more with
 still tracks placed on a grid of the store (`still_grid_s = 5`, eqs.
-(43)-(47) of positioning.stillgrid).
+(43)-(47) of positioning.stillgrid), and once more calibrated with the
+walker's own body taken out of the walk (`calibrate fit
+--without-walker-body`, eq. (48) of positioning.pathloss).
 `calibrate fit` writes the sector fingerprint (eq. (18) of
 positioning.fingerprint) with every calibrated config, so the calibrated
 rows fuse it in the sector filter.
@@ -109,6 +111,10 @@ STILL_GRID_S = 5.0
 positioning.stillgrid)."""
 
 
+WALKER_BODY = "--without-walker-body"
+"""The `calibrate fit` option of the last row: the walker's own body out of the walk's readings (eq. (48))."""
+
+
 def with_phone_offsets(out: Path, body_loss_db: float = 0.0, walk: bool = False, grid: bool = False) -> Path:
     """The example site with the tracker estimating each phone's TX offset (and expecting the body, if given;
     with the sector filter's walk test and its shorter hold, if `walk`; with the still grid, if `grid`)."""
@@ -123,15 +129,16 @@ def with_phone_offsets(out: Path, body_loss_db: float = 0.0, walk: bool = False,
     return path
 
 
-def calibrate(name: str, site: Path, walk_seed: int, out: Path) -> tuple[Path, str]:
-    """A survey walk through channel `name`, then `santi calibrate fit` from `site`: the calibrated config, the verdict."""
+def calibrate(name: str, site: Path, walk_seed: int, out: Path, *options: str) -> tuple[Path, str]:
+    """A survey walk through channel `name`, then `santi calibrate fit` from `site` with `options`: the calibrated
+    config, the verdict on its map."""
     walk = out / f"{name}-walk"
     if not (walk / "truth.jsonl").is_file():
         santi("sim", "--site", str(SITE), "--channel", name, "--survey", "--seed", str(walk_seed), "--out", str(walk),
               "-q")
-    calibrated = out / f"{name}-{site.stem}-calibrated.toml"
+    calibrated = out / f"{name}-{site.stem}{''.join(options)}-calibrated.toml"
     verdict = santi("calibrate", "fit", "--site", str(site), "--observations", str(walk / "observations.jsonl"),
-                    "--truth", str(walk / "truth.jsonl"), "--out", str(calibrated))
+                    "--truth", str(walk / "truth.jsonl"), "--out", str(calibrated), *options)
     return calibrated, verdict.strip().splitlines()[-1]
 
 
@@ -175,12 +182,14 @@ def run(name: str, channel: ChannelConfig, shoppers: int, minutes: float, seed: 
     if name in CALIBRATED:
         offsets = with_phone_offsets(out)
         figures["phone_offsets"] = store_targets(scored(load_site(offsets), run_dir, "phone-offsets", seed, bound_sample))
-        for key, base in (("calibrated", SITE), ("calibrated_phone_offsets", offsets),
-                          ("calibrated_phone_offsets_body", with_phone_offsets(out, BODY_LOSS_DB)),
-                          ("calibrated_phone_offsets_body_walk", with_phone_offsets(out, BODY_LOSS_DB, walk=True)),
-                          ("calibrated_phone_offsets_body_walk_grid",
-                           with_phone_offsets(out, BODY_LOSS_DB, walk=True, grid=True))):
-            calibrated, verdict = calibrate(name, base, walk_seed, out)
+        grid = with_phone_offsets(out, BODY_LOSS_DB, walk=True, grid=True)
+        for key, base, options in (("calibrated", SITE, ()), ("calibrated_phone_offsets", offsets, ()),
+                                   ("calibrated_phone_offsets_body", with_phone_offsets(out, BODY_LOSS_DB), ()),
+                                   ("calibrated_phone_offsets_body_walk",
+                                    with_phone_offsets(out, BODY_LOSS_DB, walk=True), ()),
+                                   ("calibrated_phone_offsets_body_walk_grid", grid, ()),
+                                   ("calibrated_phone_offsets_body_walk_grid_walker", grid, (WALKER_BODY,))):
+            calibrated, verdict = calibrate(name, base, walk_seed, out, *options)
             figures[key] = store_targets(scored(load_site(calibrated), run_dir, key, seed, bound_sample))
             figures[key]["calibration"] = verdict
     return figures
@@ -253,7 +262,9 @@ def main() -> None:
                                ("calibrated_phone_offsets_body_walk", (f"calibrated, phone offsets, body {BODY_LOSS_DB:g} "
                                 f"dB held {BODY_HOLD_S:g} s, walk test {SECTOR_WALK_M:g} m, hold {WALK_HOLD_S:g} s")),
                                ("calibrated_phone_offsets_body_walk_grid", (f"the same, still tracks on the grid after "
-                                f"{STILL_GRID_S:g} s"))):
+                                f"{STILL_GRID_S:g} s")),
+                               ("calibrated_phone_offsets_body_walk_grid_walker",
+                                f"the same, calibrated {WALKER_BODY}")):
                 if key in r:
                     _print(f"{label} from a survey walk ({r[key]['calibration']})", r[key])
 

@@ -38,6 +38,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,13 @@ sys.path.insert(0, str(ROOT))
 from agent.radiomap_file import write_radio_map  # noqa: E402
 from agent.site_arrays import site_arrays  # noqa: E402
 from positioning.pathloss import fit_calibration  # noqa: E402
-from simulator.calibrate import ReceiverFit, WalkSamples, chosen_radio_map  # noqa: E402
+from simulator.calibrate import (  # noqa: E402
+    ReceiverFit,
+    WalkSamples,
+    behind_walker,
+    chosen_radio_map,
+    without_body,
+)
 from simulator.datasets import castillo, danis, feng  # noqa: E402
 from simulator.locate import LocateStats, locate, weighted_centroid, windows  # noqa: E402
 from simulator.report import group_estimates, position_errors  # noqa: E402
@@ -61,6 +68,12 @@ DATA = ROOT.parent / "shared" / "data"
 
 def _median(values: np.ndarray) -> float:
     return float(np.median(values)) if values.size else float("nan")
+
+
+def _walker(track: danis.Track) -> Callable[[np.ndarray], np.ndarray]:
+    """The recorded walker's position at any times, interpolated along the track."""
+    return lambda times: np.stack([np.interp(times, track.ts, track.xyz[:, 0]),
+                                   np.interp(times, track.ts, track.xyz[:, 1])], axis=-1)
 
 
 def bench_danis(root: Path) -> dict[str, Any]:
@@ -78,14 +91,20 @@ def bench_danis(root: Path) -> dict[str, Any]:
             mine = [np.array([rx == r.alias for rx in t.receiver]) for t in train]
             d = np.concatenate([np.linalg.norm(t.xyz[m] - np.array(r.xyz), axis=1) for t, m in zip(train, mine, strict=True)])
             z = np.concatenate([t.rssi[m] for t, m in zip(train, mine, strict=True)])
+            behind = np.concatenate([behind_walker(t.ts[m], _walker(t), np.array(r.xyz[:2]))
+                                     for t, m in zip(train, mine, strict=True)])
             samples[r.alias] = WalkSamples(d, z, np.concatenate([t.xyz[m, :2] for t, m in zip(train, mine, strict=True)]),
-                                           np.concatenate([t.ts[m] for t, m in zip(train, mine, strict=True)]))
-            cal = fit_calibration(d, z)
-            fits.append(ReceiverFit(r.alias, int(d.size), cal))
+                                           np.concatenate([t.ts[m] for t, m in zip(train, mine, strict=True)]), behind)
+        # What `santi calibrate fit` reports of the walker's body (eq. (48)); fitted as recorded, its default.
+        walker_body_db = without_body(samples)[1]
+        for r in receivers:
+            cal = fit_calibration(samples[r.alias].distance, samples[r.alias].rssi)
+            fits.append(ReceiverFit(r.alias, int(samples[r.alias].rssi.size), cal))
             calibration[r.alias] = (cal.rssi_at_1m, cal.path_loss_exponent, cal.sigma_db)
         obs = danis.observations(track)
         truth = gather(danis.truth(track, {o.emitter_id for o in obs}))
-        row: dict[str, Any] = {"track": name, "readings": len(obs), "seconds": round(float(track.ts[-1] - track.ts[0]), 1)}
+        row: dict[str, Any] = {"track": name, "readings": len(obs), "seconds": round(float(track.ts[-1] - track.ts[0]), 1),
+                               "walker_body_db": round(walker_body_db, 2)}
         path_loss_only = danis.site(receivers, limits, height, calibration)
         stored, row["radio_map_held_out_ratio"] = chosen_radio_map(path_loss_only, samples, fits)
         with tempfile.TemporaryDirectory() as tmp:

@@ -165,6 +165,61 @@ def fit_calibration(
     )
 
 
+def fit_body_loss(
+    group: ArrayLike, distance_m: ArrayLike, rssi_dbm: ArrayLike, behind: ArrayLike
+) -> float:
+    """The walker's body loss B of a calibration walk, jointly with every receiver's (1), least squares.
+
+    Whoever walks the survey carries the tag in front of them, so each
+    receiver behind them reads through their body (eq. (20) of
+    `positioning.ekf`). Fitted as if it were not there, the loss goes into
+    A (the mean of it) and into the radio map (the rest of it, as stripes
+    that alternate with the direction of each pass). With b_j in [0, 1] how
+    far reading j's receiver lies behind the walker (eq. (20)'s factor from
+    the walk's known velocity) the readings are
+
+        z_j = A_r + n_r g_j - B b_j + e_j,  g_j = -10 log10 d_j          (48)
+
+    and B follows from the joint least squares of all A_r, n_r and B by
+    projecting z and b, receiver by receiver, off [1, g] (Frisch-Waugh):
+    B = -sum b~ z~ / sum b~². A walk that passes each place in two
+    directions tells the body from the place, so the shadowing field, which
+    stays put, does not enter B.
+
+    Args:
+        group: (s,) the receiver of each reading, any integer labels.
+        distance_m: (s,) slant distances, metres, > 0.
+        rssi_dbm: (s,) readings, dBm.
+        behind: (s,) b_j, in [0, 1].
+
+    Returns:
+        B in dB (positive: readings low behind the walker), 0.0 where the
+        walk never had a receiver behind it (nothing to tell B by).
+
+    Raises:
+        ValueError: lengths differ, or values not finite.
+    """
+    r = np.asarray(group).ravel()
+    d = np.asarray(distance_m, dtype=np.float64).ravel()
+    z = np.asarray(rssi_dbm, dtype=np.float64).ravel()
+    b = np.asarray(behind, dtype=np.float64).ravel()
+    if not r.size == d.size == z.size == b.size:
+        raise ValueError(f"group, distance_m, rssi_dbm and behind differ in length: {r.size}, {d.size}, {z.size}, {b.size}")
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(z)) and np.all(np.isfinite(b))):
+        raise ValueError("walk readings, distances and behind factors must be finite")
+    g = -10.0 * np.log10(np.maximum(d, MIN_DISTANCE_M))
+    num = den = 0.0
+    for label in np.unique(r):
+        mine = r == label
+        j = np.column_stack([np.ones(int(mine.sum())), g[mine]])
+        # Residuals of z and b after their own least squares on [1, g]: the part (1) cannot explain.
+        zb = np.column_stack([z[mine], b[mine]])
+        rest = zb - j @ np.linalg.lstsq(j, zb, rcond=None)[0]
+        num += float(rest[:, 1] @ rest[:, 0])
+        den += float(rest[:, 1] @ rest[:, 1])
+    return -num / den if den > 1e-9 else 0.0
+
+
 @dataclass(frozen=True, eq=False)
 class Receivers:
     """The installed receivers and their calibrated model (1), as stacked arrays.

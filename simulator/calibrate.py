@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -26,8 +26,15 @@ from agent.fingerprint_file import StoredFingerprint, write_fingerprint
 from agent.observations import Observation
 from agent.radiomap_file import StoredRadioMap, write_radio_map
 from agent.siteedit import drop_tracking_key, fitted_values, set_receiver_values, set_tracking_file
+from positioning.ekf import BODY_WALK_SPEED, body_loss
 from positioning.fingerprint import fit_fingerprint
-from positioning.pathloss import MIN_DISTANCE_SPAN, Calibration, fit_calibration, rssi_at_distance
+from positioning.pathloss import (
+    MIN_DISTANCE_SPAN,
+    Calibration,
+    fit_body_loss,
+    fit_calibration,
+    rssi_at_distance,
+)
 from positioning.radiomap import (
     DEFAULT_BANDWIDTH_M,
     DEFAULT_PRIOR_READINGS,
@@ -66,13 +73,23 @@ LOCATE_SETTLE_S = 5.0
 """Windows this close to the start of a held-out block are not scored: a fresh track is still converging."""
 
 
+HEADING_SPAN_S = 0.5
+"""The walker's velocity at a reading is their displacement from this long before to this long after it, over twice
+this: the heading that eq. (48) needs, without the jitter of consecutive positions."""
+
+MAX_WALKER_BODY_DB = 20.0
+"""The largest body loss eq. (48) may report: a human body takes 5-10 dB at 2.4 GHz; beyond this the walk is wrong."""
+
+
 class WalkSamples(NamedTuple):
-    """One receiver's readings of the walk: slant distance (N,) m, rssi (N,) dBm, known position xy (N, 2) m, ts (N,) s."""
+    """One receiver's readings of the walk: slant distance (N,) m, rssi (N,) dBm, known position xy (N, 2) m, ts (N,) s,
+    and how far the receiver was behind the walker, eq. (20)'s factor b (N,) in [0, 1] (0 while they stood)."""
 
     distance: FloatArray
     rssi: FloatArray
     xy: FloatArray
     ts: FloatArray
+    behind: FloatArray
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,14 @@ class ReceiverFit:
     samples: int
     calibration: Calibration | None
     reason: str | None = None
+
+
+def behind_walker(when: FloatArray, at: Callable[[FloatArray], FloatArray], receiver_xy: FloatArray) -> FloatArray:
+    """Eq. (20)'s factor b (N,) of a receiver at receiver_xy (2,) for readings at times `when` (N,) of a walker whose
+    known positions at any times are `at(times)` (N, 2): 1 straight behind them at walking pace, 0 ahead or standing."""
+    xy = at(when)
+    velocity = (at(when + HEADING_SPAN_S) - at(when - HEADING_SPAN_S)) / (2.0 * HEADING_SPAN_S)
+    return body_loss(np.hstack([xy, velocity]), receiver_xy[None, :], 1.0, BODY_WALK_SPEED)
 
 
 def calibration_samples(
@@ -102,7 +127,7 @@ def calibration_samples(
             rx.append(obs.receiver_id)
             rssi.append(obs.rssi_dbm)
     default_z = truth.run.emitter_height_m if truth.run else site.tracking.emitter_height_m
-    parts: dict[str, list[tuple[FloatArray, FloatArray, FloatArray, FloatArray]]] = {r: [] for r in rows}
+    parts: dict[str, list[tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]]] = {r: [] for r in rows}
     for emitter, (ts_list, rx_list, rssi_list) in by_emitter.items():
         shopper = truth.shopper_of(emitter)
         if shopper is None or shopper not in truth.tracks:
@@ -120,12 +145,36 @@ def calibration_samples(
                 continue
             # Slant distance with each reading's own carrier height.
             d = np.sqrt((xy[mine, 0] - receiver.x) ** 2 + (xy[mine, 1] - receiver.y) ** 2 + (z[mine] - receiver.z) ** 2)
-            parts[receiver_id].append((d, level[mine], xy[mine], when[mine]))
+            behind = behind_walker(when[mine], track.at, np.array([receiver.x, receiver.y]))
+            parts[receiver_id].append((d, level[mine], xy[mine], when[mine], behind))
     return {
         r: WalkSamples(*(np.concatenate(column) for column in zip(*found, strict=True))) if found
-        else WalkSamples(np.empty(0), np.empty(0), np.empty((0, 2)), np.empty(0))
+        else WalkSamples(np.empty(0), np.empty(0), np.empty((0, 2)), np.empty(0), np.empty(0))
         for r, found in parts.items()
     }
+
+
+def without_body(samples: dict[str, WalkSamples]) -> tuple[dict[str, WalkSamples], float]:
+    """The walk's readings with the walker's body taken out where it depends on the way they walked, and its loss B.
+
+    B is eq. (48)'s, clipped to [0, MAX_WALKER_BODY_DB] (a walk whose
+    readings rise behind the walker has told nothing about a body). Each
+    reading gets back B (b_j - mean b of its receiver): what the receiver
+    loses on average to a body stays, since shoppers carry one too, facing
+    every way, and the tracker's models were made for that level; what
+    follows the direction of each pass goes, which the radio map would
+    otherwise paint as stripes of several dB between neighbouring passes
+    (benchmarks/README.md, 2026-12-05, "What the walk knows").
+    """
+    found = {r: s for r, s in samples.items() if s.rssi.size}
+    if not found:
+        return samples, 0.0
+    labels = np.concatenate([np.full(s.rssi.size, k) for k, s in enumerate(found.values())])
+    loss = fit_body_loss(labels, *(np.concatenate([getattr(s, name) for s in found.values()])
+                                   for name in ("distance", "rssi", "behind")))
+    loss = min(max(loss, 0.0), MAX_WALKER_BODY_DB)
+    return {r: s._replace(rssi=s.rssi + loss * (s.behind - s.behind.mean())) if s.rssi.size else s
+            for r, s in samples.items()}, loss
 
 
 def fit_receivers(

@@ -335,10 +335,10 @@ def planned_truth(site: SiteConfig, config: SimConfig) -> PlannedTruth:
     pseudo = _pseudonymizer(site)
     t0 = config.start_ts
     entries: dict[str, list[tuple[float, str]]] = {}
-    spans = np.array([_span(plan) for plan in shoppers.plans]).reshape(-1, 2)
+    spans = np.array([span(plan) for plan in shoppers.plans]).reshape(-1, 2)
     for plan, app, phone in zip(shoppers.plans, shoppers.has_app, shoppers.phones, strict=True):
         if app:
-            emitter = pseudo.pseudonym("ble", phone.raw[0], t0 + _span(plan)[0])
+            emitter = pseudo.pseudonym("ble", phone.raw[0], t0 + span(plan)[0])
             entries[emitter] = [(enter, sector) for sector, enter, _ in _stretches(store, plan, t0)]
     return PlannedTruth(entries, t0 + spans[:, 0], t0 + spans[:, 1])
 
@@ -408,7 +408,7 @@ def simulate(
     # the receivers' models are stated for, so it has none.
     offsets = np.zeros(len(walks)) if survey else channel.device_offsets(len(walks))
     posture_rng = np.random.default_rng(seeds.posture)
-    turning = [turns(posture_rng, *_span(plan), config.channel.turn_interval_s, config.channel.turn_sigma_rad)
+    turning = [turns(posture_rng, *span(plan), config.channel.turn_interval_s, config.channel.turn_sigma_rad)
                for plan in plans] + [(np.empty(0), np.empty(0))] * len(extras.walks)
     listens = np.array([[kind in ("ble", "node"), kind == "wifi"] for kind in arrays.kinds]).T  # (2, m)
 
@@ -433,7 +433,7 @@ def simulate(
                 rows = who == carrier
                 walk = walks[carrier]
                 xy[rows] = walk.at(t[rows])
-                facing[rows] = walk.facing_at(t[rows]) + _turned(turning[carrier], walk.still_at(t[rows]), t[rows])
+                facing[rows] = walk.facing_at(t[rows]) + turned(turning[carrier], walk.still_at(t[rows]), t[rows])
             rssi = channel.readings(xy, heights[who], facing, offsets[who], listens[tech[lo:hi]], loss[who])
             lines: list[bytes] = []
             for j in np.flatnonzero(~np.all(np.isnan(rssi), axis=1)):
@@ -538,12 +538,13 @@ def _crowd(store: Store, config: SimConfig, shoppers: int, end: float, seed: np.
     return _Crowd(passers + fixed, devices, loss, len(passers), models)
 
 
-def _span(plan: ShopperPlan) -> tuple[float, float]:
+def span(plan: ShopperPlan) -> tuple[float, float]:
+    """When a shopper's walk starts and ends, s from the run's start."""
     assert plan.path is not None
     return plan.path.start, plan.path.end
 
 
-def _turned(turning: tuple[FloatArray, FloatArray], still: NDArray[np.bool_], t: FloatArray) -> FloatArray:
+def turned(turning: tuple[FloatArray, FloatArray], still: NDArray[np.bool_], t: FloatArray) -> FloatArray:
     """Heading offsets (n,) of a still shopper at times t (n,) from `channel.turns`; 0 while walking."""
     times, angles = turning
     k = np.searchsorted(times, t, side="right") - 1

@@ -20,12 +20,14 @@ from agent.siteedit import drop_tracking_key, set_tracking_file
 from positioning.pathloss import Calibration
 from simulator.calibrate import (
     ReceiverFit,
+    WalkSamples,
     calibration_samples,
     chosen_radio_map,
     fit_receivers,
     judge_radio_map,
     rewrite_site_text,
     walk_radio_map,
+    without_body,
 )
 from simulator.channel import ChannelConfig
 from simulator.run import SURVEY_PHONES, SimConfig, simulate
@@ -72,6 +74,66 @@ def test_fit_recovers_the_true_parameters_from_a_walk(walk: Path) -> None:
     wifi = fits["pi-wifi"].calibration
     assert wifi is not None
     assert wifi.rssi_at_1m == pytest.approx(-40.0, abs=3.0)
+
+
+@pytest.fixture(scope="module")
+def bodied_walk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The walk of `walk`, the technician's body taking up to 6 dB from the receivers behind them (eq. (48))."""
+    tmp = tmp_path_factory.mktemp("bodied")
+    channel = ChannelConfig(sigma_db=4.0, receiver_bias_db=0.0, device_offset_db=0.0, body_loss_db=6.0,
+                            sensitivity_dbm=-130.0)
+    simulate(load_site(_true_site(tmp)), SimConfig(shoppers=1, seed=5, channel=channel, phones=SURVEY_PHONES), tmp,
+             survey=True)
+    return tmp
+
+
+def test_the_walkers_body_is_estimated_and_taken_out_before_the_fit(walk: Path, bodied_walk: Path) -> None:
+    site = load_site(EXAMPLE)
+    samples = calibration_samples(site, RecordReader(bodied_walk / "observations.jsonl", Observation),
+                                  read_truth(bodied_walk / "truth.jsonl"))
+    walked, body_db = without_body(samples)
+    # ~10,000 readings with 4 dB fading: B's standard error is ~0.15 dB.
+    assert body_db == pytest.approx(6.0, abs=0.6)
+    raw = {f.receiver_id: f.calibration for f in fit_receivers(site, samples)}
+    clean = {f.receiver_id: f.calibration for f in fit_receivers(site, walked)}
+    for rid, a in TRUE_A.items():
+        before, after = raw[rid], clean[rid]
+        assert before is not None
+        assert after is not None
+        # What follows the walk's direction is gone: the node's own slope and fading; the body's mean over the walk
+        # stays in A, as shoppers carry one too.
+        assert after.path_loss_exponent == pytest.approx(TRUE_N[rid], abs=max(0.05, 3 * after.path_loss_exponent_se))
+        mean_loss = body_db * float(samples[rid].behind.mean())
+        assert after.rssi_at_1m == pytest.approx(a - mean_loss, abs=max(0.5, 3 * after.rssi_at_1m_se))
+        assert after.sigma_db == pytest.approx(4.0, abs=0.3)
+        assert before.sigma_db > after.sigma_db + 0.3
+    no_body = calibration_samples(site, RecordReader(walk / "observations.jsonl", Observation),
+                                  read_truth(walk / "truth.jsonl"))
+    assert without_body(no_body)[1] == pytest.approx(0.0, abs=0.5)
+
+
+def test_the_walk_without_known_motion_leaves_the_readings_as_recorded() -> None:
+    standing = WalkSamples(np.full(40, 3.0), np.full(40, -70.0), np.zeros((40, 2)), np.arange(40.0), np.zeros(40))
+    walked, body_db = without_body({"node-fish": standing})
+    assert body_db == 0.0
+    assert np.array_equal(walked["node-fish"].rssi, standing.rssi)
+
+
+def test_cli_calibrate_fit_says_what_the_walkers_body_took(tmp_path: Path, bodied_walk: Path) -> None:
+    result = _fit(bodied_walk, tmp_path / "with.toml", "--without-walker-body")
+    assert result.exit_code == 0, result.output
+    said = re.search(r"walker's body: receivers behind the walker read up to ([0-9.]+) dB low; taken out",
+                     result.stdout)
+    assert said is not None
+    assert float(said.group(1)) == pytest.approx(6.0, abs=0.6)
+    kept = _fit(bodied_walk, tmp_path / "without.toml")
+    assert kept.exit_code == 0, kept.output
+    assert "dB low; left in the readings (--without-walker-body takes it out)" in kept.stdout
+    fish = {p: next(r for r in load_site(tmp_path / p).receivers if r.id == "node-fish") for p in ("with.toml",
+                                                                                                    "without.toml")}
+    # Taken out, the fit finds the node's own slope; left in, a steeper one and the body read as noise.
+    assert fish["with.toml"].path_loss_exponent == pytest.approx(TRUE_N["node-fish"], abs=0.05)
+    assert fish["with.toml"].noise_sigma_db < fish["without.toml"].noise_sigma_db - 0.3
 
 
 def _cal(a: float, n: float, s: float) -> Calibration:

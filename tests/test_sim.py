@@ -328,7 +328,7 @@ def test_store_channel_shadowing_and_bias_have_the_stated_spread(site: object) -
 
 
 def test_a_still_shopper_turns_and_a_walking_one_faces_the_way(site: object) -> None:
-    from simulator.run import _turned  # noqa: PLC0415
+    from simulator.run import turned  # noqa: PLC0415
     from simulator.shoppers import PathBuilder  # noqa: PLC0415
 
     builder = PathBuilder(0.0, np.array([1.0, 1.0]), 1.0, 0.0)
@@ -340,7 +340,7 @@ def test_a_still_shopper_turns_and_a_walking_one_faces_the_way(site: object) -> 
     assert not still[t < 4.0].any()
     assert still[t >= 4.0].all()
     turning = turns(np.random.default_rng(2), path.start, path.end, 10.0, np.pi / 3)
-    facing = path.facing_at(t) + _turned(turning, still, t)
+    facing = path.facing_at(t) + turned(turning, still, t)
     assert np.allclose(facing[t < 4.0], np.pi / 2)
     at_shelf = facing[t >= 4.0]
     assert 30 <= np.count_nonzero(np.diff(at_shelf)) <= 90  # about one turn every 10 s over 600 s
