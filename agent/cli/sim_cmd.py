@@ -288,8 +288,8 @@ def calibrate() -> None:
 @click.option("--without-walker-body", "walker_body", is_flag=True,
               help="Take the walker's own body out of the readings before fitting the receivers and the map: what the "
                    "receivers behind them lose, estimated from the walk's direction, which a map otherwise learns as "
-                   "stripes. The map comes out truer and finer; worth it with [tracking] still_grid_s on, costly "
-                   "without (benchmarks/README.md).")
+                   "stripes. The map comes out truer and finer; on a finer map the tracker loses some tracks for "
+                   "long unless [tracking] still_grid_s is on (benchmarks/README.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
         fingerprint: bool, map_bandwidth: float | None, walker_body: bool, as_json: bool) -> None:
