@@ -304,6 +304,14 @@ class TrackingConfig(_Model):
         default=_TRACKER.still_grid_s, ge=0.0, le=600.0,
         description="How long a track must have been still before a grid of the store places it, s, eqs. (43)-(46) "
                     "(0: never; the filter alone).")
+    grid_motion_m: float = Field(
+        default=_TRACKER.grid_motion_m, ge=0.0, le=5.0,
+        description="How far a shopper may move per sqrt(second) as the grid filter sees it, m, eq. (49) (0: no grid "
+                    "filter; when on, every track's position is its posterior over the store's cells).")
+    grid_sigma_db: float = Field(
+        default=_TRACKER.grid_sigma_db, ge=0.0, le=20.0,
+        description="Spread of one reading about the model and the radio map as the grid filter weighs it, dB "
+                    "(0: each receiver's noise_sigma_db). Used only with grid_motion_m.")
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
     fingerprint: Path | None = Field(

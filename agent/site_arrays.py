@@ -19,6 +19,7 @@ from agent.fingerprint_file import FingerprintFileError
 from agent.radiomap_file import RadioMapFileError, read_radio_map
 from positioning.fingerprint import Fingerprint
 from positioning.geometry import LabelRaster
+from positioning.gridfilter import GRID_FILTER_CELL_M, GridFilter
 from positioning.occupancy import Outline
 from positioning.pathloss import Receivers
 from positioning.radiomap import RadioMap
@@ -128,9 +129,10 @@ def make_tracker(site: SiteConfig, arrays: SiteArrays, config: TrackerConfig | N
             emitter_z=site.tracking.emitter_height_m, max_silence_s=site.tracking.track_silence_s,
             offset_sigma_db=site.tracking.phone_offset_db, body_loss_db=site.tracking.body_loss_db,
             body_hold_s=site.tracking.body_hold_s, still_grid_s=site.tracking.still_grid_s,
+            grid_motion_m=site.tracking.grid_motion_m, grid_sigma_db=site.tracking.grid_sigma_db,
         )
     return Tracker(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.bbox, config,
-                   arrays.radio_map, still_grid(arrays, config))
+                   arrays.radio_map, still_grid(arrays, config), grid_filter(arrays, config))
 
 
 def still_grid(arrays: SiteArrays, config: TrackerConfig) -> StillGrid | None:
@@ -140,13 +142,33 @@ def still_grid(arrays: SiteArrays, config: TrackerConfig) -> StillGrid | None:
     """
     if config.still_grid_s <= 0.0:
         return None
+    return _store_grid(arrays, config, STILL_GRID_CELL_M, arrays.fingerprint)
+
+
+def grid_filter(arrays: SiteArrays, config: TrackerConfig) -> GridFilter | None:
+    """The filter of eqs. (49)-(50) over the site's sectors; None where it is off.
+
+    Its cells weigh one window each (no segment to share shadowing over), with the tracker's body loss, phones'
+    spread and the grid's own reading spread. The fingerprint stays with the sector filter: added to every window
+    of the grid as well, it counts the walk twice and pulls shoppers into the sectors it knows best
+    (benchmarks/README.md, 2026-12-06, "A grid for every shopper").
+    """
+    if config.grid_motion_m <= 0.0:
+        return None
+    grid = _store_grid(arrays, config, GRID_FILTER_CELL_M, None, segment_correlation=0.0,
+                       sigma_db=config.grid_sigma_db)
+    return GridFilter.over(grid, arrays.bbox, config.grid_motion_m)
+
+
+def _store_grid(arrays: SiteArrays, config: TrackerConfig, cell_m: float, fingerprint: Fingerprint | None,
+                **options: float) -> StillGrid:
+    """The cells of the site's sectors, `cell_m` apart, with the models and the map, and `fingerprint` if any."""
     receivers = Receivers.of(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.radio_map)
-    raster = LabelRaster.build(arrays.polygons, STILL_GRID_CELL_M / 2.0, 0.0)
-    sector = raster.lookup(cell_centres(arrays.bbox, STILL_GRID_CELL_M))
-    return StillGrid.of(receivers, arrays.bbox, cell_m=STILL_GRID_CELL_M, body_loss_db=config.body_loss_db,
+    raster = LabelRaster.build(arrays.polygons, cell_m / 2.0, 0.0)
+    sector = raster.lookup(cell_centres(arrays.bbox, cell_m))
+    return StillGrid.of(receivers, arrays.bbox, cell_m=cell_m, body_loss_db=config.body_loss_db,
                         offset_sigma_db=config.offset_sigma_db, emitter_z=config.emitter_z,
-                        inside=np.where(sector < raster.outside, sector, -1),
-                        fingerprint=arrays.fingerprint)
+                        inside=np.where(sector < raster.outside, sector, -1), fingerprint=fingerprint, **options)
 
 
 def make_sector_model(arrays: SiteArrays, *, mean_dwell_s: float = 10.0) -> SectorModel:

@@ -121,6 +121,7 @@ class StillGrid:
         emitter_z: float = DEFAULT_EMITTER_Z,
         inside: ArrayLike | None = None,
         fingerprint: Fingerprint | None = None,
+        sigma_db: float = 0.0,
     ) -> StillGrid:
         """The grid over bbox ((x_min, y_min), (x_max, y_max)), `cell_m` apart.
 
@@ -128,11 +129,14 @@ class StillGrid:
             (-1 outside every sector): only cells in sectors are kept,
             and the fingerprint's (18) is added to them; None keeps every
             cell of the box and uses no fingerprint.
+        sigma_db: the spread of one reading about h_r, dB, for every
+            receiver; 0 takes each receiver's own. Where a radio map holds
+            the static field, what is left about it is the fading alone.
         """
         if not (cell_m > 0.0 and headings >= 1 and body_loss_db >= 0.0 and offset_sigma_db >= 0.0
-                and 0.0 <= segment_correlation <= 1.0):
+                and 0.0 <= segment_correlation <= 1.0 and sigma_db >= 0.0):
             raise ValueError("the still grid needs cell_m > 0, headings >= 1, body_loss_db and offset_sigma_db "
-                             ">= 0 and segment_correlation in [0, 1]")
+                             ">= 0, segment_correlation in [0, 1] and sigma_db >= 0")
         centres = cell_centres(bbox, cell_m)
         if inside is None:
             sector = np.full(centres.shape[0], -1, dtype=np.intp)
@@ -161,7 +165,7 @@ class StillGrid:
             headings = 1
             mu = h[None]
         return cls(centres, mu.reshape(headings * g, m), headings, float(cell_m),
-                   receivers.sigma_db**2, float(segment_correlation), float(offset_sigma_db), sector, fingerprint)
+                   np.full(m, sigma_db**2) if sigma_db > 0.0 else receivers.sigma_db**2, float(segment_correlation), float(offset_sigma_db), sector, fingerprint)
 
     def loglik(self, count: FloatArray, total: FloatArray) -> FloatArray:
         """l_g of eq. (45) for k segments: count, total (k, m) readings and their sum per receiver -> (k, G).
@@ -212,10 +216,16 @@ class StillGrid:
         rejected = -ll[np.arange(ll.shape[0]), nearest]
         p = np.exp(ll)
         p /= p.sum(axis=1, keepdims=True)
+        mean, cov = self.moments(p)
+        return mean, cov, np.asarray(rejected)
+
+    def moments(self, p: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Eq. (46) of posteriors p (k, G) over the cells: mean (k, 2) and covariance (k, 2, 2)."""
+        c = self.centres
         mean = p @ c
         second = np.einsum("kg,gi,gj->kij", p, c, c)
         cov = second - mean[:, :, None] * mean[:, None, :] + (self.cell_m**2 / 12.0) * np.eye(2)
-        return np.asarray(mean, dtype=np.float64), np.asarray(cov, dtype=np.float64), np.asarray(rejected)
+        return np.asarray(mean, dtype=np.float64), np.asarray(cov, dtype=np.float64)
 
 
 def cell_centres(bbox: ArrayLike, cell_m: float) -> FloatArray:

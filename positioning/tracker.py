@@ -8,7 +8,10 @@ filters fed the RSSI readings themselves (`positioning.ekf`, eqs. (6)-(7),
 the stacked arrays. A track that stands still is also weighed against every
 cell of the store (`positioning.stillgrid`, eqs. (43)-(47)) where the site
 turns that on, and moved where its still segment puts it if the filter has
-settled somewhere that segment rejects.
+settled somewhere that segment rejects. Where the site turns on the grid
+filter (`positioning.gridfilter`, eqs. (49)-(50)), every track also keeps a
+posterior over the store's cells, and that posterior, not the linearised
+filter's estimate, is what the tracker reports.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from positioning.ekf import (
     predict,
     update,
 )
+from positioning.gridfilter import GridFilter
 from positioning.imm import combine, mix, mixture, mode_transitions
 from positioning.pathloss import DEFAULT_EMITTER_Z, Receivers
 from positioning.radiomap import RadioMap
@@ -108,6 +112,21 @@ class TrackerConfig:
         static shadow fools a global estimate about as often as a body
         fools the filter, so the grid speaks only where the filter has
         settled somewhere its own segment of readings rejects.
+    grid_motion_m: s of eq. (49), m per sqrt(s): how far a shopper may move
+        between windows as the grid filter sees it; 0, the default, leaves
+        the grid filter out. Only a tracker given a `GridFilter` uses it.
+        When on, each track's reported position and spread are the grid's
+        (46), for every track and window: a calibrated store's map and its
+        shoppers' bodies lead the linearised filter into wrong basins that
+        the grid, weighing every cell, does not fall into
+        (benchmarks/README.md, 2026-12-06, "A grid for every shopper").
+    grid_sigma_db: the spread of one reading about the model and the radio
+        map as the grid filter weighs it, dB; 0 takes each receiver's
+        noise_sigma_db. A calibrated receiver's noise holds the static
+        field that a kriged map explains; what is left about the map is
+        the fading alone, and weighing readings by the larger spread blurs
+        the posterior across sector borders (benchmarks/README.md,
+        2026-12-06, "A grid for every shopper").
     birth_sigma_m, birth_sigma_v: initial position (m) and velocity (m/s) spread.
     birth_power_k: sharpness k of the birth centroid weights 10^(k rssi / 10).
     max_silence_s: a track unheard this long is dead.
@@ -131,6 +150,8 @@ class TrackerConfig:
     still_memory_s: float = 60.0
     still_every_s: float = 3.0
     still_gate: float = 12.0
+    grid_motion_m: float = 0.0
+    grid_sigma_db: float = 0.0
     birth_sigma_m: float = 5.0
     birth_sigma_v: float = 1.0
     birth_power_k: float = 1.0
@@ -162,7 +183,7 @@ class TrackerConfig:
                 raise ValueError(
                     f"TrackerConfig.{name} must be positive, got {getattr(self, name)}"
                 )
-        for name in ("body_loss_db", "body_hold_s", "still_grid_s", "still_gate"):
+        for name in ("body_loss_db", "body_hold_s", "still_grid_s", "still_gate", "grid_motion_m", "grid_sigma_db"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"TrackerConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.offset_sigma_db >= 0.0 and self.offset_drift_db >= 0.0):
@@ -204,6 +225,8 @@ class Tracker:
         radio_map: residual fields from a calibration walk, one per receiver, or None.
         still_grid: the grid of eqs. (43)-(46) over the same receivers, or None;
             used where `config.still_grid_s` > 0.
+        grid_filter: the filter of eqs. (49)-(50) over the same receivers, or None;
+            used where `config.grid_motion_m` > 0.
     """
 
     def __init__(
@@ -216,6 +239,7 @@ class Tracker:
         config: TrackerConfig | None = None,
         radio_map: RadioMap | None = None,
         still_grid: StillGrid | None = None,
+        grid_filter: GridFilter | None = None,
     ) -> None:
         self.receivers = Receivers.of(receivers_xyz, rssi_at_1m, exponent, sigma_db, radio_map)
         box = np.asarray(bbox, dtype=np.float64)
@@ -242,6 +266,8 @@ class Tracker:
         self._still_count = np.empty((0, n_rx))  # its still segment's faded reading counts per receiver
         self._still_sum = np.empty((0, n_rx))  # and their faded sums, dBm
         self._grid_at = np.empty(0)  # when each track's segment was last weighed on the grid
+        self._cells = grid_filter if self.config.grid_motion_m > 0.0 else None
+        self._posterior = np.empty((0, len(self._cells) if self._cells is not None else 0))  # eq. (50), per track
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -256,7 +282,7 @@ class Tracker:
 
     def _banks(self) -> tuple[FloatArray, ...]:
         return (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
-                self._still_count, self._still_sum, self._grid_at)
+                self._still_count, self._still_sum, self._grid_at, self._posterior)
 
     def step(
         self,
@@ -325,6 +351,8 @@ class Tracker:
             xm[placed, :, :2] = grid_xy[:, None]
             Pm[placed, :, :, :2] = Pm[placed, :, :2, :] = 0.0
             Pm[placed, :, :2, :2] = grid_cov[:, None]
+        if self._cells is not None:
+            xy, cov = self._on_grid(rows, dt, code, ri, z)
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
         if held is not None:
             self._facing[rows] = facing(x, cfg.body_walk_speed, held)
@@ -361,6 +389,19 @@ class Tracker:
         placed[placed] = moved
         return placed, grid_xy[moved], grid_cov[moved]
 
+    def _on_grid(
+        self, rows: IndexArray, dt: FloatArray, code: IndexArray, ri: IndexArray, z: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Eqs. (49)-(50) for the tracks at `rows` with this window's readings; their (46)."""
+        assert self._cells is not None
+        k, m = rows.shape[0], len(self.receivers)
+        cell = code * m + ri
+        count = np.bincount(cell, minlength=k * m).reshape(k, m).astype(np.float64)
+        total = np.bincount(cell, z, minlength=k * m).reshape(k, m)
+        posterior = self._cells.update(self._cells.predict(self._posterior[rows], dt), count, total)
+        self._posterior[rows] = posterior
+        return self._cells.estimate(posterior)
+
     def _held(self, rows: IndexArray, dt: FloatArray) -> FloatArray | None:
         """The held part exp(-dt / tau_h) f_prev of eq. (21) for the tracks at `rows`; None where (20) holds."""
         cfg = self.config
@@ -387,12 +428,14 @@ class Tracker:
         rows = self._rows.add(new_ids)
         n = len(self._rows)
         (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
-         self._still_count, self._still_sum, self._grid_at) = [grown(bank, n) for bank in self._banks()]
+         self._still_count, self._still_sum, self._grid_at, self._posterior) = [grown(bank, n) for bank in self._banks()]
         self._xm[rows] = 0.0
         self._facing[rows] = 0.0
         self._still_since[rows] = t
         self._grid_at[rows] = -np.inf
         self._still_count[rows] = self._still_sum[rows] = 0.0
+        if self._cells is not None:
+            self._posterior[rows] = self._cells.start(len(new_ids))
         self._xm[rows, :, :2] = xy[:, None, :]
         self._Pm[rows] = birth_covariance(
             len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v, cfg.offset_sigma_db
@@ -414,7 +457,7 @@ class Tracker:
             bank[:m] = bank[:n][keep]
         if self._t.shape[0] > 4 * max(m, MIN_CAPACITY):  # after a crowd (or a flood): give the memory back
             (self._xm, self._Pm, self._mu, self._t, self._last_seen, self._facing, self._still_since,
-             self._still_count, self._still_sum, self._grid_at) = [
+             self._still_count, self._still_sum, self._grid_at, self._posterior) = [
                 bank[: 2 * max(m, MIN_CAPACITY)].copy() for bank in self._banks()]
         return self._rows.drop(dead)
 
@@ -422,9 +465,8 @@ class Tracker:
         """All live tracks as of their last update."""
         n = len(self._rows)
         x, P = mixture(self._xm[:n], self._Pm[:n], self._mu[:n])
-        return TrackSnapshot(
-            tuple(self._rows.ids), x[:, :2], P[:, :2, :2].copy(), self._last_seen[:n].copy()
-        )
+        xy, cov = (x[:, :2], P[:, :2, :2].copy()) if self._cells is None else self._cells.estimate(self._posterior[:n])
+        return TrackSnapshot(tuple(self._rows.ids), xy, cov, self._last_seen[:n].copy())
 
     def state(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Copies of the full state of all live tracks: x (k, d), P (k, d, d), state time (k,); d of eq. (16)."""

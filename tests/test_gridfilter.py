@@ -1,0 +1,170 @@
+"""The grid filter, eqs. (49)-(50): its prediction's spread and mass, its update on noise-free windows, the tracker
+reporting it, and the site keys that turn it on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import ConfigError, load_site
+from agent.site_arrays import grid_filter, make_tracker, site_arrays
+from positioning.gridfilter import GridFilter
+from positioning.pathloss import Receivers
+from positioning.stillgrid import StillGrid
+from positioning.tracker import Tracker, TrackerConfig
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
+BOX = ((0.0, 0.0), (30.0, 20.0))
+XYZ = [[15.0, 19.0, 2.4], [15.0, 0.3, 2.8], [29.7, 2.5, 2.6], [0.3, 4.0, 2.6], [2.0, 19.0, 2.6], [29.0, 17.0, 2.6]]
+
+
+def _filter(noise_db: float = 4.0, motion_m: float = 0.8, offset_sigma_db: float = 0.0,
+            body_loss_db: float = 0.0) -> GridFilter:
+    receivers = Receivers.of(XYZ, -59.0, 2.0, noise_db)
+    grid = StillGrid.of(receivers, BOX, cell_m=1.0, segment_correlation=0.0, offset_sigma_db=offset_sigma_db,
+                        body_loss_db=body_loss_db)
+    return GridFilter.over(grid, BOX, motion_m)
+
+
+def _window(f: GridFilter, cell: int, n: float = 3.0, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One window of n noise-free readings per receiver from cell `cell` (the first facing)."""
+    mu = f.grid.mu[cell] + offset
+    count = np.full((1, mu.shape[0]), n)
+    return count, count * mu
+
+
+def test_the_prediction_keeps_mass_and_spreads_a_point_by_motion_squared_times_dt() -> None:
+    """Away from the walls (49) is a Gaussian of spread s sqrt(dt): a point's covariance after dt is s² dt I plus
+    the cell's own cell² / 12, within the discretisation of a 1 m raster; the floor adds eps of the store's spread."""
+    f = _filter(motion_m=0.8)
+    centre = int(np.argmin(np.linalg.norm(f.grid.centres - [15.0, 10.0], axis=1)))
+    p = np.zeros((1, len(f)))
+    p[0, centre] = 1.0
+    for dt in (1.0, 4.0):
+        out = f.predict(p, [dt])
+        assert out.sum() == pytest.approx(1.0, abs=1e-12)
+        assert np.all(out > 0.0)  # the floor: a lost shopper can be found anywhere
+        mean, cov = f.estimate(out)
+        assert np.allclose(mean[0], f.grid.centres[centre], atol=0.05)
+        # eps of the mass is spread over the whole 30 x 20 m store (variances 75 and 33 m²).
+        expected = 0.8**2 * dt + 1.0 / 12.0
+        assert cov[0, 0, 0] == pytest.approx(expected + 1e-4 * 75.0, rel=0.06)
+        assert cov[0, 1, 1] == pytest.approx(expected + 1e-4 * 33.0, rel=0.06)
+    assert np.array_equal(f.predict(p, [0.0])[0] > 1e-3, p[0] > 0.0)  # dt 0: no move, only the floor
+
+
+def test_a_shopper_at_a_wall_does_not_leak_through_it() -> None:
+    """Z_g' of (49): the kernel's mass beyond the store is given back to the cells inside, so a corner keeps its mean
+    inside and its mass whole."""
+    f = _filter(motion_m=1.5)
+    corner = int(np.argmin(np.linalg.norm(f.grid.centres - [0.5, 0.5], axis=1)))
+    p = np.zeros((1, len(f)))
+    p[0, corner] = 1.0
+    out = f.predict(p, [1.0])
+    assert out.sum() == pytest.approx(1.0, abs=1e-12)
+    assert out[0, corner] == out[0].max()
+
+
+@pytest.mark.parametrize("cell", [0, 123, 345, 599])
+def test_noise_free_windows_find_a_still_emitter_whatever_its_offset(cell: int) -> None:
+    """Eq. (50) from a uniform start: a few windows of the model's own readings put (46)'s mean within its spread
+    of the emitter (a corner's posterior is skewed), with an unknown phone 6 dB loud integrated out by (44)."""
+    f = _filter(noise_db=2.0, offset_sigma_db=4.0)
+    p = f.start(1)
+    for _ in range(5):
+        p = f.update(f.predict(p, [1.0]), *_window(f, cell, offset=6.0))
+    mean, cov = f.estimate(p)
+    gap = mean[0] - f.grid.centres[cell]
+    assert np.all(np.linalg.eigvalsh(cov[0]) > 0.0)
+    assert gap @ np.linalg.solve(cov[0], gap) < 4.0
+    assert np.linalg.norm(gap) < 2.0
+
+
+def test_a_track_not_heard_keeps_its_prediction() -> None:
+    f = _filter()
+    p = f.predict(f.start(2), [1.0, 1.0])
+    count, total = _window(f, 10)
+    count = np.vstack([count, np.zeros_like(count)])
+    total = np.vstack([total, np.zeros_like(total)])
+    out = f.update(p, count, total)
+    assert np.array_equal(out[1], p[1])
+    assert not np.allclose(out[0], p[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(offset=st.floats(-10.0, 10.0), cell=st.integers(0, 599))
+def test_a_constant_offset_moves_a_converged_estimate_by_less_than_a_cell(offset: float, cell: int) -> None:
+    """The offset property of issue 20 for the grid: with (44)'s integration over a 4 dB prior, a phone reading
+    `offset` dB loud at every receiver is placed within 1 m of where the same phone at 0 dB is."""
+    f = _filter(noise_db=2.0, offset_sigma_db=4.0)
+    placed = []
+    for o in (0.0, offset):
+        p = f.start(1)
+        for _ in range(8):
+            p = f.update(f.predict(p, [1.0]), *_window(f, cell, offset=o))
+        placed.append(f.estimate(p)[0][0])
+    assert np.linalg.norm(placed[1] - placed[0]) < 1.0
+
+
+def test_bad_parameters_are_refused() -> None:
+    f = _filter()
+    with pytest.raises(ValueError, match="motion_m"):
+        GridFilter.over(f.grid, BOX, 0.0)
+    with pytest.raises(ValueError, match="raster"):
+        GridFilter(f.grid, f.raster[:-1], f.shape, 0.8)
+    with pytest.raises(ValueError, match="not cells of bbox"):
+        GridFilter.over(f.grid, ((10.0, 10.0), (20.0, 15.0)), 0.8)
+    with pytest.raises(ValueError, match="grid_motion_m"):
+        TrackerConfig(grid_motion_m=-1.0)
+
+
+def test_the_tracker_reports_the_grid_for_every_track_and_forgets_it_with_the_track() -> None:
+    """With grid_motion_m on, step and snapshot report (46) of each track's posterior; an expired track's
+    posterior goes with it and a new one starts uniform."""
+    f = _filter(noise_db=2.0)
+    config = TrackerConfig(grid_motion_m=0.8, max_silence_s=5.0)
+    tracker = Tracker(XYZ, -59.0, 2.0, 2.0, BOX, config, grid_filter=f)
+    cells = (37, 402)
+    for t in range(6):
+        ids, ri, z = [], [], []
+        for name, cell in zip(("a", "b"), cells, strict=True):
+            mu = f.grid.mu[cell]
+            ids += [name] * mu.size
+            ri += list(range(mu.size))
+            z += mu.tolist()
+        snap = tracker.step(float(t), ids, ri, z)
+    for name, cell, xy in zip(snap.emitter_ids, cells, snap.xy, strict=True):
+        assert np.linalg.norm(xy - f.grid.centres[cell]) < 1.0, name
+    assert np.allclose(tracker.snapshot().xy, snap.xy)
+    assert tracker.expire(20.0) == ["a", "b"]
+    snap = tracker.step(21.0, ["c"], [0], [-70.0])
+    assert np.allclose(snap.xy[0], f.estimate(f.update(f.start(1), *_one(f, 0, -70.0)))[0][0])
+
+
+def _one(f: GridFilter, receiver: int, rssi: float) -> tuple[np.ndarray, np.ndarray]:
+    count, total = np.zeros((1, len(XYZ))), np.zeros((1, len(XYZ)))
+    count[0, receiver], total[0, receiver] = 1.0, rssi
+    return count, total
+
+
+def test_the_site_keys_turn_the_grid_filter_on(tmp_path: Path) -> None:
+    """[tracking] grid_motion_m builds the filter over the sectors' 1 m cells with grid_sigma_db as each
+    reading's spread; without it there is none; a negative value is a one-line config error."""
+    site = load_site(EXAMPLE)
+    assert grid_filter(site_arrays(site), make_tracker(site, site_arrays(site)).config) is None
+    text = EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\ngrid_motion_m = 0.8\ngrid_sigma_db = 2.5\n")
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    site = load_site(path)
+    arrays = site_arrays(site)
+    f = grid_filter(arrays, make_tracker(site, arrays).config)
+    assert f is not None and f.motion_m == 0.8 and f.grid.cell_m == 1.0
+    assert np.allclose(f.grid.sigma2, 2.5**2)
+    assert f.grid.segment_correlation == 0.0
+    path.write_text(text.replace("grid_motion_m = 0.8", "grid_motion_m = -1"))
+    with pytest.raises(ConfigError, match="grid_motion_m"):
+        load_site(path)
