@@ -10,8 +10,8 @@ noise. Measured on one core, as medians over windows and repeats:
   `Tracker.step` of a tracker with a radio map (a calibration walk's), of
   one that estimates each phone's TX offset (eq. (16), 4 dB), and of
   everything on: offset state, the body of eqs. (20)-(21) (3 dB, held
-  300 s), a radio map and the still grid of eqs. (43)-(47) (5 s, with the
-  fingerprint), followed by a `SectorTracker.step` that fuses a sector
+  300 s), a radio map, the still grid of eqs. (43)-(47) (5 s, with the
+  fingerprint) and the grid filter of eqs. (49)-(50) (1 m cells), followed by a `SectorTracker.step` that fuses a sector
   fingerprint (eqs. (18)-(19)) over the window's readings; and the same
   with every track counted as still (`still_speed` above any walk), the
   grid's worst case: a store where every shopper stands, each weighed
@@ -53,6 +53,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from positioning.fingerprint import Fingerprint, fit_fingerprint
+from positioning.gridfilter import GRID_FILTER_CELL_M, GRID_MOTION_M, GridFilter
 from positioning.multilaterate import fix
 from positioning.pathloss import Receivers, rssi_at_distance, slant_distance
 from positioning.radiomap import RadioMap, fit_radio_map
@@ -139,10 +140,11 @@ def bench_tracker(
                           TrackerConfig(offset_sigma_db=4.0))
         sectors = SectorTracker(model)
         fingerprint, radio_map = walk_fingerprint(rng, model.n_sectors), walk_map(rng)
-        everything = TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0, body_hold_s=300.0, still_grid_s=5.0)
+        everything = TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0, body_hold_s=300.0, still_grid_s=5.0,
+                                   grid_motion_m=GRID_MOTION_M, grid_sigma_db=3.0)
         grid = still_grid(model, radio_map, fingerprint, everything)
         full = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)), everything,
-                       radio_map=radio_map, still_grid=grid)
+                       radio_map=radio_map, still_grid=grid, grid_filter=grid_filter(model, radio_map, everything))
         full_sectors = SectorTracker(model, fingerprint=fingerprint, offset_sigma_db=4.0)
         standing = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
                            replace(everything, still_speed=10.0), radio_map=radio_map, still_grid=grid)
@@ -196,13 +198,22 @@ def bench_tracker(
     }
 
 
-def still_grid(model: SectorModel, radio_map: RadioMap, fingerprint: Fingerprint, config: TrackerConfig) -> StillGrid:
+def still_grid(model: SectorModel, radio_map: RadioMap, fingerprint: Fingerprint | None, config: TrackerConfig,
+               cell_m: float = STILL_GRID_CELL_M, **options: float) -> StillGrid:
     """The still grid of eqs. (43)-(47) over the store's sectors, as `agent.site_arrays.still_grid` builds it."""
     receivers = Receivers.of(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, radio_map)
     box = ((0.0, 0.0), (WIDTH, DEPTH))
-    sector = model.label(cell_centres(box, STILL_GRID_CELL_M))
-    return StillGrid.of(receivers, box, body_loss_db=config.body_loss_db, offset_sigma_db=config.offset_sigma_db,
-                        inside=np.where(sector < model.n_sectors, sector, -1), fingerprint=fingerprint)
+    sector = model.label(cell_centres(box, cell_m))
+    return StillGrid.of(receivers, box, cell_m=cell_m, body_loss_db=config.body_loss_db,
+                        offset_sigma_db=config.offset_sigma_db, inside=np.where(sector < model.n_sectors, sector, -1),
+                        fingerprint=fingerprint, **options)
+
+
+def grid_filter(model: SectorModel, radio_map: RadioMap, config: TrackerConfig) -> GridFilter:
+    """The grid filter of eqs. (49)-(50) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
+    grid = still_grid(model, radio_map, None, config, GRID_FILTER_CELL_M, segment_correlation=0.0,
+                      sigma_db=config.grid_sigma_db)
+    return GridFilter.over(grid, ((0.0, 0.0), (WIDTH, DEPTH)), config.grid_motion_m)
 
 
 def walk_fingerprint(rng: np.random.Generator, sectors: int) -> Fingerprint:

@@ -40,7 +40,7 @@ budget at a thousand tracks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -53,6 +53,9 @@ IndexArray = NDArray[np.intp]
 
 GRID_FILTER_CELL_M = 1.0
 """Cell of the grid filter, m: a sector's margin (1.5 m) is wider, and a thousand tracks fit a window's budget."""
+
+GRID_MOTION_M = 1.2
+"""s of eq. (49) where a calibration turns the grid filter on, m per sqrt(s): a shopper's walk of about 1 m/s."""
 
 GRID_FLOOR = 1e-4
 """eps of eq. (49): the share of every prediction spread over the whole store."""
@@ -73,6 +76,7 @@ class GridFilter:
     shape: tuple[int, int]
     motion_m: float
     floor: float = GRID_FLOOR
+    _kept_mass: dict[int, FloatArray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.motion_m > 0.0 and 0.0 < self.floor < 1.0):
@@ -103,18 +107,26 @@ class GridFilter:
         steps = np.rint(np.maximum(np.asarray(dt, dtype=np.float64), 0.0) / DT_STEP_S).astype(np.intp)
         out = np.array(p, dtype=np.float64, copy=True)
         ny, nx = self.shape
-        inside = np.zeros(ny * nx)
-        inside[self.raster] = 1.0
         for n in np.unique(steps[steps > 0]).tolist():
             rows = np.flatnonzero(steps == n)
             spread = self.motion_m * np.sqrt(n * DT_STEP_S) / self.grid.cell_m
             smooth = {"sigma": (0.0, spread, spread), "mode": "constant", "truncate": 3.0}
-            kept = gaussian_filter(inside.reshape(1, ny, nx), **smooth).reshape(-1)[self.raster]  # Z_g'
             full = np.zeros((rows.size, ny * nx))
-            full[:, self.raster] = out[rows] / np.maximum(kept, 1e-12)
+            full[:, self.raster] = out[rows] / self._kept(n)
             out[rows] = gaussian_filter(full.reshape(-1, ny, nx), **smooth).reshape(rows.size, -1)[:, self.raster]
         out /= out.sum(axis=1, keepdims=True)
         return np.asarray((1.0 - self.floor) * out + self.floor / len(self), dtype=np.float64)
+
+    def _kept(self, n: int) -> FloatArray:
+        """Z_g' of (49) for a prediction of n steps of DT_STEP_S, computed once per n."""
+        if n not in self._kept_mass:
+            ny, nx = self.shape
+            inside = np.zeros(ny * nx)
+            inside[self.raster] = 1.0
+            spread = self.motion_m * np.sqrt(n * DT_STEP_S) / self.grid.cell_m
+            kept = gaussian_filter(inside.reshape(ny, nx), spread, mode="constant", truncate=3.0).reshape(-1)
+            self._kept_mass[n] = np.maximum(kept[self.raster], 1e-12)
+        return self._kept_mass[n]
 
     def update(self, prior: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:
         """Eq. (50): predicted posteriors (k, G) and each track's window, count and total (k, m) per receiver."""

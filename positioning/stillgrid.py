@@ -105,7 +105,8 @@ class StillGrid:
         centred = (self.mu - ref).T
         object.__setattr__(self, "_ref_db", ref)
         object.__setattr__(self, "_mu32", np.ascontiguousarray(centred, dtype=np.float32))
-        object.__setattr__(self, "_mu2_32", np.ascontiguousarray(centred**2, dtype=np.float32))
+        # [mu²; mu] stacked: sum_r w_r mu_r² - 2 sum_r w_r zc_r mu_r is one product with [w, -2 w zc].
+        object.__setattr__(self, "_mu2_32", np.ascontiguousarray(np.vstack([centred**2, centred]), dtype=np.float32))
 
     @classmethod
     def of(
@@ -184,16 +185,21 @@ class StillGrid:
         for lo in range(0, k, CHUNK):
             part = slice(lo, lo + CHUNK)
             wk, wz = w[part].astype(np.float32), (w[part] * zc[part]).astype(np.float32)
-            wmu = wk @ self._mu32  # sum_r w_r mu_r, (c, H G)
-            q = (w[part] * zc[part] ** 2).sum(axis=1).astype(np.float32)[:, None] - 2.0 * (wz @ self._mu32) \
-                + wk @ self._mu2_32  # sum w d²
-            ll = -0.5 * q
+            # -1/2 sum w d², in place: one product, then the constant sum w zc² per track.
+            ll = np.hstack([wk, -2.0 * wz]) @ self._mu2_32
+            ll += (w[part] * zc[part] ** 2).sum(axis=1).astype(np.float32)[:, None]
+            ll *= np.float32(-0.5)
             if self.offset_sigma_db > 0.0:  # eq. (44): the offset integrated out
-                b = wz.sum(axis=1)[:, None] - wmu  # sum w d
-                ll += 0.5 * b * b / (wk.sum(axis=1)[:, None] + np.float32(1.0 / self.offset_sigma_db**2))
+                b = wk @ self._mu32  # sum_r w_r mu_r, (c, H G)
+                np.subtract(wz.sum(axis=1)[:, None], b, out=b)  # sum w d
+                b *= b
+                b *= (np.float32(0.5) / (wk.sum(axis=1) + np.float32(1.0 / self.offset_sigma_db**2)))[:, None]
+                ll += b
             ll = ll.reshape(-1, hh, g)
             top = ll.max(axis=1)
-            out[part] = top + np.log(np.exp(ll - top[:, None, :]).mean(axis=1))  # facing marginalised, (45)
+            ll -= top[:, None, :]
+            np.exp(ll, out=ll)
+            out[part] = top + np.log(ll.mean(axis=1))  # facing marginalised, (45)
         if self.fingerprint is not None and np.any(self.sector >= 0):
             out += self._fingerprint(heard, zbar)
         return np.asarray(out - out.max(axis=1, keepdims=True), dtype=np.float64)
