@@ -24,7 +24,7 @@ from positioning.occupancy import Outline
 from positioning.pathloss import Receivers
 from positioning.radiomap import RadioMap
 from positioning.sectors import SectorModel, SectorTracker
-from positioning.stillgrid import STILL_GRID_CELL_M, StillGrid, cell_centres
+from positioning.stillgrid import SEGMENT_CORRELATION, STILL_GRID_CELL_M, StillGrid, cell_centres
 from positioning.tracker import Tracker, TrackerConfig
 
 FloatArray = NDArray[np.float64]
@@ -161,14 +161,15 @@ def grid_filter(arrays: SiteArrays, config: TrackerConfig) -> GridFilter | None:
 
 
 def _store_grid(arrays: SiteArrays, config: TrackerConfig, cell_m: float, fingerprint: Fingerprint | None,
-                **options: float) -> StillGrid:
+                segment_correlation: float = SEGMENT_CORRELATION, sigma_db: float = 0.0) -> StillGrid:
     """The cells of the site's sectors, `cell_m` apart, with the models and the map, and `fingerprint` if any."""
     receivers = Receivers.of(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.radio_map)
     raster = LabelRaster.build(arrays.polygons, cell_m / 2.0, 0.0)
     sector = raster.lookup(cell_centres(arrays.bbox, cell_m))
     return StillGrid.of(receivers, arrays.bbox, cell_m=cell_m, body_loss_db=config.body_loss_db,
                         offset_sigma_db=config.offset_sigma_db, emitter_z=config.emitter_z,
-                        inside=np.where(sector < raster.outside, sector, -1), fingerprint=fingerprint, **options)
+                        inside=np.where(sector < raster.outside, sector, -1), fingerprint=fingerprint,
+                        segment_correlation=segment_correlation, sigma_db=sigma_db)
 
 
 def make_sector_model(arrays: SiteArrays, *, mean_dwell_s: float = 10.0) -> SectorModel:

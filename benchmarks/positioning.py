@@ -58,7 +58,7 @@ from positioning.multilaterate import fix
 from positioning.pathloss import Receivers, rssi_at_distance, slant_distance
 from positioning.radiomap import RadioMap, fit_radio_map
 from positioning.sectors import SectorModel, SectorTracker
-from positioning.stillgrid import STILL_GRID_CELL_M, StillGrid, cell_centres
+from positioning.stillgrid import SEGMENT_CORRELATION, STILL_GRID_CELL_M, StillGrid, cell_centres
 from positioning.tracker import Tracker, TrackerConfig
 
 WIDTH, DEPTH = 40.0, 30.0
@@ -199,14 +199,15 @@ def bench_tracker(
 
 
 def still_grid(model: SectorModel, radio_map: RadioMap, fingerprint: Fingerprint | None, config: TrackerConfig,
-               cell_m: float = STILL_GRID_CELL_M, **options: float) -> StillGrid:
+               cell_m: float = STILL_GRID_CELL_M, segment_correlation: float = SEGMENT_CORRELATION,
+               sigma_db: float = 0.0) -> StillGrid:
     """The still grid of eqs. (43)-(47) over the store's sectors, as `agent.site_arrays.still_grid` builds it."""
     receivers = Receivers.of(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, radio_map)
     box = ((0.0, 0.0), (WIDTH, DEPTH))
     sector = model.label(cell_centres(box, cell_m))
     return StillGrid.of(receivers, box, cell_m=cell_m, body_loss_db=config.body_loss_db,
                         offset_sigma_db=config.offset_sigma_db, inside=np.where(sector < model.n_sectors, sector, -1),
-                        fingerprint=fingerprint, **options)
+                        fingerprint=fingerprint, segment_correlation=segment_correlation, sigma_db=sigma_db)
 
 
 def grid_filter(model: SectorModel, radio_map: RadioMap, config: TrackerConfig) -> GridFilter:

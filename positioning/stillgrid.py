@@ -74,6 +74,9 @@ IndexArray = NDArray[np.intp]
 STILL_GRID_CELL_M = 0.5
 """Cell of the still grid, m: finer than a sector's margin (1.5 m), coarse enough for a window's budget."""
 
+SEGMENT_CORRELATION = 0.5
+"""rho_s of eq. (43) for a still segment: the share of a reading's spread that stays put while the shopper does."""
+
 CHUNK = 256
 """Tracks per matrix product of (44): bounds the (tracks, facings x cells) temporaries."""
 
@@ -117,7 +120,7 @@ class StillGrid:
         cell_m: float = STILL_GRID_CELL_M,
         headings: int = 8,
         body_loss_db: float = 0.0,
-        segment_correlation: float = 0.5,
+        segment_correlation: float = SEGMENT_CORRELATION,
         offset_sigma_db: float = 0.0,
         emitter_z: float = DEFAULT_EMITTER_Z,
         inside: ArrayLike | None = None,

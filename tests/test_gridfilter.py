@@ -162,7 +162,9 @@ def test_the_site_keys_turn_the_grid_filter_on(tmp_path: Path) -> None:
     site = load_site(path)
     arrays = site_arrays(site)
     f = grid_filter(arrays, make_tracker(site, arrays).config)
-    assert f is not None and f.motion_m == 0.8 and f.grid.cell_m == 1.0
+    assert f is not None
+    assert f.motion_m == 0.8
+    assert f.grid.cell_m == 1.0
     assert np.allclose(f.grid.sigma2, 2.5**2)
     assert f.grid.segment_correlation == 0.0
     path.write_text(text.replace("grid_motion_m = 0.8", "grid_motion_m = -1"))
