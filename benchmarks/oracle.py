@@ -63,7 +63,7 @@ from agent.observations import Observation  # noqa: E402
 from agent.replayfile import RecordReader  # noqa: E402
 from agent.site_arrays import SiteArrays, site_arrays  # noqa: E402
 from positioning.pathloss import rssi_at_distance, slant_distance  # noqa: E402
-from positioning.radiomap import fit_radio_map  # noqa: E402
+from positioning.radiomap import FieldCovariance, fit_radio_map, krige_radio_map  # noqa: E402
 from simulator.calibrate import calibration_samples, without_body  # noqa: E402
 from simulator.channel import CHANNELS, Channel, store_seed, turns  # noqa: E402
 from simulator.report import EmitterEstimates, position_errors, sector_metrics  # noqa: E402
@@ -181,27 +181,15 @@ def walk_field(site: SiteConfig, channel: Channel, walk: Path, cells: FloatArray
         residual.append(s.rssi - model)
     ri, p, e = np.concatenate(rows), np.concatenate(xy), np.concatenate(residual)
     m = len(site.receivers)
-    if how != "kriged":
+    if how == "kriged":
+        # Eq. (50) with the channel's own covariance: the best linear estimate of its field from this walk.
+        cfg = channel.config
+        covariance = FieldCovariance(cfg.sigma_db**2 * (1 - cfg.spatial_fraction),
+                                     cfg.sigma_db**2 * cfg.spatial_fraction, cfg.correlation_m)
+        radio_map = krige_radio_map(ri, p, e, m, arrays.bbox, covariance=covariance)
+    else:
         radio_map = fit_radio_map(ri, p, e, m, arrays.bbox, bandwidth_m=bandwidth_m)
-        return np.stack([radio_map.at(np.full(cells.shape[0], r), cells)[0] for r in range(m)], axis=1), body
-    cfg = channel.config
-    signal, noise, length = cfg.sigma_db**2 * cfg.spatial_fraction, cfg.sigma_db**2 * (1 - cfg.spatial_fraction), \
-        cfg.correlation_m
-    field = np.zeros((cells.shape[0], m))
-    for r in range(m):
-        mine = ri == r
-        if not mine.any():
-            continue
-        # Readings averaged per 0.5 m bin keep the solve small; a bin of c readings has noise / c.
-        _, inv, count = np.unique(np.floor(p[mine] / CELL_M).astype(int), axis=0, return_inverse=True,
-                                  return_counts=True)
-        inv = inv.ravel()
-        mean = np.bincount(inv, e[mine]) / count
-        at = np.column_stack([np.bincount(inv, p[mine, 0]), np.bincount(inv, p[mine, 1])]) / count[:, None]
-        k = signal * np.exp(-((at[:, None] - at[None]) ** 2).sum(-1) / length**2) + np.diag(noise / count)
-        alpha = np.linalg.solve(k, mean)
-        field[:, r] = signal * np.exp(-((cells[:, None] - at[None]) ** 2).sum(-1) / length**2) @ alpha
-    return field, body
+    return np.stack([radio_map.at(np.full(cells.shape[0], r), cells)[0] for r in range(m)], axis=1), body
 
 
 def locate(shopper: Shopper, g: Store2D, arrays: SiteArrays, channel: Channel, field: FloatArray,

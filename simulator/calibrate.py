@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,7 +38,11 @@ from positioning.pathloss import (
 from positioning.radiomap import (
     DEFAULT_BANDWIDTH_M,
     DEFAULT_PRIOR_READINGS,
+    FieldCovariance,
+    RadioMap,
+    fit_field_covariance,
     fit_radio_map,
+    krige_radio_map,
 )
 from positioning.tracker import Tracker, TrackerConfig
 from simulator.store import Store
@@ -46,6 +50,8 @@ from simulator.truth import Truth
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
+MapFitter = Callable[[IndexArray, FloatArray, FloatArray], RadioMap]
+"""A radio map from walk readings: receiver (N,), known position (N, 2), residual (N,) dB."""
 
 MIN_SAMPLES = 30
 """Fewer readings than this leave a receiver's old values alone."""
@@ -253,7 +259,8 @@ def walk_radio_map(
     prior_readings: float = DEFAULT_PRIOR_READINGS,
 ) -> StoredRadioMap:
     """Eq. (15) of ``positioning.radiomap`` from the whole walk, over the store's outline."""
-    return _stored_map(site, walk_residuals(site, samples, fits), bandwidth_m, prior_readings)
+    return _stored_map(site, walk_residuals(site, samples, fits), _kernel_fitter(site, bandwidth_m, prior_readings),
+                       bandwidth_m, prior_readings)
 
 
 def walk_fingerprint(site: SiteConfig, samples: dict[str, WalkSamples]) -> StoredFingerprint | None:
@@ -280,13 +287,20 @@ def walk_fingerprint(site: SiteConfig, samples: dict[str, WalkSamples]) -> Store
 MAP_BANDWIDTHS_M = (1.0, 1.5, 2.0, 3.0)
 """Smoothing distances `judge_radio_map` tries when none is given; it keeps the best on held-out segments."""
 
+MAP_METHODS = ("kernel", "kriged")
+"""How a radio map is fitted: "kernel", eq. (15) at a smoothing distance (the default: gentle gradients that the
+tracker's linearised update can follow); "kriged", eq. (50) with the covariance the walk's own semivariogram gives
+(eq. (49)): the truest map, and the steepest, for a tracker that weighs the whole store at once."""
+
 
 @dataclass(frozen=True)
 class MapVerdict:
     """What a radio map does on walk segments it was not fitted on, and whether it is kept.
 
-    bandwidth_m: the smoothing distance judged (the best of those tried).
-    ratio: held-out squared residual with the map over without (below 1: it
+    bandwidth_m: the smoothing distance judged (the best of those tried);
+    NaN for a kriged map, which has none. method: one of MAP_METHODS.
+    covariance: a kriged map's eq. (49), estimated from the whole walk (None
+    for a kernel map, or if the walk is too short to estimate it). ratio: held-out squared residual with the map over without (below 1: it
     predicts readings). median_m and sectors: (without, with) median
     position error and share of windows in the right sector, tracking
     held-out segments of the walk. NaN where the walk is too short to hold
@@ -299,6 +313,8 @@ class MapVerdict:
     median_m: tuple[float, float]
     sectors: tuple[float, float]
     windows: int
+    method: str = "kernel"
+    covariance: FieldCovariance | None = None
 
     @property
     def better(self) -> bool:
@@ -312,6 +328,7 @@ def judge_radio_map(
     samples: dict[str, WalkSamples],
     fits: list[ReceiverFit],
     *,
+    method: str = "kernel",
     bandwidth_m: float | None = None,
     prior_readings: float = DEFAULT_PRIOR_READINGS,
 ) -> MapVerdict:
@@ -328,17 +345,33 @@ def judge_radio_map(
     judged so and the finest of those within MAP_MIN_GAIN of the lowest
     held-out median error is kept: how smooth a map must be depends on the
     store (benchmarks/README.md).
+
+    With `method` "kriged" there is one candidate, eq. (50) with the
+    covariance (49) of the whole walk (a walk too short to estimate it gives
+    a verdict of no windows), judged by the same checks and the same rule.
+    A bandwidth does not apply to it (ValueError).
     """
+    if method not in MAP_METHODS:
+        raise ValueError(f"map method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
+    if method == "kriged" and bandwidth_m is not None:
+        raise ValueError("a kriged map has no smoothing distance: bandwidth_m applies to kernel maps only")
     res = walk_residuals(site, samples, fits)
-    plain = _held_out_tracks(site, fits, res, None, prior_readings)
-    verdicts = []
-    for bw in MAP_BANDWIDTHS_M if bandwidth_m is None else (bandwidth_m,):
-        ratio = _held_out_ratio(site, res, bw, prior_readings)
-        mapped = _held_out_tracks(site, fits, res, bw, prior_readings)
-        if plain is None or mapped is None:
-            verdicts.append(MapVerdict(None, bw, ratio, (math.nan, math.nan), (math.nan, math.nan), 0))
-            continue
-        verdicts.append(MapVerdict(None, bw, ratio, (plain[0], mapped[0]), (plain[1], mapped[1]), plain[2]))
+    if method == "kriged":
+        try:
+            covariance = fit_field_covariance(res.receiver, res.xy, res.residual, len(site.receivers))
+        except ValueError:
+            return MapVerdict(None, math.nan, math.nan, (math.nan, math.nan), (math.nan, math.nan), 0, method)
+        fitter = _kriged_fitter(site, covariance)
+        kriged = _judged(site, fits, res, _held_out_tracks(site, fits, res, None), fitter, math.nan,
+                         method, covariance)
+        if not kriged.better:
+            return kriged
+        # Described in the file by the kernel (15) that widens and shrinks a lone reading as (50) does.
+        return replace(kriged, stored=_stored_map(site, res, fitter, covariance.length_m / math.sqrt(2.0),
+                                                  covariance.nugget_db2 / max(covariance.signal_db2, 1e-12)))
+    plain = _held_out_tracks(site, fits, res, None)
+    verdicts = [_judged(site, fits, res, plain, _kernel_fitter(site, bw, prior_readings), bw, method, None)
+                for bw in (MAP_BANDWIDTHS_M if bandwidth_m is None else (bandwidth_m,))]
     passing = [v for v in verdicts if v.better]
     if not passing:
         return min(verdicts, key=lambda v: v.median_m[1] if v.windows else math.inf)
@@ -347,11 +380,36 @@ def judge_radio_map(
     # held out, tracked at 1.64 m against 1.30 m with 1 m).
     best = min(v.median_m[1] for v in passing)
     chosen = min((v for v in passing if v.median_m[1] <= best / (1.0 - MAP_MIN_GAIN)), key=lambda v: v.bandwidth_m)
-    return replace(chosen, stored=_stored_map(site, res, chosen.bandwidth_m, prior_readings))
+    return replace(chosen, stored=_stored_map(site, res, _kernel_fitter(site, chosen.bandwidth_m, prior_readings),
+                                              chosen.bandwidth_m, prior_readings))
+
+
+def _judged(site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, plain: tuple[float, float, int] | None,
+            fitter: MapFitter, bandwidth_m: float, method: str, covariance: FieldCovariance | None) -> MapVerdict:
+    """One candidate map's verdict (not yet stored): its held-out checks against the plain models' `plain`."""
+    ratio = _held_out_ratio(site, res, fitter)
+    mapped = _held_out_tracks(site, fits, res, fitter)
+    if plain is None or mapped is None:
+        return MapVerdict(None, bandwidth_m, ratio, (math.nan, math.nan), (math.nan, math.nan), 0, method, covariance)
+    return MapVerdict(None, bandwidth_m, ratio, (plain[0], mapped[0]), (plain[1], mapped[1]), plain[2], method,
+                      covariance)
+
+
+def _kernel_fitter(site: SiteConfig, bandwidth_m: float, prior_readings: float) -> MapFitter:
+    """Eq. (15) over the store's outline."""
+    bbox, receivers = _outline_bbox(site), len(site.receivers)
+    return lambda ri, xy, e: fit_radio_map(ri, xy, e, receivers, bbox, bandwidth_m=bandwidth_m,
+                                           prior_readings=prior_readings)
+
+
+def _kriged_fitter(site: SiteConfig, covariance: FieldCovariance) -> MapFitter:
+    """Eq. (50) over the store's outline, with one covariance whatever part of the walk it is given."""
+    bbox, receivers = _outline_bbox(site), len(site.receivers)
+    return lambda ri, xy, e: krige_radio_map(ri, xy, e, receivers, bbox, covariance=covariance)
 
 
 def chosen_radio_map(
-    site: SiteConfig, samples: dict[str, WalkSamples], fits: list[ReceiverFit], **options: float
+    site: SiteConfig, samples: dict[str, WalkSamples], fits: list[ReceiverFit], **options: Any
 ) -> tuple[StoredRadioMap | None, float]:
     """`judge_radio_map`'s map (or None) and its held-out squared-error ratio; options as it takes them."""
     verdict = judge_radio_map(site, samples, fits, **options)
@@ -359,9 +417,9 @@ def chosen_radio_map(
 
 
 def _held_out_tracks(
-    site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, bandwidth_m: float | None, prior_readings: float
+    site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, fitter: MapFitter | None
 ) -> tuple[float, float, int] | None:
-    """Track held-out blocks of the walk, with a map of `bandwidth_m` fitted on the other blocks (None: no map).
+    """Track held-out blocks of the walk, with a map that `fitter` fits on the other blocks (None: no map).
 
     Blocks of LOCATE_BLOCK_S alternate between two folds; each block is
     tracked from a fresh track with the calibrated models, windows of
@@ -386,9 +444,7 @@ def _held_out_tracks(
     bbox = _outline_bbox(site)
     errors, right = [], []
     for held in (fold, ~fold):
-        radio_map = None if bandwidth_m is None else fit_radio_map(
-            res.receiver[~held], res.xy[~held], res.residual[~held], len(site.receivers), bbox,
-            bandwidth_m=bandwidth_m, prior_readings=prior_readings)
+        radio_map = None if fitter is None else fitter(res.receiver[~held], res.xy[~held], res.residual[~held])
         tracker = Tracker(np.array([[r.x, r.y, r.z] for r in site.receivers]),
                           [v["rssi_at_1m"] for v in models], [v["path_loss_exponent"] for v in models],
                           [v["noise_sigma_db"] for v in models], bbox,
@@ -410,14 +466,15 @@ def _held_out_tracks(
     return float(np.median(errors)), float(np.mean(right)), len(errors)
 
 
-def _stored_map(site: SiteConfig, res: WalkResiduals, bandwidth_m: float, prior_readings: float) -> StoredRadioMap:
-    radio_map = fit_radio_map(res.receiver, res.xy, res.residual, len(site.receivers), _outline_bbox(site),
-                              bandwidth_m=bandwidth_m, prior_readings=prior_readings)
+def _stored_map(site: SiteConfig, res: WalkResiduals, fitter: MapFitter, bandwidth_m: float,
+                prior_readings: float) -> StoredRadioMap:
+    """The map `fitter` fits on the whole walk, as written; bandwidth_m and prior_readings describe it in the file."""
+    radio_map = fitter(res.receiver, res.xy, res.residual)
     counts = np.bincount(res.receiver, minlength=len(site.receivers)).astype(np.int64)
     return StoredRadioMap(tuple(r.id for r in site.receivers), radio_map, counts, bandwidth_m, prior_readings)
 
 
-def _held_out_ratio(site: SiteConfig, res: WalkResiduals, bandwidth_m: float, prior_readings: float) -> float:
+def _held_out_ratio(site: SiteConfig, res: WalkResiduals, fitter: MapFitter) -> float:
     """Mean squared residual of held-out walk readings with a map over without one (two folds of blocks).
 
     Below 1, the map predicts where the walk did not fit it: it found
@@ -429,11 +486,9 @@ def _held_out_ratio(site: SiteConfig, res: WalkResiduals, bandwidth_m: float, pr
     fold = (np.floor((res.ts - res.ts.min()) / MAP_BLOCK_S).astype(np.intp) % 2).astype(bool)
     if fold.all() or not fold.any():
         return float("nan")
-    bbox = _outline_bbox(site)
     with_map = 0.0
     for held in (fold, ~fold):
-        radio_map = fit_radio_map(res.receiver[~held], res.xy[~held], res.residual[~held], len(site.receivers),
-                                  bbox, bandwidth_m=bandwidth_m, prior_readings=prior_readings)
+        radio_map = fitter(res.receiver[~held], res.xy[~held], res.residual[~held])
         predicted, _ = radio_map.at(res.receiver[held], res.xy[held])
         with_map += float(np.sum((res.residual[held] - predicted) ** 2))
     return with_map / max(float(np.sum(res.residual**2)), 1e-12)

@@ -19,6 +19,7 @@ from agent.site_arrays import site_arrays
 from agent.siteedit import drop_tracking_key, set_tracking_file
 from positioning.pathloss import Calibration
 from simulator.calibrate import (
+    MAP_METHODS,
     ReceiverFit,
     WalkSamples,
     calibration_samples,
@@ -280,6 +281,63 @@ def test_a_map_is_kept_only_if_held_out_positions_and_sectors_say_so(
     verdict = judge_radio_map(site, samples, fit_receivers(site, samples), bandwidth_m=1.0)
     assert verdict.ratio < 0.8  # the squared-error check alone would keep every one of them
     assert (verdict.stored is not None) == kept
+
+
+SHORT_WALK_S = 240.0
+"""The first minutes of `walled_walk`: eight held-out blocks, and few enough bins for kriging to be quick."""
+
+
+@pytest.fixture(scope="module")
+def short_walled_walk(walled_walk: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`walled_walk` cut after SHORT_WALK_S: its observations, and its truth whole (only the walked span is used)."""
+    tmp = tmp_path_factory.mktemp("short")
+    lines = (walled_walk / "observations.jsonl").read_text().splitlines(keepends=True)
+    start = json.loads(lines[0])["ts"]
+    (tmp / "observations.jsonl").write_text("".join(ln for ln in lines if json.loads(ln)["ts"] < start + SHORT_WALK_S))
+    (tmp / "truth.jsonl").write_text((walled_walk / "truth.jsonl").read_text())
+    return tmp
+
+
+def test_a_kriged_map_is_judged_by_the_same_held_out_checks(short_walled_walk: Path) -> None:
+    site = load_site(EXAMPLE)
+    samples = calibration_samples(site, RecordReader(short_walled_walk / "observations.jsonl", Observation),
+                                  read_truth(short_walled_walk / "truth.jsonl"))
+    fits = fit_receivers(site, samples)
+    verdict = judge_radio_map(site, samples, fits, method="kriged")
+    assert verdict.method == "kriged"
+    assert np.isnan(verdict.bandwidth_m)  # one candidate, no smoothing distance
+    assert verdict.covariance is not None
+    # The walk's shadowing: 16 dB², 70 % of it lasting (11.2 dB²), over 3 m; a few minutes of walk see it roughly.
+    assert 1.0 < verdict.covariance.length_m < 6.0
+    assert verdict.covariance.signal_db2 > verdict.covariance.nugget_db2
+    assert verdict.windows > 50
+    assert verdict.ratio < 0.9  # it predicts held-out readings: the shadows stay put
+    assert (verdict.stored is not None) == verdict.better
+    with pytest.raises(ValueError, match="no smoothing distance"):
+        judge_radio_map(site, samples, fits, method="kriged", bandwidth_m=1.0)
+    with pytest.raises(ValueError, match="map method must be one of"):
+        judge_radio_map(site, samples, fits, method="spline")
+    assert MAP_METHODS[0] == "kernel"  # the default stays the map the tracker's own update follows safely
+
+
+def test_cli_calibrate_fit_kriges_the_map_when_asked(tmp_path: Path, short_walled_walk: Path) -> None:
+    result = _fit(short_walled_walk, tmp_path / "kriged.toml", "--map-method", "kriged", "--no-fingerprint")
+    assert result.exit_code == 0, result.output
+    said = re.search(r"radio map(?: -> \S+|: not written) \(?kriged \(nugget [0-9.]+ dB², signal [0-9.]+ dB², "
+                     r"length [0-9.]+ m\): on held-out walk segments", result.stdout)
+    assert said is not None, result.stdout
+    assert " m smoothing" not in result.stdout
+    written = (tmp_path / "kriged.radiomap.npz").exists()
+    assert written == ("radio map -> " in result.stdout)
+    assert (load_site(tmp_path / "kriged.toml").tracking.radio_map is not None) == written
+
+
+def test_cli_calibrate_fit_refuses_a_bandwidth_for_a_kriged_map(tmp_path: Path, short_walled_walk: Path) -> None:
+    result = _fit(short_walled_walk, tmp_path / "o.toml", "--map-method", "kriged", "--map-bandwidth", "2")
+    assert result.exit_code != 0
+    assert "--map-bandwidth" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.toml").exists()
 
 
 @pytest.mark.parametrize(("before", "after"), [

@@ -28,6 +28,7 @@ from agent.text import Table, plural
 from simulator.anonymous import CrowdConfig
 from simulator.calibrate import (
     MAP_BANDWIDTHS_M,
+    MAP_METHODS,
     MAP_MIN_GAIN,
     MAP_SECTOR_SLACK,
     MapVerdict,
@@ -282,8 +283,14 @@ def calibrate() -> None:
 @click.option("--fingerprint/--no-fingerprint", default=True, show_default=True,
               help="Also learn each sector's RSSI signature from the walk and write it beside --out, for the sector "
                    "filter to weigh beside the position.")
+@click.option("--map-method", type=click.Choice(MAP_METHODS), default=MAP_METHODS[0], show_default=True,
+              help="How the radio map is fitted. kernel: the walk's residuals smoothed over a distance, gentle "
+                   "gradients the tracker's own update follows safely. kriged: the Gaussian-process mean with the "
+                   "covariance the walk's own variogram gives, the truest map but a steep one; meant for a tracker "
+                   "that weighs the whole store at once (a grid filter): the tracker's update alone can follow its "
+                   "gradients into wrong places. Either is kept only if it helps held-out walk segments.")
 @click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0),
-              help="Smoothing distance of the radio map, metres (default: chosen among "
+              help="Smoothing distance of a kernel radio map, metres (default: chosen among "
                    f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} by tracking held-out walk segments).")
 @click.option("--without-walker-body", "walker_body", is_flag=True,
               help="Take the walker's own body out of the readings before fitting the receivers and the map: what the "
@@ -292,7 +299,7 @@ def calibrate() -> None:
                    "long unless [tracking] still_grid_s is on (benchmarks/README.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
-        fingerprint: bool, map_bandwidth: float | None, walker_body: bool, as_json: bool) -> None:
+        fingerprint: bool, map_method: str, map_bandwidth: float | None, walker_body: bool, as_json: bool) -> None:
     """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
 
     The new config keeps the original's comments and layout; receivers with too
@@ -311,6 +318,9 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
       santi calibrate fit --config examples/fishmonger.toml --observations walk/observations.jsonl \\
           --truth walk/truth.jsonl --out fishmonger-calibrated.toml
     """
+    if map_method == "kriged" and map_bandwidth is not None:
+        raise CliError("--map-bandwidth is the smoothing distance of a kernel map; a kriged map takes its length "
+                       "from the walk (drop --map-bandwidth or use --map-method kernel)")
     config = load_site(site)
     for needed in (observations, truth_path):
         if not needed.is_file():
@@ -327,7 +337,8 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     if not any(f.calibration is not None for f in fits):
         raise CliError("no receiver had enough readings to fit; " + "; ".join(
             f"{f.receiver_id}: {f.reason}" for f in fits))
-    verdict = judge_radio_map(config, walked, fits, bandwidth_m=map_bandwidth) if radio_map else None
+    verdict = judge_radio_map(config, walked, fits, method=map_method, bandwidth_m=map_bandwidth) if radio_map \
+        else None
     stored = verdict.stored if verdict is not None else None
     signature = walk_fingerprint(config, samples) if fingerprint else None
     try:
@@ -386,10 +397,15 @@ def _fingerprint_note(signature: StoredFingerprint | None, asked: bool, out: Pat
 def _map_verdict(verdict: MapVerdict | None, out: Path) -> str:
     if verdict is None:
         return "radio map: not asked for (--no-radio-map)"
+    if verdict.method == "kriged" and verdict.covariance is None:
+        return "radio map: not written, the walk is too short to estimate how the field varies for kriging"
     if not verdict.windows:
         return "radio map: not written, the walk is too short to check one on segments it was not fitted to"
     (plain, mapped), (s_plain, s_mapped) = verdict.median_m, verdict.sectors
-    held_out = (f"{verdict.bandwidth_m:g} m smoothing: on held-out walk segments, median error {plain:.2f} -> "
+    cov = verdict.covariance
+    how = (f"{verdict.bandwidth_m:g} m smoothing" if cov is None else
+           f"kriged (nugget {cov.nugget_db2:.1f} dB², signal {cov.signal_db2:.1f} dB², length {cov.length_m:.1f} m)")
+    held_out = (f"{how}: on held-out walk segments, median error {plain:.2f} -> "
                 f"{mapped:.2f} m, right sector {s_plain:.1%} -> {s_mapped:.1%}; readings' squared error "
                 f"x{verdict.ratio:.2f}")
     if verdict.stored is None:
