@@ -306,7 +306,7 @@ class TrackingConfig(_Model):
                     "(0: never; the filter alone).")
     grid_motion_m: float = Field(
         default=_TRACKER.grid_motion_m, ge=0.0, le=5.0,
-        description="How far a shopper may move per sqrt(second) as the grid filter sees it, m, eq. (49) (0: no grid "
+        description="How far a shopper may move per sqrt(second) as the grid filter sees it, m, eq. (51) (0: no grid "
                     "filter; when on, every track's position is its posterior over the store's cells).")
     grid_sigma_db: float = Field(
         default=_TRACKER.grid_sigma_db, ge=0.0, le=20.0,

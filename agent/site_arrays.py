@@ -145,25 +145,28 @@ def still_grid(arrays: SiteArrays, config: TrackerConfig) -> StillGrid | None:
     return _store_grid(arrays, config, STILL_GRID_CELL_M, arrays.fingerprint)
 
 
-def grid_filter(arrays: SiteArrays, config: TrackerConfig) -> GridFilter | None:
-    """The filter of eqs. (49)-(50) over the site's sectors; None where it is off.
+def grid_filter(arrays: SiteArrays, config: TrackerConfig, receivers: Receivers | None = None) -> GridFilter | None:
+    """The filter of eqs. (51)-(52) over the site's sectors; None where it is off.
 
     Its cells weigh one window each (no segment to share shadowing over), with the tracker's body loss, phones'
     spread and the grid's own reading spread. The fingerprint stays with the sector filter: added to every window
     of the grid as well, it counts the walk twice and pulls shoppers into the sectors it knows best
-    (benchmarks/README.md, 2026-12-06, "A grid for every shopper").
+    (benchmarks/README.md, 2026-12-06, "A grid for every shopper"). `receivers` other than the site's (a
+    calibration's held-out check) replace its models and map.
     """
     if config.grid_motion_m <= 0.0:
         return None
     grid = _store_grid(arrays, config, GRID_FILTER_CELL_M, None, segment_correlation=0.0,
-                       sigma_db=config.grid_sigma_db)
+                       sigma_db=config.grid_sigma_db, receivers=receivers)
     return GridFilter.over(grid, arrays.bbox, config.grid_motion_m)
 
 
 def _store_grid(arrays: SiteArrays, config: TrackerConfig, cell_m: float, fingerprint: Fingerprint | None,
-                segment_correlation: float = SEGMENT_CORRELATION, sigma_db: float = 0.0) -> StillGrid:
+                segment_correlation: float = SEGMENT_CORRELATION, sigma_db: float = 0.0,
+                receivers: Receivers | None = None) -> StillGrid:
     """The cells of the site's sectors, `cell_m` apart, with the models and the map, and `fingerprint` if any."""
-    receivers = Receivers.of(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.radio_map)
+    if receivers is None:
+        receivers = Receivers.of(arrays.xyz, arrays.rssi_at_1m, arrays.exponent, arrays.sigma_db, arrays.radio_map)
     raster = LabelRaster.build(arrays.polygons, cell_m / 2.0, 0.0)
     sector = raster.lookup(cell_centres(arrays.bbox, cell_m))
     return StillGrid.of(receivers, arrays.bbox, cell_m=cell_m, body_loss_db=config.body_loss_db,

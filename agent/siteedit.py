@@ -54,8 +54,9 @@ def set_receiver_values(text: str, values: Mapping[str, Mapping[str, float]]) ->
     return tomlkit.dumps(doc)
 
 
-def set_tracking_file(text: str, key: str, name: str) -> str:
-    """The config text with ``[tracking] key = name``: the value replaced, or the key or section added."""
+def set_tracking_key(text: str, key: str, name: str | float) -> str:
+    """The config text with ``[tracking] key = name`` (a file name or a number): the value replaced, or the key or
+    section added."""
     doc = _parse(text)
     tracking = doc.get("tracking")
     if isinstance(tracking, Table):

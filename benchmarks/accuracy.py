@@ -25,7 +25,12 @@ positioning.sectors) and its hold at `hysteresis_s = 2`, and once more with
 still tracks placed on a grid of the store (`still_grid_s = 5`, eqs.
 (43)-(47) of positioning.stillgrid), and once more calibrated with the
 walker's own body taken out of the walk (`calibrate fit
---without-walker-body`, eq. (48) of positioning.pathloss).
+--without-walker-body`, eq. (48) of positioning.pathloss). The last row
+is calibrated for the grid filter (`calibrate fit --grid-filter`: a kriged
+map, eqs. (49)-(50) of positioning.radiomap, the walker's whole body out
+and expected on every shopper), which places every track on a grid of the
+store (eqs. (51)-(52) of positioning.gridfilter), with the phone offsets
+and the walk test as before.
 `calibrate fit` writes the sector fingerprint (eq. (18) of
 positioning.fingerprint) with every calibrated config, so the calibrated
 rows fuse it in the sector filter.
@@ -115,6 +120,11 @@ WALKER_BODY = "--without-walker-body"
 """The `calibrate fit` option of the last row: the walker's own body out of the walk's readings (eq. (48))."""
 
 
+GRID_FILTER = "--grid-filter"
+"""The `calibrate fit` option of the last row: calibrated for the grid filter, which then places every track
+(eqs. (51)-(52) of positioning.gridfilter; the walker's body out, a kriged map, the body expected as the walk's)."""
+
+
 def with_phone_offsets(out: Path, body_loss_db: float = 0.0, walk: bool = False, grid: bool = False) -> Path:
     """The example site with the tracker estimating each phone's TX offset (and expecting the body, if given;
     with the sector filter's walk test and its shorter hold, if `walk`; with the still grid, if `grid`)."""
@@ -188,7 +198,9 @@ def run(name: str, channel: ChannelConfig, shoppers: int, minutes: float, seed: 
                                    ("calibrated_phone_offsets_body_walk",
                                     with_phone_offsets(out, BODY_LOSS_DB, walk=True), ()),
                                    ("calibrated_phone_offsets_body_walk_grid", grid, ()),
-                                   ("calibrated_phone_offsets_body_walk_grid_walker", grid, (WALKER_BODY,))):
+                                   ("calibrated_phone_offsets_body_walk_grid_walker", grid, (WALKER_BODY,)),
+                                   ("calibrated_phone_offsets_walk_grid_filter", with_phone_offsets(out, walk=True),
+                                    (GRID_FILTER,))):
             calibrated, verdict = calibrate(name, base, walk_seed, out, *options)
             figures[key] = store_targets(scored(load_site(calibrated), run_dir, key, seed, bound_sample))
             figures[key]["calibration"] = verdict
@@ -264,7 +276,10 @@ def main() -> None:
                                ("calibrated_phone_offsets_body_walk_grid", (f"the same, still tracks on the grid after "
                                 f"{STILL_GRID_S:g} s")),
                                ("calibrated_phone_offsets_body_walk_grid_walker",
-                                f"the same, calibrated {WALKER_BODY}")):
+                                f"the same, calibrated {WALKER_BODY}"),
+                               ("calibrated_phone_offsets_walk_grid_filter",
+                                (f"calibrated {GRID_FILTER}, phone offsets, walk test {SECTOR_WALK_M:g} m, hold "
+                                 f"{WALK_HOLD_S:g} s: every track on the grid"))):
                 if key in r:
                     _print(f"{label} from a survey walk ({r[key]['calibration']})", r[key])
 

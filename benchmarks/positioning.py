@@ -11,7 +11,7 @@ noise. Measured on one core, as medians over windows and repeats:
   one that estimates each phone's TX offset (eq. (16), 4 dB), and of
   everything on: offset state, the body of eqs. (20)-(21) (3 dB, held
   300 s), a radio map, the still grid of eqs. (43)-(47) (5 s, with the
-  fingerprint) and the grid filter of eqs. (49)-(50) (1 m cells), followed by a `SectorTracker.step` that fuses a sector
+  fingerprint) and the grid filter of eqs. (51)-(52) (1 m cells), followed by a `SectorTracker.step` that fuses a sector
   fingerprint (eqs. (18)-(19)) over the window's readings; and the same
   with every track counted as still (`still_speed` above any walk), the
   grid's worst case: a store where every shopper stands, each weighed
@@ -211,7 +211,7 @@ def still_grid(model: SectorModel, radio_map: RadioMap, fingerprint: Fingerprint
 
 
 def grid_filter(model: SectorModel, radio_map: RadioMap, config: TrackerConfig) -> GridFilter:
-    """The grid filter of eqs. (49)-(50) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
+    """The grid filter of eqs. (51)-(52) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
     grid = still_grid(model, radio_map, None, config, GRID_FILTER_CELL_M, segment_correlation=0.0,
                       sigma_db=config.grid_sigma_db)
     return GridFilter.over(grid, ((0.0, 0.0), (WIDTH, DEPTH)), config.grid_motion_m)

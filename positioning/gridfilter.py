@@ -9,13 +9,13 @@ a still shopper against every cell, but a walking one is left to the filter.
 
 Here every track keeps a posterior p_g over the cells g of the store (the
 still grid's cells in sectors), advanced a window at a time. A shopper
-moves a few tenths of a metre per second in any direction, so the
+may move a metre or so per second in any direction, so the
 prediction spreads the posterior by a Gaussian of spread s sqrt(dt)
 (s = `motion_m`, dt the time since the track's last window), kept within
 the store's cells, and mixed with a small floor eps spread over every
 cell so that a shopper the filter lost can be found again:
 
-    p⁻_g ∝ (1 - eps) sum_g' p_g' N(c_g - c_g'; 0, s² dt I) / Z_g' + eps / G      (49)
+    p⁻_g ∝ (1 - eps) sum_g' p_g' N(c_g - c_g'; 0, s² dt I) / Z_g' + eps / G      (51)
 
 (Z_g' the kernel's mass inside the store from c_g', so a shopper at a wall
 does not leak away through it). The window's readings of the track, per
@@ -23,9 +23,9 @@ receiver r their count n_r and mean zbar_r, weigh each cell with the still
 grid's likelihood (44)-(45) of one window: readings taken in the same
 second are treated as independent draws about the map's mean (rho_s = 0
 in (43)), the phone's offset integrated out per window, the facing
-marginalised, the fingerprint's sector likelihood added where there is one:
+marginalised (the fingerprint is left to the sector filter):
 
-    p_g ∝ p⁻_g exp(l_g)                                                        (50)
+    p_g ∝ p⁻_g exp(l_g)                                                        (52)
 
 A track not heard in a window keeps its prediction. The reported position
 and its spread are (46) of the posterior: its mean, and its covariance plus
@@ -55,10 +55,10 @@ GRID_FILTER_CELL_M = 1.0
 """Cell of the grid filter, m: a sector's margin (1.5 m) is wider, and a thousand tracks fit a window's budget."""
 
 GRID_MOTION_M = 1.2
-"""s of eq. (49) where a calibration turns the grid filter on, m per sqrt(s): a shopper's walk of about 1 m/s."""
+"""s of eq. (51) where a calibration turns the grid filter on, m per sqrt(s): a shopper's walk of about 1 m/s."""
 
 GRID_FLOOR = 1e-4
-"""eps of eq. (49): the share of every prediction spread over the whole store."""
+"""eps of eq. (51): the share of every prediction spread over the whole store."""
 
 DT_STEP_S = 0.25
 """Predictions whose dt round to the same multiple of this share one Gaussian filter."""
@@ -66,7 +66,7 @@ DT_STEP_S = 0.25
 
 @dataclass(frozen=True, eq=False)
 class GridFilter:
-    """Eqs. (49)-(50) over the cells of `grid` (a `StillGrid` built with segment_correlation 0).
+    """Eqs. (51)-(52) over the cells of `grid` (a `StillGrid` built with segment_correlation 0).
 
     raster: flat index (G,) of each of the grid's cells on the (ny, nx) raster of `cell_centres(bbox, cell)`.
     """
@@ -103,7 +103,7 @@ class GridFilter:
         return np.full((k, len(self)), 1.0 / len(self))
 
     def predict(self, p: FloatArray, dt: ArrayLike) -> FloatArray:
-        """Eq. (49): posteriors p (k, G) advanced by dt (k,) s each."""
+        """Eq. (51): posteriors p (k, G) advanced by dt (k,) s each."""
         steps = np.rint(np.maximum(np.asarray(dt, dtype=np.float64), 0.0) / DT_STEP_S).astype(np.intp)
         out = np.array(p, dtype=np.float64, copy=True)
         ny, nx = self.shape
@@ -118,7 +118,7 @@ class GridFilter:
         return np.asarray((1.0 - self.floor) * out + self.floor / len(self), dtype=np.float64)
 
     def _kept(self, n: int) -> FloatArray:
-        """Z_g' of (49) for a prediction of n steps of DT_STEP_S, computed once per n."""
+        """Z_g' of (51) for a prediction of n steps of DT_STEP_S, computed once per n."""
         if n not in self._kept_mass:
             ny, nx = self.shape
             inside = np.zeros(ny * nx)
@@ -129,7 +129,7 @@ class GridFilter:
         return self._kept_mass[n]
 
     def update(self, prior: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:
-        """Eq. (50): predicted posteriors (k, G) and each track's window, count and total (k, m) per receiver."""
+        """Eq. (52): predicted posteriors (k, G) and each track's window, count and total (k, m) per receiver."""
         heard = count.sum(axis=1) > 0.0
         out = np.array(prior, dtype=np.float64, copy=True)
         if heard.any():

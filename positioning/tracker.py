@@ -9,7 +9,7 @@ the stacked arrays. A track that stands still is also weighed against every
 cell of the store (`positioning.stillgrid`, eqs. (43)-(47)) where the site
 turns that on, and moved where its still segment puts it if the filter has
 settled somewhere that segment rejects. Where the site turns on the grid
-filter (`positioning.gridfilter`, eqs. (49)-(50)), every track also keeps a
+filter (`positioning.gridfilter`, eqs. (51)-(52)), every track also keeps a
 posterior over the store's cells, and that posterior, not the linearised
 filter's estimate, is what the tracker reports.
 """
@@ -112,7 +112,7 @@ class TrackerConfig:
         static shadow fools a global estimate about as often as a body
         fools the filter, so the grid speaks only where the filter has
         settled somewhere its own segment of readings rejects.
-    grid_motion_m: s of eq. (49), m per sqrt(s): how far a shopper may move
+    grid_motion_m: s of eq. (51), m per sqrt(s): how far a shopper may move
         between windows as the grid filter sees it; 0, the default, leaves
         the grid filter out. Only a tracker given a `GridFilter` uses it.
         When on, each track's reported position and spread are the grid's
@@ -225,7 +225,7 @@ class Tracker:
         radio_map: residual fields from a calibration walk, one per receiver, or None.
         still_grid: the grid of eqs. (43)-(46) over the same receivers, or None;
             used where `config.still_grid_s` > 0.
-        grid_filter: the filter of eqs. (49)-(50) over the same receivers, or None;
+        grid_filter: the filter of eqs. (51)-(52) over the same receivers, or None;
             used where `config.grid_motion_m` > 0.
     """
 
@@ -267,7 +267,7 @@ class Tracker:
         self._still_sum = np.empty((0, n_rx))  # and their faded sums, dBm
         self._grid_at = np.empty(0)  # when each track's segment was last weighed on the grid
         self._cells = grid_filter if self.config.grid_motion_m > 0.0 else None
-        self._posterior = np.empty((0, len(self._cells) if self._cells is not None else 0))  # eq. (50), per track
+        self._posterior = np.empty((0, len(self._cells) if self._cells is not None else 0))  # eq. (52), per track
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -392,12 +392,12 @@ class Tracker:
     def _on_grid(
         self, rows: IndexArray, dt: FloatArray, code: IndexArray, ri: IndexArray, z: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
-        """Eqs. (49)-(50) for the tracks at `rows` with this window's readings; their (46)."""
+        """Eqs. (51)-(52) for the tracks at `rows` with this window's readings; their (46)."""
         assert self._cells is not None
         k, m = rows.shape[0], len(self.receivers)
         cell = code * m + ri
         count = np.bincount(cell, minlength=k * m).reshape(k, m).astype(np.float64)
-        total = np.bincount(cell, z, minlength=k * m).reshape(k, m)
+        total = np.asarray(np.bincount(cell, z, minlength=k * m).reshape(k, m), dtype=np.float64)
         posterior = self._cells.update(self._cells.predict(self._posterior[rows], dt), count, total)
         self._posterior[rows] = posterior
         return self._cells.estimate(posterior)

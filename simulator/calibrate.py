@@ -25,12 +25,14 @@ from agent.config import SiteConfig, parse_site
 from agent.fingerprint_file import StoredFingerprint, write_fingerprint
 from agent.observations import Observation
 from agent.radiomap_file import StoredRadioMap, write_radio_map
-from agent.siteedit import drop_tracking_key, fitted_values, set_receiver_values, set_tracking_file
+from agent.site_arrays import grid_filter, site_arrays
+from agent.siteedit import drop_tracking_key, fitted_values, set_receiver_values, set_tracking_key
 from positioning.ekf import BODY_WALK_SPEED, body_loss
 from positioning.fingerprint import fit_fingerprint
 from positioning.pathloss import (
     MIN_DISTANCE_SPAN,
     Calibration,
+    Receivers,
     fit_body_loss,
     fit_calibration,
     rssi_at_distance,
@@ -160,7 +162,7 @@ def calibration_samples(
     }
 
 
-def without_body(samples: dict[str, WalkSamples]) -> tuple[dict[str, WalkSamples], float]:
+def without_body(samples: dict[str, WalkSamples], *, keep_mean: bool = True) -> tuple[dict[str, WalkSamples], float]:
     """The walk's readings with the walker's body taken out where it depends on the way they walked, and its loss B.
 
     B is eq. (48)'s, clipped to [0, MAX_WALKER_BODY_DB] (a walk whose
@@ -171,6 +173,10 @@ def without_body(samples: dict[str, WalkSamples]) -> tuple[dict[str, WalkSamples
     follows the direction of each pass goes, which the radio map would
     otherwise paint as stripes of several dB between neighbouring passes
     (benchmarks/README.md, 2026-12-05, "What the walk knows").
+
+    keep_mean False takes all of it out, B b_j: the receivers come out as
+    they read an unobstructed phone, for a tracker that expects a body of
+    B itself on every shopper, facing any way (the grid filter's (44)).
     """
     found = {r: s for r, s in samples.items() if s.rssi.size}
     if not found:
@@ -179,8 +185,8 @@ def without_body(samples: dict[str, WalkSamples]) -> tuple[dict[str, WalkSamples
     loss = fit_body_loss(labels, *(np.concatenate([getattr(s, name) for s in found.values()])
                                    for name in ("distance", "rssi", "behind")))
     loss = min(max(loss, 0.0), MAX_WALKER_BODY_DB)
-    return {r: s._replace(rssi=s.rssi + loss * (s.behind - s.behind.mean())) if s.rssi.size else s
-            for r, s in samples.items()}, loss
+    return {r: s._replace(rssi=s.rssi + loss * (s.behind - (s.behind.mean() if keep_mean else 0.0)))
+            if s.rssi.size else s for r, s in samples.items()}, loss
 
 
 def fit_receivers(
@@ -294,6 +300,35 @@ tracker's linearised update can follow); "kriged", eq. (50) with the covariance 
 
 
 @dataclass(frozen=True)
+class GridCalibration:
+    """A calibration for the grid filter (eqs. (51)-(52)): its walk per sqrt(s), m, and the body every shopper is
+    expected to carry, dB (the walker's, eq. (48)). The map's held-out checks then track with the grid filter,
+    weighing readings by the kriged map's nugget."""
+
+    motion_m: float
+    body_db: float
+
+    def config(self, site: SiteConfig, covariance: FieldCovariance | None) -> TrackerConfig:
+        """The held-out check's tracker: the site's, with the grid on (reading spread the nugget, if a map has one)."""
+        return TrackerConfig(emitter_z=site.tracking.emitter_height_m, offset_sigma_db=site.tracking.phone_offset_db,
+                             body_loss_db=self.body_db, body_hold_s=site.tracking.body_hold_s,
+                             grid_motion_m=self.motion_m,
+                             grid_sigma_db=0.0 if covariance is None else math.sqrt(covariance.nugget_db2))
+
+
+def grid_settings(grid: GridCalibration | None, verdict: MapVerdict | None) -> dict[str, float | None]:
+    """The [tracking] keys a calibration for the grid filter writes: the filter on, with the map's nugget and the
+    walker's body, where its map was kept; off (the keys dropped) where it was not, since without the store's field
+    the grid is worse than the filter alone (benchmarks/README.md, 2026-12-06). Nothing without `grid`."""
+    if grid is None:
+        return {}
+    if verdict is None or verdict.stored is None or verdict.covariance is None:
+        return {"grid_motion_m": None, "grid_sigma_db": None}
+    return {"grid_motion_m": grid.motion_m, "grid_sigma_db": round(math.sqrt(verdict.covariance.nugget_db2), 2),
+            "body_loss_db": round(grid.body_db, 2)}
+
+
+@dataclass(frozen=True)
 class MapVerdict:
     """What a radio map does on walk segments it was not fitted on, and whether it is kept.
 
@@ -331,6 +366,7 @@ def judge_radio_map(
     method: str = "kernel",
     bandwidth_m: float | None = None,
     prior_readings: float = DEFAULT_PRIOR_READINGS,
+    grid: GridCalibration | None = None,
 ) -> MapVerdict:
     """The walk's radio map, kept only if it improves what the product is for.
 
@@ -349,7 +385,9 @@ def judge_radio_map(
     With `method` "kriged" there is one candidate, eq. (50) with the
     covariance (49) of the whole walk (a walk too short to estimate it gives
     a verdict of no windows), judged by the same checks and the same rule.
-    A bandwidth does not apply to it (ValueError).
+    A bandwidth does not apply to it (ValueError). With `grid`, the held-out
+    segments are tracked by the grid filter that calibration turns on, the
+    map's by one weighing readings by its nugget.
     """
     if method not in MAP_METHODS:
         raise ValueError(f"map method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
@@ -362,15 +400,17 @@ def judge_radio_map(
         except ValueError:
             return MapVerdict(None, math.nan, math.nan, (math.nan, math.nan), (math.nan, math.nan), 0, method)
         fitter = _kriged_fitter(site, covariance)
-        kriged = _judged(site, fits, res, _held_out_tracks(site, fits, res, None), fitter, math.nan,
-                         method, covariance)
+        plain = _held_out_tracks(site, fits, res, None, None if grid is None else grid.config(site, None))
+        kriged = _judged(site, fits, res, plain, fitter, math.nan, method, covariance,
+                         None if grid is None else grid.config(site, covariance))
         if not kriged.better:
             return kriged
         # Described in the file by the kernel (15) that widens and shrinks a lone reading as (50) does.
         return replace(kriged, stored=_stored_map(site, res, fitter, covariance.length_m / math.sqrt(2.0),
                                                   covariance.nugget_db2 / max(covariance.signal_db2, 1e-12)))
-    plain = _held_out_tracks(site, fits, res, None)
-    verdicts = [_judged(site, fits, res, plain, _kernel_fitter(site, bw, prior_readings), bw, method, None)
+    tracking = None if grid is None else grid.config(site, None)
+    plain = _held_out_tracks(site, fits, res, None, tracking)
+    verdicts = [_judged(site, fits, res, plain, _kernel_fitter(site, bw, prior_readings), bw, method, None, tracking)
                 for bw in (MAP_BANDWIDTHS_M if bandwidth_m is None else (bandwidth_m,))]
     passing = [v for v in verdicts if v.better]
     if not passing:
@@ -385,10 +425,11 @@ def judge_radio_map(
 
 
 def _judged(site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, plain: tuple[float, float, int] | None,
-            fitter: MapFitter, bandwidth_m: float, method: str, covariance: FieldCovariance | None) -> MapVerdict:
+            fitter: MapFitter, bandwidth_m: float, method: str, covariance: FieldCovariance | None,
+            tracking: TrackerConfig | None = None) -> MapVerdict:
     """One candidate map's verdict (not yet stored): its held-out checks against the plain models' `plain`."""
     ratio = _held_out_ratio(site, res, fitter)
-    mapped = _held_out_tracks(site, fits, res, fitter)
+    mapped = _held_out_tracks(site, fits, res, fitter, tracking)
     if plain is None or mapped is None:
         return MapVerdict(None, bandwidth_m, ratio, (math.nan, math.nan), (math.nan, math.nan), 0, method, covariance)
     return MapVerdict(None, bandwidth_m, ratio, (plain[0], mapped[0]), (plain[1], mapped[1]), plain[2], method,
@@ -417,7 +458,8 @@ def chosen_radio_map(
 
 
 def _held_out_tracks(
-    site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, fitter: MapFitter | None
+    site: SiteConfig, fits: list[ReceiverFit], res: WalkResiduals, fitter: MapFitter | None,
+    tracking: TrackerConfig | None = None,
 ) -> tuple[float, float, int] | None:
     """Track held-out blocks of the walk, with a map that `fitter` fits on the other blocks (None: no map).
 
@@ -426,7 +468,8 @@ def _held_out_tracks(
     ``tracking.window_s`` stamped at their centre, and scored after
     LOCATE_SETTLE_S against the walk's known position and its sector.
     Returns the median error, the share of windows in the right sector and
-    the windows scored; None if the walk is too short.
+    the windows scored; None if the walk is too short. `tracking` replaces
+    the site's tracker settings (with its grid filter, if it turns one on).
     """
     if not res.ts.size:
         return None
@@ -443,15 +486,16 @@ def _held_out_tracks(
                                 "noise_sigma_db": r.noise_sigma_db}) for r in site.receivers]
     bbox = _outline_bbox(site)
     errors, right = [], []
+    config = tracking or TrackerConfig(emitter_z=site.tracking.emitter_height_m,
+                                       offset_sigma_db=site.tracking.phone_offset_db,
+                                       body_loss_db=site.tracking.body_loss_db, body_hold_s=site.tracking.body_hold_s)
+    xyz = np.array([[r.x, r.y, r.z] for r in site.receivers])
+    a, n, sigma = ([v[key] for v in models] for key in ("rssi_at_1m", "path_loss_exponent", "noise_sigma_db"))
+    arrays = site_arrays(site) if config.grid_motion_m > 0.0 else None
     for held in (fold, ~fold):
         radio_map = None if fitter is None else fitter(res.receiver[~held], res.xy[~held], res.residual[~held])
-        tracker = Tracker(np.array([[r.x, r.y, r.z] for r in site.receivers]),
-                          [v["rssi_at_1m"] for v in models], [v["path_loss_exponent"] for v in models],
-                          [v["noise_sigma_db"] for v in models], bbox,
-                          TrackerConfig(emitter_z=site.tracking.emitter_height_m,
-                                        offset_sigma_db=site.tracking.phone_offset_db,
-                                        body_loss_db=site.tracking.body_loss_db,
-                                        body_hold_s=site.tracking.body_hold_s), radio_map)
+        cells = None if arrays is None else grid_filter(arrays, config, Receivers.of(xyz, a, n, sigma, radio_map))
+        tracker = Tracker(xyz, a, n, sigma, bbox, config, radio_map, grid_filter=cells)
         for w in np.unique(slot[held]):
             rows = held & (slot == w)
             b = int(block[rows][0])
@@ -519,23 +563,26 @@ def fingerprint_path(out: Path) -> Path:
 
 def write_calibrated_site(site: SiteConfig, source: Path, fits: list[ReceiverFit], out: Path,
                           radio_map: StoredRadioMap | None = None,
-                          fingerprint: StoredFingerprint | None = None) -> SiteConfig:
+                          fingerprint: StoredFingerprint | None = None,
+                          tracking: dict[str, float | None] | None = None) -> SiteConfig:
     """Rewrite `source`'s text with the fits, validate it as `out`, then write it atomically.
 
     With `radio_map` or `fingerprint`, each is written first (to
     `radio_map_path(out)`, `fingerprint_path(out)`), so the config that names
     it never exists without it. Without, an older one is no longer named: the
     map's residuals were taken against the old models, the fingerprint is of
-    another walk.
+    another walk. `tracking` sets [tracking] keys to numbers (None drops one).
     """
     text = rewrite_site_text(source.read_text(encoding="utf-8"), fits)
+    for name, value in (tracking or {}).items():
+        text = drop_tracking_key(text, name) if value is None else set_tracking_key(text, name, value)
     if radio_map is not None:
         write_radio_map(radio_map_path(out), radio_map)
     if fingerprint is not None:
         write_fingerprint(fingerprint_path(out), fingerprint)
     for key, stored, path in (("radio_map", radio_map, radio_map_path(out)),
                               ("fingerprint", fingerprint, fingerprint_path(out))):
-        text = drop_tracking_key(text, key) if stored is None else set_tracking_file(text, key, path.name)
+        text = drop_tracking_key(text, key) if stored is None else set_tracking_key(text, key, path.name)
     checked = parse_site(text, out)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text, encoding="utf-8")

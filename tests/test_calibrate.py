@@ -16,7 +16,7 @@ from agent.observations import Observation
 from agent.radiomap_file import write_radio_map
 from agent.replayfile import RecordReader
 from agent.site_arrays import site_arrays
-from agent.siteedit import drop_tracking_key, set_tracking_file
+from agent.siteedit import drop_tracking_key, set_tracking_key
 from positioning.pathloss import Calibration
 from simulator.calibrate import (
     MAP_METHODS,
@@ -346,7 +346,7 @@ def test_cli_calibrate_fit_refuses_a_bandwidth_for_a_kriged_map(tmp_path: Path, 
     ('[store]\nid = "x"', '[store]\nid = "x"\n\n[tracking]\nradio_map = "m.npz"\n'),
 ])
 def test_set_radio_map_replaces_or_adds_the_key(before: str, after: str) -> None:
-    assert set_tracking_file(before, "radio_map", "m.npz") == after
+    assert set_tracking_key(before, "radio_map", "m.npz") == after
 
 
 def test_drop_radio_map_removes_only_that_line() -> None:

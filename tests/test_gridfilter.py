@@ -1,4 +1,4 @@
-"""The grid filter, eqs. (49)-(50): its prediction's spread and mass, its update on noise-free windows, the tracker
+"""The grid filter, eqs. (51)-(52): its prediction's spread and mass, its update on noise-free windows, the tracker
 reporting it, and the site keys that turn it on."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _window(f: GridFilter, cell: int, n: float = 3.0, offset: float = 0.0) -> tu
 
 
 def test_the_prediction_keeps_mass_and_spreads_a_point_by_motion_squared_times_dt() -> None:
-    """Away from the walls (49) is a Gaussian of spread s sqrt(dt): a point's covariance after dt is s² dt I plus
+    """Away from the walls (51) is a Gaussian of spread s sqrt(dt): a point's covariance after dt is s² dt I plus
     the cell's own cell² / 12, within the discretisation of a 1 m raster; the floor adds eps of the store's spread."""
     f = _filter(motion_m=0.8)
     centre = int(np.argmin(np.linalg.norm(f.grid.centres - [15.0, 10.0], axis=1)))
@@ -58,7 +58,7 @@ def test_the_prediction_keeps_mass_and_spreads_a_point_by_motion_squared_times_d
 
 
 def test_a_shopper_at_a_wall_does_not_leak_through_it() -> None:
-    """Z_g' of (49): the kernel's mass beyond the store is given back to the cells inside, so a corner keeps its mean
+    """Z_g' of (51): the kernel's mass beyond the store is given back to the cells inside, so a corner keeps its mean
     inside and its mass whole."""
     f = _filter(motion_m=1.5)
     corner = int(np.argmin(np.linalg.norm(f.grid.centres - [0.5, 0.5], axis=1)))
@@ -71,7 +71,7 @@ def test_a_shopper_at_a_wall_does_not_leak_through_it() -> None:
 
 @pytest.mark.parametrize("cell", [0, 123, 345, 599])
 def test_noise_free_windows_find_a_still_emitter_whatever_its_offset(cell: int) -> None:
-    """Eq. (50) from a uniform start: a few windows of the model's own readings put (46)'s mean within its spread
+    """Eq. (52) from a uniform start: a few windows of the model's own readings put (46)'s mean within its spread
     of the emitter (a corner's posterior is skewed), with an unknown phone 6 dB loud integrated out by (44)."""
     f = _filter(noise_db=2.0, offset_sigma_db=4.0)
     p = f.start(1)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import ConfigError, parse_site
-from agent.siteedit import drop_tracking_key, set_receiver_values, set_tracking_file
+from agent.siteedit import drop_tracking_key, set_receiver_values, set_tracking_key
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 
@@ -69,7 +69,7 @@ def test_setting_values_keeps_every_comment_and_other_line() -> None:
 
 
 def test_the_tracking_file_key_is_set_and_dropped_with_its_comments_kept() -> None:
-    named = set_tracking_file(COMMENTED, "radio_map", "shop.radiomap.npz")
+    named = set_tracking_key(COMMENTED, "radio_map", "shop.radiomap.npz")
     assert named == COMMENTED + 'radio_map = "shop.radiomap.npz"\n'
     assert drop_tracking_key(named, "radio_map") == COMMENTED
 

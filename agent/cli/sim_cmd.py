@@ -25,16 +25,19 @@ from agent.fingerprint_file import StoredFingerprint
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
 from agent.text import Table, plural
+from positioning.gridfilter import GRID_MOTION_M
 from simulator.anonymous import CrowdConfig
 from simulator.calibrate import (
     MAP_BANDWIDTHS_M,
     MAP_METHODS,
     MAP_MIN_GAIN,
     MAP_SECTOR_SLACK,
+    GridCalibration,
     MapVerdict,
     calibration_samples,
     fingerprint_path,
     fit_receivers,
+    grid_settings,
     judge_radio_map,
     map_spread,
     radio_map_path,
@@ -283,12 +286,13 @@ def calibrate() -> None:
 @click.option("--fingerprint/--no-fingerprint", default=True, show_default=True,
               help="Also learn each sector's RSSI signature from the walk and write it beside --out, for the sector "
                    "filter to weigh beside the position.")
-@click.option("--map-method", type=click.Choice(MAP_METHODS), default=MAP_METHODS[0], show_default=True,
+@click.option("--map-method", type=click.Choice(MAP_METHODS), default=None,
               help="How the radio map is fitted. kernel: the walk's residuals smoothed over a distance, gentle "
                    "gradients the tracker's own update follows safely. kriged: the Gaussian-process mean with the "
                    "covariance the walk's own variogram gives, the truest map but a steep one; meant for a tracker "
                    "that weighs the whole store at once (a grid filter): the tracker's update alone can follow its "
-                   "gradients into wrong places. Either is kept only if it helps held-out walk segments.")
+                   "gradients into wrong places. Either is kept only if it helps held-out walk segments. "
+                   "[default: kernel; kriged with --grid-filter]")
 @click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0),
               help="Smoothing distance of a kernel radio map, metres (default: chosen among "
                    f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} by tracking held-out walk segments).")
@@ -297,9 +301,16 @@ def calibrate() -> None:
                    "receivers behind them lose, estimated from the walk's direction, which a map otherwise learns as "
                    "stripes. The map comes out truer and finer; on a finer map the tracker loses some tracks for "
                    "long unless [tracking] still_grid_s is on (benchmarks/README.md).")
+@click.option("--grid-filter", "for_grid", is_flag=True,
+              help="Calibrate for the grid filter, which weighs every cell of the store for every shopper: the "
+                   "walker's whole body out of the readings, the receivers fitted as they read an unobstructed phone, "
+                   "a kriged map judged by tracking held-out walk segments with the grid filter, and, if the map is "
+                   "kept, [tracking] grid_motion_m, grid_sigma_db (the map's nugget) and body_loss_db (the walker's "
+                   "body) written to --out. Costs about ten times the CPU per reading (benchmarks/README.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
-        fingerprint: bool, map_method: str, map_bandwidth: float | None, walker_body: bool, as_json: bool) -> None:
+        fingerprint: bool, map_method: str | None, map_bandwidth: float | None, walker_body: bool, for_grid: bool,
+        as_json: bool) -> None:
     """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
 
     The new config keeps the original's comments and layout; receivers with too
@@ -318,6 +329,10 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
       santi calibrate fit --config examples/fishmonger.toml --observations walk/observations.jsonl \\
           --truth walk/truth.jsonl --out fishmonger-calibrated.toml
     """
+    if for_grid and (map_method == "kernel" or map_bandwidth is not None or not radio_map or walker_body):
+        raise CliError("--grid-filter fits a kriged map with the walker's whole body out: drop --map-method kernel, "
+                       "--map-bandwidth, --no-radio-map and --without-walker-body")
+    map_method = map_method or ("kriged" if for_grid else "kernel")
     if map_method == "kriged" and map_bandwidth is not None:
         raise CliError("--map-bandwidth is the smoothing distance of a kernel map; a kriged map takes its length "
                        "from the walk (drop --map-bandwidth or use --map-method kernel)")
@@ -331,18 +346,20 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     samples = calibration_samples(config, RecordReader(observations, Observation), truth)
     # Taken out, the walker's body leaves the receivers and the map to describe the store; the fingerprint keeps
     # what a carried phone reads, body and all, as a shopper's does.
-    cleaned, body_db = without_body(samples)
-    walked = cleaned if walker_body else samples
+    cleaned, body_db = without_body(samples, keep_mean=not for_grid)
+    walked = cleaned if walker_body or for_grid else samples
     fits = fit_receivers(config, walked, min_samples=min_samples)
     if not any(f.calibration is not None for f in fits):
         raise CliError("no receiver had enough readings to fit; " + "; ".join(
             f"{f.receiver_id}: {f.reason}" for f in fits))
-    verdict = judge_radio_map(config, walked, fits, method=map_method, bandwidth_m=map_bandwidth) if radio_map \
-        else None
+    grid = GridCalibration(GRID_MOTION_M, body_db) if for_grid else None
+    verdict = judge_radio_map(config, walked, fits, method=map_method, bandwidth_m=map_bandwidth, grid=grid) \
+        if radio_map else None
     stored = verdict.stored if verdict is not None else None
+    tracking = grid_settings(grid, verdict)
     signature = walk_fingerprint(config, samples) if fingerprint else None
     try:
-        write_calibrated_site(config, site, fits, out, stored, signature)
+        write_calibrated_site(config, site, fits, out, stored, signature, tracking)
     except ConfigError as exc:
         raise CliError(f"calibrated config did not validate: {exc}") from None
     except OSError as exc:
@@ -358,7 +375,9 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
                  "noise_sigma_db": f.calibration.sigma_db}),
              **({} if stored is None else {"radio_map_max_db": spread[f.receiver_id]})}
             for f in fits], indent=2))
-        click.echo(_body_note(body_db, walker_body), err=True)
+        click.echo(_body_note(body_db, walker_body or for_grid, for_grid), err=True)
+        if for_grid:
+            click.echo(_grid_note(tracking), err=True)
         click.echo(_map_verdict(verdict, out), err=True)
         click.echo(_fingerprint_note(signature, fingerprint, out), err=True)
         return
@@ -369,17 +388,28 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
         table.add_row(*summary_row(result), *extra)
     Console().print(table)
     click.echo(f"calibrated site config -> {out}")
-    click.echo(_body_note(body_db, walker_body))
+    click.echo(_body_note(body_db, walker_body or for_grid, for_grid))
+    if for_grid:
+        click.echo(_grid_note(tracking))
     click.echo(_fingerprint_note(signature, fingerprint, out))
     click.echo(_map_verdict(verdict, out))
 
 
-def _body_note(body_db: float, taken_out: bool) -> str:
+def _body_note(body_db: float, taken_out: bool, whole: bool = False) -> str:
     if body_db == 0.0:
         return "walker's body: not seen (no receiver read lower behind the walker); readings fitted as recorded"
     said = f"walker's body: receivers behind the walker read up to {body_db:.1f} dB low; "
+    if whole:
+        return said + "all of it taken out before fitting the receivers and the map"
     return said + ("taken out before fitting the receivers and the map" if taken_out
                    else "left in the readings (--without-walker-body takes it out)")
+
+
+def _grid_note(tracking: dict[str, float | None]) -> str:
+    if tracking.get("grid_motion_m") is None:
+        return "grid filter: not turned on, the kriged map was not kept (without the store's field it does worse)"
+    return (f"grid filter: on ([tracking] grid_motion_m = {tracking['grid_motion_m']:g}, grid_sigma_db = "
+            f"{tracking['grid_sigma_db']:g}, body_loss_db = {tracking['body_loss_db']:g})")
 
 
 def _fingerprint_note(signature: StoredFingerprint | None, asked: bool, out: Path) -> str:
