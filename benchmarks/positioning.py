@@ -11,13 +11,16 @@ noise. Measured on one core, as medians over windows and repeats:
   one that estimates each phone's TX offset (eq. (16), 4 dB), and of
   everything on: offset state, the body of eqs. (20)-(21) (3 dB, held
   300 s), a radio map, the still grid of eqs. (43)-(47) (5 s, with the
-  fingerprint) and the grid filter of eqs. (51)-(52) (1 m cells), followed by a `SectorTracker.step` that fuses a sector
+  fingerprint), followed by a `SectorTracker.step` that fuses a sector
   fingerprint (eqs. (18)-(19)) over the window's readings; and the same
   with every track counted as still (`still_speed` above any walk), the
   grid's worst case: a store where every shopper stands, each weighed
   against every cell once every `still_every_s` (its CPU rate over all
   windows, since the benchmark's tracks stop together and are weighed in the
-  same windows, and its worst window);
+  same windows, and its worst window); and everything on with the grid
+  filter of eqs. (51)-(52) as `calibrate fit --grid-filter` turns it on
+  (1 m cells, 8 dB body), every track weighed against every cell every
+  window (its CPU rate);
 - bytes per track: the bank's arrays (spare capacity included: it doubles),
   what tracemalloc sees held after the births (arrays, id map, id strings),
   and the tracemalloc peak of a steady-state window, each over the tracks;
@@ -128,7 +131,7 @@ def bench_tracker(
 ) -> dict[str, float]:
     """Median obs/s of Tracker.step (and + SectorTracker.step) after the births window."""
     track_rates, both_rates, map_rates, offset_rates, ms, obs, errors = [], [], [], [], [], [], []
-    full_rates, full_cpu_rates, still_windows = [], [], []
+    full_rates, full_cpu_rates, still_windows, grid_cpu_rates = [], [], [], []
     model = sector_model()
     for _ in range(args.repeats):
         names, wins = make_windows(emitters, args.windows + 1, args.heard, rng)
@@ -140,11 +143,14 @@ def bench_tracker(
                           TrackerConfig(offset_sigma_db=4.0))
         sectors = SectorTracker(model)
         fingerprint, radio_map = walk_fingerprint(rng, model.n_sectors), walk_map(rng)
-        everything = TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0, body_hold_s=300.0, still_grid_s=5.0,
-                                   grid_motion_m=GRID_MOTION_M, grid_sigma_db=3.0)
+        everything = TrackerConfig(offset_sigma_db=4.0, body_loss_db=3.0, body_hold_s=300.0, still_grid_s=5.0)
         grid = still_grid(model, radio_map, fingerprint, everything)
         full = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)), everything,
-                       radio_map=radio_map, still_grid=grid, grid_filter=grid_filter(model, radio_map, everything))
+                       radio_map=radio_map, still_grid=grid)
+        on_grid = replace(everything, body_loss_db=8.0, grid_motion_m=GRID_MOTION_M, grid_sigma_db=3.0)
+        gridded = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)), on_grid,
+                          radio_map=radio_map, still_grid=grid, grid_filter=grid_filter(model, radio_map, on_grid))
+        gridded_sectors = SectorTracker(model, fingerprint=fingerprint, offset_sigma_db=4.0)
         full_sectors = SectorTracker(model, fingerprint=fingerprint, offset_sigma_db=4.0)
         standing = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),
                            replace(everything, still_speed=10.0), radio_map=radio_map, still_grid=grid)
@@ -166,8 +172,13 @@ def bench_tracker(
             c5 = time.process_time()
             standing.step(float(t), w.ids, w.receiver_index, w.rssi)
             c6 = time.process_time()
+            out = gridded.step(float(t), w.ids, w.receiver_index, w.rssi)
+            gridded_sectors.step(float(t), out.emitter_ids, out.xy, out.cov,
+                                 (out.reading_track, w.receiver_index, w.rssi))
+            c7 = time.process_time()
             if t == 0:  # births: not steady state
                 continue
+            grid_cpu_rates.append(len(w.ids) / max(c7 - c6, 1e-9))
             still_windows.append((len(w.ids), c6 - c5))
             full_rates.append(len(w.ids) / (t5 - t4))
             full_cpu_rates.append(len(w.ids) / max(c5 - c4, 1e-9))
@@ -189,6 +200,7 @@ def bench_tracker(
         "tracker_with_phone_offsets_obs_per_s": float(np.median(offset_rates)),
         "everything_on_obs_per_s": float(np.median(full_rates)),
         "everything_on_cpu_obs_per_s": float(np.median(full_cpu_rates)),
+        "grid_filter_cpu_obs_per_s": float(np.median(grid_cpu_rates)),
         # Over all steady windows, not their median: each still track is weighed once every `still_every_s`, and
         # the benchmark's tracks all stood still at once, so the grid's cost falls on one window in a few.
         "tracker_all_still_cpu_obs_per_s": float(sum(n for n, _ in still_windows)
@@ -310,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         row["everything_on_vs_naive"] = row["everything_on_obs_per_s"] / naive["naive_obs_per_s"]
         row["everything_on_cpu_vs_naive"] = row["everything_on_cpu_obs_per_s"] / naive["naive_cpu_obs_per_s"]
         row["all_still_cpu_vs_naive"] = row["tracker_all_still_cpu_obs_per_s"] / naive["naive_cpu_obs_per_s"]
+        row["grid_filter_cpu_vs_naive"] = row["grid_filter_cpu_obs_per_s"] / naive["naive_cpu_obs_per_s"]
         rows.append(row)
     # CPU time over wall time: ~1.0 means the run used one core.
     cpu_per_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
@@ -336,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         ("still CPU obs/s", "tracker_all_still_cpu_obs_per_s", "{:>16,.0f}"),
         ("still CPU x naive", "all_still_cpu_vs_naive", "{:>18.0f}"),
         ("still worst ms", "tracker_all_still_worst_window_cpu_ms", "{:>14,.0f}"),
+        ("grid CPU obs/s", "grid_filter_cpu_obs_per_s", "{:>15,.0f}"),
+        ("grid CPU x naive", "grid_filter_cpu_vs_naive", "{:>17.0f}"),
         ("bank B/trk", "bank_bytes_per_track", "{:>11.0f}"),
         ("held B/trk", "held_bytes_per_track", "{:>11.0f}"),
         ("peak B/trk", "peak_bytes_per_track", "{:>11.0f}"),

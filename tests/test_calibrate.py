@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +15,23 @@ from click.testing import CliRunner, Result
 from agent.cli import cli
 from agent.config import load_site, parse_site
 from agent.observations import Observation
-from agent.radiomap_file import write_radio_map
+from agent.radiomap_file import StoredRadioMap, write_radio_map
 from agent.replayfile import RecordReader
-from agent.site_arrays import site_arrays
+from agent.site_arrays import grid_filter, make_tracker, site_arrays
 from agent.siteedit import drop_tracking_key, set_tracking_key
+from positioning.gridfilter import GRID_MOTION_M
 from positioning.pathloss import Calibration
+from positioning.radiomap import FieldCovariance, RadioMap
 from simulator.calibrate import (
     MAP_METHODS,
+    GridCalibration,
+    MapVerdict,
     ReceiverFit,
     WalkSamples,
     calibration_samples,
     chosen_radio_map,
     fit_receivers,
+    grid_settings,
     judge_radio_map,
     rewrite_site_text,
     walk_radio_map,
@@ -353,3 +360,70 @@ def test_drop_radio_map_removes_only_that_line() -> None:
     text = '[tracking]\nradio_map = "m.npz"\nwindow_s = 1.0\n'
     assert drop_tracking_key(text, "radio_map") == "[tracking]\nwindow_s = 1.0\n"
     assert drop_tracking_key("[tracking]\nwindow_s = 1.0\n", "radio_map") == "[tracking]\nwindow_s = 1.0\n"
+
+
+def test_the_whole_walkers_body_comes_out_for_the_grid_filter(bodied_walk: Path) -> None:
+    """keep_mean False: each reading gets back B b_j, so a receiver's A comes out as it reads an unobstructed phone
+    (the true A), not A less the body's mean over the walk."""
+    site = load_site(EXAMPLE)
+    samples = calibration_samples(site, RecordReader(bodied_walk / "observations.jsonl", Observation),
+                                  read_truth(bodied_walk / "truth.jsonl"))
+    kept, body_db = without_body(samples)
+    whole, same_body = without_body(samples, keep_mean=False)
+    assert same_body == body_db
+    for rid, s in samples.items():
+        assert np.allclose(whole[rid].rssi - kept[rid].rssi, body_db * s.behind.mean())
+    fits = {f.receiver_id: f.calibration for f in fit_receivers(site, whole)}
+    for rid, a in TRUE_A.items():
+        fit = fits[rid]
+        assert fit is not None
+        assert fit.rssi_at_1m == pytest.approx(a, abs=max(0.5, 3 * fit.rssi_at_1m_se))
+
+
+def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> None:
+    grid = GridCalibration(1.2, 7.75)
+    covariance = FieldCovariance(7.84, 19.0, 2.9)
+    stored = StoredRadioMap(("a",), RadioMap(np.zeros(2), 1.0, np.zeros((1, 2, 2))), np.zeros(1, dtype=np.int64),
+                            2.0, 0.4)
+    kept = MapVerdict(stored, math.nan, 0.5, (3.0, 1.0), (0.7, 0.8), 100, "kriged", covariance)
+    assert grid_settings(grid, kept) == {"grid_motion_m": 1.2, "grid_sigma_db": 2.8, "body_loss_db": 7.75}
+    assert grid_settings(grid, replace(kept, stored=None)) == {"grid_motion_m": None, "grid_sigma_db": None}
+    assert grid_settings(grid, None) == {"grid_motion_m": None, "grid_sigma_db": None}
+    assert grid_settings(None, kept) == {}
+    config = grid.config(load_site(EXAMPLE), covariance)
+    assert config.grid_motion_m == 1.2
+    assert config.grid_sigma_db == pytest.approx(2.8)
+    assert config.body_loss_db == 7.75
+    assert grid.config(load_site(EXAMPLE), None).grid_sigma_db == 0.0
+
+
+def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys_or_says_why_not(tmp_path: Path,
+                                                                               short_walled_walk: Path) -> None:
+    """--grid-filter: the whole body out, a kriged map judged with the grid filter, and the filter's keys written
+    exactly when the map is kept; the config it writes builds a tracker with the grid filter."""
+    out = tmp_path / "grid.toml"
+    result = _fit(short_walled_walk, out, "--grid-filter", "--no-fingerprint")
+    assert result.exit_code == 0, result.output
+    assert "kriged (nugget" in result.stdout
+    site = load_site(out)
+    if "radio map -> " in result.stdout:
+        said = re.search(r"grid filter: on \(\[tracking\] grid_motion_m = ([0-9.]+), grid_sigma_db = ([0-9.]+), "
+                         r"body_loss_db = ([0-9.]+)\)", result.stdout)
+        assert said is not None, result.stdout
+        assert site.tracking.grid_motion_m == float(said.group(1)) == GRID_MOTION_M
+        assert site.tracking.grid_sigma_db == float(said.group(2)) > 0.0
+        assert site.tracking.body_loss_db == float(said.group(3))
+        assert grid_filter(site_arrays(site), make_tracker(site, site_arrays(site)).config) is not None
+    else:
+        assert "grid filter: not turned on, the kriged map was not kept" in result.stdout
+        assert site.tracking.grid_motion_m == 0.0
+
+
+@pytest.mark.parametrize("extra", [("--map-method", "kernel"), ("--map-bandwidth", "2"), ("--no-radio-map",),
+                                   ("--without-walker-body",)])
+def test_cli_calibrate_fit_for_the_grid_filter_refuses_what_it_overrides(tmp_path: Path, short_walled_walk: Path,
+                                                                         extra: tuple[str, ...]) -> None:
+    result = _fit(short_walled_walk, tmp_path / "o.toml", "--grid-filter", *extra)
+    assert result.exit_code != 0
+    assert "--grid-filter" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
