@@ -111,7 +111,9 @@ class GridFilter:
             rows = np.flatnonzero(steps == n)
             spread = self.motion_m * np.sqrt(n * DT_STEP_S) / self.grid.cell_m
             smooth = {"sigma": (0.0, spread, spread), "mode": "constant", "truncate": 3.0}
-            full = np.zeros((rows.size, ny * nx))
+            # Single precision for the raster: the filter's passes over it are the cost, and a cell's share of a
+            # posterior needs no more than float32's 7 digits (the floor, eps / G, is far above its smallest).
+            full = np.zeros((rows.size, ny * nx), dtype=np.float32)
             full[:, self.raster] = out[rows] / self._kept(n)
             out[rows] = gaussian_filter(full.reshape(-1, ny, nx), **smooth).reshape(rows.size, -1)[:, self.raster]
         out /= out.sum(axis=1, keepdims=True)

@@ -229,10 +229,14 @@ class StillGrid:
         return mean, cov, np.asarray(rejected)
 
     def moments(self, p: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Eq. (46) of posteriors p (k, G) over the cells: mean (k, 2) and covariance (k, 2, 2)."""
+        """Eq. (46) of posteriors p (k, G) over the cells: mean (k, 2) and covariance (k, 2, 2).
+
+        One product with the cells' x, y, x², xy, y² (G, 5): the grid filter takes (46) of every track every window.
+        """
         c = self.centres
-        mean = p @ c
-        second = np.einsum("kg,gi,gj->kij", p, c, c)
+        m = p @ np.column_stack([c, c[:, 0] ** 2, c[:, 0] * c[:, 1], c[:, 1] ** 2])
+        mean = m[:, :2]
+        second = m[:, [2, 3, 3, 4]].reshape(-1, 2, 2)
         cov = second - mean[:, :, None] * mean[:, None, :] + (self.cell_m**2 / 12.0) * np.eye(2)
         return np.asarray(mean, dtype=np.float64), np.asarray(cov, dtype=np.float64)
 
