@@ -312,6 +312,13 @@ class TrackingConfig(_Model):
         default=_TRACKER.grid_sigma_db, ge=0.0, le=20.0,
         description="Spread of one reading about the model and the radio map as the grid filter weighs it, dB "
                     "(0: each receiver's noise_sigma_db). Used only with grid_motion_m.")
+    @model_validator(mode="after")
+    def _grid_sigma_needs_the_grid(self) -> TrackingConfig:
+        if self.grid_sigma_db > 0.0 and self.grid_motion_m <= 0.0:
+            raise ValueError("grid_sigma_db is the grid filter's and grid_motion_m = 0 leaves the filter off: set "
+                             "grid_motion_m or drop grid_sigma_db")
+        return self
+
     radio_map: Path | None = Field(
         default=None, description="Residual fields from a calibration walk (santi calibrate fit writes it).")
     fingerprint: Path | None = Field(

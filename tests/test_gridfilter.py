@@ -172,3 +172,11 @@ def test_the_site_keys_turn_the_grid_filter_on(tmp_path: Path) -> None:
     path.write_text(text.replace("grid_motion_m = 0.8", "grid_motion_m = -1"))
     with pytest.raises(ConfigError, match="grid_motion_m"):
         load_site(path)
+
+
+def test_a_grid_sigma_without_the_grid_is_a_config_error(tmp_path: Path) -> None:
+    """Nothing a config names may be silently unused: grid_sigma_db alone names a filter that is off."""
+    path = tmp_path / "sigma.toml"
+    path.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\ngrid_sigma_db = 2.5\n"))
+    with pytest.raises(ConfigError, match="grid_sigma_db is the grid filter's"):
+        load_site(path)
