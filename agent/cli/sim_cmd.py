@@ -306,7 +306,7 @@ def calibrate() -> None:
                    "walker's whole body out of the readings, the receivers fitted as they read an unobstructed phone, "
                    "a kriged map judged by tracking held-out walk segments with the grid filter, and, if the map is "
                    "kept, [tracking] grid_motion_m, grid_sigma_db (the map's nugget) and body_loss_db (the walker's "
-                   "body) written to --out. Costs about ten times the CPU per reading (benchmarks/README.md).")
+                   "body) written to --out. Costs about four times the CPU per reading (benchmarks/README.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
         fingerprint: bool, map_method: str | None, map_bandwidth: float | None, walker_body: bool, for_grid: bool,
