@@ -168,8 +168,9 @@ class StillGrid:
         else:
             headings = 1
             mu = h[None]
-        return cls(centres, mu.reshape(headings * g, m), headings, float(cell_m),
-                   np.full(m, sigma_db**2) if sigma_db > 0.0 else receivers.sigma_db**2, float(segment_correlation), float(offset_sigma_db), sector, fingerprint)
+        sigma2 = np.full(m, sigma_db**2) if sigma_db > 0.0 else receivers.sigma_db**2
+        return cls(centres, mu.reshape(headings * g, m), headings, float(cell_m), sigma2, float(segment_correlation),
+                   float(offset_sigma_db), sector, fingerprint)
 
     def loglik(self, count: FloatArray, total: FloatArray) -> FloatArray:
         """l_g of eq. (45) for k segments: count, total (k, m) readings and their sum per receiver -> (k, G).

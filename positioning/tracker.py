@@ -266,8 +266,8 @@ class Tracker:
         self._still_count = np.empty((0, n_rx))  # its still segment's faded reading counts per receiver
         self._still_sum = np.empty((0, n_rx))  # and their faded sums, dBm
         self._grid_at = np.empty(0)  # when each track's segment was last weighed on the grid
-        self._cells = grid_filter if self.config.grid_motion_m > 0.0 else None
-        self._posterior = np.empty((0, len(self._cells) if self._cells is not None else 0))  # eq. (52), per track
+        self._grid_filter = grid_filter if self.config.grid_motion_m > 0.0 else None
+        self._posterior = np.empty((0, len(self._grid_filter) if self._grid_filter is not None else 0))  # eq. (52), per track
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -351,7 +351,7 @@ class Tracker:
             xm[placed, :, :2] = grid_xy[:, None]
             Pm[placed, :, :, :2] = Pm[placed, :, :2, :] = 0.0
             Pm[placed, :, :2, :2] = grid_cov[:, None]
-        if self._cells is not None:
+        if self._grid_filter is not None:
             xy, cov = self._on_grid(rows, dt, code, ri, z)
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
         if held is not None:
@@ -393,14 +393,14 @@ class Tracker:
         self, rows: IndexArray, dt: FloatArray, code: IndexArray, ri: IndexArray, z: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
         """Eqs. (51)-(52) for the tracks at `rows` with this window's readings; their (46)."""
-        assert self._cells is not None
+        assert self._grid_filter is not None
         k, m = rows.shape[0], len(self.receivers)
         cell = code * m + ri
         count = np.bincount(cell, minlength=k * m).reshape(k, m).astype(np.float64)
         total = np.asarray(np.bincount(cell, z, minlength=k * m).reshape(k, m), dtype=np.float64)
-        posterior = self._cells.update(self._cells.predict(self._posterior[rows], dt), count, total)
+        posterior = self._grid_filter.update(self._grid_filter.predict(self._posterior[rows], dt), count, total)
         self._posterior[rows] = posterior
-        return self._cells.estimate(posterior)
+        return self._grid_filter.estimate(posterior)
 
     def _held(self, rows: IndexArray, dt: FloatArray) -> FloatArray | None:
         """The held part exp(-dt / tau_h) f_prev of eq. (21) for the tracks at `rows`; None where (20) holds."""
@@ -434,8 +434,8 @@ class Tracker:
         self._still_since[rows] = t
         self._grid_at[rows] = -np.inf
         self._still_count[rows] = self._still_sum[rows] = 0.0
-        if self._cells is not None:
-            self._posterior[rows] = self._cells.start(len(new_ids))
+        if self._grid_filter is not None:
+            self._posterior[rows] = self._grid_filter.start(len(new_ids))
         self._xm[rows, :, :2] = xy[:, None, :]
         self._Pm[rows] = birth_covariance(
             len(new_ids), cfg.birth_sigma_m, cfg.birth_sigma_v, cfg.offset_sigma_db
@@ -465,7 +465,7 @@ class Tracker:
         """All live tracks as of their last update."""
         n = len(self._rows)
         x, P = mixture(self._xm[:n], self._Pm[:n], self._mu[:n])
-        xy, cov = (x[:, :2], P[:, :2, :2].copy()) if self._cells is None else self._cells.estimate(self._posterior[:n])
+        xy, cov = (x[:, :2], P[:, :2, :2].copy()) if self._grid_filter is None else self._grid_filter.estimate(self._posterior[:n])
         return TrackSnapshot(tuple(self._rows.ids), xy, cov, self._last_seen[:n].copy())
 
     def state(self) -> tuple[FloatArray, FloatArray, FloatArray]:
