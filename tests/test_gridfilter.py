@@ -1,5 +1,5 @@
 """The grid filter, eqs. (51)-(52): its prediction's spread and mass, its update on noise-free windows, the tracker
-reporting it, and the site keys that turn it on."""
+reporting it, the site keys that turn it on, and a short store run calibrated for it against one that is not."""
 
 from __future__ import annotations
 
@@ -7,15 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.cli import cli
 from agent.config import ConfigError, load_site
+from agent.observations import Observation
+from agent.replayfile import RecordReader
 from agent.site_arrays import grid_filter, make_tracker, site_arrays
 from positioning.gridfilter import GridFilter
 from positioning.pathloss import Receivers
 from positioning.stillgrid import StillGrid
 from positioning.tracker import Tracker, TrackerConfig
+from simulator.channel import CHANNELS
+from simulator.locate import locate
+from simulator.report import build_report, group_estimates
+from simulator.run import SURVEY_PHONES, SimConfig, simulate
+from simulator.truth import read_truth
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 BOX = ((0.0, 0.0), (30.0, 20.0))
@@ -180,3 +189,39 @@ def test_a_grid_sigma_without_the_grid_is_a_config_error(tmp_path: Path) -> None
     path.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\ngrid_sigma_db = 2.5\n"))
     with pytest.raises(ConfigError, match="grid_sigma_db is the grid filter's"):
         load_site(path)
+
+
+def test_in_the_store_channel_the_grid_filter_puts_shoppers_in_the_right_sector(tmp_path: Path) -> None:
+    """Survey walk -> `calibrate fit` with and without --grid-filter -> the same shoppers located with each."""
+    store = CHANNELS["store"]
+    site = load_site(EXAMPLE)
+    simulate(site, SimConfig(shoppers=1, seed=5, channel=store, phones=SURVEY_PHONES), tmp_path / "walk", survey=True)
+    simulate(site, SimConfig(shoppers=20, minutes=3.0, seed=7, channel=store), tmp_path / "shoppers")
+    source = tmp_path / "site.toml"
+    source.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 4.0\n"
+                                                  "sector_walk_m = 4.0\n").replace("hysteresis_s = 3.0\n",
+                                                                                   "hysteresis_s = 2.0\n"))
+    walk = tmp_path / "walk"
+    truth = read_truth(tmp_path / "shoppers" / "truth.jsonl")
+    figures = {}
+    for label, extra in (("filter", ()), ("grid", ("--grid-filter",))):
+        out = tmp_path / f"{label}.toml"
+        result = CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(source), "--observations",
+                                          str(walk / "observations.jsonl"), "--truth", str(walk / "truth.jsonl"),
+                                          "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        located = load_site(out)
+        assert (located.tracking.grid_motion_m > 0.0) == bool(extra)
+        groups = group_estimates(list(locate(located, RecordReader(tmp_path / "shoppers" / "observations.jsonl",
+                                                                   Observation))))
+        figures[label] = build_report(located, truth, groups, bound_sample=0).figures()
+    (before, after), (sb, sa) = ((figures[k]["position"] for k in ("filter", "grid")),
+                                 (figures[k]["sectors"] for k in ("filter", "grid")))
+    # Measured: median 1.79 -> 0.64 m, p90 8.82 -> 1.82 m, sectors 78.9 -> 95.0 %, false changes 30 -> 6,
+    # entry precision 0.74 -> 0.95, recall 0.64 -> 0.86 on this small run.
+    assert after["median_m"] < min(1.0, 0.5 * before["median_m"])
+    assert after["p90_m"] < 0.5 * before["p90_m"]
+    assert sa["accuracy"] > max(0.9, sb["accuracy"] + 0.1)
+    assert sa["false_changes"] < 0.5 * sb["false_changes"]
+    assert sa["precision"] > sb["precision"]
+    assert sa["recall"] >= sb["recall"]
