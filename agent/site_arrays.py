@@ -158,7 +158,7 @@ def grid_filter(arrays: SiteArrays, config: TrackerConfig, receivers: Receivers 
         return None
     grid = _store_grid(arrays, config, GRID_FILTER_CELL_M, None, segment_correlation=0.0,
                        sigma_db=config.grid_sigma_db, receivers=receivers)
-    return GridFilter.over(grid, arrays.bbox, config.grid_motion_m)
+    return GridFilter.over(grid, arrays.bbox, config.grid_motion_m, offset_drift_db=config.offset_drift_db)
 
 
 def _store_grid(arrays: SiteArrays, config: TrackerConfig, cell_m: float, fingerprint: Fingerprint | None,

@@ -232,7 +232,8 @@ def grid_filter(model: SectorModel, radio_map: RadioMap, config: TrackerConfig) 
     """The grid filter of eqs. (51)-(52) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
     grid = still_grid(model, radio_map, None, config, GRID_FILTER_CELL_M, segment_correlation=0.0,
                       sigma_db=config.grid_sigma_db)
-    return GridFilter.over(grid, ((0.0, 0.0), (WIDTH, DEPTH)), config.grid_motion_m)
+    return GridFilter.over(grid, ((0.0, 0.0), (WIDTH, DEPTH)), config.grid_motion_m,
+                           offset_drift_db=config.offset_drift_db)
 
 
 def walk_fingerprint(rng: np.random.Generator, sectors: int) -> Fingerprint:

@@ -179,27 +179,12 @@ class StillGrid:
         reading adds nothing: a lost packet says nothing about where the phone is.
         """
         k = count.shape[0]
-        heard = count > 0.0
-        zbar = np.where(heard, total / np.maximum(count, 1e-12), 0.0)
-        rho = self.segment_correlation
-        w = np.where(heard, 1.0 / (self.sigma2 * (rho + (1.0 - rho) / np.maximum(count, 1e-12))), 0.0)  # (43)
-        zc = np.where(heard, zbar - self._ref_db, 0.0)
-        g, hh = self.centres.shape[0], self.headings
-        out = np.empty((k, g))
+        w, zc, zbar, heard = self.weights(count, total)
+        precision = np.full(k, 1.0 / self.offset_sigma_db**2 if self.offset_sigma_db > 0.0 else np.inf)
+        out = np.empty((k, self.centres.shape[0]))
         for lo in range(0, k, CHUNK):
             part = slice(lo, lo + CHUNK)
-            wk, wz = w[part].astype(np.float32), (w[part] * zc[part]).astype(np.float32)
-            # -1/2 sum w d², in place: one product, then the constant sum w zc² per track.
-            ll = np.hstack([wk, -2.0 * wz]) @ self._mu2_32
-            ll += (w[part] * zc[part] ** 2).sum(axis=1).astype(np.float32)[:, None]
-            ll *= np.float32(-0.5)
-            if self.offset_sigma_db > 0.0:  # eq. (44): the offset integrated out
-                b = wk @ self._mu32  # sum_r w_r mu_r, (c, H G)
-                np.subtract(wz.sum(axis=1)[:, None], b, out=b)  # sum w d
-                b *= b
-                b *= (np.float32(0.5) / (wk.sum(axis=1) + np.float32(1.0 / self.offset_sigma_db**2)))[:, None]
-                ll += b
-            ll = ll.reshape(-1, hh, g)
+            ll, _ = self.facing_terms(w[part], zc[part], precision[part])
             top = ll.max(axis=1)
             ll -= top[:, None, :]
             np.exp(ll, out=ll)
@@ -207,6 +192,37 @@ class StillGrid:
         if self.fingerprint is not None and np.any(self.sector >= 0):
             out += self._fingerprint(heard, zbar)
         return np.asarray(out - out.max(axis=1, keepdims=True), dtype=np.float64)
+
+    def weights(self, count: FloatArray, total: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray,
+                                                                       NDArray[np.bool_]]:
+        """Per track and receiver (k, m): w_r of (43), zbar_r about the grid's mean level (0 where unheard), zbar_r,
+        and whether it was heard."""
+        heard = count > 0.0
+        zbar = np.where(heard, total / np.maximum(count, 1e-12), 0.0)
+        rho = self.segment_correlation
+        w = np.where(heard, 1.0 / (self.sigma2 * (rho + (1.0 - rho) / np.maximum(count, 1e-12))), 0.0)  # (43)
+        return w, np.where(heard, zbar - self._ref_db, 0.0), zbar, heard
+
+    def facing_terms(
+        self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+        """l_jg of eq. (44) for c <= CHUNK tracks, (c, H, G), and b_jg = sum_r w_r d_jgr, (c, H, G).
+
+        w, zc (c, m) from `weights`; offset_precision (c,) the inverse spread
+        1 / tau² of each phone's offset about 0 (inf: no offset, and b is None).
+        """
+        g, hh = self.centres.shape[0], self.headings
+        wk, wz = w.astype(np.float32), (w * zc).astype(np.float32)
+        # -1/2 sum w d², in place: one product, then the constant sum w zc² per track.
+        ll = np.hstack([wk, -2.0 * wz]) @ self._mu2_32
+        ll += (w * zc**2).sum(axis=1).astype(np.float32)[:, None]
+        ll *= np.float32(-0.5)
+        b = None
+        if np.all(np.isfinite(offset_precision)):  # eq. (44): the offset integrated out
+            b = wk @ self._mu32  # sum_r w_r mu_r, (c, H G)
+            np.subtract(wz.sum(axis=1)[:, None], b, out=b)  # sum w d
+            ll += b * b * (np.float32(0.5) / (wk.sum(axis=1) + offset_precision.astype(np.float32)))[:, None]
+        return ll.reshape(-1, hh, g), None if b is None else b.reshape(-1, hh, g)
 
     def _fingerprint(self, heard: NDArray[np.bool_], zbar: FloatArray) -> FloatArray:
         """ln L(sector(g)) of eq. (45), the segment means read as one window of (18) -> (k, G)."""

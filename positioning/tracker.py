@@ -267,7 +267,7 @@ class Tracker:
         self._still_sum = np.empty((0, n_rx))  # and their faded sums, dBm
         self._grid_at = np.empty(0)  # when each track's segment was last weighed on the grid
         self._grid_filter = grid_filter if self.config.grid_motion_m > 0.0 else None
-        self._posterior = np.empty((0, len(self._grid_filter) if self._grid_filter is not None else 0))  # eq. (52), per track
+        self._posterior = np.empty((0, self._grid_filter.width if self._grid_filter is not None else 0))  # (52)-(55)
 
     def __len__(self) -> int:
         return len(self._rows)

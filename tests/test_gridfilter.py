@@ -1,5 +1,5 @@
-"""The grid filter, eqs. (51)-(52): its prediction's spread and mass, its update on noise-free windows, the tracker
-reporting it, the site keys that turn it on, and a short store run calibrated for it against one that is not."""
+"""The grid filter, eqs. (51)-(55): its prediction's spread and mass, the facings and the phone's offset it carries,
+its update on noise-free windows, the tracker reporting it, the site keys that turn it on, and a short store run calibrated for it against one that is not."""
 
 from __future__ import annotations
 
@@ -32,18 +32,27 @@ XYZ = [[15.0, 19.0, 2.4], [15.0, 0.3, 2.8], [29.7, 2.5, 2.6], [0.3, 4.0, 2.6], [
 
 
 def _filter(noise_db: float = 4.0, motion_m: float = 0.8, offset_sigma_db: float = 0.0,
-            body_loss_db: float = 0.0) -> GridFilter:
+            body_loss_db: float = 0.0, **options: float) -> GridFilter:
     receivers = Receivers.of(XYZ, -59.0, 2.0, noise_db)
     grid = StillGrid.of(receivers, BOX, cell_m=1.0, segment_correlation=0.0, offset_sigma_db=offset_sigma_db,
                         body_loss_db=body_loss_db)
-    return GridFilter.over(grid, BOX, motion_m)
+    return GridFilter.over(grid, BOX, motion_m, **options)
 
 
-def _window(f: GridFilter, cell: int, n: float = 3.0, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """One window of n noise-free readings per receiver from cell `cell` (the first facing)."""
-    mu = f.grid.mu[cell] + offset
+def _window(f: GridFilter, cell: int, n: float = 3.0, offset: float = 0.0,
+            facing: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One window of n noise-free readings per receiver from cell `cell`, the body facing `facing`."""
+    mu = f.grid.mu[facing * len(f) + cell] + offset
     count = np.full((1, mu.shape[0]), n)
     return count, count * mu
+
+
+def _at(f: GridFilter, cell: int) -> np.ndarray:
+    """The state of one track known to be at `cell`."""
+    p = f.start(1)
+    f.cells(p)[:] = 0.0
+    f.cells(p)[0, cell] = 1.0
+    return p
 
 
 def test_the_prediction_keeps_mass_and_spreads_a_point_by_motion_squared_times_dt() -> None:
@@ -51,19 +60,18 @@ def test_the_prediction_keeps_mass_and_spreads_a_point_by_motion_squared_times_d
     the cell's own cell² / 12, within the discretisation of a 1 m raster; the floor adds eps of the store's spread."""
     f = _filter(motion_m=0.8)
     centre = int(np.argmin(np.linalg.norm(f.grid.centres - [15.0, 10.0], axis=1)))
-    p = np.zeros((1, len(f)))
-    p[0, centre] = 1.0
+    p = _at(f, centre)
     for dt in (1.0, 4.0):
         out = f.predict(p, [dt])
-        assert out.sum() == pytest.approx(1.0, abs=1e-12)
-        assert np.all(out > 0.0)  # the floor: a lost shopper can be found anywhere
+        assert f.cells(out).sum() == pytest.approx(1.0, abs=1e-12)
+        assert np.all(f.cells(out) > 0.0)  # the floor: a lost shopper can be found anywhere
         mean, cov = f.estimate(out)
         assert np.allclose(mean[0], f.grid.centres[centre], atol=0.05)
         # eps of the mass is spread over the whole 30 x 20 m store (variances 75 and 33 m²).
         expected = 0.8**2 * dt + 1.0 / 12.0
         assert cov[0, 0, 0] == pytest.approx(expected + 1e-4 * 75.0, rel=0.06)
         assert cov[0, 1, 1] == pytest.approx(expected + 1e-4 * 33.0, rel=0.06)
-    assert np.array_equal(f.predict(p, [0.0])[0] > 1e-3, p[0] > 0.0)  # dt 0: no move, only the floor
+    assert np.array_equal(f.cells(f.predict(p, [0.0]))[0] > 1e-3, f.cells(p)[0] > 0.0)  # dt 0: only the floor
 
 
 def test_a_shopper_at_a_wall_does_not_leak_through_it() -> None:
@@ -71,11 +79,44 @@ def test_a_shopper_at_a_wall_does_not_leak_through_it() -> None:
     inside and its mass whole."""
     f = _filter(motion_m=1.5)
     corner = int(np.argmin(np.linalg.norm(f.grid.centres - [0.5, 0.5], axis=1)))
-    p = np.zeros((1, len(f)))
-    p[0, corner] = 1.0
-    out = f.predict(p, [1.0])
+    out = f.cells(f.predict(_at(f, corner), [1.0]))
     assert out.sum() == pytest.approx(1.0, abs=1e-12)
     assert out[0, corner] == out[0].max()
+
+
+def test_the_facing_is_forgotten_and_the_offset_wanders_as_eq_53_says() -> None:
+    """(53) exactly: q⁻ = a q + (1 - a) / H with a = exp(-dt / facing_s); the offset's mean stays and its variance
+    grows by q_o² dt; a track's state is G cells, H facings, the offset's mean and variance."""
+    f = _filter(offset_sigma_db=4.0, body_loss_db=8.0, facing_s=5.0, offset_drift_db=0.1)
+    assert f.start(3).shape == (3, f.width) == (3, len(f) + 8 + 2)
+    p = f.start(1)
+    f.facings(p)[:] = np.eye(8)[2]
+    p[0, -2:] = [3.0, 1.5]
+    out = f.predict(p, [2.0])
+    a = np.exp(-2.0 / 5.0)
+    assert np.allclose(f.facings(out)[0], a * np.eye(8)[2] + (1.0 - a) / 8.0, rtol=0.0, atol=1e-12)
+    assert f.offset(out)[0][0] == 3.0
+    assert f.offset(out)[1][0] == pytest.approx(1.5 + 0.1**2 * 2.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("facing", range(8))
+def test_noise_free_windows_find_the_facing_and_the_phones_offset(facing: int) -> None:
+    """(52) and (55): a still phone 3 dB loud, its carrier's body facing one way (8 dB behind), is found where it is
+    (within 0.2 m), facing that way (q over 0.99), with its offset known to 0.1 dB and its spread far below the
+    4 dB prior's."""
+    f = _filter(noise_db=2.0, offset_sigma_db=4.0, body_loss_db=8.0)
+    cell = 345
+    p = f.start(1)
+    for _ in range(8):
+        p = f.update(f.predict(p, [1.0]), *_window(f, cell, offset=3.0, facing=facing))
+    assert np.argmax(f.facings(p)[0]) == facing
+    assert f.facings(p)[0, facing] > 0.99
+    assert f.cells(p)[0].sum() == pytest.approx(1.0)
+    assert f.facings(p)[0].sum() == pytest.approx(1.0)
+    assert np.linalg.norm(f.estimate(p)[0][0] - f.grid.centres[cell]) < 0.2
+    mean, var = f.offset(p)
+    assert mean[0] == pytest.approx(3.0, abs=0.1)
+    assert var[0] < 0.1
 
 
 @pytest.mark.parametrize("cell", [0, 123, 345, 599])
@@ -107,10 +148,10 @@ def test_a_track_not_heard_keeps_its_prediction() -> None:
 @settings(max_examples=25, deadline=None)
 @given(offset=st.floats(-10.0, 10.0), cell=st.integers(0, 599))
 def test_a_constant_offset_moves_a_converged_estimate_by_a_bounded_distance(offset: float, cell: int) -> None:
-    """The offset property of issue 20 for the grid: with (44)'s integration over a 4 dB prior, a phone reading
-    `offset` dB loud at every receiver is placed within 1 m of where the same phone at 0 dB is while the offset is
-    within the prior's spread, and within 2 m up to 10 dB (2.5 spreads: the prior pulls the louder phone towards
-    the receivers; 1.6 m at the worst corner cell)."""
+    """The offset property of issue 20 for the grid: with the offset carried from window to window by (55) from a
+    4 dB prior, a phone reading `offset` dB loud at every receiver is placed within 0.5 m of where the same phone at
+    0 dB is while the offset is within the prior's spread, and within 1 m up to 10 dB (2.5 spreads: the prior pulls
+    the louder phone towards the receivers at first). Measured over every 7th cell: 0.28 and 0.80 m at worst."""
     f = _filter(noise_db=2.0, offset_sigma_db=4.0)
     placed = []
     for o in (0.0, offset):
@@ -118,13 +159,17 @@ def test_a_constant_offset_moves_a_converged_estimate_by_a_bounded_distance(offs
         for _ in range(8):
             p = f.update(f.predict(p, [1.0]), *_window(f, cell, offset=o))
         placed.append(f.estimate(p)[0][0])
-    assert np.linalg.norm(placed[1] - placed[0]) < (1.0 if abs(offset) <= 4.0 else 2.0)
+    assert np.linalg.norm(placed[1] - placed[0]) < (0.5 if abs(offset) <= 4.0 else 1.0)
 
 
 def test_bad_parameters_are_refused() -> None:
     f = _filter()
     with pytest.raises(ValueError, match="motion_m"):
         GridFilter.over(f.grid, BOX, 0.0)
+    with pytest.raises(ValueError, match="facing_s"):
+        GridFilter.over(f.grid, BOX, 0.8, facing_s=0.0)
+    with pytest.raises(ValueError, match="offset_drift_db"):
+        GridFilter.over(f.grid, BOX, 0.8, offset_drift_db=-0.1)
     with pytest.raises(ValueError, match="raster"):
         GridFilter(f.grid, f.raster[:-1], f.shape, 0.8)
     with pytest.raises(ValueError, match="not cells of bbox"):
@@ -217,11 +262,12 @@ def test_in_the_store_channel_the_grid_filter_puts_shoppers_in_the_right_sector(
         figures[label] = build_report(located, truth, groups, bound_sample=0).figures()
     (before, after), (sb, sa) = ((figures[k]["position"] for k in ("filter", "grid")),
                                  (figures[k]["sectors"] for k in ("filter", "grid")))
-    # Measured: median 1.79 -> 0.64 m, p90 8.82 -> 1.82 m, sectors 78.9 -> 95.0 %, false changes 30 -> 6,
-    # entry precision 0.74 -> 0.95, recall 0.64 -> 0.86 on this small run.
-    assert after["median_m"] < min(1.0, 0.5 * before["median_m"])
-    assert after["p90_m"] < 0.5 * before["p90_m"]
+    # Measured: median 1.79 -> 0.56 m, p90 8.82 -> 1.47 m, sectors 78.9 -> 94.9 %, false changes 30 -> 3,
+    # entry precision 0.74 -> 0.97, recall 0.65 -> 0.90 on this small run (with facings and offsets carried from
+    # window to window; weighed afresh each window it read 0.64 m, 1.82 m, 95.0 %, 6, 0.95, 0.86).
+    assert after["median_m"] < min(0.8, 0.5 * before["median_m"])
+    assert after["p90_m"] < 0.3 * before["p90_m"]
     assert sa["accuracy"] > max(0.9, sb["accuracy"] + 0.1)
-    assert sa["false_changes"] < 0.5 * sb["false_changes"]
-    assert sa["precision"] > sb["precision"]
-    assert sa["recall"] >= sb["recall"]
+    assert sa["false_changes"] <= 0.2 * sb["false_changes"]
+    assert sa["precision"] > max(0.95, sb["precision"])
+    assert sa["recall"] > max(0.8, sb["recall"])
