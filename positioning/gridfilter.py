@@ -215,16 +215,21 @@ class GridFilter:
             ll, b = self.grid.facing_terms(w, zc, precision)  # (54)
             ll -= ll.max(axis=(1, 2))[:, None, None]
             np.exp(ll, out=ll)
-            ll *= self.cells(prior)[rows].astype(np.float32)[:, None, :]
-            ll *= self.facings(prior)[rows].astype(np.float32)[:, :, None]  # the joint posterior, unnormalised
-            mass = ll.sum(axis=(1, 2), dtype=np.float64)[:, None]
-            self.cells(out)[rows] = ll.sum(axis=1, dtype=np.float64) / mass  # (52)
-            self.facings(out)[rows] = ll.sum(axis=2, dtype=np.float64) / mass
+            # The joint p⁻_g q⁻_j exp(l_jg) is never formed: its marginals and moments are products of exp(l) with
+            # the two priors, each one pass over the (tracks, facings, cells) array.
+            p = self.cells(prior)[rows].astype(np.float32)
+            q = self.facings(prior)[rows].astype(np.float32)
+            by_cell = np.matmul(q[:, None, :], ll)[:, 0]  # sum_j q_j exp(l_jg)
+            by_facing = np.matmul(ll, p[:, :, None])[:, :, 0]  # sum_g p_g exp(l_jg)
+            mass = (q * by_facing).sum(axis=1, dtype=np.float64)
+            self.cells(out)[rows] = p * by_cell / mass[:, None]  # (52)
+            self.facings(out)[rows] = q * by_facing / mass[:, None]
             if b is not None:  # (55)
                 s = w.sum(axis=1) + precision
-                eb = (ll * b).sum(axis=(1, 2), dtype=np.float64) / mass[:, 0]
-                b *= b
-                eb2 = (ll * b).sum(axis=(1, 2), dtype=np.float64) / mass[:, 0]
+                ll *= b
+                eb = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / mass
+                ll *= b
+                eb2 = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / mass
                 out[rows, -2] = mean + eb / s
                 out[rows, -1] = 1.0 / s + np.maximum(eb2 - eb**2, 0.0) / s**2
         return out

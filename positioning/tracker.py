@@ -9,9 +9,10 @@ the stacked arrays. A track that stands still is also weighed against every
 cell of the store (`positioning.stillgrid`, eqs. (43)-(47)) where the site
 turns that on, and moved where its still segment puts it if the filter has
 settled somewhere that segment rejects. Where the site turns on the grid
-filter (`positioning.gridfilter`, eqs. (51)-(52)), every track also keeps a
-posterior over the store's cells, and that posterior, not the linearised
-filter's estimate, is what the tracker reports.
+filter (`positioning.gridfilter`, eqs. (51)-(55)), every track also keeps a
+posterior over the store's cells, with its body's facing and its phone's
+offset carried beside it, and that posterior, not the linearised filter's
+estimate, is what the tracker reports.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ class TrackerConfig:
         (46), for every track and window: a calibrated store's map and its
         shoppers' bodies lead the linearised filter into wrong basins that
         the grid, weighing every cell, does not fall into
-        (benchmarks/README.md, 2026-12-06, "A grid for every shopper").
+        (benchmarks/README.md, 2026-12-06, "A grid for every shopper"). The
+        grid carries each phone's offset from the same offset_sigma_db
+        prior, drifting by offset_drift_db, as the filter does.
     grid_sigma_db: the spread of one reading about the model and the radio
         map as the grid filter weighs it, dB; 0 takes each receiver's
         noise_sigma_db. A calibrated receiver's noise holds the static
