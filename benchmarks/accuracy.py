@@ -29,7 +29,8 @@ walker's own body taken out of the walk (`calibrate fit
 is calibrated for the grid filter (`calibrate fit --grid-filter`: a kriged
 map, eqs. (49)-(50) of positioning.radiomap, the walker's whole body out
 and expected on every shopper), which places every track on a grid of the
-store (eqs. (51)-(52) of positioning.gridfilter), with the phone offsets
+store (eqs. (51)-(55) of positioning.gridfilter, each track carrying its
+body's facing and its phone's offset), with the phone offsets
 and the walk test as before.
 `calibrate fit` writes the sector fingerprint (eq. (18) of
 positioning.fingerprint) with every calibrated config, so the calibrated
