@@ -209,7 +209,8 @@ class StillGrid:
         """l_jg of eq. (44) for c <= CHUNK tracks, (c, H, G), and b_jg = sum_r w_r d_jgr, (c, H, G).
 
         w, zc (c, m) from `weights`; offset_precision (c,) the inverse spread
-        1 / tau² of each phone's offset about 0 (inf: no offset, and b is None).
+        1 / tau² of each phone's offset about its mean, already taken from zc
+        (all inf: the grid has no offset, and b is None).
         """
         g, hh = self.centres.shape[0], self.headings
         wk, wz = w.astype(np.float32), (w * zc).astype(np.float32)

@@ -19,14 +19,13 @@ from agent.replayfile import RecordReader
 from agent.site_arrays import make_sector_model, make_sector_tracker, site_arrays
 from positioning.fingerprint import fit_fingerprint, fuse
 from simulator.calibrate import calibration_samples, walk_fingerprint
-from simulator.channel import CHANNELS
 from simulator.datasets.castillo import held_out, read_rows
 from simulator.locate import locate
 from simulator.report import build_report, group_estimates
-from simulator.run import SURVEY_PHONES, SimConfig, simulate
 from simulator.store import Store
 from simulator.truth import read_truth
 from tests.helpers.fingerprints import gaussian_fingerprint
+from tests.helpers.store_runs import store_day
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 
@@ -167,12 +166,7 @@ def test_eq_19_fuses_like_independent_evidence_and_outside_follows_the_door() ->
 @pytest.fixture(scope="module")
 def store_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A technician's survey walk and a few minutes of shoppers, both in the `store` channel of the same store."""
-    tmp = tmp_path_factory.mktemp("store")
-    site = load_site(EXAMPLE)
-    store = CHANNELS["store"]
-    simulate(site, SimConfig(shoppers=1, seed=5, channel=store, phones=SURVEY_PHONES), tmp / "walk", survey=True)
-    simulate(site, SimConfig(shoppers=12, minutes=2.0, seed=7, channel=store), tmp / "shoppers")
-    return tmp / "walk", tmp / "shoppers"
+    return store_day(tmp_path_factory.mktemp("store"), shoppers=12, minutes=2.0)
 
 
 def _windows_scored(walk: Path, shoppers: Path, cases: list[tuple[float, float]]) -> tuple[list[float], int]:

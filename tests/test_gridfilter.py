@@ -7,24 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cli import cli
 from agent.config import ConfigError, load_site
-from agent.observations import Observation
-from agent.replayfile import RecordReader
 from agent.site_arrays import grid_filter, make_tracker, site_arrays
 from positioning.gridfilter import GridFilter
 from positioning.pathloss import Receivers
 from positioning.stillgrid import StillGrid
 from positioning.tracker import Tracker, TrackerConfig
-from simulator.channel import CHANNELS
-from simulator.locate import locate
-from simulator.report import build_report, group_estimates
-from simulator.run import SURVEY_PHONES, SimConfig, simulate
-from simulator.truth import read_truth
+from tests.helpers.store_runs import calibrated, located_figures, store_day
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 BOX = ((0.0, 0.0), (30.0, 20.0))
@@ -238,28 +230,16 @@ def test_a_grid_sigma_without_the_grid_is_a_config_error(tmp_path: Path) -> None
 
 def test_in_the_store_channel_the_grid_filter_puts_shoppers_in_the_right_sector(tmp_path: Path) -> None:
     """Survey walk -> `calibrate fit` with and without --grid-filter -> the same shoppers located with each."""
-    store = CHANNELS["store"]
-    site = load_site(EXAMPLE)
-    simulate(site, SimConfig(shoppers=1, seed=5, channel=store, phones=SURVEY_PHONES), tmp_path / "walk", survey=True)
-    simulate(site, SimConfig(shoppers=20, minutes=3.0, seed=7, channel=store), tmp_path / "shoppers")
+    walk, shoppers = store_day(tmp_path)
     source = tmp_path / "site.toml"
     source.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 4.0\n"
                                                   "sector_walk_m = 4.0\n").replace("hysteresis_s = 3.0\n",
                                                                                    "hysteresis_s = 2.0\n"))
-    walk = tmp_path / "walk"
-    truth = read_truth(tmp_path / "shoppers" / "truth.jsonl")
     figures = {}
     for label, extra in (("filter", ()), ("grid", ("--grid-filter",))):
-        out = tmp_path / f"{label}.toml"
-        result = CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(source), "--observations",
-                                          str(walk / "observations.jsonl"), "--truth", str(walk / "truth.jsonl"),
-                                          "--out", str(out), *extra])
-        assert result.exit_code == 0, result.output
-        located = load_site(out)
-        assert (located.tracking.grid_motion_m > 0.0) == bool(extra)
-        groups = group_estimates(list(locate(located, RecordReader(tmp_path / "shoppers" / "observations.jsonl",
-                                                                   Observation))))
-        figures[label] = build_report(located, truth, groups, bound_sample=0).figures()
+        out = calibrated(source, walk, tmp_path / f"{label}.toml", *extra)
+        assert (load_site(out).tracking.grid_motion_m > 0.0) == bool(extra)
+        figures[label] = located_figures(out, shoppers)
     (before, after), (sb, sa) = ((figures[k]["position"] for k in ("filter", "grid")),
                                  (figures[k]["sectors"] for k in ("filter", "grid")))
     # Measured: median 1.79 -> 0.56 m, p90 8.82 -> 1.47 m, sectors 78.9 -> 94.9 %, false changes 30 -> 3,

@@ -6,22 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from agent.cli import cli
 from agent.config import load_site
-from agent.observations import Observation
-from agent.replayfile import RecordReader
 from agent.site_arrays import make_tracker, site_arrays
 from positioning.pathloss import Receivers
 from positioning.stillgrid import FloatArray, StillGrid, cell_centres
 from positioning.tracker import Tracker, TrackerConfig
-from simulator.channel import CHANNELS
-from simulator.locate import locate
-from simulator.report import build_report, group_estimates
-from simulator.run import SURVEY_PHONES, SimConfig, simulate
-from simulator.truth import read_truth
 from tests.helpers.fingerprints import gaussian_fingerprint
+from tests.helpers.store_runs import calibrated, located_figures, store_day
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml"
 BOX = ((0.0, 0.0), (30.0, 20.0))
@@ -150,28 +142,14 @@ def test_the_site_config_turns_the_grid_on(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_in_the_store_channel_the_grid_cuts_the_error_of_still_shoppers_and_false_changes(tmp_path: Path) -> None:
     """Survey walk -> calibrate fit -> shoppers located with offsets, body held, walk test, with and without the grid."""
-    store = CHANNELS["store"]
-    site = load_site(EXAMPLE)
-    simulate(site, SimConfig(shoppers=1, seed=5, channel=store, phones=SURVEY_PHONES), tmp_path / "walk", survey=True)
-    simulate(site, SimConfig(shoppers=20, minutes=3.0, seed=7, channel=store), tmp_path / "shoppers")
+    walk, shoppers = store_day(tmp_path)
     source = tmp_path / "site.toml"
     source.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 4.0\n"
                       "body_loss_db = 3.0\nbody_hold_s = 300.0\nsector_walk_m = 4.0\n"))
-    out = tmp_path / "calibrated.toml"
-    walk = tmp_path / "walk"
-    result = CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(source), "--observations",
-                                      str(walk / "observations.jsonl"), "--truth", str(walk / "truth.jsonl"),
-                                      "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    out = calibrated(source, walk, tmp_path / "calibrated.toml")
     gridded = tmp_path / "calibrated-grid.toml"  # beside `out`: the same map and fingerprint files
     gridded.write_text(out.read_text().replace("[tracking]\n", "[tracking]\nstill_grid_s = 5.0\n"))
-    truth = read_truth(tmp_path / "shoppers" / "truth.jsonl")
-    figures = {}
-    for label, path in (("filter", out), ("grid", gridded)):
-        located = load_site(path)
-        groups = group_estimates(list(locate(located, RecordReader(tmp_path / "shoppers" / "observations.jsonl",
-                                                                   Observation))))
-        figures[label] = build_report(located, truth, groups, bound_sample=0).figures()
+    figures = {label: located_figures(path, shoppers) for label, path in (("filter", out), ("grid", gridded))}
     before, after = figures["filter"], figures["grid"]
     # Measured: median 1.70 -> 1.63 m, p90 9.84 -> 8.44 m, mean 3.46 -> 3.18 m, sectors 73.3 -> 75.4 %,
     # entry recall 0.60 -> 0.62; false changes 23 -> 26 (10.6 -> 12.0 per shopper-hour) on this small run.
