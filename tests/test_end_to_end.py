@@ -137,7 +137,8 @@ def test_the_anonymous_counts_name_no_device(run: tuple[DemoResult, list[bytes],
         assert event.subject == event.agent_id
         assert not [key for key in pseudonyms if key.encode() in payload]
     assert "People inside, counted from anonymous probes" in output
-    assert re.search(r"entries 0-\d+ min: counted \d+ ± \d+, truth \d+", output)
+    # The hour's count starts at the stage's first step (late on a loaded machine) and has no spread when it is 0.
+    assert re.search(r"entries \d+-\d+ min: counted \d+( ± \d+)?, truth \d+", output)
 
 
 def test_output_is_in_store_time_order_and_a_visit_starts_before_its_sectors(
