@@ -13,7 +13,7 @@ same store, with fresh fading) are located by a grid Bayes filter: cells of
 0.5 m over the sectors, a Gaussian random-walk motion of `--motion-m` per
 1 s window, each reading weighed by the Gaussian of the per-packet fading
 about the mean the filter is told, what it is not told either marginalised
-(offset on a 1 dB grid within +-12 dB, facing over 8 headings) or treated as
+(offset on a 1 dB grid within +-3 sigma, facing over 8 headings) or treated as
 noise (the field: the full 5 dB). The sector is the one holding most of the
 posterior, reported after it has led for `--hold` windows and stamped with
 the window it first led (what `sector_since` does), and scored by
@@ -29,7 +29,14 @@ true model, smoothed as `santi calibrate fit` does (eq. (15),
 with the channel's own covariance, the best linear estimate). Each such row
 also reports the map's error against the true field over the sectors.
 
-    .venv/bin/python benchmarks/oracle.py [--shoppers 60] [--minutes 10] [--seed 1] [--json]
+Row "told nothing" marginalises the offset and the facing and leaves the
+bias (and the field) as noise: what a locator with no calibration could
+reach. `--channel` runs another of `simulator.channel.CHANNELS` through the
+same rows (on a channel with no static field, `impaired` or `lognormal`,
+the rows about the field are left out): there the filter shows what the
+uncalibrated targets ask of any locator.
+
+    .venv/bin/python benchmarks/oracle.py [--shoppers 60] [--minutes 10] [--seed 1] [--channel store] [--json]
 
 The filter is no product (its cost is cells x offsets x headings per
 reading); it is a yardstick.
@@ -75,7 +82,8 @@ FloatArray = NDArray[np.float64]
 
 SITE = ROOT / "examples" / "fishmonger.toml"
 CELL_M = 0.5
-OFFSETS_DB = np.arange(-12.0, 12.5, 1.0)
+OFFSET_STEP_DB = 1.0
+"""Spacing of the offsets the filter marginalises, over +-3 sigma of the channel's device offsets."""
 HEADINGS = np.linspace(-math.pi, math.pi, 8, endpoint=False)
 FLOOR = 1e-4
 """Share of the predicted posterior spread over every cell each window: a lost shopper can be found again."""
@@ -86,6 +94,7 @@ ROWS: tuple[tuple[str, frozenset[str], str], ...] = (
     ("offset unknown", frozenset({"field", "facing", "bias"}), "true"),
     ("facing unknown", frozenset({"field", "offset", "bias"}), "true"),
     ("bias unknown", frozenset({"field", "offset", "facing"}), "true"),
+    ("told nothing", frozenset(), "true"),
     ("field from the walk, as recorded", frozenset({"field", "offset", "facing", "bias"}), "walk"),
     ("field from the walk, walker's body out", frozenset({"field", "offset", "facing", "bias"}), "walk-body"),
     ("field from the walk, body out, kriged", frozenset({"field", "offset", "facing", "bias"}), "kriged"),
@@ -196,14 +205,16 @@ def locate(shopper: Shopper, g: Store2D, arrays: SiteArrays, channel: Channel, f
            told: frozenset[str], motion_m: float) -> tuple[FloatArray, FloatArray, NDArray[np.intp]]:
     """The grid filter over one shopper's windows: window end times, posterior mean positions, leading sectors."""
     cfg = channel.config
-    fading = cfg.sigma_db * math.sqrt(1.0 - cfg.spatial_fraction) if "field" in told else cfg.sigma_db
+    static = "field" in told and channel.fields is not None
+    fading = cfg.sigma_db * math.sqrt(1.0 - cfg.spatial_fraction) if static else cfg.sigma_db
     mean = rssi_at_distance(slant_distance(g.cells, arrays.xyz, shopper.z), arrays.rssi_at_1m, arrays.exponent)
     if "bias" in told:
         mean = mean + channel.bias
     if "field" in told:
         mean = mean + field
-    offsets = np.zeros(1) if "offset" in told else OFFSETS_DB
-    prior = np.zeros(1) if "offset" in told else -0.5 * (OFFSETS_DB / max(cfg.device_offset_db, 1e-9)) ** 2
+    reach = math.ceil(3.0 * cfg.device_offset_db / OFFSET_STEP_DB) * OFFSET_STEP_DB
+    offsets = np.zeros(1) if "offset" in told else np.arange(-reach, reach + OFFSET_STEP_DB / 2, OFFSET_STEP_DB)
+    prior = -0.5 * (offsets / max(cfg.device_offset_db, 1e-9)) ** 2
     if "offset" in told:
         mean = mean + shopper.offset
     to_rx = arrays.xyz[None, :, :2] - g.cells[:, None, :]
@@ -281,11 +292,18 @@ def scored(truth: Truth, located: dict[str, tuple[FloatArray, FloatArray, NDArra
             "latency_p50_s": s.latency_p50_s, "latency_p90_s": s.latency_p90_s}
 
 
+def rows_for(channel: Channel) -> tuple[tuple[str, frozenset[str], str], ...]:
+    """The ROWS that mean something on `channel`: where it has no static field, none that tell or map one."""
+    if channel.fields is not None:
+        return ROWS
+    return tuple(row for row in ROWS if row[2] == "true" and row[0] != "field unknown (noise)")
+
+
 def run(args: argparse.Namespace, work: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     site = load_site(SITE)
-    config = SimConfig(shoppers=args.shoppers, minutes=args.minutes, seed=args.seed, channel=CHANNELS["store"])
+    config = SimConfig(shoppers=args.shoppers, minutes=args.minutes, seed=args.seed, channel=CHANNELS[args.channel])
     simulate(site, config, work / "shop")
-    walk_config = SimConfig(shoppers=1, seed=args.walk_seed, channel=CHANNELS["store"], phones=SURVEY_PHONES)
+    walk_config = SimConfig(shoppers=1, seed=args.walk_seed, channel=CHANNELS[args.channel], phones=SURVEY_PHONES)
     simulate(site, walk_config, work / "walk", survey=True)
     truth = read_truth(work / "shop" / "truth.jsonl")
     arrays, store = site_arrays(site), Store.of(site)
@@ -296,7 +314,7 @@ def run(args: argparse.Namespace, work: Path, progress: Callable[[str], None]) -
     g = grid(store, arrays)
     truth_field = true_field(channel, g.cells)
     rows = []
-    for label, told, source in ROWS:
+    for label, told, source in rows_for(channel):
         progress(label)
         started = time.perf_counter()
         row: dict[str, Any] = {"row": label, "told": sorted(told), "field": source}
@@ -309,7 +327,7 @@ def run(args: argparse.Namespace, work: Path, progress: Callable[[str], None]) -
         row.update(scored(truth, located, g.sector_ids, args.hold, config.start_ts))
         row["seconds"] = round(time.perf_counter() - started, 1)
         rows.append(row)
-    return {"seed": args.seed, "walk_seed": args.walk_seed, "shoppers": args.shoppers, "minutes": args.minutes,
+    return {"channel": args.channel, "seed": args.seed, "walk_seed": args.walk_seed, "shoppers": args.shoppers, "minutes": args.minutes,
             "hold_windows": args.hold, "motion_m": args.motion_m, "bandwidth_m": args.bandwidth_m,
             "field_sd_db": float(truth_field[g.inside].std()), "rows": rows}
 
@@ -319,6 +337,8 @@ def main() -> None:
     parser.add_argument("--shoppers", type=int, default=60)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--channel", choices=list(CHANNELS), default="store",
+                        help="The channel shoppers and walk go through (rows about the static field need one).")
     parser.add_argument("--walk-seed", type=int, default=101, help="The survey walk's day (its store is the site's).")
     parser.add_argument("--hold", type=int, default=2, help="Windows another sector must lead before it is reported.")
     parser.add_argument("--motion-m", type=float, default=0.8, help="The filter's random walk per 1 s window, m.")
@@ -337,7 +357,7 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     table = Table("the filter knows", "field error dB", "median m", "sectors", "false/h", "P / R", "entries p50/p90 s",
-                  title=(f"Grid filter on the store channel: fishmonger, {args.shoppers} shoppers, {args.minutes:g} min, "
+                  title=(f"Grid filter on the {args.channel} channel: fishmonger, {args.shoppers} shoppers, {args.minutes:g} min, "
                          f"seed {args.seed}, hold {args.hold} windows (true field's spread "
                          f"{result['field_sd_db']:.2f} dB)"))
     for row in result["rows"]:

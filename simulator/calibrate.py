@@ -358,6 +358,31 @@ class MapVerdict:
                 and self.sectors[1] >= self.sectors[0] - MAP_SECTOR_SLACK)
 
 
+def held_out(verdict: MapVerdict) -> tuple[float, float]:
+    """(median error m, right-sector share) of the walk's held-out segments as the calibration leaves them: tracked
+    with its map if the map was kept, with the fitted models alone if not."""
+    if verdict.stored is not None:
+        return verdict.median_m[1], verdict.sectors[1]
+    return verdict.median_m[0], verdict.sectors[0]
+
+
+def grid_is_better(plain: MapVerdict, grid: MapVerdict) -> bool:
+    """Whether the calibration for the grid filter (`grid`) tracks the walk's held-out segments better than the
+    plain one (`plain`), by the rule a map is kept by: median error down by MAP_MIN_GAIN or more, sectors not worse
+    beyond MAP_SECTOR_SLACK.
+
+    Neither tracker wins everywhere: where shelves and shoppers' bodies shape the field, the grid filter with its
+    kriged map puts shoppers in the right sector far more often; in a bare room walked with the calibrated tag
+    itself, the linearised filter is as good or better, for a quarter of the CPU. The walk's held-out segments
+    tell the two apart (benchmarks/README.md has the figures). A grid calibration whose map was not kept leaves
+    the grid off, so it cannot win; a walk too short to hold segments out (NaN figures) keeps the plain one.
+    """
+    if grid.stored is None:
+        return False
+    (plain_m, plain_s), (grid_m, grid_s) = held_out(plain), held_out(grid)
+    return bool(grid_m <= (1.0 - MAP_MIN_GAIN) * plain_m and grid_s >= plain_s - MAP_SECTOR_SLACK)
+
+
 def judge_radio_map(
     site: SiteConfig,
     samples: dict[str, WalkSamples],

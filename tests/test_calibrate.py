@@ -24,6 +24,8 @@ from positioning.pathloss import Calibration
 from positioning.radiomap import FieldCovariance, RadioMap
 from simulator.calibrate import (
     MAP_METHODS,
+    MAP_MIN_GAIN,
+    MAP_SECTOR_SLACK,
     GridCalibration,
     MapVerdict,
     ReceiverFit,
@@ -31,7 +33,9 @@ from simulator.calibrate import (
     calibration_samples,
     chosen_radio_map,
     fit_receivers,
+    grid_is_better,
     grid_settings,
+    held_out,
     judge_radio_map,
     rewrite_site_text,
     walk_radio_map,
@@ -425,3 +429,55 @@ def test_cli_calibrate_fit_for_the_grid_filter_refuses_what_it_overrides(tmp_pat
     assert result.exit_code != 0
     assert "--grid-filter" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_grid_filter_is_chosen_by_the_rule_a_map_is_kept_by() -> None:
+    """grid_is_better compares the held-out figures each calibration leaves (with its map if kept, else without):
+    median error down by MAP_MIN_GAIN or more, sectors not worse beyond MAP_SECTOR_SLACK, and only a grid whose map
+    was kept (a grid calibration without one leaves the grid off)."""
+    stored = StoredRadioMap(("a",), RadioMap(np.zeros(2), 1.0, np.zeros((1, 2, 2))), np.zeros(1, dtype=np.int64),
+                            2.0, 0.4)
+    plain = MapVerdict(stored, 2.0, 0.8, (3.91, 2.34), (0.507, 0.606), 600)
+    grid = MapVerdict(stored, math.nan, 0.43, (3.58, 1.26), (0.711, 0.786), 600, "kriged")
+    assert held_out(plain) == (2.34, 0.606)
+    assert held_out(replace(plain, stored=None)) == (3.91, 0.507)
+    assert grid_is_better(plain, grid)
+    assert not grid_is_better(plain, replace(grid, stored=None))
+    # The edge of the rule, both ways: 5 % closer is enough, 4 % is not; 1 point fewer in sectors is, 2 are not.
+    at_edge = (1.0 - MAP_MIN_GAIN) * 2.34
+    assert grid_is_better(plain, replace(grid, median_m=(3.0, at_edge), sectors=(0.6, 0.606 - MAP_SECTOR_SLACK)))
+    assert not grid_is_better(plain, replace(grid, median_m=(3.0, 0.96 * 2.34)))
+    assert not grid_is_better(plain, replace(grid, sectors=(0.6, 0.606 - 2 * MAP_SECTOR_SLACK)))
+    # Against the plain calibration without its map, its own unmapped figures count.
+    assert not grid_is_better(replace(plain, stored=None, median_m=(1.2, 2.34)), grid)
+    # A walk too short to hold segments out keeps the filter.
+    assert not grid_is_better(replace(plain, median_m=(math.nan, math.nan), sectors=(math.nan, math.nan)), grid)
+
+
+def test_cli_calibrate_fit_chooses_the_tracker_by_the_held_out_walk(tmp_path: Path, short_walled_walk: Path) -> None:
+    """With neither --grid-filter nor --no-grid-filter, both calibrations are judged and the one written is the
+    one the held-out walk prefers, said with its figures; --no-grid-filter writes the filter's without judging
+    the grid."""
+    chosen = _fit(short_walled_walk, tmp_path / "chosen.toml", "--no-fingerprint")
+    assert chosen.exit_code == 0, chosen.output
+    said = re.search(r"tracker: the (grid filter|filter) \(on held-out walk segments, the filter ([0-9.]+) m median, "
+                     r"([0-9.]+)% in the right sector; the grid filter ([0-9.]+) m, ([0-9.]+)%", chosen.stdout)
+    assert said is not None, chosen.stdout
+    plain_m, plain_s, grid_m, grid_s = (float(said.group(k)) for k in (2, 3, 4, 5))
+    on = said.group(1) == "grid filter"
+    assert on == (grid_m <= (1.0 - MAP_MIN_GAIN) * plain_m and grid_s >= 100 * (plain_s / 100 - MAP_SECTOR_SLACK))
+    assert on  # this walk's lasting shadows: the grid filter with its kriged map tracks it far better
+    site = load_site(tmp_path / "chosen.toml")
+    assert site.tracking.grid_motion_m == GRID_MOTION_M
+    forced = _fit(short_walled_walk, tmp_path / "grid.toml", "--no-fingerprint", "--grid-filter")
+    assert (tmp_path / "chosen.toml").read_text().replace("chosen", "grid") == \
+        (tmp_path / "grid.toml").read_text(), forced.output
+    plain = _fit(short_walled_walk, tmp_path / "plain.toml", "--no-fingerprint", "--no-grid-filter")
+    assert plain.exit_code == 0, plain.output
+    assert "tracker:" not in plain.stdout
+    assert load_site(tmp_path / "plain.toml").tracking.grid_motion_m == 0.0
+    # An option only the filter's calibration has chooses the filter, without a word about the grid.
+    kernel = _fit(short_walled_walk, tmp_path / "kernel.toml", "--no-fingerprint", "--map-method", "kernel")
+    assert kernel.exit_code == 0, kernel.output
+    assert "tracker:" not in kernel.stdout
+    assert load_site(tmp_path / "kernel.toml").tracking.grid_motion_m == 0.0

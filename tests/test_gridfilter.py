@@ -229,16 +229,17 @@ def test_a_grid_sigma_without_the_grid_is_a_config_error(tmp_path: Path) -> None
 
 
 def test_in_the_store_channel_the_grid_filter_puts_shoppers_in_the_right_sector(tmp_path: Path) -> None:
-    """Survey walk -> `calibrate fit` with and without --grid-filter -> the same shoppers located with each."""
+    """Survey walk -> `calibrate fit --no-grid-filter` and a plain `calibrate fit`, which chooses the grid filter
+    on this store's walk -> the same shoppers located with each."""
     walk, shoppers = store_day(tmp_path)
     source = tmp_path / "site.toml"
     source.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 4.0\n"
                                                   "sector_walk_m = 4.0\n").replace("hysteresis_s = 3.0\n",
                                                                                    "hysteresis_s = 2.0\n"))
     figures = {}
-    for label, extra in (("filter", ()), ("grid", ("--grid-filter",))):
+    for label, extra in (("filter", ("--no-grid-filter",)), ("grid", ())):
         out = calibrated(source, walk, tmp_path / f"{label}.toml", *extra)
-        assert (load_site(out).tracking.grid_motion_m > 0.0) == bool(extra)
+        assert (load_site(out).tracking.grid_motion_m > 0.0) == (label == "grid")
         figures[label] = located_figures(out, shoppers)
     (before, after), (sb, sa) = ((figures[k]["position"] for k in ("filter", "grid")),
                                  (figures[k]["sectors"] for k in ("filter", "grid")))

@@ -146,7 +146,7 @@ def test_in_the_store_channel_the_grid_cuts_the_error_of_still_shoppers_and_fals
     source = tmp_path / "site.toml"
     source.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 4.0\n"
                       "body_loss_db = 3.0\nbody_hold_s = 300.0\nsector_walk_m = 4.0\n"))
-    out = calibrated(source, walk, tmp_path / "calibrated.toml")
+    out = calibrated(source, walk, tmp_path / "calibrated.toml", "--no-grid-filter")
     gridded = tmp_path / "calibrated-grid.toml"  # beside `out`: the same map and fingerprint files
     gridded.write_text(out.read_text().replace("[tracking]\n", "[tracking]\nstill_grid_s = 5.0\n"))
     figures = {label: located_figures(path, shoppers) for label, path in (("filter", out), ("grid", gridded))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,10 +34,14 @@ from simulator.calibrate import (
     MAP_SECTOR_SLACK,
     GridCalibration,
     MapVerdict,
+    ReceiverFit,
+    WalkSamples,
     calibration_samples,
     fingerprint_path,
     fit_receivers,
+    grid_is_better,
     grid_settings,
+    held_out,
     judge_radio_map,
     map_spread,
     radio_map_path,
@@ -292,7 +296,7 @@ def calibrate() -> None:
                    "covariance the walk's own variogram gives, the truest map but a steep one; meant for a tracker "
                    "that weighs the whole store at once (a grid filter): the tracker's update alone can follow its "
                    "gradients into wrong places. Either is kept only if it helps held-out walk segments. "
-                   "[default: kernel; kriged with --grid-filter]")
+                   "[default: kernel; kriged for the grid filter]")
 @click.option("--map-bandwidth", type=click.FloatRange(min=1.0, max=10.0),
               help="Smoothing distance of a kernel radio map, metres (default: chosen among "
                    f"{', '.join(f'{b:g}' for b in MAP_BANDWIDTHS_M)} by tracking held-out walk segments).")
@@ -301,16 +305,20 @@ def calibrate() -> None:
                    "receivers behind them lose, estimated from the walk's direction, which a map otherwise learns as "
                    "stripes. The map comes out truer and finer; on a finer map the tracker loses some tracks for "
                    "long unless [tracking] still_grid_s is on (benchmarks/README.md).")
-@click.option("--grid-filter", "for_grid", is_flag=True,
+@click.option("--grid-filter/--no-grid-filter", "for_grid", default=None,
               help="Calibrate for the grid filter, which weighs every cell of the store for every shopper: the "
                    "walker's whole body out of the readings, the receivers fitted as they read an unobstructed phone, "
                    "a kriged map judged by tracking held-out walk segments with the grid filter, and, if the map is "
                    "kept, [tracking] grid_motion_m, grid_sigma_db (the map's nugget) and body_loss_db (the walker's "
-                   "body) written to --out. Costs about four times the CPU per reading (benchmarks/README.md).")
+                   "body) written to --out; it costs about four times the CPU per reading (benchmarks/README.md). "
+                   "--no-grid-filter calibrates for the tracker's own filter. With neither, both are fitted and the "
+                   "grid filter is chosen only if it tracks the held-out walk segments better by the rule a map is "
+                   "kept by; --map-method kernel, --map-bandwidth, --no-radio-map or --without-walker-body choose "
+                   "the filter.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON.")
 def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples: int, radio_map: bool,
-        fingerprint: bool, map_method: str | None, map_bandwidth: float | None, walker_body: bool, for_grid: bool,
-        as_json: bool) -> None:
+        fingerprint: bool, map_method: str | None, map_bandwidth: float | None, walker_body: bool,
+        for_grid: bool | None, as_json: bool) -> None:
     """Fit each receiver's rssi_at_1m, path_loss_exponent and noise from a calibration walk; write the site to --out.
 
     The new config keeps the original's comments and layout; receivers with too
@@ -321,7 +329,10 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     expects it to; where the walk did not pass, the plain model stays.
     Unless --no-fingerprint, each sector's RSSI signature on the walk
     (OUT's name with .fingerprint.npz, named in [tracking] fingerprint)
-    is weighed by the sector filter beside the position's.
+    is weighed by the sector filter beside the position's. Unless told
+    (--grid-filter or --no-grid-filter), the walk is calibrated both for the
+    tracker's own filter and for the grid filter, and the grid filter is
+    turned on only if it tracks the walk's held-out segments better.
 
     \b
     Example:
@@ -329,10 +340,10 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
       santi calibrate fit --config examples/fishmonger.toml --observations walk/observations.jsonl \\
           --truth walk/truth.jsonl --out fishmonger-calibrated.toml
     """
-    if for_grid and (map_method == "kernel" or map_bandwidth is not None or not radio_map or walker_body):
+    plain_only = map_method == "kernel" or map_bandwidth is not None or not radio_map or walker_body
+    if for_grid and plain_only:
         raise CliError("--grid-filter fits a kriged map with the walker's whole body out: drop --map-method kernel, "
                        "--map-bandwidth, --no-radio-map and --without-walker-body")
-    map_method = map_method or ("kriged" if for_grid else "kernel")
     if map_method == "kriged" and map_bandwidth is not None:
         raise CliError("--map-bandwidth is the smoothing distance of a kernel map; a kriged map takes its length "
                        "from the walk (drop --map-bandwidth or use --map-method kernel)")
@@ -344,17 +355,18 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     if not truth.tracks:
         raise CliError(f"{truth_path}: no known positions in it (position records)")
     samples = calibration_samples(config, RecordReader(observations, Observation), truth)
-    # Taken out, the walker's body leaves the receivers and the map to describe the store; the fingerprint keeps
-    # what a carried phone reads, body and all, as a shopper's does.
-    cleaned, body_db = without_body(samples, keep_mean=not for_grid)
-    walked = cleaned if walker_body or for_grid else samples
-    fits = fit_receivers(config, walked, min_samples=min_samples)
-    if not any(f.calibration is not None for f in fits):
-        raise CliError("no receiver had enough readings to fit; " + "; ".join(
-            f"{f.receiver_id}: {f.reason}" for f in fits))
-    grid = GridCalibration(GRID_MOTION_M, body_db) if for_grid else None
-    verdict = judge_radio_map(config, walked, fits, method=map_method, bandwidth_m=map_bandwidth, grid=grid) \
-        if radio_map else None
+    options = (min_samples, radio_map, map_method, map_bandwidth, walker_body)
+    chosen = _fitted(config, samples, for_grid is True, *options)
+    choice = None
+    if for_grid is None and not plain_only:
+        gridded = _fitted(config, samples, True, *options)
+        assert chosen.verdict is not None  # both judged a map: not plain_only
+        assert gridded.verdict is not None
+        choice = _choice_note(chosen.verdict, gridded.verdict)
+        if grid_is_better(chosen.verdict, gridded.verdict):
+            chosen = gridded
+    fits, verdict, grid, body_db = chosen.fits, chosen.verdict, chosen.grid, chosen.body_db
+    for_grid = grid is not None
     stored = verdict.stored if verdict is not None else None
     tracking = grid_settings(grid, verdict)
     signature = walk_fingerprint(config, samples) if fingerprint else None
@@ -376,6 +388,8 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
              **({} if stored is None else {"radio_map_max_db": spread[f.receiver_id]})}
             for f in fits], indent=2))
         click.echo(_body_note(body_db, walker_body or for_grid, for_grid), err=True)
+        if choice is not None:
+            click.echo(choice, err=True)
         if for_grid:
             click.echo(_grid_note(tracking), err=True)
         click.echo(_map_verdict(verdict, out), err=True)
@@ -389,10 +403,54 @@ def fit(site: Path, observations: Path, truth_path: Path, out: Path, min_samples
     Console().print(table)
     click.echo(f"calibrated site config -> {out}")
     click.echo(_body_note(body_db, walker_body or for_grid, for_grid))
+    if choice is not None:
+        click.echo(choice)
     if for_grid:
         click.echo(_grid_note(tracking))
     click.echo(_fingerprint_note(signature, fingerprint, out))
     click.echo(_map_verdict(verdict, out))
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """One calibration of the walk: the receivers' fits, the map's verdict, the grid's settings (None: the tracker's
+    own filter) and the walker's body, dB."""
+
+    fits: list[ReceiverFit]
+    verdict: MapVerdict | None
+    grid: GridCalibration | None
+    body_db: float
+
+
+def _fitted(config: SiteConfig, samples: dict[str, WalkSamples], for_grid: bool, min_samples: int, radio_map: bool,
+            map_method: str | None, map_bandwidth: float | None, walker_body: bool) -> _Fitted:
+    """The walk calibrated for the grid filter or for the tracker's own filter, its map judged."""
+    # Taken out, the walker's body leaves the receivers and the map to describe the store; the fingerprint keeps
+    # what a carried phone reads, body and all, as a shopper's does.
+    cleaned, body_db = without_body(samples, keep_mean=not for_grid)
+    walked = cleaned if walker_body or for_grid else samples
+    fits = fit_receivers(config, walked, min_samples=min_samples)
+    if not any(f.calibration is not None for f in fits):
+        raise CliError("no receiver had enough readings to fit; " + "; ".join(
+            f"{f.receiver_id}: {f.reason}" for f in fits))
+    grid = GridCalibration(GRID_MOTION_M, body_db) if for_grid else None
+    method = map_method or ("kriged" if for_grid else "kernel")
+    verdict = judge_radio_map(config, walked, fits, method=method, bandwidth_m=map_bandwidth, grid=grid) \
+        if radio_map else None
+    return _Fitted(fits, verdict, grid, body_db)
+
+
+def _choice_note(plain: MapVerdict, grid: MapVerdict) -> str:
+    """Which tracker `calibrate fit` chose, with the held-out figures it chose by."""
+    (plain_m, plain_s), (grid_m, grid_s) = held_out(plain), held_out(grid)
+    figures = (f"on held-out walk segments, the filter {plain_m:.2f} m median, {plain_s:.1%} in the right sector; the "
+               f"grid filter {grid_m:.2f} m, {grid_s:.1%}")
+    if grid_is_better(plain, grid):
+        return f"tracker: the grid filter ({figures}; --no-grid-filter keeps the filter)"
+    if grid.stored is None:
+        figures += ", its kriged map not kept"
+    return (f"tracker: the filter ({figures}; the grid filter needs the error x{1.0 - MAP_MIN_GAIN:.2f} or less and "
+            f"at most {MAP_SECTOR_SLACK:.0%} fewer windows in the right sector; --grid-filter turns it on anyway)")
 
 
 def _body_note(body_db: float, taken_out: bool, whole: bool = False) -> str:
