@@ -98,8 +98,8 @@ class StillGrid:
     sector: IndexArray
     fingerprint: Fingerprint | None
     _ref_db: float = field(init=False, repr=False)
-    _mu32: NDArray[np.float32] = field(init=False, repr=False)
-    _mu2_32: NDArray[np.float32] = field(init=False, repr=False)
+    _lin32: NDArray[np.float32] = field(init=False, repr=False)
+    _quad32: NDArray[np.float32] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # (44)'s sums in single precision, about the grid's mean level: a window of still tracks spends its time in
@@ -107,9 +107,12 @@ class StillGrid:
         ref = float(self.mu.mean())
         centred = (self.mu - ref).T
         object.__setattr__(self, "_ref_db", ref)
-        object.__setattr__(self, "_mu32", np.ascontiguousarray(centred, dtype=np.float32))
-        # [mu²; mu] stacked: sum_r w_r mu_r² - 2 sum_r w_r zc_r mu_r is one product with [w, -2 w zc].
-        object.__setattr__(self, "_mu2_32", np.ascontiguousarray(np.vstack([centred**2, centred]), dtype=np.float32))
+        # Each of (44)'s terms is one product, its per-track constant carried by a row of ones, so that no pass over
+        # the (tracks, facings x cells) result is spent adding it: [mu; 1] and [mu²; mu; 1].
+        ones = np.ones((1, centred.shape[1]))
+        object.__setattr__(self, "_lin32", np.ascontiguousarray(np.vstack([centred, ones]), dtype=np.float32))
+        object.__setattr__(self, "_quad32",
+                           np.ascontiguousarray(np.vstack([centred**2, centred, ones]), dtype=np.float32))
 
     @classmethod
     def of(
@@ -213,16 +216,15 @@ class StillGrid:
         (all inf: the grid has no offset, and b is None).
         """
         g, hh = self.centres.shape[0], self.headings
-        wk, wz = w.astype(np.float32), (w * zc).astype(np.float32)
-        # -1/2 sum w d², in place: one product, then the constant sum w zc² per track.
-        ll = np.hstack([wk, -2.0 * wz]) @ self._mu2_32
-        ll += (w * zc**2).sum(axis=1).astype(np.float32)[:, None]
-        ll *= np.float32(-0.5)
+        wz = w * zc
+        # -1/2 sum_r w_r (zc_r - mu_r)² = -1/2 sum w mu² + sum w zc mu - 1/2 sum w zc², one product.
+        ll = np.hstack([-0.5 * w, wz, -0.5 * (wz * zc).sum(axis=1, keepdims=True)]).astype(np.float32) @ self._quad32
         b = None
         if np.all(np.isfinite(offset_precision)):  # eq. (44): the offset integrated out
-            b = wk @ self._mu32  # sum_r w_r mu_r, (c, H G)
-            np.subtract(wz.sum(axis=1)[:, None], b, out=b)  # sum w d
-            ll += b * b * (np.float32(0.5) / (wk.sum(axis=1) + offset_precision.astype(np.float32)))[:, None]
+            b = np.hstack([-w, wz.sum(axis=1, keepdims=True)]).astype(np.float32) @ self._lin32  # sum w d, (c, H G)
+            shrink = b * b
+            shrink *= (0.5 / (w.sum(axis=1) + offset_precision)).astype(np.float32)[:, None]
+            ll += shrink
         return ll.reshape(-1, hh, g), None if b is None else b.reshape(-1, hh, g)
 
     def _fingerprint(self, heard: NDArray[np.bool_], zbar: FloatArray) -> FloatArray:
