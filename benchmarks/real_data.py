@@ -54,7 +54,6 @@ from agent.config import SiteConfig, parse_site  # noqa: E402
 from agent.radiomap_file import write_radio_map  # noqa: E402
 from agent.site_arrays import site_arrays  # noqa: E402
 from agent.siteedit import set_tracking_key  # noqa: E402
-from positioning.gridfilter import GRID_MOTION_M  # noqa: E402
 from positioning.pathloss import fit_calibration  # noqa: E402
 from simulator.calibrate import (  # noqa: E402
     GridCalibration,
@@ -97,7 +96,7 @@ def _grid_site(receivers: list[danis.Receiver], limits: tuple[float, float, floa
     calibration = {f.receiver_id: (f.calibration.rssi_at_1m, f.calibration.path_loss_exponent, f.calibration.sigma_db)
                    for f in fits if f.calibration is not None}
     bare = danis.site(receivers, limits, height, calibration)
-    grid = GridCalibration(GRID_MOTION_M, body_db)
+    grid = GridCalibration.for_site(bare, body_db)
     verdict = judge_radio_map(bare, whole, fits, method="kriged", grid=grid)
     map_path = tmp / "tetam-grid.radiomap.npz"
     if verdict.stored is not None:

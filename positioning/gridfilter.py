@@ -85,6 +85,11 @@ GRID_FILTER_CELL_M = 1.0
 GRID_MOTION_M = 1.2
 """s of eq. (51) where a calibration turns the grid filter on, m per sqrt(s): a shopper's walk of about 1 m/s."""
 
+GRID_OFFSET_SIGMA_DB = 4.0
+"""tau of eq. (54) where a calibration turns the grid filter on and the site estimates no phone offsets, dB: phones of
+different makes differ by several dB in what they radiate (why ESPresense asks each device's rssi@1m), and once a
+kriged map explains the store's field, an unknown phone's offset is the largest error left to the grid."""
+
 GRID_FACING_S = 10.0
 """facing_s of eq. (53), s: a shopper at a shelf looks along it, to the cart and back every several seconds."""
 

@@ -29,6 +29,7 @@ from agent.site_arrays import grid_filter, site_arrays
 from agent.siteedit import drop_tracking_key, fitted_values, set_receiver_values, set_tracking_key
 from positioning.ekf import BODY_WALK_SPEED, body_loss
 from positioning.fingerprint import fit_fingerprint
+from positioning.gridfilter import GRID_MOTION_M, GRID_OFFSET_SIGMA_DB
 from positioning.pathloss import (
     MIN_DISTANCE_SPAN,
     Calibration,
@@ -301,31 +302,39 @@ tracker's linearised update can follow); "kriged", eq. (50) with the covariance 
 
 @dataclass(frozen=True)
 class GridCalibration:
-    """A calibration for the grid filter (eqs. (51)-(52)): its walk per sqrt(s), m, and the body every shopper is
-    expected to carry, dB (the walker's, eq. (48)). The map's held-out checks then track with the grid filter,
-    weighing readings by the kriged map's nugget."""
+    """A calibration for the grid filter (eqs. (51)-(55)): its walk per sqrt(s), m, the body every shopper is
+    expected to carry, dB (the walker's, eq. (48)), and the spread of phones' offsets it estimates, dB (the site's,
+    or GRID_OFFSET_SIGMA_DB where the site estimates none: `for_site`). The map's held-out checks then track with
+    the grid filter, weighing readings by the kriged map's nugget."""
 
     motion_m: float
     body_db: float
+    offset_sigma_db: float
+
+    @classmethod
+    def for_site(cls, site: SiteConfig, body_db: float) -> GridCalibration:
+        """The calibration `calibrate fit` makes for `site`'s grid filter, given the walker's body."""
+        return cls(GRID_MOTION_M, body_db, site.tracking.phone_offset_db or GRID_OFFSET_SIGMA_DB)
 
     def config(self, site: SiteConfig, covariance: FieldCovariance | None) -> TrackerConfig:
         """The held-out check's tracker: the site's, with the grid on (reading spread the nugget, if a map has one)."""
-        return TrackerConfig(emitter_z=site.tracking.emitter_height_m, offset_sigma_db=site.tracking.phone_offset_db,
+        return TrackerConfig(emitter_z=site.tracking.emitter_height_m, offset_sigma_db=self.offset_sigma_db,
                              body_loss_db=self.body_db, body_hold_s=site.tracking.body_hold_s,
                              grid_motion_m=self.motion_m,
                              grid_sigma_db=0.0 if covariance is None else math.sqrt(covariance.nugget_db2))
 
 
 def grid_settings(grid: GridCalibration | None, verdict: MapVerdict | None) -> dict[str, float | None]:
-    """The [tracking] keys a calibration for the grid filter writes: the filter on, with the map's nugget and the
-    walker's body, where its map was kept; off (the keys dropped) where it was not, since without the store's field
-    the grid is worse than the filter alone (benchmarks/README.md, 2026-12-06). Nothing without `grid`."""
+    """The [tracking] keys a calibration for the grid filter writes: the filter on, with the map's nugget, the
+    walker's body and the phones' offsets it estimates, where its map was kept; off (the keys dropped) where it was
+    not, since without the store's field the grid is worse than the filter alone (benchmarks/README.md,
+    2026-12-06). Nothing without `grid`."""
     if grid is None:
         return {}
     if verdict is None or verdict.stored is None or verdict.covariance is None:
         return {"grid_motion_m": None, "grid_sigma_db": None}
     return {"grid_motion_m": grid.motion_m, "grid_sigma_db": round(math.sqrt(verdict.covariance.nugget_db2), 2),
-            "body_loss_db": round(grid.body_db, 2)}
+            "body_loss_db": round(grid.body_db, 2), "phone_offset_db": grid.offset_sigma_db}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from agent.radiomap_file import StoredRadioMap, write_radio_map
 from agent.replayfile import RecordReader
 from agent.site_arrays import grid_filter, make_tracker, site_arrays
 from agent.siteedit import drop_tracking_key, set_tracking_key
-from positioning.gridfilter import GRID_MOTION_M
+from positioning.gridfilter import GRID_MOTION_M, GRID_OFFSET_SIGMA_DB
 from positioning.pathloss import Calibration
 from positioning.radiomap import FieldCovariance, RadioMap
 from simulator.calibrate import (
@@ -385,12 +385,13 @@ def test_the_whole_walkers_body_comes_out_for_the_grid_filter(bodied_walk: Path)
 
 
 def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> None:
-    grid = GridCalibration(1.2, 7.75)
+    grid = GridCalibration(1.2, 7.75, 4.0)
     covariance = FieldCovariance(7.84, 19.0, 2.9)
     stored = StoredRadioMap(("a",), RadioMap(np.zeros(2), 1.0, np.zeros((1, 2, 2))), np.zeros(1, dtype=np.int64),
                             2.0, 0.4)
     kept = MapVerdict(stored, math.nan, 0.5, (3.0, 1.0), (0.7, 0.8), 100, "kriged", covariance)
-    assert grid_settings(grid, kept) == {"grid_motion_m": 1.2, "grid_sigma_db": 2.8, "body_loss_db": 7.75}
+    assert grid_settings(grid, kept) == {"grid_motion_m": 1.2, "grid_sigma_db": 2.8, "body_loss_db": 7.75,
+                                         "phone_offset_db": 4.0}
     assert grid_settings(grid, replace(kept, stored=None)) == {"grid_motion_m": None, "grid_sigma_db": None}
     assert grid_settings(grid, None) == {"grid_motion_m": None, "grid_sigma_db": None}
     assert grid_settings(None, kept) == {}
@@ -398,7 +399,14 @@ def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> 
     assert config.grid_motion_m == 1.2
     assert config.grid_sigma_db == pytest.approx(2.8)
     assert config.body_loss_db == 7.75
+    assert config.offset_sigma_db == 4.0
     assert grid.config(load_site(EXAMPLE), None).grid_sigma_db == 0.0
+    # A site that estimates no phone offsets gets the grid's; one that does keeps its own.
+    example = load_site(EXAMPLE)
+    assert example.tracking.phone_offset_db == 0.0
+    assert GridCalibration.for_site(example, 7.75) == GridCalibration(GRID_MOTION_M, 7.75, GRID_OFFSET_SIGMA_DB)
+    own = parse_site(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 2.5\n"), EXAMPLE)
+    assert GridCalibration.for_site(own, 7.75).offset_sigma_db == 2.5
 
 
 def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys(tmp_path: Path,
@@ -413,11 +421,12 @@ def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys(tmp_path: Path,
     # This walk's kriged map is kept (held-out median 2.54 -> 0.63 m); grid_settings' test covers a map not kept.
     assert "radio map -> " in result.stdout
     said = re.search(r"grid filter: on \(\[tracking\] grid_motion_m = ([0-9.]+), grid_sigma_db = ([0-9.]+), "
-                     r"body_loss_db = ([0-9.]+)\)", result.stdout)
+                     r"body_loss_db = ([0-9.]+), phone_offset_db = ([0-9.]+)\)", result.stdout)
     assert said is not None, result.stdout
     assert site.tracking.grid_motion_m == float(said.group(1)) == GRID_MOTION_M
     assert site.tracking.grid_sigma_db == float(said.group(2)) > 0.0
     assert site.tracking.body_loss_db == float(said.group(3))
+    assert site.tracking.phone_offset_db == float(said.group(4)) == GRID_OFFSET_SIGMA_DB
     assert grid_filter(site_arrays(site), make_tracker(site, site_arrays(site)).config) is not None
 
 

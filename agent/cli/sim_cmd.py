@@ -25,7 +25,6 @@ from agent.fingerprint_file import StoredFingerprint
 from agent.observations import Observation, Tech
 from agent.replayfile import RecordReader
 from agent.text import Table, plural
-from positioning.gridfilter import GRID_MOTION_M
 from simulator.anonymous import CrowdConfig
 from simulator.calibrate import (
     MAP_BANDWIDTHS_M,
@@ -309,8 +308,8 @@ def calibrate() -> None:
               help="Calibrate for the grid filter, which weighs every cell of the store for every shopper: the "
                    "walker's whole body out of the readings, the receivers fitted as they read an unobstructed phone, "
                    "a kriged map judged by tracking held-out walk segments with the grid filter, and, if the map is "
-                   "kept, [tracking] grid_motion_m, grid_sigma_db (the map's nugget) and body_loss_db (the walker's "
-                   "body) written to --out; it costs about four times the CPU per reading (benchmarks/README.md). "
+                   "kept, [tracking] grid_motion_m, grid_sigma_db (the map's nugget), body_loss_db (the walker's "
+                   "body) and, where the site sets none, phone_offset_db written to --out; it costs about four times the CPU per reading (benchmarks/README.md). "
                    "--no-grid-filter calibrates for the tracker's own filter. With neither, both are fitted and the "
                    "grid filter is chosen only if it tracks the held-out walk segments better by the rule a map is "
                    "kept by; --map-method kernel, --map-bandwidth, --no-radio-map or --without-walker-body choose "
@@ -433,7 +432,7 @@ def _fitted(config: SiteConfig, samples: dict[str, WalkSamples], for_grid: bool,
     if not any(f.calibration is not None for f in fits):
         raise CliError("no receiver had enough readings to fit; " + "; ".join(
             f"{f.receiver_id}: {f.reason}" for f in fits))
-    grid = GridCalibration(GRID_MOTION_M, body_db) if for_grid else None
+    grid = GridCalibration.for_site(config, body_db) if for_grid else None
     method = map_method or ("kriged" if for_grid else "kernel")
     verdict = judge_radio_map(config, walked, fits, method=method, bandwidth_m=map_bandwidth, grid=grid) \
         if radio_map else None
@@ -467,7 +466,8 @@ def _grid_note(tracking: dict[str, float | None]) -> str:
     if tracking.get("grid_motion_m") is None:
         return "grid filter: not turned on, the kriged map was not kept (without the store's field it does worse)"
     return (f"grid filter: on ([tracking] grid_motion_m = {tracking['grid_motion_m']:g}, grid_sigma_db = "
-            f"{tracking['grid_sigma_db']:g}, body_loss_db = {tracking['body_loss_db']:g})")
+            f"{tracking['grid_sigma_db']:g}, body_loss_db = {tracking['body_loss_db']:g}, phone_offset_db = "
+            f"{tracking['phone_offset_db']:g})")
 
 
 def _fingerprint_note(signature: StoredFingerprint | None, asked: bool, out: Path) -> str:
