@@ -107,6 +107,19 @@ def test_uri_loyalty_record_on_a_type2_card() -> None:
     assert [(tap.card, tap.known) for _, tap in delivered] == [("C-77", True)]
 
 
+def test_a_loyalty_card_whose_first_ndef_read_goes_unanswered_is_still_ours() -> None:
+    """A card at the edge of the field (or a reader too busy to wait for it) misses the first READ: nfcpy reports
+    no NDEF message, as for a card without one. The source reads again before it takes the card for not ours."""
+    port = free_port()
+    source = NfcSource(reader(port), PSEUDO, targets=("106A",), debounce_s=0.5)
+    with EmulatedCard("type2", port, UID, encode_loyalty("C-000123"), taps=2, hold=0.6, gap=1.0,
+                      missed_reads=3) as card:
+        delivered = run_taps(source, card)
+    assert [(tap.card, tap.known) for _, tap in delivered] == [("C-000123", True)] * 2
+    assert source.taps == {"known": 2}
+    assert source.rereads == 2
+
+
 @pytest.mark.parametrize(("kind", "card_id"), [("type2", UID), ("type3", IDM)])
 def test_broken_ndef_is_counted_and_tapped_by_uid(kind: str, card_id: bytes,
                                                   caplog: pytest.LogCaptureFixture) -> None:

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("106A", "106B", "212F")
 """Type A (Type 2 and 4 tags), Type B, FeliCa: what nfcpy polls for by default."""
+NDEF_READS = 3
+"""Reads of a card's NDEF message before it counts as having none: nfcpy answers a read that timed out (a card at
+the edge of the field, a reader kept waiting) as it answers a card without NDEF, and our own card taken for not
+ours loses the visit its loyalty id."""
 DEBOUNCE_S = 2.0
 """The same card back within this long after it left is a hand hovering at the edge, not a new tap."""
 
@@ -155,6 +159,8 @@ class NfcSource:
         self.stats = SourceStats(f"nfc:{reader.id}")
         self.taps: Counter[str] = Counter()
         """``known`` / ``unknown`` taps handed out."""
+        self.rereads = 0
+        """NDEF reads that came back empty and were tried again (NDEF_READS)."""
         self.open_attempts = 0
         self._halt = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -245,6 +251,11 @@ class NfcSource:
         try:
             uid = bytes(tag.identifier)
             record = tag.ndef
+            for _ in range(NDEF_READS - 1):
+                if record is not None:
+                    break
+                self.rereads += 1
+                record = tag.ndef  # nfcpy reads again while it holds no message
             octets = bytes(record.octets) if record is not None else b""
         except _TAG_ERRORS as exc:
             self.stats.drop("read_error", reader=self._reader.id, error=str(exc)[:200])

@@ -7,6 +7,9 @@
   does not emulate Type 2, so this speaks the udp transport directly: the
   Type A selection (SENS/SDD/SEL with a 7-byte UID), READ (0x30),
   GET_VERSION (0x60), and silence for everything else, as a real tag does.
+  ``--missed-reads N`` leaves the first N READs of each tap unanswered (a
+  card at the edge of the field, or a reader too busy to wait for it): the
+  reader's first NDEF read fails and only a second one gets the message.
 
 Each process presents its card ``--taps`` times, ``--hold`` seconds each
 (counted from activation), with ``--gap`` seconds of absence between, and
@@ -78,8 +81,10 @@ class Type2Card:
     AUTHENTICATE).
     """
 
-    def __init__(self, uid: bytes, ndef_message: bytes) -> None:
+    def __init__(self, uid: bytes, ndef_message: bytes, missed_reads: int = 0) -> None:
         self.uid = uid
+        self.missed_reads = missed_reads
+        self.misses_left = missed_reads
         self.memory = ntag213_memory(uid, ndef_message)
         cl1 = b"\x88" + uid[0:3]
         cl2 = uid[3:7]
@@ -106,6 +111,9 @@ class Type2Card:
                 return b"\x00"  # SEL_RES: Type 2 tag
         elif self.state == "active":
             if len(command) == 2 and command[0] == 0x30:
+                if self.misses_left > 0:  # not heard: no answer, still selected
+                    self.misses_left -= 1
+                    return None
                 return self.read(command[1])
             if command == b"\x60":
                 return NTAG213_VERSION
@@ -123,12 +131,14 @@ class Type2Card:
         return bytes(data)
 
 
-def run_type2(port: int, uid: bytes, ndef_message: bytes, taps: int, hold: float, gap: float) -> None:
-    card = Type2Card(uid, ndef_message)
+def run_type2(port: int, uid: bytes, ndef_message: bytes, taps: int, hold: float, gap: float,
+              missed_reads: int = 0) -> None:
+    card = Type2Card(uid, ndef_message, missed_reads)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", port))
     for tap in range(taps):
         emit("listening", tap=tap)
+        card.misses_left = card.missed_reads
         activated: float | None = None
         while activated is None or time.time() < activated + hold:
             sock.settimeout(0.05 if activated is not None else None)
@@ -210,14 +220,15 @@ class EmulatedCard:
     """An emulator process, its events, and its end at teardown."""
 
     def __init__(self, kind: str, port: int, card_id: bytes, ndef_message: bytes, *,
-                 taps: int = 1, hold: float = 0.6, gap: float = 0.8) -> None:
+                 taps: int = 1, hold: float = 0.6, gap: float = 0.8, missed_reads: int = 0) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.log: list[dict[str, Any]] = []
         id_flag = "--uid" if kind == "type2" else "--idm"
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tests.helpers.nfc_emulators", kind, "--port", str(port),
              id_flag, card_id.hex(), "--ndef", ndef_message.hex(),
-             "--taps", str(taps), "--hold", str(hold), "--gap", str(gap)],
+             "--taps", str(taps), "--hold", str(hold), "--gap", str(gap),
+             *(["--missed-reads", str(missed_reads)] if missed_reads else [])],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             preexec_fn=die_with_parent,  # noqa: PLW1509
         )
@@ -279,11 +290,12 @@ def main() -> None:
     parser.add_argument("--taps", type=int, default=1)
     parser.add_argument("--hold", type=float, default=0.6)
     parser.add_argument("--gap", type=float, default=0.8)
+    parser.add_argument("--missed-reads", type=int, default=0, help="READs left unanswered each tap (type2)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     message = bytes.fromhex(args.ndef)
     if args.kind == "type2":
-        run_type2(args.port, bytes.fromhex(args.uid), message, args.taps, args.hold, args.gap)
+        run_type2(args.port, bytes.fromhex(args.uid), message, args.taps, args.hold, args.gap, args.missed_reads)
     else:
         run_type3(args.port, bytes.fromhex(args.idm), message, args.taps, args.hold, args.gap)
 
