@@ -38,7 +38,7 @@ from agent.errors import SantiError
 from agent.observations import Observation
 from agent.privacy import Pseudonymizer
 from agent.siteedit import fitted_values, set_receiver_values
-from agent.sources.base import Record
+from agent.sources.base import Record, Source
 from agent.sources.ble import BleSource
 from positioning.pathloss import MIN_DISTANCE_SPAN, Calibration, fit_calibration, rssi_at_distance
 
@@ -199,80 +199,69 @@ class Capture(Protocol):
         """Stop listening and release the radio."""
 
 
-class BleCapture:
-    """The beacon's RSSI through the agent's ``BleSource``, running on its own thread and event loop.
+class TagListener:
+    """Sources on a thread and event loop of their own, keeping every reading of one tag's exact identity.
 
-    The source admits only the beacon's UUID or namespace and names emitters
-    by a throwaway key, so readings are matched to the exact identity by its
-    pseudonym and nothing identifying leaves this object.
+    The sources admit only the tag's UUID or namespace and name emitters by
+    a throwaway key (`pseudonymizer`), so readings are matched to the exact
+    identity by its pseudonym and nothing identifying leaves this object.
+    Subclasses add their sources (`listen`) before `start`.
     """
 
-    def __init__(self, beacon: Beacon, adapter: str, *, clock: Clock = time.time,
-                 sleep: Callable[[float], None] = time.sleep, start_timeout_s: float = 15.0) -> None:
+    def __init__(self, beacon: Beacon, key: str, *, clock: Clock = time.time, start_timeout_s: float = 15.0) -> None:
         self.beacon = beacon
         self._clock = clock
-        self._sleep = sleep
         self._start_timeout_s = start_timeout_s
-        self._pseudonymizer = Pseudonymizer(os.urandom(32), "calibration", 86400.0)
+        self._key = key
+        self.pseudonymizer = Pseudonymizer(os.urandom(32), key, 86400.0)
         self._names: dict[int, frozenset[str]] = {}
-        self.source = BleSource(beacon.ble_config(adapter), "calibration", self._pseudonymizer, clock=clock,
-                                retry=INTERACTIVE_RETRY)
+        self._sources: list[tuple[Source, str, str]] = []
         self._lock = threading.Lock()
-        self._readings: list[tuple[float, float]] = []
+        self._readings: list[Observation] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
 
-    def _is_beacon(self, observation: Observation) -> bool:
-        period = self._pseudonymizer.period(observation.ts)
+    def listen(self, source: Source, what: str, silent: str) -> None:
+        """Run `source` too; `what` names it in errors ("Bluetooth"), `silent` is the error when it gives none."""
+        self._sources.append((source, what, silent))
+
+    def _is_tag(self, observation: Observation) -> bool:
+        period = self.pseudonymizer.period(observation.ts)
         names = self._names.get(period)
         if names is None:
-            names = frozenset(self._pseudonymizer.pseudonym("ble", i, observation.ts) for i in self.beacon.identities)
+            names = frozenset(self.pseudonymizer.pseudonym("ble", i, observation.ts) for i in self.beacon.identities)
             self._names = {period: names}
         return observation.emitter_id in names
 
     def _sink(self, record: Record) -> None:
-        if isinstance(record, Observation) and self._is_beacon(record):
+        if isinstance(record, Observation) and self._is_tag(record):
             with self._lock:
-                self._readings.append((record.ts, record.rssi_dbm))
+                self._readings.append(record)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._ready.set()
-        await self.source.run(self._sink, self._stop)
+        await asyncio.gather(*(source.run(self._sink, self._stop) for source, _, _ in self._sources))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="calibration-ble", daemon=True)
+        """Start every source; WalkCaptureError (one line, the source's own error) if one does not come up."""
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name=self._key, daemon=True)
         self._thread.start()
         self._ready.wait(5.0)
         deadline = time.monotonic() + self._start_timeout_s
-        while self.source.stats.state != "up":
+        while down := [(source, what, silent) for source, what, silent in self._sources if source.stats.state != "up"]:
             if time.monotonic() > deadline:
                 self.close()
-                raise WalkCaptureError(f"Bluetooth did not start: {self.source.stats.last_error or 'no answer from BlueZ'}")
+                source, what, silent = down[0]
+                raise WalkCaptureError(f"{what} did not start: {source.stats.last_error or silent}")
             time.sleep(0.05)
 
-    def measure(self, distance_m: float, seconds: float, settle_s: float, progress: Progress) -> list[float]:
-        self._sleep(settle_s)
-        start = self._clock()
-        elapsed = 0.0
-        while elapsed < seconds:
-            if self.source.stats.state != "up":
-                raise WalkCaptureError(f"Bluetooth went away while measuring: {self.source.stats.last_error}")
-            with self._lock:
-                count = sum(1 for ts, _ in self._readings if ts >= start)
-            progress(elapsed, count)
-            self._sleep(min(0.1, seconds - elapsed))
-            elapsed = self._clock() - start
-        end = self._clock()
-        with self._lock:
-            taken = [rssi for ts, rssi in self._readings if start <= ts <= end]
-            self._readings = [(ts, rssi) for ts, rssi in self._readings if ts > end]
-        progress(seconds, len(taken))
-        log.info("calibration step captured", extra={"distance_m": distance_m, "readings": len(taken)})
-        return taken
+    def now(self) -> float:
+        """The time on the clock the readings are stamped with: a mark and a reading compare."""
+        return self._clock()
 
     def close(self) -> None:
         loop, stop = self._loop, self._stop
@@ -282,6 +271,38 @@ class BleCapture:
         if self._thread is not None:
             self._thread.join(10.0)
             self._thread = None
+
+
+class BleCapture(TagListener):
+    """The beacon's RSSI at one distance after another, through the agent's ``BleSource`` on this machine's adapter."""
+
+    def __init__(self, beacon: Beacon, adapter: str, *, clock: Clock = time.time,
+                 sleep: Callable[[float], None] = time.sleep, start_timeout_s: float = 15.0) -> None:
+        super().__init__(beacon, "calibration", clock=clock, start_timeout_s=start_timeout_s)
+        self._sleep = sleep
+        self.source = BleSource(beacon.ble_config(adapter), "calibration", self.pseudonymizer, clock=clock,
+                                retry=INTERACTIVE_RETRY)
+        self.listen(self.source, "Bluetooth", "no answer from BlueZ")
+
+    def measure(self, distance_m: float, seconds: float, settle_s: float, progress: Progress) -> list[float]:
+        self._sleep(settle_s)
+        start = self._clock()
+        elapsed = 0.0
+        while elapsed < seconds:
+            if self.source.stats.state != "up":
+                raise WalkCaptureError(f"Bluetooth went away while measuring: {self.source.stats.last_error}")
+            with self._lock:
+                count = sum(1 for r in self._readings if r.ts >= start)
+            progress(elapsed, count)
+            self._sleep(min(0.1, seconds - elapsed))
+            elapsed = self._clock() - start
+        end = self._clock()
+        with self._lock:
+            taken = [r.rssi_dbm for r in self._readings if start <= r.ts <= end]
+            self._readings = [r for r in self._readings if r.ts > end]
+        progress(seconds, len(taken))
+        log.info("calibration step captured", extra={"distance_m": distance_m, "readings": len(taken)})
+        return taken
 
 
 CaptureFactory = Callable[[Beacon, str], Capture]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,7 +49,7 @@ from positioning.radiomap import (
 )
 from positioning.tracker import Tracker, TrackerConfig
 from simulator.store import Store
-from simulator.truth import Truth
+from simulator.truth import EmitterTruth, PositionTruth, RunTruth, ShopperTruth, Truth
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
@@ -117,6 +117,38 @@ def behind_walker(when: FloatArray, at: Callable[[FloatArray], FloatArray], rece
     xy = at(when)
     velocity = (at(when + HEADING_SPAN_S) - at(when - HEADING_SPAN_S)) / (2.0 * HEADING_SPAN_S)
     return body_loss(np.hstack([xy, velocity]), receiver_xy[None, :], 1.0, BODY_WALK_SPEED)
+
+
+SURVEY_TAG = "survey-tag"
+"""The emitter id a recorded survey walk gives its reference tag in the files it writes."""
+
+SURVEY_WALKER = "walker"
+"""The carrier of the tag in a recorded survey walk's truth."""
+
+
+def survey_files(site: SiteConfig, site_path: str, marks: Sequence[tuple[float, float, float]],
+                 readings: Iterable[Observation], height_m: float,
+                 beacon: str) -> tuple[list[Observation], list[RunTruth | ShopperTruth | EmitterTruth | PositionTruth]]:
+    """A technician's recorded walk as `calibrate fit` reads one: the tag's readings between the first and the last
+    mark, named SURVEY_TAG, and a truth of one walker at each mark (ts, x, y), the tag at `height_m`, whose track
+    interpolates the legs between them. ValueError if fewer than two marks or no reading falls between them."""
+    if len(marks) < 2:
+        raise ValueError("a survey needs the walker at two points at least")
+    start, end = marks[0][0], marks[-1][0]
+    kept = sorted((r.model_copy(update={"emitter_id": SURVEY_TAG}) for r in readings if start <= r.ts <= end),
+                  key=lambda r: r.ts)
+    if not kept:
+        raise ValueError("the tag was not heard between the first and the last point")
+    truth: list[RunTruth | ShopperTruth | EmitterTruth | PositionTruth] = [
+        RunTruth(store_id=site.store.id, site=site_path, start_ts=start, end_ts=end, shoppers=1,
+                 emitter_height_m=height_m, sigma_db=float(np.median([r.noise_sigma_db for r in site.receivers])),
+                 settings={"survey": "recorded", "tag": beacon}),
+        ShopperTruth(shopper_id=SURVEY_WALKER, enter_ts=start, leave_ts=end, has_app=False),
+        EmitterTruth(emitter_id=SURVEY_TAG, tech="ble", raw_id=beacon, shopper_id=SURVEY_WALKER,
+                     first_ts=kept[0].ts, last_ts=kept[-1].ts),
+        *(PositionTruth(ts=ts, shopper_id=SURVEY_WALKER, x=x, y=y, z=height_m) for ts, x, y in marks),
+    ]
+    return kept, truth
 
 
 def calibration_samples(

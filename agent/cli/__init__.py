@@ -37,7 +37,7 @@ COMMANDS = {
     "status": "agent.cli.status_cmd:status",
 }
 """Command name -> ``module:attribute``. ``calibrate`` comes from calibrate_cmd, which
-adds ``receiver`` to sim_cmd's group beside ``fit``."""
+adds ``receiver`` and ``survey`` (survey_cmd) to sim_cmd's group beside ``fit``."""
 
 
 class SantiGroup(click.Group):

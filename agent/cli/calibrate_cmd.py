@@ -2,7 +2,8 @@
 
 Attached to the ``calibrate`` group of ``agent.cli.sim_cmd`` (beside
 ``calibrate fit``, the walk-based calibration), so importing this module is
-what registers it.
+what registers it, and ``calibrate survey`` (``agent.cli.survey_cmd``), which
+records such a walk in a real store.
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ from agent.calibration_walk import (
     WalkError,
     ble_capture,
     fit_walk,
-    parse_beacon,
     parse_distances,
     proposed_text,
     replace_site_file,
     residual_db,
     unified_diff,
 )
+from agent.cli.beacon_arg import beacon_arg
 from agent.cli.errors import CliError
 from agent.cli.sim_cmd import calibrate
+from agent.cli.survey_cmd import survey_command
 from agent.config import ConfigError, ReceiverConfig, SiteConfig, load_site
 from agent.errors import SantiError
 from agent.siteedit import fitted_values
@@ -56,13 +58,6 @@ def _receiver(site: SiteConfig, receiver_id: str) -> ReceiverConfig:
                        "machine's own Bluetooth adapter, so it calibrates kind 'ble' receivers; calibrate remote "
                        "receivers from a walk with santi calibrate fit")
     return found
-
-
-def _beacon(_: click.Context, __: click.Parameter, value: str) -> Beacon:
-    try:
-        return parse_beacon(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _distances(_: click.Context, __: click.Parameter, value: str) -> tuple[float, ...]:
@@ -147,7 +142,7 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
     @click.argument("receiver_id")
     @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), required=True,
                   help="Site config to update.")
-    @click.option("--beacon", required=True, callback=_beacon,
+    @click.option("--beacon", required=True, callback=beacon_arg,
                   help="Reference beacon: UUID:MAJOR:MINOR (iBeacon) or NAMESPACE:INSTANCE (Eddystone-UID).")
     @click.option("--distances", default=",".join(f"{d:g}" for d in DEFAULT_DISTANCES), show_default=True,
                   callback=_distances, help="Distances to measure at, metres, comma-separated.")
@@ -221,3 +216,4 @@ def receiver_command(capture_factory: CaptureFactory = ble_capture) -> click.Com
 
 
 calibrate.add_command(receiver_command())
+calibrate.add_command(survey_command())
