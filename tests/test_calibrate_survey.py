@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.calibration_walk import Beacon, parse_beacon
-from agent.cli import SantiGroup
+from agent.cli import SantiGroup, cli
 from agent.cli.survey_cmd import survey_command
 from agent.config import SiteConfig, load_site
 from agent.localbroker import Broker, example_site_for
@@ -114,6 +114,15 @@ def test_a_recorded_walk_is_what_calibrate_fit_reads(tmp_path: Path, broker: Bro
         on_first_leg = np.isclose(xy[:, 0], 15.0) & (xy[:, 1] >= 2.0) & (xy[:, 1] <= 10.0)
         on_second_leg = np.isclose(xy[:, 1], 10.0) & (xy[:, 0] >= 15.0) & (xy[:, 0] <= 25.0)
         assert np.all(on_first_leg | on_second_leg)
+    fitted = CliRunner().invoke(cli, ["calibrate", "fit", "--site", str(site_path), "--observations",
+                                      str(out / "observations.jsonl"), "--truth", str(out / "truth.jsonl"),
+                                      "--out", str(tmp_path / "calibrated.toml"), "--min-samples", "10",
+                                      "--no-radio-map", "--no-fingerprint"])
+    # fit reads the walk, computes each reading's distance from the known positions, and finds this short route
+    # too narrow for a path-loss fit: a walk of two legs in the middle of the store is not a calibration.
+    assert fitted.exit_code == 2, fitted.output
+    assert re.search(r"pi-ble: walk covered [0-9.]+-[0-9.]+ m only; walk nearer and farther", fitted.stderr)
+    assert "node-fish: only 0 readings" in fitted.stderr
 
 
 def test_the_route_is_checked_against_the_store() -> None:
