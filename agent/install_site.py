@@ -114,6 +114,9 @@ def facts(site: SiteConfig) -> dict[str, str]:
         "SITE_UPLINK_PASSWORD_FILE": _target(site.uplink.password_file),
         "SITE_NFC_READERS": str(len(site.nfc_readers)),
         "SITE_TTY_READERS": " ".join(tty_readers),
+        # As written in the file: relative to it, and so to /etc/santi once installed.
+        "SITE_RADIO_MAP": "" if site.tracking.radio_map is None else str(site.tracking.radio_map),
+        "SITE_FINGERPRINT": "" if site.tracking.fingerprint is None else str(site.tracking.fingerprint),
     }
 
 

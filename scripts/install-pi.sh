@@ -297,6 +297,23 @@ numeric_owner() {
 }
 
 # -- 5. /etc/santi, the site config and the secrets --------------------------------------------
+# A file `santi calibrate fit` wrote beside the config and the config names ([tracking] radio_map, fingerprint):
+# a relative name is read beside --config and installed beside the site config, where the agent looks for it.
+install_calibration() {  # KEY PATH-AS-WRITTEN
+    local key="$1" written="$2" target source=""
+    [ -n "$written" ] || return 0
+    if [[ "$written" = /* ]]; then target="$written"; else target="$ETC/$written"; fi
+    if [ -n "$SITE" ]; then
+        if [[ "$written" = /* ]]; then source="$written"; else source="$(dirname "$SITE")/$written"; fi
+    fi
+    if [ -n "$source" ] && [ -f "$source" ] && [ "$(realpath "$source")" != "$(realpath -m "$(at "$target")")" ]; then
+        ensure_file "$target" 0640 "root:$USER_NAME" "[tracking] $key from $source" < "$source"
+    elif [ -f "$(at "$target")" ]; then
+        ok "$target ([tracking] $key) present"
+    else
+        todo "[tracking] $key names $target, which is missing: put there the file santi calibrate fit wrote beside the config, or remove the key"
+    fi
+}
 step_etc() {
     ensure_dir $ETC 0750 root:$USER_NAME
     if [ -n "$SITE" ]; then
@@ -307,6 +324,8 @@ step_etc() {
         would "check the uplink password at uplink.password_file (0600, owner $USER_NAME; HQ issues it, never generated)"
     fi
     [ -n "$SITE_READABLE" ] || return 0
+    install_calibration radio_map "${SITE_RADIO_MAP:-}"
+    install_calibration fingerprint "${SITE_FINGERPRINT:-}"
     if [ -n "${SITE_SECRET_FILE:-}" ]; then
         ensure_secret "$SITE_SECRET_FILE" "store secret (privacy.secret_file)"
     elif [ -n "${SITE_SECRET_ENV:-}" ]; then

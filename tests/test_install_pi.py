@@ -508,3 +508,33 @@ def test_install_in_a_debian_12_chroot(tmp_path: Path, bookworm: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert [line for line in second.stdout.splitlines() if line.startswith("changed:")] == []
     assert "install-pi: nothing to change, already installed" in second.stdout
+
+
+def test_the_calibration_files_the_site_names_are_installed_beside_it(tmp_path: Path, staging: Path) -> None:
+    """`calibrate fit` writes the radio map and the fingerprint beside the config it writes, named relative to it;
+    installed as /etc/santi/site.toml, the config looks for them in /etc/santi."""
+    site = _site(tmp_path)
+    site.write_text(site.read_text().replace(
+        "[tracking]\n", '[tracking]\nradio_map = "store.radiomap.npz"\nfingerprint = "maps/store.fingerprint.npz"\n'))
+    (tmp_path / "store.radiomap.npz").write_bytes(b"the map")
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "store.fingerprint.npz").write_bytes(b"the fingerprint")
+    lines = _ok("--site", site, "--root", staging)
+    gid = _ids(staging, "group", "santi")
+    for name, content in (("store.radiomap.npz", b"the map"), ("maps/store.fingerprint.npz", b"the fingerprint")):
+        installed = staging / "etc/santi" / name
+        assert installed.read_bytes() == content
+        info = installed.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 0, gid)
+    assert (f"changed: wrote /etc/santi/store.radiomap.npz ([tracking] radio_map from {tmp_path}/store.radiomap.npz, "
+            "0640)") in lines
+    assert [line for line in _ok("--site", site, "--root", staging) if line.startswith("changed:")] == []
+    (tmp_path / "maps" / "store.fingerprint.npz").unlink()
+    (staging / "etc/santi/maps/store.fingerprint.npz").unlink()
+    lines = _ok("--site", site, "--root", staging)
+    assert ("todo: [tracking] fingerprint names /etc/santi/maps/store.fingerprint.npz, which is missing: put there "
+            "the file santi calibrate fit wrote beside the config, or remove the key") in lines
+    assert (f"ok: /etc/santi/store.radiomap.npz ([tracking] radio_map from {tmp_path}/store.radiomap.npz) "
+            "unchanged") in lines
+    # Without --site the installed config is checked as it is: its files must be in place.
+    assert "ok: /etc/santi/store.radiomap.npz ([tracking] radio_map) present" in _ok("--root", staging)
