@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from agent.calibration_walk import Beacon, parse_beacon
 from agent.cli import SantiGroup, cli
@@ -74,21 +74,28 @@ class WalkingCapture(SurveyCapture):
         self.pub.disconnect()
 
 
-def test_a_recorded_walk_is_what_calibrate_fit_reads(tmp_path: Path, broker: Broker, fake_bluez: FakeBluez) -> None:
+def _survey(tmp_path: Path, broker: Broker, fake: FakeBluez, route: str, keys: str,
+            *options: str) -> tuple[Result, WalkingCapture, SiteConfig, Path]:
+    """`santi calibrate survey` of the example store (nodes on `broker`) with `keys` typed at its prompts."""
     site_path = example_site_for(tmp_path, broker.port)
-    site = load_site(site_path)
     made: list[WalkingCapture] = []
 
     def factory(s: SiteConfig, beacon: Beacon) -> SurveyCapture:
-        made.append(WalkingCapture(s, beacon, broker, fake_bluez))
+        made.append(WalkingCapture(s, beacon, broker, fake))
         return made[-1]
 
     out = tmp_path / "walk"
     result = CliRunner().invoke(SantiGroup(commands=[survey_command(factory)]),
-                                ["survey", "--config", str(site_path), "--beacon", TAG, "--route", ROUTE,
-                                 "--out", str(out)], input="\n?\n\n\n")
+                                ["survey", "--config", str(site_path), "--beacon", TAG, "--route", route,
+                                 "--out", str(out), *options], input=keys)
     assert result.exit_code == 0, result.output
-    assert made[0].legs == 2
+    return result, made[0], load_site(site_path), out
+
+
+def test_a_recorded_walk_is_what_calibrate_fit_reads(tmp_path: Path, broker: Broker, fake_bluez: FakeBluez) -> None:
+    result, capture, site, out = _survey(tmp_path, broker, fake_bluez, ROUTE, "\n?\n\n\n")
+    site_path = tmp_path / "site.toml"  # where example_site_for wrote it
+    assert capture.legs == 2
     assert "Stand at point 1 (15, 2)" in result.stderr
     assert "Walk steadily to point 3 (25, 10)" in result.stderr
     assert "the tag has not been heard yet" in result.stderr  # the "?" before the first leg was walked
@@ -166,3 +173,20 @@ def test_a_route_outside_the_store_is_a_one_line_usage_error(tmp_path: Path) -> 
     assert "point 2 (31, 2) is outside the store's outline" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "walk").exists()
+
+
+def test_with_stops_what_is_heard_while_standing_is_at_the_point(tmp_path: Path, broker: Broker,
+                                                                 fake_bluez: FakeBluez) -> None:
+    """--stops: a second Enter as the walker leaves each point; the readings between the two are at the point."""
+    result, capture, site, out = _survey(tmp_path, broker, fake_bluez, "15,2 15,10", "\n\n\n\n", "--stops")
+    assert "Stand still at point 1; press Enter as you leave it" in result.stderr
+    assert "Stand still at point 2; press Enter to finish" in result.stderr
+    assert capture.legs == 3  # standing at 1, walking to 2, standing at 2
+    track = read_truth(out / "truth.jsonl").tracks["walker"]
+    assert track.xy.tolist() == [[15.0, 2.0], [15.0, 2.0], [15.0, 10.0], [15.0, 10.0]]
+    observations = list(RecordReader(out / "observations.jsonl", Observation))
+    xy = calibration_samples(site, observations, read_truth(out / "truth.jsonl"))["pi-ble"].xy
+    assert len(xy) == 3 * PER_LEG
+    assert int(np.sum(np.all(xy == [15.0, 2.0], axis=1))) == PER_LEG
+    assert int(np.sum(np.all(xy == [15.0, 10.0], axis=1))) == PER_LEG
+    assert np.all(np.isclose(xy[:, 0], 15.0) & (xy[:, 1] >= 2.0) & (xy[:, 1] <= 10.0))

@@ -53,15 +53,20 @@ def survey_command(capture_factory: SurveyFactory = SurveyCapture) -> click.Comm
                   help="Folder for observations.jsonl and truth.jsonl.")
     @click.option("--height", type=click.FloatRange(min=0.3, max=2.5), default=None,
                   help="Height of the tag above the floor, m [default: the site's [tracking] emitter_height_m].")
-    def survey(config: Path, beacon: Beacon, route_text: str, out: Path, height: float | None) -> None:
+    @click.option("--stops", is_flag=True,
+                  help="Stand at each point until you press Enter a second time, as you leave it: what the "
+                       "receivers hear meanwhile is heard at the point itself.")
+    def survey(config: Path, beacon: Beacon, route_text: str, out: Path, height: float | None, stops: bool) -> None:
         """Record a calibration walk: the tag's readings at every receiver, and when you reached each point.
 
         Carry the tag at chest height, as a shopper carries a phone. At each
         point of --route press Enter as you reach it, and walk at a steady
         pace to the next: between two points the tag is taken to be on the
         straight line, at the time's share of the leg. Type ? and Enter
-        instead to see what the receivers have heard so far. Then fit the
-        store from the walk with santi calibrate fit.
+        instead to see what the receivers have heard so far. With --stops
+        you also press Enter as you leave each point, and may stand there as
+        long as you like. Then fit the store from the walk with santi
+        calibrate fit.
 
         \b
         Example:
@@ -83,12 +88,16 @@ def survey_command(capture_factory: SurveyFactory = SurveyCapture) -> click.Comm
         marks: list[tuple[float, float, float]] = []
         try:
             for k, (x, y) in enumerate(route):
-                ask = (f"Stand at point 1 ({x:g}, {y:g}) with the tag at chest height; press Enter to start"
-                       if k == 0 else f"Walk steadily to point {k + 1} ({x:g}, {y:g}); press Enter as you reach it")
-                while click.prompt(ask, default="", show_default=False, prompt_suffix=" ", err=True).strip() \
-                        == ASK_HEARD:
-                    err.print(_heard_line(capture, site), highlight=False)
-                marks.append((capture.now(), x, y))
+                asks = [f"Stand at point 1 ({x:g}, {y:g}) with the tag at chest height; press Enter to start"
+                        if k == 0 else f"Walk steadily to point {k + 1} ({x:g}, {y:g}); press Enter as you reach it"]
+                if stops:
+                    asks.append(f"Stand still at point {k + 1}; press Enter as you leave it"
+                                if k < len(route) - 1 else f"Stand still at point {k + 1}; press Enter to finish")
+                for ask in asks:
+                    while click.prompt(ask, default="", show_default=False, prompt_suffix=" ", err=True).strip() \
+                            == ASK_HEARD:
+                        err.print(_heard_line(capture, site), highlight=False)
+                    marks.append((capture.now(), x, y))
         finally:
             capture.close()
         try:
