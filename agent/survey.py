@@ -20,21 +20,17 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from shapely.geometry import Point, Polygon
 
 from agent.backoff import INTERACTIVE_RETRY
-from agent.calibration_walk import Beacon, TagListener, WalkCaptureError
+from agent.calibration_walk import Beacon, Clock, TagListener, WalkCaptureError
 from agent.config import SiteConfig
 from agent.mqttclient import BrokerConfig
 from agent.observations import Observation
 from agent.sources.ble import BleSource
 from agent.sources.node_ingest import NodeIngest
 from agent.sources.node_subscriber import NodesSource
-
-Clock = Callable[[], float]
 
 _POINT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*$")
 MIN_LEG_M = 0.5
@@ -63,16 +59,6 @@ def parse_route(text: str, site: SiteConfig) -> tuple[tuple[float, float], ...]:
         if ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 < MIN_LEG_M:
             raise ValueError(f"points {k} and {k + 1} are less than {MIN_LEG_M:g} m apart: one point, not a leg")
     return tuple(points)
-
-
-@dataclass(frozen=True)
-class Mark:
-    """The walker at route point `index` (from 0), at `ts`."""
-
-    index: int
-    ts: float
-    x: float
-    y: float
 
 
 class SurveyCapture(TagListener):

@@ -9,6 +9,7 @@ leg is done once the receivers have heard it (polled, not slept on).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.calibration_walk import Beacon, parse_beacon
 from agent.cli import SantiGroup, cli
@@ -25,7 +28,7 @@ from agent.config import SiteConfig, load_site
 from agent.localbroker import Broker, example_site_for
 from agent.observations import Observation
 from agent.replayfile import RecordReader
-from agent.survey import SurveyCapture, parse_route
+from agent.survey import MIN_LEG_M, SurveyCapture, parse_route
 from simulator.calibrate import SURVEY_TAG, calibration_samples, survey_files
 from simulator.truth import TruthRecord, gather, read_truth
 from tests.helpers.ble import ibeacon
@@ -190,3 +193,32 @@ def test_with_stops_what_is_heard_while_standing_is_at_the_point(tmp_path: Path,
     assert int(np.sum(np.all(xy == [15.0, 2.0], axis=1))) == PER_LEG
     assert int(np.sum(np.all(xy == [15.0, 10.0], axis=1))) == PER_LEG
     assert np.all(np.isclose(xy[:, 0], 15.0) & (xy[:, 1] >= 2.0) & (xy[:, 1] <= 10.0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 200)), min_size=2, max_size=8))
+def test_a_route_of_points_in_the_store_reads_back_exactly(points: list[tuple[int, int]]) -> None:
+    site = load_site(Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml")
+    xy = [(x / 10.0, y / 10.0) for x, y in points]  # the example store is 30 x 20 m
+    text = " ".join(f"{x:g},{y:g}" for x, y in xy)
+    legs = [math.dist(a, b) for a, b in itertools.pairwise(xy)]
+    if min(legs) < MIN_LEG_M:
+        with pytest.raises(ValueError, match="one point, not a leg"):
+            parse_route(text, site)
+    else:
+        assert parse_route(text, site) == tuple(xy)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_any_route_text_is_a_route_or_a_one_line_value_error(text: str) -> None:
+    site = load_site(Path(__file__).resolve().parent.parent / "examples" / "fishmonger.toml")
+    said = ""
+    try:
+        route = parse_route(text, site)
+    except ValueError as exc:
+        said = str(exc)
+        assert said
+    else:
+        assert len(route) >= 2
+    assert "\n" not in said or "\n" in text  # one line of its own; only the text it quotes may hold a newline
