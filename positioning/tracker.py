@@ -117,7 +117,8 @@ class TrackerConfig:
         between windows as the grid filter sees it; 0, the default, leaves
         the grid filter out. Only a tracker given a `GridFilter` uses it.
         When on, each track's reported position and spread are the grid's
-        (46), for every track and window: a calibrated store's map and its
+        (46), for every track and window (the linearised filter and the
+        still grid are not run): a calibrated store's map and its
         shoppers' bodies lead the linearised filter into wrong basins that
         the grid, weighing every cell, does not fall into
         (benchmarks/README.md, 2026-12-06, "A grid for every shopper"). The
@@ -316,6 +317,12 @@ class Tracker:
             rows[new] = self._birth(t, [ids[i] for i in np.flatnonzero(new)], new, code, ri, z)
         k, m, d = len(ids), self._sigma_a.shape[0], self._xm.shape[2]
         dt = np.maximum(t - self._t[rows], 0.0)
+        if self._grid_filter is not None:
+            # The grid's (46) is every track's estimate, every window: the linearised filter and the still grid
+            # would be run only to be overwritten.
+            xy, cov = self._on_grid(rows, dt, code, ri, z)
+            self._t[rows], self._last_seen[rows] = t, t
+            return TrackSnapshot(tuple(ids), xy, cov, np.full(len(ids), float(t)), code)
         held = self._held(rows, dt)
         x0, P0, c = mix(
             self._xm[rows], self._Pm[rows], self._mu[rows], mode_transitions(dt, self._dwell)
@@ -354,8 +361,6 @@ class Tracker:
             xm[placed, :, :2] = grid_xy[:, None]
             Pm[placed, :, :, :2] = Pm[placed, :, :2, :] = 0.0
             Pm[placed, :, :2, :2] = grid_cov[:, None]
-        if self._grid_filter is not None:
-            xy, cov = self._on_grid(rows, dt, code, ri, z)
         self._xm[rows], self._Pm[rows], self._mu[rows] = xm, Pm, mu
         if held is not None:
             self._facing[rows] = facing(x, cfg.body_walk_speed, held)
@@ -401,7 +406,7 @@ class Tracker:
         cell = code * m + ri
         count = np.bincount(cell, minlength=k * m).reshape(k, m).astype(np.float64)
         total = np.asarray(np.bincount(cell, z, minlength=k * m).reshape(k, m), dtype=np.float64)
-        posterior = self._grid_filter.update(self._grid_filter.predict(self._posterior[rows], dt), count, total)
+        posterior = self._grid_filter.step(self._posterior[rows], dt, count, total)
         self._posterior[rows] = posterior
         return self._grid_filter.estimate(posterior)
 
@@ -472,7 +477,12 @@ class Tracker:
         return TrackSnapshot(tuple(self._rows.ids), xy, cov, self._last_seen[:n].copy())
 
     def state(self) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Copies of the full state of all live tracks: x (k, d), P (k, d, d), state time (k,); d of eq. (16)."""
+        """Copies of the full state of all live tracks: x (k, d), P (k, d, d), state time (k,); d of eq. (16).
+
+        A tracker on the grid filter runs no linearised filter, so it has no such state: ValueError.
+        """
+        if self._grid_filter is not None:
+            raise ValueError("a tracker on the grid filter keeps each track as a posterior over cells, not (16)")
         n = len(self._rows)
         x, P = mixture(self._xm[:n], self._Pm[:n], self._mu[:n])
         return x, P, self._t[:n].copy()
