@@ -60,10 +60,22 @@ mean, and its covariance plus the spread of a point within a cell. They
 feed the sector filter's (8) as the linearised filter's estimate did.
 
 What this costs per window is the still grid's three matrix products for
-every heard track, (tracks) x (facings x cells), a few passes over that
+every heard track, (tracks) x (facings x cells), a dozen passes over that
 (tracks, facings, cells) array, and a separable Gaussian filter of the
-(tracks, cells) raster; 1 m cells keep it within a window's budget at a
-thousand tracks.
+(tracks, cells) raster. Most of a placed shopper's posterior lies within a
+few metres, and the passes over the cells far from it are most of the
+cost. So a track whose predicted posterior holds at least 1 - delta
+(`BLOCK_MASS`) within a square block B of the raster around its mean is
+weighed on B's cells alone, and every cell outside B is taken to explain
+the window no better than the worst cell of B:
+
+    l_jg = min_{g' in B} ln sum_j' q⁻_j' exp(l_j'g')   for every j, g outside B   (56)
+
+which bounds what the outside can take from B: at most delta of the prior,
+at B's worst likelihood. A shopper the filter lost is outside B by
+definition, and (56) cannot find them, so every track is weighed on every
+cell every `WHOLE_EVERY_S` (and at birth, and whenever its prior spreads
+past its block). With the outside's mass zero, (56) is (52)-(55) exactly.
 """
 
 from __future__ import annotations
@@ -72,9 +84,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter1d
 
-from positioning.stillgrid import CHUNK, StillGrid, cell_centres
+from positioning.stillgrid import StillGrid, cell_centres
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
@@ -99,14 +111,33 @@ GRID_FLOOR = 1e-4
 DT_STEP_S = 0.25
 """Predictions whose dt round to the same multiple of this share one Gaussian filter."""
 
+BLOCK_M = 16.0
+"""Side of the square block of (56) a track is weighed on, m: its corner is within half a stride of where centring
+it on the posterior's mean would put it, so it reaches at least (BLOCK_M - BLOCK_STRIDE_M) / 2 = 6 m past the mean,
+five of a window's predicted spreads (s = 1.2 m) beyond a well-placed shopper."""
+
+BLOCK_STRIDE_M = 4.0
+"""Blocks start on a lattice this far apart, m: a window's tracks fall in a few dozen blocks, one product each."""
+
+CHUNK = 32
+"""Tracks weighed per product: a chunk's (tracks, facings, cells) arrays stay within a core's cache through the
+dozen passes over them (256 tracks of 8 facings x 1,200 cells are 10 MB an array, 32 are 1.2 MB)."""
+
+BLOCK_MASS = 0.99
+"""The share of a track's predicted posterior its block must hold for (56) to weigh the block alone."""
+
+WHOLE_EVERY_S = 5.0
+"""How often every track is weighed on every cell of the store (52), s: a shopper the block lost is found again."""
+
 
 @dataclass(frozen=True, eq=False)
 class GridFilter:
     """Eqs. (51)-(55) over the cells of `grid` (a `StillGrid` built with segment_correlation 0).
 
     raster: flat index (G,) of each of the grid's cells on the (ny, nx) raster of `cell_centres(bbox, cell)`.
-    A track's state is one row of `width` values: p_g over the G cells, q_j over the H facings, the offset's
-    mean ô and its variance P (0 where the grid has no offset, tau = 0).
+    A track's state is one row of `width` values: p_g over the G cells, q_j over the H facings, the seconds until
+    its next weighing on every cell (56), the offset's mean ô and its variance P (0 where the grid has no offset,
+    tau = 0).
     """
 
     grid: StillGrid
@@ -117,6 +148,9 @@ class GridFilter:
     offset_drift_db: float = 0.0
     floor: float = GRID_FLOOR
     _kept_mass: dict[int, FloatArray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _kernel: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _block_cells: dict[int, IndexArray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.motion_m > 0.0 and self.facing_s > 0.0 and self.offset_drift_db >= 0.0
@@ -145,8 +179,9 @@ class GridFilter:
 
     @property
     def width(self) -> int:
-        """Values in a track's state: G cells, H facings, the offset's mean and variance."""
-        return len(self) + self.grid.headings + 2
+        """Values in a track's state: G cells, H facings, the time until its next whole weighing, the offset's mean
+        and variance."""
+        return len(self) + self.grid.headings + 3
 
     def cells(self, state: FloatArray) -> FloatArray:
         """The posteriors p_g (k, G) of states (k, width), a view."""
@@ -160,10 +195,15 @@ class GridFilter:
         """The offset's mean ô and variance P (k,) of states (k, width), views."""
         return state[:, -2], state[:, -1]
 
+    def whole_in(self, state: FloatArray) -> FloatArray:
+        """Seconds (k,) until each of states (k, width) is next weighed on every cell, a view."""
+        return state[:, len(self) + self.grid.headings]
+
     def start(self, k: int) -> FloatArray:
-        """The state of k new tracks: every cell and facing alike, the offset at its prior N(0, tau²)."""
+        """The state of k new tracks: every cell and facing alike, due a whole weighing, the offset at its prior
+        N(0, tau²)."""
         g, h = len(self), self.grid.headings
-        return np.hstack([np.full((k, g), 1.0 / g), np.full((k, h), 1.0 / h), np.zeros((k, 1)),
+        return np.hstack([np.full((k, g), 1.0 / g), np.full((k, h), 1.0 / h), np.zeros((k, 2)),
                           np.full((k, 1), self.grid.offset_sigma_db**2)])
 
     def predict(self, state: FloatArray, dt: ArrayLike) -> FloatArray:
@@ -173,17 +213,22 @@ class GridFilter:
         steps = np.rint(dt / DT_STEP_S).astype(np.intp)
         cells = self.cells(out)
         ny, nx = self.shape
+        tiled = self.raster.size == ny * nx  # every cell of the raster is the grid's, in order
         for n in np.unique(steps[steps > 0]).tolist():
             rows = np.flatnonzero(steps == n)
-            spread = self.motion_m * np.sqrt(n * DT_STEP_S) / self.grid.cell_m
-            smooth = {"sigma": (0.0, spread, spread), "mode": "constant", "truncate": 3.0}
+            every = rows.size == out.shape[0]  # the usual window: every track heard a window ago
             # Single precision for the raster: the filter's passes over it are the cost, and a cell's share of a
             # posterior needs no more than float32's 7 digits (the floor, eps / G, is far above its smallest).
             full = np.zeros((rows.size, ny * nx), dtype=np.float32)
-            full[:, self.raster] = cells[rows] / self._kept(n)
-            cells[rows] = gaussian_filter(full.reshape(-1, ny, nx), **smooth).reshape(rows.size, -1)[:, self.raster]
-        cells /= cells.sum(axis=1, keepdims=True)
-        cells *= 1.0 - self.floor
+            part = cells if every else cells[rows]
+            if tiled:
+                np.divide(part, self._kept(n), out=full, casting="unsafe")
+            else:
+                full[:, self.raster] = part / self._kept(n)
+            across, along = self._kernels(n)
+            spread_out = np.matmul(along, (full.reshape(-1, nx) @ across).reshape(-1, ny, nx)).reshape(rows.size, -1)
+            cells[slice(None) if every else rows] = spread_out if tiled else spread_out[:, self.raster]
+        cells *= ((1.0 - self.floor) / cells.sum(axis=1))[:, None]
         cells += self.floor / len(self)
         kept = np.exp(-dt / self.facing_s)[:, None]
         facings = self.facings(out)
@@ -191,53 +236,134 @@ class GridFilter:
         facings += (1.0 - kept) / self.grid.headings
         if self.grid.offset_sigma_db > 0.0:
             out[:, -1] += self.offset_drift_db**2 * dt
+        self.whole_in(out)[:] -= dt
         return out
+
+    def _kernels(self, n: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The Gaussian of (51) for n steps of DT_STEP_S as two matrices, (nx, nx) to multiply the raster's rows by
+        on the right and (ny, ny) on the left, computed once per n.
+
+        They are the Gaussian filter's own (scipy's truncated kernel, zero past the raster's edge) applied to
+        unit rasters: as products the filter's passes are BLAS's, a third of the time of the filter's loops.
+        """
+        if n not in self._kernel:
+            ny, nx = self.shape
+            spread = self.motion_m * np.sqrt(n * DT_STEP_S) / self.grid.cell_m
+            across, along = (gaussian_filter1d(np.eye(size), spread, axis=0, mode="constant", truncate=3.0)
+                             for size in (nx, ny))
+            self._kernel[n] = (np.ascontiguousarray(across.T, dtype=np.float32),
+                               np.ascontiguousarray(along, dtype=np.float32))
+        return self._kernel[n]
 
     def _kept(self, n: int) -> FloatArray:
         """Z_g' of (51) for a prediction of n steps of DT_STEP_S, computed once per n."""
         if n not in self._kept_mass:
             ny, nx = self.shape
-            inside = np.zeros(ny * nx)
+            inside = np.zeros(ny * nx, dtype=np.float32)
             inside[self.raster] = 1.0
-            spread = self.motion_m * np.sqrt(n * DT_STEP_S) / self.grid.cell_m
-            kept = gaussian_filter(inside.reshape(ny, nx), spread, mode="constant", truncate=3.0).reshape(-1)
+            across, along = self._kernels(n)
+            kept = (along @ inside.reshape(ny, nx) @ across).reshape(-1).astype(np.float64)
             self._kept_mass[n] = np.maximum(kept[self.raster], 1e-12)
         return self._kept_mass[n]
 
     def update(self, prior: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:
-        """Eqs. (54), (52) and (55): predicted states (k, width) and each track's window, count and total (k, m)
-        per receiver."""
-        out = np.array(prior, dtype=np.float64, copy=True)
+        """Eqs. (54), (52), (55) and (56): predicted states (k, width) and each track's window, count and total
+        (k, m) per receiver."""
+        return self._weighed(np.array(prior, dtype=np.float64, copy=True), count, total)
+
+    def step(self, state: FloatArray, dt: ArrayLike, count: FloatArray, total: FloatArray) -> FloatArray:
+        """`update` of `predict`: states (k, width) advanced by dt (k,) and weighed on each track's window."""
+        return self._weighed(self.predict(state, dt), count, total)
+
+    def _weighed(self, state: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:
+        """`update` in place: each track's row is read, then written, once."""
         heard = np.flatnonzero(count.sum(axis=1) > 0.0)
+        whole, blocks = self._plan(state, heard)
+        for rows in (whole[lo : lo + CHUNK] for lo in range(0, whole.size, CHUNK)):
+            self._weigh(state, rows, count, total, None)
+        self.whole_in(state)[whole] = WHOLE_EVERY_S
+        for cells, in_block in blocks:
+            for rows in (in_block[lo : lo + CHUNK] for lo in range(0, in_block.size, CHUNK)):
+                self._weigh(state, rows, count, total, cells)
+        return state
+
+    def _plan(self, prior: FloatArray, heard: IndexArray) -> tuple[IndexArray, list[tuple[IndexArray, IndexArray]]]:
+        """Which heard tracks (56) weighs on a block, grouped by block (its cells and their rows), and which on every
+        cell: those due a whole weighing, and those whose block holds less than BLOCK_MASS of their prior."""
+        due = self.whole_in(prior)[heard] <= 0.0
+        rest = heard[~due]
+        ny, nx = self.shape
+        cell = self.grid.cell_m
+        side, stride = (max(1, round(v / cell)) for v in (BLOCK_M, BLOCK_STRIDE_M))
+        if rest.size == 0 or (side >= nx and side >= ny):  # nothing to place, or the block would be the store
+            return heard, []
+        first = self.raster[0]
+        origin = self.grid.centres[0] - cell * np.array([first % nx, first // nx])
+        at = (self.cells(prior) @ self.grid.centres - origin)[rest] / cell  # the means' raster column, row
+        corner = [np.clip(np.rint((at[:, a] - (side - 1) / 2.0) / stride) * stride, 0, max(n - side, 0))
+                  for a, n in ((0, nx), (1, ny))]
+        keys, which = np.unique((corner[1] * nx + corner[0]).astype(np.intp), return_inverse=True)
+        whole, blocks = [heard[due]], []
+        for i, key in enumerate(keys.tolist()):
+            rows = rest[which == i]
+            cells = self._block(key, side)
+            held = self.cells(prior)[rows[:, None], cells[None, :]].sum(axis=1) >= BLOCK_MASS
+            whole.append(rows[~held])
+            if held.any():
+                blocks.append((cells, rows[held]))
+        return np.concatenate(whole), blocks
+
+    def _block(self, key: int, side: int) -> IndexArray:
+        """The cells (sorted) of the side x side block whose corner is raster index `key`, computed once per block."""
+        if key not in self._block_cells:
+            ny, nx = self.shape
+            iy, ix = divmod(key, nx)
+            where = np.zeros((ny, nx), dtype=bool)
+            where[iy : iy + side, ix : ix + side] = True
+            self._block_cells[key] = np.flatnonzero(where.reshape(-1)[self.raster])
+        return self._block_cells[key]
+
+    def _weigh(self, state: FloatArray, rows: IndexArray, count: FloatArray, total: FloatArray,
+               cells: IndexArray | None) -> None:
+        """Eqs. (54), (52) and (55) in place for the tracks at `rows` of `state`, on every cell (cells None) or on a
+        block's cells with (56) for the rest."""
+        w, zc, _, seen = self.grid.weights(count[rows], total[rows])
+        mean, var = (v[rows] for v in self.offset(state))
         with_offset = self.grid.offset_sigma_db > 0.0
-        for lo in range(0, heard.size, CHUNK):
-            rows = heard[lo : lo + CHUNK]
-            w, zc, _, seen = self.grid.weights(count[rows], total[rows])
-            mean, var = (v[rows] for v in self.offset(prior))
-            if with_offset:
-                zc = np.where(seen, zc - mean[:, None], 0.0)
-            precision = 1.0 / var if with_offset else np.full(rows.size, np.inf)
-            ll, b = self.grid.facing_terms(w, zc, precision)  # (54)
-            ll -= ll.max(axis=(1, 2))[:, None, None]
-            np.exp(ll, out=ll)
-            # The joint p⁻_g q⁻_j exp(l_jg) is never formed: its marginals and moments are products of exp(l) with
-            # the two priors, each one pass over the (tracks, facings, cells) array.
-            p = self.cells(prior)[rows].astype(np.float32)
-            q = self.facings(prior)[rows].astype(np.float32)
-            by_cell = np.matmul(q[:, None, :], ll)[:, 0]  # sum_j q_j exp(l_jg)
-            by_facing = np.matmul(ll, p[:, :, None])[:, :, 0]  # sum_g p_g exp(l_jg)
-            mass = (q * by_facing).sum(axis=1, dtype=np.float64)
-            self.cells(out)[rows] = p * by_cell / mass[:, None]  # (52)
-            self.facings(out)[rows] = q * by_facing / mass[:, None]
-            if b is not None:  # (55)
-                s = w.sum(axis=1) + precision
-                ll *= b
-                eb = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / mass
-                ll *= b
-                eb2 = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / mass
-                out[rows, -2] = mean + eb / s
-                out[rows, -1] = 1.0 / s + np.maximum(eb2 - eb**2, 0.0) / s**2
-        return out
+        if with_offset:
+            zc = np.where(seen, zc - mean[:, None], 0.0)
+        precision = 1.0 / var if with_offset else np.full(rows.size, np.inf)
+        ll, b = self.grid.facing_terms(w, zc, precision, cells)  # (54)
+        ll -= ll.max(axis=(1, 2))[:, None, None]
+        np.exp(ll, out=ll)
+        # The joint p⁻_g q⁻_j exp(l_jg) is never formed: its marginals and moments are products of exp(l) with
+        # the two priors, each one pass over the (tracks, facings, cells) array.
+        before = self.cells(state)[rows]
+        p = (before if cells is None else before[:, cells]).astype(np.float32)
+        q = self.facings(state)[rows].astype(np.float32)
+        by_cell = np.matmul(q[:, None, :], ll)[:, 0]  # sum_j q_j exp(l_jg)
+        by_facing = np.matmul(ll, p[:, :, None])[:, :, 0]  # sum_g p_g exp(l_jg)
+        weighed = (q * by_facing).sum(axis=1, dtype=np.float64)
+        if cells is None:
+            mass = weighed
+            self.cells(state)[rows] = p * by_cell / mass[:, None]  # (52)
+            self.facings(state)[rows] = q * by_facing / mass[:, None]
+        else:  # (56)
+            outside = np.maximum(1.0 - p.sum(axis=1, dtype=np.float64), 0.0)
+            least = by_cell.min(axis=1).astype(np.float64)
+            mass = weighed + least * outside
+            posterior = before * (least / mass)[:, None]
+            posterior[:, cells] = p * by_cell / mass[:, None]
+            self.cells(state)[rows] = posterior
+            self.facings(state)[rows] = q * (by_facing + (least * outside)[:, None]) / mass[:, None]
+        if b is not None:  # (55), over the cells weighed
+            s = w.sum(axis=1) + precision
+            ll *= b
+            eb = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / weighed
+            ll *= b
+            eb2 = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / weighed
+            state[rows, -2] = mean + eb / s
+            state[rows, -1] = 1.0 / s + np.maximum(eb2 - eb**2, 0.0) / s**2
 
     def estimate(self, state: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Eq. (46) of the cells' posteriors of states (k, width): mean (k, 2) and covariance (k, 2, 2)."""

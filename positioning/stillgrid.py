@@ -207,21 +207,26 @@ class StillGrid:
         return w, np.where(heard, zbar - self._ref_db, 0.0), zbar, heard
 
     def facing_terms(
-        self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray
+        self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray, cells: IndexArray | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
         """l_jg of eq. (44) for c <= CHUNK tracks, (c, H, G), and b_jg = sum_r w_r d_jgr, (c, H, G).
 
         w, zc (c, m) from `weights`; offset_precision (c,) the inverse spread
         1 / tau² of each phone's offset about its mean, already taken from zc
-        (all inf: the grid has no offset, and b is None).
+        (all inf: the grid has no offset, and b is None). cells: only these
+        cells (G' of them, the same for every track), or every cell.
         """
         g, hh = self.centres.shape[0], self.headings
+        quad, lin = self._quad32, self._lin32
+        if cells is not None:
+            columns = (np.arange(hh)[:, None] * g + cells).ravel()
+            quad, lin, g = quad[:, columns], lin[:, columns], cells.size
         wz = w * zc
         # -1/2 sum_r w_r (zc_r - mu_r)² = -1/2 sum w mu² + sum w zc mu - 1/2 sum w zc², one product.
-        ll = np.hstack([-0.5 * w, wz, -0.5 * (wz * zc).sum(axis=1, keepdims=True)]).astype(np.float32) @ self._quad32
+        ll = np.hstack([-0.5 * w, wz, -0.5 * (wz * zc).sum(axis=1, keepdims=True)]).astype(np.float32) @ quad
         b = None
         if np.all(np.isfinite(offset_precision)):  # eq. (44): the offset integrated out
-            b = np.hstack([-w, wz.sum(axis=1, keepdims=True)]).astype(np.float32) @ self._lin32  # sum w d, (c, H G)
+            b = np.hstack([-w, wz.sum(axis=1, keepdims=True)]).astype(np.float32) @ lin  # sum w d, (c, H G)
             shrink = b * b
             shrink *= (0.5 / (w.sum(axis=1) + offset_precision)).astype(np.float32)[:, None]
             ll += shrink

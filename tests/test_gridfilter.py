@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError, load_site
 from agent.site_arrays import grid_filter, make_tracker, site_arrays
-from positioning.gridfilter import GRID_OFFSET_SIGMA_DB, GridFilter
+from positioning.gridfilter import BLOCK_MASS, GRID_OFFSET_SIGMA_DB, WHOLE_EVERY_S, GridFilter
 from positioning.pathloss import Receivers
 from positioning.stillgrid import StillGrid
 from positioning.tracker import Tracker, TrackerConfig
@@ -77,9 +77,11 @@ def test_a_shopper_at_a_wall_does_not_leak_through_it() -> None:
 
 def test_the_facing_is_forgotten_and_the_offset_wanders_as_eq_53_says() -> None:
     """(53) exactly: q⁻ = a q + (1 - a) / H with a = exp(-dt / facing_s); the offset's mean stays and its variance
-    grows by q_o² dt; a track's state is G cells, H facings, the offset's mean and variance."""
+    grows by q_o² dt; a track's state is G cells, H facings, the time to its next whole weighing (due at birth), the
+    offset's mean and variance."""
     f = _filter(offset_sigma_db=4.0, body_loss_db=8.0, facing_s=5.0, offset_drift_db=0.1)
-    assert f.start(3).shape == (3, f.width) == (3, len(f) + 8 + 2)
+    assert f.start(3).shape == (3, f.width) == (3, len(f) + 8 + 3)
+    assert np.array_equal(f.whole_in(f.start(3)), np.zeros(3))
     p = f.start(1)
     f.facings(p)[:] = np.eye(8)[2]
     p[0, -2:] = [3.0, 1.5]
@@ -88,6 +90,7 @@ def test_the_facing_is_forgotten_and_the_offset_wanders_as_eq_53_says() -> None:
     assert np.allclose(f.facings(out)[0], a * np.eye(8)[2] + (1.0 - a) / 8.0, rtol=0.0, atol=1e-12)
     assert f.offset(out)[0][0] == 3.0
     assert f.offset(out)[1][0] == pytest.approx(1.5 + 0.1**2 * 2.0, abs=1e-12)
+    assert f.whole_in(out)[0] == -2.0
 
 
 @pytest.mark.parametrize("facing", range(8))
@@ -151,6 +154,70 @@ def test_a_constant_offset_moves_a_converged_estimate_by_a_bounded_distance(offs
             p = f.update(f.predict(p, [1.0]), *_window(f, cell, offset=o))
         placed.append(f.estimate(p)[0][0])
     assert np.linalg.norm(placed[1] - placed[0]) < (0.5 if abs(offset) <= 4.0 else 1.0)
+
+
+def _near(f: GridFilter, cell: int, outside: float = 0.0) -> np.ndarray:
+    """Two copies of a track believed to be within 2 m of `cell`, with `outside` of its mass spread over the rest of
+    the store, past its facing's and offset's first windows; the first may be weighed on a block (56), the second
+    is due a weighing on every cell."""
+    p = f.start(2)
+    gap = np.linalg.norm(f.grid.centres - f.grid.centres[cell], axis=1)
+    near = np.where(gap <= 2.0, np.exp(-0.5 * gap**2), 0.0)
+    f.cells(p)[:] = (1.0 - outside) * near / near.sum() + np.where(gap > 2.0, outside / np.sum(gap > 2.0), 0.0)
+    f.facings(p)[:] = np.eye(8)[3] * 0.6 + 0.4 / 8
+    p[:, -2:] = [1.0, 2.0]
+    f.whole_in(p)[:] = [3.0, 0.0]
+    return p
+
+
+def test_a_block_holding_the_whole_prior_weighs_as_every_cell_does() -> None:
+    """(56) with nothing outside the block is (52)-(55) exactly: cells, facings and the offset's moments alike (to
+    float32's rounding); only the track due a whole weighing has its clock set again."""
+    f = _filter(noise_db=2.0, offset_sigma_db=4.0, body_loss_db=8.0)
+    cell = 345
+    count, total = _window(f, cell + 2, offset=2.0, facing=3)
+    out = f.update(_near(f, cell), np.vstack([count, count]), np.vstack([total, total]))
+    assert f.whole_in(out).tolist() == [3.0, WHOLE_EVERY_S]
+    assert np.allclose(f.cells(out)[0], f.cells(out)[1], rtol=0.0, atol=1e-5)
+    assert np.allclose(f.facings(out)[0], f.facings(out)[1], rtol=0.0, atol=1e-5)
+    assert np.allclose(out[0, -2:], out[1, -2:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_block_holding_most_of_the_prior_weighs_close_to_every_cell() -> None:
+    """With 0.5 % of the prior outside the block and the readings from inside it, (56)'s posterior is within the
+    outside's share of the exact one (total variation), and its (46) within a centimetre."""
+    f = _filter(noise_db=2.0, offset_sigma_db=4.0, body_loss_db=8.0)
+    cell = 345
+    count, total = _window(f, cell + 1, offset=1.0, facing=3)
+    out = f.update(_near(f, cell, outside=0.005), np.vstack([count, count]), np.vstack([total, total]))
+    assert f.whole_in(out).tolist() == [3.0, WHOLE_EVERY_S]
+    assert 0.5 * np.abs(f.cells(out)[0] - f.cells(out)[1]).sum() <= 1.0 - BLOCK_MASS
+    mean, _ = f.estimate(out)
+    assert np.linalg.norm(mean[0] - mean[1]) < 0.01
+
+
+def test_a_prior_spread_past_its_block_is_weighed_on_every_cell() -> None:
+    """A track not due a whole weighing whose block holds less than BLOCK_MASS of its prior is weighed on every
+    cell anyway, and its clock set again."""
+    f = _filter(noise_db=2.0)
+    p = f.start(1)
+    f.whole_in(p)[:] = 3.0
+    out = f.update(p, *_window(f, 100))
+    assert f.whole_in(out)[0] == WHOLE_EVERY_S
+
+
+def test_a_shopper_the_block_lost_is_found_at_the_next_whole_weighing() -> None:
+    """A track settled in one corner whose phone is then heard from the far corner (a phone handed over, two tracks
+    mixed up): its block cannot follow, and within WHOLE_EVERY_S and a window it is where the readings are."""
+    f = _filter(noise_db=2.0)
+    here, there = 93, 506  # (3.5, 3.5) and (26.5, 16.5)
+    p = f.start(1)
+    for _ in range(3):
+        p = f.update(f.predict(p, [1.0]), *_window(f, here))
+    assert np.linalg.norm(f.estimate(p)[0][0] - f.grid.centres[here]) < 0.5
+    for _ in range(int(WHOLE_EVERY_S) + 1):
+        p = f.update(f.predict(p, [1.0]), *_window(f, there))
+    assert np.linalg.norm(f.estimate(p)[0][0] - f.grid.centres[there]) < 1.0
 
 
 def test_bad_parameters_are_refused() -> None:
