@@ -119,6 +119,13 @@ here). Off by default: it delays entries whose estimate creeps in (a shopper who
 stops at its edge), which costs the lognormal channel, with no bodies, more than it saves there; 4 m where
 still shoppers' bodies drag their estimates about (benchmarks/README.md, 2026-12-05, "The walk test")."""
 
+WALK_TEST_M = 4.0
+"""walk_m of eq. (26) where a calibration for the grid filter turns the walk test on, m (SECTOR_WALK_M says why 4)."""
+
+WALK_TEST_HOLD_S = 2.0
+"""The hold that goes with the walk test, s: with (26) against estimates that drift, a change may be decided a
+second sooner (benchmarks/README.md, 2026-12-05, "The walk test": entries p50 4.4 -> 3.4 s)."""
+
 SECTOR_SETTLE_S = 10.0
 """settle_s of eq. (25): the time over which a track's recent position is smoothed, s."""
 

@@ -47,6 +47,7 @@ from positioning.radiomap import (
     fit_radio_map,
     krige_radio_map,
 )
+from positioning.sectors import WALK_TEST_HOLD_S, WALK_TEST_M
 from positioning.tracker import Tracker, TrackerConfig
 from simulator.store import Store
 from simulator.truth import EmitterTruth, PositionTruth, RunTruth, ShopperTruth, Truth
@@ -334,19 +335,30 @@ tracker's linearised update can follow); "kriged", eq. (50) with the covariance 
 
 @dataclass(frozen=True)
 class GridCalibration:
-    """A calibration for the grid filter (eqs. (51)-(55)): its walk per sqrt(s), m, the body every shopper is
-    expected to carry, dB (the walker's, eq. (48)), and the spread of phones' offsets it estimates, dB (the site's,
-    or GRID_OFFSET_SIGMA_DB where the site estimates none: `for_site`). The map's held-out checks then track with
-    the grid filter, weighing readings by the kriged map's nugget."""
+    """A calibration for the grid filter (eqs. (51)-(56)): its walk per sqrt(s), m, the body every shopper is
+    expected to carry, dB (the walker's, eq. (48)), the spread of phones' offsets it estimates, dB (the site's,
+    or GRID_OFFSET_SIGMA_DB where the site estimates none: `for_site`), and the sector filter's walk test (26) and
+    hold, m and s (the site's, or WALK_TEST_M and WALK_TEST_HOLD_S where it has no walk test). The map's held-out
+    checks then track with the grid filter, weighing readings by the kriged map's nugget.
+
+    The walk test is off in an uncalibrated site, where it costs the log-normal channel's creeping entries more
+    than it saves; behind the grid filter it is what decides a calibrated store's entries in time (benchmarks/
+    README.md, 2026-12-07, "The grid filter on a block": without it, recall 0.74-0.78 and entries p50 4.8 s on
+    the store channel's seeds 1-4; with it 0.82-0.87 and 3.8 s).
+    """
 
     motion_m: float
     body_db: float
     offset_sigma_db: float
+    walk_m: float = WALK_TEST_M
+    hold_s: float = WALK_TEST_HOLD_S
 
     @classmethod
     def for_site(cls, site: SiteConfig, body_db: float) -> GridCalibration:
         """The calibration `calibrate fit` makes for `site`'s grid filter, given the walker's body."""
-        return cls(GRID_MOTION_M, body_db, site.tracking.phone_offset_db or GRID_OFFSET_SIGMA_DB)
+        walk = site.tracking.sector_walk_m
+        return cls(GRID_MOTION_M, body_db, site.tracking.phone_offset_db or GRID_OFFSET_SIGMA_DB,
+                   *((walk, site.tracking.hysteresis_s) if walk > 0.0 else (WALK_TEST_M, WALK_TEST_HOLD_S)))
 
     def config(self, site: SiteConfig, covariance: FieldCovariance | None) -> TrackerConfig:
         """The held-out check's tracker: the site's, with the grid on (reading spread the nugget, if a map has one)."""
@@ -358,15 +370,16 @@ class GridCalibration:
 
 def grid_settings(grid: GridCalibration | None, verdict: MapVerdict | None) -> dict[str, float | None]:
     """The [tracking] keys a calibration for the grid filter writes: the filter on, with the map's nugget, the
-    walker's body and the phones' offsets it estimates, where its map was kept; off (the keys dropped) where it was
-    not, since without the store's field the grid is worse than the filter alone (benchmarks/README.md,
-    2026-12-06). Nothing without `grid`."""
+    walker's body, the phones' offsets it estimates and the sector filter's walk test, where its map was kept; off
+    (the keys dropped) where it was not, since without the store's field the grid is worse than the filter alone
+    (benchmarks/README.md, 2026-12-06). Nothing without `grid`."""
     if grid is None:
         return {}
     if verdict is None or verdict.stored is None or verdict.covariance is None:
         return {"grid_motion_m": None, "grid_sigma_db": None}
     return {"grid_motion_m": grid.motion_m, "grid_sigma_db": round(math.sqrt(verdict.covariance.nugget_db2), 2),
-            "body_loss_db": round(grid.body_db, 2), "phone_offset_db": grid.offset_sigma_db}
+            "body_loss_db": round(grid.body_db, 2), "phone_offset_db": grid.offset_sigma_db,
+            "sector_walk_m": grid.walk_m, "hysteresis_s": grid.hold_s}
 
 
 @dataclass(frozen=True)

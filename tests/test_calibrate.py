@@ -22,6 +22,7 @@ from agent.siteedit import drop_tracking_key, set_tracking_key
 from positioning.gridfilter import GRID_MOTION_M, GRID_OFFSET_SIGMA_DB
 from positioning.pathloss import Calibration
 from positioning.radiomap import FieldCovariance, RadioMap
+from positioning.sectors import WALK_TEST_HOLD_S, WALK_TEST_M
 from simulator.calibrate import (
     MAP_METHODS,
     MAP_MIN_GAIN,
@@ -391,7 +392,8 @@ def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> 
                             2.0, 0.4)
     kept = MapVerdict(stored, math.nan, 0.5, (3.0, 1.0), (0.7, 0.8), 100, "kriged", covariance)
     assert grid_settings(grid, kept) == {"grid_motion_m": 1.2, "grid_sigma_db": 2.8, "body_loss_db": 7.75,
-                                         "phone_offset_db": 4.0}
+                                         "phone_offset_db": 4.0, "sector_walk_m": WALK_TEST_M,
+                                         "hysteresis_s": WALK_TEST_HOLD_S}
     assert grid_settings(grid, replace(kept, stored=None)) == {"grid_motion_m": None, "grid_sigma_db": None}
     assert grid_settings(grid, None) == {"grid_motion_m": None, "grid_sigma_db": None}
     assert grid_settings(None, kept) == {}
@@ -407,6 +409,12 @@ def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> 
     assert GridCalibration.for_site(example, 7.75) == GridCalibration(GRID_MOTION_M, 7.75, GRID_OFFSET_SIGMA_DB)
     own = parse_site(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nphone_offset_db = 2.5\n"), EXAMPLE)
     assert GridCalibration.for_site(own, 7.75).offset_sigma_db == 2.5
+    # A site with no walk test gets the grid's, with its hold; one with a walk test keeps its own and its hold.
+    assert example.tracking.sector_walk_m == 0.0
+    assert example.tracking.hysteresis_s == 3.0
+    walking = parse_site(EXAMPLE.read_text().replace("hysteresis_s = 3.0\n", "hysteresis_s = 5.0\nsector_walk_m = 6\n"),
+                         EXAMPLE)
+    assert (GridCalibration.for_site(walking, 7.75).walk_m, GridCalibration.for_site(walking, 7.75).hold_s) == (6.0, 5.0)
 
 
 def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys(tmp_path: Path,
@@ -421,12 +429,15 @@ def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys(tmp_path: Path,
     # This walk's kriged map is kept (held-out median 2.54 -> 0.63 m); grid_settings' test covers a map not kept.
     assert "radio map -> " in result.stdout
     said = re.search(r"grid filter: on \(\[tracking\] grid_motion_m = ([0-9.]+), grid_sigma_db = ([0-9.]+), "
-                     r"body_loss_db = ([0-9.]+), phone_offset_db = ([0-9.]+)\)", result.stdout)
+                     r"body_loss_db = ([0-9.]+), phone_offset_db = ([0-9.]+), sector_walk_m = ([0-9.]+), "
+                     r"hysteresis_s = ([0-9.]+)\)", result.stdout)
     assert said is not None, result.stdout
     assert site.tracking.grid_motion_m == float(said.group(1)) == GRID_MOTION_M
     assert site.tracking.grid_sigma_db == float(said.group(2)) > 0.0
     assert site.tracking.body_loss_db == float(said.group(3))
     assert site.tracking.phone_offset_db == float(said.group(4)) == GRID_OFFSET_SIGMA_DB
+    assert site.tracking.sector_walk_m == float(said.group(5)) == WALK_TEST_M
+    assert site.tracking.hysteresis_s == float(said.group(6)) == WALK_TEST_HOLD_S
     assert grid_filter(site_arrays(site), make_tracker(site, site_arrays(site)).config) is not None
 
 

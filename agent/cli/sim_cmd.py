@@ -467,7 +467,8 @@ def _grid_note(tracking: dict[str, float | None]) -> str:
         return "grid filter: not turned on, the kriged map was not kept (without the store's field it does worse)"
     return (f"grid filter: on ([tracking] grid_motion_m = {tracking['grid_motion_m']:g}, grid_sigma_db = "
             f"{tracking['grid_sigma_db']:g}, body_loss_db = {tracking['body_loss_db']:g}, phone_offset_db = "
-            f"{tracking['phone_offset_db']:g})")
+            f"{tracking['phone_offset_db']:g}, sector_walk_m = {tracking['sector_walk_m']:g}, hysteresis_s = "
+            f"{tracking['hysteresis_s']:g})")
 
 
 def _fingerprint_note(signature: StoredFingerprint | None, asked: bool, out: Path) -> str:
