@@ -342,9 +342,8 @@ class GridCalibration:
     checks then track with the grid filter, weighing readings by the kriged map's nugget.
 
     The walk test is off in an uncalibrated site, where it costs the log-normal channel's creeping entries more
-    than it saves; behind the grid filter it is what decides a calibrated store's entries in time (benchmarks/
-    README.md, 2026-12-07, "The grid filter on a block": without it, recall 0.74-0.78 and entries p50 4.8 s on
-    the store channel's seeds 1-4; with it 0.82-0.87 and 3.8 s).
+    than it saves; behind the grid filter it is what decides a calibrated store's entries in time and in full
+    (benchmarks/README.md, 2026-12-06, night, "The grid filter on a block").
     """
 
     motion_m: float
