@@ -213,7 +213,7 @@ class GridFilter:
         steps = np.rint(dt / DT_STEP_S).astype(np.intp)
         cells = self.cells(out)
         ny, nx = self.shape
-        tiled = self.raster.size == ny * nx  # every cell of the raster is the grid's, in order
+        tiled = self.raster.size == ny * nx and bool(np.all(np.diff(self.raster) == 1))  # the raster is the grid
         for n in np.unique(steps[steps > 0]).tolist():
             rows = np.flatnonzero(steps == n)
             every = rows.size == out.shape[0]  # the usual window: every track heard a window ago
