@@ -36,7 +36,7 @@ from agent.tomllines import format_loc, located, read_text, syntax_error
 from positioning.fingerprint import Fingerprint
 from positioning.occupancy import WALL_LOSS_DB, EstimateConfig
 from positioning.sectors import SECTOR_HOLD_S, SECTOR_THRESHOLD, SECTOR_WALK_M
-from positioning.tracker import TrackerConfig
+from positioning.tracker import STILL_AND_GRID, TrackerConfig
 
 Loc = tuple[str | int, ...]
 XY = tuple[float, float]
@@ -317,6 +317,8 @@ class TrackingConfig(_Model):
         if self.grid_sigma_db > 0.0 and self.grid_motion_m <= 0.0:
             raise ValueError("grid_sigma_db is the grid filter's and grid_motion_m = 0 leaves the filter off: set "
                              "grid_motion_m or drop grid_sigma_db")
+        if self.still_grid_s > 0.0 and self.grid_motion_m > 0.0:
+            raise ValueError(STILL_AND_GRID)
         return self
 
     radio_map: Path | None = Field(

@@ -154,9 +154,10 @@ def bench_tracker(
         grid = still_grid(model, radio_map, fingerprint, everything)
         full = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)), everything,
                        radio_map=radio_map, still_grid=grid)
-        on_grid = replace(everything, body_loss_db=8.0, grid_motion_m=GRID_MOTION_M, grid_sigma_db=3.0)
+        on_grid = replace(everything, body_loss_db=8.0, still_grid_s=0.0, grid_motion_m=GRID_MOTION_M,
+                          grid_sigma_db=3.0)
         gridded = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)), on_grid,
-                          radio_map=radio_map, still_grid=grid, grid_filter=grid_filter(model, radio_map, on_grid))
+                          radio_map=radio_map, grid_filter=grid_filter(model, radio_map, on_grid))
         gridded_sectors = SectorTracker(model, fingerprint=fingerprint, offset_sigma_db=4.0)
         full_sectors = SectorTracker(model, fingerprint=fingerprint, offset_sigma_db=4.0)
         standing = Tracker(RX_XYZ, RSSI_AT_1M, EXPONENT, SIGMA_DB, ((0.0, 0.0), (WIDTH, DEPTH)),

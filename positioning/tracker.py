@@ -49,6 +49,12 @@ FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
 
 
+STILL_AND_GRID = ("still_grid_s and grid_motion_m exclude each other: the still grid places still tracks for the "
+                  "tracker's filter, and the grid filter replaces that filter, placing every track on the cells every "
+                  "window; drop still_grid_s")
+"""Why a config may not turn on both the still grid and the grid filter: the one message for both checks."""
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     """Tuning of the tracker; the defaults suit shoppers walking among shelves.
@@ -190,6 +196,8 @@ class TrackerConfig:
         for name in ("body_loss_db", "body_hold_s", "still_grid_s", "still_gate", "grid_motion_m", "grid_sigma_db"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"TrackerConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.still_grid_s > 0.0 and self.grid_motion_m > 0.0:
+            raise ValueError(STILL_AND_GRID)
         if not (self.offset_sigma_db >= 0.0 and self.offset_drift_db >= 0.0):
             raise ValueError(
                 "TrackerConfig.offset_sigma_db and offset_drift_db must be >= 0, "

@@ -369,8 +369,8 @@ class GridCalibration:
 
 def grid_settings(grid: GridCalibration | None, verdict: MapVerdict | None) -> dict[str, float | None]:
     """The [tracking] keys a calibration for the grid filter writes: the filter on, with the map's nugget, the
-    walker's body, the phones' offsets it estimates and the sector filter's walk test, where its map was kept; off
-    (the keys dropped) where it was not, since without the store's field the grid is worse than the filter alone
+    walker's body, the phones' offsets it estimates and the sector filter's walk test, where its map was kept (and
+    the still grid off: the grid filter places every track); off (the keys dropped) where it was not, since without the store's field the grid is worse than the filter alone
     (benchmarks/README.md, 2026-12-06). Nothing without `grid`."""
     if grid is None:
         return {}
@@ -378,7 +378,7 @@ def grid_settings(grid: GridCalibration | None, verdict: MapVerdict | None) -> d
         return {"grid_motion_m": None, "grid_sigma_db": None}
     return {"grid_motion_m": grid.motion_m, "grid_sigma_db": round(math.sqrt(verdict.covariance.nugget_db2), 2),
             "body_loss_db": round(grid.body_db, 2), "phone_offset_db": grid.offset_sigma_db,
-            "sector_walk_m": grid.walk_m, "hysteresis_s": grid.hold_s}
+            "sector_walk_m": grid.walk_m, "hysteresis_s": grid.hold_s, "still_grid_s": None}
 
 
 @dataclass(frozen=True)

@@ -393,7 +393,7 @@ def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> 
     kept = MapVerdict(stored, math.nan, 0.5, (3.0, 1.0), (0.7, 0.8), 100, "kriged", covariance)
     assert grid_settings(grid, kept) == {"grid_motion_m": 1.2, "grid_sigma_db": 2.8, "body_loss_db": 7.75,
                                          "phone_offset_db": 4.0, "sector_walk_m": WALK_TEST_M,
-                                         "hysteresis_s": WALK_TEST_HOLD_S}
+                                         "hysteresis_s": WALK_TEST_HOLD_S, "still_grid_s": None}
     assert grid_settings(grid, replace(kept, stored=None)) == {"grid_motion_m": None, "grid_sigma_db": None}
     assert grid_settings(grid, None) == {"grid_motion_m": None, "grid_sigma_db": None}
     assert grid_settings(None, kept) == {}
@@ -420,9 +420,11 @@ def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> 
 def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys(tmp_path: Path,
                                                                                short_walled_walk: Path) -> None:
     """--grid-filter: the whole body out, a kriged map judged with the grid filter, kept, and the filter's keys
-    written; the config it writes builds a tracker with the grid filter."""
+    written, the still grid the site had dropped; the config it writes builds a tracker with the grid filter."""
     out = tmp_path / "grid.toml"
-    result = _fit(short_walled_walk, out, "--grid-filter", "--no-fingerprint")
+    source = tmp_path / "still.toml"
+    source.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nstill_grid_s = 5.0\n"))
+    result = _fit(short_walled_walk, out, "--grid-filter", "--no-fingerprint", site=source)
     assert result.exit_code == 0, result.output
     assert "kriged (nugget" in result.stdout
     site = load_site(out)
@@ -438,6 +440,8 @@ def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys(tmp_path: Path,
     assert site.tracking.phone_offset_db == float(said.group(4)) == GRID_OFFSET_SIGMA_DB
     assert site.tracking.sector_walk_m == float(said.group(5)) == WALK_TEST_M
     assert site.tracking.hysteresis_s == float(said.group(6)) == WALK_TEST_HOLD_S
+    assert site.tracking.still_grid_s == 0.0
+    assert "still_grid_s" not in out.read_text()
     assert grid_filter(site_arrays(site), make_tracker(site, site_arrays(site)).config) is not None
 
 

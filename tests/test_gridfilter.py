@@ -294,6 +294,18 @@ def test_a_grid_sigma_without_the_grid_is_a_config_error(tmp_path: Path) -> None
         load_site(path)
 
 
+def test_the_still_grid_beside_the_grid_filter_is_a_config_error(tmp_path: Path) -> None:
+    """The grid filter replaces the filter the still grid places still tracks for: a config turning both on would
+    leave still_grid_s silently unused, so it is refused in one line, as the tracker's own config refuses it."""
+    path = tmp_path / "both.toml"
+    path.write_text(EXAMPLE.read_text().replace("[tracking]\n", "[tracking]\nstill_grid_s = 5\ngrid_motion_m = 1.2\n"))
+    with pytest.raises(ConfigError, match="still_grid_s and grid_motion_m exclude each other") as raised:
+        load_site(path)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ValueError, match="drop still_grid_s"):
+        TrackerConfig(still_grid_s=5.0, grid_motion_m=1.2)
+
+
 def test_in_the_store_channel_the_grid_filter_puts_shoppers_in_the_right_sector(tmp_path: Path) -> None:
     """Survey walk -> `calibrate fit --no-grid-filter` and a plain `calibrate fit`, which chooses the grid filter
     on this store's walk -> the same shoppers located with each."""
