@@ -232,7 +232,7 @@ def still_grid(model: SectorModel, radio_map: RadioMap, fingerprint: Fingerprint
 
 
 def grid_filter(model: SectorModel, radio_map: RadioMap, config: TrackerConfig) -> GridFilter:
-    """The grid filter of eqs. (51)-(52) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
+    """The grid filter of eqs. (51)-(56) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
     grid = still_grid(model, radio_map, None, config, GRID_FILTER_CELL_M, segment_correlation=0.0,
                       sigma_db=config.grid_sigma_db)
     return GridFilter.over(grid, ((0.0, 0.0), (WIDTH, DEPTH)), config.grid_motion_m,

@@ -132,7 +132,7 @@ WHOLE_EVERY_S = 5.0
 
 @dataclass(frozen=True, eq=False)
 class GridFilter:
-    """Eqs. (51)-(55) over the cells of `grid` (a `StillGrid` built with segment_correlation 0).
+    """Eqs. (51)-(56) over the cells of `grid` (a `StillGrid` built with segment_correlation 0).
 
     raster: flat index (G,) of each of the grid's cells on the (ny, nx) raster of `cell_centres(bbox, cell)`.
     A track's state is one row of `width` values: p_g over the G cells, q_j over the H facings, the seconds until
@@ -244,7 +244,7 @@ class GridFilter:
         on the right and (ny, ny) on the left, computed once per n.
 
         They are the Gaussian filter's own (scipy's truncated kernel, zero past the raster's edge) applied to
-        unit rasters: as products the filter's passes are BLAS's, a third of the time of the filter's loops.
+        unit rasters, so the prediction is the same operator, its passes BLAS's products instead of the filter's loops.
         """
         if n not in self._kernel:
             ny, nx = self.shape

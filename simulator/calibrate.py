@@ -369,9 +369,10 @@ class GridCalibration:
 
 def grid_settings(grid: GridCalibration | None, verdict: MapVerdict | None) -> dict[str, float | None]:
     """The [tracking] keys a calibration for the grid filter writes: the filter on, with the map's nugget, the
-    walker's body, the phones' offsets it estimates and the sector filter's walk test, where its map was kept (and
-    the still grid off: the grid filter places every track); off (the keys dropped) where it was not, since without the store's field the grid is worse than the filter alone
-    (benchmarks/README.md, 2026-12-06). Nothing without `grid`."""
+    walker's body, the phones' offsets it estimates and the sector filter's walk test, and the still grid off (the
+    grid filter places every track), where its map was kept; off (the keys dropped) where it was not, since without
+    the store's field the grid is worse than the filter alone (benchmarks/README.md, 2026-12-06). Nothing without
+    `grid`."""
     if grid is None:
         return {}
     if verdict is None or verdict.stored is None or verdict.covariance is None:

@@ -414,7 +414,8 @@ def test_grid_settings_turn_the_grid_filter_on_only_with_a_kept_kriged_map() -> 
     assert example.tracking.hysteresis_s == 3.0
     walking = parse_site(EXAMPLE.read_text().replace("hysteresis_s = 3.0\n", "hysteresis_s = 5.0\nsector_walk_m = 6\n"),
                          EXAMPLE)
-    assert (GridCalibration.for_site(walking, 7.75).walk_m, GridCalibration.for_site(walking, 7.75).hold_s) == (6.0, 5.0)
+    own_walk = GridCalibration.for_site(walking, 7.75)
+    assert (own_walk.walk_m, own_walk.hold_s) == (6.0, 5.0)
 
 
 def test_cli_calibrate_fit_for_the_grid_filter_writes_its_keys(tmp_path: Path,
