@@ -146,7 +146,7 @@ def still_grid(arrays: SiteArrays, config: TrackerConfig) -> StillGrid | None:
 
 
 def grid_filter(arrays: SiteArrays, config: TrackerConfig, receivers: Receivers | None = None) -> GridFilter | None:
-    """The filter of eqs. (51)-(56) over the site's sectors; None where it is off.
+    """The filter of eqs. (51)-(57) over the site's sectors; None where it is off.
 
     Its cells weigh one window each (no segment to share shadowing over), with the tracker's body loss, phones'
     spread and the grid's own reading spread. The fingerprint stays with the sector filter: added to every window

@@ -34,7 +34,7 @@ filter (a kriged map, eqs. (49)-(50) of positioning.radiomap, the walker's
 whole body out and expected on every shopper) and keeps the one that
 tracks held-out walk segments better; on this store's walks that is the
 grid filter, which places every track on a grid of the store (eqs.
-(51)-(56) of positioning.gridfilter, each track carrying its body's facing
+(51)-(57) of positioning.gridfilter, each track carrying its body's facing
 and its phone's offset), and with it the phone offsets and the walk test
 and hold above. The row's calibration note says which was chosen.
 `calibrate fit` writes the sector fingerprint (eq. (18) of

@@ -18,7 +18,7 @@ noise. Measured on one core, as medians over windows and repeats:
   against every cell once every `still_every_s` (its CPU rate over all
   windows, since the benchmark's tracks stop together and are weighed in the
   same windows, and its worst window); and everything on with the grid
-  filter of eqs. (51)-(56) as `calibrate fit --grid-filter` turns it on
+  filter of eqs. (51)-(57) as `calibrate fit --grid-filter` turns it on
   (1 m cells, 8 dB body), every track weighed on the block of cells about
   it and on every cell every `WHOLE_EVERY_S` (its CPU rate over all
   windows, since the whole weighings fall on some windows and not others);
@@ -232,7 +232,7 @@ def still_grid(model: SectorModel, radio_map: RadioMap, fingerprint: Fingerprint
 
 
 def grid_filter(model: SectorModel, radio_map: RadioMap, config: TrackerConfig) -> GridFilter:
-    """The grid filter of eqs. (51)-(56) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
+    """The grid filter of eqs. (51)-(57) over the store's sectors, as `agent.site_arrays.grid_filter` builds it."""
     grid = still_grid(model, radio_map, None, config, GRID_FILTER_CELL_M, segment_correlation=0.0,
                       sigma_db=config.grid_sigma_db)
     return GridFilter.over(grid, ((0.0, 0.0), (WIDTH, DEPTH)), config.grid_motion_m,

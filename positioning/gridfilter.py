@@ -73,14 +73,33 @@ the window no better than the worst cell of B:
 
 which bounds what the outside can take from B: at most delta of the prior,
 at B's worst likelihood. A shopper the filter lost is outside B by
-definition, and (56) cannot find them, so every track is weighed on every
-cell every `WHOLE_EVERY_S` (and at birth, and whenever its prior spreads
-past its block). With the outside's mass zero, (56) is (52)-(55) exactly.
+definition, and (56) cannot find them, so a track is weighed on the whole
+store at least every `WHOLE_EVERY_S`: at birth and when due, on every cell.
+With the outside's mass zero, (56) is (52)-(55) exactly.
+
+A track whose prior spreads past its block (a shopper heard by few
+receivers, or between two places the readings cannot tell apart) is
+weighed on the whole store every window, at a coarser step: the cells fall
+in squares C of side `COARSE_M` (four cells of 1 m), each square is weighed
+once at its cells' mean map, mu_jCr = mean_{g in C} mu_jgr, and each cell
+takes its square's likelihood:
+
+    l_jg = l_jC   for every j and every g in C                                 (57)
+
+so the prior's mass on a square, p_C = sum_{g in C} p⁻_g, stands in for its
+cells in (52)'s and (55)'s sums, and each cell keeps its share of its
+square's posterior in proportion to its prior. Such a track is known to
+metres, not to the square's half metre; once the readings gather it within
+its block, it is weighed on the block's cells again. A weighing by (57)
+covers the whole store, so it sets the track's 5 s clock again as (52)
+does.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -127,17 +146,28 @@ BLOCK_MASS = 0.99
 """The share of a track's predicted posterior its block must hold for (56) to weigh the block alone."""
 
 WHOLE_EVERY_S = 5.0
-"""How often every track is weighed on every cell of the store (52), s: a shopper the block lost is found again."""
+"""How often, at least, every track is weighed on the whole store ((52) or (57)), s: a shopper the block lost is
+found again."""
+
+COARSE_M = 2.0
+"""Side of (57)'s squares, m: a quarter of the cells, each square smaller than the store's field's correlation
+length (3 m)."""
+
+BLOCKS_KEPT = 64
+"""Blocks whose columns of (44)'s products (`StillGrid.columns`) are kept between windows, the most recently used:
+with 8 receivers a block's are 26 rows x 8 facings x 256 cells in single precision, 213 kB, so at most 14 MB. A
+window's tracks fall in a few dozen blocks, and gathering a block's columns costs as much as weighing several
+tracks on it."""
 
 
 @dataclass(frozen=True, eq=False)
 class GridFilter:
-    """Eqs. (51)-(56) over the cells of `grid` (a `StillGrid` built with segment_correlation 0).
+    """Eqs. (51)-(57) over the cells of `grid` (a `StillGrid` built with segment_correlation 0).
 
     raster: flat index (G,) of each of the grid's cells on the (ny, nx) raster of `cell_centres(bbox, cell)`.
     A track's state is one row of `width` values: p_g over the G cells, q_j over the H facings, the seconds until
-    its next weighing on every cell (56), the offset's mean ô and its variance P (0 where the grid has no offset,
-    tau = 0).
+    its next weighing on the whole store ((52) or (57)), the offset's mean ô and its variance P (0 where the grid
+    has no offset, tau = 0).
     """
 
     grid: StillGrid
@@ -151,6 +181,8 @@ class GridFilter:
     _kernel: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     _block_cells: dict[int, IndexArray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _block_columns: OrderedDict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(
+        default_factory=OrderedDict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.motion_m > 0.0 and self.facing_s > 0.0 and self.offset_drift_db >= 0.0
@@ -196,7 +228,7 @@ class GridFilter:
         return state[:, -2], state[:, -1]
 
     def whole_in(self, state: FloatArray) -> FloatArray:
-        """Seconds (k,) until each of states (k, width) is next weighed on every cell, a view."""
+        """Seconds (k,) until each of states (k, width) is next weighed on the whole store, a view."""
         return state[:, len(self) + self.grid.headings]
 
     def start(self, k: int) -> FloatArray:
@@ -208,8 +240,11 @@ class GridFilter:
 
     def predict(self, state: FloatArray, dt: ArrayLike) -> FloatArray:
         """Eqs. (51) and (53), and the offset's drift: states (k, width) advanced by dt (k,) s each."""
+        return self._predicted(np.array(state, dtype=np.float64, copy=True), dt)
+
+    def _predicted(self, out: FloatArray, dt: ArrayLike) -> FloatArray:
+        """`predict` in place."""
         dt = np.maximum(np.asarray(dt, dtype=np.float64), 0.0)
-        out = np.array(state, dtype=np.float64, copy=True)
         steps = np.rint(dt / DT_STEP_S).astype(np.intp)
         cells = self.cells(out)
         ny, nx = self.shape
@@ -272,79 +307,121 @@ class GridFilter:
         return self._weighed(np.array(prior, dtype=np.float64, copy=True), count, total)
 
     def step(self, state: FloatArray, dt: ArrayLike, count: FloatArray, total: FloatArray) -> FloatArray:
-        """`update` of `predict`: states (k, width) advanced by dt (k,) and weighed on each track's window."""
-        return self._weighed(self.predict(state, dt), count, total)
+        """`update` of `predict` in place: states (k, width), overwritten, advanced by dt (k,) and weighed on each
+        track's window."""
+        return self._weighed(self._predicted(state, dt), count, total)
 
     def _weighed(self, state: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:
         """`update` in place: each track's row is read, then written, once."""
         heard = np.flatnonzero(count.sum(axis=1) > 0.0)
-        whole, blocks = self._plan(state, heard)
-        for rows in (whole[lo : lo + CHUNK] for lo in range(0, whole.size, CHUNK)):
-            self._weigh(state, rows, count, total, None)
-        self.whole_in(state)[whole] = WHOLE_EVERY_S
-        for cells, in_block in blocks:
+        due, spread, blocks = self._plan(state, heard)
+        for rows in (due[lo : lo + CHUNK] for lo in range(0, due.size, CHUNK)):
+            self._weigh(state, rows, count, total)
+        for rows in (spread[lo : lo + CHUNK] for lo in range(0, spread.size, CHUNK)):
+            self._weigh(state, rows, count, total, squares=True)
+        self.whole_in(state)[due] = self.whole_in(state)[spread] = WHOLE_EVERY_S
+        for key, in_block in blocks:
+            cells, columns = self._block(key), self._columns(key)
             for rows in (in_block[lo : lo + CHUNK] for lo in range(0, in_block.size, CHUNK)):
-                self._weigh(state, rows, count, total, cells)
+                self._weigh(state, rows, count, total, cells, columns)
         return state
 
-    def _plan(self, prior: FloatArray, heard: IndexArray) -> tuple[IndexArray, list[tuple[IndexArray, IndexArray]]]:
-        """Which heard tracks (56) weighs on a block, grouped by block (its cells and their rows), and which on every
-        cell: those due a whole weighing, and those whose block holds less than BLOCK_MASS of their prior."""
+    def _plan(self, prior: FloatArray, heard: IndexArray) -> tuple[IndexArray, IndexArray, list[tuple[int,
+                                                                                                   IndexArray]]]:
+        """How each heard track is weighed: on every cell (52), those due (or all, where a block would be the whole
+        store); on (57)'s squares, those whose block holds less than BLOCK_MASS of their prior; and on their block
+        (56) the rest, grouped by block (its key, the raster index of its corner, and their rows)."""
         due = self.whole_in(prior)[heard] <= 0.0
         rest = heard[~due]
         ny, nx = self.shape
         cell = self.grid.cell_m
         side, stride = (max(1, round(v / cell)) for v in (BLOCK_M, BLOCK_STRIDE_M))
         if rest.size == 0 or (side >= nx and side >= ny):  # nothing to place, or the block would be the store
-            return heard, []
+            return heard, heard[:0], []
         first = self.raster[0]
         origin = self.grid.centres[0] - cell * np.array([first % nx, first // nx])
         at = (self.cells(prior) @ self.grid.centres - origin)[rest] / cell  # the means' raster column, row
         corner = [np.clip(np.rint((at[:, a] - (side - 1) / 2.0) / stride) * stride, 0, max(n - side, 0))
                   for a, n in ((0, nx), (1, ny))]
         keys, which = np.unique((corner[1] * nx + corner[0]).astype(np.intp), return_inverse=True)
-        whole, blocks = [heard[due]], []
+        spread, blocks = [heard[:0]], []
         for i, key in enumerate(keys.tolist()):
             rows = rest[which == i]
-            cells = self._block(key, side)
-            held = self.cells(prior)[rows[:, None], cells[None, :]].sum(axis=1) >= BLOCK_MASS
-            whole.append(rows[~held])
+            held = self.cells(prior)[rows[:, None], self._block(key)[None, :]].sum(axis=1) >= BLOCK_MASS
+            spread.append(rows[~held])
             if held.any():
-                blocks.append((cells, rows[held]))
-        return np.concatenate(whole), blocks
+                blocks.append((key, rows[held]))
+        return heard[due], np.concatenate(spread), blocks
 
-    def _block(self, key: int, side: int) -> IndexArray:
-        """The cells (sorted) of the side x side block whose corner is raster index `key`, computed once per block."""
+    def _block(self, key: int) -> IndexArray:
+        """The cells (sorted) of the block of side BLOCK_M whose corner is raster index `key`, computed once per
+        block."""
         if key not in self._block_cells:
             ny, nx = self.shape
+            side = max(1, round(BLOCK_M / self.grid.cell_m))
             iy, ix = divmod(key, nx)
             where = np.zeros((ny, nx), dtype=bool)
             where[iy : iy + side, ix : ix + side] = True
             self._block_cells[key] = np.flatnonzero(where.reshape(-1)[self.raster])
         return self._block_cells[key]
 
+    def _columns(self, key: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The block's `StillGrid.columns`, kept for the BLOCKS_KEPT blocks last used."""
+        kept = self._block_columns
+        if key in kept:
+            kept.move_to_end(key)
+        else:
+            kept[key] = self.grid.columns(self._block(key))
+            if len(kept) > BLOCKS_KEPT:
+                kept.popitem(last=False)
+        return kept[key]
+
+    @cached_property
+    def _squares(self) -> tuple[IndexArray, tuple[NDArray[np.float32], NDArray[np.float32]]]:
+        """(57)'s squares: each cell's (G,), and their `StillGrid.pooled` products."""
+        side = max(1, round(COARSE_M / self.grid.cell_m))
+        iy, ix = np.divmod(self.raster, self.shape[1])
+        _, square = np.unique((iy // side) * self.shape[1] + ix // side, return_inverse=True)
+        return square, self.grid.pooled(square)
+
     def _weigh(self, state: FloatArray, rows: IndexArray, count: FloatArray, total: FloatArray,
-               cells: IndexArray | None) -> None:
-        """Eqs. (54), (52) and (55) in place for the tracks at `rows` of `state`, on every cell (cells None) or on a
-        block's cells with (56) for the rest."""
+               cells: IndexArray | None = None,
+               columns: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None, squares: bool = False) -> None:
+        """Eqs. (54), (52) and (55) in place for the tracks at `rows` of `state`: on every cell; on (57)'s squares
+        (squares True); or on a block's cells (and their `StillGrid.columns`, gathered here if not given) with
+        (56) for the rest."""
+        square = None
+        if squares:
+            square, columns = self._squares
+        elif cells is not None and columns is None:
+            columns = self.grid.columns(cells)
         w, zc, _, seen = self.grid.weights(count[rows], total[rows])
         mean, var = (v[rows] for v in self.offset(state))
         with_offset = self.grid.offset_sigma_db > 0.0
         if with_offset:
             zc = np.where(seen, zc - mean[:, None], 0.0)
         precision = 1.0 / var if with_offset else np.full(rows.size, np.inf)
-        ll, b = self.grid.facing_terms(w, zc, precision, cells)  # (54)
+        ll, b = self.grid.facing_terms(w, zc, precision, columns)  # (54)
         ll -= ll.max(axis=(1, 2))[:, None, None]
         np.exp(ll, out=ll)
         # The joint p⁻_g q⁻_j exp(l_jg) is never formed: its marginals and moments are products of exp(l) with
         # the two priors, each one pass over the (tracks, facings, cells) array.
         before = self.cells(state)[rows]
-        p = (before if cells is None else before[:, cells]).astype(np.float32)
+        if square is not None:  # (57): each square's prior mass stands in for its cells
+            n = int(square.max()) + 1
+            flat = (np.arange(rows.size)[:, None] * n + square).ravel()
+            p = np.bincount(flat, before.ravel(), rows.size * n).reshape(rows.size, n).astype(np.float32)
+        else:
+            p = (before if cells is None else before[:, cells]).astype(np.float32)
         q = self.facings(state)[rows].astype(np.float32)
         by_cell = np.matmul(q[:, None, :], ll)[:, 0]  # sum_j q_j exp(l_jg)
         by_facing = np.matmul(ll, p[:, :, None])[:, :, 0]  # sum_g p_g exp(l_jg)
         weighed = (q * by_facing).sum(axis=1, dtype=np.float64)
-        if cells is None:
+        if square is not None:
+            mass = weighed
+            self.cells(state)[rows] = before * (by_cell / mass[:, None])[:, square]  # (57)
+            self.facings(state)[rows] = q * by_facing / mass[:, None]
+        elif cells is None:
             mass = weighed
             self.cells(state)[rows] = p * by_cell / mass[:, None]  # (52)
             self.facings(state)[rows] = q * by_facing / mass[:, None]

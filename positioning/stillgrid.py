@@ -105,14 +105,21 @@ class StillGrid:
         # (44)'s sums in single precision, about the grid's mean level: a window of still tracks spends its time in
         # these (tracks, facings x cells) products, and centred dB values keep their rounding under 1e-3 nats.
         ref = float(self.mu.mean())
-        centred = (self.mu - ref).T
         object.__setattr__(self, "_ref_db", ref)
-        # Each of (44)'s terms is one product, its per-track constant carried by a row of ones, so that no pass over
-        # the (tracks, facings x cells) result is spent adding it: [mu; 1] and [mu²; mu; 1].
+        lin, quad = self._products(self.mu)
+        object.__setattr__(self, "_lin32", lin)
+        object.__setattr__(self, "_quad32", quad)
+
+    def _products(self, mu: FloatArray) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """(44)'s factors for means mu (H x G', m): [mu; 1] and [mu²; mu; 1], about the grid's mean level.
+
+        Each of (44)'s terms is one product, its per-track constant carried by a row of ones, so that no pass over
+        the (tracks, facings x cells) result is spent adding it.
+        """
+        centred = (mu - self._ref_db).T
         ones = np.ones((1, centred.shape[1]))
-        object.__setattr__(self, "_lin32", np.ascontiguousarray(np.vstack([centred, ones]), dtype=np.float32))
-        object.__setattr__(self, "_quad32",
-                           np.ascontiguousarray(np.vstack([centred**2, centred, ones]), dtype=np.float32))
+        return (np.ascontiguousarray(np.vstack([centred, ones]), dtype=np.float32),
+                np.ascontiguousarray(np.vstack([centred**2, centred, ones]), dtype=np.float32))
 
     @classmethod
     def of(
@@ -206,21 +213,38 @@ class StillGrid:
         w = np.where(heard, 1.0 / (self.sigma2 * (rho + (1.0 - rho) / np.maximum(count, 1e-12))), 0.0)  # (43)
         return w, np.where(heard, zbar - self._ref_db, 0.0), zbar, heard
 
+    def columns(self, cells: IndexArray) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The columns of (44)'s products for `cells` (G' of them) alone, for `facing_terms`: gathered once, they
+        serve every track weighed on those cells."""
+        columns = (np.arange(self.headings)[:, None] * self.centres.shape[0] + cells).ravel()
+        return np.ascontiguousarray(self._quad32[:, columns]), np.ascontiguousarray(self._lin32[:, columns])
+
+    def pooled(self, group: IndexArray) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """(44)'s products, as `columns` gives them, for groups of cells (group (G,) each cell's, 0..S-1) each at
+        its cells' mean map, per facing and receiver."""
+        g, m = self.centres.shape[0], self.mu.shape[1]
+        size = np.bincount(group).astype(np.float64)
+        mu = self.mu.reshape(self.headings, g, m)
+        mean = np.stack([np.stack([np.bincount(group, mu[h, :, r]) for r in range(m)], axis=-1) / size[:, None]
+                         for h in range(self.headings)])
+        lin, quad = self._products(mean.reshape(-1, m))
+        return quad, lin
+
     def facing_terms(
-        self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray, cells: IndexArray | None = None
+        self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray,
+        columns: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
         """l_jg of eq. (44) for c <= CHUNK tracks, (c, H, G), and b_jg = sum_r w_r d_jgr, (c, H, G).
 
         w, zc (c, m) from `weights`; offset_precision (c,) the inverse spread
         1 / tau² of each phone's offset about its mean, already taken from zc
-        (all inf: the grid has no offset, and b is None). cells: only these
-        cells (G' of them, the same for every track), or every cell.
+        (all inf: the grid has no offset, and b is None). columns: the
+        `columns` of some cells, or the `pooled` products of groups of
+        cells (G' of them, the same for every track), or None for every cell.
         """
-        g, hh = self.centres.shape[0], self.headings
-        quad, lin = self._quad32, self._lin32
-        if cells is not None:
-            columns = (np.arange(hh)[:, None] * g + cells).ravel()
-            quad, lin, g = quad[:, columns], lin[:, columns], cells.size
+        hh = self.headings
+        quad, lin = (self._quad32, self._lin32) if columns is None else columns
+        g = quad.shape[1] // hh
         wz = w * zc
         # -1/2 sum_r w_r (zc_r - mu_r)² = -1/2 sum w mu² + sum w zc mu - 1/2 sum w zc², one product.
         ll = np.hstack([-0.5 * w, wz, -0.5 * (wz * zc).sum(axis=1, keepdims=True)]).astype(np.float32) @ quad

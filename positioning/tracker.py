@@ -9,7 +9,7 @@ the stacked arrays. A track that stands still is also weighed against every
 cell of the store (`positioning.stillgrid`, eqs. (43)-(47)) where the site
 turns that on, and moved where its still segment puts it if the filter has
 settled somewhere that segment rejects. Where the site turns on the grid
-filter (`positioning.gridfilter`, eqs. (51)-(56)), every track keeps a
+filter (`positioning.gridfilter`, eqs. (51)-(57)), every track keeps a
 posterior over the store's cells instead, with its body's facing and its
 phone's offset carried beside it, and that posterior is what the tracker
 reports: the linearised filter and the still grid are not run.
@@ -237,7 +237,7 @@ class Tracker:
         radio_map: residual fields from a calibration walk, one per receiver, or None.
         still_grid: the grid of eqs. (43)-(46) over the same receivers, or None;
             used where `config.still_grid_s` > 0.
-        grid_filter: the filter of eqs. (51)-(56) over the same receivers, or None;
+        grid_filter: the filter of eqs. (51)-(57) over the same receivers, or None;
             used where `config.grid_motion_m` > 0.
     """
 
@@ -408,7 +408,7 @@ class Tracker:
     def _on_grid(
         self, rows: IndexArray, dt: FloatArray, code: IndexArray, ri: IndexArray, z: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
-        """Eqs. (51)-(56) for the tracks at `rows` with this window's readings; their (46)."""
+        """Eqs. (51)-(57) for the tracks at `rows` with this window's readings; their (46)."""
         assert self._grid_filter is not None
         k, m = rows.shape[0], len(self.receivers)
         cell = code * m + ri

@@ -335,7 +335,7 @@ tracker's linearised update can follow); "kriged", eq. (50) with the covariance 
 
 @dataclass(frozen=True)
 class GridCalibration:
-    """A calibration for the grid filter (eqs. (51)-(56)): its walk per sqrt(s), m, the body every shopper is
+    """A calibration for the grid filter (eqs. (51)-(57)): its walk per sqrt(s), m, the body every shopper is
     expected to carry, dB (the walker's, eq. (48)), the spread of phones' offsets it estimates, dB (the site's,
     or GRID_OFFSET_SIGMA_DB where the site estimates none: `for_site`), and the sector filter's walk test (26) and
     hold, m and s (the site's, or WALK_TEST_M and WALK_TEST_HOLD_S where it has no walk test). The map's held-out

@@ -1,4 +1,4 @@
-"""The grid filter, eqs. (51)-(55): its prediction's spread and mass, the facings and the phone's offset it carries,
+"""The grid filter, eqs. (51)-(57): its prediction's spread and mass, the facings and the phone's offset it carries,
 its update on noise-free windows, the tracker reporting it, the site keys that turn it on, and a short store run calibrated for it against one that is not."""
 
 from __future__ import annotations
@@ -196,14 +196,45 @@ def test_a_block_holding_most_of_the_prior_weighs_close_to_every_cell() -> None:
     assert np.linalg.norm(mean[0] - mean[1]) < 0.01
 
 
-def test_a_prior_spread_past_its_block_is_weighed_on_every_cell() -> None:
-    """A track not due a whole weighing whose block holds less than BLOCK_MASS of its prior is weighed on every
-    cell anyway, and its clock set again."""
-    f = _filter(noise_db=2.0)
+def test_a_prior_spread_past_its_block_is_weighed_on_squares_as_eq_57_says() -> None:
+    """A track not due a whole weighing whose block holds less than BLOCK_MASS of its prior (two places 20 m apart)
+    is weighed by (57), to float32's rounding: each 2 m square at its cells' mean map, each cell its square's
+    likelihood times its own prior; the facings and the offset's moments over the squares. Its clock is set again:
+    it was weighed on the whole store."""
+    f = _filter(noise_db=2.0, offset_sigma_db=4.0, body_loss_db=8.0)
+    c = f.grid.centres
     p = f.start(1)
+    bumps = np.exp(-0.5 * np.sum((c - [5.2, 5.7]) ** 2, axis=1)) + np.exp(-0.5 * np.sum((c - [24.6, 14.1]) ** 2, axis=1))
+    f.cells(p)[:] = bumps / bumps.sum()
+    f.facings(p)[:] = np.linspace(1.0, 2.0, 8) / np.linspace(1.0, 2.0, 8).sum()
+    p[0, -2:] = [1.0, 2.0]
     f.whole_in(p)[:] = 3.0
-    out = f.update(p, *_window(f, 100))
+    count, total = _window(f, 345, n=2.0, offset=2.5, facing=5)
+    out = f.update(p, count, total)
     assert f.whole_in(out)[0] == WHOLE_EVERY_S
+
+    # The reference, in double precision, from the grid's map and the equations alone.
+    ix, iy = np.rint(c[:, 0] - 0.5).astype(int), np.rint(c[:, 1] - 0.5).astype(int)
+    _, square = np.unique((iy // 2) * 100 + ix // 2, return_inverse=True)
+    mu = f.grid.mu.reshape(8, len(f), -1)
+    pooled = np.stack([np.stack([np.bincount(square, mu[h, :, r]) / np.bincount(square) for r in range(mu.shape[2])],
+                                axis=-1) for h in range(8)])  # (H, squares, m)
+    w = count[0] / f.grid.sigma2
+    d = total[0] / count[0] - 1.0 - pooled  # the offset's prior mean taken out
+    s = w.sum() + 1.0 / 2.0
+    b = (w * d).sum(axis=-1)
+    ll = -0.5 * ((w * d**2).sum(axis=-1) - b**2 / s)  # (54), (H, squares)
+    like = np.exp(ll - ll.max())
+    q = f.facings(p)[0]
+    p_square = np.bincount(square, f.cells(p)[0])
+    joint = q[:, None] * p_square[None, :] * like
+    posterior = f.cells(p)[0] * (q @ like)[square]
+    assert np.allclose(f.cells(out)[0], posterior / posterior.sum(), rtol=1e-4, atol=1e-7)
+    assert np.allclose(f.facings(out)[0], joint.sum(axis=1) / joint.sum(), rtol=1e-4, atol=1e-7)
+    eb = (joint * b).sum() / joint.sum()
+    var_b = (joint * b**2).sum() / joint.sum() - eb**2
+    assert out[0, -2] == pytest.approx(1.0 + eb / s, rel=1e-4)
+    assert out[0, -1] == pytest.approx(1.0 / s + var_b / s**2, rel=1e-4)
 
 
 def test_a_shopper_the_block_lost_is_found_at_the_next_whole_weighing() -> None:
