@@ -106,20 +106,20 @@ class StillGrid:
         # these (tracks, facings x cells) products, and centred dB values keep their rounding under 1e-3 nats.
         ref = float(self.mu.mean())
         object.__setattr__(self, "_ref_db", ref)
-        lin, quad = self._products(self.mu)
-        object.__setattr__(self, "_lin32", lin)
+        quad, lin = self._products(self.mu)
         object.__setattr__(self, "_quad32", quad)
+        object.__setattr__(self, "_lin32", lin)
 
     def _products(self, mu: FloatArray) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """(44)'s factors for means mu (H x G', m): [mu; 1] and [mu²; mu; 1], about the grid's mean level.
+        """(44)'s factors for means mu (H x G', m): [mu²; mu; 1] and [mu; 1], about the grid's mean level.
 
         Each of (44)'s terms is one product, its per-track constant carried by a row of ones, so that no pass over
         the (tracks, facings x cells) result is spent adding it.
         """
         centred = (mu - self._ref_db).T
         ones = np.ones((1, centred.shape[1]))
-        return (np.ascontiguousarray(np.vstack([centred, ones]), dtype=np.float32),
-                np.ascontiguousarray(np.vstack([centred**2, centred, ones]), dtype=np.float32))
+        return (np.ascontiguousarray(np.vstack([centred**2, centred, ones]), dtype=np.float32),
+                np.ascontiguousarray(np.vstack([centred, ones]), dtype=np.float32))
 
     @classmethod
     def of(
@@ -227,8 +227,7 @@ class StillGrid:
         mu = self.mu.reshape(self.headings, g, m)
         mean = np.stack([np.stack([np.bincount(group, mu[h, :, r]) for r in range(m)], axis=-1) / size[:, None]
                          for h in range(self.headings)])
-        lin, quad = self._products(mean.reshape(-1, m))
-        return quad, lin
+        return self._products(mean.reshape(-1, m))
 
     def facing_terms(
         self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray,
