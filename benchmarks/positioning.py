@@ -20,7 +20,8 @@ noise. Measured on one core, as medians over windows and repeats:
   same windows, and its worst window); and everything on with the grid
   filter of eqs. (51)-(57) as `calibrate fit --grid-filter` turns it on
   (1 m cells, 8 dB body), every track weighed on the block of cells about
-  it and on every cell every `WHOLE_EVERY_S` (its CPU rate over all
+  it, on 2 m squares of the store where its posterior spreads past the
+  block, and on every cell every `WHOLE_EVERY_S` (its CPU rate over all
   windows, since the whole weighings fall on some windows and not others);
 - bytes per track: the bank's arrays (spare capacity included: it doubles),
   what tracemalloc sees held after the births (arrays, id map, id strings),

@@ -248,7 +248,7 @@ class GridFilter:
         steps = np.rint(dt / DT_STEP_S).astype(np.intp)
         cells = self.cells(out)
         ny, nx = self.shape
-        tiled = self.raster.size == ny * nx and bool(np.all(np.diff(self.raster) == 1))  # the raster is the grid
+        tiled = self._tiled
         for n in np.unique(steps[steps > 0]).tolist():
             rows = np.flatnonzero(steps == n)
             every = rows.size == out.shape[0]  # the usual window: every track heard a window ago
@@ -273,6 +273,12 @@ class GridFilter:
             out[:, -1] += self.offset_drift_db**2 * dt
         self.whole_in(out)[:] -= dt
         return out
+
+    @cached_property
+    def _tiled(self) -> bool:
+        """Whether the raster is the grid's cells in order, so that the prediction needs no scatter or gather."""
+        ny, nx = self.shape
+        return self.raster.size == ny * nx and bool(np.all(np.diff(self.raster) == 1))
 
     def _kernels(self, n: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """The Gaussian of (51) for n steps of DT_STEP_S as two matrices, (nx, nx) to multiply the raster's rows by
@@ -317,13 +323,14 @@ class GridFilter:
         due, spread, blocks = self._plan(state, heard)
         for rows in (due[lo : lo + CHUNK] for lo in range(0, due.size, CHUNK)):
             self._weigh(state, rows, count, total)
+        square, pooled = self._squares
         for rows in (spread[lo : lo + CHUNK] for lo in range(0, spread.size, CHUNK)):
-            self._weigh(state, rows, count, total, squares=True)
+            self._weigh(state, rows, count, total, columns=pooled, square=square)
         self.whole_in(state)[due] = self.whole_in(state)[spread] = WHOLE_EVERY_S
         for key, in_block in blocks:
             cells, columns = self._block(key), self._columns(key)
             for rows in (in_block[lo : lo + CHUNK] for lo in range(0, in_block.size, CHUNK)):
-                self._weigh(state, rows, count, total, cells, columns)
+                self._weigh(state, rows, count, total, columns=columns, cells=cells)
         return state
 
     def _plan(self, prior: FloatArray, heard: IndexArray) -> tuple[IndexArray, IndexArray, list[tuple[int,
@@ -335,7 +342,7 @@ class GridFilter:
         rest = heard[~due]
         ny, nx = self.shape
         cell = self.grid.cell_m
-        side, stride = (max(1, round(v / cell)) for v in (BLOCK_M, BLOCK_STRIDE_M))
+        side, stride = self._side(BLOCK_M), self._side(BLOCK_STRIDE_M)
         if rest.size == 0 or (side >= nx and side >= ny):  # nothing to place, or the block would be the store
             return heard, heard[:0], []
         first = self.raster[0]
@@ -353,12 +360,16 @@ class GridFilter:
                 blocks.append((key, rows[held]))
         return heard[due], np.concatenate(spread), blocks
 
+    def _side(self, metres: float) -> int:
+        """A length in whole cells, at least one."""
+        return max(1, round(metres / self.grid.cell_m))
+
     def _block(self, key: int) -> IndexArray:
         """The cells (sorted) of the block of side BLOCK_M whose corner is raster index `key`, computed once per
         block."""
         if key not in self._block_cells:
             ny, nx = self.shape
-            side = max(1, round(BLOCK_M / self.grid.cell_m))
+            side = self._side(BLOCK_M)
             iy, ix = divmod(key, nx)
             where = np.zeros((ny, nx), dtype=bool)
             where[iy : iy + side, ix : ix + side] = True
@@ -379,22 +390,17 @@ class GridFilter:
     @cached_property
     def _squares(self) -> tuple[IndexArray, tuple[NDArray[np.float32], NDArray[np.float32]]]:
         """(57)'s squares: each cell's (G,), and their `StillGrid.pooled` products."""
-        side = max(1, round(COARSE_M / self.grid.cell_m))
+        side = self._side(COARSE_M)
         iy, ix = np.divmod(self.raster, self.shape[1])
         _, square = np.unique((iy // side) * self.shape[1] + ix // side, return_inverse=True)
         return square, self.grid.pooled(square)
 
     def _weigh(self, state: FloatArray, rows: IndexArray, count: FloatArray, total: FloatArray,
-               cells: IndexArray | None = None,
-               columns: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None, squares: bool = False) -> None:
-        """Eqs. (54), (52) and (55) in place for the tracks at `rows` of `state`: on every cell; on (57)'s squares
-        (squares True); or on a block's cells (and their `StillGrid.columns`, gathered here if not given) with
-        (56) for the rest."""
-        square = None
-        if squares:
-            square, columns = self._squares
-        elif cells is not None and columns is None:
-            columns = self.grid.columns(cells)
+               columns: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None, cells: IndexArray | None = None,
+               square: IndexArray | None = None) -> None:
+        """Eqs. (54), (52) and (55) in place for the tracks at `rows` of `state`: on every cell (columns None); on a
+        block's `cells` (their `StillGrid.columns`) with (56) for the rest; or by (57) on squares (each cell's
+        `square`, their `StillGrid.pooled` columns)."""
         w, zc, _, seen = self.grid.weights(count[rows], total[rows])
         mean, var = (v[rows] for v in self.offset(state))
         with_offset = self.grid.offset_sigma_db > 0.0
@@ -417,13 +423,12 @@ class GridFilter:
         by_cell = np.matmul(q[:, None, :], ll)[:, 0]  # sum_j q_j exp(l_jg)
         by_facing = np.matmul(ll, p[:, :, None])[:, :, 0]  # sum_g p_g exp(l_jg)
         weighed = (q * by_facing).sum(axis=1, dtype=np.float64)
-        if square is not None:
+        if cells is None:
             mass = weighed
-            self.cells(state)[rows] = before * (by_cell / mass[:, None])[:, square]  # (57)
-            self.facings(state)[rows] = q * by_facing / mass[:, None]
-        elif cells is None:
-            mass = weighed
-            self.cells(state)[rows] = p * by_cell / mass[:, None]  # (52)
+            if square is None:
+                self.cells(state)[rows] = p * by_cell / mass[:, None]  # (52)
+            else:
+                self.cells(state)[rows] = before * (by_cell / mass[:, None])[:, square]  # (57)
             self.facings(state)[rows] = q * by_facing / mass[:, None]
         else:  # (56)
             outside = np.maximum(1.0 - p.sum(axis=1, dtype=np.float64), 0.0)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError, load_site
 from agent.site_arrays import grid_filter, make_tracker, site_arrays
+from positioning import gridfilter
 from positioning.gridfilter import BLOCK_MASS, GRID_OFFSET_SIGMA_DB, WHOLE_EVERY_S, GridFilter
 from positioning.pathloss import Receivers
 from positioning.stillgrid import StillGrid
@@ -194,6 +195,26 @@ def test_a_block_holding_most_of_the_prior_weighs_close_to_every_cell() -> None:
     assert 0.5 * np.abs(f.cells(out)[0] - f.cells(out)[1]).sum() <= 1.0 - BLOCK_MASS
     mean, _ = f.estimate(out)
     assert np.linalg.norm(mean[0] - mean[1]) < 0.01
+
+
+def test_a_block_whose_columns_were_let_go_weighs_as_one_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room for one block's columns only, tracks in two blocks, window after window, are weighed exactly as with
+    room for every block: the columns let go are gathered again, not mixed up."""
+    reference = _filter(noise_db=2.0, offset_sigma_db=4.0, body_loss_db=8.0)
+    windows = [_window(reference, cell, offset=1.0, facing=3) for cell in (93, 506)]
+    count, total = np.vstack([c for c, _ in windows]), np.vstack([t for _, t in windows])
+
+    def run(kept: int) -> tuple[np.ndarray, int]:
+        monkeypatch.setattr(gridfilter, "BLOCKS_KEPT", kept)
+        f = _filter(noise_db=2.0, offset_sigma_db=4.0, body_loss_db=8.0)
+        p = np.vstack([_near(f, 93)[:1], _near(f, 506)[:1]])  # in two blocks, not due
+        for _ in range(3):
+            p = f.update(f.predict(p, [0.2, 0.2]), count, total)
+        return p, len(f._block_columns)
+
+    (few, held_few), (many, held_many) = run(1), run(64)
+    assert (held_few, held_many) == (1, 2)
+    assert np.array_equal(few, many)
 
 
 def test_a_prior_spread_past_its_block_is_weighed_on_squares_as_eq_57_says() -> None:
