@@ -110,6 +110,7 @@ class Fingerprint:
     logpdf: FloatArray
     bandwidth_db: float
     _by_receiver: FloatArray = field(init=False, repr=False)
+    _slope: FloatArray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mean.ndim != 2 or self.sd.shape != self.mean.shape or self.windows.shape != self.mean.shape[:1]:
@@ -128,8 +129,12 @@ class Fingerprint:
             raise ValueError("fingerprint densities must be finite where the mean is known")
         if not (np.isfinite(self.bandwidth_db) and self.bandwidth_db > 0.0):
             raise ValueError(f"fingerprint bandwidth must be positive, got {self.bandwidth_db}")
-        # (m, G, S), contiguous: a reading's densities in every sector are one row to gather.
-        object.__setattr__(self, "_by_receiver", np.ascontiguousarray(self.logpdf.transpose(1, 2, 0)))
+        # (m G, S), contiguous: a reading's densities in every sector are one row to gather, and a row's step to the
+        # next grid value another, so that the interpolation is two gathers of rows (np.take) and one product.
+        by_receiver = np.ascontiguousarray(self.logpdf.transpose(1, 2, 0))  # (m, G, S)
+        slope = np.diff(by_receiver, axis=1, append=by_receiver[:, -1:])
+        object.__setattr__(self, "_by_receiver", by_receiver.reshape(-1, self.mean.shape[0]))
+        object.__setattr__(self, "_slope", slope.reshape(-1, self.mean.shape[0]))
 
     @property
     def n_sectors(self) -> int:
@@ -166,13 +171,14 @@ class Fingerprint:
         cols = (p_track[:, None] * n_s + np.arange(n_s)).ravel()
         grid = self.grid_db
         step = grid[1] - grid[0]
-        table = self._by_receiver
+        row = p_rx * grid.size
         per_node = np.empty((nodes.size, k * n_s))
         for j, o in enumerate(nodes):
             pos = np.clip((zbar - o - grid[0]) / step, 0.0, grid.size - 1.0)
             lo = np.minimum(pos.astype(np.intp), grid.size - 2)
-            frac = (pos - lo)[:, None]
-            value = (1.0 - frac) * table[p_rx, lo] + frac * table[p_rx, lo + 1]  # (P, S)
+            at = row + lo
+            value = np.take(self._by_receiver, at, axis=0)
+            value += (pos - lo)[:, None] * np.take(self._slope, at, axis=0)  # (P, S)
             per_node[j] = np.bincount(cols, value.ravel(), minlength=k * n_s)
         per_node += log_weights[:, None]
         top = per_node.max(axis=0)

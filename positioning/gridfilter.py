@@ -100,12 +100,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.ndimage import gaussian_filter1d
 
-from positioning.stillgrid import StillGrid, cell_centres
+from positioning.stillgrid import Factors, StillGrid, cell_centres, rows_times
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
@@ -177,8 +178,10 @@ class GridFilter:
     facing_s: float = GRID_FACING_S
     offset_drift_db: float = 0.0
     floor: float = GRID_FLOOR
-    _kept_mass: dict[int, FloatArray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _kept_mass: dict[int, NDArray[np.float32]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _kernel: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _kernel_within: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     _block_cells: dict[int, IndexArray] = field(default_factory=dict, init=False, repr=False, compare=False)
     _block_columns: OrderedDict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(
@@ -240,39 +243,55 @@ class GridFilter:
 
     def predict(self, state: FloatArray, dt: ArrayLike) -> FloatArray:
         """Eqs. (51) and (53), and the offset's drift: states (k, width) advanced by dt (k,) s each."""
-        return self._predicted(np.array(state, dtype=np.float64, copy=True), dt)
+        out = np.array(state, dtype=np.float64, copy=True)
+        self._predicted(out, np.arange(out.shape[0]), dt)
+        return out
 
-    def _predicted(self, out: FloatArray, dt: ArrayLike) -> FloatArray:
-        """`predict` in place."""
+    def _predicted(self, bank: FloatArray, rows: IndexArray, dt: ArrayLike) -> None:
+        """`predict` in place, for the states at `rows` of `bank`."""
         dt = np.maximum(np.asarray(dt, dtype=np.float64), 0.0)
         steps = np.rint(dt / DT_STEP_S).astype(np.intp)
-        cells = self.cells(out)
+        cells = self.cells(bank)
+        g, tiled = len(self), self._tiled
         ny, nx = self.shape
-        tiled = self._tiled
-        for n in np.unique(steps[steps > 0]).tolist():
-            rows = np.flatnonzero(steps == n)
-            every = rows.size == out.shape[0]  # the usual window: every track heard a window ago
+        for n in np.unique(steps).tolist():
+            at, others = _span(np.sort(rows[steps == n]))
+            aside = cells[others]  # rows within the span that are not to move, put back below
+            if n == 0:  # no time to spread over: the floor alone
+                still = cells[at]
+                still *= ((1.0 - self.floor) / still.sum(axis=1))[:, None]
+                still += self.floor / g
+                if not isinstance(at, slice):
+                    cells[at] = still
+                cells[others] = aside
+                continue
             # Single precision for the raster: the filter's passes over it are the cost, and a cell's share of a
             # posterior needs no more than float32's 7 digits (the floor, eps / G, is far above its smallest).
-            full = np.zeros((rows.size, ny * nx), dtype=np.float32)
-            part = cells if every else cells[rows]
-            if tiled:
-                np.divide(part, self._kept(n), out=full, casting="unsafe")
+            k = (at.stop - at.start) if isinstance(at, slice) else at.size
+            full = (np.empty if tiled else np.zeros)((k, ny * nx), dtype=np.float32)
+            if tiled:  # Z_g' is in the kernels
+                full[...] = cells[at]
+                across, along = self._within(n)
             else:
-                full[:, self.raster] = part / self._kept(n)
-            across, along = self._kernels(n)
-            spread_out = np.matmul(along, (full.reshape(-1, nx) @ across).reshape(-1, ny, nx)).reshape(rows.size, -1)
-            cells[slice(None) if every else rows] = spread_out if tiled else spread_out[:, self.raster]
-        cells *= ((1.0 - self.floor) / cells.sum(axis=1))[:, None]
-        cells += self.floor / len(self)
+                full[:, self.raster] = cells[at] * self._kept(n)
+                across, along = self._kernels(n)
+            spread_out = np.matmul(along, (full.reshape(-1, nx) @ across).reshape(-1, ny, nx)).reshape(k, -1)
+            if not tiled:
+                spread_out = spread_out[:, self.raster]
+            # Normalised in double precision as it is written back, so the mass is 1 to the last digit.
+            scale = ((1.0 - self.floor) / spread_out.sum(axis=1, dtype=np.float64))[:, None]
+            if isinstance(at, slice):
+                np.multiply(spread_out, scale, out=cells[at])
+                cells[at] += self.floor / g
+                cells[others] = aside
+            else:
+                cells[at] = spread_out * scale + self.floor / g
         kept = np.exp(-dt / self.facing_s)[:, None]
-        facings = self.facings(out)
-        facings *= kept
-        facings += (1.0 - kept) / self.grid.headings
+        facings = self.facings(bank)
+        facings[rows] = facings[rows] * kept + (1.0 - kept) / self.grid.headings
         if self.grid.offset_sigma_db > 0.0:
-            out[:, -1] += self.offset_drift_db**2 * dt
-        self.whole_in(out)[:] -= dt
-        return out
+            bank[rows, -1] += self.offset_drift_db**2 * dt
+        bank[rows, g + self.grid.headings] -= dt
 
     @cached_property
     def _tiled(self) -> bool:
@@ -296,69 +315,102 @@ class GridFilter:
                                np.ascontiguousarray(along, dtype=np.float32))
         return self._kernel[n]
 
-    def _kept(self, n: int) -> FloatArray:
-        """Z_g' of (51) for a prediction of n steps of DT_STEP_S, computed once per n."""
+    def _within(self, n: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """`_kernels` with (51)'s 1 / Z_g' folded in, for a raster that is the whole box, computed once per n.
+
+        The box is a rectangle and the kernel separable, so the mass a cell's kernel keeps within it is the
+        product of what each axis keeps, Z_g' = Z_x(x') Z_y(y'): dividing each kernel's source by its own saves
+        the prediction a pass over the raster.
+        """
+        if n not in self._kernel_within:
+            across, along = (k.astype(np.float64) for k in self._kernels(n))
+            self._kernel_within[n] = (
+                np.ascontiguousarray(across / across.sum(axis=1, keepdims=True), dtype=np.float32),
+                np.ascontiguousarray(along / along.sum(axis=0, keepdims=True), dtype=np.float32))
+        return self._kernel_within[n]
+
+    def _kept(self, n: int) -> NDArray[np.float32]:
+        """1 / Z_g' of (51) for a prediction of n steps of DT_STEP_S, computed once per n."""
         if n not in self._kept_mass:
             ny, nx = self.shape
             inside = np.zeros(ny * nx, dtype=np.float32)
             inside[self.raster] = 1.0
             across, along = self._kernels(n)
             kept = (along @ inside.reshape(ny, nx) @ across).reshape(-1).astype(np.float64)
-            self._kept_mass[n] = np.maximum(kept[self.raster], 1e-12)
+            self._kept_mass[n] = (1.0 / np.maximum(kept[self.raster], 1e-12)).astype(np.float32)
         return self._kept_mass[n]
 
     def update(self, prior: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:
         """Eqs. (54), (52), (55) and (56): predicted states (k, width) and each track's window, count and total
         (k, m) per receiver."""
-        return self._weighed(np.array(prior, dtype=np.float64, copy=True), count, total)
+        out = np.array(prior, dtype=np.float64, copy=True)
+        self._weighed(out, np.arange(out.shape[0]), count, total)
+        return out
 
-    def step(self, state: FloatArray, dt: ArrayLike, count: FloatArray, total: FloatArray) -> FloatArray:
-        """`update` of `predict` in place: states (k, width), overwritten, advanced by dt (k,) and weighed on each
-        track's window."""
-        return self._weighed(self._predicted(state, dt), count, total)
+    def step(self, bank: FloatArray, rows: IndexArray, dt: ArrayLike, count: FloatArray, total: FloatArray) -> None:
+        """`update` of `predict` in place, for the states at `rows` (k,) of `bank`: advanced by dt (k,) and weighed
+        on each track's window, count and total (k, m). The other rows are left as they are."""
+        self._predicted(bank, rows, dt)
+        self._weighed(bank, rows, count, total)
 
-    def _weighed(self, state: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:
-        """`update` in place: each track's row is read, then written, once."""
-        heard = np.flatnonzero(count.sum(axis=1) > 0.0)
-        due, spread, blocks = self._plan(state, heard)
-        for rows in (due[lo : lo + CHUNK] for lo in range(0, due.size, CHUNK)):
-            self._weigh(state, rows, count, total)
+    def _weighed(self, bank: FloatArray, rows: IndexArray, count: FloatArray, total: FloatArray) -> None:
+        """`update` in place, for the states at `rows` of `bank`: each track's row is read, then written, once."""
+        local = np.flatnonzero(count.sum(axis=1) > 0.0)
+        heard = rows[local]
+        window = self._window(bank, heard, count[local], total[local])
+        due, spread, blocks = self._plan(bank, heard)
+        for at in (due[lo : lo + CHUNK] for lo in range(0, due.size, CHUNK)):
+            self._weigh(bank, heard[at], window.of(at))
         square, pooled = self._squares
-        for rows in (spread[lo : lo + CHUNK] for lo in range(0, spread.size, CHUNK)):
-            self._weigh(state, rows, count, total, columns=pooled, square=square)
-        self.whole_in(state)[due] = self.whole_in(state)[spread] = WHOLE_EVERY_S
+        for at in (spread[lo : lo + CHUNK] for lo in range(0, spread.size, CHUNK)):
+            self._weigh(bank, heard[at], window.of(at), columns=pooled, square=square)
+        bank[heard[due], len(self) + self.grid.headings] = WHOLE_EVERY_S
+        bank[heard[spread], len(self) + self.grid.headings] = WHOLE_EVERY_S
         for key, in_block in blocks:
             cells, columns = self._block(key), self._columns(key)
-            for rows in (in_block[lo : lo + CHUNK] for lo in range(0, in_block.size, CHUNK)):
-                self._weigh(state, rows, count, total, columns=columns, cells=cells)
-        return state
+            for at in (in_block[lo : lo + CHUNK] for lo in range(0, in_block.size, CHUNK)):
+                self._weigh(bank, heard[at], window.of(at), columns=columns, cells=cells)
+
+    def _window(self, bank: FloatArray, heard: IndexArray, count: FloatArray, total: FloatArray) -> _Window:
+        """What (54) and (55) take of the heard tracks' windows (rows `heard` of `bank`), computed once for all the
+        chunks they are weighed in."""
+        w, zc, _, seen = self.grid.weights(count, total)
+        mean, var = (v[heard] for v in self.offset(bank))
+        if self.grid.offset_sigma_db > 0.0:
+            zc = np.where(seen, zc - mean[:, None], 0.0)
+            precision = 1.0 / var
+        else:
+            precision = np.full(heard.size, np.inf)
+        return _Window(self.grid.factors(w, zc, precision), mean, w.sum(axis=1) + precision)
 
     def _plan(self, prior: FloatArray, heard: IndexArray) -> tuple[IndexArray, IndexArray, list[tuple[int,
                                                                                                    IndexArray]]]:
-        """How each heard track is weighed: on every cell (52), those due (or all, where a block would be the whole
-        store); on (57)'s squares, those whose block holds less than BLOCK_MASS of their prior; and on their block
-        (56) the rest, grouped by block (its key, the raster index of its corner, and their rows)."""
+        """How each heard track (rows `heard` of `prior`) is weighed, as positions in `heard`: on every cell (52),
+        those due (or all, where a block would be the whole store); on (57)'s squares, those whose block holds less
+        than BLOCK_MASS of their prior; and on their block (56) the rest, grouped by block (its key, the raster index
+        of its corner, and their positions)."""
         due = self.whole_in(prior)[heard] <= 0.0
-        rest = heard[~due]
+        rest = np.flatnonzero(~due)
         ny, nx = self.shape
         cell = self.grid.cell_m
         side, stride = self._side(BLOCK_M), self._side(BLOCK_STRIDE_M)
+        everyone = np.arange(heard.size)
         if rest.size == 0 or (side >= nx and side >= ny):  # nothing to place, or the block would be the store
-            return heard, heard[:0], []
+            return everyone, everyone[:0], []
         first = self.raster[0]
         origin = self.grid.centres[0] - cell * np.array([first % nx, first // nx])
-        at = (self.cells(prior) @ self.grid.centres - origin)[rest] / cell  # the means' raster column, row
+        at = (rows_times(self.cells(prior), heard[rest], self.grid.centres) - origin) / cell  # the means' column, row
         corner = [np.clip(np.rint((at[:, a] - (side - 1) / 2.0) / stride) * stride, 0, max(n - side, 0))
                   for a, n in ((0, nx), (1, ny))]
         keys, which = np.unique((corner[1] * nx + corner[0]).astype(np.intp), return_inverse=True)
-        spread, blocks = [heard[:0]], []
+        spread, blocks = [everyone[:0]], []
         for i, key in enumerate(keys.tolist()):
-            rows = rest[which == i]
-            held = self.cells(prior)[rows[:, None], self._block(key)[None, :]].sum(axis=1) >= BLOCK_MASS
-            spread.append(rows[~held])
+            mine = rest[which == i]
+            held = self.cells(prior)[heard[mine][:, None], self._block(key)[None, :]].sum(axis=1) >= BLOCK_MASS
+            spread.append(mine[~held])
             if held.any():
-                blocks.append((key, rows[held]))
-        return heard[due], np.concatenate(spread), blocks
+                blocks.append((key, mine[held]))
+        return everyone[due], np.concatenate(spread), blocks
 
     def _side(self, metres: float) -> int:
         """A length in whole cells, at least one."""
@@ -395,19 +447,13 @@ class GridFilter:
         _, square = np.unique((iy // side) * self.shape[1] + ix // side, return_inverse=True)
         return square, self.grid.pooled(square)
 
-    def _weigh(self, state: FloatArray, rows: IndexArray, count: FloatArray, total: FloatArray,
+    def _weigh(self, state: FloatArray, rows: IndexArray, window: _Window,
                columns: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None, cells: IndexArray | None = None,
                square: IndexArray | None = None) -> None:
-        """Eqs. (54), (52) and (55) in place for the tracks at `rows` of `state`: on every cell (columns None); on a
-        block's `cells` (their `StillGrid.columns`) with (56) for the rest; or by (57) on squares (each cell's
-        `square`, their `StillGrid.pooled` columns)."""
-        w, zc, _, seen = self.grid.weights(count[rows], total[rows])
-        mean, var = (v[rows] for v in self.offset(state))
-        with_offset = self.grid.offset_sigma_db > 0.0
-        if with_offset:
-            zc = np.where(seen, zc - mean[:, None], 0.0)
-        precision = 1.0 / var if with_offset else np.full(rows.size, np.inf)
-        ll, b = self.grid.facing_terms(w, zc, precision, columns)  # (54)
+        """Eqs. (54), (52) and (55) in place for the tracks at `rows` of `state` and their `window`: on every cell
+        (columns None); on a block's `cells` (their `StillGrid.columns`) with (56) for the rest; or by (57) on
+        squares (each cell's `square`, their `StillGrid.pooled` columns)."""
+        ll, b = self.grid.facing_terms(window.factors, columns)  # (54)
         ll -= ll.max(axis=(1, 2))[:, None, None]
         np.exp(ll, out=ll)
         # The joint p⁻_g q⁻_j exp(l_jg) is never formed: its marginals and moments are products of exp(l) with
@@ -434,19 +480,45 @@ class GridFilter:
             outside = np.maximum(1.0 - p.sum(axis=1, dtype=np.float64), 0.0)
             least = by_cell.min(axis=1).astype(np.float64)
             mass = weighed + least * outside
-            posterior = before * (least / mass)[:, None]
-            posterior[:, cells] = p * by_cell / mass[:, None]
-            self.cells(state)[rows] = posterior
+            before *= (least / mass)[:, None]
+            before[:, cells] = p * by_cell / mass[:, None]
+            self.cells(state)[rows] = before
             self.facings(state)[rows] = q * (by_facing + (least * outside)[:, None]) / mass[:, None]
         if b is not None:  # (55), over the cells weighed
-            s = w.sum(axis=1) + precision
+            s = window.precision
             ll *= b
             eb = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / weighed
             ll *= b
             eb2 = (q * np.matmul(ll, p[:, :, None])[:, :, 0]).sum(axis=1, dtype=np.float64) / weighed
-            state[rows, -2] = mean + eb / s
+            state[rows, -2] = window.mean + eb / s
             state[rows, -1] = 1.0 / s + np.maximum(eb2 - eb**2, 0.0) / s**2
 
-    def estimate(self, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Eq. (46) of the cells' posteriors of states (k, width): mean (k, 2) and covariance (k, 2, 2)."""
-        return self.grid.moments(self.cells(state))
+    def estimate(self, state: FloatArray, rows: IndexArray | None = None) -> tuple[FloatArray, FloatArray]:
+        """Eq. (46) of the cells' posteriors of states (k, width), or of their rows `rows` alone: mean and
+        covariance, (k, 2) and (k, 2, 2)."""
+        return self.grid.moments(self.cells(state), rows)
+
+
+class _Window(NamedTuple):
+    """Tracks' windows as (54) and (55) weigh them: (44)'s `Factors`, the offset's prior mean ô (k,), and W + 1 / P
+    (k,), the offset's posterior precision given a cell and facing."""
+
+    factors: Factors
+    mean: FloatArray
+    precision: FloatArray
+
+    def of(self, at: IndexArray) -> _Window:
+        """The windows of some of the tracks."""
+        return _Window(self.factors.of(at), self.mean[at], self.precision[at])
+
+
+def _span(rows: IndexArray) -> tuple[slice | IndexArray, IndexArray]:
+    """Sorted rows as the slice they span, and the rows within it that are not theirs, where those are at most a
+    tenth: a window's tracks are nearly all the bank's, in order, and reading and writing a slice copies nothing
+    extra (the few others are set aside and put back). Otherwise the rows themselves, and none."""
+    if rows.size == 0 or 10 * (int(rows[-1]) + 1 - int(rows[0]) - rows.size) > rows.size:
+        return rows, rows[:0]
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    others = np.ones(hi - lo, dtype=bool)
+    others[rows - lo] = False
+    return slice(lo, hi), np.flatnonzero(others) + lo

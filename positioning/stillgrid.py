@@ -60,6 +60,7 @@ they stood, not from where the filter had settled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -79,6 +80,21 @@ SEGMENT_CORRELATION = 0.5
 
 CHUNK = 256
 """Tracks per matrix product of (44): bounds the (tracks, facings x cells) temporaries."""
+
+
+class Factors(NamedTuple):
+    """Tracks' factors of (44)'s products (`StillGrid.factors`), single precision: quad (k, 2m + 1) multiplies
+    [mu²; mu; 1], lin (k, m + 1) multiplies [mu; 1] and shrink (k,) is 1 / (2 (W + 1 / tau²)); lin and shrink are
+    None where the grid has no offset."""
+
+    quad: NDArray[np.float32]
+    lin: NDArray[np.float32] | None
+    shrink: NDArray[np.float32] | None
+
+    def of(self, rows: slice | IndexArray) -> Factors:
+        """The factors of some of the tracks."""
+        return Factors(self.quad[rows], None if self.lin is None else self.lin[rows],
+                       None if self.shrink is None else self.shrink[rows])
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,9 +208,10 @@ class StillGrid:
         w, zc, zbar, heard = self.weights(count, total)
         precision = np.full(k, 1.0 / self.offset_sigma_db**2 if self.offset_sigma_db > 0.0 else np.inf)
         out = np.empty((k, self.centres.shape[0]))
+        factors = self.factors(w, zc, precision)
         for lo in range(0, k, CHUNK):
             part = slice(lo, lo + CHUNK)
-            ll, _ = self.facing_terms(w[part], zc[part], precision[part])
+            ll, _ = self.facing_terms(factors.of(part))
             top = ll.max(axis=1)
             ll -= top[:, None, :]
             np.exp(ll, out=ll)
@@ -229,31 +246,44 @@ class StillGrid:
                          for h in range(self.headings)])
         return self._products(mean.reshape(-1, m))
 
-    def facing_terms(
-        self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray,
-        columns: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
-        """l_jg of eq. (44) for c <= CHUNK tracks, (c, H, G), and b_jg = sum_r w_r d_jgr, (c, H, G).
+    def factors(self, w: FloatArray, zc: FloatArray, offset_precision: FloatArray) -> Factors:
+        """Each track's factors of (44)'s products, for `facing_terms`: w, zc (k, m) from `weights`;
+        offset_precision (k,) the inverse spread 1 / tau² of each phone's offset about its mean, already taken from
+        zc (all inf: the grid has no offset).
 
-        w, zc (c, m) from `weights`; offset_precision (c,) the inverse spread
-        1 / tau² of each phone's offset about its mean, already taken from zc
-        (all inf: the grid has no offset, and b is None). columns: the
-        `columns` of some cells, or the `pooled` products of groups of
-        cells (G' of them, the same for every track), or None for every cell.
+        -1/2 sum_r w_r (zc_r - mu_r)² = -1/2 sum w mu² + sum w zc mu - 1/2 sum w zc², so [-w/2, w zc, -sum w zc²/2]
+        times [mu²; mu; 1]; and b = sum_r w_r d_r = [-w, sum w zc] times [mu; 1]. Computed once per window, they
+        serve every chunk of tracks weighed in it.
+        """
+        wz = w * zc
+        quad = np.hstack([-0.5 * w, wz, -0.5 * (wz * zc).sum(axis=1, keepdims=True)]).astype(np.float32)
+        if not np.all(np.isfinite(offset_precision)):
+            return Factors(quad, None, None)
+        lin = np.hstack([-w, wz.sum(axis=1, keepdims=True)]).astype(np.float32)
+        shrink = (0.5 / (w.sum(axis=1) + offset_precision)).astype(np.float32)
+        return Factors(quad, lin, shrink)
+
+    def facing_terms(
+        self, factors: Factors, columns: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+        """l_jg of eq. (44) for c <= CHUNK tracks, (c, H, G), and b_jg = sum_r w_r d_jgr, (c, H, G) (None where the
+        grid has no offset).
+
+        factors: the tracks' `factors`. columns: the `columns` of some cells, or
+        the `pooled` products of groups of cells (G' of them, the same for every
+        track), or None for every cell.
         """
         hh = self.headings
         quad, lin = (self._quad32, self._lin32) if columns is None else columns
         g = quad.shape[1] // hh
-        wz = w * zc
-        # -1/2 sum_r w_r (zc_r - mu_r)² = -1/2 sum w mu² + sum w zc mu - 1/2 sum w zc², one product.
-        ll = np.hstack([-0.5 * w, wz, -0.5 * (wz * zc).sum(axis=1, keepdims=True)]).astype(np.float32) @ quad
-        b = None
-        if np.all(np.isfinite(offset_precision)):  # eq. (44): the offset integrated out
-            b = np.hstack([-w, wz.sum(axis=1, keepdims=True)]).astype(np.float32) @ lin  # sum w d, (c, H G)
-            shrink = b * b
-            shrink *= (0.5 / (w.sum(axis=1) + offset_precision)).astype(np.float32)[:, None]
-            ll += shrink
-        return ll.reshape(-1, hh, g), None if b is None else b.reshape(-1, hh, g)
+        ll = factors.quad @ quad
+        if factors.lin is None or factors.shrink is None:
+            return ll.reshape(-1, hh, g), None
+        b = factors.lin @ lin
+        shrink = b * b  # eq. (44): the offset integrated out
+        shrink *= factors.shrink[:, None]
+        ll += shrink
+        return ll.reshape(-1, hh, g), b.reshape(-1, hh, g)
 
     def _fingerprint(self, heard: NDArray[np.bool_], zbar: FloatArray) -> FloatArray:
         """ln L(sector(g)) of eq. (45), the segment means read as one window of (18) -> (k, G)."""
@@ -276,17 +306,28 @@ class StillGrid:
         mean, cov = self.moments(p)
         return mean, cov, np.asarray(rejected)
 
-    def moments(self, p: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Eq. (46) of posteriors p (k, G) over the cells: mean (k, 2) and covariance (k, 2, 2).
+    def moments(self, p: FloatArray, rows: IndexArray | None = None) -> tuple[FloatArray, FloatArray]:
+        """Eq. (46) of posteriors p (k, G) over the cells, or of their rows `rows` alone: mean (k, 2) and covariance
+        (k, 2, 2).
 
         One product with the cells' x, y, x², xy, y² (G, 5): the grid filter takes (46) of every track every window.
         """
         c = self.centres
-        m = p @ np.column_stack([c, c[:, 0] ** 2, c[:, 0] * c[:, 1], c[:, 1] ** 2])
+        features = np.column_stack([c, c[:, 0] ** 2, c[:, 0] * c[:, 1], c[:, 1] ** 2])
+        m = p @ features if rows is None else rows_times(p, rows, features)
         mean = m[:, :2]
         second = m[:, [2, 3, 3, 4]].reshape(-1, 2, 2)
         cov = second - mean[:, :, None] * mean[:, None, :] + (self.cell_m**2 / 12.0) * np.eye(2)
         return np.asarray(mean, dtype=np.float64), np.asarray(cov, dtype=np.float64)
+
+
+def rows_times(a: FloatArray, rows: IndexArray, matrix: FloatArray) -> FloatArray:
+    """a[rows] @ matrix. Where the rows are most of a's first rows, the product is taken over those, a view, and
+    its rows picked: gathering a thousand posteriors first would copy 10 MB."""
+    upto = int(rows.max(initial=-1)) + 1
+    if 2 * rows.size >= upto:
+        return np.asarray((a[:upto] @ matrix)[rows], dtype=np.float64)
+    return np.asarray(a[rows] @ matrix, dtype=np.float64)
 
 
 def cell_centres(bbox: ArrayLike, cell_m: float) -> FloatArray:

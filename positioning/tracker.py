@@ -414,9 +414,8 @@ class Tracker:
         cell = code * m + ri
         count = np.bincount(cell, minlength=k * m).reshape(k, m).astype(np.float64)
         total = np.asarray(np.bincount(cell, z, minlength=k * m).reshape(k, m), dtype=np.float64)
-        posterior = self._grid_filter.step(self._posterior[rows], dt, count, total)
-        self._posterior[rows] = posterior
-        return self._grid_filter.estimate(posterior)
+        self._grid_filter.step(self._posterior, rows, dt, count, total)
+        return self._grid_filter.estimate(self._posterior, rows)
 
     def _held(self, rows: IndexArray, dt: FloatArray) -> FloatArray | None:
         """The held part exp(-dt / tau_h) f_prev of eq. (21) for the tracks at `rows`; None where (20) holds."""

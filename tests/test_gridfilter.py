@@ -140,6 +140,29 @@ def test_a_track_not_heard_keeps_its_prediction() -> None:
     assert not np.allclose(out[0], p[0])
 
 
+def test_a_step_on_a_banks_rows_moves_those_rows_alone_as_predict_and_update_do() -> None:
+    """The tracker steps the rows of its bank it heard, in place: rows in any order, a few left out (not heard),
+    several dt, a newborn track (dt 0) and a silent one. Each row ends as `update` of `predict` leaves it; the rows
+    left out are as they were, bit for bit, in the slice most rows are predicted through and outside it."""
+    f = _filter(noise_db=2.0, offset_sigma_db=4.0, body_loss_db=8.0)
+    cells = list(range(5, 600, 15))  # 40 tracks, the last born this window
+    bank = np.vstack([_near(f, cell)[:1] for cell in cells[:-1]] + [f.start(1)])
+    bank[[2, 9], len(f) + f.grid.headings] = 0.0  # due a whole weighing
+    before = bank.copy()
+    rows = np.random.default_rng(0).permutation(np.setdiff1d(np.arange(40), [7, 21]))
+    dt = np.where(rows == 39, 0.0, np.where(rows == 4, 2.0, np.where(rows == 10, 0.5, 1.0)))
+    windows = [_window(f, cells[r], offset=1.0, facing=r % 8) for r in rows]
+    count, total = np.vstack([c for c, _ in windows]), np.vstack([t for _, t in windows])
+    silent = rows == 12
+    count[silent] = total[silent] = 0.0  # in the step, but its prediction only
+
+    f.step(bank, rows, dt, count, total)
+
+    expected = f.update(f.predict(before[rows], dt), count, total)
+    assert np.allclose(bank[rows], expected, rtol=1e-9, atol=1e-15)
+    assert np.array_equal(bank[[7, 21]], before[[7, 21]])
+
+
 @settings(max_examples=25, deadline=None)
 @given(offset=st.floats(-10.0, 10.0), cell=st.integers(0, 599))
 def test_a_constant_offset_moves_a_converged_estimate_by_a_bounded_distance(offset: float, cell: int) -> None:
