@@ -266,10 +266,12 @@ class GridFilter:
                 cells[others] = aside
                 continue
             # Single precision for the raster: the filter's passes over it are the cost, and a cell's share of a
-            # posterior needs no more than float32's 7 digits (the floor, eps / G, is far above its smallest).
+            # posterior needs no more than float32's 7 digits (the floor, eps / G, is far above its smallest). Each
+            # source's kernel divided by Z_g' keeps its mass, and a weighing leaves a posterior's mass at one, so
+            # (1 - eps) p⁻ needs no normalising after the spread: its mass is 1 - eps to float32's rounding.
             k = (at.stop - at.start) if isinstance(at, slice) else at.size
             full = (np.empty if tiled else np.zeros)((k, ny * nx), dtype=np.float32)
-            if tiled:  # Z_g' is in the kernels
+            if tiled:  # (1 - eps) / Z_g' is in the kernels
                 full[...] = cells[at]
                 across, along = self._within(n)
             else:
@@ -278,14 +280,9 @@ class GridFilter:
             spread_out = np.matmul(along, (full.reshape(-1, nx) @ across).reshape(-1, ny, nx)).reshape(k, -1)
             if not tiled:
                 spread_out = spread_out[:, self.raster]
-            # Normalised in double precision as it is written back, so the mass is 1 to the last digit.
-            scale = ((1.0 - self.floor) / spread_out.sum(axis=1, dtype=np.float64))[:, None]
-            if isinstance(at, slice):
-                np.multiply(spread_out, scale, out=cells[at])
-                cells[at] += self.floor / g
-                cells[others] = aside
-            else:
-                cells[at] = spread_out * scale + self.floor / g
+            spread_out += np.float32(self.floor / g)
+            cells[at] = spread_out
+            cells[others] = aside
         kept = np.exp(-dt / self.facing_s)[:, None]
         facings = self.facings(bank)
         facings[rows] = facings[rows] * kept + (1.0 - kept) / self.grid.headings
@@ -316,7 +313,7 @@ class GridFilter:
         return self._kernel[n]
 
     def _within(self, n: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """`_kernels` with (51)'s 1 / Z_g' folded in, for a raster that is the whole box, computed once per n.
+        """`_kernels` with (51)'s (1 - eps) / Z_g' folded in, for a raster that is the whole box, computed once per n.
 
         The box is a rectangle and the kernel separable, so the mass a cell's kernel keeps within it is the
         product of what each axis keeps, Z_g' = Z_x(x') Z_y(y'): dividing each kernel's source by its own saves
@@ -326,18 +323,18 @@ class GridFilter:
             across, along = (k.astype(np.float64) for k in self._kernels(n))
             self._kernel_within[n] = (
                 np.ascontiguousarray(across / across.sum(axis=1, keepdims=True), dtype=np.float32),
-                np.ascontiguousarray(along / along.sum(axis=0, keepdims=True), dtype=np.float32))
+                np.ascontiguousarray((1.0 - self.floor) * along / along.sum(axis=0, keepdims=True), dtype=np.float32))
         return self._kernel_within[n]
 
     def _kept(self, n: int) -> NDArray[np.float32]:
-        """1 / Z_g' of (51) for a prediction of n steps of DT_STEP_S, computed once per n."""
+        """(1 - eps) / Z_g' of (51) for a prediction of n steps of DT_STEP_S, computed once per n."""
         if n not in self._kept_mass:
             ny, nx = self.shape
             inside = np.zeros(ny * nx, dtype=np.float32)
             inside[self.raster] = 1.0
             across, along = self._kernels(n)
             kept = (along @ inside.reshape(ny, nx) @ across).reshape(-1).astype(np.float64)
-            self._kept_mass[n] = (1.0 / np.maximum(kept[self.raster], 1e-12)).astype(np.float32)
+            self._kept_mass[n] = ((1.0 - self.floor) / np.maximum(kept[self.raster], 1e-12)).astype(np.float32)
         return self._kept_mass[n]
 
     def update(self, prior: FloatArray, count: FloatArray, total: FloatArray) -> FloatArray:

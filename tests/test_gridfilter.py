@@ -49,13 +49,14 @@ def _at(f: GridFilter, cell: int) -> np.ndarray:
 
 def test_the_prediction_keeps_mass_and_spreads_a_point_by_motion_squared_times_dt() -> None:
     """Away from the walls (51) is a Gaussian of spread s sqrt(dt): a point's covariance after dt is s² dt I plus
-    the cell's own cell² / 12, within the discretisation of a 1 m raster; the floor adds eps of the store's spread."""
+    the cell's own cell² / 12, within the discretisation of a 1 m raster; the floor adds eps of the store's spread.
+    The mass is kept to single precision's rounding: nothing normalises it after the spread."""
     f = _filter(motion_m=0.8)
     centre = int(np.argmin(np.linalg.norm(f.grid.centres - [15.0, 10.0], axis=1)))
     p = _at(f, centre)
     for dt in (1.0, 4.0):
         out = f.predict(p, [dt])
-        assert f.cells(out).sum() == pytest.approx(1.0, abs=1e-12)
+        assert f.cells(out).sum() == pytest.approx(1.0, abs=1e-6)
         assert np.all(f.cells(out) > 0.0)  # the floor: a lost shopper can be found anywhere
         mean, cov = f.estimate(out)
         assert np.allclose(mean[0], f.grid.centres[centre], atol=0.05)
@@ -68,11 +69,11 @@ def test_the_prediction_keeps_mass_and_spreads_a_point_by_motion_squared_times_d
 
 def test_a_shopper_at_a_wall_does_not_leak_through_it() -> None:
     """Z_g' of (51): the kernel's mass beyond the store is given back to the cells inside, so a corner keeps its mean
-    inside and its mass whole."""
+    inside and its mass whole (to single precision: nothing normalises it after the spread)."""
     f = _filter(motion_m=1.5)
     corner = int(np.argmin(np.linalg.norm(f.grid.centres - [0.5, 0.5], axis=1)))
     out = f.cells(f.predict(_at(f, corner), [1.0]))
-    assert out.sum() == pytest.approx(1.0, abs=1e-12)
+    assert out.sum() == pytest.approx(1.0, abs=1e-6)
     assert out[0, corner] == out[0].max()
 
 
