@@ -252,43 +252,41 @@ class GridFilter:
         dt = np.maximum(np.asarray(dt, dtype=np.float64), 0.0)
         steps = np.rint(dt / DT_STEP_S).astype(np.intp)
         cells = self.cells(bank)
-        g, tiled = len(self), self._tiled
-        ny, nx = self.shape
         for n in np.unique(steps).tolist():
             at, others = _span(np.sort(rows[steps == n]))
             aside = cells[others]  # rows within the span that are not to move, put back below
-            if n == 0:  # no time to spread over: the floor alone
-                still = cells[at]
-                still *= ((1.0 - self.floor) / still.sum(axis=1))[:, None]
-                still += self.floor / g
-                if not isinstance(at, slice):
-                    cells[at] = still
-                cells[others] = aside
-                continue
-            # Single precision for the raster: the filter's passes over it are the cost, and a cell's share of a
-            # posterior needs no more than float32's 7 digits (the floor, eps / G, is far above its smallest). Each
-            # source's kernel divided by Z_g' keeps its mass, and a weighing leaves a posterior's mass at one, so
-            # (1 - eps) p⁻ needs no normalising after the spread: its mass is 1 - eps to float32's rounding.
-            k = (at.stop - at.start) if isinstance(at, slice) else at.size
-            full = (np.empty if tiled else np.zeros)((k, ny * nx), dtype=np.float32)
-            if tiled:  # (1 - eps) / Z_g' is in the kernels
-                full[...] = cells[at]
-                across, along = self._within(n)
-            else:
-                full[:, self.raster] = cells[at] * self._kept(n)
-                across, along = self._kernels(n)
-            spread_out = np.matmul(along, (full.reshape(-1, nx) @ across).reshape(-1, ny, nx)).reshape(k, -1)
-            if not tiled:
-                spread_out = spread_out[:, self.raster]
-            spread_out += np.float32(self.floor / g)
-            cells[at] = spread_out
+            cells[at] = self._spread(cells[at], n)
             cells[others] = aside
         kept = np.exp(-dt / self.facing_s)[:, None]
         facings = self.facings(bank)
         facings[rows] = facings[rows] * kept + (1.0 - kept) / self.grid.headings
         if self.grid.offset_sigma_db > 0.0:
             bank[rows, -1] += self.offset_drift_db**2 * dt
-        bank[rows, g + self.grid.headings] -= dt
+        self.whole_in(bank)[rows] -= dt
+
+    def _spread(self, part: FloatArray, n: int) -> NDArray[np.floating]:
+        """(51) for the cells `part` (k, G) of states predicted n steps of DT_STEP_S ahead (n 0: the floor alone)."""
+        g = len(self)
+        if n == 0:
+            return np.asarray(part * ((1.0 - self.floor) / part.sum(axis=1))[:, None] + self.floor / g)
+        # Single precision for the raster: the filter's passes over it are the cost, and a cell's share of a
+        # posterior needs no more than float32's 7 digits (the floor, eps / G, is far above its smallest). Each
+        # source's kernel divided by Z_g' keeps its mass, and a weighing leaves a posterior's mass at one, so
+        # (1 - eps) p⁻ needs no normalising after the spread: its mass is 1 - eps to float32's rounding.
+        ny, nx = self.shape
+        k = part.shape[0]
+        if self._tiled:  # (1 - eps) / Z_g' is in the kernels
+            full = part.astype(np.float32)
+            across, along = self._within(n)
+        else:
+            full = np.zeros((k, ny * nx), dtype=np.float32)
+            full[:, self.raster] = part * self._kept(n)
+            across, along = self._kernels(n)
+        spread_out = np.matmul(along, (full.reshape(-1, nx) @ across).reshape(-1, ny, nx)).reshape(k, -1)
+        if not self._tiled:
+            spread_out = spread_out[:, self.raster]
+        spread_out += np.float32(self.floor / g)
+        return np.asarray(spread_out)
 
     @cached_property
     def _tiled(self) -> bool:
@@ -361,8 +359,7 @@ class GridFilter:
         square, pooled = self._squares
         for at in (spread[lo : lo + CHUNK] for lo in range(0, spread.size, CHUNK)):
             self._weigh(bank, heard[at], window.of(at), columns=pooled, square=square)
-        bank[heard[due], len(self) + self.grid.headings] = WHOLE_EVERY_S
-        bank[heard[spread], len(self) + self.grid.headings] = WHOLE_EVERY_S
+        self.whole_in(bank)[heard[np.concatenate([due, spread])]] = WHOLE_EVERY_S
         for key, in_block in blocks:
             cells, columns = self._block(key), self._columns(key)
             for at in (in_block[lo : lo + CHUNK] for lo in range(0, in_block.size, CHUNK)):
