@@ -160,7 +160,9 @@ def test_a_step_on_a_banks_rows_moves_those_rows_alone_as_predict_and_update_do(
     f.step(bank, rows, dt, count, total)
 
     expected = f.update(f.predict(before[rows], dt), count, total)
-    assert np.allclose(bank[rows], expected, rtol=1e-9, atol=1e-15)
+    # To single precision's rounding: the products are float32, and a BLAS kernel's rounding of a track's values can
+    # depend on which tracks share its product (AVX-512 machines differ from AVX2 ones at 2e-7 here).
+    assert np.allclose(bank[rows], expected, rtol=1e-6, atol=1e-12)
     assert np.array_equal(bank[[7, 21]], before[[7, 21]])
 
 
