@@ -290,7 +290,7 @@ class StillGrid:
         assert self.fingerprint is not None
         ti, ri = np.nonzero(heard)
         ll = self.fingerprint.loglik(ti, ri, zbar[ti, ri], heard.shape[0], self.offset_sigma_db)
-        return np.where(self.sector >= 0, ll[:, np.maximum(self.sector, 0)], 0.0)
+        return np.where(self.sector >= 0, np.take(ll, np.maximum(self.sector, 0), axis=1), 0.0)
 
     def estimate(
         self, count: FloatArray, total: FloatArray, xy: FloatArray
