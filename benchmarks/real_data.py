@@ -31,8 +31,9 @@
 
     .venv/bin/python benchmarks/real_data.py [--json] [--only danis|castillo|feng|fryza]
 
-Targets (danis, leave-one-track-out): median tracking error <= 1.5 m on every
-track, and below the weighted-centroid baseline on every track.
+Targets (danis, leave-one-track-out): median tracking error <= DANIS_TARGET_M
+on every track (issue 20's 1.4 m; the first round asked 1.5 m), and below
+the weighted-centroid baseline on every track.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ from simulator.report import group_estimates, position_errors  # noqa: E402
 from simulator.truth import gather  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
+
+DANIS_TARGET_M = 1.4
+"""Median tracking error every danis track must reach, leave-one-track-out, m (issue 20)."""
 
 
 def _median(values: np.ndarray) -> float:
@@ -170,7 +174,8 @@ def bench_danis(root: Path) -> dict[str, Any]:
         row["centroid"] = {"median_m": _median(b), "mean_m": float(b.mean()), "p90_m": float(np.percentile(b, 90)), "n": int(b.size)}
         row["calibration"] = {k: [round(v, 2) for v in vals] for k, vals in calibration.items()}
         chosen = row[row["chosen"]]["median_m"]
-        row["targets"] = {"median_le_1.5": chosen <= 1.5, "below_centroid": chosen < row["centroid"]["median_m"]}
+        row["targets"] = {"median_le_target": chosen <= DANIS_TARGET_M,
+                          "below_centroid": chosen < row["centroid"]["median_m"]}
         rows.append(row)
     return {"dataset": "danis-ble-tetam", "tracks": rows}
 
@@ -206,7 +211,7 @@ def main() -> None:
                   f"{row['grid_filter']['median_m']:11.2f} "
                   f"{row['path_loss_only']['median_m']:9.2f} "
                   f"{row['uncalibrated']['median_m']:9.2f} "
-                  f"{row['centroid']['median_m']:9.2f}  <=1.5 m: {'ok' if t['median_le_1.5'] else 'MISSED'}, "
+                  f"{row['centroid']['median_m']:9.2f}  <={DANIS_TARGET_M} m: {'ok' if t['median_le_target'] else 'MISSED'}, "
                   f"< centroid: {'ok' if t['below_centroid'] else 'MISSED'}")
     if "castillo" in results:
         print("== castillo-cara-ble-esiiab: sector accuracy (per sample), ours vs published best")
