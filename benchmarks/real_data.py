@@ -15,8 +15,9 @@
   straight_03, walked facing another way, it cannot.
 - castillo-cara-ble-esiiab: sector accuracy per floor (and both floors as
   one set of 28 sectors, as the published table's third column) and TX power
-  from the path-loss model on digitised coordinates (one floor at a time), from the sector fingerprint
-  (18) fitted on the training rows' labels alone, and from both fused (19);
+  from the path-loss model on digitised coordinates (one floor at a time),
+  from the sector fingerprint (18) fitted on the training rows' labels
+  alone, and from both fused (19);
   trained on 70 % of every sector's rows and scored on the other 30 %,
   held out at random or in whole runs of ten consecutive rows, each the
   mean over five seeded draws; beside the published table.
